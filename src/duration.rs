@@ -1,0 +1,124 @@
+//! Durations as operators write them: plain seconds (`3600`) or a number with one unit
+//! (`90s`, `30m`, `6h`, `2d`, `1w`). Negative, fractional or empty values are refused with a
+//! message that says what was expected. Also formats durations back for humans.
+
+use std::time::Duration;
+
+/// Parses `3600`, `90s`, `30m`, `6h`, `2d` or `1w`.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "'{text}' is negative; expected seconds or 90s/30m/6h/2d/1w"
+        ));
+    }
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let mult: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a duration; expected seconds or 90s/30m/6h/2d/1w"
+            ))
+        }
+    };
+    if digits.is_empty() {
+        return Err(format!(
+            "'{text}' is not a duration; expected seconds or 90s/30m/6h/2d/1w"
+        ));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is too large"))?;
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Formats whole seconds compactly: `49h`, `2d 1h`, `90s`, `1h 30m`.
+pub fn format(d: Duration) -> String {
+    let mut s = d.as_secs();
+    if s == 0 {
+        return "0s".to_string();
+    }
+    let mut parts = Vec::new();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if s >= len {
+            parts.push(format!("{}{unit}", s / len));
+            s %= len;
+        }
+    }
+    parts.join(" ")
+}
+
+/// serde adapter: a TOML integer (seconds) or a string in the forms [`parse`] accepts.
+pub mod serde_opt {
+    use super::*;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Int(n)) if n < 0 => Err(serde::de::Error::custom(format!(
+                "{n} is negative; expected seconds or 90s/30m/6h/2d/1w"
+            ))),
+            Some(Raw::Int(n)) => Ok(Some(Duration::from_secs(n.unsigned_abs()))),
+            Some(Raw::Text(t)) => parse(&t).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse("3600").unwrap().as_secs(), 3600);
+        assert_eq!(parse("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse("30m").unwrap().as_secs(), 1800);
+        assert_eq!(parse("6h").unwrap().as_secs(), 21_600);
+        assert_eq!(parse("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(parse("1w").unwrap().as_secs(), 604_800);
+        assert_eq!(parse(" 0 ").unwrap().as_secs(), 0);
+    }
+
+    #[test]
+    fn refuses_nonsense() {
+        for bad in [
+            "",
+            "-5",
+            "-1h",
+            "h",
+            "1.5h",
+            "1x",
+            "6 h",
+            "1h30m",
+            "99999999999999999999",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(parse("-5").unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn formats_compactly() {
+        assert_eq!(format(Duration::from_secs(176_400)), "2d 1h");
+        assert_eq!(format(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(format(Duration::from_secs(0)), "0s");
+        assert_eq!(format(Duration::from_secs(3600)), "1h");
+    }
+}

@@ -1,0 +1,58 @@
+//! The library's error type. Every variant names the path, field or party at fault, so the
+//! CLI can print it as one line. No variant carries key material.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{dir}: not an initialized key repository ({reason}); run `fernetd setup`")]
+    NotInitialized { dir: PathBuf, reason: String },
+    #[error("{path}: {problem}; refusing to rotate (run `fernetd check` for every problem)")]
+    Invalid { path: PathBuf, problem: String },
+    #[error(
+        "{lock}: another fernetd{holder} holds the repository lock; gave up after {}",
+        crate::duration::format(*waited)
+    )]
+    Locked {
+        lock: PathBuf,
+        holder: String,
+        waited: Duration,
+    },
+    #[error("{path}: unreadable fernetd state: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Owner(String),
+    #[error("{path}: cannot give the file to uid {uid} gid {gid}: {source}")]
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a path to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! One Fernet key: 32 random bytes, stored as 44 characters of url-safe base64.
+//!
+//! This module owns the only type that holds key material. It never lets the bytes leave
+//! through `Debug`, `Display` or an error: those show a short fingerprint (a truncated SHA-256
+//! of the key), which identifies a key across nodes and logs without revealing it. The bytes
+//! and their text form are zeroized when dropped.
+
+use base64::engine::general_purpose::URL_SAFE;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Length of the decoded key in bytes (Fernet: 16 signing + 16 encryption).
+pub const KEY_BYTES: usize = 32;
+/// Length of the url-safe base64 text Keystone writes (`Fernet.generate_key()`).
+pub const KEY_TEXT_LEN: usize = 44;
+
+/// A validated Fernet key. Cloning copies the secret; both copies zeroize on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Key {
+    // Invariant: always KEY_BYTES long; kept in a Zeroizing box so moves do not leave copies.
+    bytes: Zeroizing<[u8; KEY_BYTES]>,
+}
+
+/// Why some file content is not a Fernet key. Never carries the content itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("empty file")]
+    Empty,
+    #[error("not UTF-8 text (Keystone's loader raises on it)")]
+    NotText,
+    #[error("not 32 bytes of url-safe base64 ({0} characters, expected 44)")]
+    WrongLength(usize),
+    #[error("not url-safe base64 (Fernet key must be 32 url-safe base64-encoded bytes)")]
+    NotBase64,
+}
+
+impl Key {
+    /// A fresh key from the operating system's CSPRNG (getrandom(2)).
+    pub fn generate() -> Result<Key, getrandom::Error> {
+        let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
+        getrandom::fill(bytes.as_mut())?;
+        Ok(Key { bytes })
+    }
+
+    /// Parses file content the way fernetd accepts it: exactly one 44-character url-safe
+    /// base64 string, optionally followed by a line ending. Stricter than Keystone, which
+    /// accepts anything its lenient decoder swallows and fails later on every request.
+    pub fn parse(content: &[u8]) -> Result<Key, KeyFormatError> {
+        if content.is_empty() {
+            return Err(KeyFormatError::Empty);
+        }
+        let text = std::str::from_utf8(content).map_err(|_| KeyFormatError::NotText)?;
+        let trimmed = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(text);
+        if trimmed.len() != KEY_TEXT_LEN {
+            return Err(KeyFormatError::WrongLength(trimmed.chars().count()));
+        }
+        let mut decoded = Zeroizing::new(Vec::with_capacity(KEY_BYTES + 3));
+        URL_SAFE
+            .decode_vec(trimmed, &mut decoded)
+            .map_err(|_| KeyFormatError::NotBase64)?;
+        let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
+        if decoded.len() != KEY_BYTES {
+            return Err(KeyFormatError::NotBase64);
+        }
+        bytes.copy_from_slice(&decoded);
+        Ok(Key { bytes })
+    }
+
+    /// The exact text Keystone writes: 44 characters, no trailing newline.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        let mut s = Zeroizing::new(String::with_capacity(KEY_TEXT_LEN));
+        URL_SAFE.encode_string(self.bytes.as_ref(), &mut s);
+        s
+    }
+
+    /// A short, stable, non-secret identifier: the first 8 bytes of SHA-256(key), in hex.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let digest = Sha256::digest(self.bytes.as_ref());
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&digest[..8]);
+        Fingerprint(out)
+    }
+
+    /// The key as a `fernet::Fernet`, for encrypting or decrypting tokens.
+    pub fn fernet(&self) -> fernet::Fernet {
+        let text = self.to_text();
+        // Unreachable: to_text always yields a valid 32-byte url-safe key.
+        match fernet::Fernet::new(&text) {
+            Some(f) => f,
+            None => unreachable!("a Key always encodes to a valid Fernet key"),
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", self.fingerprint())
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key {}", self.fingerprint())
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // Zeroizing already clears on drop; this makes the intent explicit and survives
+        // a future change of the field type.
+        self.bytes.zeroize();
+    }
+}
+
+/// A non-secret identifier of a key (truncated SHA-256), printed as 16 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint([u8; 8]);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for Fingerprint {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.len() != 16 || !s.is_ascii() {
+            return Err(());
+        }
+        let mut out = [0u8; 8];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| ())?;
+        }
+        Ok(Fingerprint(out))
+    }
+}
+
+impl serde::Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|_| serde::de::Error::custom("fingerprint must be 16 hex digits"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_round_trips_through_text() {
+        let k = Key::generate().unwrap();
+        let text = k.to_text();
+        assert_eq!(text.len(), KEY_TEXT_LEN);
+        assert!(text.ends_with('='));
+        assert_eq!(Key::parse(text.as_bytes()).unwrap(), k);
+        // Keystone-compatible: the fernet crate accepts it.
+        assert!(fernet::Fernet::new(&text).is_some());
+    }
+
+    #[test]
+    fn trailing_newline_is_accepted_other_noise_is_not() {
+        let k = Key::generate().unwrap();
+        let mut t = k.to_text().to_string();
+        t.push('\n');
+        assert_eq!(Key::parse(t.as_bytes()).unwrap(), k);
+        t.push('\n');
+        assert!(matches!(
+            Key::parse(t.as_bytes()),
+            Err(KeyFormatError::WrongLength(45))
+        ));
+        assert_eq!(Key::parse(b""), Err(KeyFormatError::Empty));
+        assert_eq!(Key::parse(&[0xff, 0xfe]), Err(KeyFormatError::NotText));
+        let std_alphabet = "+".repeat(43) + "=";
+        assert_eq!(
+            Key::parse(std_alphabet.as_bytes()),
+            Err(KeyFormatError::NotBase64)
+        );
+    }
+
+    #[test]
+    fn debug_and_display_never_show_key_text() {
+        let k = Key::generate().unwrap();
+        let text = k.to_text().to_string();
+        for shown in [format!("{k:?}"), format!("{k}"), format!("{:?}", Some(&k))] {
+            assert!(!shown.contains(&text), "{shown}");
+            assert!(!shown.contains(&text[..20]), "{shown}");
+            assert!(shown.contains(&k.fingerprint().to_string()));
+        }
+    }
+
+    #[test]
+    fn fingerprint_parses_back() {
+        let k = Key::generate().unwrap();
+        let fp = k.fingerprint();
+        assert_eq!(fp.to_string().parse::<Fingerprint>().unwrap(), fp);
+        assert!("xyz".parse::<Fingerprint>().is_err());
+    }
+
+    #[test]
+    fn tokens_round_trip_with_the_fernet_crate() {
+        let k = Key::generate().unwrap();
+        let token = k.fernet().encrypt(b"payload");
+        assert_eq!(k.fernet().decrypt(&token).unwrap(), b"payload");
+    }
+}
