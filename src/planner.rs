@@ -1,0 +1,326 @@
+//! The safety planner: is a rotation schedule safe for a token lifetime?
+//!
+//! A token issued just before rotation `r1` with primary `P` must stay decryptable until
+//! `r1 + E + W + M` (expiration, allow_expired_window, margin for distribution delay and clock
+//! skew). `P` is demoted at `r1` and purged at `r(N-1)`, so every run of `N - 2` consecutive
+//! gaps of the schedule must cover `E + W + M`. For a fixed interval that is Keystone's
+//! `ceil((E + W) / R) + 2` (with M = 0); for a cron schedule it is the *shortest* run over a
+//! year of firings, never the average.
+//!
+//! Invariant: pure. No clock, no filesystem; `now` is an argument. Tested exhaustively against
+//! a brute-force model.
+
+use crate::schedule::Schedule;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// Default margin: distribution delay, clock skew between nodes, and the jitter of a late
+/// rotation (a timer's randomized delay). One hour is far above all three in practice and
+/// does not change the default answer (daily rotation with Keystone's defaults needs 5 keys).
+pub const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
+
+/// How far ahead a cron schedule is analysed, beyond the retention itself.
+const HORIZON: Duration = Duration::from_secs(400 * 86_400);
+/// Upper bound on firings analysed (a seconds-level cron would otherwise list millions).
+const FIRING_CAP: usize = 1_000_000;
+/// How many upcoming rotations a plan lists.
+const NEXT_ROTATIONS: usize = 5;
+
+/// The token lifetime that key retention must cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// `[token] expiration`.
+    pub expiration: Duration,
+    /// `[token] allow_expired_window`.
+    pub allow_expired_window: Duration,
+    /// Extra time for distribution delay and clock skew.
+    pub margin: Duration,
+}
+
+impl Lifetime {
+    /// `E + W + M`: how long after its demotion a key must still be on disk.
+    pub fn retention(&self) -> Duration {
+        self.expiration + self.allow_expired_window + self.margin
+    }
+}
+
+/// What the planner concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Smallest `max_active_keys` for which every run of N-2 gaps covers the retention.
+    pub required_max_active_keys: u64,
+    /// The configured value, if any.
+    pub max_active_keys: Option<u64>,
+    /// Whether the configured value is safe; `None` without one.
+    pub safe: Option<bool>,
+    /// Shortest retention window the schedule gives a demoted key with the configured N (or
+    /// the required N when none is configured), and the rotations that bound it.
+    pub shortest_window: Duration,
+    pub shortest_window_between: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The retention the window must cover (E + W + M).
+    pub retention: Duration,
+    pub next_rotations: Vec<DateTime<Utc>>,
+    /// Firings analysed and whether the cap cut the horizon short.
+    pub firings_analysed: usize,
+    pub horizon_truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("schedule '{0}' fires fewer than twice in the analysis horizon")]
+    TooFewFirings(String),
+    #[error("max_active_keys must be at least 2, got {0}")]
+    MaxActiveKeysTooSmall(u64),
+    #[error("a retention of {0} cannot be covered within the analysed firings of '{1}'")]
+    HorizonTooShort(String, String),
+}
+
+/// Analyses `schedule` for `lifetime`. `last_rotation` anchors an interval schedule.
+pub fn plan(
+    schedule: &Schedule,
+    lifetime: &Lifetime,
+    max_active_keys: Option<u64>,
+    now: DateTime<Utc>,
+    last_rotation: Option<DateTime<Utc>>,
+) -> Result<Plan, PlanError> {
+    if let Some(n) = max_active_keys {
+        if n < 2 {
+            return Err(PlanError::MaxActiveKeysTooSmall(n));
+        }
+    }
+    let retention = lifetime.retention();
+    let t = retention.as_secs();
+    match schedule {
+        Schedule::Interval(r) => {
+            let r = r.as_secs().max(1);
+            let required = t.div_ceil(r) + 2;
+            let n = max_active_keys.unwrap_or(required);
+            let window = Duration::from_secs(r.saturating_mul(n - 2));
+            let mut next = Vec::with_capacity(NEXT_ROTATIONS);
+            let mut at = last_rotation
+                .and_then(|l| schedule.next_after(l))
+                .map(|first| first.max(now))
+                .unwrap_or_else(|| schedule.next_after(now).unwrap_or(now));
+            for _ in 0..NEXT_ROTATIONS {
+                next.push(at);
+                match schedule.next_after(at) {
+                    Some(n) => at = n,
+                    None => break,
+                }
+            }
+            Ok(Plan {
+                required_max_active_keys: required,
+                max_active_keys,
+                safe: max_active_keys.map(|_| window >= retention),
+                shortest_window: window,
+                shortest_window_between: None,
+                retention,
+                next_rotations: next,
+                firings_analysed: 0,
+                horizon_truncated: false,
+            })
+        }
+        Schedule::Cron { source, .. } => {
+            let until = now
+                + chrono::Duration::from_std(HORIZON + retention).unwrap_or(chrono::Duration::MAX);
+            let min_count = max_active_keys.unwrap_or(0).max(3) as usize + 1;
+            let firings = schedule.firings(now, until, min_count, FIRING_CAP);
+            let times = &firings.times;
+            if times.len() < 2 {
+                return Err(PlanError::TooFewFirings(source.clone()));
+            }
+            let gaps: Vec<u64> = times
+                .windows(2)
+                .map(|w| (w[1] - w[0]).num_seconds().max(0) as u64)
+                .collect();
+            let k = required_gaps(&gaps, t).ok_or_else(|| {
+                PlanError::HorizonTooShort(crate::duration::format(retention), source.clone())
+            })?;
+            let required = k as u64 + 2;
+            let n = max_active_keys.unwrap_or(required);
+            let span = (n - 2) as usize;
+            let (window, start) = min_window(&gaps, span.min(gaps.len())).unwrap_or((0, 0));
+            let end = (start + span).min(times.len() - 1);
+            Ok(Plan {
+                required_max_active_keys: required,
+                max_active_keys,
+                safe: max_active_keys.map(|_| span <= gaps.len() && window >= t),
+                shortest_window: Duration::from_secs(window),
+                shortest_window_between: Some((times[start], times[end])),
+                retention,
+                next_rotations: times.iter().take(NEXT_ROTATIONS).copied().collect(),
+                firings_analysed: times.len(),
+                horizon_truncated: firings.truncated,
+            })
+        }
+    }
+}
+
+/// The minimum sum of `k` consecutive gaps, and the index where that run starts.
+/// `k == 0` gives `(0, 0)`; `None` when fewer than `k` gaps exist.
+pub fn min_window(gaps: &[u64], k: usize) -> Option<(u64, usize)> {
+    if k > gaps.len() {
+        return None;
+    }
+    if k == 0 {
+        return Some((0, 0));
+    }
+    let mut sum: u64 = gaps[..k].iter().sum();
+    let mut best = (sum, 0);
+    for i in k..gaps.len() {
+        sum = sum + gaps[i] - gaps[i - k];
+        if sum < best.0 {
+            best = (sum, i + 1 - k);
+        }
+    }
+    Some(best)
+}
+
+/// The smallest `k` such that every run of `k` consecutive gaps sums to at least `target`.
+/// Window minima grow with `k` (gaps are non-negative), so a binary search is exact.
+/// `None` when even all gaps together fall short.
+pub fn required_gaps(gaps: &[u64], target: u64) -> Option<usize> {
+    let covers = |k: usize| min_window(gaps, k).is_some_and(|(s, _)| s >= target);
+    if !covers(gaps.len()) {
+        return None;
+    }
+    let (mut lo, mut hi) = (0usize, gaps.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if covers(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    const H: u64 = 3600;
+
+    fn lifetime(e: u64, w: u64, m: u64) -> Lifetime {
+        Lifetime {
+            expiration: Duration::from_secs(e),
+            allow_expired_window: Duration::from_secs(w),
+            margin: Duration::from_secs(m),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 0).unwrap()
+    }
+
+    fn plan_of(spec: &str, l: &Lifetime, n: Option<u64>) -> Plan {
+        plan(&spec.parse().unwrap(), l, n, now(), None).unwrap()
+    }
+
+    #[test]
+    fn keystone_defaults_with_daily_rotation_need_five_keys() {
+        let l = lifetime(H, 48 * H, 0);
+        assert_eq!(plan_of("1d", &l, None).required_max_active_keys, 5);
+        assert_eq!(plan_of("@daily", &l, None).required_max_active_keys, 5);
+        let p = plan_of("0 3 * * *", &l, Some(3));
+        assert_eq!(p.safe, Some(false));
+        assert_eq!(p.shortest_window, Duration::from_secs(24 * H));
+        assert_eq!(plan_of("0 3 * * *", &l, Some(5)).safe, Some(true));
+    }
+
+    #[test]
+    fn three_keys_need_49_hours_between_rotations() {
+        let l = lifetime(H, 48 * H, 0);
+        assert_eq!(plan_of("49h", &l, Some(3)).safe, Some(true));
+        assert_eq!(plan_of("48h", &l, Some(3)).safe, Some(false));
+        assert_eq!(plan_of("48h", &l, None).required_max_active_keys, 4);
+    }
+
+    #[test]
+    fn uneven_cron_uses_the_shortest_run_not_the_average() {
+        let l = lifetime(H, 48 * H, 0);
+        // Mon and Wed at midnight: gaps 2d, 5d. Average 3.5d would say 3 keys suffice
+        // (one gap of 3.5d >= 49h), but the 2d gap is 48h < 49h: two gaps needed.
+        let p = plan_of("0 0 * * 1,3", &l, None);
+        assert_eq!(p.required_max_active_keys, 4);
+        assert_eq!(plan_of("0 0 * * 1,3", &l, Some(3)).safe, Some(false));
+        // Twice an hour apart each day: gaps 1h, 23h. 49h needs runs of 4 gaps
+        // (1+23+1+23 = 48 < 49, 5 gaps always >= 49).
+        let p = plan_of("0 0,1 * * *", &l, None);
+        assert_eq!(p.required_max_active_keys, 7);
+    }
+
+    #[test]
+    fn margin_is_added() {
+        let l = lifetime(H, 48 * H, H);
+        // 50h over 25h gaps: exactly 2 gaps.
+        assert_eq!(plan_of("25h", &l, None).required_max_active_keys, 4);
+        let l = lifetime(H, 48 * H, H + 1);
+        assert_eq!(plan_of("25h", &l, None).required_max_active_keys, 5);
+    }
+
+    #[test]
+    fn too_small_n_is_an_error() {
+        let l = lifetime(H, 0, 0);
+        let r = plan(&"1d".parse().unwrap(), &l, Some(1), now(), None);
+        assert_eq!(r.unwrap_err(), PlanError::MaxActiveKeysTooSmall(1));
+        assert_eq!(plan_of("1d", &l, Some(2)).safe, Some(false));
+    }
+
+    #[test]
+    fn interval_next_rotations_follow_the_last_rotation() {
+        let l = lifetime(H, 0, 0);
+        let last = now() - chrono::Duration::hours(2);
+        let p = plan(&"6h".parse().unwrap(), &l, None, now(), Some(last)).unwrap();
+        assert_eq!(p.next_rotations[0], last + chrono::Duration::hours(6));
+        // Overdue: due now, not in the past.
+        let old = now() - chrono::Duration::days(3);
+        let p = plan(&"6h".parse().unwrap(), &l, None, now(), Some(old)).unwrap();
+        assert_eq!(p.next_rotations[0], now());
+    }
+
+    #[test]
+    fn leap_day_schedule_still_plans() {
+        let l = lifetime(H, 48 * H, 0);
+        let p = plan_of("0 0 29 2 *", &l, None);
+        assert_eq!(p.required_max_active_keys, 3);
+    }
+
+    fn brute_required(gaps: &[u64], t: u64) -> Option<usize> {
+        (0..=gaps.len())
+            .find(|&k| (0..=gaps.len() - k).all(|i| gaps[i..i + k].iter().sum::<u64>() >= t))
+    }
+
+    proptest! {
+        #[test]
+        fn required_gaps_matches_brute_force(
+            gaps in proptest::collection::vec(0u64..100, 0..40),
+            t in 0u64..600,
+        ) {
+            prop_assert_eq!(required_gaps(&gaps, t), brute_required(&gaps, t));
+        }
+
+        #[test]
+        fn min_window_matches_brute_force(
+            gaps in proptest::collection::vec(0u64..100, 1..40),
+            k in 0usize..45,
+        ) {
+            let brute = (k <= gaps.len()).then(|| {
+                (0..=gaps.len() - k).map(|i| gaps[i..i + k].iter().sum::<u64>()).min().unwrap_or(0)
+            });
+            prop_assert_eq!(min_window(&gaps, k).map(|(s, _)| s), brute);
+        }
+
+        #[test]
+        fn fixed_interval_matches_keystone_formula(
+            r in 1u64..200_000, e in 1u64..100_000, w in 0u64..400_000,
+        ) {
+            let l = lifetime(e, w, 0);
+            let p = plan(&Schedule::Interval(Duration::from_secs(r)), &l, None, now(), None).unwrap();
+            prop_assert_eq!(p.required_max_active_keys, (e + w).div_ceil(r) + 2);
+        }
+    }
+}
