@@ -1,0 +1,342 @@
+//! Key history: when each key was created, promoted and demoted, and which keys were purged.
+//!
+//! This is the memory behind the retention guard. It survives restarts (the repository module
+//! stores it as JSON in `.fernetd/state.json`). Keys fernetd finds without history count from
+//! the moment it first saw them, which is always on the safe side: a key seen now was demoted
+//! no later than now.
+//!
+//! Invariant: pure. `reconcile` and `record_rotation` take the time as an argument and touch no
+//! file; they never hold key material, only fingerprints.
+
+use crate::key::Fingerprint;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How many purge records are kept (enough to refuse resurrecting any recent key).
+const PURGED_KEPT: usize = 256;
+
+/// Current on-disk format version.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct History {
+    pub version: u32,
+    /// Keys on disk at the last save, by number.
+    pub keys: BTreeMap<u64, KeyRecord>,
+    /// Keys removed, newest last: by fernetd's purge or observed gone.
+    #[serde(default)]
+    pub purged: Vec<PurgedKey>,
+    /// When the primary last changed (by fernetd or observed).
+    pub last_rotation: Option<DateTime<Utc>>,
+    /// Rotations fernetd performed on this repository.
+    #[serde(default)]
+    pub rotations: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    pub fingerprint: Fingerprint,
+    /// When fernetd first saw this key (or created it).
+    pub first_seen: DateTime<Utc>,
+    /// Set when fernetd generated the key itself.
+    pub created: Option<DateTime<Utc>>,
+    /// When it became primary, if observed.
+    pub promoted: Option<DateTime<Utc>>,
+    /// When it stopped being primary, if observed.
+    pub demoted: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgedKey {
+    pub number: u64,
+    pub fingerprint: Fingerprint,
+    pub at: DateTime<Utc>,
+    /// True when fernetd purged it; false when it was found gone.
+    pub by_fernetd: bool,
+}
+
+/// Something `reconcile` noticed while matching history against the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// A key fernetd had no history for (adoption, or a key added by hand).
+    Adopted { number: u64 },
+    /// Key 0 became `to` without fernetd: an interrupted fernetd rotation or keystone-manage.
+    Promoted { from: u64, to: u64 },
+    /// A key in history is no longer on disk and fernetd did not purge it.
+    Vanished {
+        number: u64,
+        fingerprint: Fingerprint,
+    },
+    /// The file for `number` now holds a different key.
+    Replaced { number: u64 },
+}
+
+impl KeyRecord {
+    fn seen(fingerprint: Fingerprint, now: DateTime<Utc>) -> KeyRecord {
+        KeyRecord {
+            fingerprint,
+            first_seen: now,
+            created: None,
+            promoted: None,
+            demoted: None,
+        }
+    }
+
+    /// Until when this key may still decrypt a live token, for a given retention
+    /// (E + W + M): its demotion, or the first sighting when the demotion was not observed.
+    pub fn retained_until(&self, retention: Duration) -> DateTime<Utc> {
+        let from = self.demoted.unwrap_or(self.first_seen);
+        from + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+impl History {
+    pub fn new() -> History {
+        History {
+            version: VERSION,
+            ..History::default()
+        }
+    }
+
+    /// The primary as history knows it: the highest non-zero number.
+    pub fn primary(&self) -> Option<u64> {
+        self.keys.keys().copied().filter(|&n| n > 0).max()
+    }
+
+    /// Whether a key with this fingerprint was removed at some point.
+    pub fn was_purged(&self, fingerprint: Fingerprint) -> bool {
+        self.purged.iter().any(|p| p.fingerprint == fingerprint)
+    }
+
+    /// Brings history in line with the keys on disk (number -> fingerprint), conservatively:
+    /// anything not observed is dated `now`. Returns what changed, for the caller to report.
+    pub fn reconcile(
+        &mut self,
+        disk: &BTreeMap<u64, Fingerprint>,
+        now: DateTime<Utc>,
+    ) -> Vec<Observation> {
+        let mut seen_notes = Vec::new();
+        let old_primary = self.primary();
+        let old = std::mem::take(&mut self.keys);
+        // Match by fingerprint first: after a rotation key 0 legitimately holds a new key and
+        // the old one lives on under a new number.
+        let mut by_fp: BTreeMap<Fingerprint, (u64, KeyRecord)> = old
+            .iter()
+            .map(|(&n, r)| (r.fingerprint, (n, r.clone())))
+            .collect();
+        for (&number, &fp) in disk {
+            let record = match by_fp.remove(&fp) {
+                Some((from, r)) => {
+                    if from != number {
+                        seen_notes.push(Observation::Promoted { from, to: number });
+                    }
+                    r
+                }
+                None => {
+                    let replaced = old
+                        .get(&number)
+                        .is_some_and(|r| !disk.values().any(|&d| d == r.fingerprint));
+                    seen_notes.push(if replaced {
+                        Observation::Replaced { number }
+                    } else {
+                        Observation::Adopted { number }
+                    });
+                    KeyRecord::seen(fp, now)
+                }
+            };
+            self.keys.insert(number, record);
+        }
+        for (fingerprint, (number, _)) in by_fp {
+            if !seen_notes.contains(&Observation::Replaced { number }) {
+                seen_notes.push(Observation::Vanished {
+                    number,
+                    fingerprint,
+                });
+            }
+            self.forget(number, fingerprint, now);
+        }
+        let primary = self.primary();
+        if let Some(p) = primary {
+            if let Some(r) = self.keys.get_mut(&p) {
+                if r.promoted.is_none() && old_primary.is_some() && old_primary != Some(p) {
+                    r.promoted = Some(now);
+                }
+            }
+            if old_primary.is_some() && old_primary != Some(p) {
+                self.last_rotation = Some(now);
+            }
+        }
+        // The key that was primary before and is not now was demoted at some moment up to
+        // now; `now` is the conservative date (first_seen would be too early).
+        if let Some(op) = old_primary.filter(|&op| Some(op) != primary) {
+            if let Some(r) = self.keys.get_mut(&op) {
+                if r.demoted.is_none() {
+                    r.demoted = Some(now);
+                    r.promoted.get_or_insert(r.first_seen);
+                }
+            }
+        }
+        seen_notes
+    }
+
+    fn forget(&mut self, number: u64, fingerprint: Fingerprint, now: DateTime<Utc>) {
+        self.push_purged(PurgedKey {
+            number,
+            fingerprint,
+            at: now,
+            by_fernetd: false,
+        });
+    }
+
+    fn push_purged(&mut self, p: PurgedKey) {
+        self.purged.push(p);
+        let excess = self.purged.len().saturating_sub(PURGED_KEPT);
+        self.purged.drain(..excess);
+    }
+
+    /// Records a completed promotion: old key 0 is now `new_primary`, `staged` is the new 0.
+    pub fn record_rotation(&mut self, new_primary: u64, staged: Fingerprint, now: DateTime<Utc>) {
+        if let Some(r) = self.primary().and_then(|p| self.keys.get_mut(&p)) {
+            if r.demoted.is_none() {
+                r.demoted = Some(now);
+                // It was primary when first seen; its promotion time is unknown.
+                r.promoted.get_or_insert(r.first_seen);
+            }
+        }
+        if let Some(mut r) = self.keys.remove(&0) {
+            r.promoted = Some(now);
+            r.demoted = None;
+            self.keys.insert(new_primary, r);
+        }
+        self.keys.insert(
+            0,
+            KeyRecord {
+                fingerprint: staged,
+                first_seen: now,
+                created: Some(now),
+                promoted: None,
+                demoted: None,
+            },
+        );
+        self.last_rotation = Some(now);
+        self.rotations += 1;
+    }
+
+    /// Records that fernetd created key `number` (setup).
+    pub fn record_created(&mut self, number: u64, fp: Fingerprint, now: DateTime<Utc>) {
+        self.keys.insert(
+            number,
+            KeyRecord {
+                fingerprint: fp,
+                first_seen: now,
+                created: Some(now),
+                promoted: (number > 0).then_some(now),
+                demoted: None,
+            },
+        );
+    }
+
+    /// Records that fernetd purged `number` on purpose.
+    pub fn record_purge(&mut self, number: u64, now: DateTime<Utc>) {
+        if let Some(r) = self.keys.remove(&number) {
+            self.push_purged(PurgedKey {
+                number,
+                fingerprint: r.fingerprint,
+                at: now,
+                by_fernetd: true,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+    use chrono::TimeZone;
+
+    fn t(h: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h)
+    }
+
+    fn fps(n: usize) -> Vec<Fingerprint> {
+        (0..n)
+            .map(|_| Key::generate().unwrap().fingerprint())
+            .collect()
+    }
+
+    #[test]
+    fn adoption_dates_everything_now() {
+        let f = fps(3);
+        let disk = BTreeMap::from([(0, f[0]), (1, f[1]), (2, f[2])]);
+        let mut h = History::new();
+        let notes = h.reconcile(&disk, t(0));
+        assert_eq!(notes.len(), 3);
+        assert!(notes
+            .iter()
+            .all(|n| matches!(n, Observation::Adopted { .. })));
+        // Secondary 1 was never seen as primary: retained from first sighting.
+        let r = &h.keys[&1];
+        assert_eq!(r.retained_until(Duration::from_secs(3600)), t(1));
+        assert!(h.reconcile(&disk, t(5)).is_empty());
+    }
+
+    #[test]
+    fn rotation_moves_records_and_dates_demotion() {
+        let f = fps(3);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(0));
+        h.record_rotation(2, f[2], t(10));
+        assert_eq!(h.keys[&2].fingerprint, f[0]);
+        assert_eq!(h.keys[&2].promoted, Some(t(10)));
+        assert_eq!(h.keys[&1].demoted, Some(t(10)));
+        assert_eq!(h.keys[&0].fingerprint, f[2]);
+        assert_eq!(h.last_rotation, Some(t(10)));
+        assert_eq!(h.rotations, 1);
+    }
+
+    #[test]
+    fn external_promotion_is_observed() {
+        let f = fps(3);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(0));
+        // keystone-manage fernet_rotate: 0 -> 2, new 0, 1 kept.
+        let notes = h.reconcile(&BTreeMap::from([(0, f[2]), (1, f[1]), (2, f[0])]), t(3));
+        assert!(notes.contains(&Observation::Promoted { from: 0, to: 2 }));
+        assert_eq!(h.keys[&2].promoted, Some(t(3)));
+        // Key 1 was primary at t(0) and is not at t(3): demoted no earlier than... t(3).
+        assert_eq!(h.keys[&1].demoted, Some(t(3)));
+        assert_eq!(h.keys[&1].retained_until(Duration::from_secs(3600)), t(4));
+        assert_eq!(h.last_rotation, Some(t(3)));
+    }
+
+    #[test]
+    fn vanished_and_replaced_keys_are_reported_and_remembered() {
+        let f = fps(4);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1]), (2, f[2])]), t(0));
+        let notes = h.reconcile(&BTreeMap::from([(0, f[0]), (2, f[3])]), t(1));
+        assert!(notes.contains(&Observation::Vanished {
+            number: 1,
+            fingerprint: f[1]
+        }));
+        assert!(notes.contains(&Observation::Replaced { number: 2 }));
+        assert!(h.was_purged(f[1]) && h.was_purged(f[2]));
+        assert!(!h.purged.iter().any(|p| p.by_fernetd));
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let f = fps(2);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(0));
+        h.record_purge(1, t(2));
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<History>(&json).unwrap(), h);
+    }
+}

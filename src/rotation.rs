@@ -1,0 +1,147 @@
+//! What one rotation does, decided purely from the keys on disk and their history.
+//!
+//! Keystone's rule: key 0 becomes `max + 1`, a new key 0 is staged, and the lowest numbers are
+//! purged until `max_active_keys - 1` non-zero keys remain. fernetd adds the retention guard:
+//! a candidate for purging that may still decrypt a live token (demoted less than
+//! `E + W + M` ago) is kept, and the decision says until when. `force_purge` restores
+//! Keystone's count-only rule.
+//!
+//! Invariant: pure. The repository module executes the decision; nothing here touches disk.
+
+use crate::history::History;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The number key 0 is promoted to.
+    pub new_primary: u64,
+    /// Keys to delete, lowest first.
+    pub purge: Vec<u64>,
+    /// Keys Keystone's count rule would delete but the guard keeps, with the time until which
+    /// they may still decrypt a token.
+    pub kept: Vec<(u64, DateTime<Utc>)>,
+}
+
+/// Decides one rotation. `numbers` are the key numbers on disk (must include 0).
+pub fn decide(
+    numbers: &[u64],
+    history: &History,
+    now: DateTime<Utc>,
+    max_active_keys: u64,
+    retention: Duration,
+    force_purge: bool,
+) -> Decision {
+    let old_primary = numbers.iter().copied().max().unwrap_or(0);
+    let new_primary = old_primary + 1;
+    // Non-zero keys after promotion, highest first.
+    let mut after: Vec<u64> = numbers.iter().copied().filter(|&n| n > 0).collect();
+    after.push(new_primary);
+    after.sort_unstable_by(|a, b| b.cmp(a));
+    let keep_count = max_active_keys.saturating_sub(1) as usize;
+    let mut purge = Vec::new();
+    let mut kept = Vec::new();
+    for &n in after.iter().skip(keep_count).rev() {
+        let until = if n == old_primary {
+            // Demoted by this very rotation.
+            now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+        } else {
+            history
+                .keys
+                .get(&n)
+                .map(|r| r.retained_until(retention))
+                .unwrap_or(
+                    now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX),
+                )
+        };
+        if force_purge || until <= now {
+            purge.push(n);
+        } else {
+            kept.push((n, until));
+        }
+    }
+    purge.sort_unstable();
+    kept.sort_unstable();
+    Decision {
+        new_primary,
+        purge,
+        kept,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn t(h: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h)
+    }
+
+    const RET: Duration = Duration::from_secs(49 * 3600);
+
+    fn adopted(numbers: &[u64], at: DateTime<Utc>) -> History {
+        let disk: BTreeMap<_, _> = numbers
+            .iter()
+            .map(|&n| (n, Key::generate().unwrap().fingerprint()))
+            .collect();
+        let mut h = History::new();
+        h.reconcile(&disk, at);
+        h
+    }
+
+    #[test]
+    fn count_rule_when_retention_has_passed() {
+        let h = adopted(&[0, 1, 2, 3], t(0));
+        let d = decide(&[0, 1, 2, 3], &h, t(100), 3, RET, false);
+        assert_eq!(d.new_primary, 4);
+        assert_eq!(d.purge, vec![1, 2]);
+        assert!(d.kept.is_empty());
+    }
+
+    #[test]
+    fn guard_keeps_keys_inside_retention() {
+        let h = adopted(&[0, 1, 2, 3], t(0));
+        let d = decide(&[0, 1, 2, 3], &h, t(24), 3, RET, false);
+        assert!(d.purge.is_empty());
+        assert_eq!(d.kept, vec![(1, t(49)), (2, t(49))]);
+        let forced = decide(&[0, 1, 2, 3], &h, t(24), 3, RET, true);
+        assert_eq!(forced.purge, vec![1, 2]);
+    }
+
+    #[test]
+    fn the_key_demoted_now_is_kept_with_two_keys() {
+        let h = adopted(&[0, 1], t(0));
+        let d = decide(&[0, 1], &h, t(100), 2, RET, false);
+        assert_eq!(d.kept, vec![(1, t(149))]);
+    }
+
+    proptest! {
+        /// Against Keystone's count-only model: the guard only ever keeps more, never fewer,
+        /// and never purges a key that may still decrypt a live token.
+        #[test]
+        fn guard_is_keystone_plus_retention(
+            highest in 1u64..30,
+            max_keys in 2u64..8,
+            age_hours in 0i64..200,
+        ) {
+            let numbers: Vec<u64> = std::iter::once(0).chain(1..=highest).collect();
+            let h = adopted(&numbers, t(0));
+            let now = t(age_hours);
+            let keystone = decide(&numbers, &h, now, max_keys, RET, true);
+            let guarded = decide(&numbers, &h, now, max_keys, RET, false);
+            let mut all: Vec<u64> = guarded.purge.clone();
+            all.extend(guarded.kept.iter().map(|k| k.0));
+            all.sort_unstable();
+            prop_assert_eq!(&all, &keystone.purge);
+            let survivors = numbers.len() as u64 + 1 - keystone.purge.len() as u64 - 1;
+            prop_assert_eq!(survivors, max_keys.min(highest + 2) - 1);
+            for n in &guarded.purge {
+                prop_assert!(h.keys[n].retained_until(RET) <= now);
+            }
+        }
+    }
+}
