@@ -1,0 +1,218 @@
+//! The few filesystem primitives the writer is built from: durable file creation, durable
+//! renames and removals (each followed by a directory fsync), ownership, and the exclusive
+//! repository lock. Everything here either completes or returns an error naming the path.
+
+use crate::error::{Error, IoContext, Result};
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::{Gid, Group, Uid, User};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Owner for files fernetd creates (the Keystone user and group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// Resolves `--keystone-user/--keystone-group`, each a name or a numeric id.
+    pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Owner>> {
+        match (user, group) {
+            (None, None) => Ok(None),
+            (Some(u), Some(g)) => Ok(Some(Owner {
+                uid: resolve_user(u)?,
+                gid: resolve_group(g)?,
+            })),
+            (Some(_), None) | (None, Some(_)) => Err(Error::Owner(
+                "--keystone-user and --keystone-group must be given together".into(),
+            )),
+        }
+    }
+}
+
+fn resolve_user(u: &str) -> Result<u32> {
+    if let Ok(id) = u.parse::<u32>() {
+        return Ok(id);
+    }
+    match User::from_name(u) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(Error::Owner(format!("--keystone-user: no such user '{u}'"))),
+        Err(e) => Err(Error::Owner(format!("--keystone-user '{u}': {e}"))),
+    }
+}
+
+fn resolve_group(g: &str) -> Result<u32> {
+    if let Ok(id) = g.parse::<u32>() {
+        return Ok(id);
+    }
+    match Group::from_name(g) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(Error::Owner(format!(
+            "--keystone-group: no such group '{g}'"
+        ))),
+        Err(e) => Err(Error::Owner(format!("--keystone-group '{g}': {e}"))),
+    }
+}
+
+/// Gives an open file or directory to `owner`, if any.
+pub fn chown(file: &File, path: &Path, owner: Option<Owner>) -> Result<()> {
+    if let Some(o) = owner {
+        nix::unistd::fchown(file, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid))).map_err(
+            |e| Error::Chown {
+                path: path.to_path_buf(),
+                uid: o.uid,
+                gid: o.gid,
+                source: e.into(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// fsyncs a directory so that renames, creations and removals in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).at(dir)?.sync_all().at(dir)
+}
+
+/// Creates `path` exclusively with mode 0600, gives it to `owner`, writes `content` and fsyncs
+/// it. A stale file of that name is replaced (callers only use it for fernetd's own temp files).
+pub fn write_new(path: &Path, content: &[u8], owner: Option<Owner>) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).at(path),
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .at(path)?;
+    chown(&f, path, owner)?;
+    f.write_all(content).at(path)?;
+    f.sync_all().at(path)
+}
+
+/// Renames within one filesystem and fsyncs the target directory (and the source directory
+/// when it differs), so the new name is durable when this returns.
+pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).at(to)?;
+    let to_dir = parent(to);
+    sync_dir(to_dir)?;
+    let from_dir = parent(from);
+    if from_dir != to_dir {
+        sync_dir(from_dir)?;
+    }
+    Ok(())
+}
+
+/// Removes a file if present; returns whether it existed. Not synced (callers batch).
+pub fn remove_if_present(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).at(path),
+    }
+}
+
+/// Creates a directory with mode 0700 owned by `owner`, parents as needed.
+pub fn create_private_dir(dir: &Path, owner: Option<Owner>) -> Result<()> {
+    if let Some(p) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(p).at(p)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e).at(dir),
+    }
+    let f = File::open(dir).at(dir)?;
+    chown(&f, dir, owner)?;
+    sync_dir(parent(dir))
+}
+
+fn parent(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// The exclusive per-repository lock (flock on `.fernetd/lock`). Released on drop, and by the
+/// kernel if the process dies, so a crash never leaves a stale lock behind.
+pub struct RepoLock {
+    _lock: Flock<File>,
+}
+
+impl RepoLock {
+    /// Waits up to `timeout` for the lock, polling; then fails naming the holder's pid.
+    pub fn acquire(path: &Path, owner: Option<Owner>, timeout: Duration) -> Result<RepoLock> {
+        let started = Instant::now();
+        let mut file = open_lock_file(path, owner)?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(mut lock) => {
+                    // Record our pid for the message a waiting process prints.
+                    let _ = lock.set_len(0);
+                    let _ = writeln!(&mut *lock, "{}", std::process::id());
+                    return Ok(RepoLock { _lock: lock });
+                }
+                Err((f, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+                    if started.elapsed() >= timeout {
+                        return Err(Error::Locked {
+                            lock: path.to_path_buf(),
+                            holder: holder_pid(path),
+                            waited: timeout,
+                        });
+                    }
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((_, errno)) => return Err(std::io::Error::from(errno)).at(path),
+            }
+        }
+    }
+}
+
+fn open_lock_file(path: &Path, owner: Option<Owner>) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+        .at(path)?;
+    chown(&f, path, owner)?;
+    Ok(f)
+}
+
+fn holder_pid(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    match s.trim().parse::<u32>() {
+        Ok(pid) => format!(" (pid {pid})"),
+        Err(_) => String::new(),
+    }
+}
+
+/// Reads a small file fully, or `None` if it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).at(path),
+    }
+}
+
+/// Joins a repository path and a key number.
+pub fn key_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(number.to_string())
+}

@@ -1,0 +1,482 @@
+//! The key repository on disk: Keystone's layout, written crash-safely by one writer at a time.
+//!
+//! Layout (Keystone's): one file per key, `0` staged, the highest number primary, the rest
+//! secondary; directory 0700, files 0600. fernetd's own files (lock, state, temp keys) live in
+//! the `.fernetd/` subdirectory, which Keystone's loader skips.
+//!
+//! A rotation, in this order, each step durable (file fsync, rename, directory fsync) before
+//! the next:
+//! 1. write `.fernetd/primary.tmp` (a copy of key 0) and `.fernetd/staged.tmp` (a new key);
+//! 2. rename `primary.tmp` to `max+1`: the staged key is now also the primary;
+//! 3. rename `staged.tmp` to `0`: the new staged key replaces the old name atomically;
+//! 4. save history (promotion, demotion, purge decisions) to `.fernetd/state.json`;
+//! 5. unlink the purged keys.
+//!
+//! Invariant: at every instant `0` exists, no key file is ever partially written, and no key
+//! is removed before step 4 made the decision durable. Killed anywhere, the next writer
+//! (`recover`) rolls back (before step 2) or forward (after it) and says which.
+
+mod fsio;
+pub mod scan;
+
+pub use fsio::Owner;
+pub use scan::{EntryKind, Scan, INTERNAL_DIR};
+
+use crate::error::{Error, IoContext, Result};
+use crate::history::{History, Observation};
+use crate::key::{Fingerprint, Key};
+use crate::rotation::{self, Decision};
+use chrono::{DateTime, Utc};
+use fsio::{key_path, RepoLock};
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default time a writer waits for another fernetd holding the lock.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A key repository directory and how fernetd writes to it.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    dir: PathBuf,
+    /// Explicit `--keystone-user/--keystone-group`; otherwise new files follow the directory.
+    owner: Option<Owner>,
+    lock_timeout: Duration,
+}
+
+/// Parameters of one rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct RotateParams {
+    pub max_active_keys: u64,
+    /// E + W + M: how long a demoted key must stay.
+    pub retention: Duration,
+    pub force_purge: bool,
+}
+
+/// What a command did, for the CLI to print.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Human sentences, in order: recoveries, observations, actions.
+    pub notes: Vec<String>,
+    /// Warnings worth a `warning:` prefix (e.g. a kept key, an external change).
+    pub warnings: Vec<String>,
+    pub rotation: Option<Decision>,
+    /// Key numbers on disk afterwards.
+    pub keys: Vec<u64>,
+    pub primary: Option<u64>,
+}
+
+impl Repository {
+    pub fn new(dir: impl Into<PathBuf>, owner: Option<Owner>) -> Repository {
+        Repository {
+            dir: dir.into(),
+            owner,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
+
+    pub fn with_lock_timeout(mut self, t: Duration) -> Repository {
+        self.lock_timeout = t;
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn internal(&self) -> PathBuf {
+        self.dir.join(INTERNAL_DIR)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.internal().join("state.json")
+    }
+
+    fn primary_tmp(&self) -> PathBuf {
+        self.internal().join("primary.tmp")
+    }
+
+    fn staged_tmp(&self) -> PathBuf {
+        self.internal().join("staged.tmp")
+    }
+
+    /// A read-only snapshot (what `check` judges).
+    pub fn scan(&self) -> Result<Scan> {
+        Scan::take(&self.dir)
+    }
+
+    /// Reads the recorded history without locking; empty when none was saved.
+    pub fn history(&self) -> Result<History> {
+        let path = self.state_path();
+        match fsio::read_optional(&path)? {
+            None => Ok(History::new()),
+            Some(bytes) => {
+                let h: History = serde_json::from_slice(&bytes).map_err(|e| Error::State {
+                    path: path.clone(),
+                    reason: format!(
+                        "{e}; move the file away to re-adopt the keys (retention then counts from now)"
+                    ),
+                })?;
+                if h.version != crate::history::VERSION {
+                    return Err(Error::State {
+                        path,
+                        reason: format!("format version {} is not supported", h.version),
+                    });
+                }
+                Ok(h)
+            }
+        }
+    }
+
+    fn save_history(&self, h: &History, owner: Option<Owner>) -> Result<()> {
+        let path = self.state_path();
+        let tmp = self.internal().join("state.json.tmp");
+        let json = serde_json::to_vec_pretty(h).map_err(|e| Error::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        fsio::write_new(&tmp, &json, owner)?;
+        fsio::rename_durable(&tmp, &path)
+    }
+
+    /// Owner for new files: the explicit one, else (as root) the directory's owner.
+    fn file_owner(&self) -> Result<Option<Owner>> {
+        if self.owner.is_some() {
+            return Ok(self.owner);
+        }
+        if nix::unistd::geteuid().is_root() {
+            let m = std::fs::metadata(&self.dir).at(&self.dir)?;
+            return Ok(Some(Owner {
+                uid: m.uid(),
+                gid: m.gid(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Takes the lock, creating `.fernetd/` when needed.
+    fn lock(&self, owner: Option<Owner>) -> Result<RepoLock> {
+        let meta = std::fs::metadata(&self.dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotInitialized {
+                dir: self.dir.clone(),
+                reason: "directory does not exist".into(),
+            },
+            _ => Error::Io {
+                path: self.dir.clone(),
+                source: e,
+            },
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::NotInitialized {
+                dir: self.dir.clone(),
+                reason: "not a directory".into(),
+            });
+        }
+        fsio::create_private_dir(&self.internal(), owner)?;
+        RepoLock::acquire(&self.internal().join("lock"), owner, self.lock_timeout)
+    }
+
+    /// `fernetd setup`: creates and initializes the repository (`{0, 1}`), or, when it is
+    /// initialized, changes no key: it completes an interrupted rotation and records history.
+    pub fn setup(&self, now: DateTime<Utc>) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        if !self.dir.exists() {
+            if self.owner.is_none() && nix::unistd::geteuid().is_root() {
+                out.warnings.push(format!(
+                    "{}: created owned by root; Keystone running as another user cannot read \
+                     it (pass --keystone-user and --keystone-group)",
+                    self.dir.display()
+                ));
+            }
+            fsio::create_private_dir(&self.dir, self.owner)?;
+            out.notes.push(format!("created {}", self.dir.display()));
+        }
+        let owner = self.file_owner()?;
+        let _lock = self.lock(owner)?;
+        self.recover(owner, &mut out)?;
+        let scan = self.scan()?;
+        let mut history = self.history()?;
+        if scan.key_entries().next().is_none() {
+            for number in [1, 0] {
+                let key = generate()?;
+                self.install_key(number, &key, owner)?;
+                history.record_created(number, key.fingerprint(), now);
+            }
+            self.save_history(&history, owner)?;
+            out.notes
+                .push("initialized: key 1 (primary) and key 0 (staged)".into());
+        } else {
+            ensure_writable(&scan)?;
+            let notes = history.reconcile(&fingerprints(&scan), now);
+            describe_observations(&notes, &mut out);
+            self.save_history(&history, owner)?;
+            let keys = scan.keys();
+            out.notes.push(format!(
+                "already initialized: {} keys, primary {}; no key changed",
+                keys.len(),
+                keys.keys().max().copied().unwrap_or(0)
+            ));
+        }
+        self.finish(&mut out)?;
+        Ok(out)
+    }
+
+    /// `fernetd rotate`: one Keystone-compatible rotation with the retention guard.
+    pub fn rotate(&self, params: RotateParams, now: DateTime<Utc>) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        let owner = self.file_owner()?;
+        let _lock = self.lock(owner)?;
+        self.recover(owner, &mut out)?;
+        let scan = self.scan()?;
+        ensure_writable(&scan)?;
+        let keys = scan.keys();
+        let staged = match keys.get(&0) {
+            Some(k) => (*k).clone(),
+            None => {
+                return Err(Error::NotInitialized {
+                    dir: self.dir.clone(),
+                    reason: if keys.is_empty() {
+                        "no keys".into()
+                    } else {
+                        "no key 0".into()
+                    },
+                })
+            }
+        };
+        let mut history = self.history()?;
+        let notes = history.reconcile(&fingerprints(&scan), now);
+        describe_observations(&notes, &mut out);
+
+        let numbers: Vec<u64> = keys.keys().copied().collect();
+        let decision = rotation::decide(
+            &numbers,
+            &history,
+            now,
+            params.max_active_keys,
+            params.retention,
+            params.force_purge,
+        );
+        let new_staged = generate()?;
+
+        // Steps 1-3: stage both files durably, then two atomic, durable renames.
+        fsio::write_new(&self.primary_tmp(), staged.to_text().as_bytes(), owner)?;
+        fsio::write_new(&self.staged_tmp(), new_staged.to_text().as_bytes(), owner)?;
+        fsio::rename_durable(
+            &self.primary_tmp(),
+            &key_path(&self.dir, decision.new_primary),
+        )?;
+        fsio::rename_durable(&self.staged_tmp(), &key_path(&self.dir, 0))?;
+
+        // Step 4: the decision is durable before anything is removed.
+        history.record_rotation(decision.new_primary, new_staged.fingerprint(), now);
+        for &n in &decision.purge {
+            history.record_purge(n, now);
+        }
+        self.save_history(&history, owner)?;
+
+        // Step 5.
+        for &n in &decision.purge {
+            fsio::remove_if_present(&key_path(&self.dir, n))?;
+        }
+        if !decision.purge.is_empty() {
+            fsio::sync_dir(&self.dir)?;
+        }
+
+        out.notes.push(format!(
+            "rotated: key 0 promoted to primary {}, new key 0 staged",
+            decision.new_primary
+        ));
+        if !decision.purge.is_empty() {
+            out.notes.push(format!("purged {}", join(&decision.purge)));
+        }
+        for (n, until) in &decision.kept {
+            out.warnings.push(format!(
+                "kept key {n} beyond max_active_keys = {} until {}: it may still decrypt \
+                 tokens until then (--force-purge to purge by count only)",
+                params.max_active_keys,
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        out.rotation = Some(decision);
+        self.finish(&mut out)?;
+        Ok(out)
+    }
+
+    /// Writes one key file durably via `.fernetd/staged.tmp`.
+    fn install_key(&self, number: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
+        fsio::write_new(&self.staged_tmp(), key.to_text().as_bytes(), owner)?;
+        fsio::rename_durable(&self.staged_tmp(), &key_path(&self.dir, number))
+    }
+
+    fn finish(&self, out: &mut Outcome) -> Result<()> {
+        let scan = self.scan()?;
+        let keys = scan.keys();
+        out.keys = keys.keys().copied().collect();
+        out.primary = keys.keys().copied().filter(|&n| n > 0).max();
+        Ok(())
+    }
+
+    /// Completes or rolls back whatever a killed writer left, fernetd's or keystone-manage's.
+    fn recover(&self, owner: Option<Owner>, out: &mut Outcome) -> Result<()> {
+        let primary_tmp = self.primary_tmp();
+        let staged_tmp = self.staged_tmp();
+        let had_primary_tmp = primary_tmp.exists();
+        let had_staged_tmp = staged_tmp.exists();
+        if had_primary_tmp || had_staged_tmp {
+            let scan = self.scan()?;
+            let keys = scan.keys();
+            let max = keys.keys().copied().filter(|&n| n > 0).max();
+            // Step 2 happened iff the highest key is a copy of key 0.
+            let promoted = match (max.and_then(|m| keys.get(&m)), keys.get(&0)) {
+                (Some(p), Some(s)) => p == s,
+                _ => false,
+            };
+            if promoted {
+                let staged = fsio::read_optional(&staged_tmp)?.and_then(|b| Key::parse(&b).ok());
+                fsio::remove_if_present(&primary_tmp)?;
+                match staged {
+                    Some(_) => fsio::rename_durable(&staged_tmp, &key_path(&self.dir, 0))?,
+                    None => {
+                        fsio::remove_if_present(&staged_tmp)?;
+                        self.install_key(0, &generate()?, owner)?;
+                    }
+                }
+                out.warnings.push(format!(
+                    "completed an interrupted rotation: key {} had been promoted; new key 0 staged now",
+                    max.unwrap_or(0)
+                ));
+            } else {
+                fsio::remove_if_present(&primary_tmp)?;
+                fsio::remove_if_present(&staged_tmp)?;
+                fsio::sync_dir(&self.internal())?;
+                out.warnings
+                    .push("rolled back an interrupted rotation: it had not changed any key".into());
+            }
+        }
+
+        // keystone-manage's own crash window: `0` renamed to max+1, `0.tmp` not yet to `0`.
+        let zero = key_path(&self.dir, 0);
+        let ks_tmp = self.dir.join("0.tmp");
+        if !zero.exists() && self.scan()?.keys().keys().any(|&n| n > 0) {
+            match fsio::read_optional(&ks_tmp)?.and_then(|b| Key::parse(&b).ok()) {
+                Some(_) => {
+                    fsio::rename_durable(&ks_tmp, &zero)?;
+                    out.warnings.push(
+                        "completed an interrupted keystone-manage rotation: 0.tmp became key 0"
+                            .into(),
+                    );
+                }
+                None => {
+                    self.install_key(0, &generate()?, owner)?;
+                    out.warnings
+                        .push("key 0 was missing: staged a new key 0".into());
+                }
+            }
+        } else if zero.exists() && ks_tmp.exists() {
+            fsio::remove_if_present(&ks_tmp)?;
+            fsio::sync_dir(&self.dir)?;
+            out.warnings.push(
+                "removed 0.tmp left by an interrupted keystone-manage rotation (no key had changed)"
+                    .into(),
+            );
+        }
+
+        // Purges that step 4 recorded but step 5 did not finish.
+        let history = self.history()?;
+        let scan = self.scan()?;
+        let mut finished = Vec::new();
+        for (n, k) in scan.keys() {
+            let fp = k.fingerprint();
+            let purged = history
+                .purged
+                .iter()
+                .any(|p| p.by_fernetd && p.number == n && p.fingerprint == fp);
+            if purged && !history.keys.contains_key(&n) {
+                fsio::remove_if_present(&key_path(&self.dir, n))?;
+                finished.push(n);
+            }
+        }
+        if !finished.is_empty() {
+            fsio::sync_dir(&self.dir)?;
+            out.warnings.push(format!(
+                "completed an interrupted purge of {}",
+                join(&finished)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn generate() -> Result<Key> {
+    Key::generate().map_err(|e| Error::Random(e.to_string()))
+}
+
+fn fingerprints(scan: &Scan) -> BTreeMap<u64, Fingerprint> {
+    scan.keys()
+        .into_iter()
+        .map(|(n, k)| (n, k.fingerprint()))
+        .collect()
+}
+
+/// Refuses to write over anything fernetd would misread or Keystone would misload.
+fn ensure_writable(scan: &Scan) -> Result<()> {
+    for e in &scan.entries {
+        let problem = match &e.kind {
+            EntryKind::Key {
+                content: Err(p), ..
+            } => Some(p.to_string()),
+            EntryKind::NonCanonical { number } => Some(format!(
+                "non-canonical key name (Keystone loads it as key {number})"
+            )),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(Error::Invalid {
+                path: e.path.clone(),
+                problem,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn describe_observations(notes: &[Observation], out: &mut Outcome) {
+    let adopted: Vec<u64> = notes
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Adopted { number } => Some(*number),
+            _ => None,
+        })
+        .collect();
+    if !adopted.is_empty() {
+        out.notes.push(format!(
+            "adopted {} without history: retention counts from now",
+            join(&adopted)
+        ));
+    }
+    for o in notes {
+        match o {
+            Observation::Adopted { .. } => {}
+            Observation::Promoted { from, to } => out.warnings.push(format!(
+                "key {from} became primary {to} outside fernetd (an interrupted rotation or \
+                 keystone-manage fernet_rotate); recorded as a rotation now"
+            )),
+            Observation::Vanished {
+                number,
+                fingerprint,
+            } => out.warnings.push(format!(
+                "key {number} (fingerprint {fingerprint}) disappeared outside fernetd"
+            )),
+            Observation::Replaced { number } => out.warnings.push(format!(
+                "key {number} was replaced by a different key outside fernetd; tokens made \
+                 with the old one no longer decrypt"
+            )),
+        }
+    }
+}
+
+fn join(numbers: &[u64]) -> String {
+    let parts: Vec<String> = numbers.iter().map(|n| format!("key {n}")).collect();
+    parts.join(", ")
+}

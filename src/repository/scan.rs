@@ -1,0 +1,243 @@
+//! A read-only snapshot of a key repository directory, taken the way Keystone's loader sees it.
+//!
+//! Keystone (`fernet_utils._get_key_files`) lists the directory, keeps every entry for which
+//! `os.path.isfile` is true (symlinks followed), opens it, and loads it as key `int(name)` when
+//! Python's `int()` accepts the name; empty files are skipped with a warning. This module
+//! records, for every entry, what Keystone would make of it, so `check` can judge and the
+//! writer can refuse to act on an invalid repository.
+
+use crate::error::{IoContext, Result};
+use crate::key::{Key, KeyFormatError};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// fernetd's own files live in this subdirectory. Keystone skips directories, so nothing in it
+/// is ever opened by Keystone's loader (an unreadable file in the repository itself would be,
+/// and would fail every token request).
+pub const INTERNAL_DIR: &str = ".fernetd";
+
+/// Files larger than this are not keys; reading stops there.
+const MAX_READ: u64 = 4096;
+
+/// lstat facts about one directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub is_symlink: bool,
+    /// What `os.path.isfile` says (follows symlinks).
+    pub is_file: bool,
+    pub is_dir: bool,
+}
+
+impl FileMeta {
+    fn of(path: &Path) -> std::io::Result<FileMeta> {
+        let l = std::fs::symlink_metadata(path)?;
+        let followed = std::fs::metadata(path).ok();
+        let m = followed.as_ref().unwrap_or(&l);
+        Ok(FileMeta {
+            mode: m.permissions().mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            is_symlink: l.file_type().is_symlink(),
+            is_file: followed.as_ref().is_some_and(|f| f.is_file()),
+            is_dir: followed.as_ref().is_some_and(|f| f.is_dir()),
+        })
+    }
+}
+
+/// What Keystone would do with an entry.
+#[derive(Debug)]
+pub enum EntryKind {
+    /// Canonical decimal name (`0`, `7`); the content as fernetd judges it.
+    Key {
+        number: u64,
+        content: Result<Key, ContentProblem>,
+    },
+    /// A name Python's `int()` accepts but that is not canonical (`01`, `-1`, `+1`, ` 1`,
+    /// `1_0`): Keystone loads it, possibly over another key with the same number.
+    NonCanonical { number: i128 },
+    /// fernetd's internal directory.
+    Internal,
+    /// Anything else: Keystone ignores it.
+    Other,
+}
+
+/// Why a key file's content is unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentProblem {
+    Format(KeyFormatError),
+    TooLarge,
+    Unreadable(String),
+}
+
+impl std::fmt::Display for ContentProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContentProblem::Format(e) => write!(f, "{e}"),
+            ContentProblem::TooLarge => write!(f, "larger than {MAX_READ} bytes, not a key"),
+            ContentProblem::Unreadable(e) => write!(f, "unreadable: {e}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub name: String,
+    pub path: PathBuf,
+    pub meta: FileMeta,
+    pub kind: EntryKind,
+}
+
+#[derive(Debug)]
+pub struct Scan {
+    pub dir: PathBuf,
+    pub dir_meta: FileMeta,
+    pub entries: Vec<Entry>,
+}
+
+impl Scan {
+    /// Reads `dir` without changing anything.
+    pub fn take(dir: &Path) -> Result<Scan> {
+        let dir_meta = FileMeta::of(dir).at(dir)?;
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(dir).at(dir)? {
+            let e = e.at(dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let meta = match FileMeta::of(&path) {
+                Ok(m) => m,
+                // Vanished between listing and stat: Keystone would fail that request; we
+                // simply do not report it.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err).at(&path),
+            };
+            let kind = classify(&name, &path, &meta);
+            entries.push(Entry {
+                name,
+                path,
+                meta,
+                kind,
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Scan {
+            dir: dir.to_path_buf(),
+            dir_meta,
+            entries,
+        })
+    }
+
+    /// Valid keys by number.
+    pub fn keys(&self) -> BTreeMap<u64, &Key> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Key {
+                    number,
+                    content: Ok(k),
+                } if e.meta.is_file => Some((*number, k)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Entries Keystone would load as keys (any `int()`-accepted regular file).
+    pub fn key_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| {
+            e.meta.is_file
+                && matches!(
+                    e.kind,
+                    EntryKind::Key { .. } | EntryKind::NonCanonical { .. }
+                )
+        })
+    }
+}
+
+fn classify(name: &str, path: &Path, meta: &FileMeta) -> EntryKind {
+    if name == INTERNAL_DIR {
+        return EntryKind::Internal;
+    }
+    match python_int(name) {
+        Some(n) if n >= 0 && n.to_string() == name => match u64::try_from(n) {
+            Ok(number) => EntryKind::Key {
+                number,
+                content: if meta.is_file {
+                    read_key(path)
+                } else {
+                    Err(ContentProblem::Unreadable("not a regular file".into()))
+                },
+            },
+            Err(_) => EntryKind::NonCanonical { number: n },
+        },
+        Some(n) => EntryKind::NonCanonical { number: n },
+        None => EntryKind::Other,
+    }
+}
+
+fn read_key(path: &Path) -> Result<Key, ContentProblem> {
+    let f = std::fs::File::open(path).map_err(|e| ContentProblem::Unreadable(e.to_string()))?;
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(64));
+    f.take(MAX_READ + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| ContentProblem::Unreadable(e.to_string()))?;
+    if buf.len() as u64 > MAX_READ {
+        return Err(ContentProblem::TooLarge);
+    }
+    Key::parse(&buf).map_err(ContentProblem::Format)
+}
+
+/// What Python's `int(str)` returns for a file name, or `None` where it raises.
+/// Accepts surrounding whitespace, one sign, and single underscores between digits.
+pub fn python_int(name: &str) -> Option<i128> {
+    let s = name.trim();
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+        || !digits.chars().all(|c| c.is_ascii_digit() || c == '_')
+    {
+        return None;
+    }
+    let v: i128 = digits.replace('_', "").parse().ok()?;
+    Some(if neg { -v } else { v })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_int_matches_cpython() {
+        // Values checked against CPython 3.11's int().
+        let cases: &[(&str, Option<i128>)] = &[
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("01", Some(1)),
+            ("-1", Some(-1)),
+            ("+1", Some(1)),
+            (" 1", Some(1)),
+            ("1\n", Some(1)),
+            ("1_0", Some(10)),
+            ("1__0", None),
+            ("_1", None),
+            ("1_", None),
+            ("0.tmp", None),
+            ("1.bak", None),
+            ("", None),
+            ("-", None),
+            ("0x1", None),
+            (".fernetd", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(python_int(name), *want, "{name:?}");
+        }
+    }
+}
