@@ -1,0 +1,373 @@
+//! The command line: definitions (the contract scripts rely on) and one function per command.
+//!
+//! Exit codes: 0 success; `check` 1 = warnings only, 2 = invalid; `plan` 3 = the configured
+//! max_active_keys is unsafe; 2 for any error (one line on stderr naming what is at fault).
+
+use crate::check;
+use crate::config::{self, Flags, Settings};
+use crate::duration;
+use crate::planner;
+use crate::repository::{Owner, Repository, RotateParams};
+use crate::schedule::Schedule;
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Keeps OpenStack Keystone Fernet key repositories safe.
+#[derive(Debug, Parser)]
+#[command(name = "fernetd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// fernetd's TOML config (sections mirror the flags; unknown fields are rejected).
+    /// Default: /etc/fernetd/fernetd.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE", env = "FERNETD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and initialize a key repository (like `keystone-manage fernet_setup`). On an
+    /// initialized repository it changes no key, completes an interrupted rotation, exits 0.
+    Setup(SetupArgs),
+    /// Rotate once: promote key 0, stage a new key 0, purge old keys that can no longer
+    /// decrypt a live token.
+    Rotate(RotateArgs),
+    /// Report every problem of a repository, by file. Exit 0 healthy, 1 warnings, 2 invalid.
+    Check(CheckArgs),
+    /// Prove a schedule safe: the max_active_keys it needs, the shortest retention window,
+    /// the next rotations. Exit 3 when the configured max_active_keys is unsafe.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct RepoArgs {
+    /// The key repository (default: keystone.conf's [fernet_tokens] key_repository, else
+    /// /etc/keystone/fernet-keys/).
+    #[arg(long, value_name = "DIR")]
+    pub key_repository: Option<PathBuf>,
+    /// keystone.conf to read [token] and [fernet_tokens] from (default:
+    /// /etc/keystone/keystone.conf when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub keystone_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct OwnerArgs {
+    /// Owner of the key files, a name or a numeric uid (with --keystone-group).
+    #[arg(long, value_name = "USER")]
+    pub keystone_user: Option<String>,
+    /// Group of the key files, a name or a numeric gid (with --keystone-user).
+    #[arg(long, value_name = "GROUP")]
+    pub keystone_group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub owner: OwnerArgs,
+    /// [fernet_tokens] max_active_keys (validated; setup itself purges nothing).
+    #[arg(long, value_name = "N")]
+    pub max_active_keys: Option<u64>,
+    /// How long to wait for another fernetd holding the repository lock.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub lock_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub owner: OwnerArgs,
+    #[command(flatten)]
+    pub lifetime: LifetimeArgs,
+    /// [fernet_tokens] max_active_keys (Keystone's default: 3).
+    #[arg(long, value_name = "N")]
+    pub max_active_keys: Option<u64>,
+    /// Purge by count only, as keystone-manage does, even keys that may still decrypt tokens.
+    #[arg(long)]
+    pub force_purge: bool,
+    /// How long to wait for another fernetd holding the repository lock.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub lock_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct LifetimeArgs {
+    /// [token] expiration (seconds, or 90s/30m/6h/2d/1w).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub expiration: Option<Duration>,
+    /// [token] allow_expired_window.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub allow_expired_window: Option<Duration>,
+    /// Extra retention for distribution delay, clock skew and late rotations (default 1h).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub margin: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub owner: OwnerArgs,
+    /// Print a JSON report instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub lifetime: LifetimeArgs,
+    /// Rotation schedule: crontab (`0 3 * * *`), 6 fields with seconds, @daily/@hourly/...,
+    /// or an interval (`6h`, `2d`). Evaluated in UTC. Default: @daily.
+    #[arg(long, value_name = "SPEC")]
+    pub schedule: Option<String>,
+    /// The max_active_keys to judge (default: from the config or keystone.conf, if set).
+    #[arg(long, value_name = "N")]
+    pub max_active_keys: Option<u64>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit code for an error.
+pub const EXIT_ERROR: i32 = 2;
+/// Exit code of `plan` for an unsafe max_active_keys.
+pub const EXIT_UNSAFE: i32 = 3;
+
+/// Runs a parsed command; returns the exit code.
+pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Setup(a) => {
+            let flags = Flags {
+                max_active_keys: a.max_active_keys,
+                lock_timeout: a.lock_timeout,
+                ..flags(&a.repo, &a.owner)
+            };
+            let s = Settings::resolve(&flags, config)?;
+            let out = repository(&s)?.setup(now)?;
+            print_outcome(&out);
+            Ok(0)
+        }
+        Command::Rotate(a) => {
+            let flags = Flags {
+                max_active_keys: a.max_active_keys,
+                lock_timeout: a.lock_timeout,
+                ..with_lifetime(flags(&a.repo, &a.owner), &a.lifetime)
+            };
+            let s = Settings::resolve(&flags, config)?;
+            let params = RotateParams {
+                max_active_keys: s
+                    .max_active_keys
+                    .unwrap_or(config::KEYSTONE_MAX_ACTIVE_KEYS),
+                retention: s.lifetime.retention(),
+                force_purge: a.force_purge,
+            };
+            let out = repository(&s)?.rotate(params, now)?;
+            print_outcome(&out);
+            Ok(0)
+        }
+        Command::Check(a) => {
+            let s = Settings::resolve(&flags(&a.repo, &a.owner), config)?;
+            let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
+            let scan = Repository::new(&s.key_repository, owner).scan()?;
+            let report = check::check(&scan, owner);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for f in &report.findings {
+                    let sev = match f.severity {
+                        check::Severity::Error => "error",
+                        check::Severity::Warning => "warning",
+                    };
+                    println!("{sev}: {}: {} [{}]", f.path, f.message, f.code);
+                }
+                println!(
+                    "{}: {} ({} keys, primary {})",
+                    report.repository,
+                    report.status,
+                    report.keys.len(),
+                    report.primary.map_or("none".into(), |p| p.to_string())
+                );
+            }
+            Ok(report.exit_code())
+        }
+        Command::Plan(a) => {
+            let flags = Flags {
+                schedule: a.schedule.clone(),
+                max_active_keys: a.max_active_keys,
+                ..with_lifetime(
+                    Flags {
+                        key_repository: a.repo.key_repository.clone(),
+                        keystone_config: a.repo.keystone_config.clone(),
+                        ..Flags::default()
+                    },
+                    &a.lifetime,
+                )
+            };
+            let s = Settings::resolve(&flags, config)?;
+            let schedule = match &s.schedule {
+                Some(sch) => sch.clone(),
+                None => "@daily".parse::<Schedule>().map_err(anyhow::Error::msg)?,
+            };
+            // An interval schedule runs from the last rotation, when the repository knows it.
+            let last = Repository::new(&s.key_repository, None)
+                .history()
+                .ok()
+                .and_then(|h| h.last_rotation);
+            let plan = planner::plan(&schedule, &s.lifetime, s.max_active_keys, now, last)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan_json(&schedule, &s, &plan))?
+                );
+            } else {
+                print_plan(&schedule, &s, &plan);
+            }
+            Ok(if plan.safe == Some(false) {
+                EXIT_UNSAFE
+            } else {
+                0
+            })
+        }
+    }
+}
+
+fn flags(repo: &RepoArgs, owner: &OwnerArgs) -> Flags {
+    Flags {
+        key_repository: repo.key_repository.clone(),
+        keystone_config: repo.keystone_config.clone(),
+        keystone_user: owner.keystone_user.clone(),
+        keystone_group: owner.keystone_group.clone(),
+        ..Flags::default()
+    }
+}
+
+fn with_lifetime(f: Flags, l: &LifetimeArgs) -> Flags {
+    Flags {
+        expiration: l.expiration,
+        allow_expired_window: l.allow_expired_window,
+        margin: l.margin,
+        ..f
+    }
+}
+
+fn repository(s: &Settings) -> anyhow::Result<Repository> {
+    let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
+    let mut r = Repository::new(&s.key_repository, owner);
+    if let Some(t) = s.lock_timeout {
+        r = r.with_lock_timeout(t);
+    }
+    Ok(r)
+}
+
+fn print_outcome(out: &crate::repository::Outcome) {
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    for n in &out.notes {
+        println!("{n}");
+    }
+    let keys: Vec<String> = out.keys.iter().map(u64::to_string).collect();
+    println!(
+        "keys: {} (primary {}, staged 0)",
+        keys.join(" "),
+        out.primary.map_or("none".into(), |p| p.to_string())
+    );
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn plan_json(schedule: &Schedule, s: &Settings, p: &planner::Plan) -> serde_json::Value {
+    serde_json::json!({
+        "schedule": schedule.to_string(),
+        "expiration_seconds": s.lifetime.expiration.as_secs(),
+        "allow_expired_window_seconds": s.lifetime.allow_expired_window.as_secs(),
+        "margin_seconds": s.lifetime.margin.as_secs(),
+        "retention_seconds": p.retention.as_secs(),
+        "required_max_active_keys": p.required_max_active_keys,
+        "max_active_keys": p.max_active_keys,
+        "safe": p.safe,
+        "shortest_window_seconds": p.shortest_window.as_secs(),
+        "shortest_window_between": p.shortest_window_between.map(|(a, b)| [rfc3339(a), rfc3339(b)]),
+        "next_rotations": p.next_rotations.iter().map(|t| rfc3339(*t)).collect::<Vec<_>>(),
+        "firings_analysed": p.firings_analysed,
+        "horizon_truncated": p.horizon_truncated,
+        "keystone_config": s.keystone_config.as_ref().map(|p| p.display().to_string()),
+    })
+}
+
+fn print_plan(schedule: &Schedule, s: &Settings, p: &planner::Plan) {
+    let l = &s.lifetime;
+    let row = |k: &str, v: String| println!("{k:<26} {v}");
+    row("schedule", format!("{schedule} (UTC)"));
+    row(
+        "retention needed",
+        format!(
+            "{} = expiration {} + allow_expired_window {} + margin {}",
+            duration::format(p.retention),
+            duration::format(l.expiration),
+            duration::format(l.allow_expired_window),
+            duration::format(l.margin)
+        ),
+    );
+    row(
+        "required max_active_keys",
+        p.required_max_active_keys.to_string(),
+    );
+    let window = match p.shortest_window_between {
+        Some((a, b)) => format!(
+            "{} (between the rotations at {} and {})",
+            duration::format(p.shortest_window),
+            rfc3339(a),
+            rfc3339(b)
+        ),
+        None => duration::format(p.shortest_window),
+    };
+    match (p.max_active_keys, p.safe) {
+        (Some(n), Some(true)) => {
+            row("max_active_keys", format!("{n}: safe"));
+            row("shortest retention window", window);
+        }
+        (Some(n), _) => {
+            row(
+                "max_active_keys",
+                format!(
+                    "{n}: UNSAFE, needs {} (tokens become undecryptable before they expire)",
+                    p.required_max_active_keys
+                ),
+            );
+            row("shortest retention window", window);
+        }
+        (None, _) => {
+            row("max_active_keys", "not configured".into());
+            row(
+                "shortest retention window",
+                format!("{window} with the required N"),
+            );
+        }
+    }
+    let next: Vec<String> = p.next_rotations.iter().map(|t| rfc3339(*t)).collect();
+    row("next rotations", next.join(", "));
+    if p.horizon_truncated {
+        row(
+            "note",
+            format!(
+                "schedule analysed over its first {} firings only",
+                p.firings_analysed
+            ),
+        );
+    }
+}
