@@ -71,10 +71,10 @@ pub struct SetupArgs {
     #[command(flatten)]
     pub owner: OwnerArgs,
     /// [fernet_tokens] max_active_keys (validated; setup itself purges nothing).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = max_active_keys)]
     pub max_active_keys: Option<u64>,
     /// How long to wait for another fernetd holding the repository lock.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub lock_timeout: Option<Duration>,
 }
 
@@ -87,26 +87,26 @@ pub struct RotateArgs {
     #[command(flatten)]
     pub lifetime: LifetimeArgs,
     /// [fernet_tokens] max_active_keys (Keystone's default: 3).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = max_active_keys)]
     pub max_active_keys: Option<u64>,
     /// Purge by count only, as keystone-manage does, even keys that may still decrypt tokens.
     #[arg(long)]
     pub force_purge: bool,
     /// How long to wait for another fernetd holding the repository lock.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub lock_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct LifetimeArgs {
     /// [token] expiration (seconds, or 90s/30m/6h/2d/1w).
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub expiration: Option<Duration>,
     /// [token] allow_expired_window.
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub allow_expired_window: Option<Duration>,
     /// Extra retention for distribution delay, clock skew and late rotations (default 1h).
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub margin: Option<Duration>,
 }
 
@@ -132,7 +132,7 @@ pub struct PlanArgs {
     #[arg(long, value_name = "SPEC")]
     pub schedule: Option<String>,
     /// The max_active_keys to judge (default: from the config or keystone.conf, if set).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = max_active_keys)]
     pub max_active_keys: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -241,6 +241,15 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
             })
         }
     }
+}
+
+/// `--max-active-keys`: an integer of at least 2.
+fn max_active_keys(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    config::check_max_keys(n)?;
+    Ok(n)
 }
 
 fn flags(repo: &RepoArgs, owner: &OwnerArgs) -> Flags {

@@ -29,8 +29,8 @@ fn main() {
     match cli::run(cli, chrono::Utc::now()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            // `{:#}` joins the context chain on one line.
-            let line = format!("{e:#}").replace('\n', " ");
+            // Our error variants already include their cause; print the top level only.
+            let line = format!("{e}").replace('\n', " ");
             eprintln!("fernetd: error: {line}");
             std::process::exit(cli::EXIT_ERROR);
         }

@@ -157,6 +157,13 @@ impl Repository {
 
     /// Takes the lock, creating `.fernetd/` when needed.
     fn lock(&self, owner: Option<Owner>) -> Result<RepoLock> {
+        self.require_dir()?;
+        fsio::create_private_dir(&self.internal(), owner)?;
+        RepoLock::acquire(&self.internal().join("lock"), owner, self.lock_timeout)
+    }
+
+    /// The repository directory must exist before anything but `setup` touches it.
+    fn require_dir(&self) -> Result<()> {
         let meta = std::fs::metadata(&self.dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotInitialized {
                 dir: self.dir.clone(),
@@ -173,8 +180,7 @@ impl Repository {
                 reason: "not a directory".into(),
             });
         }
-        fsio::create_private_dir(&self.internal(), owner)?;
-        RepoLock::acquire(&self.internal().join("lock"), owner, self.lock_timeout)
+        Ok(())
     }
 
     /// `fernetd setup`: creates and initializes the repository (`{0, 1}`), or, when it is
@@ -225,6 +231,7 @@ impl Repository {
     /// `fernetd rotate`: one Keystone-compatible rotation with the retention guard.
     pub fn rotate(&self, params: RotateParams, now: DateTime<Utc>) -> Result<Outcome> {
         let mut out = Outcome::default();
+        self.require_dir()?;
         let owner = self.file_owner()?;
         let _lock = self.lock(owner)?;
         self.recover(owner, &mut out)?;

@@ -1,0 +1,514 @@
+//! The command-line contract, driven through the real binary.
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn setup_creates_keystone_layout_and_is_idempotent() {
+    let t = tmp();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let ks = keys(&repo);
+    assert_eq!(ks.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+    assert!(ks.values().all(|k| k.len() == 44));
+    assert_ne!(ks[&0], ks[&1]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&repo), 0o700);
+    assert_eq!(mode(&repo.join("0")), 0o600);
+    assert_eq!(mode(&repo.join("1")), 0o600);
+
+    let before = snapshot(&repo);
+    let again = fernetd_ok(&["setup", "--key-repository", r]);
+    assert!(
+        again.stdout.contains("already initialized"),
+        "{}",
+        again.stdout
+    );
+    let after = snapshot(&repo);
+    let key_files = |s: &std::collections::BTreeMap<String, Vec<u8>>| {
+        s.iter()
+            .filter(|(k, _)| !k.starts_with(".fernetd"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key_files(&before), key_files(&after), "setup changed a key");
+}
+
+#[test]
+fn rotate_follows_keystone_and_keeps_keys_inside_retention() {
+    let t = tmp();
+    let r = t.path().to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let first_primary = keys(t.path())[&1].clone();
+    let staged = keys(t.path())[&0].clone();
+    fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+    let ks = keys(t.path());
+    assert_eq!(ks.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(ks[&2], staged, "key 0 must become the new primary");
+    assert_eq!(ks[&1], first_primary);
+
+    // Keystone would purge key 1 now; it was demoted seconds ago, so fernetd keeps it.
+    let out = fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+    assert_eq!(
+        keys(t.path()).keys().copied().collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    assert!(out.stderr.contains("kept key 1"), "{}", out.stderr);
+    assert!(out.stderr.contains("until"), "{}", out.stderr);
+
+    // With no retention at all the count rule applies.
+    fernetd_ok(&[
+        "rotate",
+        "--key-repository",
+        r,
+        "--max-active-keys",
+        "3",
+        "--expiration",
+        "0",
+        "--allow-expired-window",
+        "0",
+        "--margin",
+        "0",
+    ]);
+    assert_eq!(
+        keys(t.path()).keys().copied().collect::<Vec<_>>(),
+        vec![0, 3, 4]
+    );
+}
+
+#[test]
+fn force_purge_restores_count_only_rule() {
+    let t = tmp();
+    let r = t.path().to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    for _ in 0..3 {
+        fernetd_ok(&[
+            "rotate",
+            "--key-repository",
+            r,
+            "--max-active-keys",
+            "3",
+            "--force-purge",
+        ]);
+    }
+    assert_eq!(
+        keys(t.path()).keys().copied().collect::<Vec<_>>(),
+        vec![0, 3, 4]
+    );
+}
+
+#[test]
+fn tokens_survive_rotations_until_their_key_is_purged() {
+    let t = tmp();
+    let r = t.path().to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let token = issue_token(t.path());
+    for _ in 0..4 {
+        fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+        assert!(
+            multifernet(t.path()).decrypt(&token).is_ok(),
+            "token lost inside retention"
+        );
+    }
+    fernetd_ok(&[
+        "rotate",
+        "--key-repository",
+        r,
+        "--max-active-keys",
+        "3",
+        "--force-purge",
+    ]);
+    assert!(
+        multifernet(t.path()).decrypt(&token).is_err(),
+        "key 1 should be purged by count"
+    );
+}
+
+#[test]
+fn check_exit_codes_and_findings() {
+    let t = tmp();
+    let repo = t.path().join("k");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let ok = fernetd(&["check", "--key-repository", r]);
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+    assert!(ok.stdout.contains("healthy"));
+
+    std::fs::set_permissions(repo.join("1"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(repo.join("0.tmp"), "leftover").unwrap();
+    let warn = fernetd(&["check", "--key-repository", r]);
+    assert_eq!(warn.code, 1, "{}", warn.stdout);
+    assert!(warn.stdout.contains("[key-mode]") && warn.stdout.contains("[stray-file]"));
+
+    let key1 = std::fs::read_to_string(repo.join("1")).unwrap();
+    std::fs::write(repo.join("01"), &key1).unwrap();
+    std::fs::write(repo.join("5"), "not a key").unwrap();
+    std::fs::write(repo.join("6"), "").unwrap();
+    std::fs::write(repo.join("7"), &key1).unwrap();
+    std::os::unix::fs::symlink(repo.join("1"), repo.join("8")).unwrap();
+    std::fs::remove_file(repo.join("0")).unwrap();
+    let bad = fernetd(&["check", "--key-repository", r, "--json"]);
+    assert_eq!(bad.code, 2, "{}", bad.stdout);
+    let v: serde_json::Value = serde_json::from_str(&bad.stdout).unwrap();
+    assert_eq!(v["status"], "invalid");
+    let codes: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{}",
+                f["code"].as_str().unwrap(),
+                f["path"].as_str().unwrap().rsplit('/').next().unwrap()
+            )
+        })
+        .collect();
+    for want in [
+        "non-canonical-name:01",
+        "malformed-key:5",
+        "empty-key:6",
+        "missing-staged-key:0",
+        "symlink:8",
+        "key-mode:1",
+        "stray-file:0.tmp",
+    ] {
+        assert!(
+            codes.iter().any(|c| c == want),
+            "missing {want} in {codes:?}"
+        );
+    }
+    assert!(
+        codes.iter().any(|c| c.starts_with("duplicate-key")),
+        "{codes:?}"
+    );
+    // Never any key material in the report.
+    assert!(
+        !bad.stdout.contains(key1.trim()),
+        "key material in check output"
+    );
+}
+
+#[test]
+fn check_flags_world_readable_directory_and_too_few_keys() {
+    let t = tmp();
+    let repo = t.path().join("k");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = fernetd(&[
+        "check",
+        "--key-repository",
+        repo.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stdout.contains("world-readable-directory") && r.stdout.contains("too-few-keys"));
+}
+
+#[test]
+fn errors_are_one_line_exit_2_and_change_nothing() {
+    let t = tmp();
+    let r = t.path().to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let before = snapshot(t.path());
+    let cfg = t.path().join("bad.toml");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "rotate".into(),
+                "--key-repository".into(),
+                r.into(),
+                "--expiration".into(),
+                "-5".into(),
+            ],
+            "negative",
+        ),
+        (
+            vec![
+                "rotate".into(),
+                "--key-repository".into(),
+                r.into(),
+                "--bogus".into(),
+            ],
+            "--bogus",
+        ),
+        (
+            vec![
+                "rotate".into(),
+                "--key-repository".into(),
+                r.into(),
+                "--max-active-keys".into(),
+                "1".into(),
+            ],
+            "--max-active-keys",
+        ),
+        (
+            vec![
+                "--config".into(),
+                cfg.display().to_string(),
+                "rotate".into(),
+            ],
+            "bad.toml",
+        ),
+        (
+            vec!["plan".into(), "--schedule".into(), "61 * * * *".into()],
+            "not a valid cron",
+        ),
+        (
+            vec![
+                "plan".into(),
+                "--keystone-config".into(),
+                "/nonexistent/keystone.conf".into(),
+            ],
+            "/nonexistent/keystone.conf",
+        ),
+        (
+            vec![
+                "rotate".into(),
+                "--key-repository".into(),
+                format!("{r}/missing"),
+            ],
+            "fernetd setup",
+        ),
+        (
+            vec![
+                "rotate".into(),
+                "--key-repository".into(),
+                r.into(),
+                "--keystone-user".into(),
+                "no-such-user-xyz".into(),
+                "--keystone-group".into(),
+                "0".into(),
+            ],
+            "no-such-user-xyz",
+        ),
+    ];
+    std::fs::write(&cfg, "[tokens]\nexpiration = 5\nunknown_field = 1\n").unwrap();
+    for (args, needle) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = fernetd(&a);
+        assert_eq!(out.code, 2, "{a:?}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.trim_end().lines().count(),
+            1,
+            "{a:?}: not one line: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(needle),
+            "{a:?}: {} lacks {needle}",
+            out.stderr
+        );
+        assert_eq!(
+            snapshot(t.path())
+                .into_iter()
+                .filter(|(k, _)| k != "bad.toml")
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            before,
+            "{a:?} changed the disk"
+        );
+    }
+}
+
+#[test]
+fn refuses_to_rotate_an_invalid_repository() {
+    let t = tmp();
+    let r = t.path().to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    std::fs::write(t.path().join("1"), "garbage").unwrap();
+    let before = keys(t.path());
+    let out = fernetd(&["rotate", "--key-repository", r]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("/1: not 32 bytes"), "{}", out.stderr);
+    assert_eq!(keys(t.path()), before);
+}
+
+#[test]
+fn plan_human_and_json() {
+    let out = fernetd(&[
+        "plan",
+        "--schedule",
+        "@daily",
+        "--max-active-keys",
+        "3",
+        "--margin",
+        "0",
+        "--keystone-config",
+        "/dev/null",
+    ]);
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    assert!(out.stdout.contains("UNSAFE, needs 5"), "{}", out.stdout);
+
+    let out = fernetd(&[
+        "plan",
+        "--schedule",
+        "0 0 * * 1,3",
+        "--json",
+        "--keystone-config",
+        "/dev/null",
+    ]);
+    assert_eq!(out.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["required_max_active_keys"], 4);
+    assert!(v["safe"].is_null());
+    assert_eq!(v["next_rotations"].as_array().unwrap().len(), 5);
+    let first = v["next_rotations"][0].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(first).is_ok(),
+        "{first}"
+    );
+
+    let out = fernetd(&[
+        "plan",
+        "--schedule",
+        "49h",
+        "--max-active-keys",
+        "3",
+        "--margin",
+        "0",
+        "--json",
+        "--keystone-config",
+        "/dev/null",
+    ]);
+    assert_eq!(out.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["safe"], true);
+    assert_eq!(v["shortest_window_seconds"], 49 * 3600);
+}
+
+#[test]
+fn plan_reads_keystone_conf_and_toml_with_flags_winning() {
+    let t = tmp();
+    let ks = t.path().join("keystone.conf");
+    std::fs::write(&ks, "[token]\nexpiration = 3600\nallow_expired_window = 0\n[fernet_tokens]\nmax_active_keys = 3\n").unwrap();
+    let toml = t.path().join("fernetd.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nschedule = \"1h\"\nmargin = 0\n",
+            ks.display()
+        ),
+    )
+    .unwrap();
+    let c = toml.to_str().unwrap();
+    // keystone.conf: E=1h, W=0, N=3; TOML: schedule 1h, margin 0 -> safe (1 gap of 1h).
+    let out = fernetd(&["--config", c, "plan", "--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["required_max_active_keys"], 3);
+    assert_eq!(v["max_active_keys"], 3);
+    // A flag overrides both: W = 2d makes N = 3 unsafe.
+    let out = fernetd(&["--config", c, "plan", "--allow-expired-window", "2d"]);
+    assert_eq!(out.code, 3, "{}", out.stdout);
+}
+
+#[test]
+fn second_writer_waits_then_fails_naming_the_lock() {
+    use nix::fcntl::{Flock, FlockArg};
+    let t = tmp();
+    let r = t.path().to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let lock_path = t.path().join(".fernetd/lock");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    let held = Flock::lock(f, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let before = keys(t.path());
+    let started = std::time::Instant::now();
+    let out = fernetd(&["rotate", "--key-repository", r, "--lock-timeout", "1s"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(".fernetd/lock") && out.stderr.contains("gave up after 1s"),
+        "{}",
+        out.stderr
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    assert_eq!(keys(t.path()), before);
+    drop(held);
+    fernetd_ok(&["rotate", "--key-repository", r, "--lock-timeout", "1s"]);
+}
+
+#[test]
+fn concurrent_rotations_serialize_and_lose_nothing() {
+    let t = tmp();
+    let r = t.path().to_str().unwrap().to_string();
+    fernetd_ok(&["setup", "--key-repository", &r]);
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                fernetd(&["rotate", "--key-repository", &r, "--max-active-keys", "3"])
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    // Six serialized rotations from {0,1}: primary 7, every key kept (all inside retention).
+    assert_eq!(
+        keys(t.path()).keys().copied().collect::<Vec<_>>(),
+        (0..=7).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn adopts_a_keystone_style_repository_without_losing_a_key() {
+    let t = tmp();
+    for (n, k) in [
+        (0u64, fernet::Fernet::generate_key()),
+        (4, fernet::Fernet::generate_key()),
+        (5, fernet::Fernet::generate_key()),
+    ] {
+        std::fs::write(t.path().join(n.to_string()), k).unwrap();
+    }
+    let before = keys(t.path());
+    let r = t.path().to_str().unwrap();
+    let out = fernetd_ok(&["setup", "--key-repository", r]);
+    assert!(out.stdout.contains("adopted"), "{}", out.stdout);
+    assert_eq!(keys(t.path()), before);
+    fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+    let after = keys(t.path());
+    for (n, k) in &before {
+        if *n > 0 {
+            assert_eq!(after.get(n), Some(k), "adopted key {n} lost");
+        }
+    }
+    assert_eq!(after[&6], before[&0]);
+}
+
+#[test]
+fn completes_keystone_managed_crash_missing_zero() {
+    // keystone-manage died between `rename 0 -> max+1` and `rename 0.tmp -> 0`.
+    let t = tmp();
+    let tmpkey = fernet::Fernet::generate_key();
+    std::fs::write(t.path().join("1"), fernet::Fernet::generate_key()).unwrap();
+    std::fs::write(t.path().join("2"), fernet::Fernet::generate_key()).unwrap();
+    std::fs::write(t.path().join("0.tmp"), &tmpkey).unwrap();
+    let out = fernetd_ok(&["setup", "--key-repository", t.path().to_str().unwrap()]);
+    assert!(
+        out.stderr.contains("interrupted keystone-manage rotation"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(keys(t.path())[&0], tmpkey);
+    assert!(!t.path().join("0.tmp").exists());
+}
+
+#[test]
+fn version_and_help() {
+    let v = fernetd_ok(&["--version"]);
+    assert!(v.stdout.starts_with("fernetd "));
+    for cmd in ["setup", "rotate", "check", "plan"] {
+        let h = fernetd_ok(&[cmd, "--help"]);
+        assert!(h.stdout.contains("--key-repository"), "{cmd}");
+    }
+}
