@@ -171,13 +171,27 @@ impl History {
                 self.last_rotation = Some(now);
             }
         }
-        // The key that was primary before and is not now was demoted at some moment up to
-        // now; `now` is the conservative date (first_seen would be too early).
-        if let Some(op) = old_primary.filter(|&op| Some(op) != primary) {
-            if let Some(r) = self.keys.get_mut(&op) {
-                if r.demoted.is_none() {
+        // Keys that may have been primary since the last look and are not primary now were
+        // demoted at some moment up to now; `now` is the conservative date (first_seen would
+        // be too early). That is the old primary, and any key that left number 0 (staged,
+        // then promoted and perhaps demoted again by rotations fernetd did not make).
+        let moved_from_zero = seen_notes.iter().filter_map(|o| match o {
+            Observation::Promoted { from: 0, to } => Some(*to),
+            _ => None,
+        });
+        let maybe_primary_since: Vec<u64> =
+            old_primary.into_iter().chain(moved_from_zero).collect();
+        for n in maybe_primary_since {
+            if let Some(r) = self.keys.get_mut(&n) {
+                if n > 0 && r.promoted.is_none() {
+                    r.promoted = Some(if Some(n) == old_primary {
+                        r.first_seen
+                    } else {
+                        now
+                    });
+                }
+                if Some(n) != primary && r.demoted.is_none() {
                     r.demoted = Some(now);
-                    r.promoted.get_or_insert(r.first_seen);
                 }
             }
         }
@@ -313,6 +327,21 @@ mod tests {
         assert_eq!(h.keys[&1].demoted, Some(t(3)));
         assert_eq!(h.keys[&1].retained_until(Duration::from_secs(3600)), t(4));
         assert_eq!(h.last_rotation, Some(t(3)));
+    }
+
+    #[test]
+    fn staged_key_promoted_and_demoted_unseen_is_dated_at_observation() {
+        // fernetd sees {0: a, 1: b} at t(0); keystone-manage rotates twice before fernetd
+        // looks again at t(5): a was primary from some moment until some moment <= t(5).
+        let f = fps(4);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(0));
+        let disk = BTreeMap::from([(0, f[3]), (1, f[1]), (2, f[0]), (3, f[2])]);
+        h.reconcile(&disk, t(5));
+        assert_eq!(h.keys[&2].demoted, Some(t(5)));
+        assert_eq!(h.keys[&1].demoted, Some(t(5)));
+        assert_eq!(h.keys[&3].demoted, None, "the primary is not demoted");
+        assert_eq!(h.keys[&2].retained_until(Duration::from_secs(3600)), t(6));
     }
 
     #[test]
