@@ -1,0 +1,299 @@
+//! Compatibility with the real Keystone code from PyPI (installed into `.venv` by the README's
+//! test command, or the venv named by FERNETD_KEYSTONE_VENV). Without it these tests fail with
+//! the command that installs it; they are never skipped.
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn venv() -> PathBuf {
+    let v = std::env::var_os("FERNETD_KEYSTONE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let ok = Command::new(v.join("bin/python"))
+        .args(["-c", "import keystone.common.fernet_utils"])
+        .output()
+        .map(|o| o.status.success());
+    assert!(
+        matches!(ok, Ok(true)),
+        "Keystone is not installed in {} (python3 -m venv .venv && .venv/bin/pip install keystone; the README's test command does this)",
+        v.display()
+    );
+    v
+}
+
+fn helper(args: &[&str]) -> std::process::Output {
+    Command::new(venv().join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// SHA-256 of each key in Keystone's load order, as Keystone's own loader reports it.
+fn keystone_load(dir: &Path) -> Vec<String> {
+    let out = helper(&["load", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "keystone load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn keystone_pack(dir: &Path) -> String {
+    let out = helper(&["pack", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "keystone pack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn keystone_unpacks(dir: &Path, token: &str) -> bool {
+    helper(&["unpack", dir.to_str().unwrap(), token])
+        .status
+        .success()
+}
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What Keystone should load: keys by number, descending.
+fn expected_order(dir: &Path) -> Vec<String> {
+    keys(dir).values().rev().map(|k| sha(k)).collect()
+}
+
+fn keystone_manage(dir: &Path, cmd: &str) -> std::process::Output {
+    let conf = dir.parent().unwrap().join("keystone.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[fernet_tokens]\nkey_repository = {d}\nmax_active_keys = 3\n[fernet_receipts]\nkey_repository = {d}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let (u, g) = (
+        nix::unistd::getuid().to_string(),
+        nix::unistd::getgid().to_string(),
+    );
+    Command::new(venv().join("bin/keystone-manage"))
+        .arg("--config-file")
+        .arg(&conf)
+        .args([cmd, "--keystone-user", &u, "--keystone-group", &g])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn keystone_loads_fernetd_keys_and_tokens_live_until_their_key_is_purged() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    assert_eq!(keystone_load(&repo), expected_order(&repo));
+    assert_eq!(keystone_load(&repo).len(), 2);
+
+    // Keystone packs with primary 1. Count-only purging with 3 keys drops key 1 at the
+    // second rotation: the token must unpack exactly until then.
+    let token = keystone_pack(&repo);
+    fernetd_ok(&[
+        "rotate",
+        "--key-repository",
+        r,
+        "--max-active-keys",
+        "3",
+        "--force-purge",
+    ]);
+    assert_eq!(keystone_load(&repo), expected_order(&repo));
+    assert!(keys(&repo).contains_key(&1));
+    assert!(
+        keystone_unpacks(&repo, &token),
+        "token lost while its key is present"
+    );
+    fernetd_ok(&[
+        "rotate",
+        "--key-repository",
+        r,
+        "--max-active-keys",
+        "3",
+        "--force-purge",
+    ]);
+    assert!(!keys(&repo).contains_key(&1));
+    assert!(
+        !keystone_unpacks(&repo, &token),
+        "token unpacked after its key was purged"
+    );
+
+    // With the retention guard (the default) the key of a fresh token is kept.
+    let token = keystone_pack(&repo);
+    let primary = *keys(&repo).keys().next_back().unwrap();
+    for _ in 0..3 {
+        fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+        assert!(keys(&repo).contains_key(&primary));
+        assert!(
+            keystone_unpacks(&repo, &token),
+            "retention guard lost a live token's key"
+        );
+    }
+    assert_eq!(keystone_load(&repo), expected_order(&repo));
+}
+
+#[test]
+fn fernetd_adopts_a_keystone_manage_repository_without_losing_a_key() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    assert!(keystone_manage(&repo, "fernet_setup").status.success());
+    assert!(keystone_manage(&repo, "fernet_rotate").status.success());
+    let made = keys(&repo);
+    assert_eq!(made.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
+    let token = keystone_pack(&repo);
+
+    let setup = fernetd_ok(&["setup", "--key-repository", r]);
+    assert!(
+        setup.stdout.contains("already initialized"),
+        "{}",
+        setup.stdout
+    );
+    assert_eq!(keys(&repo), made, "setup changed a keystone-made key");
+    assert_eq!(fernetd(&["check", "--key-repository", r]).code, 0);
+
+    fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+    let after = keys(&repo);
+    assert_eq!(after[&3], made[&0], "staged key not promoted");
+    for n in [1, 2] {
+        assert_eq!(after[&n], made[&n], "adopted key {n} lost");
+    }
+    assert!(keystone_unpacks(&repo, &token));
+    assert_eq!(keystone_load(&repo), expected_order(&repo));
+}
+
+#[test]
+fn keystone_manage_rotates_a_fernetd_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    fernetd_ok(&["rotate", "--key-repository", r]);
+    let before = keys(&repo);
+    let out = keystone_manage(&repo, "fernet_rotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = keys(&repo);
+    assert_eq!(
+        after[&3], before[&0],
+        "keystone-manage did not promote fernetd's staged key"
+    );
+    assert!(
+        repo.join(".fernetd/state.json").exists(),
+        "keystone-manage removed fernetd's state"
+    );
+    assert_eq!(fernetd(&["check", "--key-repository", r]).code, 0);
+
+    // fernetd notices the rotation it did not make.
+    let rot = fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "5"]);
+    assert!(
+        rot.stderr.contains("became primary 3 outside fernetd"),
+        "{}",
+        rot.stderr
+    );
+    assert_eq!(keystone_load(&repo), expected_order(&repo));
+}
+
+/// Keystone's loader opens every regular file in the repository before looking at its name,
+/// so one file the Keystone user cannot read breaks every token request. fernetd keeps its
+/// files in a directory, which the loader skips.
+#[test]
+fn fernetd_internal_files_never_break_keystone_running_unprivileged() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    // Keys belong to the Keystone user (nobody when we are root, ourselves otherwise).
+    let (ku, kg) = if root {
+        ("65534".to_string(), "65534".to_string())
+    } else {
+        (
+            nix::unistd::getuid().to_string(),
+            nix::unistd::getgid().to_string(),
+        )
+    };
+    fernetd_ok(&[
+        "setup",
+        "--key-repository",
+        r,
+        "--keystone-user",
+        &ku,
+        "--keystone-group",
+        &kg,
+    ]);
+    // fernetd's files unreadable to the Keystone user: owned by root, or mode 000.
+    let internal = repo.join(".fernetd");
+    if root {
+        Command::new("chown")
+            .args(["-R", "0:0"])
+            .arg(&internal)
+            .status()
+            .unwrap();
+    } else {
+        std::fs::set_permissions(&internal, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let load_as_keystone = || {
+        let py = venv().join("bin/python");
+        let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py");
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&py);
+            c
+        } else {
+            Command::new(&py)
+        };
+        c.arg(&helper)
+            .args(["load", r])
+            .env("HOME", "/tmp")
+            .output()
+            .unwrap()
+    };
+    let ok = load_as_keystone();
+    assert!(
+        ok.status.success(),
+        "Keystone failed to load: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let n: Vec<String> = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(n.len(), 2);
+
+    // Control: the same loader fails on an unreadable regular file in the repository. This is
+    // the hazard fernetd avoids, and proves the check above can fail.
+    let junk = repo.join("state.json");
+    std::fs::write(&junk, "{}").unwrap();
+    if root {
+        Command::new("chown")
+            .arg("0:0")
+            .arg(&junk)
+            .status()
+            .unwrap();
+    }
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let broken = load_as_keystone();
+    assert!(
+        !broken.status.success(),
+        "control: an unreadable file should break Keystone's loader"
+    );
+    std::fs::set_permissions(&internal, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
