@@ -11,6 +11,25 @@
 //! - [`check`]: judges a repository snapshot, problem by problem.
 //! - [`config`]: flags over TOML over keystone.conf.
 //! - [`cli`]: the command-line contract.
+//!
+//! The planner answers the question this project exists for: with Keystone's defaults, does a
+//! daily rotation with 3 keys keep every token decryptable for its lifetime? No, it needs 5:
+//!
+//! ```
+//! use fernetd::planner::{plan, Lifetime};
+//! use std::time::Duration;
+//!
+//! let lifetime = Lifetime {
+//!     expiration: Duration::from_secs(3600),
+//!     allow_expired_window: Duration::from_secs(48 * 3600),
+//!     margin: Duration::ZERO,
+//! };
+//! let daily = "@daily".parse().unwrap();
+//! let p = plan(&daily, &lifetime, Some(3), chrono::Utc::now(), None).unwrap();
+//! assert_eq!(p.safe, Some(false));
+//! assert_eq!(p.required_max_active_keys, 5);
+//! assert_eq!(p.shortest_window, Duration::from_secs(24 * 3600));
+//! ```
 
 pub mod check;
 pub mod cli;
