@@ -216,12 +216,14 @@ impl Settings {
             None => (KeystoneConf::default(), None),
         };
         let t = &file.tokens;
-        let schedule = match flags.schedule.as_ref().or(t.schedule.as_ref()) {
-            Some(s) => Some(
+        // A schedule from the file was validated (and named) by FileConfig::parse.
+        let schedule = match (&flags.schedule, &t.schedule) {
+            (Some(s), _) => Some(
                 s.parse::<Schedule>()
-                    .map_err(|m| ConfigError(format!("schedule: {m}")))?,
+                    .map_err(|m| ConfigError(format!("--schedule: {m}")))?,
             ),
-            None => None,
+            (None, Some(s)) => Some(s.parse::<Schedule>().map_err(ConfigError)?),
+            (None, None) => None,
         };
         Ok(Settings {
             key_repository: flags

@@ -316,6 +316,27 @@ fn errors_are_one_line_exit_2_and_change_nothing() {
 }
 
 #[test]
+fn refusing_a_never_touched_invalid_repository_creates_nothing() {
+    let t = tmp();
+    for (n, k) in [
+        (0u64, fernet::Fernet::generate_key()),
+        (1, "garbage".to_string()),
+    ] {
+        std::fs::write(t.path().join(n.to_string()), k).unwrap();
+    }
+    let before = snapshot(t.path());
+    for cmd in ["rotate", "setup"] {
+        let out = fernetd(&[cmd, "--key-repository", t.path().to_str().unwrap()]);
+        assert_eq!(out.code, 2, "{cmd}: {}", out.stderr);
+        assert!(
+            !t.path().join(".fernetd").exists(),
+            "{cmd} created .fernetd before refusing"
+        );
+        assert_eq!(snapshot(t.path()), before);
+    }
+}
+
+#[test]
 fn refuses_to_rotate_an_invalid_repository() {
     let t = tmp();
     let r = t.path().to_str().unwrap();
@@ -511,4 +532,36 @@ fn version_and_help() {
         let h = fernetd_ok(&[cmd, "--help"]);
         assert!(h.stdout.contains("--key-repository"), "{cmd}");
     }
+}
+
+#[test]
+fn unprivileged_setup_for_another_owner_fails_before_touching_disk() {
+    let t = tmp();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let repo = t.path().join("keys");
+    let args = [
+        "setup",
+        "--key-repository",
+        repo.to_str().unwrap(),
+        "--keystone-user",
+        "0",
+        "--keystone-group",
+        "0",
+    ];
+    let out = if nix::unistd::geteuid().is_root() {
+        // Run as nobody, who may not give files to root.
+        Run::from(
+            std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(bin())
+                .args(args)
+                .output()
+                .expect("setpriv (util-linux)"),
+        )
+    } else {
+        fernetd(&args)
+    };
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("without root"), "{}", out.stderr);
+    assert!(!repo.exists(), "directory created before the owner error");
 }

@@ -140,6 +140,28 @@ impl Repository {
         fsio::rename_durable(&tmp, &path)
     }
 
+    /// Fails before touching the disk when the requested owner cannot be set: only root may
+    /// give files to another user, or to a group it is not in.
+    fn check_owner_permitted(&self) -> Result<()> {
+        let Some(o) = self.owner else { return Ok(()) };
+        if nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let uid_ok = o.uid == nix::unistd::geteuid().as_raw();
+        let gid_ok = o.gid == nix::unistd::getegid().as_raw()
+            || nix::unistd::getgroups()
+                .map(|g| g.iter().any(|g| g.as_raw() == o.gid))
+                .unwrap_or(false);
+        if uid_ok && gid_ok {
+            Ok(())
+        } else {
+            Err(Error::Owner(format!(
+                "cannot give key files to uid {} gid {} without root; run as root or as that user",
+                o.uid, o.gid
+            )))
+        }
+    }
+
     /// Owner for new files: the explicit one, else (as root) the directory's owner.
     fn file_owner(&self) -> Result<Option<Owner>> {
         if self.owner.is_some() {
@@ -187,7 +209,11 @@ impl Repository {
     /// initialized, changes no key: it completes an interrupted rotation and records history.
     pub fn setup(&self, now: DateTime<Utc>) -> Result<Outcome> {
         let mut out = Outcome::default();
-        if !self.dir.exists() {
+        self.check_owner_permitted()?;
+        if self.dir.exists() {
+            // Refuse early, before the lock creates anything; checked again under the lock.
+            ensure_writable(&self.scan()?)?;
+        } else {
             if self.owner.is_none() && nix::unistd::geteuid().is_root() {
                 out.warnings.push(format!(
                     "{}: created owned by root; Keystone running as another user cannot read \
@@ -232,6 +258,9 @@ impl Repository {
     pub fn rotate(&self, params: RotateParams, now: DateTime<Utc>) -> Result<Outcome> {
         let mut out = Outcome::default();
         self.require_dir()?;
+        self.check_owner_permitted()?;
+        // Refuse early, before the lock creates anything; checked again under the lock.
+        ensure_writable(&self.scan()?)?;
         let owner = self.file_owner()?;
         let _lock = self.lock(owner)?;
         self.recover(owner, &mut out)?;
