@@ -38,7 +38,24 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+impl Finding {
+    /// Findings that make a managed repository unhealthy: every error, and wrong modes or
+    /// owners (keys readable by others, or unreadable by Keystone). Strays, symlinks and
+    /// duplicates are warnings only.
+    pub fn is_violation(&self) -> bool {
+        self.severity == Severity::Error
+            || matches!(
+                self.code,
+                "key-mode" | "wrong-owner" | "world-readable-directory" | "writable-directory"
+            )
+    }
+}
+
 impl Report {
+    pub fn violations(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.is_violation())
+    }
+
     /// 0 healthy, 1 warnings only, 2 invalid.
     pub fn exit_code(&self) -> i32 {
         match self.findings.iter().map(|f| f.severity).max() {

@@ -4,11 +4,12 @@
 //! max_active_keys is unsafe; 2 for any error (one line on stderr naming what is at fault).
 
 use crate::check;
-use crate::config::{self, Flags, Settings};
+use crate::config::{self, DaemonSettings, Flags, Settings};
 use crate::duration;
 use crate::planner;
 use crate::repository::{Owner, Repository, RotateParams};
 use crate::schedule::Schedule;
+use crate::status;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,12 +24,30 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE", env = "FERNETD_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Log format: `text` (plain lines without timestamps under journald, coloured on a
+    /// terminal) or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run as a service: rotate every configured repository on its proven-safe schedule,
+    /// watch the files, run hooks, talk to systemd (Type=notify). Without a config file it
+    /// manages one token repository: daily, Keystone's lifetimes, max_active_keys derived.
+    Daemon(DaemonArgs),
+    /// Per repository: keys, primary and its age, last and next rotation, health, retention.
+    /// Exit 0 OK, 1 warning, 2 critical.
+    Status(StatusArgs),
     /// Create and initialize a key repository (like `keystone-manage fernet_setup`). On an
     /// initialized repository it changes no key, completes an interrupted rotation, exits 0.
     Setup(SetupArgs),
@@ -40,6 +59,34 @@ pub enum Command {
     /// Prove a schedule safe: the max_active_keys it needs, the shortest retention window,
     /// the next rotations. Exit 3 when the configured max_active_keys is unsafe.
     Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub owner: OwnerArgs,
+    #[command(flatten)]
+    pub lifetime: LifetimeArgs,
+    /// Token rotation schedule (see `plan --help`). Default: @daily.
+    #[arg(long, value_name = "SPEC")]
+    pub schedule: Option<String>,
+    /// Token max_active_keys (default: the smallest the planner proves safe).
+    #[arg(long, value_name = "N", value_parser = max_active_keys)]
+    pub max_active_keys: Option<u64>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9747).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -148,6 +195,48 @@ pub const EXIT_UNSAFE: i32 = 3;
 pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
     let config = cli.config.as_deref();
     match cli.command {
+        Command::Daemon(a) => {
+            let flags = Flags {
+                schedule: a.schedule.clone(),
+                max_active_keys: a.max_active_keys,
+                metrics_listen: a.metrics_listen,
+                ..with_lifetime(flags(&a.repo, &a.owner), &a.lifetime)
+            };
+            let config = cli.config.clone();
+            let settings = DaemonSettings::resolve(&flags, config.as_deref(), now)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::daemon::run(settings, move || {
+                DaemonSettings::resolve(&flags, config.as_deref(), chrono::Utc::now())
+            }))?;
+            Ok(0)
+        }
+        Command::Status(a) => {
+            let flags = Flags {
+                key_repository: a.repo.key_repository.clone(),
+                keystone_config: a.repo.keystone_config.clone(),
+                ..Flags::default()
+            };
+            let d = DaemonSettings::inspect(&flags, config, now)?;
+            let sums: Vec<_> = d
+                .repositories
+                .iter()
+                .map(|m| status::summarize(m, now))
+                .collect();
+            let level = sums
+                .iter()
+                .map(|s| s.level)
+                .max()
+                .unwrap_or(status::Level::Ok);
+            if a.json {
+                let v = serde_json::json!({ "status": level, "repositories": sums });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_status(&sums, now);
+            }
+            Ok(level.exit_code())
+        }
         Command::Setup(a) => {
             let flags = Flags {
                 max_active_keys: a.max_active_keys,
@@ -293,6 +382,50 @@ fn print_outcome(out: &crate::repository::Outcome) {
         keys.join(" "),
         out.primary.map_or("none".into(), |p| p.to_string())
     );
+}
+
+fn print_status(sums: &[status::Summary], now: DateTime<Utc>) {
+    for s in sums {
+        let level = match s.level {
+            status::Level::Ok => "OK",
+            status::Level::Warning => "WARNING",
+            status::Level::Critical => "CRITICAL",
+        };
+        println!("{} {} {level}", s.kind, s.path.display());
+        let keys: Vec<String> = s.keys.iter().map(u64::to_string).collect();
+        let age = s
+            .primary_since
+            .map(|t| {
+                format!(
+                    ", age {}",
+                    duration::format((now - t).to_std().unwrap_or_default())
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "  keys {} (primary {}{age}), max_active_keys {}",
+            keys.join(" "),
+            s.primary.map_or("none".into(), |p| p.to_string()),
+            s.max_active_keys
+        );
+        let t = |t: Option<DateTime<Utc>>| t.map_or("never".into(), rfc3339);
+        println!(
+            "  last rotation {}, next {} ({})",
+            t(s.last_rotation),
+            t(s.next_rotation),
+            s.schedule
+        );
+        for r in &s.retained {
+            println!(
+                "  key {} kept beyond max_active_keys until {}",
+                r.key,
+                rfc3339(r.until)
+            );
+        }
+        for p in &s.problems {
+            println!("  {p}");
+        }
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {

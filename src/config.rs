@@ -1,23 +1,38 @@
 //! Settings from three sources, most specific first: command-line flags, fernetd's TOML file,
 //! Keystone's own `keystone.conf`; Keystone's defaults fill the rest.
 //!
-//! Every error names the file and the field (and the line, for TOML), in one line.
+//! One merge path serves every command: [`Sources`] loads the files once, and
+//! [`Sources::repository`] merges one repository (tokens, receipts or credentials). The daemon
+//! adds what only it needs in [`DaemonSettings`]: a derived `max_active_keys` and the safety
+//! verdict on each schedule. Every error names the file and the field (and the line, for
+//! TOML), in one line.
 
 use crate::duration;
-use crate::planner::{Lifetime, DEFAULT_MARGIN};
+use crate::planner::{self, Lifetime, Plan, DEFAULT_MARGIN};
 use crate::schedule::Schedule;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Keystone's defaults (keystone/conf/token.py, fernet_tokens.py).
+/// Keystone's defaults (keystone/conf/token.py, fernet_tokens.py, receipt.py, credential.py).
 pub const KEYSTONE_EXPIRATION: Duration = Duration::from_secs(3600);
+pub const KEYSTONE_RECEIPT_EXPIRATION: Duration = Duration::from_secs(300);
 pub const KEYSTONE_ALLOW_EXPIRED_WINDOW: Duration = Duration::from_secs(172_800);
 pub const KEYSTONE_MAX_ACTIVE_KEYS: u64 = 3;
 pub const KEYSTONE_KEY_REPOSITORY: &str = "/etc/keystone/fernet-keys/";
+pub const KEYSTONE_CREDENTIAL_REPOSITORY: &str = "/etc/keystone/credential-keys/";
+/// Keystone's credential repository always has exactly three keys.
+pub const CREDENTIAL_KEYS: u64 = 3;
 pub const KEYSTONE_CONFIG: &str = "/etc/keystone/keystone.conf";
 /// Read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG: &str = "/etc/fernetd/fernetd.toml";
+/// The daemon's schedule when none is configured.
+pub const DEFAULT_SCHEDULE: &str = "@daily";
+/// How long a hook may run before it is killed.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -30,7 +45,11 @@ pub struct FileConfig {
     #[serde(default)]
     pub keystone: KeystoneSection,
     #[serde(default)]
+    pub daemon: DaemonSection,
+    #[serde(default)]
     pub tokens: RepositorySection,
+    pub receipts: Option<RepositorySection>,
+    pub credentials: Option<RepositorySection>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -41,6 +60,13 @@ pub struct KeystoneSection {
     /// Owner of the keys (name or numeric id).
     pub user: Option<String>,
     pub group: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// Prometheus metrics listen address (off when absent).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -57,6 +83,46 @@ pub struct RepositorySection {
     pub schedule: Option<String>,
     #[serde(default, with = "duration::serde_opt")]
     pub lock_timeout: Option<Duration>,
+    /// Run the daemon even though the planner says max_active_keys is unsafe.
+    #[serde(default)]
+    pub allow_unsafe_schedule: bool,
+    /// Restore a deleted or corrupted key from fernetd's own copy.
+    #[serde(default)]
+    pub repair: bool,
+    pub on_rotate: Option<Vec<String>>,
+    pub on_change: Option<Vec<String>>,
+    pub on_invalid: Option<Vec<String>>,
+    /// Credentials only: must succeed before each rotation (keystone-manage credential_migrate).
+    pub pre_rotate: Option<Vec<String>>,
+    #[serde(default, with = "duration::serde_opt")]
+    pub hook_timeout: Option<Duration>,
+}
+
+/// Which Keystone repository a section describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Tokens,
+    Receipts,
+    Credentials,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Tokens, Kind::Receipts, Kind::Credentials];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tokens => "tokens",
+            Kind::Receipts => "receipts",
+            Kind::Credentials => "credentials",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl FileConfig {
@@ -82,16 +148,79 @@ impl FileConfig {
                 e.message().replace('\n', " ")
             ))
         })?;
-        if let Some(n) = cfg.tokens.max_active_keys {
-            check_max_keys(n).map_err(|m| {
-                ConfigError(format!("{}: [tokens] max_active_keys: {m}", path.display()))
-            })?;
-        }
-        if let Some(s) = &cfg.tokens.schedule {
-            s.parse::<Schedule>()
-                .map_err(|m| ConfigError(format!("{}: [tokens] schedule: {m}", path.display())))?;
+        for kind in Kind::ALL {
+            if let Some(s) = cfg.section(kind) {
+                s.validate(kind)
+                    .map_err(|m| ConfigError(format!("{}: [{kind}] {m}", path.display())))?;
+            }
         }
         Ok(cfg)
+    }
+
+    pub fn section(&self, kind: Kind) -> Option<&RepositorySection> {
+        match kind {
+            Kind::Tokens => Some(&self.tokens),
+            Kind::Receipts => self.receipts.as_ref(),
+            Kind::Credentials => self.credentials.as_ref(),
+        }
+    }
+}
+
+impl RepositorySection {
+    /// Checks what can be checked without the other sources; the message starts with the field.
+    fn validate(&self, kind: Kind) -> Result<(), String> {
+        if let Some(n) = self.max_active_keys {
+            check_max_keys(n).map_err(|m| format!("max_active_keys: {m}"))?;
+            if kind == Kind::Credentials && n != CREDENTIAL_KEYS {
+                return Err(format!(
+                    "max_active_keys: Keystone's credential repository has exactly {CREDENTIAL_KEYS} keys"
+                ));
+            }
+        }
+        if let Some(s) = &self.schedule {
+            s.parse::<Schedule>()
+                .map_err(|m| format!("schedule: {m}"))?;
+        }
+        for (name, argv) in [
+            ("on_rotate", &self.on_rotate),
+            ("on_change", &self.on_change),
+            ("on_invalid", &self.on_invalid),
+            ("pre_rotate", &self.pre_rotate),
+        ] {
+            if argv
+                .as_ref()
+                .is_some_and(|a| a.is_empty() || a[0].is_empty())
+            {
+                return Err(format!(
+                    "{name}: needs a program, e.g. [\"/usr/local/bin/notify\", \"arg\"]"
+                ));
+            }
+        }
+        if kind != Kind::Credentials && self.pre_rotate.is_some() {
+            return Err("pre_rotate: only [credentials] runs a command before rotating".into());
+        }
+        if kind == Kind::Credentials {
+            for (name, set) in [
+                ("expiration", self.expiration.is_some()),
+                ("allow_expired_window", self.allow_expired_window.is_some()),
+                ("margin", self.margin.is_some()),
+            ] {
+                if set {
+                    return Err(format!("{name}: credentials do not expire; remove it"));
+                }
+            }
+            if self.pre_rotate.is_none() {
+                return Err(
+                    "pre_rotate: required, e.g. [\"keystone-manage\", \"credential_migrate\"] \
+                            (Keystone refuses to rotate while a credential uses an old key)"
+                        .into(),
+                );
+            }
+            if self.schedule.is_none() {
+                return Err("schedule: required for credentials".into());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -110,12 +239,17 @@ pub struct KeystoneConf {
     pub allow_expired_window: Option<Duration>,
     pub max_active_keys: Option<u64>,
     pub key_repository: Option<PathBuf>,
+    pub receipt_expiration: Option<Duration>,
+    pub receipt_max_active_keys: Option<u64>,
+    pub receipt_key_repository: Option<PathBuf>,
+    pub credential_key_repository: Option<PathBuf>,
 }
 
 impl KeystoneConf {
     /// Reads oslo.config INI: `[token] expiration`, `[token] allow_expired_window`,
-    /// `[fernet_tokens] max_active_keys`, `[fernet_tokens] key_repository`. For a repeated
-    /// option the last value wins, as in oslo.config.
+    /// `[fernet_tokens] max_active_keys|key_repository`, `[receipt] expiration`,
+    /// `[fernet_receipts] max_active_keys|key_repository`, `[credential] key_repository`.
+    /// For a repeated option the last value wins, as in oslo.config.
     pub fn load(path: &Path) -> Result<KeystoneConf, ConfigError> {
         let opts = ini::ParseOption {
             enabled_quote: false,
@@ -142,27 +276,37 @@ impl KeystoneConf {
                 }),
             }
         };
-        let max_active_keys = int("fernet_tokens", "max_active_keys")?;
-        if let Some(n) = max_active_keys {
-            check_max_keys(n).map_err(|m| {
-                ConfigError(format!(
-                    "{}: [fernet_tokens] max_active_keys: {m}",
-                    path.display()
-                ))
-            })?;
-        }
+        let keys = |section: &str| -> Result<Option<u64>, ConfigError> {
+            let n = int(section, "max_active_keys")?;
+            if let Some(n) = n {
+                check_max_keys(n).map_err(|m| {
+                    ConfigError(format!(
+                        "{}: [{section}] max_active_keys: {m}",
+                        path.display()
+                    ))
+                })?;
+            }
+            Ok(n)
+        };
+        let dir = |section: &str| {
+            get(section, "key_repository")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        };
         Ok(KeystoneConf {
             expiration: int("token", "expiration")?.map(Duration::from_secs),
             allow_expired_window: int("token", "allow_expired_window")?.map(Duration::from_secs),
-            max_active_keys,
-            key_repository: get("fernet_tokens", "key_repository")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
+            max_active_keys: keys("fernet_tokens")?,
+            key_repository: dir("fernet_tokens"),
+            receipt_expiration: int("receipt", "expiration")?.map(Duration::from_secs),
+            receipt_max_active_keys: keys("fernet_receipts")?,
+            receipt_key_repository: dir("fernet_receipts"),
+            credential_key_repository: dir("credential"),
         })
     }
 }
 
-/// Values given on the command line (all optional).
+/// Values given on the command line (all optional). They apply to the token repository.
 #[derive(Debug, Default, Clone)]
 pub struct Flags {
     pub key_repository: Option<PathBuf>,
@@ -175,13 +319,25 @@ pub struct Flags {
     pub keystone_user: Option<String>,
     pub keystone_group: Option<String>,
     pub lock_timeout: Option<Duration>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
-/// The merged settings for the token repository.
+/// Commands run on events, as argv arrays (no shell unless the user writes `sh -c`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub on_rotate: Option<Vec<String>>,
+    pub on_change: Option<Vec<String>>,
+    pub on_invalid: Option<Vec<String>>,
+    pub pre_rotate: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+/// One repository's settings, merged from every source.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub kind: Kind,
     pub key_repository: PathBuf,
-    /// The configured value; `None` when no source sets it (Keystone's 3 applies to rotation).
+    /// The configured value; `None` when no source sets it.
     pub max_active_keys: Option<u64>,
     pub lifetime: Lifetime,
     pub schedule: Option<Schedule>,
@@ -190,12 +346,23 @@ pub struct Settings {
     pub lock_timeout: Option<Duration>,
     /// keystone.conf actually read, if any.
     pub keystone_config: Option<PathBuf>,
+    pub hooks: Hooks,
+    pub repair: bool,
+    pub allow_unsafe_schedule: bool,
 }
 
-impl Settings {
-    /// Merges flags over the TOML file over keystone.conf. `config` is `--config` (the default
-    /// file is read when absent and present on disk).
-    pub fn resolve(flags: &Flags, config: Option<&Path>) -> Result<Settings, ConfigError> {
+/// The loaded files, ready to merge with flags.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub file: FileConfig,
+    pub keystone: KeystoneConf,
+    pub keystone_path: Option<PathBuf>,
+}
+
+impl Sources {
+    /// Loads `config` (or the default file when present) and the keystone.conf it or the
+    /// flags name (or the default one when present).
+    pub fn load(flags: &Flags, config: Option<&Path>) -> Result<Sources, ConfigError> {
         let file = match config {
             Some(p) => FileConfig::load(p)?,
             None if Path::new(DEFAULT_CONFIG).exists() => {
@@ -206,18 +373,80 @@ impl Settings {
         let ks_path = flags
             .keystone_config
             .clone()
-            .or_else(|| file.keystone.config.clone());
-        let (ks, ks_read) = match ks_path {
-            Some(p) => (KeystoneConf::load(&p)?, Some(p)),
-            None if Path::new(KEYSTONE_CONFIG).exists() => {
-                let p = PathBuf::from(KEYSTONE_CONFIG);
-                (KeystoneConf::load(&p)?, Some(p))
-            }
-            None => (KeystoneConf::default(), None),
+            .or_else(|| file.keystone.config.clone())
+            .or_else(|| Some(PathBuf::from(KEYSTONE_CONFIG)).filter(|p| p.exists()));
+        let keystone = match &ks_path {
+            Some(p) => KeystoneConf::load(p)?,
+            None => KeystoneConf::default(),
         };
-        let t = &file.tokens;
+        Ok(Sources {
+            file,
+            keystone,
+            keystone_path: ks_path,
+        })
+    }
+
+    /// Merges one repository; `None` for receipts or credentials without a section.
+    /// `flags` apply to the token repository only.
+    pub fn repository(&self, kind: Kind, flags: &Flags) -> Result<Option<Settings>, ConfigError> {
+        let Some(t) = self.file.section(kind) else {
+            return Ok(None);
+        };
+        let none = Flags::default();
+        let f = if kind == Kind::Tokens { flags } else { &none };
+        let ks = &self.keystone;
+        let (ks_dir, ks_keys, ks_exp, default_dir, default_exp) = match kind {
+            Kind::Tokens => (
+                &ks.key_repository,
+                ks.max_active_keys,
+                ks.expiration,
+                KEYSTONE_KEY_REPOSITORY,
+                KEYSTONE_EXPIRATION,
+            ),
+            // Keystone's receipt repository defaults to the token repository.
+            Kind::Receipts => (
+                &ks.receipt_key_repository,
+                ks.receipt_max_active_keys,
+                ks.receipt_expiration,
+                KEYSTONE_KEY_REPOSITORY,
+                KEYSTONE_RECEIPT_EXPIRATION,
+            ),
+            Kind::Credentials => (
+                &ks.credential_key_repository,
+                None,
+                None,
+                KEYSTONE_CREDENTIAL_REPOSITORY,
+                Duration::ZERO,
+            ),
+        };
+        // Credentials do not expire: no lifetime, and always Keystone's fixed key count.
+        let lifetime = if kind == Kind::Credentials {
+            Lifetime {
+                expiration: Duration::ZERO,
+                allow_expired_window: Duration::ZERO,
+                margin: Duration::ZERO,
+            }
+        } else {
+            Lifetime {
+                expiration: f
+                    .expiration
+                    .or(t.expiration)
+                    .or(ks_exp)
+                    .unwrap_or(default_exp),
+                allow_expired_window: f
+                    .allow_expired_window
+                    .or(t.allow_expired_window)
+                    .or(ks.allow_expired_window)
+                    .unwrap_or(KEYSTONE_ALLOW_EXPIRED_WINDOW),
+                margin: f.margin.or(t.margin).unwrap_or(DEFAULT_MARGIN),
+            }
+        };
+        let max_active_keys = match kind {
+            Kind::Credentials => Some(CREDENTIAL_KEYS),
+            _ => f.max_active_keys.or(t.max_active_keys).or(ks_keys),
+        };
         // A schedule from the file was validated (and named) by FileConfig::parse.
-        let schedule = match (&flags.schedule, &t.schedule) {
+        let schedule = match (&f.schedule, &t.schedule) {
             (Some(s), _) => Some(
                 s.parse::<Schedule>()
                     .map_err(|m| ConfigError(format!("--schedule: {m}")))?,
@@ -225,43 +454,149 @@ impl Settings {
             (None, Some(s)) => Some(s.parse::<Schedule>().map_err(ConfigError)?),
             (None, None) => None,
         };
-        Ok(Settings {
-            key_repository: flags
+        let d = &self.file.keystone;
+        Ok(Some(Settings {
+            kind,
+            key_repository: f
                 .key_repository
                 .clone()
                 .or_else(|| t.key_repository.clone())
-                .or(ks.key_repository)
-                .unwrap_or_else(|| PathBuf::from(KEYSTONE_KEY_REPOSITORY)),
-            max_active_keys: flags
-                .max_active_keys
-                .or(t.max_active_keys)
-                .or(ks.max_active_keys),
-            lifetime: Lifetime {
-                expiration: flags
-                    .expiration
-                    .or(t.expiration)
-                    .or(ks.expiration)
-                    .unwrap_or(KEYSTONE_EXPIRATION),
-                allow_expired_window: flags
-                    .allow_expired_window
-                    .or(t.allow_expired_window)
-                    .or(ks.allow_expired_window)
-                    .unwrap_or(KEYSTONE_ALLOW_EXPIRED_WINDOW),
-                margin: flags.margin.or(t.margin).unwrap_or(DEFAULT_MARGIN),
-            },
+                .or_else(|| ks_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(default_dir)),
+            max_active_keys,
+            lifetime,
             schedule,
-            keystone_user: flags
-                .keystone_user
-                .clone()
-                .or_else(|| file.keystone.user.clone()),
-            keystone_group: flags
-                .keystone_group
-                .clone()
-                .or_else(|| file.keystone.group.clone()),
-            lock_timeout: flags.lock_timeout.or(t.lock_timeout),
-            keystone_config: ks_read,
+            keystone_user: f.keystone_user.clone().or_else(|| d.user.clone()),
+            keystone_group: f.keystone_group.clone().or_else(|| d.group.clone()),
+            lock_timeout: f.lock_timeout.or(t.lock_timeout),
+            keystone_config: self.keystone_path.clone(),
+            hooks: Hooks {
+                on_rotate: t.on_rotate.clone(),
+                on_change: t.on_change.clone(),
+                on_invalid: t.on_invalid.clone(),
+                pre_rotate: t.pre_rotate.clone(),
+                timeout: t.hook_timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT),
+            },
+            repair: t.repair,
+            allow_unsafe_schedule: t.allow_unsafe_schedule,
+        }))
+    }
+}
+
+impl Settings {
+    /// The token repository's settings: flags over the TOML file over keystone.conf.
+    /// `config` is `--config` (the default file is read when absent and present on disk).
+    pub fn resolve(flags: &Flags, config: Option<&Path>) -> Result<Settings, ConfigError> {
+        let sources = Sources::load(flags, config)?;
+        match sources.repository(Kind::Tokens, flags)? {
+            Some(s) => Ok(s),
+            None => unreachable!("the token section always exists"),
+        }
+    }
+}
+
+/// A repository as the daemon runs it: schedule and `max_active_keys` settled and proven.
+#[derive(Debug, Clone)]
+pub struct Managed {
+    pub settings: Settings,
+    pub schedule: Schedule,
+    /// Configured, or (when unset) the smallest safe value the planner derives.
+    pub max_active_keys: u64,
+    /// `plan.safe == Some(false)` only with `allow_unsafe_schedule` (or from `inspect`).
+    pub plan: Plan,
+}
+
+/// Everything the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    pub repositories: Vec<Managed>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl DaemonSettings {
+    /// Merges every configured repository and proves each schedule safe: an unsafe one is an
+    /// error unless its section sets `allow_unsafe_schedule = true`.
+    pub fn resolve(
+        flags: &Flags,
+        config: Option<&Path>,
+        now: DateTime<Utc>,
+    ) -> Result<DaemonSettings, ConfigError> {
+        let d = Self::inspect(flags, config, now)?;
+        if let Some(m) = d
+            .repositories
+            .iter()
+            .find(|m| m.plan.safe == Some(false) && !m.settings.allow_unsafe_schedule)
+        {
+            let p = &m.plan;
+            return Err(ConfigError(format!(
+                "[{}] max_active_keys = {} is unsafe for schedule '{}': it needs {} (the shortest \
+                 retention window is {}, tokens must stay decryptable {}); set max_active_keys = {} \
+                 or allow_unsafe_schedule = true",
+                m.settings.kind,
+                m.max_active_keys,
+                m.schedule,
+                p.required_max_active_keys,
+                duration::format(p.shortest_window),
+                duration::format(p.retention),
+                p.required_max_active_keys
+            )));
+        }
+        Ok(d)
+    }
+
+    /// Like [`DaemonSettings::resolve`] but reports an unsafe plan instead of refusing it
+    /// (for `status`).
+    pub fn inspect(
+        flags: &Flags,
+        config: Option<&Path>,
+        now: DateTime<Utc>,
+    ) -> Result<DaemonSettings, ConfigError> {
+        let sources = Sources::load(flags, config)?;
+        let mut repositories: Vec<Managed> = Vec::new();
+        for kind in Kind::ALL {
+            let Some(s) = sources.repository(kind, flags)? else {
+                continue;
+            };
+            if let Some(other) = repositories
+                .iter()
+                .find(|m| same_dir(&m.settings.key_repository, &s.key_repository))
+            {
+                return Err(ConfigError(format!(
+                    "[{kind}] key_repository {} is also the {} repository; a shared repository is \
+                     rotated once: remove [{kind}] or give it its own directory",
+                    s.key_repository.display(),
+                    other.settings.kind
+                )));
+            }
+            repositories.push(manage(s, now)?);
+        }
+        Ok(DaemonSettings {
+            repositories,
+            metrics_listen: flags.metrics_listen.or(sources.file.daemon.metrics_listen),
         })
     }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let norm = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.components().collect());
+    norm(a) == norm(b)
+}
+
+/// Settles one repository's schedule and key count (derived by the planner when unset).
+fn manage(s: Settings, now: DateTime<Utc>) -> Result<Managed, ConfigError> {
+    let kind = s.kind;
+    let schedule = match &s.schedule {
+        Some(sch) => sch.clone(),
+        None => DEFAULT_SCHEDULE.parse::<Schedule>().map_err(ConfigError)?,
+    };
+    let plan = planner::plan(&schedule, &s.lifetime, s.max_active_keys, now, None)
+        .map_err(|e| ConfigError(format!("[{kind}] schedule: {e}")))?;
+    Ok(Managed {
+        max_active_keys: s.max_active_keys.unwrap_or(plan.required_max_active_keys),
+        settings: s,
+        schedule,
+        plan,
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,12 @@
 //! - [`repository`]: the directory on disk: scan, lock, crash-safe setup/rotate/recover.
 //! - [`check`]: judges a repository snapshot, problem by problem.
 //! - [`config`]: flags over TOML over keystone.conf.
+//! - [`status`]: a repository's state for operators: OK / warning / critical.
+//! - [`hooks`]: operator commands run on events, bounded and never blocking.
+//! - [`watcher`]: reports file changes in the repositories (inotify), decides nothing.
+//! - [`metrics`]: Prometheus counters and gauges, and their tiny HTTP endpoint.
+//! - [`systemd`]: READY/STATUS/WATCHDOG notifications.
+//! - [`daemon`]: the service loop: schedule, validation, hooks, signals, reload.
 //! - [`cli`]: the command-line contract.
 //!
 //! The planner answers the question this project exists for: with Keystone's defaults, does a
@@ -34,13 +40,19 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod duration;
 pub mod error;
 pub mod history;
+pub mod hooks;
 pub mod key;
+pub mod metrics;
 pub mod planner;
 pub mod repository;
 pub mod rotation;
 pub mod schedule;
+pub mod status;
+pub mod systemd;
+pub mod watcher;
 
 pub use error::{Error, Result};

@@ -19,13 +19,7 @@ fn main() {
             std::process::exit(cli::EXIT_ERROR);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERNETD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&cli);
     match cli::run(cli, chrono::Utc::now()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -34,5 +28,29 @@ fn main() {
             eprintln!("fernetd: error: {line}");
             std::process::exit(cli::EXIT_ERROR);
         }
+    }
+}
+
+/// Plain lines without timestamps under journald (it adds its own), colour on a terminal,
+/// JSON on request. The daemon logs at info by default, one-shot commands at warn
+/// (FERNETD_LOG overrides, e.g. `FERNETD_LOG=debug`).
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    let default = match cli.command {
+        cli::Command::Daemon(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERNETD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if cli.log_format == cli::LogFormat::Json {
+        builder.json().init();
+    } else if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }

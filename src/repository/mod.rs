@@ -235,6 +235,7 @@ impl Repository {
                 self.install_key(number, &key, owner)?;
                 history.record_created(number, key.fingerprint(), now);
             }
+            history.last_rotation = Some(now);
             self.save_history(&history, owner)?;
             out.notes
                 .push("initialized: key 1 (primary) and key 0 (staged)".into());
@@ -337,6 +338,51 @@ impl Repository {
         out.rotation = Some(decision);
         self.finish(&mut out)?;
         Ok(out)
+    }
+
+    /// What the watcher calls after a file event: compares the disk with the recorded history
+    /// and, only when they differ (a change fernetd did not make), takes the lock, records the
+    /// change and reports it, with every key that vanished inside its retention window.
+    pub fn observe(&self, retention: Duration, now: DateTime<Utc>) -> Result<Observed> {
+        let scan = self.scan()?;
+        let history = self.history()?;
+        if same_keys(&fingerprints(&scan), &history) {
+            return Ok(Observed {
+                report: crate::check::check(&scan, self.owner),
+                changes: Vec::new(),
+                retention_violations: Vec::new(),
+                history,
+            });
+        }
+        let owner = self.file_owner()?;
+        let _lock = self.lock(owner)?;
+        let scan = self.scan()?;
+        let mut history = self.history()?;
+        let before = history.clone();
+        let changes = history.reconcile(&fingerprints(&scan), now);
+        let retention_violations = changes
+            .iter()
+            .filter_map(|c| match c {
+                Observation::Vanished { number, .. } | Observation::Replaced { number } => {
+                    let until = before.keys.get(number)?.retained_until(retention);
+                    (until > now).then(|| RetentionViolation {
+                        path: key_path(&self.dir, *number),
+                        number: *number,
+                        until,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if history != before {
+            self.save_history(&history, owner)?;
+        }
+        Ok(Observed {
+            report: crate::check::check(&scan, self.owner),
+            changes,
+            retention_violations,
+            history,
+        })
     }
 
     /// Writes one key file durably via `.fernetd/staged.tmp`.
@@ -442,6 +488,51 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// What [`Repository::observe`] found.
+#[derive(Debug)]
+pub struct Observed {
+    pub report: crate::check::Report,
+    /// Changes fernetd did not make (empty when the disk matches the history).
+    pub changes: Vec<Observation>,
+    /// Keys that disappeared or changed while they could still decrypt a live token.
+    pub retention_violations: Vec<RetentionViolation>,
+    pub history: History,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionViolation {
+    pub path: PathBuf,
+    pub number: u64,
+    pub until: DateTime<Utc>,
+}
+
+impl std::fmt::Display for RetentionViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: key {} vanished or changed while tokens it encrypted are still valid (until {})",
+            self.path.display(),
+            self.number,
+            self.until
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+impl Observed {
+    /// Healthy: no check violation and no retention violation.
+    pub fn healthy(&self) -> bool {
+        self.retention_violations.is_empty() && self.report.violations().next().is_none()
+    }
+}
+
+fn same_keys(disk: &BTreeMap<u64, Fingerprint>, history: &History) -> bool {
+    disk.len() == history.keys.len()
+        && disk
+            .iter()
+            .all(|(n, fp)| history.keys.get(n).is_some_and(|r| r.fingerprint == *fp))
 }
 
 fn generate() -> Result<Key> {

@@ -1,0 +1,501 @@
+//! The daemon loop: one `select!` over signals, file changes, hook completions, the next
+//! timer (a rotation due, a debounced validation, a retry) and the systemd watchdog.
+//!
+//! It owns the per-repository runtime state and decides *when*; *what* a rotation does is the
+//! repository's (and the pure `rotation` module's) business, exactly as for `fernetd rotate`.
+//! It never polls: between events it sleeps until the earliest deadline (at most an hour, so a
+//! wall-clock jump is corrected). Every repository operation is short (a rotation is a few
+//! milliseconds; the lock wait is bounded), so a signal is handled within a second, after the
+//! in-flight write completes.
+
+use crate::config::{ConfigError, DaemonSettings, Managed};
+use crate::hooks::{self, Context, Event};
+use crate::metrics::{self, Metrics};
+use crate::repository::{Repository, RetentionViolation, RotateParams};
+use crate::status::{self, Level};
+use crate::systemd;
+use crate::watcher::{self, Change, Watcher};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::time::Instant;
+
+/// Quiet time after the last file event before validating (events come in bursts).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A burst never delays validation longer than this after its first event.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(800);
+/// Retry delay after a failed rotation or pre-rotate hook.
+const RETRY: Duration = Duration::from_secs(30);
+/// Longest sleep; bounds the effect of a wall-clock jump on the schedule.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// The daemon waits at most this long for another fernetd's lock, then retries later.
+const LOCK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One managed repository and what the loop knows about it.
+struct Slot {
+    m: Managed,
+    repo: Repository,
+    kind: &'static str,
+    next_rotation: Option<DateTime<Utc>>,
+    /// Debounced validation deadline, and the first event of the burst.
+    validate_at: Option<Instant>,
+    burst_start: Option<Instant>,
+    retry_at: Option<Instant>,
+    pre_rotating: bool,
+    /// `None` until the first validation.
+    healthy: Option<bool>,
+    /// The violations last reported, so each is logged (and on_invalid run) once.
+    problems: BTreeSet<String>,
+    /// Keys lost inside their retention window: unhealthy until the window has passed.
+    lost: Vec<RetentionViolation>,
+}
+
+impl Slot {
+    fn new(m: Managed) -> Slot {
+        let repo = Repository::new(
+            &m.settings.key_repository,
+            crate::repository::Owner::resolve(
+                m.settings.keystone_user.as_deref(),
+                m.settings.keystone_group.as_deref(),
+            )
+            .ok()
+            .flatten(),
+        )
+        .with_lock_timeout(
+            m.settings
+                .lock_timeout
+                .unwrap_or(LOCK_TIMEOUT)
+                .min(LOCK_TIMEOUT),
+        );
+        Slot {
+            kind: m.settings.kind.name(),
+            m,
+            repo,
+            next_rotation: None,
+            validate_at: None,
+            burst_start: None,
+            retry_at: None,
+            pre_rotating: false,
+            healthy: None,
+            problems: BTreeSet::new(),
+            lost: Vec::new(),
+        }
+    }
+
+    fn context(&self) -> Context {
+        let keys = self
+            .repo
+            .scan()
+            .map(|s| s.keys().keys().copied().collect::<Vec<_>>())
+            .unwrap_or_default();
+        Context::of(self.kind, self.repo.dir(), &keys)
+    }
+}
+
+struct Daemon {
+    slots: Vec<Slot>,
+    /// Bumped on reload; results of hooks started before it are ignored.
+    generation: u64,
+    watcher: Option<Watcher>,
+    fs_tx: UnboundedSender<Change>,
+    pre_tx: UnboundedSender<(u64, usize, bool)>,
+    metrics: Arc<Metrics>,
+    metrics_listen: Option<std::net::SocketAddr>,
+    ready_sent: bool,
+    last_status: String,
+}
+
+/// Runs until SIGTERM or SIGINT. `reload` re-reads the configuration on SIGHUP; an error keeps
+/// the running configuration.
+pub async fn run(
+    settings: DaemonSettings,
+    reload: impl Fn() -> Result<DaemonSettings, ConfigError>,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (fs_tx, mut fs_rx) = unbounded_channel();
+    let (pre_tx, mut pre_rx) = unbounded_channel();
+    let metrics = Metrics::new();
+    if let Some(addr) = settings.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics_listen {addr}: {e}"))?;
+        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+    let mut d = Daemon {
+        slots: Vec::new(),
+        generation: 0,
+        watcher: None,
+        fs_tx,
+        pre_tx,
+        metrics,
+        metrics_listen: settings.metrics_listen,
+        ready_sent: false,
+        last_status: String::new(),
+    };
+    d.install(settings);
+    let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
+    loop {
+        let wake = d.next_wake();
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+            _ = hup.recv() => d.reload(reload()),
+            Some(change) = fs_rx.recv() => d.on_change(change),
+            Some((generation, index, ok)) = pre_rx.recv() => d.on_pre_rotate(generation, index, ok),
+            _ = tokio::time::sleep_until(wake) => d.on_timer(),
+            _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => systemd::watchdog(),
+        }
+    }
+    systemd::stopping();
+    Ok(())
+}
+
+fn instant_of(t: DateTime<Utc>) -> Instant {
+    let now = Instant::now();
+    match (t - Utc::now()).to_std() {
+        Ok(d) => now + d,
+        Err(_) => now,
+    }
+}
+
+impl Daemon {
+    /// Takes a configuration into use: sets up and validates every repository, (re)starts the
+    /// watcher.
+    fn install(&mut self, settings: DaemonSettings) {
+        self.generation += 1;
+        self.slots = settings.repositories.into_iter().map(Slot::new).collect();
+        let now = Utc::now();
+        for i in 0..self.slots.len() {
+            self.start_slot(i, now);
+        }
+        let dirs = self
+            .slots
+            .iter()
+            .map(|s| watcher::absolute(s.repo.dir()))
+            .collect();
+        self.watcher = match Watcher::start(dirs, self.fs_tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!("file watcher failed: {e}; changes outside fernetd go unnoticed");
+                None
+            }
+        };
+        self.publish();
+    }
+
+    fn start_slot(&mut self, i: usize, now: DateTime<Utc>) {
+        let s = &mut self.slots[i];
+        let m = &s.m;
+        let derived = if m.settings.max_active_keys.is_none() {
+            " (derived)"
+        } else {
+            ""
+        };
+        tracing::info!(
+            "{}: {} schedule '{}', max_active_keys {}{derived}, keys kept {} after demotion",
+            s.kind,
+            s.repo.dir().display(),
+            m.schedule,
+            m.max_active_keys,
+            crate::duration::format(m.settings.lifetime.retention())
+        );
+        if m.plan.safe == Some(false) {
+            tracing::error!(
+                "{}: UNSAFE schedule running because allow_unsafe_schedule = true: max_active_keys \
+                 {} needs to be {}; tokens will become undecryptable before they expire",
+                s.kind,
+                m.max_active_keys,
+                m.plan.required_max_active_keys
+            );
+        }
+        // Creates an empty repository, completes an interrupted rotation, adopts found keys.
+        match s.repo.setup(now) {
+            Ok(out) => log_outcome(s.kind, &out),
+            Err(e) => tracing::error!("{}: {e}", s.kind),
+        }
+        self.plan_next(i, now);
+        self.validate(i);
+    }
+
+    /// Next rotation from the recorded last rotation: a restart neither rotates twice nor
+    /// skips, and slots missed while down become one rotation now.
+    fn plan_next(&mut self, i: usize, now: DateTime<Utc>) {
+        let s = &mut self.slots[i];
+        let last = s.repo.history().ok().and_then(|h| {
+            h.last_rotation.or_else(|| {
+                h.primary()
+                    .and_then(|p| h.keys.get(&p))
+                    .map(|r| r.first_seen)
+            })
+        });
+        s.next_rotation = s.m.schedule.next_after(last.unwrap_or(now));
+        if let Some(next) = s.next_rotation {
+            if next <= now {
+                tracing::warn!(
+                    "{}: the rotation due at {} was missed; rotating once now",
+                    s.kind,
+                    next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + MAX_SLEEP;
+        for s in &self.slots {
+            for t in [s.validate_at, s.retry_at].into_iter().flatten() {
+                wake = wake.min(t);
+            }
+            if let (Some(next), false, None) = (s.next_rotation, s.pre_rotating, s.retry_at) {
+                wake = wake.min(instant_of(next));
+            }
+        }
+        wake
+    }
+
+    fn on_change(&mut self, c: Change) {
+        let Some(s) = self.slots.get_mut(c.index) else {
+            return;
+        };
+        if c.replaced {
+            if let Some(w) = self.watcher.as_mut() {
+                w.rewatch(c.index);
+            }
+        }
+        let now = Instant::now();
+        let start = *s.burst_start.get_or_insert(now);
+        s.validate_at = Some((now + DEBOUNCE).min(start + DEBOUNCE_MAX));
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            if self.slots[i].validate_at.is_some_and(|t| t <= now) {
+                self.validate(i);
+            }
+            let s = &self.slots[i];
+            let retry_due = s.retry_at.is_none_or(|t| t <= now);
+            let due = s.next_rotation.is_some_and(|t| t <= Utc::now());
+            if due && retry_due && !s.pre_rotating {
+                self.begin_rotation(i);
+            }
+        }
+        self.publish();
+    }
+
+    fn begin_rotation(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        s.retry_at = None;
+        let Some(argv) = s.m.settings.hooks.pre_rotate.clone() else {
+            self.rotate(i);
+            return;
+        };
+        s.pre_rotating = true;
+        tracing::info!("{}: rotation due; running pre_rotate first", s.kind);
+        let (ctx, timeout, metrics) = (
+            s.context(),
+            s.m.settings.hooks.timeout,
+            self.metrics.clone(),
+        );
+        let (tx, generation) = (self.pre_tx.clone(), self.generation);
+        tokio::spawn(async move {
+            let ok = hooks::run(&argv, Event::PreRotate, &ctx, timeout, &metrics).await;
+            let _ = tx.send((generation, i, ok));
+        });
+    }
+
+    fn on_pre_rotate(&mut self, generation: u64, i: usize, ok: bool) {
+        if generation != self.generation || i >= self.slots.len() {
+            return;
+        }
+        self.slots[i].pre_rotating = false;
+        if ok {
+            self.rotate(i);
+        } else {
+            let s = &mut self.slots[i];
+            tracing::error!(
+                "{}: rotation held: pre_rotate failed; retrying in {}",
+                s.kind,
+                crate::duration::format(RETRY)
+            );
+            s.retry_at = Some(Instant::now() + RETRY);
+        }
+        self.publish();
+    }
+
+    fn rotate(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        let params = RotateParams {
+            max_active_keys: s.m.max_active_keys,
+            retention: s.m.settings.lifetime.retention(),
+            force_purge: false,
+        };
+        let now = Utc::now();
+        match s.repo.rotate(params, now) {
+            Ok(out) => {
+                log_outcome(s.kind, &out);
+                self.metrics.rotated(s.kind);
+                s.next_rotation = s.m.schedule.next_after(now);
+                if let Some(argv) = s.m.settings.hooks.on_rotate.clone() {
+                    self.spawn_hook(i, argv, Event::Rotate);
+                }
+            }
+            Err(e) => {
+                let s = &mut self.slots[i];
+                tracing::error!(
+                    "{}: rotation failed: {e}; retrying in {}",
+                    s.kind,
+                    crate::duration::format(RETRY)
+                );
+                s.retry_at = Some(Instant::now() + RETRY);
+            }
+        }
+    }
+
+    /// Validates repository `i` after file events (or at start): records and reports changes
+    /// fernetd did not make, and every violation.
+    fn validate(&mut self, i: usize) {
+        let now = Utc::now();
+        let s = &mut self.slots[i];
+        s.validate_at = None;
+        s.burst_start = None;
+        let retention = s.m.settings.lifetime.retention();
+        let mut problems = BTreeSet::new();
+        let mut changed = false;
+        match s.repo.observe(retention, now) {
+            Ok(obs) => {
+                for c in &obs.changes {
+                    changed = true;
+                    match c {
+                        crate::history::Observation::Promoted { from, to } => tracing::warn!(
+                            "{}: key {from} became primary {to} outside fernetd: this extra \
+                             rotation shortens the retention window; re-planning from it",
+                            s.kind
+                        ),
+                        crate::history::Observation::Adopted { number } => {
+                            tracing::info!("{}: key {number} appeared outside fernetd", s.kind)
+                        }
+                        crate::history::Observation::Vanished { number, .. } => {
+                            tracing::warn!("{}: key {number} was removed outside fernetd", s.kind)
+                        }
+                        crate::history::Observation::Replaced { number } => {
+                            tracing::warn!("{}: key {number} was replaced outside fernetd", s.kind)
+                        }
+                    }
+                }
+                if obs
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c, crate::history::Observation::Promoted { .. }))
+                {
+                    s.next_rotation = obs
+                        .history
+                        .last_rotation
+                        .and_then(|t| s.m.schedule.next_after(t));
+                }
+                s.lost.extend(obs.retention_violations.iter().cloned());
+                for f in obs.report.violations() {
+                    problems.insert(format!("{}: {}", f.path, f.message));
+                }
+            }
+            Err(e) => {
+                problems.insert(e.to_string());
+            }
+        }
+        s.lost.retain(|v| v.until > now);
+        problems.extend(s.lost.iter().map(|v| v.to_string()));
+        let was = s.healthy;
+        s.healthy = Some(problems.is_empty());
+        let new_problems = problems.difference(&s.problems).count() > 0;
+        for p in problems.difference(&s.problems) {
+            tracing::error!("{}: {p}", s.kind);
+        }
+        if problems.is_empty() && was == Some(false) {
+            tracing::info!("{}: valid again", s.kind);
+        }
+        s.problems = problems;
+        if new_problems {
+            self.metrics.validation_failed(self.slots[i].kind);
+            if let Some(argv) = self.slots[i].m.settings.hooks.on_invalid.clone() {
+                self.spawn_hook(i, argv, Event::Invalid);
+            }
+        }
+        if changed {
+            if let Some(argv) = self.slots[i].m.settings.hooks.on_change.clone() {
+                self.spawn_hook(i, argv, Event::Change);
+            }
+        }
+    }
+
+    fn spawn_hook(&self, i: usize, argv: Vec<String>, event: Event) {
+        let s = &self.slots[i];
+        let (ctx, timeout, metrics) = (
+            s.context(),
+            s.m.settings.hooks.timeout,
+            self.metrics.clone(),
+        );
+        tokio::spawn(async move {
+            hooks::run(&argv, event, &ctx, timeout, &metrics).await;
+        });
+    }
+
+    /// Updates metrics, systemd's STATUS= and, once every repository validated clean, READY=1.
+    fn publish(&mut self) {
+        let now = Utc::now();
+        let mut sums = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let mut sum = status::summarize(&s.m, now);
+            sum.next_rotation = s.next_rotation;
+            let healthy = s.healthy == Some(true) && sum.level != Level::Critical;
+            self.metrics.update(&sum, healthy);
+            sums.push(sum);
+        }
+        let line = status::status_line(&sums);
+        let all_valid = self.slots.iter().all(|s| s.healthy == Some(true));
+        if !self.ready_sent && all_valid {
+            systemd::ready(&line);
+            tracing::info!("ready: {line}");
+            self.ready_sent = true;
+        } else if line != self.last_status {
+            systemd::status(&line);
+        }
+        self.last_status = line;
+    }
+
+    fn reload(&mut self, next: Result<DaemonSettings, ConfigError>) {
+        match next {
+            Err(e) => {
+                tracing::error!("SIGHUP: reload rejected, keeping the running configuration: {e}")
+            }
+            Ok(settings) => {
+                systemd::reloading();
+                if settings.metrics_listen != self.metrics_listen {
+                    tracing::warn!(
+                        "SIGHUP: metrics_listen cannot change at runtime; restart fernetd to use it"
+                    );
+                }
+                self.ready_sent = false;
+                self.install(settings);
+                tracing::info!(
+                    "SIGHUP: configuration reloaded ({} repositories)",
+                    self.slots.len()
+                );
+            }
+        }
+    }
+}
+
+fn log_outcome(kind: &str, out: &crate::repository::Outcome) {
+    for w in &out.warnings {
+        tracing::warn!("{kind}: {w}");
+    }
+    for n in &out.notes {
+        tracing::info!("{kind}: {n}");
+    }
+}

@@ -1,0 +1,183 @@
+//! A repository's state as operators and monitoring see it: keys, primary and its age, last
+//! and next rotation, health, and the keys the retention guard is keeping. One definition of
+//! OK / warning / critical, shared by `fernetd status` (exit 0/1/2), the daemon's systemd
+//! `STATUS=` line and its metrics.
+
+use crate::check::{Finding, Severity};
+use crate::config::{Kind, Managed};
+use crate::repository::Repository;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// A rotation this late past its slot makes the repository a warning (daemon down or failing).
+const OVERDUE_GRACE: chrono::Duration = chrono::Duration::minutes(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl Level {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Level::Ok => 0,
+            Level::Warning => 1,
+            Level::Critical => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Retained {
+    pub key: u64,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub kind: Kind,
+    pub path: PathBuf,
+    pub level: Level,
+    /// One line per reason the level is not OK.
+    pub problems: Vec<String>,
+    pub keys: Vec<u64>,
+    pub primary: Option<u64>,
+    pub primary_since: Option<DateTime<Utc>>,
+    pub last_rotation: Option<DateTime<Utc>>,
+    pub next_rotation: Option<DateTime<Utc>>,
+    pub schedule: String,
+    pub max_active_keys: u64,
+    pub required_max_active_keys: u64,
+    pub safe: Option<bool>,
+    /// Keys beyond max_active_keys that the retention guard keeps, and until when.
+    pub retained: Vec<Retained>,
+    pub findings: Vec<Finding>,
+}
+
+/// Reads `m`'s repository (no lock, no write) and judges it.
+pub fn summarize(m: &Managed, now: DateTime<Utc>) -> Summary {
+    let s = &m.settings;
+    let mut sum = Summary {
+        kind: s.kind,
+        path: s.key_repository.clone(),
+        level: Level::Ok,
+        problems: Vec::new(),
+        keys: Vec::new(),
+        primary: None,
+        primary_since: None,
+        last_rotation: None,
+        next_rotation: None,
+        schedule: m.schedule.to_string(),
+        max_active_keys: m.max_active_keys,
+        required_max_active_keys: m.plan.required_max_active_keys,
+        safe: m.plan.safe,
+        retained: Vec::new(),
+        findings: Vec::new(),
+    };
+    let raise = |sum: &mut Summary, level: Level, why: String| {
+        sum.level = sum.level.max(level);
+        sum.problems.push(why);
+    };
+    if m.plan.safe == Some(false) {
+        raise(
+            &mut sum,
+            Level::Warning,
+            format!(
+                "max_active_keys = {} is unsafe for '{}' (needs {}); allowed by allow_unsafe_schedule",
+                m.max_active_keys, m.schedule, m.plan.required_max_active_keys
+            ),
+        );
+    }
+    let repo = Repository::new(&s.key_repository, None);
+    let scan = match repo.scan() {
+        Ok(scan) => scan,
+        Err(e) => {
+            raise(&mut sum, Level::Critical, e.to_string());
+            return sum;
+        }
+    };
+    let report = crate::check::check(&scan, None);
+    for f in &report.findings {
+        let level = match f.severity {
+            Severity::Error => Level::Critical,
+            Severity::Warning => Level::Warning,
+        };
+        raise(&mut sum, level, format!("{}: {}", f.path, f.message));
+    }
+    sum.findings = report.findings;
+    sum.keys = report.keys;
+    sum.primary = report.primary;
+    let history = match repo.history() {
+        Ok(h) => h,
+        Err(e) => {
+            raise(&mut sum, Level::Critical, e.to_string());
+            return sum;
+        }
+    };
+    if let Some(p) = sum.primary {
+        sum.primary_since = history
+            .keys
+            .get(&p)
+            .map(|r| r.promoted.unwrap_or(r.first_seen));
+    }
+    sum.last_rotation = history.last_rotation.or(sum.primary_since);
+    let next = m.schedule.next_after(sum.last_rotation.unwrap_or(now));
+    sum.next_rotation = next;
+    if let Some(next) = next {
+        if next + OVERDUE_GRACE < now {
+            raise(
+                &mut sum,
+                Level::Warning,
+                format!(
+                    "rotation overdue since {} (is the daemon running?)",
+                    next.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+            );
+        }
+    }
+    let retention = s.lifetime.retention();
+    let nonzero: Vec<u64> = sum.keys.iter().copied().filter(|&n| n > 0).rev().collect();
+    for &n in nonzero
+        .iter()
+        .skip(m.max_active_keys.saturating_sub(1) as usize)
+    {
+        if let Some(r) = history.keys.get(&n) {
+            sum.retained.push(Retained {
+                key: n,
+                until: r.retained_until(retention),
+            });
+        }
+    }
+    sum.retained.sort_by_key(|r| r.key);
+    sum
+}
+
+/// The one-line text for systemd's `STATUS=`.
+pub fn status_line(sums: &[Summary]) -> String {
+    let parts: Vec<String> = sums
+        .iter()
+        .map(|s| {
+            let t = |t: Option<DateTime<Utc>>| {
+                t.map_or("never".to_string(), |t| {
+                    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+                })
+            };
+            let health = match s.level {
+                Level::Ok => "ok",
+                Level::Warning => "warning",
+                Level::Critical => "CRITICAL",
+            };
+            format!(
+                "{}: {health}, last rotation {}, next {}",
+                s.kind,
+                t(s.last_rotation),
+                t(s.next_rotation)
+            )
+        })
+        .collect();
+    parts.join("; ")
+}
