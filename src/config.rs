@@ -455,14 +455,23 @@ impl Sources {
             (None, None) => None,
         };
         let d = &self.file.keystone;
+        let key_repository = match f
+            .key_repository
+            .clone()
+            .or_else(|| t.key_repository.clone())
+            .or_else(|| ks_dir.clone())
+        {
+            Some(dir) => dir,
+            // Keystone's receipt repository defaults to wherever the token repository is.
+            None if kind == Kind::Receipts => match self.repository(Kind::Tokens, flags)? {
+                Some(tokens) => tokens.key_repository,
+                None => PathBuf::from(default_dir),
+            },
+            None => PathBuf::from(default_dir),
+        };
         Ok(Some(Settings {
             kind,
-            key_repository: f
-                .key_repository
-                .clone()
-                .or_else(|| t.key_repository.clone())
-                .or_else(|| ks_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(default_dir)),
+            key_repository,
             max_active_keys,
             lifetime,
             schedule,

@@ -297,3 +297,34 @@ fn fernetd_internal_files_never_break_keystone_running_unprivileged() {
     );
     std::fs::set_permissions(&internal, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+#[test]
+fn daemon_detects_a_manual_keystone_manage_rotation() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    // Keystone's lifetimes, hourly rotations: the daemon itself does nothing in this test.
+    let d = Daemon::start(&["daemon", "--key-repository", r, "--schedule", "1h"], &[]);
+    assert!(
+        d.wait_log("ready", std::time::Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let out = keystone_manage(&repo, "fernet_rotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        d.wait_log("key 0 became primary 2 outside fernetd: this extra rotation shortens the retention window", std::time::Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    // The rotation is recorded: status dates it now, and the next one is planned from it.
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join(".fernetd/state.json")).unwrap()).unwrap();
+    assert!(h["keys"]["2"]["promoted"].is_string(), "{h}");
+    assert!(!d.log().contains("ERROR"), "{}", d.log());
+    assert_eq!(d.stop().code(), Some(0));
+}

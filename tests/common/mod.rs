@@ -25,15 +25,30 @@ impl Run {
     }
 }
 
-/// Runs `fernetd ARGS` with no config file from the environment.
+/// Runs `fernetd ARGS` with no config file from the environment. Bounded: a command still
+/// running after a minute is killed and the test fails.
 pub fn fernetd(args: &[&str]) -> Run {
-    let out = Command::new(bin())
+    let mut child = Command::new(bin())
         .args(args)
         .env_remove("FERNETD_CONFIG")
         .env("FERNETD_LOG", "warn")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run fernetd");
-    Run::from(out)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait for fernetd").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect fernetd output");
+            panic!(
+                "fernetd {args:?} still running after 60 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Run::from(child.wait_with_output().expect("collect fernetd output"))
 }
 
 pub fn fernetd_ok(args: &[&str]) -> Run {
@@ -96,4 +111,110 @@ pub fn issue_token(dir: &Path) -> String {
     fernet::Fernet::new(primary)
         .unwrap()
         .encrypt(b"token payload")
+}
+
+/// A `fernetd daemon` child process whose stderr goes to a log file. Killed on drop.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("daemon.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env_remove("FERNETD_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM")
+            .env("FERNETD_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: Some(cmd.spawn().expect("start fernetd daemon")),
+            log,
+            _logdir: logdir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `f` every 20 ms until it holds or `timeout` passes.
+    pub fn wait_for(&self, timeout: std::time::Duration, f: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if f() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: std::time::Duration) -> bool {
+        self.wait_for(timeout, || self.log().contains(needle))
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits (at most 5 s, then SIGKILL).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// GET /metrics from the address the daemon logged.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let log = self.log();
+        let addr = log
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .expect("the daemon serves metrics (--metrics-listen)")
+            .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

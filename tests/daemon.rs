@@ -1,0 +1,567 @@
+//! The daemon, driven through the real binary: schedules, restarts, hooks, file watching,
+//! signals, systemd notifications, metrics, status, bad and unsafe configurations.
+//! Every daemon is bounded (killed on drop) and every wait has a deadline.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Daemon tests run one at a time: the 1-second detection bound is about fernetd, not about
+/// how many daemons share two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Demo lifetimes: a 2-second retention, so seconds-level schedules are safe with few keys.
+const SHORT: [&str; 6] = [
+    "--expiration",
+    "2s",
+    "--allow-expired-window",
+    "0",
+    "--margin",
+    "0",
+];
+
+fn args<'a>(dir: &'a str, schedule: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["daemon", "--key-repository", dir, "--schedule", schedule];
+    v.extend_from_slice(&SHORT);
+    v.extend_from_slice(extra);
+    v
+}
+
+fn primary(dir: &Path) -> u64 {
+    *keys(dir).keys().next_back().unwrap_or(&0)
+}
+
+#[test]
+fn rotates_on_a_seconds_schedule_and_stops_cleanly_on_sigterm() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let d = Daemon::start(&args(dir.to_str().unwrap(), "1s", &[]), &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    assert!(
+        d.wait_for(Duration::from_secs(10), || primary(&dir) >= 4),
+        "{}",
+        d.log()
+    );
+    // Keystone's layout throughout, and purging by count once retention passed.
+    let ks = keys(&dir);
+    assert!(ks.contains_key(&0));
+    assert!(ks.len() <= 6, "{ks:?}");
+    assert!(d.log().contains("purged key"), "{}", d.log());
+    let started = Instant::now();
+    let status = d.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "SIGTERM took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn restart_neither_rotates_twice_nor_skips_and_missed_slots_rotate_once() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let d = Daemon::start(&args(r, "3s", &[]), &[]);
+    assert!(d.wait_log("rotated", Duration::from_secs(8)), "{}", d.log());
+    d.stop();
+    let p = primary(&dir);
+    // Restarted at once: the next slot is 3 s after the last rotation, not now.
+    let d = Daemon::start(&args(r, "3s", &[]), &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(primary(&dir), p, "rotated at restart: {}", d.log());
+    assert!(!d.log().contains("missed"), "{}", d.log());
+    d.stop();
+    // Down for more than two slots: exactly one catch-up rotation at start.
+    std::thread::sleep(Duration::from_secs(7));
+    let p = primary(&dir);
+    let d = Daemon::start(&args(r, "3s", &[]), &[]);
+    assert!(
+        d.wait_log("rotating once now", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert!(d.wait_for(Duration::from_secs(2), || primary(&dir) == p + 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        primary(&dir),
+        p + 1,
+        "more than one catch-up rotation: {}",
+        d.log()
+    );
+    d.stop();
+}
+
+#[test]
+fn hooks_succeed_fail_and_time_out_without_blocking_rotation() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let out = t.path().join("hook.out");
+    let cfg = t.path().join("fernetd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[tokens]
+key_repository = "{}"
+schedule = "1s"
+expiration = "2s"
+allow_expired_window = 0
+margin = 0
+hook_timeout = "1s"
+on_rotate = ["sh", "-c", "echo \"$FERNETD_EVENT $FERNETD_KIND $FERNETD_PRIMARY [$FERNETD_KEYS] $FERNETD_REPOSITORY\" >> {}"]
+on_change = ["sleep", "30"]
+on_invalid = ["false"]
+"#,
+            dir.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "daemon",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    assert!(
+        d.wait_for(Duration::from_secs(6), || std::fs::read_to_string(&out)
+            .map(|s| s.lines().count() >= 2)
+            .unwrap_or(false))
+    );
+    let line = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(line.starts_with("rotate tokens 2 [0 1 2] "), "{line}");
+    assert!(line.ends_with(&dir.display().to_string()), "{line}");
+    // Never key material in the environment: only numbers.
+    for k in keys(&dir).values() {
+        assert!(!std::fs::read_to_string(&out).unwrap().contains(k.as_str()));
+    }
+
+    // A change fernetd did not make runs on_change (hangs: killed after 1 s) and a broken key
+    // runs on_invalid (fails); rotations go on meanwhile.
+    std::fs::write(dir.join("77"), "garbage").unwrap();
+    assert!(
+        d.wait_log("invalid hook false: failed", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    std::fs::remove_file(dir.join("77")).unwrap();
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("78"))
+            .unwrap();
+        f.write_all(fernet::Fernet::generate_key().as_bytes())
+            .unwrap();
+    }
+    assert!(
+        d.wait_log("change hook sleep: killed after 1s", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let before = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert!(
+        d.wait_for(Duration::from_secs(5), || std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .count()
+            > before + 1)
+    );
+    let m = d.metrics();
+    assert!(
+        m.contains("fernetd_hook_failures_total{repository=\"tokens\",event=\"invalid\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("fernetd_hook_failures_total{repository=\"tokens\",event=\"change\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("fernetd_hook_runs_total{repository=\"tokens\",event=\"rotate\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("fernetd_validation_failures_total{repository=\"tokens\""),
+        "{m}"
+    );
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn tampering_is_reported_within_a_second_naming_the_file() {
+    let _s = serial();
+    type Tamper = fn(&Path);
+    let cases: [(&str, Tamper, &str); 5] = [
+        (
+            "malformed",
+            |d| std::fs::write(d.join("1"), "not a key").unwrap(),
+            "/1: not 32 bytes",
+        ),
+        (
+            "empty",
+            |d| std::fs::write(d.join("0"), "").unwrap(),
+            "/0: empty file",
+        ),
+        (
+            "mode",
+            |d| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(d.join("0"), std::fs::Permissions::from_mode(0o644))
+                    .unwrap()
+            },
+            "/0: mode 0644",
+        ),
+        (
+            "missing 0",
+            |d| std::fs::remove_file(d.join("0")).unwrap(),
+            "no staged key 0",
+        ),
+        (
+            "non-canonical",
+            |d| {
+                std::fs::copy(d.join("1"), d.join("01"))
+                    .map(|_| ())
+                    .unwrap()
+            },
+            "/01: Keystone loads this as key 1",
+        ),
+    ];
+    for (name, tamper, needle) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("keys");
+        // Slow schedule: every change below is someone else's.
+        let d = Daemon::start(
+            &args(
+                dir.to_str().unwrap(),
+                "1h",
+                &["--metrics-listen", "127.0.0.1:0"],
+            ),
+            &[],
+        );
+        assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+        let started = Instant::now();
+        tamper(&dir);
+        assert!(
+            d.wait_log(needle, Duration::from_secs(3)),
+            "{name}: not reported: {}",
+            d.log()
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "{name}: reported after {took:?}"
+        );
+        let healthy = format!(
+            "fernetd_repository_healthy{{repository=\"tokens\",path=\"{}\"}} 0",
+            dir.display()
+        );
+        assert!(
+            d.wait_for(Duration::from_secs(1), || d.metrics().contains(&healthy)),
+            "{name}: {}",
+            d.metrics()
+        );
+        d.stop();
+    }
+}
+
+#[test]
+fn a_key_deleted_inside_its_retention_window_is_a_violation() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    // Keystone's real lifetimes: every key is inside its retention window.
+    let d = Daemon::start(
+        &[
+            "daemon",
+            "--key-repository",
+            r,
+            "--schedule",
+            "1h",
+            "--max-active-keys",
+            "52",
+        ],
+        &[],
+    );
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    std::fs::remove_file(dir.join("1")).unwrap();
+    assert!(
+        d.wait_log(
+            "key 1 vanished or changed while tokens it encrypted are still valid",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        d.log()
+    );
+    d.stop();
+}
+
+#[test]
+fn sighup_reloads_a_valid_config_and_keeps_running_on_an_invalid_one() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let cfg = t.path().join("fernetd.toml");
+    let write = |schedule: &str, extra: &str| {
+        std::fs::write(&cfg, format!(
+            "[tokens]\nkey_repository = \"{}\"\nschedule = \"{schedule}\"\nexpiration = \"2s\"\nallow_expired_window = 0\nmargin = 0\n{extra}",
+            dir.display()
+        )).unwrap();
+    };
+    write("1h", "");
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    let p = primary(&dir);
+    write("1s", "bogus = 1\n");
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_log(
+            "reload rejected, keeping the running configuration",
+            Duration::from_secs(3)
+        ),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("bogus"), "{}", d.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(primary(&dir), p, "invalid config took effect");
+    write("1s", "");
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_log("configuration reloaded", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_for(Duration::from_secs(5), || primary(&dir) >= p + 2),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+#[test]
+fn systemd_notify_ready_status_and_watchdog() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let sock_path = t.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let d = Daemon::start(
+        &args(dir.to_str().unwrap(), "1h", &[]),
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ],
+    );
+    let mut got = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline
+        && !(got.contains("READY=1") && got.matches("WATCHDOG=1").count() >= 3)
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            got.push('\n');
+        }
+    }
+    assert!(got.contains("READY=1"), "{got}");
+    assert!(got.contains("STATUS=tokens: ok, last rotation "), "{got}");
+    assert!(got.matches("WATCHDOG=1").count() >= 3, "{got}");
+    d.stop();
+    let mut tail = String::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(tail.contains("STOPPING=1"), "{tail}");
+}
+
+#[test]
+fn unsafe_and_bad_configs_are_refused_in_one_line() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().join("keys");
+    let r = r.to_str().unwrap();
+    let out = fernetd(&[
+        "daemon",
+        "--key-repository",
+        r,
+        "--schedule",
+        "@daily",
+        "--max-active-keys",
+        "3",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("needs 5"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
+    assert!(!Path::new(r).exists(), "refused daemon touched the disk");
+
+    let cfg = t.path().join("c.toml");
+    let cases = [
+        ("[tokens]\nunknown = 1\n", "unknown field `unknown`"),
+        ("[tokens]\nschedule = \"0 0 * *\"\n", "[tokens] schedule"),
+        ("[tokens]\nmargin = \"-1h\"\n", "negative"),
+        ("[tokens]\nexpiration = -5\n", "negative"),
+        ("[tokens]\non_rotate = []\n", "on_rotate"),
+        ("[credentials]\nschedule = \"@monthly\"\n", "pre_rotate: required"),
+        ("[credentials]\nschedule = \"@monthly\"\npre_rotate = [\"true\"]\nmax_active_keys = 5\n", "exactly 3 keys"),
+        ("[receipts]\nschedule = \"@daily\"\n", "also the tokens repository"),
+        ("[daemon]\nmetrics_listen = \"nowhere\"\n", "metrics_listen"),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&cfg, text).unwrap();
+        let out = fernetd(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "daemon",
+            "--key-repository",
+            r,
+        ]);
+        assert_eq!(out.code, 2, "{text}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(needle),
+            "{text}: {} lacks {needle}",
+            out.stderr
+        );
+        assert_eq!(
+            out.stderr.trim_end().lines().count(),
+            1,
+            "{text}: {}",
+            out.stderr
+        );
+    }
+    // Unreadable file.
+    let out = fernetd(&[
+        "--config",
+        t.path().join("missing.toml").to_str().unwrap(),
+        "daemon",
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("missing.toml: No such file"),
+        "{}",
+        out.stderr
+    );
+    // Explicitly allowed: runs, and says so loudly.
+    std::fs::write(&cfg, format!("[tokens]\nkey_repository = \"{r}\"\nmax_active_keys = 3\nallow_unsafe_schedule = true\n")).unwrap();
+    let _s = serial();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        d.wait_log(
+            "UNSAFE schedule running because allow_unsafe_schedule = true",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    d.stop();
+}
+
+#[test]
+fn credentials_rotate_only_after_pre_rotate_succeeds() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let tokens = t.path().join("fernet-keys");
+    let creds = t.path().join("credential-keys");
+    let gate = t.path().join("migrate-ok");
+    let cfg = t.path().join("fernetd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tokens]\nkey_repository = \"{}\"\nschedule = \"1h\"\n\
+         [credentials]\nkey_repository = \"{}\"\nschedule = \"1s\"\n\
+         pre_rotate = [\"test\", \"-e\", \"{}\"]\n",
+            tokens.display(),
+            creds.display(),
+            gate.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    assert!(
+        d.wait_log(
+            "credentials: rotation held: pre_rotate failed",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        primary(&creds),
+        1,
+        "rotated without a successful pre_rotate"
+    );
+    std::fs::write(&gate, "").unwrap();
+    // Retries every 30 s after a failure; the next attempt succeeds.
+    assert!(
+        d.wait_for(Duration::from_secs(40), || primary(&creds) >= 2),
+        "{}",
+        d.log()
+    );
+    assert!(keys(&creds).len() <= 3);
+    assert_eq!(primary(&tokens), 1);
+    d.stop();
+}
+
+#[test]
+fn status_reports_each_repository_with_exit_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let cfg = t.path().join("fernetd.toml");
+    std::fs::write(&cfg, format!("[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{r}\"\nschedule = \"1h\"\n")).unwrap();
+    let c = cfg.to_str().unwrap();
+    let ok = fernetd(&["--config", c, "status"]);
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("tokens")
+            && ok.stdout.contains("OK")
+            && ok.stdout.contains("primary 1, age"),
+        "{}",
+        ok.stdout
+    );
+    let json = fernetd(&["--config", c, "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["repositories"][0]["primary"], 1);
+    assert!(v["repositories"][0]["next_rotation"].is_string());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("1"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    assert_eq!(fernetd(&["--config", c, "status"]).code, 1);
+    std::fs::write(dir.join("1"), "broken").unwrap();
+    let crit = fernetd(&["--config", c, "status"]);
+    assert_eq!(crit.code, 2, "{}", crit.stdout);
+    assert!(
+        crit.stdout.contains("CRITICAL") && crit.stdout.contains("/1: not 32 bytes"),
+        "{}",
+        crit.stdout
+    );
+}
