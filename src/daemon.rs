@@ -69,7 +69,8 @@ impl Slot {
                 .lock_timeout
                 .unwrap_or(LOCK_TIMEOUT)
                 .min(LOCK_TIMEOUT),
-        );
+        )
+        .with_repair(m.settings.repair);
         Slot {
             kind: m.settings.kind.name(),
             m,
@@ -370,6 +371,12 @@ impl Daemon {
         let mut changed = false;
         match s.repo.observe(retention, now) {
             Ok(obs) => {
+                for n in &obs.repaired {
+                    tracing::warn!(
+                        "{}: repaired: restored key {n} from fernetd's copy (repair = true)",
+                        s.kind
+                    );
+                }
                 for c in &obs.changes {
                     changed = true;
                     match c {

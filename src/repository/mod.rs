@@ -43,6 +43,9 @@ pub struct Repository {
     /// Explicit `--keystone-user/--keystone-group`; otherwise new files follow the directory.
     owner: Option<Owner>,
     lock_timeout: Duration,
+    /// `repair = true`: keep a copy of every live key in `.fernetd/copies/` and restore a
+    /// deleted or corrupted key from it.
+    repair: bool,
 }
 
 /// Parameters of one rotation.
@@ -73,7 +76,13 @@ impl Repository {
             dir: dir.into(),
             owner,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            repair: false,
         }
+    }
+
+    pub fn with_repair(mut self, repair: bool) -> Repository {
+        self.repair = repair;
+        self
     }
 
     pub fn with_lock_timeout(mut self, t: Duration) -> Repository {
@@ -137,7 +146,99 @@ impl Repository {
             reason: e.to_string(),
         })?;
         fsio::write_new(&tmp, &json, owner)?;
-        fsio::rename_durable(&tmp, &path)
+        fsio::rename_durable(&tmp, &path)?;
+        if self.repair {
+            self.sync_copies(h, owner)?;
+        }
+        Ok(())
+    }
+
+    fn copies_dir(&self) -> PathBuf {
+        self.internal().join("copies")
+    }
+
+    fn restore_tmp(&self) -> PathBuf {
+        self.internal().join("restore.tmp")
+    }
+
+    /// Keeps exactly one copy per key in the history: new keys are copied from the disk, the
+    /// copies of keys no longer in the history (purged) are deleted, so a key purged on purpose
+    /// can never be restored.
+    fn sync_copies(&self, h: &History, owner: Option<Owner>) -> Result<()> {
+        let dir = self.copies_dir();
+        fsio::create_private_dir(&dir, owner)?;
+        let wanted: std::collections::BTreeSet<String> =
+            h.keys.values().map(|r| r.fingerprint.to_string()).collect();
+        let mut present = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(&dir).at(&dir)? {
+            let name = e.at(&dir)?.file_name().to_string_lossy().into_owned();
+            if wanted.contains(&name) {
+                present.insert(name);
+            } else {
+                fsio::remove_if_present(&dir.join(&name))?;
+            }
+        }
+        let scan = self.scan()?;
+        for (n, k) in scan.keys() {
+            let fp = k.fingerprint().to_string();
+            let recorded = h
+                .keys
+                .get(&n)
+                .is_some_and(|r| r.fingerprint == k.fingerprint());
+            if recorded && !present.contains(&fp) {
+                let tmp = dir.join(format!("{fp}.tmp"));
+                fsio::write_new(&tmp, k.to_text().as_bytes(), owner)?;
+                fsio::rename_durable(&tmp, &dir.join(&fp))?;
+            }
+        }
+        fsio::sync_dir(&dir)
+    }
+
+    /// Restores keys of the history that are missing or unreadable on disk and still needed
+    /// (key 0, the primary, or inside their retention window), from fernetd's copies. Nothing
+    /// is restored when the change includes a rotation fernetd did not make: its deletions
+    /// were that tool's purge. Returns the restored numbers. Caller holds the lock.
+    fn repair_from_copies(
+        &self,
+        scan: &Scan,
+        history: &History,
+        retention: Duration,
+        now: DateTime<Utc>,
+        owner: Option<Owner>,
+    ) -> Result<Vec<u64>> {
+        let disk = fingerprints(scan);
+        let rotated_elsewhere = history
+            .keys
+            .get(&0)
+            .is_some_and(|r| disk.iter().any(|(&n, &fp)| n > 0 && fp == r.fingerprint));
+        if rotated_elsewhere {
+            return Ok(Vec::new());
+        }
+        let primary = history.primary();
+        let unusable = |n: u64| {
+            scan.entries.iter().any(
+                |e| matches!(&e.kind, EntryKind::Key { number, content: Err(_) } if *number == n),
+            )
+        };
+        let mut restored = Vec::new();
+        for (&n, r) in &history.keys {
+            let missing = !disk.contains_key(&n) && !key_path(&self.dir, n).exists();
+            if !(missing || unusable(n)) {
+                continue;
+            }
+            let needed = n == 0 || Some(n) == primary || r.retained_until(retention) > now;
+            let copy = self.copies_dir().join(r.fingerprint.to_string());
+            let key = fsio::read_optional(&copy)?.and_then(|b| Key::parse(&b).ok());
+            match key {
+                Some(k) if needed && k.fingerprint() == r.fingerprint => {
+                    fsio::write_new(&self.restore_tmp(), k.to_text().as_bytes(), owner)?;
+                    fsio::rename_durable(&self.restore_tmp(), &key_path(&self.dir, n))?;
+                    restored.push(n);
+                }
+                _ => {}
+            }
+        }
+        Ok(restored)
     }
 
     /// Fails before touching the disk when the requested owner cannot be set: only root may
@@ -346,18 +447,27 @@ impl Repository {
     pub fn observe(&self, retention: Duration, now: DateTime<Utc>) -> Result<Observed> {
         let scan = self.scan()?;
         let history = self.history()?;
+        // A corrupted key drops out of the fingerprints, so this also catches corruption.
         if same_keys(&fingerprints(&scan), &history) {
             return Ok(Observed {
                 report: crate::check::check(&scan, self.owner),
                 changes: Vec::new(),
                 retention_violations: Vec::new(),
+                repaired: Vec::new(),
                 history,
             });
         }
         let owner = self.file_owner()?;
         let _lock = self.lock(owner)?;
-        let scan = self.scan()?;
+        let mut scan = self.scan()?;
         let mut history = self.history()?;
+        let mut repaired = Vec::new();
+        if self.repair {
+            repaired = self.repair_from_copies(&scan, &history, retention, now, owner)?;
+            if !repaired.is_empty() {
+                scan = self.scan()?;
+            }
+        }
         let before = history.clone();
         let changes = history.reconcile(&fingerprints(&scan), now);
         let retention_violations = changes
@@ -381,6 +491,7 @@ impl Repository {
             report: crate::check::check(&scan, self.owner),
             changes,
             retention_violations,
+            repaired,
             history,
         })
     }
@@ -436,6 +547,9 @@ impl Repository {
                     .push("rolled back an interrupted rotation: it had not changed any key".into());
             }
         }
+
+        // A restore (repair) killed before its rename changed nothing.
+        fsio::remove_if_present(&self.restore_tmp())?;
 
         // keystone-manage's own crash window: `0` renamed to max+1, `0.tmp` not yet to `0`.
         let zero = key_path(&self.dir, 0);
@@ -498,6 +612,8 @@ pub struct Observed {
     pub changes: Vec<Observation>,
     /// Keys that disappeared or changed while they could still decrypt a live token.
     pub retention_violations: Vec<RetentionViolation>,
+    /// Keys restored from fernetd's copies (`repair = true`).
+    pub repaired: Vec<u64>,
     pub history: History,
 }
 
