@@ -47,39 +47,24 @@ fn rotate_follows_keystone_and_keeps_keys_inside_retention() {
     fernetd_ok(&["setup", "--key-repository", r]);
     let first_primary = keys(t.path())[&1].clone();
     let staged = keys(t.path())[&0].clone();
-    fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+    rotate_ok(r, &["--max-active-keys", "3"]);
     let ks = keys(t.path());
     assert_eq!(ks.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
     assert_eq!(ks[&2], staged, "key 0 must become the new primary");
     assert_eq!(ks[&1], first_primary);
 
     // Keystone would purge key 1 now; it was demoted seconds ago, so fernetd keeps it.
-    let out = fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
-    assert_eq!(
-        keys(t.path()).keys().copied().collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
-    );
+    let out = rotate_ok(r, &["--max-active-keys", "3"]);
+    assert_eq!(numbers(t.path()), vec![0, 1, 2, 3]);
     assert!(out.stderr.contains("kept key 1"), "{}", out.stderr);
     assert!(out.stderr.contains("until"), "{}", out.stderr);
 
     // With no retention at all the count rule applies.
-    fernetd_ok(&[
-        "rotate",
-        "--key-repository",
+    rotate_ok(
         r,
-        "--max-active-keys",
-        "3",
-        "--expiration",
-        "0",
-        "--allow-expired-window",
-        "0",
-        "--margin",
-        "0",
-    ]);
-    assert_eq!(
-        keys(t.path()).keys().copied().collect::<Vec<_>>(),
-        vec![0, 3, 4]
+        &[["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat(),
     );
+    assert_eq!(numbers(t.path()), vec![0, 3, 4]);
 }
 
 #[test]
@@ -88,19 +73,9 @@ fn force_purge_restores_count_only_rule() {
     let r = t.path().to_str().unwrap();
     fernetd_ok(&["setup", "--key-repository", r]);
     for _ in 0..3 {
-        fernetd_ok(&[
-            "rotate",
-            "--key-repository",
-            r,
-            "--max-active-keys",
-            "3",
-            "--force-purge",
-        ]);
+        rotate_ok(r, &["--max-active-keys", "3", "--force-purge"]);
     }
-    assert_eq!(
-        keys(t.path()).keys().copied().collect::<Vec<_>>(),
-        vec![0, 3, 4]
-    );
+    assert_eq!(numbers(t.path()), vec![0, 3, 4]);
 }
 
 #[test]
@@ -110,20 +85,13 @@ fn tokens_survive_rotations_until_their_key_is_purged() {
     fernetd_ok(&["setup", "--key-repository", r]);
     let token = issue_token(t.path());
     for _ in 0..4 {
-        fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+        rotate_ok(r, &["--max-active-keys", "3"]);
         assert!(
             multifernet(t.path()).decrypt(&token).is_ok(),
             "token lost inside retention"
         );
     }
-    fernetd_ok(&[
-        "rotate",
-        "--key-repository",
-        r,
-        "--max-active-keys",
-        "3",
-        "--force-purge",
-    ]);
+    rotate_ok(r, &["--max-active-keys", "3", "--force-purge"]);
     assert!(
         multifernet(t.path()).decrypt(&token).is_err(),
         "key 1 should be purged by count"
@@ -454,7 +422,7 @@ fn second_writer_waits_then_fails_naming_the_lock() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(1));
     assert_eq!(keys(t.path()), before);
     drop(held);
-    fernetd_ok(&["rotate", "--key-repository", r, "--lock-timeout", "1s"]);
+    rotate_ok(r, &["--lock-timeout", "1s"]);
 }
 
 #[test]
@@ -475,10 +443,7 @@ fn concurrent_rotations_serialize_and_lose_nothing() {
         assert_eq!(out.code, 0, "{}", out.stderr);
     }
     // Six serialized rotations from {0,1}: primary 7, every key kept (all inside retention).
-    assert_eq!(
-        keys(t.path()).keys().copied().collect::<Vec<_>>(),
-        (0..=7).collect::<Vec<_>>()
-    );
+    assert_eq!(numbers(t.path()), (0..=7).collect::<Vec<_>>());
 }
 
 #[test]
@@ -496,7 +461,7 @@ fn adopts_a_keystone_style_repository_without_losing_a_key() {
     let out = fernetd_ok(&["setup", "--key-repository", r]);
     assert!(out.stdout.contains("adopted"), "{}", out.stdout);
     assert_eq!(keys(t.path()), before);
-    fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+    rotate_ok(r, &["--max-active-keys", "3"]);
     let after = keys(t.path());
     for (n, k) in &before {
         if *n > 0 {

@@ -178,16 +178,7 @@ fn rotation_killed_at_every_mutating_syscall_loses_nothing() {
     let base_dir = work.path().join("base");
     let b = base_dir.to_str().unwrap();
     // Three non-zero keys; zero retention so this rotation also purges (covers every step).
-    let no_retention = [
-        "--max-active-keys",
-        "3",
-        "--expiration",
-        "0",
-        "--allow-expired-window",
-        "0",
-        "--margin",
-        "0",
-    ];
+    let no_retention = [["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat();
     fernetd_ok(&["setup", "--key-repository", b]);
     fernetd_ok(&repo_args("rotate", b, &["--max-active-keys", "4"]));
     fernetd_ok(&repo_args("rotate", b, &["--max-active-keys", "4"]));

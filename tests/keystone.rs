@@ -106,28 +106,14 @@ fn keystone_loads_fernetd_keys_and_tokens_live_until_their_key_is_purged() {
     // Keystone packs with primary 1. Count-only purging with 3 keys drops key 1 at the
     // second rotation: the token must unpack exactly until then.
     let token = keystone_pack(&repo);
-    fernetd_ok(&[
-        "rotate",
-        "--key-repository",
-        r,
-        "--max-active-keys",
-        "3",
-        "--force-purge",
-    ]);
+    rotate_ok(r, &["--max-active-keys", "3", "--force-purge"]);
     assert_eq!(keystone_load(&repo), expected_order(&repo));
     assert!(keys(&repo).contains_key(&1));
     assert!(
         keystone_unpacks(&repo, &token),
         "token lost while its key is present"
     );
-    fernetd_ok(&[
-        "rotate",
-        "--key-repository",
-        r,
-        "--max-active-keys",
-        "3",
-        "--force-purge",
-    ]);
+    rotate_ok(r, &["--max-active-keys", "3", "--force-purge"]);
     assert!(!keys(&repo).contains_key(&1));
     assert!(
         !keystone_unpacks(&repo, &token),
@@ -138,7 +124,7 @@ fn keystone_loads_fernetd_keys_and_tokens_live_until_their_key_is_purged() {
     let token = keystone_pack(&repo);
     let primary = *keys(&repo).keys().next_back().unwrap();
     for _ in 0..3 {
-        fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+        rotate_ok(r, &["--max-active-keys", "3"]);
         assert!(keys(&repo).contains_key(&primary));
         assert!(
             keystone_unpacks(&repo, &token),
@@ -168,7 +154,7 @@ fn fernetd_adopts_a_keystone_manage_repository_without_losing_a_key() {
     assert_eq!(keys(&repo), made, "setup changed a keystone-made key");
     assert_eq!(fernetd(&["check", "--key-repository", r]).code, 0);
 
-    fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "3"]);
+    rotate_ok(r, &["--max-active-keys", "3"]);
     let after = keys(&repo);
     assert_eq!(after[&3], made[&0], "staged key not promoted");
     for n in [1, 2] {
@@ -184,7 +170,7 @@ fn keystone_manage_rotates_a_fernetd_repository() {
     let repo = t.path().join("keys");
     let r = repo.to_str().unwrap();
     fernetd_ok(&["setup", "--key-repository", r]);
-    fernetd_ok(&["rotate", "--key-repository", r]);
+    rotate_ok(r, &[]);
     let before = keys(&repo);
     let out = keystone_manage(&repo, "fernet_rotate");
     assert!(
@@ -204,7 +190,7 @@ fn keystone_manage_rotates_a_fernetd_repository() {
     assert_eq!(fernetd(&["check", "--key-repository", r]).code, 0);
 
     // fernetd notices the rotation it did not make.
-    let rot = fernetd_ok(&["rotate", "--key-repository", r, "--max-active-keys", "5"]);
+    let rot = rotate_ok(r, &["--max-active-keys", "5"]);
     assert!(
         rot.stderr.contains("became primary 3 outside fernetd"),
         "{}",

@@ -218,3 +218,25 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Lifetimes of zero: retention is over at once, so rotations purge by count alone.
+pub const NO_RETENTION: [&str; 6] = [
+    "--expiration",
+    "0",
+    "--allow-expired-window",
+    "0",
+    "--margin",
+    "0",
+];
+
+/// The key numbers of a repository, ascending.
+pub fn numbers(dir: &Path) -> Vec<u64> {
+    keys(dir).into_keys().collect()
+}
+
+/// `fernetd rotate --key-repository DIR EXTRA...`, which must succeed.
+pub fn rotate_ok(dir: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["rotate", "--key-repository", dir];
+    args.extend_from_slice(extra);
+    fernetd_ok(&args)
+}
