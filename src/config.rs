@@ -513,6 +513,8 @@ pub struct Managed {
     pub max_active_keys: u64,
     /// `plan.safe == Some(false)` only with `allow_unsafe_schedule` (or from `inspect`).
     pub plan: Plan,
+    /// The resolved owner of the key files, if configured.
+    pub owner: Option<crate::repository::Owner>,
 }
 
 /// Everything the daemon runs.
@@ -600,7 +602,11 @@ fn manage(s: Settings, now: DateTime<Utc>) -> Result<Managed, ConfigError> {
     };
     let plan = planner::plan(&schedule, &s.lifetime, s.max_active_keys, now, None)
         .map_err(|e| ConfigError(format!("[{kind}] schedule: {e}")))?;
+    let owner =
+        crate::repository::Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())
+            .map_err(|e| ConfigError(format!("[keystone] user/group: {e}")))?;
     Ok(Managed {
+        owner,
         max_active_keys: s.max_active_keys.unwrap_or(plan.required_max_active_keys),
         settings: s,
         schedule,

@@ -55,22 +55,14 @@ struct Slot {
 
 impl Slot {
     fn new(m: Managed) -> Slot {
-        let repo = Repository::new(
-            &m.settings.key_repository,
-            crate::repository::Owner::resolve(
-                m.settings.keystone_user.as_deref(),
-                m.settings.keystone_group.as_deref(),
+        let repo = Repository::new(&m.settings.key_repository, m.owner)
+            .with_lock_timeout(
+                m.settings
+                    .lock_timeout
+                    .unwrap_or(LOCK_TIMEOUT)
+                    .min(LOCK_TIMEOUT),
             )
-            .ok()
-            .flatten(),
-        )
-        .with_lock_timeout(
-            m.settings
-                .lock_timeout
-                .unwrap_or(LOCK_TIMEOUT)
-                .min(LOCK_TIMEOUT),
-        )
-        .with_repair(m.settings.repair);
+            .with_repair(m.settings.repair);
         Slot {
             kind: m.settings.kind.name(),
             m,
@@ -253,6 +245,10 @@ impl Daemon {
             for t in [s.validate_at, s.retry_at].into_iter().flatten() {
                 wake = wake.min(t);
             }
+            // Re-validate when a lost key's retention window closes: healthy again then.
+            if let Some(until) = s.lost.iter().map(|v| v.until).min() {
+                wake = wake.min(instant_of(until));
+            }
             if let (Some(next), false, None) = (s.next_rotation, s.pre_rotating, s.retry_at) {
                 wake = wake.min(instant_of(next));
             }
@@ -277,7 +273,8 @@ impl Daemon {
     fn on_timer(&mut self) {
         let now = Instant::now();
         for i in 0..self.slots.len() {
-            if self.slots[i].validate_at.is_some_and(|t| t <= now) {
+            let lost_expired = self.slots[i].lost.iter().any(|v| v.until <= Utc::now());
+            if lost_expired || self.slots[i].validate_at.is_some_and(|t| t <= now) {
                 self.validate(i);
             }
             let s = &self.slots[i];

@@ -322,6 +322,44 @@ fn a_key_deleted_inside_its_retention_window_is_a_violation() {
         d.log()
     );
     d.stop();
+
+    // With a 3 s retention, the violation clears by itself when the window closes.
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let short = [
+        "--expiration",
+        "3s",
+        "--allow-expired-window",
+        "0",
+        "--margin",
+        "0",
+    ];
+    fernetd_ok(&["setup", "--key-repository", r]);
+    rotate_ok(r, &short);
+    let mut a = vec!["daemon", "--key-repository", r, "--schedule", "1h"];
+    a.extend_from_slice(&short);
+    let d = Daemon::start(&a, &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    std::fs::remove_file(dir.join("1")).unwrap();
+    assert!(
+        d.wait_log("key 1 vanished or changed", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log("tokens: valid again", Duration::from_secs(6)),
+        "{}",
+        d.log()
+    );
+    // Deleting the primary is a violation however old the key is.
+    std::fs::remove_file(dir.join("2")).unwrap();
+    assert!(
+        d.wait_log("key 2 vanished or changed", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    d.stop();
 }
 
 #[test]
@@ -436,6 +474,8 @@ fn unsafe_and_bad_configs_are_refused_in_one_line() {
         ("[credentials]\nschedule = \"@monthly\"\npre_rotate = [\"true\"]\nmax_active_keys = 5\n", "exactly 3 keys"),
         ("[receipts]\nschedule = \"@daily\"\n", "also the tokens repository"),
         ("[daemon]\nmetrics_listen = \"nowhere\"\n", "metrics_listen"),
+        ("[keystone]\nuser = \"no-such-user-xyz\"\ngroup = \"0\"\n", "no such user 'no-such-user-xyz'"),
+        ("[keystone]\nuser = \"no-such-user-xyz\"\ngroup = \"0\"\n", "no such user 'no-such-user-xyz'"),
     ];
     for (text, needle) in cases {
         std::fs::write(&cfg, text).unwrap();

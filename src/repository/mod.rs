@@ -474,7 +474,12 @@ impl Repository {
             .iter()
             .filter_map(|c| match c {
                 Observation::Vanished { number, .. } | Observation::Replaced { number } => {
-                    let until = before.keys.get(number)?.retained_until(retention);
+                    // The primary encrypted tokens until the moment it vanished.
+                    let until = if Some(*number) == before.primary() {
+                        now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+                    } else {
+                        before.keys.get(number)?.retained_until(retention)
+                    };
                     (until > now).then(|| RetentionViolation {
                         path: key_path(&self.dir, *number),
                         number: *number,
