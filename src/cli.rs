@@ -59,6 +59,16 @@ pub enum Command {
     /// Prove a schedule safe: the max_active_keys it needs, the shortest retention window,
     /// the next rotations. Exit 3 when the configured max_active_keys is unsafe.
     Plan(PlanArgs),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Directory to write `man/` and `completions/` into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +205,10 @@ pub const EXIT_UNSAFE: i32 = 3;
 pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
     let config = cli.config.as_deref();
     match cli.command {
+        Command::Generate(a) => {
+            generate(&a.out)?;
+            Ok(0)
+        }
         Command::Daemon(a) => {
             let flags = Flags {
                 schedule: a.schedule.clone(),
@@ -339,6 +353,41 @@ fn max_active_keys(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("'{s}' is not a whole number"))?;
     config::check_max_keys(n)?;
     Ok(n)
+}
+
+/// Man pages (`fernetd.1`, one `fernetd-COMMAND.1` per command) and completions for bash, zsh
+/// and fish, from the same definitions as `--help`.
+fn generate(out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+    }
+    let cmd = Cli::command();
+    let write_page = |name: &str, c: clap::Command| -> anyhow::Result<()> {
+        let path = man.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c)
+            .title(name.to_uppercase())
+            .render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| path.display().to_string())
+    };
+    write_page("fernetd", cmd.clone())?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("fernetd-{}", sub.get_name());
+        write_page(&name, sub.clone().name(name.clone()))?;
+    }
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "fernetd", &completions)
+            .with_context(|| completions.display().to_string())?;
+    }
+    Ok(())
 }
 
 fn flags(repo: &RepoArgs, owner: &OwnerArgs) -> Flags {

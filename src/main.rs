@@ -20,6 +20,9 @@ fn main() {
         }
     };
     init_logging(&cli);
+    if !matches!(cli.command, cli::Command::Daemon(_)) {
+        restore_default_sigpipe();
+    }
     match cli::run(cli, chrono::Utc::now()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -53,4 +56,14 @@ fn init_logging(cli: &Cli) {
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
+}
+
+/// One-shot commands end quietly when their reader goes away (`fernetd plan | head -3`), like
+/// other Unix tools, instead of panicking on EPIPE. Not for the daemon: a metrics client that
+/// hangs up must be a write error there, never a fatal signal.
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called once at start-up, before any other thread exists; SIG_DFL installs no
+    // handler code.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

@@ -530,3 +530,18 @@ fn unprivileged_setup_for_another_owner_fails_before_touching_disk() {
     assert!(out.stderr.contains("without root"), "{}", out.stderr);
     assert!(!repo.exists(), "directory created before the owner error");
 }
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin())
+        .args(["plan", "--keystone-config", "/dev/null"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before fernetd writes
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
