@@ -85,8 +85,8 @@ pub struct DaemonArgs {
     /// Token max_active_keys (default: the smallest the planner proves safe).
     #[arg(long, value_name = "N", value_parser = max_active_keys)]
     pub max_active_keys: Option<u64>,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9747).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on this address (127.0.0.1:9747; a bare port binds loopback).
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_listen)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 

@@ -65,7 +65,8 @@ pub struct KeystoneSection {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonSection {
-    /// Prometheus metrics listen address (off when absent).
+    /// Prometheus metrics listen address (off when absent); a bare port binds loopback.
+    #[serde(default, deserialize_with = "listen_opt")]
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -221,6 +222,25 @@ impl RepositorySection {
             }
         }
         Ok(())
+    }
+}
+
+/// A listen address: `IP:PORT`, or a bare `PORT` / `:PORT`, which binds loopback (metrics are
+/// for a local scraper unless the operator says otherwise).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let port = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(p) = port.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("'{s}' is not an address; expected 127.0.0.1:9747, [::1]:9747 or 9747")
+    })
+}
+
+fn listen_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => parse_listen(&s).map(Some).map_err(serde::de::Error::custom),
     }
 }
 
@@ -623,6 +643,21 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(content.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn listen_addresses_default_to_loopback() {
+        assert_eq!(parse_listen("9747").unwrap().to_string(), "127.0.0.1:9747");
+        assert_eq!(parse_listen(":9747").unwrap().to_string(), "127.0.0.1:9747");
+        assert_eq!(
+            parse_listen("0.0.0.0:9747").unwrap().to_string(),
+            "0.0.0.0:9747"
+        );
+        assert_eq!(parse_listen("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert!(parse_listen("nowhere")
+            .unwrap_err()
+            .contains("not an address"));
+        assert!(parse_listen("99999").is_err());
     }
 
     #[test]

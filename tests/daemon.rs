@@ -673,3 +673,51 @@ fn repair_restores_deleted_or_corrupted_keys_but_never_purged_ones() {
         "a copy per live key, none for purged keys"
     );
 }
+
+#[test]
+fn logs_are_json_on_request_and_plain_under_journald() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().join("keys");
+    let r = r.to_str().unwrap();
+    let d = Daemon::start(
+        &[
+            "--log-format",
+            "json",
+            "daemon",
+            "--key-repository",
+            r,
+            "--schedule",
+            "1h",
+        ],
+        &[],
+    );
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    let json = d.log();
+    d.stop();
+    for line in json.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(json.contains("\"message\":\"ready: tokens: ok"), "{json}");
+
+    let d = Daemon::start(
+        &["daemon", "--key-repository", r, "--schedule", "1h"],
+        &[("JOURNAL_STREAM", "8:1234")],
+    );
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    let plain = d.log();
+    d.stop();
+    for line in plain.lines() {
+        let level = line.split_whitespace().next().unwrap_or("");
+        assert!(
+            ["INFO", "WARN", "ERROR"].contains(&level),
+            "no timestamp under journald: {line}"
+        );
+        assert!(!line.contains('\u{1b}'), "no colour under journald: {line}");
+    }
+}
