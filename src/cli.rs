@@ -59,9 +59,62 @@ pub enum Command {
     /// Prove a schedule safe: the max_active_keys it needs, the shortest retention window,
     /// the next rotations. Exit 3 when the configured max_active_keys is unsafe.
     Plan(PlanArgs),
+    /// Cluster mode: the key sets in etcd ([cluster] in the config).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Pull each configured repository's key set from the cluster once and apply it locally:
+    /// new keys are written before anything is removed.
+    Sync(SyncArgs),
     /// Write man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Import an existing repository (keystone-made or not) into the cluster without changing
+    /// a key. Refused when the prefix already holds a key set, unless --force.
+    Init(ClusterInitArgs),
+    /// Print a new seal key (32 random bytes, url-safe base64) for [cluster] seal_key_file.
+    NewSealKey,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterInitArgs {
+    /// The repository to import.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// Which repository it is.
+    #[arg(long, value_enum, default_value_t = KindArg::Tokens)]
+    pub kind: KindArg,
+    /// Replace a key set already in the cluster.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindArg {
+    Tokens,
+    Receipts,
+    Credentials,
+}
+
+impl From<KindArg> for config::Kind {
+    fn from(k: KindArg) -> config::Kind {
+        match k {
+            KindArg::Tokens => config::Kind::Tokens,
+            KindArg::Receipts => config::Kind::Receipts,
+            KindArg::Credentials => config::Kind::Credentials,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub owner: OwnerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +260,57 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
     match cli.command {
         Command::Generate(a) => {
             generate(&a.out)?;
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::NewSealKey) => {
+            let k = crate::key::Key::generate().map_err(|e| anyhow::anyhow!("random: {e}"))?;
+            println!("{}", &*k.to_text());
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Init(a)) => {
+            let sources = config::Sources::load(&Flags::default(), config)?;
+            let cluster = cluster_settings(&sources, config)?;
+            let s = sources.repository(config::Kind::Tokens, &Flags::default())?;
+            let owner = match &s {
+                Some(s) => Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?,
+                None => None,
+            };
+            let set = Repository::new(&a.from, owner).export(now)?;
+            let kind = config::Kind::from(a.kind);
+            let revision = block_on(async {
+                let mut c = crate::cluster::Cluster::connect(&cluster).await?;
+                c.import(kind, &set, a.force).await
+            })??;
+            println!(
+                "imported {} ({} keys, primary {}) into {}/{kind}/keyset at revision {revision}; no key changed",
+                a.from.display(),
+                set.keys.len(),
+                set.primary().unwrap_or(0),
+                cluster.prefix
+            );
+            Ok(0)
+        }
+        Command::Sync(a) => {
+            let flags = flags(&a.repo, &a.owner);
+            let sources = config::Sources::load(&flags, config)?;
+            let cluster = cluster_settings(&sources, config)?;
+            let repos: Vec<Settings> = config::Kind::ALL
+                .into_iter()
+                .map(|k| sources.repository(k, &flags))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            block_on(async {
+                let mut c = crate::cluster::Cluster::connect(&cluster).await?;
+                for s in &repos {
+                    let (set, revision) = c.fetch(s.kind).await?;
+                    let out = repository(s)?.apply(&set)?;
+                    println!("{}: cluster revision {revision}", s.kind);
+                    print_outcome(&out);
+                }
+                Ok::<_, anyhow::Error>(())
+            })??;
             Ok(0)
         }
         Command::Daemon(a) => {
@@ -388,6 +492,31 @@ fn generate(out: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| completions.display().to_string())?;
     }
     Ok(())
+}
+
+/// `[cluster]` from the configuration, or an error naming the file.
+fn cluster_settings(
+    sources: &config::Sources,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<config::ClusterSettings> {
+    let c = sources.file.cluster.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no [cluster] section (endpoints = [\"http://127.0.0.1:2379\"])",
+            config.map_or(config::DEFAULT_CONFIG.into(), |p| p.display().to_string())
+        )
+    })?;
+    let s = c.settings();
+    if s.seal_key_file.is_none() {
+        eprintln!("warning: [cluster] has no seal_key_file: key sets sit in etcd in the clear");
+    }
+    Ok(s)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
 }
 
 fn flags(repo: &RepoArgs, owner: &OwnerArgs) -> Flags {

@@ -50,6 +50,75 @@ pub struct FileConfig {
     pub tokens: RepositorySection,
     pub receipts: Option<RepositorySection>,
     pub credentials: Option<RepositorySection>,
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: where the cluster's key sets live.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// etcd client URLs, e.g. ["http://10.0.0.1:2379", "http://10.0.0.2:2379"].
+    pub endpoints: Vec<String>,
+    /// Key prefix; several Keystone clusters can share one etcd under different prefixes.
+    pub prefix: Option<String>,
+    /// This node's name (default: the hostname).
+    pub node: Option<String>,
+    /// Key-encryption key: seals every key set stored in etcd.
+    pub seal_key_file: Option<PathBuf>,
+    #[serde(default, with = "duration::serde_opt")]
+    pub dial_timeout: Option<Duration>,
+    #[serde(default, with = "duration::serde_opt")]
+    pub request_timeout: Option<Duration>,
+}
+
+/// `[cluster]` with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub node: String,
+    pub seal_key_file: Option<PathBuf>,
+    pub dial_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
+
+impl ClusterSection {
+    fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
+            return Err(
+                "endpoints: list at least one etcd URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
+            );
+        }
+        if let Some(p) = &self.prefix {
+            if !p.starts_with('/') || p.ends_with('/') || p.len() < 2 {
+                return Err(format!(
+                    "prefix: '{p}' must start with '/' and not end with one, e.g. \"/fernetd\""
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn settings(&self) -> ClusterSettings {
+        ClusterSettings {
+            endpoints: self.endpoints.clone(),
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.into()),
+            node: self.node.clone().unwrap_or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| "localhost".into())
+            }),
+            seal_key_file: self.seal_key_file.clone(),
+            dial_timeout: self.dial_timeout.unwrap_or(Duration::from_secs(5)),
+            request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(5)),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -149,6 +218,10 @@ impl FileConfig {
                 e.message().replace('\n', " ")
             ))
         })?;
+        if let Some(c) = &cfg.cluster {
+            c.validate()
+                .map_err(|m| ConfigError(format!("{}: [cluster] {m}", path.display())))?;
+        }
         for kind in Kind::ALL {
             if let Some(s) = cfg.section(kind) {
                 s.validate(kind)

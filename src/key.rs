@@ -71,6 +71,11 @@ impl Key {
         Ok(Key { bytes })
     }
 
+    /// The raw bytes, for using the key as another cipher's key (sealing). Crate-internal.
+    pub(crate) fn bytes(&self) -> &[u8; KEY_BYTES] {
+        &self.bytes
+    }
+
     /// The exact text Keystone writes: 44 characters, no trailing newline.
     pub fn to_text(&self) -> Zeroizing<String> {
         let mut s = Zeroizing::new(String::with_capacity(KEY_TEXT_LEN));

@@ -9,6 +9,9 @@
 //! - [`rotation`]: pure decision of one rotation, with the retention guard.
 //! - [`repository`]: the directory on disk: scan, lock, crash-safe setup/rotate/recover.
 //! - [`check`]: judges a repository snapshot, problem by problem.
+//! - [`keyset`]: keys + history as one value, as cluster mode stores it (pure).
+//! - [`seal`]: authenticated encryption of stored key sets under a key-encryption key.
+//! - [`cluster`]: the key sets in etcd: import, fetch.
 //! - [`config`]: flags over TOML over keystone.conf.
 //! - [`status`]: a repository's state for operators: OK / warning / critical.
 //! - [`hooks`]: operator commands run on events, bounded and never blocking.
@@ -39,6 +42,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod duration;
@@ -46,11 +50,13 @@ pub mod error;
 pub mod history;
 pub mod hooks;
 pub mod key;
+pub mod keyset;
 pub mod metrics;
 pub mod planner;
 pub mod repository;
 pub mod rotation;
 pub mod schedule;
+pub mod seal;
 pub mod status;
 pub mod systemd;
 pub mod watcher;

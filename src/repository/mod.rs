@@ -231,8 +231,7 @@ impl Repository {
             let key = fsio::read_optional(&copy)?.and_then(|b| Key::parse(&b).ok());
             match key {
                 Some(k) if needed && k.fingerprint() == r.fingerprint => {
-                    fsio::write_new(&self.restore_tmp(), k.to_text().as_bytes(), owner)?;
-                    fsio::rename_durable(&self.restore_tmp(), &key_path(&self.dir, n))?;
+                    self.install_copy(n, &k, owner)?;
                     restored.push(n);
                 }
                 _ => {}
@@ -501,6 +500,100 @@ impl Repository {
         })
     }
 
+    /// The repository as a key set (cluster import): completes an interrupted rotation,
+    /// refuses an invalid repository, records keys without history, changes no key.
+    pub fn export(&self, now: DateTime<Utc>) -> Result<crate::keyset::KeySet> {
+        self.require_dir()?;
+        ensure_writable(&self.scan()?)?;
+        let owner = self.file_owner()?;
+        let _lock = self.lock(owner)?;
+        let mut out = Outcome::default();
+        self.recover(owner, &mut out)?;
+        let scan = self.scan()?;
+        ensure_writable(&scan)?;
+        let mut history = self.history()?;
+        history.reconcile(&fingerprints(&scan), now);
+        self.save_history(&history, owner)?;
+        let set = crate::keyset::KeySet {
+            keys: scan
+                .keys()
+                .into_iter()
+                .map(|(n, k)| (n, k.clone()))
+                .collect(),
+            history,
+        };
+        set.validate().map_err(|e| Error::Invalid {
+            path: self.dir.clone(),
+            problem: e.to_string(),
+        })?;
+        Ok(set)
+    }
+
+    /// Makes the repository hold exactly `set` (cluster sync), in a safe order: every key the
+    /// set has and the disk lacks (highest first, so the new primary lands first), then key 0,
+    /// then the removals, each write atomic and durable. A key file that is missing, different
+    /// or unreadable is rewritten from the set; the set's history becomes the local one.
+    pub fn apply(&self, set: &crate::keyset::KeySet) -> Result<Outcome> {
+        set.validate().map_err(|e| Error::Invalid {
+            path: self.dir.clone(),
+            problem: format!("cluster key set: {e}"),
+        })?;
+        let mut out = Outcome::default();
+        if !self.dir.exists() {
+            fsio::create_private_dir(&self.dir, self.owner)?;
+            out.notes.push(format!("created {}", self.dir.display()));
+        }
+        let owner = self.file_owner()?;
+        let _lock = self.lock(owner)?;
+        self.recover(owner, &mut out)?;
+        let scan = self.scan()?;
+        let disk = fingerprints(&scan);
+        let mut written = Vec::new();
+        let order = set
+            .keys
+            .iter()
+            .rev()
+            .filter(|(n, _)| **n > 0)
+            .chain(set.keys.get_key_value(&0));
+        for (&n, k) in order {
+            if disk.get(&n) != Some(&k.fingerprint()) {
+                self.install_copy(n, k, owner)?;
+                written.push(n);
+            }
+        }
+        let removed: Vec<u64> = disk
+            .keys()
+            .copied()
+            .filter(|n| !set.keys.contains_key(n))
+            .collect();
+        self.save_history(&set.history, owner)?;
+        for &n in &removed {
+            fsio::remove_if_present(&key_path(&self.dir, n))?;
+        }
+        if !removed.is_empty() {
+            fsio::sync_dir(&self.dir)?;
+        }
+        if written.is_empty() && removed.is_empty() {
+            out.notes
+                .push("already identical to the cluster's key set".into());
+        } else {
+            if !written.is_empty() {
+                out.notes.push(format!("wrote {}", join(&written)));
+            }
+            if !removed.is_empty() {
+                out.notes.push(format!("removed {}", join(&removed)));
+            }
+        }
+        self.finish(&mut out)?;
+        Ok(out)
+    }
+
+    /// Writes key `n` durably via `.fernetd/restore.tmp` (repair and cluster apply).
+    fn install_copy(&self, n: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
+        fsio::write_new(&self.restore_tmp(), key.to_text().as_bytes(), owner)?;
+        fsio::rename_durable(&self.restore_tmp(), &key_path(&self.dir, n))
+    }
+
     /// Writes one key file durably via `.fernetd/staged.tmp`.
     fn install_key(&self, number: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
         fsio::write_new(&self.staged_tmp(), key.to_text().as_bytes(), owner)?;
@@ -553,7 +646,7 @@ impl Repository {
             }
         }
 
-        // A restore (repair) killed before its rename changed nothing.
+        // A restore (repair) or cluster apply killed before its rename changed nothing.
         fsio::remove_if_present(&self.restore_tmp())?;
 
         // keystone-manage's own crash window: `0` renamed to max+1, `0.tmp` not yet to `0`.

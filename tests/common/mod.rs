@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real binary, snapshot a repository.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

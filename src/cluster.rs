@@ -1,0 +1,181 @@
+//! Cluster mode's store: each repository's key set lives in etcd under
+//! `{prefix}/{kind}/keyset` (sealed when a seal key is configured), written with transactions
+//! that compare revisions so that no two writers ever overwrite each other unknowingly.
+//!
+//! This module maps etcd's responses into fernetd's own types at the boundary; nothing above it
+//! sees an etcd type. It decides nothing about rotations.
+
+use crate::config::{ClusterSettings, Kind};
+use crate::keyset::{KeySet, KeySetError};
+use crate::seal::{self, SealError, SealKey};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use std::future::Future;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("etcd {endpoints}: {reason}")]
+    Connect { endpoints: String, reason: String },
+    #[error("etcd {what}: {reason}")]
+    Request { what: String, reason: String },
+    #[error("etcd {what}: no answer within {}", crate::duration::format(*.timeout))]
+    Timeout { what: String, timeout: Duration },
+    #[error("{key} already holds a key set (revision {revision}); refusing to overwrite it (--force replaces it)")]
+    Exists { key: String, revision: i64 },
+    #[error("{key}: no key set; import one first (fernetd cluster init --from DIR)")]
+    Missing { key: String },
+    #[error("{key}: {source}")]
+    Seal { key: String, source: SealError },
+    #[error("{key}: {source}")]
+    KeySet { key: String, source: KeySetError },
+}
+
+/// A connection to the cluster's etcd.
+pub struct Cluster {
+    client: Client,
+    prefix: String,
+    seal: Option<SealKey>,
+    timeout: Duration,
+    endpoints: String,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster({} {})", self.endpoints, self.prefix)
+    }
+}
+
+impl Cluster {
+    pub async fn connect(s: &ClusterSettings) -> Result<Cluster, ClusterError> {
+        let endpoints = s.endpoints.join(",");
+        let seal = match &s.seal_key_file {
+            Some(p) => Some(SealKey::load(p).map_err(|e| ClusterError::Connect {
+                endpoints: endpoints.clone(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(s.dial_timeout)
+            .with_timeout(s.request_timeout);
+        let client = tokio::time::timeout(
+            s.dial_timeout + Duration::from_millis(500),
+            Client::connect(&s.endpoints, Some(opts)),
+        )
+        .await
+        .map_err(|_| ClusterError::Connect {
+            endpoints: endpoints.clone(),
+            reason: format!(
+                "no answer within {}",
+                crate::duration::format(s.dial_timeout)
+            ),
+        })?
+        .map_err(|e| ClusterError::Connect {
+            endpoints: endpoints.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Cluster {
+            client,
+            prefix: s.prefix.clone(),
+            seal,
+            timeout: s.request_timeout,
+            endpoints,
+        })
+    }
+
+    pub fn sealed(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    /// The etcd key of a repository's key set.
+    pub fn keyset_key(&self, kind: Kind) -> String {
+        format!("{}/{}/keyset", self.prefix, kind.name())
+    }
+
+    async fn bounded<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        f: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, ClusterError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Err(_) => Err(ClusterError::Timeout {
+                what: what.to_string(),
+                timeout: self.timeout,
+            }),
+            Ok(Err(e)) => Err(ClusterError::Request {
+                what: what.to_string(),
+                reason: e.to_string(),
+            }),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Stores `set` as the repository's key set. Without `force` only into an empty slot (a
+    /// transaction on the key's create revision); returns the new revision.
+    pub async fn import(
+        &mut self,
+        kind: Kind,
+        set: &KeySet,
+        force: bool,
+    ) -> Result<i64, ClusterError> {
+        let key = self.keyset_key(kind);
+        let value = seal::seal_value(self.seal.as_ref(), &set.encode(), key.as_bytes()).map_err(
+            |source| ClusterError::Seal {
+                key: key.clone(),
+                source,
+            },
+        )?;
+        let put = TxnOp::put(key.clone(), value, None);
+        let txn = if force {
+            Txn::new().and_then([put])
+        } else {
+            Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([put])
+                .or_else([TxnOp::get(key.clone(), None)])
+        };
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(&format!("import {key}"), client.txn(txn))
+            .await?;
+        if !resp.succeeded() {
+            let revision = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    etcd_client::TxnOpResponse::Get(g) => {
+                        g.kvs().first().map(|kv| kv.mod_revision())
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0);
+            return Err(ClusterError::Exists { key, revision });
+        }
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// The repository's key set and its revision, opened and validated.
+    pub async fn fetch(&mut self, kind: Kind) -> Result<(KeySet, i64), ClusterError> {
+        let key = self.keyset_key(kind);
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(&format!("read {key}"), client.get(key.clone(), None))
+            .await?;
+        let kv = resp
+            .kvs()
+            .first()
+            .ok_or_else(|| ClusterError::Missing { key: key.clone() })?;
+        let plain =
+            seal::open_value(self.seal.as_ref(), kv.value(), key.as_bytes()).map_err(|source| {
+                ClusterError::Seal {
+                    key: key.clone(),
+                    source,
+                }
+            })?;
+        let set = KeySet::decode(&plain).map_err(|source| ClusterError::KeySet {
+            key: key.clone(),
+            source,
+        })?;
+        Ok((set, kv.mod_revision()))
+    }
+}

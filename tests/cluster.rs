@@ -1,0 +1,335 @@
+//! Cluster key sets in a real etcd: import, sync, sealing. Each test starts its own etcd member
+//! on loopback (random ports, temporary data), bounded in time.
+
+mod common;
+use common::etcd::Etcd;
+use common::*;
+use std::path::Path;
+
+fn config(dir: &Path, name: &str, etcd: &Etcd, repo: &Path, extra: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"3s\"\n{extra}",
+            repo.display(),
+            etcd.endpoint
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn init_refuses_a_non_empty_prefix_unless_forced_and_sync_reproduces_the_repository() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    rotate_ok(a.to_str().unwrap(), &[]);
+    let before = keys(&a);
+    let ca = config(t.path(), "a.toml", &etcd, &a, "");
+    let cb = config(t.path(), "b.toml", &etcd, &b, "");
+    let ca = ca.to_str().unwrap();
+
+    let out = fernetd_ok(&[
+        "--config",
+        ca,
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    assert!(
+        out.stdout.contains("into /test/tokens/keyset"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("in the clear"), "{}", out.stderr);
+    assert_eq!(keys(&a), before, "init changed a key");
+    let again = fernetd(&[
+        "--config",
+        ca,
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    assert_eq!(again.code, 2);
+    assert!(
+        again.stderr.contains("already holds a key set") && again.stderr.contains("--force"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        again
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("warning:"))
+            .count(),
+        1,
+        "{}",
+        again.stderr
+    );
+    fernetd_ok(&[
+        "--config",
+        ca,
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+        "--force",
+    ]);
+
+    // A new node pulls the set: identical keys, healthy, tokens decrypt across both.
+    let out = fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    assert!(
+        out.stdout.contains("wrote key 2, key 1, key 0"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(keys(&b), before);
+    assert_eq!(
+        fernetd(&["check", "--key-repository", b.to_str().unwrap()]).code,
+        0
+    );
+    let token = issue_token(&a);
+    assert!(multifernet(&b).decrypt(&token).is_ok());
+    let again = fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    assert!(
+        again.stdout.contains("already identical"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn sync_writes_every_new_key_before_removing_any() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let ar = a.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", ar]);
+    let ca = config(t.path(), "a.toml", &etcd, &a, "");
+    let cb = config(t.path(), "b.toml", &etcd, &b, "");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        ar,
+    ]);
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    // Node A moves three rotations ahead, purging by count; B is far behind.
+    for _ in 0..3 {
+        rotate_ok(
+            ar,
+            &[["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat(),
+        );
+    }
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        ar,
+        "--force",
+    ]);
+    let trace = t.path().join("trace");
+    let out = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=rename,renameat,renameat2,unlink,unlinkat",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(bin())
+        .args(["--config", cb.to_str().unwrap(), "sync"])
+        .output()
+        .expect("strace (scripts/deps installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(keys(&b), keys(&a));
+    // In the trace: every rename onto a key file comes before every unlink of one.
+    let b_prefix = format!("\"{}/", b.display());
+    let mut last_install = 0;
+    let mut installs = 0;
+    let mut first_removal = usize::MAX;
+    for (i, line) in std::fs::read_to_string(&trace).unwrap().lines().enumerate() {
+        let key_file = |s: &str| {
+            s.strip_prefix(&b_prefix)
+                .and_then(|r| r.split('"').next())
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+        };
+        let args: Vec<&str> = line.split([',', '(', ')']).map(str::trim).collect();
+        if line.contains("rename") && args.iter().skip(2).any(|a| key_file(a)) {
+            last_install = i;
+            installs += 1;
+        }
+        if line.contains("unlink") && args.iter().any(|a| key_file(a)) {
+            first_removal = first_removal.min(i);
+        }
+    }
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(first_removal != usize::MAX, "sync removed nothing: {text}");
+    assert!(
+        installs >= 3,
+        "expected key 0 and the two new keys installed: {text}"
+    );
+    assert!(
+        last_install < first_removal,
+        "a key was removed before every new key was on disk"
+    );
+}
+
+#[test]
+fn sealed_key_sets_are_unreadable_in_etcd_and_tampering_is_refused() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let ar = a.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", ar]);
+    let seal = t.path().join("seal.key");
+    let k = fernetd_ok(&["cluster", "new-seal-key"]);
+    std::fs::write(&seal, k.stdout.trim()).unwrap();
+    let sealed = format!("seal_key_file = \"{}\"\n", seal.display());
+    let ca = config(t.path(), "a.toml", &etcd, &a, &sealed);
+    let cb = config(t.path(), "b.toml", &etcd, &b, &sealed);
+    let cb = cb.to_str().unwrap();
+    let out = fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        ar,
+    ]);
+    assert!(!out.stderr.contains("in the clear"), "{}", out.stderr);
+
+    // What etcd holds reveals no key.
+    let raw = etcd.with_client(async |c| {
+        c.get("/test/tokens/keyset", None).await.unwrap().kvs()[0]
+            .value()
+            .to_vec()
+    });
+    assert!(raw.starts_with(b"fernetd-sealed-v1:"));
+    for key in keys(&a).values() {
+        assert!(
+            !raw.windows(20).any(|w| w == &key.as_bytes()[..20]),
+            "key material in etcd"
+        );
+    }
+    fernetd_ok(&["--config", cb, "sync"]);
+    assert_eq!(keys(&b), keys(&a));
+
+    // A tampered value is refused and nothing reaches the disk.
+    let before = snapshot(&b);
+    let mut bad = raw.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    etcd.with_client(async |c| c.put("/test/tokens/keyset", bad, None).await.unwrap());
+    let out = fernetd(&["--config", cb, "sync"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("/test/tokens/keyset: the sealed value does not open"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshot(&b), before);
+
+    // A genuine value copied under another prefix does not open there either.
+    etcd.with_client(async |c| {
+        c.put("/other/tokens/keyset", raw.clone(), None)
+            .await
+            .unwrap()
+    });
+    let other = t.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(cb)
+            .unwrap()
+            .replace("prefix = \"/test\"", "prefix = \"/other\""),
+    )
+    .unwrap();
+    let out = fernetd(&["--config", other.to_str().unwrap(), "sync"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("does not open"), "{}", out.stderr);
+
+    // A node without the seal key cannot use a sealed value; one with it refuses a clear one.
+    etcd.with_client(async |c| {
+        c.put("/test/tokens/keyset", raw.clone(), None)
+            .await
+            .unwrap()
+    });
+    let clear = config(t.path(), "clear.toml", &etcd, &b, "");
+    let out = fernetd(&["--config", clear.to_str().unwrap(), "sync"]);
+    assert!(
+        out.stderr.contains("no seal_key_file is configured"),
+        "{}",
+        out.stderr
+    );
+    etcd.with_client(async |c| {
+        c.put("/test/tokens/keyset", "{\"version\":1}", None)
+            .await
+            .unwrap()
+    });
+    let out = fernetd(&["--config", cb, "sync"]);
+    assert!(out.stderr.contains("not sealed"), "{}", out.stderr);
+    assert_eq!(snapshot(&b), before);
+}
+
+#[test]
+fn cluster_errors_are_one_line() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("k");
+    fernetd_ok(&["setup", "--key-repository", repo.to_str().unwrap()]);
+    let no_cluster = t.path().join("n.toml");
+    std::fs::write(&no_cluster, "[tokens]\n").unwrap();
+    let out = fernetd(&["--config", no_cluster.to_str().unwrap(), "sync"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("no [cluster] section"),
+        "{}",
+        out.stderr
+    );
+    // Nothing listens on this port: refused quickly, one line, nothing written.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = t.path().join("c.toml");
+    std::fs::write(&c, format!("[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"http://127.0.0.1:{port}\"]\ndial_timeout = \"1s\"\nrequest_timeout = \"1s\"\n", repo.display())).unwrap();
+    let before = snapshot(&repo);
+    let started = std::time::Instant::now();
+    let out = fernetd(&["--config", c.to_str().unwrap(), "sync"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| !l.starts_with("warning:"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(snapshot(&repo), before);
+    let bad = t.path().join("bad.toml");
+    std::fs::write(&bad, "[cluster]\nendpoints = []\n").unwrap();
+    let out = fernetd(&["--config", bad.to_str().unwrap(), "sync"]);
+    assert!(out.stderr.contains("[cluster] endpoints"), "{}", out.stderr);
+}

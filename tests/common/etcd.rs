@@ -1,0 +1,112 @@
+//! A real etcd member for tests: Debian's etcd-server (installed by scripts/deps), on random
+//! loopback ports with a temporary data directory, killed on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.contains("\"health\":\"true\"")
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let ok = Command::new("etcd")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success());
+        assert!(
+            matches!(ok, Ok(true)),
+            "etcd is required for the cluster tests (apt-get install etcd-server; scripts/deps does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "n0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("n0={p}"),
+                "--initial-cluster-state",
+                "new",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let e = Etcd {
+            child,
+            endpoint: c,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !healthy(client) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy: {}",
+                e.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Runs an etcd-client operation against this member.
+    pub fn with_client<T>(&self, f: impl AsyncFnOnce(&mut etcd_client::Client) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.endpoint.as_str()], None)
+                .await
+                .unwrap();
+            f(&mut c).await
+        })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
