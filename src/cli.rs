@@ -372,7 +372,11 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 lock_timeout: a.lock_timeout,
                 ..with_lifetime(flags(&a.repo, &a.owner), &a.lifetime)
             };
-            let s = Settings::resolve(&flags, config)?;
+            let sources = config::Sources::load(&flags, config)?;
+            let s = match sources.repository(config::Kind::Tokens, &flags)? {
+                Some(s) => s,
+                None => unreachable!("the token section always exists"),
+            };
             let params = RotateParams {
                 max_active_keys: s
                     .max_active_keys
@@ -380,6 +384,34 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 retention: s.lifetime.retention(),
                 force_purge: a.force_purge,
             };
+            if sources.file.cluster.is_some() {
+                // Cluster mode: rotate the cluster's key set; every node applies it.
+                let cluster = cluster_settings(&sources, config)?;
+                let r = block_on(async {
+                    let mut c = crate::cluster::Cluster::connect(&cluster).await?;
+                    c.rotate(config::Kind::Tokens, &params, now).await
+                })??;
+                println!(
+                    "rotated the cluster's tokens key set at revision {}: key 0 promoted to primary {}, new key 0 staged; nodes apply it (daemon, or fernetd sync)",
+                    r.revision, r.decision.new_primary
+                );
+                if !r.decision.purge.is_empty() {
+                    let p: Vec<String> = r
+                        .decision
+                        .purge
+                        .iter()
+                        .map(|n| format!("key {n}"))
+                        .collect();
+                    println!("purged {}", p.join(", "));
+                }
+                let keys: Vec<String> = r.keys.iter().map(u64::to_string).collect();
+                println!(
+                    "keys: {} (primary {}, staged 0)",
+                    keys.join(" "),
+                    r.decision.new_primary
+                );
+                return Ok(0);
+            }
             let out = repository(&s)?.rotate(params, now)?;
             print_outcome(&out);
             Ok(0)

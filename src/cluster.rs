@@ -28,7 +28,45 @@ pub enum ClusterError {
     Seal { key: String, source: SealError },
     #[error("{key}: {source}")]
     KeySet { key: String, source: KeySetError },
+    #[error("{key}: promotion held: {} not yet applied the staged key (fingerprint {staged}); nothing changed", nodes_have(nodes))]
+    GateWaiting {
+        key: String,
+        nodes: Vec<String>,
+        staged: crate::key::Fingerprint,
+    },
+    #[error("{key}: other writers changed the key set under this rotation {attempts} times in a row; nothing changed, try again")]
+    Contention { key: String, attempts: u32 },
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
 }
+
+fn nodes_have(nodes: &[String]) -> String {
+    match nodes {
+        [one] => format!("node {one} has"),
+        many => format!("nodes {} have", many.join(", ")),
+    }
+}
+
+/// A node's acknowledgement, stored under `{prefix}/{kind}/acks/{node}` with the node's lease
+/// (so it disappears with the node): it applied the key set at `revision`, whose staged key 0
+/// has fingerprint `staged`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    pub node: String,
+    pub revision: i64,
+    pub staged: crate::key::Fingerprint,
+}
+
+/// What a cluster rotation committed.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    pub revision: i64,
+    pub decision: crate::rotation::Decision,
+    pub keys: Vec<u64>,
+}
+
+/// How often a rotation re-reads and retries when another writer committed first.
+const MAX_ATTEMPTS: u32 = 50;
 
 /// A connection to the cluster's etcd.
 pub struct Cluster {
@@ -152,6 +190,99 @@ impl Cluster {
             return Err(ClusterError::Exists { key, revision });
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Every live node's acknowledgement for a repository (a malformed one counts as a node
+    /// that has applied nothing).
+    pub async fn acks(&mut self, kind: Kind) -> Result<Vec<Ack>, ClusterError> {
+        let prefix = format!("{}/{}/acks/", self.prefix, kind.name());
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(
+                &format!("read {prefix}"),
+                client.get(
+                    prefix.clone(),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                ),
+            )
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice::<Ack>(kv.value()).unwrap_or_else(|_| Ack {
+                    node: String::from_utf8_lossy(kv.key())
+                        .trim_start_matches(&prefix)
+                        .to_string(),
+                    revision: 0,
+                    staged: crate::key::Fingerprint::NONE,
+                })
+            })
+            .collect())
+    }
+
+    /// One rotation of the cluster's key set: promotes key 0 only when every live node has
+    /// acknowledged a set holding it (the promotion gate), and commits with a transaction on
+    /// the set's revision. When another writer commits first, it re-reads and rotates on top
+    /// of that, so concurrent requests each rotate once, in order, and none is lost.
+    pub async fn rotate(
+        &mut self,
+        kind: Kind,
+        params: &crate::repository::RotateParams,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Rotated, ClusterError> {
+        let key = self.keyset_key(kind);
+        for _ in 0..MAX_ATTEMPTS {
+            let (set, revision) = self.fetch(kind).await?;
+            let staged = match set.keys.get(&0) {
+                Some(k) => k.fingerprint(),
+                None => unreachable!("a validated key set has key 0"),
+            };
+            let behind: Vec<String> = self
+                .acks(kind)
+                .await?
+                .into_iter()
+                .filter(|a| a.staged != staged)
+                .map(|a| a.node)
+                .collect();
+            if !behind.is_empty() {
+                return Err(ClusterError::GateWaiting {
+                    key,
+                    nodes: behind,
+                    staged,
+                });
+            }
+            let new_key =
+                crate::key::Key::generate().map_err(|e| ClusterError::Random(e.to_string()))?;
+            let (next, decision) = set.rotate(new_key, params, now);
+            let value = seal::seal_value(self.seal.as_ref(), &next.encode(), key.as_bytes())
+                .map_err(|source| ClusterError::Seal {
+                    key: key.clone(),
+                    source,
+                })?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            let mut client = self.client.clone();
+            let resp = self
+                .bounded(&format!("rotate {key}"), client.txn(txn))
+                .await?;
+            if resp.succeeded() {
+                return Ok(Rotated {
+                    revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+                    decision,
+                    keys: next.keys.keys().copied().collect(),
+                });
+            }
+        }
+        Err(ClusterError::Contention {
+            key,
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// The repository's key set and its revision, opened and validated.

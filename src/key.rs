@@ -126,6 +126,11 @@ impl Drop for Key {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint([u8; 8]);
 
+impl Fingerprint {
+    /// Matches no key: stands for "no key applied" (a malformed acknowledgement).
+    pub const NONE: Fingerprint = Fingerprint([0; 8]);
+}
+
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {

@@ -84,6 +84,38 @@ impl KeySet {
             .collect()
     }
 
+    /// One Keystone rotation of the set, with the retention guard: key 0 becomes the new
+    /// primary, `new_staged` the new key 0, and the keys `rotation::decide` purges are dropped.
+    /// The same decision and history bookkeeping as a rotation on disk, without the disk.
+    pub fn rotate(
+        &self,
+        new_staged: Key,
+        params: &crate::repository::RotateParams,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (KeySet, crate::rotation::Decision) {
+        let numbers: Vec<u64> = self.keys.keys().copied().collect();
+        let decision = crate::rotation::decide(
+            &numbers,
+            &self.history,
+            now,
+            params.max_active_keys,
+            params.retention,
+            params.force_purge,
+        );
+        let mut next = self.clone();
+        if let Some(staged) = next.keys.remove(&0) {
+            next.keys.insert(decision.new_primary, staged);
+        }
+        next.history
+            .record_rotation(decision.new_primary, new_staged.fingerprint(), now);
+        next.keys.insert(0, new_staged);
+        for n in &decision.purge {
+            next.keys.remove(n);
+            next.history.record_purge(*n, now);
+        }
+        (next, decision)
+    }
+
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
         let mut wire = Wire {
             version: VERSION,
@@ -159,6 +191,34 @@ mod tests {
         let s = sample();
         assert_eq!(KeySet::decode(&s.encode()).unwrap(), s);
         assert_eq!(s.primary(), Some(4));
+    }
+
+    #[test]
+    fn rotation_matches_keystone_and_keeps_history_consistent() {
+        let s = sample();
+        let params = crate::repository::RotateParams {
+            max_active_keys: 3,
+            retention: std::time::Duration::ZERO,
+            force_purge: false,
+        };
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap();
+        let staged = Key::generate().unwrap();
+        let (next, d) = s.rotate(staged.clone(), &params, now);
+        assert_eq!(d.new_primary, 5);
+        assert_eq!(next.keys.keys().copied().collect::<Vec<_>>(), vec![0, 4, 5]);
+        assert_eq!(next.keys[&5], s.keys[&0]);
+        assert_eq!(next.keys[&0], staged);
+        next.validate().unwrap();
+        assert_eq!(next.history.last_rotation, Some(now));
+        // With a retention, the demoted keys stay.
+        let keep = crate::repository::RotateParams {
+            retention: std::time::Duration::from_secs(86_400 * 3),
+            ..params
+        };
+        let (kept, d) = s.rotate(Key::generate().unwrap(), &keep, now);
+        assert_eq!(kept.keys.len(), 4);
+        assert_eq!(d.kept.len(), 1);
+        kept.validate().unwrap();
     }
 
     #[test]

@@ -333,3 +333,140 @@ fn cluster_errors_are_one_line() {
     let out = fernetd(&["--config", bad.to_str().unwrap(), "sync"]);
     assert!(out.stderr.contains("[cluster] endpoints"), "{}", out.stderr);
 }
+
+fn keyset_of(etcd: &Etcd) -> fernetd::keyset::KeySet {
+    let raw = etcd.with_client(async |c| {
+        c.get("/test/tokens/keyset", None).await.unwrap().kvs()[0]
+            .value()
+            .to_vec()
+    });
+    fernetd::keyset::KeySet::decode(&raw).unwrap()
+}
+
+#[test]
+fn concurrent_one_shot_rotations_each_rotate_once_with_no_lost_update() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let c = config(t.path(), "a.toml", &etcd, &a, "");
+    let c = c.to_str().unwrap().to_string();
+    fernetd_ok(&[
+        "--config",
+        &c,
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    let before = keyset_of(&etcd);
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                fernetd(&["--config", &c, "rotate", "--max-active-keys", "8"])
+            })
+        })
+        .collect();
+    let mut primaries = Vec::new();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let p: u64 = out
+            .stdout
+            .split("promoted to primary ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        primaries.push(p);
+    }
+    primaries.sort_unstable();
+    assert_eq!(
+        primaries,
+        vec![2, 3, 4, 5, 6],
+        "each request rotated exactly once"
+    );
+    let after = keyset_of(&etcd);
+    assert_eq!(after.primary(), Some(6));
+    assert_eq!(after.history.rotations, before.history.rotations + 5);
+    // No key lost on the way: the original staged key and primary are both still there.
+    assert_eq!(after.keys[&2], before.keys[&0]);
+    assert_eq!(after.keys[&1], before.keys[&1]);
+    // The local repository is untouched until the node syncs.
+    assert_eq!(numbers(&a), vec![0, 1]);
+    fernetd_ok(&["--config", &c, "sync"]);
+    assert_eq!(numbers(&a), vec![0, 1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn promotion_waits_until_every_live_node_holds_the_staged_key() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("a");
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let c = config(t.path(), "a.toml", &etcd, &a, "");
+    let c = c.to_str().unwrap();
+    fernetd_ok(&[
+        "--config",
+        c,
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    let staged = keyset_of(&etcd).keys[&0].fingerprint();
+    // Node "b" is alive (its ack is under a lease) but still holds an older staged key.
+    let lease = etcd.with_client(async |cl| {
+        let lease = cl.lease_grant(60, None).await.unwrap().id();
+        let ack = serde_json::json!({"node": "b", "revision": 1, "staged": "00000000000000ff"});
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        cl.put("/test/tokens/acks/b", ack.to_string(), Some(opts))
+            .await
+            .unwrap();
+        let ok = serde_json::json!({"node": "c", "revision": 2, "staged": staged.to_string()});
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        cl.put("/test/tokens/acks/c", ok.to_string(), Some(opts))
+            .await
+            .unwrap();
+        lease
+    });
+    let before = keyset_of(&etcd);
+    let out = fernetd(&["--config", c, "rotate"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("promotion held: node b has not yet applied the staged key"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("node c"), "{}", out.stderr);
+    assert_eq!(
+        keyset_of(&etcd),
+        before,
+        "a held rotation changed the key set"
+    );
+    // b catches up: the rotation goes through.
+    etcd.with_client(async |cl| {
+        let ack = serde_json::json!({"node": "b", "revision": 2, "staged": staged.to_string()});
+        cl.put(
+            "/test/tokens/acks/b",
+            ack.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    });
+    fernetd_ok(&["--config", c, "rotate"]);
+    // Now b and c are behind the new staged key; when their lease ends (nodes dead), their
+    // acknowledgements vanish and no longer hold the cluster back.
+    assert_eq!(fernetd(&["--config", c, "rotate"]).code, 2);
+    etcd.with_client(async |cl| {
+        cl.lease_revoke(lease).await.unwrap();
+    });
+    fernetd_ok(&["--config", c, "rotate"]);
+    assert_eq!(keyset_of(&etcd).primary(), Some(3));
+}
