@@ -626,6 +626,15 @@ impl DaemonSettings {
         now: DateTime<Utc>,
     ) -> Result<DaemonSettings, ConfigError> {
         let d = Self::inspect(flags, config, now)?;
+        if Sources::load(flags, config)?.file.cluster.is_some() {
+            // Until the daemon runs cluster mode, it must not rotate a node's keys on its own.
+            return Err(ConfigError(format!(
+                "{}: [cluster] is configured, and the daemon does not run cluster mode yet: it \
+                 would rotate this node alone; use `fernetd rotate` (rotates the cluster's key \
+                 set) and `fernetd sync` on every node",
+                config.map_or(DEFAULT_CONFIG.into(), |p| p.display().to_string())
+            )));
+        }
         if let Some(m) = d
             .repositories
             .iter()

@@ -470,3 +470,25 @@ fn promotion_waits_until_every_live_node_holds_the_staged_key() {
     fernetd_ok(&["--config", c, "rotate"]);
     assert_eq!(keyset_of(&etcd).primary(), Some(3));
 }
+
+#[test]
+fn the_daemon_refuses_cluster_configuration_it_cannot_honour_yet() {
+    let t = tempfile::tempdir().unwrap();
+    let c = t.path().join("c.toml");
+    std::fs::write(
+        &c,
+        format!(
+            "[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"http://127.0.0.1:1\"]\n",
+            t.path().join("k").display()
+        ),
+    )
+    .unwrap();
+    let out = fernetd(&["--config", c.to_str().unwrap(), "daemon"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("does not run cluster mode yet"),
+        "{}",
+        out.stderr
+    );
+    assert!(!t.path().join("k").exists());
+}
