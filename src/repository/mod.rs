@@ -277,6 +277,16 @@ impl Repository {
         Ok(None)
     }
 
+    /// What every writer does first: settle the owner of new files, take the lock, and
+    /// complete or roll back whatever a killed writer left (reported in `out`). The lock is
+    /// held until the returned guard drops.
+    fn begin_write(&self, out: &mut Outcome) -> Result<(Option<Owner>, RepoLock)> {
+        let owner = self.file_owner()?;
+        let lock = self.lock(owner)?;
+        self.recover(owner, out)?;
+        Ok((owner, lock))
+    }
+
     /// Takes the lock, creating `.fernetd/` when needed.
     fn lock(&self, owner: Option<Owner>) -> Result<RepoLock> {
         self.require_dir()?;
@@ -324,9 +334,7 @@ impl Repository {
             fsio::create_private_dir(&self.dir, self.owner)?;
             out.notes.push(format!("created {}", self.dir.display()));
         }
-        let owner = self.file_owner()?;
-        let _lock = self.lock(owner)?;
-        self.recover(owner, &mut out)?;
+        let (owner, _lock) = self.begin_write(&mut out)?;
         let scan = self.scan()?;
         let mut history = self.history()?;
         if scan.key_entries().next().is_none() {
@@ -362,9 +370,7 @@ impl Repository {
         self.check_owner_permitted()?;
         // Refuse early, before the lock creates anything; checked again under the lock.
         ensure_writable(&self.scan()?)?;
-        let owner = self.file_owner()?;
-        let _lock = self.lock(owner)?;
-        self.recover(owner, &mut out)?;
+        let (owner, _lock) = self.begin_write(&mut out)?;
         let scan = self.scan()?;
         ensure_writable(&scan)?;
         let keys = scan.keys();
@@ -505,10 +511,11 @@ impl Repository {
     pub fn export(&self, now: DateTime<Utc>) -> Result<crate::keyset::KeySet> {
         self.require_dir()?;
         ensure_writable(&self.scan()?)?;
-        let owner = self.file_owner()?;
-        let _lock = self.lock(owner)?;
         let mut out = Outcome::default();
-        self.recover(owner, &mut out)?;
+        let (owner, _lock) = self.begin_write(&mut out)?;
+        for w in &out.warnings {
+            tracing::warn!("{}: {w}", self.dir.display());
+        }
         let scan = self.scan()?;
         ensure_writable(&scan)?;
         let mut history = self.history()?;
@@ -543,9 +550,7 @@ impl Repository {
             fsio::create_private_dir(&self.dir, self.owner)?;
             out.notes.push(format!("created {}", self.dir.display()));
         }
-        let owner = self.file_owner()?;
-        let _lock = self.lock(owner)?;
-        self.recover(owner, &mut out)?;
+        let (owner, _lock) = self.begin_write(&mut out)?;
         let scan = self.scan()?;
         let disk = fingerprints(&scan);
         let mut written = Vec::new();
