@@ -337,21 +337,69 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 ..Flags::default()
             };
             let d = DaemonSettings::inspect(&flags, config, now)?;
-            let sums: Vec<_> = d
+            let mut sums: Vec<_> = d
                 .repositories
                 .iter()
                 .map(|m| status::summarize(m, now))
                 .collect();
+            let sources = config::Sources::load(&flags, config)?;
+            let mut views = Vec::new();
+            if sources.file.cluster.is_some() {
+                let cluster = cluster_settings(&sources, config)?;
+                views = block_on(cluster_views(&cluster, &d))?;
+                for (s, v) in sums.iter_mut().zip(&views) {
+                    s.add_cluster(v);
+                }
+            }
             let level = sums
                 .iter()
                 .map(|s| s.level)
                 .max()
                 .unwrap_or(status::Level::Ok);
             if a.json {
-                let v = serde_json::json!({ "status": level, "repositories": sums });
+                let cluster: Vec<serde_json::Value> = views
+                    .iter()
+                    .map(|v| match v {
+                        Ok(v) => serde_json::to_value(v).unwrap_or_default(),
+                        Err(e) => serde_json::json!({ "error": e }),
+                    })
+                    .collect();
+                let v = serde_json::json!({ "status": level, "repositories": sums, "cluster": cluster });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_status(&sums, now);
+                for (s, v) in sums.iter().zip(&views) {
+                    if let Ok(v) = v {
+                        let nodes: Vec<String> = v
+                            .nodes
+                            .iter()
+                            .map(|n| {
+                                format!(
+                                    "{} (revision {}{})",
+                                    n.node,
+                                    n.revision,
+                                    if n.holds_staged { "" } else { ", behind" }
+                                )
+                            })
+                            .collect();
+                        println!(
+                            "  cluster: {} revision {}, primary {}, {}; nodes: {}",
+                            s.kind,
+                            v.revision,
+                            v.primary.map_or("none".into(), |p| p.to_string()),
+                            if v.in_sync {
+                                "this node in sync"
+                            } else {
+                                "this node differs"
+                            },
+                            if nodes.is_empty() {
+                                "none acknowledged".into()
+                            } else {
+                                nodes.join(", ")
+                            }
+                        );
+                    }
+                }
             }
             Ok(level.exit_code())
         }
@@ -542,6 +590,37 @@ fn cluster_settings(
         eprintln!("warning: [cluster] has no seal_key_file: key sets sit in etcd in the clear");
     }
     Ok(s)
+}
+
+/// For each managed repository: the cluster's view of it, or why there is none.
+async fn cluster_views(
+    cluster: &config::ClusterSettings,
+    d: &DaemonSettings,
+) -> Vec<Result<status::ClusterView, String>> {
+    let mut c = match crate::cluster::Cluster::connect(cluster).await {
+        Ok(c) => c,
+        Err(e) => return d.repositories.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    let mut out = Vec::new();
+    for m in &d.repositories {
+        let kind = m.settings.kind;
+        let view = async {
+            let (set, revision) = c.fetch(kind).await.map_err(|e| e.to_string())?;
+            let acks = c.acks(kind).await.map_err(|e| e.to_string())?;
+            let scan = Repository::new(&m.settings.key_repository, None)
+                .scan()
+                .map_err(|e| e.to_string())?;
+            let local = scan
+                .keys()
+                .into_iter()
+                .map(|(n, k)| (n, k.fingerprint()))
+                .collect();
+            Ok(status::cluster_view(&local, &set, revision, &acks))
+        }
+        .await;
+        out.push(view);
+    }
+    out
 }
 
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {

@@ -181,3 +181,82 @@ pub fn status_line(sums: &[Summary]) -> String {
         .collect();
     parts.join("; ")
 }
+
+/// What `status` shows of a repository in cluster mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    /// etcd revision of the key set.
+    pub revision: i64,
+    pub primary: Option<u64>,
+    pub keys: Vec<u64>,
+    /// This node's repository holds exactly the cluster's key set.
+    pub in_sync: bool,
+    /// Every live node's acknowledgement: its applied revision and whether it holds the
+    /// staged key (the promotion gate waits on those that do not).
+    pub nodes: Vec<NodeView>,
+    pub gate_waiting_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub node: String,
+    pub revision: i64,
+    pub holds_staged: bool,
+}
+
+/// Judges this node against the cluster's key set (pure).
+pub fn cluster_view(
+    local: &std::collections::BTreeMap<u64, crate::key::Fingerprint>,
+    set: &crate::keyset::KeySet,
+    revision: i64,
+    acks: &[crate::cluster::Ack],
+) -> ClusterView {
+    let staged = set.keys.get(&0).map(|k| k.fingerprint());
+    let nodes: Vec<NodeView> = acks
+        .iter()
+        .map(|a| NodeView {
+            node: a.node.clone(),
+            revision: a.revision,
+            holds_staged: Some(a.staged) == staged,
+        })
+        .collect();
+    ClusterView {
+        revision,
+        primary: set.primary(),
+        keys: set.keys.keys().copied().collect(),
+        in_sync: *local == set.fingerprints(),
+        gate_waiting_on: nodes
+            .iter()
+            .filter(|n| !n.holds_staged)
+            .map(|n| n.node.clone())
+            .collect(),
+        nodes,
+    }
+}
+
+impl Summary {
+    /// Folds the cluster view (or why there is none) into the level and problems.
+    pub fn add_cluster(&mut self, view: &Result<ClusterView, String>) {
+        match view {
+            Err(e) => {
+                self.level = self.level.max(Level::Warning);
+                self.problems.push(format!("cluster: {e}"));
+            }
+            Ok(v) => {
+                if !v.in_sync {
+                    self.level = self.level.max(Level::Warning);
+                    self.problems.push(format!(
+                        "differs from the cluster's key set (revision {}): run fernetd sync",
+                        v.revision
+                    ));
+                }
+                if !v.gate_waiting_on.is_empty() {
+                    self.problems.push(format!(
+                        "next promotion waits on {}",
+                        v.gate_waiting_on.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -492,3 +492,42 @@ fn the_daemon_refuses_cluster_configuration_it_cannot_honour_yet() {
     );
     assert!(!t.path().join("k").exists());
 }
+
+#[test]
+fn status_shows_the_cluster_and_whether_this_node_follows_it() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let ca_path = config(t.path(), "a.toml", &etcd, &a, "");
+    let cb = config(t.path(), "b.toml", &etcd, &b, "");
+    fernetd_ok(&[
+        "--config",
+        ca_path.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    let ok = fernetd(&["--config", cb.to_str().unwrap(), "status"]);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.contains("this node in sync"), "{}", ok.stdout);
+    // The cluster rotates; b has not synced: status says so, and sync fixes it.
+    fernetd_ok(&["--config", ca_path.to_str().unwrap(), "rotate"]);
+    let behind = fernetd(&["--config", cb.to_str().unwrap(), "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&behind.stdout).unwrap();
+    assert_eq!(v["cluster"][0]["in_sync"], false, "{v}");
+    assert_eq!(v["cluster"][0]["primary"], 2, "{v}");
+    assert!(
+        behind.stdout.contains("run fernetd sync"),
+        "{}",
+        behind.stdout
+    );
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    let v: serde_json::Value = serde_json::from_str(
+        &fernetd(&["--config", cb.to_str().unwrap(), "status", "--json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(v["cluster"][0]["in_sync"], true, "{v}");
+}
