@@ -8,7 +8,10 @@
 use crate::config::{ClusterSettings, Kind};
 use crate::keyset::{KeySet, KeySetError};
 use crate::seal::{self, SealError, SealKey};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
+    TxnOp, WatchOptions, WatchStream,
+};
 use std::future::Future;
 use std::time::Duration;
 
@@ -285,6 +288,114 @@ impl Cluster {
         })
     }
 
+    /// A lease that keeps this node's acknowledgements and leadership alive.
+    pub async fn grant_lease(&mut self, ttl: Duration) -> Result<Lease, ClusterError> {
+        let mut client = self.client.clone();
+        let secs = ttl.as_secs().max(1) as i64;
+        let grant = self
+            .bounded("grant lease", client.lease_grant(secs, None))
+            .await?;
+        let id = grant.id();
+        let (keeper, stream) = self
+            .bounded("keep lease alive", client.lease_keep_alive(id))
+            .await?;
+        Ok(Lease {
+            id,
+            keeper,
+            stream,
+            timeout: self.timeout.min(ttl),
+        })
+    }
+
+    /// Records that this node applied the key set at `ack.revision`, under `lease`.
+    pub async fn acknowledge(
+        &mut self,
+        kind: Kind,
+        ack: &Ack,
+        lease: i64,
+    ) -> Result<(), ClusterError> {
+        let key = format!("{}/{}/acks/{}", self.prefix, kind.name(), ack.node);
+        let value = serde_json::to_vec(ack).unwrap_or_default();
+        let mut client = self.client.clone();
+        self.bounded(
+            &format!("write {key}"),
+            client.put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Claims leadership of a repository's rotations for `node` under `lease` when nobody
+    /// holds it; returns whether `node` leads. The claim vanishes with the lease.
+    pub async fn campaign(
+        &mut self,
+        kind: Kind,
+        node: &str,
+        lease: i64,
+    ) -> Result<bool, ClusterError> {
+        let key = format!("{}/{}/leader", self.prefix, kind.name());
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                node,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(&format!("campaign {key}"), client.txn(txn))
+            .await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        Ok(resp.op_responses().into_iter().any(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == node.as_bytes() && kv.lease() == lease),
+            _ => false,
+        }))
+    }
+
+    /// Who leads a repository's rotations, if anyone.
+    pub async fn leader(&mut self, kind: Kind) -> Result<Option<String>, ClusterError> {
+        let key = format!("{}/{}/leader", self.prefix, kind.name());
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(&format!("read {key}"), client.get(key, None))
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Watches everything of a repository (key set, leader, acknowledgements) from
+    /// `from_revision` on.
+    pub async fn watch(&mut self, kind: Kind, from_revision: i64) -> Result<Watch, ClusterError> {
+        let prefix = format!("{}/{}/", self.prefix, kind.name());
+        let mut client = self.client.clone();
+        let stream = self
+            .bounded(
+                &format!("watch {prefix}"),
+                client.watch(
+                    prefix.clone(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(from_revision),
+                    ),
+                ),
+            )
+            .await?;
+        Ok(Watch { stream, prefix })
+    }
+
     /// The repository's key set and its revision, opened and validated.
     pub async fn fetch(&mut self, kind: Kind) -> Result<(KeySet, i64), ClusterError> {
         let key = self.keyset_key(kind);
@@ -308,5 +419,71 @@ impl Cluster {
             source,
         })?;
         Ok((set, kv.mod_revision()))
+    }
+}
+
+/// A granted lease and its keep-alive stream.
+pub struct Lease {
+    pub id: i64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+    timeout: Duration,
+}
+
+impl Lease {
+    /// One keep-alive round trip; an error means the lease is (or may be) gone: whoever holds
+    /// leadership under it must step down at once.
+    pub async fn refresh(&mut self) -> Result<(), ClusterError> {
+        let lost = |reason: String| ClusterError::Request {
+            what: format!("keep lease {:x} alive", self.id),
+            reason,
+        };
+        let round = async {
+            self.keeper.keep_alive().await.map_err(|e| e.to_string())?;
+            match self.stream.message().await {
+                Ok(Some(r)) if r.ttl() > 0 => Ok(()),
+                Ok(Some(_)) => Err("expired".to_string()),
+                Ok(None) => Err("stream closed".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(self.timeout, round).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(lost(e)),
+            Err(_) => Err(lost("no answer".into())),
+        }
+    }
+}
+
+/// Changes under a repository's prefix, as fernetd's own event.
+pub struct Watch {
+    stream: WatchStream,
+    prefix: String,
+}
+
+impl Watch {
+    /// Waits for the next change. An error (stream ended, compacted, cancelled) means the
+    /// caller must re-read and watch again.
+    pub async fn changed(&mut self) -> Result<(), ClusterError> {
+        let what = format!("watch {}", self.prefix);
+        match self.stream.message().await {
+            Ok(Some(r)) if r.canceled() => Err(ClusterError::Request {
+                what,
+                reason: format!(
+                    "cancelled (compacted at revision {}): {}",
+                    r.compact_revision(),
+                    r.cancel_reason()
+                ),
+            }),
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ClusterError::Request {
+                what,
+                reason: "stream ended".into(),
+            }),
+            Err(e) => Err(ClusterError::Request {
+                what,
+                reason: e.to_string(),
+            }),
+        }
     }
 }

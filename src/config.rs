@@ -69,6 +69,9 @@ pub struct ClusterSection {
     pub dial_timeout: Option<Duration>,
     #[serde(default, with = "duration::serde_opt")]
     pub request_timeout: Option<Duration>,
+    /// How long a dead node keeps its acknowledgements and leadership (default 10s).
+    #[serde(default, with = "duration::serde_opt")]
+    pub lease_ttl: Option<Duration>,
 }
 
 /// `[cluster]` with defaults filled in.
@@ -80,6 +83,7 @@ pub struct ClusterSettings {
     pub seal_key_file: Option<PathBuf>,
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
+    pub lease_ttl: Duration,
 }
 
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
@@ -90,6 +94,9 @@ impl ClusterSection {
             return Err(
                 "endpoints: list at least one etcd URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
             );
+        }
+        if self.lease_ttl.is_some_and(|t| t < Duration::from_secs(1)) {
+            return Err("lease_ttl: at least 1s".into());
         }
         if let Some(p) = &self.prefix {
             if !p.starts_with('/') || p.ends_with('/') || p.len() < 2 {
@@ -117,6 +124,7 @@ impl ClusterSection {
             seal_key_file: self.seal_key_file.clone(),
             dial_timeout: self.dial_timeout.unwrap_or(Duration::from_secs(5)),
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(5)),
+            lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(10)),
         }
     }
 }
@@ -615,6 +623,8 @@ pub struct Managed {
 pub struct DaemonSettings {
     pub repositories: Vec<Managed>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Cluster mode: the repositories follow key sets in etcd.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl DaemonSettings {
@@ -626,15 +636,6 @@ impl DaemonSettings {
         now: DateTime<Utc>,
     ) -> Result<DaemonSettings, ConfigError> {
         let d = Self::inspect(flags, config, now)?;
-        if Sources::load(flags, config)?.file.cluster.is_some() {
-            // Until the daemon runs cluster mode, it must not rotate a node's keys on its own.
-            return Err(ConfigError(format!(
-                "{}: [cluster] is configured, and the daemon does not run cluster mode yet: it \
-                 would rotate this node alone; use `fernetd rotate` (rotates the cluster's key \
-                 set) and `fernetd sync` on every node",
-                config.map_or(DEFAULT_CONFIG.into(), |p| p.display().to_string())
-            )));
-        }
         if let Some(m) = d
             .repositories
             .iter()
@@ -686,6 +687,7 @@ impl DaemonSettings {
         Ok(DaemonSettings {
             repositories,
             metrics_listen: flags.metrics_listen.or(sources.file.daemon.metrics_listen),
+            cluster: sources.file.cluster.as_ref().map(ClusterSection::settings),
         })
     }
 }

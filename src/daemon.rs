@@ -8,7 +8,8 @@
 //! milliseconds; the lock wait is bounded), so a signal is handled within a second, after the
 //! in-flight write completes.
 
-use crate::config::{ConfigError, DaemonSettings, Managed};
+use crate::agent::{self, Report};
+use crate::config::{ClusterSettings, ConfigError, DaemonSettings, Managed};
 use crate::hooks::{self, Context, Event};
 use crate::metrics::{self, Metrics};
 use crate::repository::{Repository, RetentionViolation, RotateParams};
@@ -51,6 +52,23 @@ struct Slot {
     problems: BTreeSet<String>,
     /// Keys lost inside their retention window: unhealthy until the window has passed.
     lost: Vec<RetentionViolation>,
+    /// Cluster mode: the agent task, the channel that tells it about local changes, and what
+    /// it last reported.
+    agent: Option<tokio::task::AbortHandle>,
+    drift: Option<UnboundedSender<()>>,
+    in_step: bool,
+    leading: bool,
+    degraded: Option<String>,
+    gate_waiting: Vec<String>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A replaced configuration's agent must not go on acting for it.
+        if let Some(a) = &self.agent {
+            a.abort();
+        }
+    }
 }
 
 impl Slot {
@@ -75,7 +93,17 @@ impl Slot {
             healthy: None,
             problems: BTreeSet::new(),
             lost: Vec::new(),
+            agent: None,
+            drift: None,
+            in_step: false,
+            leading: false,
+            degraded: None,
+            gate_waiting: Vec::new(),
         }
+    }
+
+    fn repo_owner(&self) -> Option<crate::repository::Owner> {
+        self.m.owner
     }
 
     fn context(&self) -> Context {
@@ -99,6 +127,8 @@ struct Daemon {
     metrics_listen: Option<std::net::SocketAddr>,
     ready_sent: bool,
     last_status: String,
+    cluster: Option<ClusterSettings>,
+    agent_tx: UnboundedSender<Report>,
 }
 
 /// Runs until SIGTERM or SIGINT. `reload` re-reads the configuration on SIGHUP; an error keeps
@@ -112,6 +142,7 @@ pub async fn run(
     let mut hup = signal(SignalKind::hangup())?;
     let (fs_tx, mut fs_rx) = unbounded_channel();
     let (pre_tx, mut pre_rx) = unbounded_channel();
+    let (agent_tx, mut agent_rx) = unbounded_channel();
     let metrics = Metrics::new();
     if let Some(addr) = settings.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -130,6 +161,8 @@ pub async fn run(
         metrics_listen: settings.metrics_listen,
         ready_sent: false,
         last_status: String::new(),
+        cluster: None,
+        agent_tx,
     };
     d.install(settings);
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
@@ -141,6 +174,7 @@ pub async fn run(
             _ = hup.recv() => d.reload(reload()),
             Some(change) = fs_rx.recv() => d.on_change(change),
             Some((generation, index, ok)) = pre_rx.recv() => d.on_pre_rotate(generation, index, ok),
+            Some(report) = agent_rx.recv() => d.on_agent(report),
             _ = tokio::time::sleep_until(wake) => d.on_timer(),
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => systemd::watchdog(),
         }
@@ -163,6 +197,18 @@ impl Daemon {
     fn install(&mut self, settings: DaemonSettings) {
         self.generation += 1;
         self.slots = settings.repositories.into_iter().map(Slot::new).collect();
+        self.cluster = settings.cluster;
+        if let Some(c) = &self.cluster {
+            tracing::info!(
+                "cluster mode: node {} on {} under {}",
+                c.node,
+                c.endpoints.join(","),
+                c.prefix
+            );
+            if c.seal_key_file.is_none() {
+                tracing::warn!("[cluster] has no seal_key_file: key sets sit in etcd in the clear");
+            }
+        }
         let now = Utc::now();
         for i in 0..self.slots.len() {
             self.start_slot(i, now);
@@ -207,6 +253,19 @@ impl Daemon {
                 m.plan.required_max_active_keys
             );
         }
+        if let Some(cluster) = self.cluster.clone() {
+            // The cluster decides the keys: no local keys are created here (the agent applies
+            // the cluster's), but an interrupted local write is still completed.
+            let has_keys = s.repo.scan().map(|sc| sc.key_entries().next().is_some());
+            if has_keys.unwrap_or(false) {
+                match s.repo.setup(now) {
+                    Ok(out) => log_outcome(s.kind, &out),
+                    Err(e) => tracing::error!("{}: {e}", s.kind),
+                }
+            }
+            self.start_agent(i, cluster);
+            return;
+        }
         // Creates an empty repository, completes an interrupted rotation, adopts found keys.
         match s.repo.setup(now) {
             Ok(out) => log_outcome(s.kind, &out),
@@ -214,6 +273,110 @@ impl Daemon {
         }
         self.plan_next(i, now);
         self.validate(i);
+    }
+
+    fn start_agent(&mut self, i: usize, cluster: ClusterSettings) {
+        let s = &mut self.slots[i];
+        let (drift_tx, drift_rx) = unbounded_channel();
+        let cfg = agent::AgentConfig {
+            index: i,
+            kind: s.m.settings.kind,
+            repo: s.repo.clone(),
+            cluster,
+            schedule: s.m.schedule.clone(),
+            params: RotateParams {
+                max_active_keys: s.m.max_active_keys,
+                retention: s.m.settings.lifetime.retention(),
+                force_purge: false,
+            },
+        };
+        let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
+        s.agent = Some(task.abort_handle());
+        s.drift = Some(drift_tx);
+    }
+
+    fn on_agent(&mut self, r: Report) {
+        let index = match &r {
+            Report::InStep { index, .. }
+            | Report::Applied { index, .. }
+            | Report::Leading { index, .. }
+            | Report::Rotated { index, .. }
+            | Report::GateWaiting { index, .. }
+            | Report::Degraded { index, .. } => *index,
+        };
+        let Some(s) = self.slots.get_mut(index) else {
+            return;
+        };
+        let kind = s.kind;
+        match r {
+            Report::InStep { revision, .. } => {
+                if !s.in_step || s.degraded.is_some() {
+                    tracing::info!(
+                        "{kind}: in step with the cluster's key set (revision {revision})"
+                    );
+                }
+                s.in_step = true;
+                s.degraded = None;
+                s.gate_waiting.clear();
+            }
+            Report::Applied {
+                changes, undone, ..
+            } => {
+                for c in changes {
+                    if undone {
+                        tracing::warn!(
+                            "{kind}: undid a local change, restoring the cluster's key set: {c}"
+                        );
+                    } else {
+                        tracing::info!("{kind}: applied the cluster's key set: {c}");
+                    }
+                }
+            }
+            Report::Leading { leading, .. } => {
+                s.leading = leading;
+                if leading {
+                    tracing::info!("{kind}: leading this repository's rotations");
+                } else {
+                    tracing::info!("{kind}: no longer leading");
+                }
+            }
+            Report::Rotated {
+                revision, primary, ..
+            } => {
+                tracing::info!(
+                    "{kind}: rotated the cluster's key set at revision {revision}: primary {primary}"
+                );
+                s.gate_waiting.clear();
+                self.metrics.rotated(kind);
+                if let Some(argv) = self.slots[index].m.settings.hooks.on_rotate.clone() {
+                    self.spawn_hook(index, argv, Event::Rotate);
+                }
+            }
+            Report::GateWaiting { nodes, .. } => {
+                if nodes != s.gate_waiting {
+                    tracing::warn!(
+                        "{kind}: rotation due but held: waiting for {} to apply the staged key",
+                        nodes.join(", ")
+                    );
+                }
+                s.gate_waiting = nodes;
+            }
+            Report::Degraded { reason, .. } => {
+                if s.degraded.as_deref() != Some(reason.as_str()) {
+                    tracing::error!(
+                        "{kind}: degraded: {reason}; serving the current keys, never rotating alone, retrying"
+                    );
+                }
+                s.in_step = false;
+                s.leading = false;
+                s.degraded = Some(reason);
+            }
+        }
+        // A repository that just received the cluster's keys is validated now.
+        if self.slots[index].healthy.is_none() && self.slots[index].in_step {
+            self.validate(index);
+        }
+        self.publish();
     }
 
     /// Next rotation from the recorded last rotation: a restart neither rotates twice nor
@@ -363,6 +526,27 @@ impl Daemon {
         let s = &mut self.slots[i];
         s.validate_at = None;
         s.burst_start = None;
+        if let Some(drift) = &s.drift {
+            // Cluster mode: the agent makes the disk match the cluster again; here only the
+            // repository's validity is judged (its history belongs to the cluster).
+            let _ = drift.send(());
+            if !s.in_step {
+                return;
+            }
+            let problems: BTreeSet<String> = match s.repo.scan() {
+                Ok(scan) => crate::check::check(&scan, s.repo_owner())
+                    .violations()
+                    .map(|f| format!("{}: {}", f.path, f.message))
+                    .collect(),
+                Err(e) => BTreeSet::from([e.to_string()]),
+            };
+            for p in problems.difference(&s.problems) {
+                tracing::error!("{}: {p}", s.kind);
+            }
+            s.healthy = Some(problems.is_empty());
+            s.problems = problems;
+            return;
+        }
         let retention = s.m.settings.lifetime.retention();
         let mut problems = BTreeSet::new();
         let mut changed = false;
@@ -453,15 +637,47 @@ impl Daemon {
     fn publish(&mut self) {
         let now = Utc::now();
         let mut sums = Vec::with_capacity(self.slots.len());
+        let clustered = self.cluster.is_some();
         for s in &self.slots {
             let mut sum = status::summarize(&s.m, now);
-            sum.next_rotation = s.next_rotation;
+            if clustered {
+                // The leader rotates on the schedule from the cluster's history, which this
+                // node holds: summarize's next rotation is the cluster's.
+                if let Some(reason) = &s.degraded {
+                    sum.problems.push(format!("degraded: {reason}"));
+                }
+                self.metrics.cluster(s.kind, s.in_step, s.leading);
+            } else {
+                sum.next_rotation = s.next_rotation;
+            }
             let healthy = s.healthy == Some(true) && sum.level != Level::Critical;
             self.metrics.update(&sum, healthy);
             sums.push(sum);
         }
-        let line = status::status_line(&sums);
-        let all_valid = self.slots.iter().all(|s| s.healthy == Some(true));
+        let mut line = status::status_line(&sums);
+        if clustered {
+            let parts: Vec<String> = self
+                .slots
+                .iter()
+                .map(|s| {
+                    let role = if s.degraded.is_some() {
+                        "DEGRADED"
+                    } else if s.leading {
+                        "leader"
+                    } else if s.in_step {
+                        "follower"
+                    } else {
+                        "joining"
+                    };
+                    format!("{} {role}", s.kind)
+                })
+                .collect();
+            line = format!("{line}; cluster: {}", parts.join(", "));
+        }
+        let all_valid = self
+            .slots
+            .iter()
+            .all(|s| s.healthy == Some(true) && (!clustered || s.in_step));
         if !self.ready_sent && all_valid {
             systemd::ready(&line);
             tracing::info!("ready: {line}");

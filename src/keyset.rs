@@ -45,6 +45,19 @@ struct Wire {
 }
 
 impl KeySet {
+    /// A new repository's keys, in memory: 1 (primary) and 0 (staged), as `setup` writes.
+    pub fn fresh(now: chrono::DateTime<chrono::Utc>) -> Result<KeySet, getrandom::Error> {
+        let mut history = History::new();
+        let mut keys = BTreeMap::new();
+        for n in [1, 0] {
+            let k = Key::generate()?;
+            history.record_created(n, k.fingerprint(), now);
+            keys.insert(n, k);
+        }
+        history.last_rotation = Some(now);
+        Ok(KeySet { keys, history })
+    }
+
     /// A key set that Keystone could use: key 0, a primary, and a history that describes
     /// exactly these keys.
     pub fn validate(&self) -> Result<(), KeySetError> {

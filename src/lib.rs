@@ -11,7 +11,8 @@
 //! - [`check`]: judges a repository snapshot, problem by problem.
 //! - [`keyset`]: keys + history as one value, as cluster mode stores it (pure).
 //! - [`seal`]: authenticated encryption of stored key sets under a key-encryption key.
-//! - [`cluster`]: the key sets in etcd: import, fetch.
+//! - [`cluster`]: the key sets in etcd: import, fetch, acknowledgements, leadership, rotation.
+//! - [`agent`]: the daemon's cluster agent: follow, acknowledge, lead, rotate.
 //! - [`config`]: flags over TOML over keystone.conf.
 //! - [`status`]: a repository's state for operators: OK / warning / critical.
 //! - [`hooks`]: operator commands run on events, bounded and never blocking.
@@ -40,6 +41,7 @@
 //! assert_eq!(p.shortest_window, Duration::from_secs(24 * 3600));
 //! ```
 
+pub mod agent;
 pub mod check;
 pub mod cli;
 pub mod cluster;

@@ -34,6 +34,8 @@ struct Repo {
     rotations: u64,
     validation_failures: u64,
     healthy: bool,
+    /// Cluster mode only: (in step with etcd, leading rotations).
+    cluster: Option<(bool, bool)>,
 }
 
 impl Metrics {
@@ -58,6 +60,10 @@ impl Metrics {
             r.next_rotation = s.next_rotation;
             r.healthy = healthy;
         })
+    }
+
+    pub fn cluster(&self, kind: &'static str, in_step: bool, leading: bool) {
+        self.with(|i| i.repos.entry(kind).or_default().cluster = Some((in_step, leading)))
     }
 
     pub fn rotated(&self, kind: &'static str) {
@@ -152,6 +158,19 @@ impl Metrics {
                 "gauge",
                 "1 when the repository is valid and complete, else 0.",
                 per_repo(&|r| Some(if r.healthy { 1.0 } else { 0.0 })),
+            );
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            family(
+                "fernetd_cluster_in_step",
+                "gauge",
+                "Cluster mode: 1 while connected and holding the cluster's key set, else 0.",
+                per_repo(&|r| r.cluster.map(|(s, _)| flag(s))),
+            );
+            family(
+                "fernetd_cluster_leader",
+                "gauge",
+                "Cluster mode: 1 while this node leads the repository's rotations.",
+                per_repo(&|r| r.cluster.map(|(_, l)| flag(l))),
             );
             let hooks = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, f64)> {
                 i.hooks

@@ -76,7 +76,11 @@ impl Watcher {
             return;
         };
         let _ = self.inner.unwatch(&dir);
-        if let Err(e) = self.inner.watch(&dir, RecursiveMode::NonRecursive) {
+        if !dir.exists() {
+            // Not created yet (cluster mode creates it on the first apply): the parent's
+            // watch reports its creation, and this runs again then.
+            tracing::debug!("{}: not there yet; watching its parent", dir.display());
+        } else if let Err(e) = self.inner.watch(&dir, RecursiveMode::NonRecursive) {
             tracing::warn!("{}: cannot watch: {e}", dir.display());
         }
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -472,28 +472,6 @@ fn promotion_waits_until_every_live_node_holds_the_staged_key() {
 }
 
 #[test]
-fn the_daemon_refuses_cluster_configuration_it_cannot_honour_yet() {
-    let t = tempfile::tempdir().unwrap();
-    let c = t.path().join("c.toml");
-    std::fs::write(
-        &c,
-        format!(
-            "[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"http://127.0.0.1:1\"]\n",
-            t.path().join("k").display()
-        ),
-    )
-    .unwrap();
-    let out = fernetd(&["--config", c.to_str().unwrap(), "daemon"]);
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("does not run cluster mode yet"),
-        "{}",
-        out.stderr
-    );
-    assert!(!t.path().join("k").exists());
-}
-
-#[test]
 fn status_shows_the_cluster_and_whether_this_node_follows_it() {
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
@@ -530,4 +508,256 @@ fn status_shows_the_cluster_and_whether_this_node_follows_it() {
     )
     .unwrap();
     assert_eq!(v["cluster"][0]["in_sync"], true, "{v}");
+}
+
+/// Keys of a repository read tolerantly (a daemon may be replacing files meanwhile).
+fn try_keys(dir: &Path) -> Option<std::collections::BTreeMap<u64, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(n) = name.parse::<u64>() {
+            if n.to_string() == name {
+                out.insert(
+                    n,
+                    std::fs::read_to_string(e.path())
+                        .ok()?
+                        .trim_end()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    (out.contains_key(&0) && out.len() >= 2).then_some(out)
+}
+
+/// Every `period` until `until`: a token made with each node's primary must decrypt with every
+/// other node's keys. Returns (samples, failures).
+fn cross_check(dirs: &[std::path::PathBuf], until: std::time::Instant) -> (usize, Vec<String>) {
+    let (mut samples, mut failures) = (0, Vec::new());
+    while std::time::Instant::now() < until {
+        let snapshot: Vec<_> = dirs.iter().map(|d| try_keys(d)).collect();
+        for (i, ki) in snapshot.iter().enumerate() {
+            let Some(ki) = ki else { continue };
+            let primary = ki.values().next_back().unwrap();
+            let token = fernet::Fernet::new(primary).unwrap().encrypt(b"sample");
+            for (j, kj) in snapshot.iter().enumerate() {
+                let Some(kj) = kj else { continue };
+                if i == j {
+                    continue;
+                }
+                let mf = fernet::MultiFernet::new(
+                    kj.values()
+                        .rev()
+                        .map(|k| fernet::Fernet::new(k).unwrap())
+                        .collect(),
+                );
+                samples += 1;
+                if mf.decrypt(&token).is_err() {
+                    failures.push(format!(
+                        "token of node {i} (keys {:?}) rejected by node {j} (keys {:?})",
+                        ki.keys().collect::<Vec<_>>(),
+                        kj.keys().collect::<Vec<_>>()
+                    ));
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (samples, failures)
+}
+
+fn node_config(dir: &Path, etcd: &Etcd, node: &str) -> std::path::PathBuf {
+    let p = dir.join(format!("{node}.toml"));
+    std::fs::write(&p, format!(
+        "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\nschedule = \"2s\"\n\
+         expiration = \"3s\"\nallow_expired_window = 0\nmargin = 0\n\
+         [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"{node}\"\nlease_ttl = \"2s\"\n\
+         dial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n",
+        dir.join(node).display(), etcd.endpoint
+    )).unwrap();
+    p
+}
+
+#[test]
+fn three_daemons_converge_and_every_token_decrypts_everywhere() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let nodes = ["a", "b", "c"];
+    let daemons: Vec<Daemon> = nodes
+        .iter()
+        .map(|n| {
+            Daemon::start(
+                &[
+                    "--config",
+                    node_config(t.path(), &etcd, n).to_str().unwrap(),
+                    "daemon",
+                ],
+                &[],
+            )
+        })
+        .collect();
+    for d in &daemons {
+        assert!(
+            d.wait_log("ready", std::time::Duration::from_secs(10)),
+            "{}",
+            d.log()
+        );
+    }
+    let dirs: Vec<_> = nodes.iter().map(|n| t.path().join(n)).collect();
+    let (samples, failures) = cross_check(
+        &dirs,
+        std::time::Instant::now() + std::time::Duration::from_secs(10),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(samples > 100, "too few samples: {samples}");
+    let leaders = daemons
+        .iter()
+        .filter(|d| d.log().contains("leading this repository's rotations"))
+        .count();
+    assert_eq!(leaders, 1, "exactly one node leads");
+    let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+    for d in daemons {
+        assert_eq!(d.stop().code(), Some(0));
+    }
+    let first = keys(&dirs[0]);
+    assert!(
+        *first.keys().next_back().unwrap() >= 4,
+        "rotations did not go on: {first:?}\n{}",
+        logs.join("\n---\n")
+    );
+    for dir in &dirs[1..] {
+        assert_eq!(keys(dir), first, "nodes differ");
+    }
+}
+
+#[test]
+fn killing_the_leader_hands_rotation_to_another_node() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let nodes = ["a", "b", "c"];
+    let mut daemons: Vec<Option<Daemon>> = nodes
+        .iter()
+        .map(|n| {
+            Some(Daemon::start(
+                &[
+                    "--config",
+                    node_config(t.path(), &etcd, n).to_str().unwrap(),
+                    "daemon",
+                ],
+                &[],
+            ))
+        })
+        .collect();
+    for d in daemons.iter().flatten() {
+        assert!(
+            d.wait_log("ready", std::time::Duration::from_secs(10)),
+            "{}",
+            d.log()
+        );
+    }
+    let dirs: Vec<_> = nodes.iter().map(|n| t.path().join(n)).collect();
+    let leader = (0..3)
+        .find(|&i| {
+            daemons[i].as_ref().unwrap().wait_log(
+                "leading this repository's rotations",
+                std::time::Duration::from_secs(5),
+            )
+        })
+        .expect("a leader");
+    let before = *keys(&dirs[leader]).keys().next_back().unwrap();
+    daemons[leader].take().unwrap().kill9();
+    let killed = std::time::Instant::now();
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let took_over = Daemon::wait_any(
+        others
+            .iter()
+            .map(|&i| daemons[i].as_ref().unwrap())
+            .collect(),
+        "leading this repository's rotations",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(took_over, "no node took over after the leader died");
+    eprintln!(
+        "failover after kill -9: {:?} (lease ttl 2s)",
+        killed.elapsed()
+    );
+    // Rotations go on; the survivors stay mutually compatible all along.
+    let live: Vec<_> = others.iter().map(|&i| dirs[i].clone()).collect();
+    let (samples, failures) = cross_check(
+        &live,
+        std::time::Instant::now() + std::time::Duration::from_secs(6),
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let after = *keys(&live[0]).keys().next_back().unwrap();
+    assert!(
+        after > before,
+        "no rotation after failover ({before} -> {after})"
+    );
+    for i in others {
+        daemons[i].take().unwrap().stop();
+    }
+    assert_eq!(keys(&live[0]), keys(&live[1]));
+}
+
+#[test]
+fn local_drift_is_undone_from_the_cluster_key_set() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let cfg = node_config(t.path(), &etcd, "a");
+    // Hourly: every change below is someone else's.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("schedule = \"2s\"", "schedule = \"1h\""),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        d.wait_log("ready", std::time::Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    let dir = t.path().join("a");
+    let want = keys(&dir);
+    std::fs::remove_file(dir.join("1")).unwrap();
+    assert!(
+        d.wait_log(
+            "undid a local change, restoring the cluster's key set: wrote key 1",
+            std::time::Duration::from_secs(3)
+        ),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_for(std::time::Duration::from_secs(2), || try_keys(&dir)
+            .as_ref()
+            == Some(&want))
+    );
+    // A manual keystone-manage-style rotation: 0 -> 2, a new 0.
+    std::fs::rename(dir.join("0"), dir.join("2")).unwrap();
+    std::fs::write(dir.join("0"), fernet::Fernet::generate_key()).unwrap();
+    assert!(
+        d.wait_log("removed key 2", std::time::Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_for(std::time::Duration::from_secs(2), || try_keys(&dir)
+            .as_ref()
+            == Some(&want)),
+        "{:?}",
+        try_keys(&dir)
+    );
+    d.stop();
 }

@@ -191,6 +191,26 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until any of `daemons` logs `needle`.
+    pub fn wait_any(daemons: Vec<&Daemon>, needle: &str, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if daemons.iter().any(|d| d.log().contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
     /// GET /metrics from the address the daemon logged.
     pub fn metrics(&self) -> String {
         use std::io::{Read, Write};

@@ -1,0 +1,252 @@
+//! The cluster agent: one task per repository when `[cluster]` is configured. It keeps the
+//! local repository equal to the cluster's key set, acknowledges what it applied under its
+//! lease, and, while it holds the leadership, rotates the key set on schedule.
+//!
+//! A session: connect, take a lease, bootstrap (the first node proposes a key set: its
+//! repository's, or a fresh one held in memory, through a transaction only one node wins; no
+//! node writes keys of its own before the cluster agreed), then loop: fetch → apply (writes
+//! before removals) → acknowledge → campaign → if leading and due, rotate behind the promotion
+//! gate → wait for a change under the repository's prefix, the next deadline, a keep-alive or a
+//! local change. Any error ends the session: the node keeps serving the keys it has, never
+//! rotates on its own, reports itself degraded, and starts a new session after a backoff,
+//! re-reading everything (so a compacted watch is simply re-established).
+//!
+//! The agent reports to the daemon loop through a channel; it never touches the loop's state.
+
+use crate::cluster::{Ack, Cluster, ClusterError};
+use crate::config::{ClusterSettings, Kind};
+use crate::keyset::KeySet;
+use crate::repository::{Repository, RotateParams};
+use crate::schedule::Schedule;
+use chrono::Utc;
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::time::Instant;
+
+/// How soon a held rotation asks the gate again.
+const GATE_RETRY: Duration = Duration::from_secs(1);
+/// Longest pause between sessions.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+pub struct AgentConfig {
+    pub index: usize,
+    pub kind: Kind,
+    pub repo: Repository,
+    pub cluster: ClusterSettings,
+    pub schedule: Schedule,
+    pub params: RotateParams,
+}
+
+/// What the agent tells the daemon loop.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// The key set at `revision` is on disk and acknowledged.
+    InStep {
+        index: usize,
+        revision: i64,
+    },
+    /// The local repository was changed to match the cluster: following a new key set, or
+    /// (`undone`) reverting a local change to the set already applied.
+    Applied {
+        index: usize,
+        changes: Vec<String>,
+        undone: bool,
+    },
+    Leading {
+        index: usize,
+        leading: bool,
+    },
+    Rotated {
+        index: usize,
+        revision: i64,
+        primary: u64,
+    },
+    GateWaiting {
+        index: usize,
+        nodes: Vec<String>,
+    },
+    /// The session ended; the node serves its current keys until the next one.
+    Degraded {
+        index: usize,
+        reason: String,
+    },
+}
+
+/// Runs sessions until the task is dropped. `drift` carries local file changes.
+pub async fn run(
+    cfg: AgentConfig,
+    mut drift: UnboundedReceiver<()>,
+    reports: UnboundedSender<Report>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let started = Instant::now();
+        let err = session(&cfg, &mut drift, &reports).await;
+        let _ = reports.send(Report::Degraded {
+            index: cfg.index,
+            reason: err.to_string(),
+        });
+        if started.elapsed() > MAX_BACKOFF * 3 {
+            backoff = Duration::from_millis(250);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        // Changes noticed while degraded are handled by the next session's first comparison.
+        while drift.try_recv().is_ok() {}
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Repository(#[from] crate::Error),
+    #[error("the operating system's random number generator failed")]
+    Random,
+}
+
+async fn session(
+    cfg: &AgentConfig,
+    drift: &mut UnboundedReceiver<()>,
+    reports: &UnboundedSender<Report>,
+) -> SessionError {
+    match session_inner(cfg, drift, reports).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+async fn session_inner(
+    cfg: &AgentConfig,
+    drift: &mut UnboundedReceiver<()>,
+    reports: &UnboundedSender<Report>,
+) -> Result<Never, SessionError> {
+    let (index, kind, node) = (cfg.index, cfg.kind, cfg.cluster.node.as_str());
+    let mut c = Cluster::connect(&cfg.cluster).await?;
+    let mut lease = c.grant_lease(cfg.cluster.lease_ttl).await?;
+    bootstrap(cfg, &mut c).await?;
+    let (_, revision) = c.fetch(kind).await?;
+    let mut watch = c.watch(kind, revision + 1).await?;
+    let mut keepalive = tokio::time::interval(cfg.cluster.lease_ttl / 3);
+    let mut acked: Option<(i64, crate::key::Fingerprint)> = None;
+    let mut leading = false;
+    loop {
+        let (set, revision) = c.fetch(kind).await?;
+        let scan = cfg.repo.scan().ok();
+        let local: std::collections::BTreeMap<u64, crate::key::Fingerprint> = scan
+            .map(|s| {
+                s.keys()
+                    .into_iter()
+                    .map(|(n, k)| (n, k.fingerprint()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if local != set.fingerprints() {
+            let out = cfg.repo.apply(&set)?;
+            let mut changes = out.warnings;
+            changes.extend(out.notes);
+            // Same revision as already acknowledged: someone changed the files here.
+            let undone = acked.is_some_and(|(r, _)| r == revision);
+            let _ = reports.send(Report::Applied {
+                index,
+                changes,
+                undone,
+            });
+        }
+        let staged = match set.keys.get(&0) {
+            Some(k) => k.fingerprint(),
+            None => unreachable!("a validated key set has key 0"),
+        };
+        if acked != Some((revision, staged)) {
+            let ack = Ack {
+                node: node.to_string(),
+                revision,
+                staged,
+            };
+            c.acknowledge(kind, &ack, lease.id).await?;
+            acked = Some((revision, staged));
+            let _ = reports.send(Report::InStep { index, revision });
+        }
+        let now_leading = c.campaign(kind, node, lease.id).await?;
+        if now_leading != leading {
+            leading = now_leading;
+            let _ = reports.send(Report::Leading { index, leading });
+        }
+        // Far enough that only the watch, a keep-alive or drift wakes the loop.
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        if leading {
+            let now = Utc::now();
+            let last = set.history.last_rotation.unwrap_or(now);
+            if let Some(due) = cfg.schedule.next_after(last) {
+                if due <= now {
+                    match c.rotate(kind, &cfg.params, now).await {
+                        Ok(r) => {
+                            let _ = reports.send(Report::Rotated {
+                                index,
+                                revision: r.revision,
+                                primary: r.decision.new_primary,
+                            });
+                            continue;
+                        }
+                        Err(ClusterError::GateWaiting { nodes, .. }) => {
+                            let _ = reports.send(Report::GateWaiting { index, nodes });
+                            wake = Instant::now() + GATE_RETRY;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    let until = (due - now).to_std().unwrap_or_default();
+                    wake = Instant::now() + until;
+                }
+            }
+        }
+        tokio::select! {
+            r = watch.changed() => r?,
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = keepalive.tick() => lease.refresh().await?,
+            Some(()) = drift.recv() => {}
+        }
+    }
+}
+
+/// Makes sure the cluster holds a key set for this repository. The local repository's keys are
+/// proposed when it has any (adoption), else a fresh set held in memory; the transaction lets
+/// exactly one proposal win, and every node then applies the winner's.
+async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionError> {
+    match c.fetch(cfg.kind).await {
+        Ok(_) => return Ok(()),
+        Err(ClusterError::Missing { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let now = Utc::now();
+    let has_keys = cfg
+        .repo
+        .scan()
+        .map(|s| s.key_entries().next().is_some())
+        .unwrap_or(false);
+    let proposal = if has_keys {
+        cfg.repo.export(now)?
+    } else {
+        KeySet::fresh(now).map_err(|_| SessionError::Random)?
+    };
+    match c.import(cfg.kind, &proposal, false).await {
+        Ok(_) => {
+            tracing::info!(
+                "{}: bootstrapped the cluster's key set from {}",
+                cfg.kind,
+                if has_keys {
+                    "this node's repository"
+                } else {
+                    "fresh keys"
+                }
+            );
+            Ok(())
+        }
+        // Another node bootstrapped first: its key set wins.
+        Err(ClusterError::Exists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
