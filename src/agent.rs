@@ -127,6 +127,21 @@ async fn session_inner(
     let (index, kind, node) = (cfg.index, cfg.kind, cfg.cluster.node.as_str());
     let mut c = Cluster::connect(&cfg.cluster).await?;
     let mut lease = c.grant_lease(cfg.cluster.lease_ttl).await?;
+    // Announce this node before anything else, with the staged key it holds now: from here on
+    // the promotion gate waits for it to apply the current set (a rejoining node is never
+    // skipped because it had not acknowledged yet).
+    let held = cfg
+        .repo
+        .scan()
+        .ok()
+        .and_then(|s| s.keys().get(&0).map(|k| k.fingerprint()))
+        .unwrap_or(crate::key::Fingerprint::NONE);
+    let presence = Ack {
+        node: node.to_string(),
+        revision: 0,
+        staged: held,
+    };
+    c.acknowledge(kind, &presence, lease.id).await?;
     bootstrap(cfg, &mut c).await?;
     let (_, revision) = c.fetch(kind).await?;
     let mut watch = c.watch(kind, revision + 1).await?;

@@ -761,3 +761,172 @@ fn local_drift_is_undone_from_the_cluster_key_set() {
     );
     d.stop();
 }
+
+/// A loopback TCP proxy in front of etcd that the test can cut (closing every connection and
+/// refusing new ones) and heal: a network partition between one node and etcd.
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let target: std::net::SocketAddr = target.trim_start_matches("http://").parse().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c2, k2) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c2.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut g = k2.lock().unwrap();
+                g.push(client.try_clone().unwrap());
+                g.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, conns }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_partitioned_node_keeps_its_keys_never_rotates_alone_and_catches_up() {
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd.endpoint);
+    let t = tempfile::tempdir().unwrap();
+    // Rotations 5 s apart with a 20 s retention: a short partition spans at most one
+    // promotion, which the partitioned node already holds as its staged key.
+    let conf = |node: &str, endpoint: &str| {
+        let p = node_config(t.path(), &etcd, node);
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("schedule = \"2s\"", "schedule = \"5s\"")
+            .replace("expiration = \"3s\"", "expiration = \"20s\"")
+            .replace(&etcd.endpoint, endpoint);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let a = Daemon::start(
+        &[
+            "--config",
+            conf("a", &etcd.endpoint).to_str().unwrap(),
+            "daemon",
+        ],
+        &[],
+    );
+    assert!(
+        a.wait_log(
+            "leading this repository's rotations",
+            std::time::Duration::from_secs(10)
+        ),
+        "{}",
+        a.log()
+    );
+    let b = Daemon::start(
+        &[
+            "--config",
+            conf("b", &proxy.endpoint()).to_str().unwrap(),
+            "daemon",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(
+        b.wait_log("ready", std::time::Duration::from_secs(10)),
+        "{}",
+        b.log()
+    );
+    let dirs = vec![t.path().join("a"), t.path().join("b")];
+    let sampler = {
+        let dirs = dirs.clone();
+        std::thread::spawn(move || {
+            cross_check(
+                &dirs,
+                std::time::Instant::now() + std::time::Duration::from_secs(16),
+            )
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let b_before = keys(&dirs[1]);
+    proxy.cut();
+    assert!(
+        b.wait_log("degraded", std::time::Duration::from_secs(5)),
+        "{}",
+        b.log()
+    );
+    assert!(
+        b.metrics()
+            .contains("fernetd_cluster_in_step{repository=\"tokens\""),
+        "{}",
+        b.metrics()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Cut off, b serves exactly the keys it had and rotates nothing.
+    assert_eq!(
+        keys(&dirs[1]),
+        b_before,
+        "a partitioned node changed its keys"
+    );
+    assert!(!b.log().contains("rotated the cluster"), "{}", b.log());
+    proxy.heal();
+    let healed = std::time::Instant::now();
+    assert!(
+        b.wait_for(std::time::Duration::from_secs(12), || b
+            .log()
+            .matches("in step with the cluster")
+            .count()
+            >= 2),
+        "{}",
+        b.log()
+    );
+    eprintln!(
+        "caught up {:?} after the partition healed",
+        healed.elapsed()
+    );
+    let (samples, failures) = sampler.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        b.wait_for(std::time::Duration::from_secs(8), || try_keys(&dirs[0])
+            .is_some()
+            && try_keys(&dirs[0]) == try_keys(&dirs[1]))
+    );
+    a.stop();
+    b.stop();
+}
