@@ -87,40 +87,42 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
+    /// Connects to one member that answers, trying the endpoints in turn (each call starts
+    /// from the next one, so a dead or cut-off member is not retried first every time). A
+    /// session talks to one member only: when it fails, the caller starts a new session, which
+    /// moves on to the others.
     pub async fn connect(s: &ClusterSettings) -> Result<Cluster, ClusterError> {
-        let endpoints = s.endpoints.join(",");
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let seal = match &s.seal_key_file {
             Some(p) => Some(SealKey::load(p).map_err(|e| ClusterError::Connect {
-                endpoints: endpoints.clone(),
+                endpoints: s.endpoints.join(","),
                 reason: e.to_string(),
             })?),
             None => None,
         };
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(s.dial_timeout)
-            .with_timeout(s.request_timeout);
-        let client = tokio::time::timeout(
-            s.dial_timeout + Duration::from_millis(500),
-            Client::connect(&s.endpoints, Some(opts)),
-        )
-        .await
-        .map_err(|_| ClusterError::Connect {
-            endpoints: endpoints.clone(),
-            reason: format!(
-                "no answer within {}",
-                crate::duration::format(s.dial_timeout)
-            ),
-        })?
-        .map_err(|e| ClusterError::Connect {
-            endpoints: endpoints.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Cluster {
-            client,
-            prefix: s.prefix.clone(),
-            seal,
-            timeout: s.request_timeout,
-            endpoints,
+        let n = s.endpoints.len().max(1);
+        let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut reasons = Vec::new();
+        for k in 0..n {
+            let Some(endpoint) = s.endpoints.get((start + k) % n) else {
+                break;
+            };
+            match connect_one(endpoint, s).await {
+                Ok(client) => {
+                    return Ok(Cluster {
+                        client,
+                        prefix: s.prefix.clone(),
+                        seal,
+                        timeout: s.request_timeout,
+                        endpoints: endpoint.clone(),
+                    })
+                }
+                Err(reason) => reasons.push(format!("{endpoint}: {reason}")),
+            }
+        }
+        Err(ClusterError::Connect {
+            endpoints: s.endpoints.join(","),
+            reason: format!("no member answered ({})", reasons.join("; ")),
         })
     }
 
@@ -485,5 +487,26 @@ impl Watch {
                 reason: e.to_string(),
             }),
         }
+    }
+}
+
+/// A client for one member, checked with a status request within the dial timeout.
+async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<Client, String> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(s.dial_timeout)
+        .with_timeout(s.request_timeout);
+    let attempt = async {
+        let mut client = Client::connect([endpoint], Some(opts))
+            .await
+            .map_err(|e| e.to_string())?;
+        client.status().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(client)
+    };
+    match tokio::time::timeout(s.dial_timeout + Duration::from_millis(500), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer within {}",
+            crate::duration::format(s.dial_timeout)
+        )),
     }
 }

@@ -930,3 +930,99 @@ fn a_partitioned_node_keeps_its_keys_never_rotates_alone_and_catches_up() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn losing_an_etcd_member_changes_nothing_and_losing_quorum_loses_no_key() {
+    let mut etcd = common::etcd::EtcdCluster::start(3);
+    let t = tempfile::tempdir().unwrap();
+    let endpoints = etcd
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let conf = |node: &str| {
+        let p = t.path().join(format!("{node}.toml"));
+        std::fs::write(&p, format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\nschedule = \"2s\"\n\
+             expiration = \"20s\"\nallow_expired_window = 0\nmargin = 0\n\
+             [cluster]\nendpoints = [{endpoints}]\nprefix = \"/test\"\nnode = \"{node}\"\nlease_ttl = \"2s\"\n\
+             dial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n",
+            t.path().join(node).display()
+        )).unwrap();
+        p
+    };
+    let daemons: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|n| Daemon::start(&["--config", conf(n).to_str().unwrap(), "daemon"], &[]))
+        .collect();
+    for d in &daemons {
+        assert!(
+            d.wait_log("ready", std::time::Duration::from_secs(15)),
+            "{}",
+            d.log()
+        );
+    }
+    let dirs = vec![t.path().join("a"), t.path().join("b")];
+    let primary = |d: &Path| {
+        try_keys(d)
+            .map(|k| *k.keys().next_back().unwrap())
+            .unwrap_or(0)
+    };
+    let sampler = {
+        let dirs = dirs.clone();
+        std::thread::spawn(move || {
+            cross_check(
+                &dirs,
+                std::time::Instant::now() + std::time::Duration::from_secs(30),
+            )
+        })
+    };
+
+    // One member down: rotations go on.
+    etcd.kill(0);
+    let p1 = primary(&dirs[0]);
+    assert!(
+        daemons[0].wait_for(std::time::Duration::from_secs(12), || primary(&dirs[0])
+            >= p1 + 2),
+        "no rotation with 2 of 3 members: {}\n---\n{}",
+        daemons[0].log(),
+        daemons[1].log()
+    );
+
+    // Quorum lost: no rotation, no key lost.
+    etcd.kill(1);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let frozen: Vec<_> = dirs.iter().map(|d| keys(d)).collect();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    for (d, k) in dirs.iter().zip(&frozen) {
+        assert_eq!(&keys(d), k, "keys changed without quorum");
+    }
+    assert!(
+        daemons.iter().all(|d| d.log().contains("degraded")),
+        "nodes did not report degraded"
+    );
+
+    // Quorum back: the cluster recovers and rotations resume.
+    etcd.restart(0);
+    etcd.restart(1);
+    etcd.wait_quorum(0);
+    let p2 = primary(&dirs[0]);
+    assert!(
+        daemons[0].wait_for(std::time::Duration::from_secs(20), || primary(&dirs[0])
+            > p2
+            && try_keys(&dirs[0]) == try_keys(&dirs[1])),
+        "no recovery: {}",
+        daemons[0].log()
+    );
+    let (samples, failures) = sampler.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    for d in daemons {
+        d.stop();
+    }
+}

@@ -110,3 +110,113 @@ impl Drop for Etcd {
         let _ = self.child.wait();
     }
 }
+
+/// A real multi-member etcd cluster on loopback; members can be killed and restarted.
+pub struct EtcdCluster {
+    members: Vec<Option<Child>>,
+    clients: Vec<u16>,
+    peers: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let clients: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut c = EtcdCluster {
+            members: (0..n).map(|_| None).collect(),
+            clients,
+            peers,
+            dir,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        for i in 0..n {
+            c.wait_healthy(i);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let initial: Vec<String> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(j, p)| format!("m{j}=http://127.0.0.1:{p}"))
+            .collect();
+        let cu = format!("http://127.0.0.1:{}", self.clients[i]);
+        let pu = format!("http://127.0.0.1:{}", self.peers[i]);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("m{i}.log")))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(self.dir.path().join(format!("m{i}")))
+            .args(["--listen-client-urls", &cu, "--advertise-client-urls", &cu])
+            .args([
+                "--listen-peer-urls",
+                &pu,
+                "--initial-advertise-peer-urls",
+                &pu,
+            ])
+            .args([
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-state",
+                "new",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd member");
+        self.members[i] = Some(child);
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !healthy(self.clients[i]) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {i} did not become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// SIGKILL one member.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts a killed member from its data directory.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+    }
+
+    /// Waits until the cluster serves requests again (quorum back).
+    pub fn wait_quorum(&self, i: usize) {
+        self.wait_healthy(i);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
