@@ -23,8 +23,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
-/// How soon a held rotation asks the gate again.
-const GATE_RETRY: Duration = Duration::from_secs(1);
+/// How soon a held rotation asks the gate again (acknowledgements are not watched).
+const GATE_RETRY: Duration = Duration::from_millis(200);
 /// Longest pause between sessions.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 

@@ -377,25 +377,32 @@ impl Cluster {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
-    /// Watches everything of a repository (key set, leader, acknowledgements) from
-    /// `from_revision` on.
+    /// Watches a repository's key set and leader key from `from_revision` on. Not the
+    /// acknowledgements: every node writes one per key set, and waking every node for each of
+    /// them would cost O(nodes²) requests per rotation (the leader re-reads them on a timer
+    /// while the gate holds).
     pub async fn watch(&mut self, kind: Kind, from_revision: i64) -> Result<Watch, ClusterError> {
-        let prefix = format!("{}/{}/", self.prefix, kind.name());
+        // "keyset" and "leader" sort next to each other: one range covers both.
+        let start = self.keyset_key(kind);
+        let end = format!("{}/{}/leader\0", self.prefix, kind.name());
         let mut client = self.client.clone();
         let stream = self
             .bounded(
-                &format!("watch {prefix}"),
+                &format!("watch {start}"),
                 client.watch(
-                    prefix.clone(),
+                    start.clone(),
                     Some(
                         WatchOptions::new()
-                            .with_prefix()
+                            .with_range(end)
                             .with_start_revision(from_revision),
                     ),
                 ),
             )
             .await?;
-        Ok(Watch { stream, prefix })
+        Ok(Watch {
+            stream,
+            prefix: start,
+        })
     }
 
     /// The repository's key set and its revision, opened and validated.

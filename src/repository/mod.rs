@@ -589,7 +589,9 @@ impl Repository {
                 out.notes.push(format!("removed {}", join(&removed)));
             }
         }
-        self.finish(&mut out)?;
+        // The disk now holds exactly the set.
+        out.keys = set.keys.keys().copied().collect();
+        out.primary = set.primary();
         Ok(out)
     }
 
@@ -681,8 +683,16 @@ impl Repository {
             );
         }
 
-        // Purges that step 4 recorded but step 5 did not finish.
+        // Purges that step 4 recorded but step 5 did not finish. A stat per recorded purge
+        // first: the full scan below is only needed when one of those files still exists.
         let history = self.history()?;
+        let leftover = history
+            .purged
+            .iter()
+            .any(|p| p.by_fernetd && key_path(&self.dir, p.number).exists());
+        if !leftover {
+            return Ok(());
+        }
         let scan = self.scan()?;
         let mut finished = Vec::new();
         for (n, k) in scan.keys() {
