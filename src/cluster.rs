@@ -497,11 +497,27 @@ impl Watch {
     }
 }
 
+/// The password from `password_file` (one line; a trailing newline is not part of it).
+fn read_password(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, String> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    let pw = zeroize::Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string());
+    if pw.is_empty() {
+        return Err(format!("{}: empty password file", path.display()));
+    }
+    Ok(pw)
+}
+
 /// A client for one member, checked with a status request within the dial timeout.
 async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(s.dial_timeout)
         .with_timeout(s.request_timeout);
+    if let (Some(user), Some(file)) = (&s.username, &s.password_file) {
+        let pw = read_password(file)?;
+        opts = opts.with_user(user.clone(), pw.as_str());
+    }
     let attempt = async {
         let mut client = Client::connect([endpoint], Some(opts))
             .await

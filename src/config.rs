@@ -72,6 +72,9 @@ pub struct ClusterSection {
     /// How long a dead node keeps its acknowledgements and leadership (default 10s).
     #[serde(default, with = "duration::serde_opt")]
     pub lease_ttl: Option<Duration>,
+    /// etcd authentication: user name, and a file holding the password.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[cluster]` with defaults filled in.
@@ -84,6 +87,8 @@ pub struct ClusterSettings {
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
     pub lease_ttl: Duration,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
@@ -94,6 +99,9 @@ impl ClusterSection {
             return Err(
                 "endpoints: list at least one etcd URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
             );
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            return Err("username and password_file go together".into());
         }
         if self.lease_ttl.is_some_and(|t| t < Duration::from_secs(1)) {
             return Err("lease_ttl: at least 1s".into());
@@ -125,6 +133,8 @@ impl ClusterSection {
             dial_timeout: self.dial_timeout.unwrap_or(Duration::from_secs(5)),
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(5)),
             lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(10)),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
         }
     }
 }

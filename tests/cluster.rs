@@ -1041,3 +1041,70 @@ fn losing_an_etcd_member_changes_nothing_and_losing_quorum_loses_no_key() {
         d.stop();
     }
 }
+
+#[test]
+fn etcd_authentication_with_a_password_file() {
+    let etcd = Etcd::start();
+    etcd.with_client(async |c| {
+        c.user_add("root", "s3cret-pw", None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.auth_enable().await.unwrap();
+    });
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let pw = t.path().join("etcd.pw");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let auth = format!(
+        "username = \"root\"\npassword_file = \"{}\"\n",
+        pw.display()
+    );
+    let ca = config(t.path(), "a.toml", &etcd, &a, &auth);
+    let cb = config(t.path(), "b.toml", &etcd, &b, &auth);
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    assert_eq!(keys(&b), keys(&a));
+
+    std::fs::write(&pw, "wrong\n").unwrap();
+    let out = fernetd(&["--config", cb.to_str().unwrap(), "sync"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("authentication failed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| !l.starts_with("warning:"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("wrong"),
+        "the password must not be echoed: {}",
+        out.stderr
+    );
+
+    let anonymous = config(t.path(), "anon.toml", &etcd, &b, "");
+    let out = fernetd(&["--config", anonymous.to_str().unwrap(), "sync"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    let half = config(t.path(), "half.toml", &etcd, &b, "username = \"root\"\n");
+    let out = fernetd(&["--config", half.to_str().unwrap(), "sync"]);
+    assert!(
+        out.stderr
+            .contains("username and password_file go together"),
+        "{}",
+        out.stderr
+    );
+}
