@@ -383,10 +383,11 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                             })
                             .collect();
                         println!(
-                            "  cluster: {} revision {}, primary {}, {}; nodes: {}",
+                            "  cluster: {} revision {}, primary {}, leader {}, {}; nodes: {}",
                             s.kind,
                             v.revision,
                             v.primary.map_or("none".into(), |p| p.to_string()),
+                            v.leader.as_deref().unwrap_or("none"),
                             if v.in_sync {
                                 "this node in sync"
                             } else {
@@ -607,6 +608,7 @@ async fn cluster_views(
         let view = async {
             let (set, revision) = c.fetch(kind).await.map_err(|e| e.to_string())?;
             let acks = c.acks(kind).await.map_err(|e| e.to_string())?;
+            let leader = c.leader(kind).await.map_err(|e| e.to_string())?;
             let scan = Repository::new(&m.settings.key_repository, None)
                 .scan()
                 .map_err(|e| e.to_string())?;
@@ -615,7 +617,7 @@ async fn cluster_views(
                 .into_iter()
                 .map(|(n, k)| (n, k.fingerprint()))
                 .collect();
-            Ok(status::cluster_view(&local, &set, revision, &acks))
+            Ok(status::cluster_view(&local, &set, revision, &acks, leader))
         }
         .await;
         out.push(view);

@@ -518,6 +518,17 @@ async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<Client, Stri
         let pw = read_password(file)?;
         opts = opts.with_user(user.clone(), pw.as_str());
     }
+    if let Some(ca) = &s.ca_file {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&s.cert_file, &s.key_file) {
+            let key = zeroize::Zeroizing::new(read(key)?);
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, key.as_slice()));
+        }
+        opts = opts.with_tls(tls);
+    }
     let attempt = async {
         let mut client = Client::connect([endpoint], Some(opts))
             .await

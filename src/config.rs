@@ -75,6 +75,11 @@ pub struct ClusterSection {
     /// etcd authentication: user name, and a file holding the password.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// TLS (https:// endpoints): the CA that signed etcd's certificate, and this node's
+    /// client certificate and key (PEM) when etcd requires client certificates.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[cluster]` with defaults filled in.
@@ -89,6 +94,9 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
@@ -99,6 +107,16 @@ impl ClusterSection {
             return Err(
                 "endpoints: list at least one etcd URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
             );
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("cert_file and key_file go together".into());
+        }
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if https && self.ca_file.is_none() {
+            return Err("ca_file: required with https:// endpoints".into());
+        }
+        if !https && (self.ca_file.is_some() || self.cert_file.is_some()) {
+            return Err("endpoints: TLS files are set, so the endpoints must be https://".into());
         }
         if self.username.is_some() != self.password_file.is_some() {
             return Err("username and password_file go together".into());
@@ -135,6 +153,9 @@ impl ClusterSection {
             lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(10)),
             username: self.username.clone(),
             password_file: self.password_file.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
         }
     }
 }

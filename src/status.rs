@@ -195,6 +195,8 @@ pub struct ClusterView {
     /// staged key (the promotion gate waits on those that do not).
     pub nodes: Vec<NodeView>,
     pub gate_waiting_on: Vec<String>,
+    /// The node leading this repository's rotations, if any.
+    pub leader: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +212,7 @@ pub fn cluster_view(
     set: &crate::keyset::KeySet,
     revision: i64,
     acks: &[crate::cluster::Ack],
+    leader: Option<String>,
 ) -> ClusterView {
     let staged = set.keys.get(&0).map(|k| k.fingerprint());
     let nodes: Vec<NodeView> = acks
@@ -231,6 +234,7 @@ pub fn cluster_view(
             .map(|n| n.node.clone())
             .collect(),
         nodes,
+        leader,
     }
 }
 

@@ -632,6 +632,20 @@ fn three_daemons_converge_and_every_token_decrypts_everywhere() {
         "nodes did not converge:\n{}",
         logs.join("\n---\n")
     );
+    let status = fernetd(&[
+        "--config",
+        t.path().join("a.toml").to_str().unwrap(),
+        "status",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let leader = v["cluster"][0]["leader"].as_str().unwrap_or("").to_string();
+    assert!(nodes.contains(&leader.as_str()), "no leader in status: {v}");
+    assert_eq!(
+        v["cluster"][0]["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{v}"
+    );
     let first = try_keys(&dirs[0]).unwrap();
     assert!(
         *first.keys().next_back().unwrap() >= 4,
@@ -1104,6 +1118,63 @@ fn etcd_authentication_with_a_password_file() {
     assert!(
         out.stderr
             .contains("username and password_file go together"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let certs = common::etcd::Certs::make();
+    let etcd = Etcd::start_tls(&certs);
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let tls = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        certs.path("ca.crt").display(),
+        certs.path("client.crt").display(),
+        certs.path("client.key").display()
+    );
+    let ca = config(t.path(), "a.toml", &etcd, &a, &tls);
+    let cb = config(t.path(), "b.toml", &etcd, &b, &tls);
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    assert_eq!(keys(&b), keys(&a));
+    // Without a client certificate etcd refuses the connection; the error is one line.
+    let no_cert = config(
+        t.path(),
+        "n.toml",
+        &etcd,
+        &b,
+        &format!("ca_file = \"{}\"\n", certs.path("ca.crt").display()),
+    );
+    let out = fernetd(&["--config", no_cert.to_str().unwrap(), "sync"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| !l.starts_with("warning:"))
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    let plain = config(t.path(), "p.toml", &etcd, &b, "")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = fernetd(&["--config", &plain, "sync"]);
+    assert!(
+        out.stderr
+            .contains("ca_file: required with https:// endpoints"),
         "{}",
         out.stderr
     );

@@ -220,3 +220,141 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// Test certificates made with the openssl tool: a CA, a server certificate for 127.0.0.1 and
+/// a client certificate, all valid for a day.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn make() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=fernetd-test-ca",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for who in ["server", "client"] {
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{who}.key"),
+                    "-out",
+                    &format!("{who}.csr"),
+                    "-subj",
+                    &format!("/CN={who}"),
+                ],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.crt"),
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{who}.ext"),
+            ]);
+        }
+        Certs { dir }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Etcd {
+    /// A member that serves clients over TLS only and requires client certificates.
+    pub fn start_tls(certs: &Certs) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let c = format!("https://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "n0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("n0={p}")])
+            .arg("--cert-file")
+            .arg(certs.path("server.crt"))
+            .arg("--key-file")
+            .arg(certs.path("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(certs.path("ca.crt"))
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let e = Etcd {
+            child,
+            endpoint: c,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !e.log().contains("ready to serve client requests") {
+            assert!(
+                Instant::now() < deadline,
+                "etcd (TLS) did not start: {}",
+                e.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+}
