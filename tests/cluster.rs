@@ -20,6 +20,18 @@ fn config(dir: &Path, name: &str, etcd: &Etcd, repo: &Path, extra: &str) -> std:
     p
 }
 
+/// `fernetd --config CFG cluster init --from DIR`, which must succeed.
+fn init_from(cfg: &Path, dir: &Path) -> Run {
+    fernetd_ok(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        dir.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn init_refuses_a_non_empty_prefix_unless_forced_and_sync_reproduces_the_repository() {
     let etcd = Etcd::start();
@@ -1075,14 +1087,7 @@ fn etcd_authentication_with_a_password_file() {
     );
     let ca = config(t.path(), "a.toml", &etcd, &a, &auth);
     let cb = config(t.path(), "b.toml", &etcd, &b, &auth);
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        a.to_str().unwrap(),
-    ]);
+    init_from(&ca, &a);
     fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
     assert_eq!(keys(&b), keys(&a));
 
@@ -1138,14 +1143,7 @@ fn tls_with_client_certificates() {
     );
     let ca = config(t.path(), "a.toml", &etcd, &a, &tls);
     let cb = config(t.path(), "b.toml", &etcd, &b, &tls);
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        a.to_str().unwrap(),
-    ]);
+    init_from(&ca, &a);
     fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
     assert_eq!(keys(&b), keys(&a));
     // Without a client certificate etcd refuses the connection; the error is one line.

@@ -35,6 +35,37 @@ fn healthy(port: u16) -> bool {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        let e = Etcd::launch(None);
+        let port: u16 = e.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !healthy(port) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy: {}",
+                e.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+
+    /// A member that serves clients over TLS only and requires client certificates.
+    pub fn start_tls(certs: &Certs) -> Etcd {
+        let e = Etcd::launch(Some(certs));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !e.log().contains("ready to serve client requests") {
+            assert!(
+                Instant::now() < deadline,
+                "etcd (TLS) did not start: {}",
+                e.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        e
+    }
+
+    /// One member on random loopback ports with a temporary data directory.
+    fn launch(tls: Option<&Certs>) -> Etcd {
         let ok = Command::new("etcd")
             .arg("--version")
             .output()
@@ -46,10 +77,11 @@ impl Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let c = format!("http://127.0.0.1:{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let c = format!("{scheme}://127.0.0.1:{client}");
         let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "n0", "--data-dir"])
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "n0", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
             .args([
@@ -63,26 +95,26 @@ impl Etcd {
                 &format!("n0={p}"),
                 "--initial-cluster-state",
                 "new",
-            ])
+            ]);
+        if let Some(certs) = tls {
+            cmd.arg("--cert-file")
+                .arg(certs.path("server.crt"))
+                .arg("--key-file")
+                .arg(certs.path("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(certs.path("ca.crt"))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd");
-        let e = Etcd {
+        Etcd {
             child,
             endpoint: c,
             dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !healthy(client) {
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become healthy: {}",
-                e.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        e
     }
 
     pub fn log(&self) -> String {
@@ -308,53 +340,5 @@ impl Certs {
 
     pub fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
-    }
-}
-
-impl Etcd {
-    /// A member that serves clients over TLS only and requires client certificates.
-    pub fn start_tls(certs: &Certs) -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let c = format!("https://127.0.0.1:{client}");
-        let p = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "n0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args(["--initial-cluster", &format!("n0={p}")])
-            .arg("--cert-file")
-            .arg(certs.path("server.crt"))
-            .arg("--key-file")
-            .arg(certs.path("server.key"))
-            .arg("--trusted-ca-file")
-            .arg(certs.path("ca.crt"))
-            .arg("--client-cert-auth")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
-        let e = Etcd {
-            child,
-            endpoint: c,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !e.log().contains("ready to serve client requests") {
-            assert!(
-                Instant::now() < deadline,
-                "etcd (TLS) did not start: {}",
-                e.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
     }
 }
