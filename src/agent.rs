@@ -37,37 +37,31 @@ pub struct AgentConfig {
     pub params: RotateParams,
 }
 
-/// What the agent tells the daemon loop.
+/// What the agent tells the daemon loop, sent with the repository's index.
 #[derive(Debug, Clone)]
 pub enum Report {
     /// The key set at `revision` is on disk and acknowledged.
     InStep {
-        index: usize,
         revision: i64,
     },
     /// The local repository was changed to match the cluster: following a new key set, or
     /// (`undone`) reverting a local change to the set already applied.
     Applied {
-        index: usize,
         changes: Vec<String>,
         undone: bool,
     },
     Leading {
-        index: usize,
         leading: bool,
     },
     Rotated {
-        index: usize,
         revision: i64,
         primary: u64,
     },
     GateWaiting {
-        index: usize,
         nodes: Vec<String>,
     },
     /// The session ended; the node serves its current keys until the next one.
     Degraded {
-        index: usize,
         reason: String,
     },
 }
@@ -76,16 +70,18 @@ pub enum Report {
 pub async fn run(
     cfg: AgentConfig,
     mut drift: UnboundedReceiver<()>,
-    reports: UnboundedSender<Report>,
+    reports: UnboundedSender<(usize, Report)>,
 ) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let started = Instant::now();
         let err = session(&cfg, &mut drift, &reports).await;
-        let _ = reports.send(Report::Degraded {
-            index: cfg.index,
-            reason: err.to_string(),
-        });
+        let _ = reports.send((
+            cfg.index,
+            Report::Degraded {
+                reason: err.to_string(),
+            },
+        ));
         if started.elapsed() > MAX_BACKOFF * 3 {
             backoff = Duration::from_millis(250);
         }
@@ -109,7 +105,7 @@ enum SessionError {
 async fn session(
     cfg: &AgentConfig,
     drift: &mut UnboundedReceiver<()>,
-    reports: &UnboundedSender<Report>,
+    reports: &UnboundedSender<(usize, Report)>,
 ) -> SessionError {
     match session_inner(cfg, drift, reports).await {
         Ok(never) => match never {},
@@ -122,7 +118,7 @@ enum Never {}
 async fn session_inner(
     cfg: &AgentConfig,
     drift: &mut UnboundedReceiver<()>,
-    reports: &UnboundedSender<Report>,
+    reports: &UnboundedSender<(usize, Report)>,
 ) -> Result<Never, SessionError> {
     let (index, kind, node) = (cfg.index, cfg.kind, cfg.cluster.node.as_str());
     let mut c = Cluster::connect(&cfg.cluster).await?;
@@ -150,14 +146,10 @@ async fn session_inner(
     let mut leading = false;
     loop {
         let (set, revision) = c.fetch(kind).await?;
-        let scan = cfg.repo.scan().ok();
-        let local: std::collections::BTreeMap<u64, crate::key::Fingerprint> = scan
-            .map(|s| {
-                s.keys()
-                    .into_iter()
-                    .map(|(n, k)| (n, k.fingerprint()))
-                    .collect()
-            })
+        let local = cfg
+            .repo
+            .scan()
+            .map(|s| s.fingerprints())
             .unwrap_or_default();
         if local != set.fingerprints() {
             let out = cfg.repo.apply(&set)?;
@@ -165,11 +157,7 @@ async fn session_inner(
             changes.extend(out.notes);
             // Same revision as already acknowledged: someone changed the files here.
             let undone = acked.is_some_and(|(r, _)| r == revision);
-            let _ = reports.send(Report::Applied {
-                index,
-                changes,
-                undone,
-            });
+            let _ = reports.send((index, Report::Applied { changes, undone }));
         }
         let staged = match set.keys.get(&0) {
             Some(k) => k.fingerprint(),
@@ -183,12 +171,12 @@ async fn session_inner(
             };
             c.acknowledge(kind, &ack, lease.id).await?;
             acked = Some((revision, staged));
-            let _ = reports.send(Report::InStep { index, revision });
+            let _ = reports.send((index, Report::InStep { revision }));
         }
         let now_leading = c.campaign(kind, node, lease.id).await?;
         if now_leading != leading {
             leading = now_leading;
-            let _ = reports.send(Report::Leading { index, leading });
+            let _ = reports.send((index, Report::Leading { leading }));
         }
         // Far enough that only the watch, a keep-alive or drift wakes the loop.
         let mut wake = Instant::now() + Duration::from_secs(3600);
@@ -199,15 +187,17 @@ async fn session_inner(
                 if due <= now {
                     match c.rotate(kind, &cfg.params, now).await {
                         Ok(r) => {
-                            let _ = reports.send(Report::Rotated {
+                            let _ = reports.send((
                                 index,
-                                revision: r.revision,
-                                primary: r.decision.new_primary,
-                            });
+                                Report::Rotated {
+                                    revision: r.revision,
+                                    primary: r.decision.new_primary,
+                                },
+                            ));
                             continue;
                         }
                         Err(ClusterError::GateWaiting { nodes, .. }) => {
-                            let _ = reports.send(Report::GateWaiting { index, nodes });
+                            let _ = reports.send((index, Report::GateWaiting { nodes }));
                             wake = Instant::now() + GATE_RETRY;
                         }
                         Err(e) => return Err(e.into()),

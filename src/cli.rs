@@ -322,12 +322,9 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
             };
             let config = cli.config.clone();
             let settings = DaemonSettings::resolve(&flags, config.as_deref(), now)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(crate::daemon::run(settings, move || {
+            block_on(crate::daemon::run(settings, move || {
                 DaemonSettings::resolve(&flags, config.as_deref(), chrono::Utc::now())
-            }))?;
+            }))??;
             Ok(0)
         }
         Command::Status(a) => {
@@ -612,11 +609,7 @@ async fn cluster_views(
             let scan = Repository::new(&m.settings.key_repository, None)
                 .scan()
                 .map_err(|e| e.to_string())?;
-            let local = scan
-                .keys()
-                .into_iter()
-                .map(|(n, k)| (n, k.fingerprint()))
-                .collect();
+            let local = scan.fingerprints();
             Ok(status::cluster_view(&local, &set, revision, &acks, leader))
         }
         .await;

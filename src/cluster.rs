@@ -135,6 +135,16 @@ impl Cluster {
         format!("{}/{}/keyset", self.prefix, kind.name())
     }
 
+    /// The leased key naming the node that leads a repository's rotations.
+    fn leader_key(&self, kind: Kind) -> String {
+        format!("{}/{}/leader", self.prefix, kind.name())
+    }
+
+    /// Where the nodes' acknowledgements for a repository live, one key per node.
+    fn acks_prefix(&self, kind: Kind) -> String {
+        format!("{}/{}/acks/", self.prefix, kind.name())
+    }
+
     async fn bounded<T, E: std::fmt::Display>(
         &self,
         what: &str,
@@ -200,7 +210,7 @@ impl Cluster {
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
     /// that has applied nothing).
     pub async fn acks(&mut self, kind: Kind) -> Result<Vec<Ack>, ClusterError> {
-        let prefix = format!("{}/{}/acks/", self.prefix, kind.name());
+        let prefix = self.acks_prefix(kind);
         let mut client = self.client.clone();
         let resp = self
             .bounded(
@@ -316,7 +326,7 @@ impl Cluster {
         ack: &Ack,
         lease: i64,
     ) -> Result<(), ClusterError> {
-        let key = format!("{}/{}/acks/{}", self.prefix, kind.name(), ack.node);
+        let key = format!("{}{}", self.acks_prefix(kind), ack.node);
         let value = serde_json::to_vec(ack).unwrap_or_default();
         let mut client = self.client.clone();
         self.bounded(
@@ -339,7 +349,7 @@ impl Cluster {
         node: &str,
         lease: i64,
     ) -> Result<bool, ClusterError> {
-        let key = format!("{}/{}/leader", self.prefix, kind.name());
+        let key = self.leader_key(kind);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -366,7 +376,7 @@ impl Cluster {
 
     /// Who leads a repository's rotations, if anyone.
     pub async fn leader(&mut self, kind: Kind) -> Result<Option<String>, ClusterError> {
-        let key = format!("{}/{}/leader", self.prefix, kind.name());
+        let key = self.leader_key(kind);
         let mut client = self.client.clone();
         let resp = self
             .bounded(&format!("read {key}"), client.get(key, None))
@@ -384,7 +394,7 @@ impl Cluster {
     pub async fn watch(&mut self, kind: Kind, from_revision: i64) -> Result<Watch, ClusterError> {
         // "keyset" and "leader" sort next to each other: one range covers both.
         let start = self.keyset_key(kind);
-        let end = format!("{}/{}/leader\0", self.prefix, kind.name());
+        let end = format!("{}\0", self.leader_key(kind));
         let mut client = self.client.clone();
         let stream = self
             .bounded(

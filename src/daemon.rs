@@ -128,7 +128,7 @@ struct Daemon {
     ready_sent: bool,
     last_status: String,
     cluster: Option<ClusterSettings>,
-    agent_tx: UnboundedSender<Report>,
+    agent_tx: UnboundedSender<(usize, Report)>,
 }
 
 /// Runs until SIGTERM or SIGINT. `reload` re-reads the configuration on SIGHUP; an error keeps
@@ -174,7 +174,7 @@ pub async fn run(
             _ = hup.recv() => d.reload(reload()),
             Some(change) = fs_rx.recv() => d.on_change(change),
             Some((generation, index, ok)) = pre_rx.recv() => d.on_pre_rotate(generation, index, ok),
-            Some(report) = agent_rx.recv() => d.on_agent(report),
+            Some((index, report)) = agent_rx.recv() => d.on_agent(index, report),
             _ = tokio::time::sleep_until(wake) => d.on_timer(),
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => systemd::watchdog(),
         }
@@ -295,15 +295,7 @@ impl Daemon {
         s.drift = Some(drift_tx);
     }
 
-    fn on_agent(&mut self, r: Report) {
-        let index = match &r {
-            Report::InStep { index, .. }
-            | Report::Applied { index, .. }
-            | Report::Leading { index, .. }
-            | Report::Rotated { index, .. }
-            | Report::GateWaiting { index, .. }
-            | Report::Degraded { index, .. } => *index,
-        };
+    fn on_agent(&mut self, index: usize, r: Report) {
         let Some(s) = self.slots.get_mut(index) else {
             return;
         };

@@ -206,7 +206,7 @@ impl Repository {
         now: DateTime<Utc>,
         owner: Option<Owner>,
     ) -> Result<Vec<u64>> {
-        let disk = fingerprints(scan);
+        let disk = scan.fingerprints();
         let rotated_elsewhere = history
             .keys
             .get(&0)
@@ -349,7 +349,7 @@ impl Repository {
                 .push("initialized: key 1 (primary) and key 0 (staged)".into());
         } else {
             ensure_writable(&scan)?;
-            let notes = history.reconcile(&fingerprints(&scan), now);
+            let notes = history.reconcile(&scan.fingerprints(), now);
             describe_observations(&notes, &mut out);
             self.save_history(&history, owner)?;
             let keys = scan.keys();
@@ -388,7 +388,7 @@ impl Repository {
             }
         };
         let mut history = self.history()?;
-        let notes = history.reconcile(&fingerprints(&scan), now);
+        let notes = history.reconcile(&scan.fingerprints(), now);
         describe_observations(&notes, &mut out);
 
         let numbers: Vec<u64> = keys.keys().copied().collect();
@@ -453,7 +453,7 @@ impl Repository {
         let scan = self.scan()?;
         let history = self.history()?;
         // A corrupted key drops out of the fingerprints, so this also catches corruption.
-        if same_keys(&fingerprints(&scan), &history) {
+        if same_keys(&scan.fingerprints(), &history) {
             return Ok(Observed {
                 report: crate::check::check(&scan, self.owner),
                 changes: Vec::new(),
@@ -474,7 +474,7 @@ impl Repository {
             }
         }
         let before = history.clone();
-        let changes = history.reconcile(&fingerprints(&scan), now);
+        let changes = history.reconcile(&scan.fingerprints(), now);
         let retention_violations = changes
             .iter()
             .filter_map(|c| match c {
@@ -519,7 +519,7 @@ impl Repository {
         let scan = self.scan()?;
         ensure_writable(&scan)?;
         let mut history = self.history()?;
-        history.reconcile(&fingerprints(&scan), now);
+        history.reconcile(&scan.fingerprints(), now);
         self.save_history(&history, owner)?;
         let set = crate::keyset::KeySet {
             keys: scan
@@ -552,7 +552,7 @@ impl Repository {
         }
         let (owner, _lock) = self.begin_write(&mut out)?;
         let scan = self.scan()?;
-        let disk = fingerprints(&scan);
+        let disk = scan.fingerprints();
         let mut written = Vec::new();
         let order = set
             .keys
@@ -766,13 +766,6 @@ fn same_keys(disk: &BTreeMap<u64, Fingerprint>, history: &History) -> bool {
 
 fn generate() -> Result<Key> {
     Key::generate().map_err(|e| Error::Random(e.to_string()))
-}
-
-fn fingerprints(scan: &Scan) -> BTreeMap<u64, Fingerprint> {
-    scan.keys()
-        .into_iter()
-        .map(|(n, k)| (n, k.fingerprint()))
-        .collect()
 }
 
 /// Refuses to write over anything fernetd would misread or Keystone would misload.

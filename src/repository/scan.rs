@@ -145,6 +145,14 @@ impl Scan {
             .collect()
     }
 
+    /// Valid keys by number, as fingerprints: what is compared with history or a key set.
+    pub fn fingerprints(&self) -> BTreeMap<u64, crate::key::Fingerprint> {
+        self.keys()
+            .into_iter()
+            .map(|(n, k)| (n, k.fingerprint()))
+            .collect()
+    }
+
     /// Entries Keystone would load as keys (any `int()`-accepted regular file).
     pub fn key_entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|e| {
