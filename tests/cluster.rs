@@ -73,16 +73,7 @@ fn init_refuses_a_non_empty_prefix_unless_forced_and_sync_reproduces_the_reposit
         "{}",
         again.stderr
     );
-    assert_eq!(
-        again
-            .stderr
-            .lines()
-            .filter(|l| !l.starts_with("warning:"))
-            .count(),
-        1,
-        "{}",
-        again.stderr
-    );
+    assert_eq!(again.error_lines(), 1, "{}", again.stderr);
     fernetd_ok(&[
         "--config",
         ca,
@@ -329,15 +320,7 @@ fn cluster_errors_are_one_line() {
         "{}",
         out.stderr
     );
-    assert_eq!(
-        out.stderr
-            .lines()
-            .filter(|l| !l.starts_with("warning:"))
-            .count(),
-        1,
-        "{}",
-        out.stderr
-    );
+    assert_eq!(out.error_lines(), 1, "{}", out.stderr);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert_eq!(snapshot(&repo), before);
     let bad = t.path().join("bad.toml");
@@ -1099,15 +1082,7 @@ fn etcd_authentication_with_a_password_file() {
         "{}",
         out.stderr
     );
-    assert_eq!(
-        out.stderr
-            .lines()
-            .filter(|l| !l.starts_with("warning:"))
-            .count(),
-        1,
-        "{}",
-        out.stderr
-    );
+    assert_eq!(out.error_lines(), 1, "{}", out.stderr);
     assert!(
         !out.stderr.contains("wrong"),
         "the password must not be echoed: {}",
@@ -1156,15 +1131,7 @@ fn tls_with_client_certificates() {
     );
     let out = fernetd(&["--config", no_cert.to_str().unwrap(), "sync"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
-    assert_eq!(
-        out.stderr
-            .lines()
-            .filter(|l| !l.starts_with("warning:"))
-            .count(),
-        1,
-        "{}",
-        out.stderr
-    );
+    assert_eq!(out.error_lines(), 1, "{}", out.stderr);
     let plain = config(t.path(), "p.toml", &etcd, &b, "")
         .to_str()
         .unwrap()

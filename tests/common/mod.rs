@@ -18,6 +18,14 @@ pub struct Run {
 }
 
 impl Run {
+    /// stderr lines other than `warning:` ones: an error must be exactly one.
+    pub fn error_lines(&self) -> usize {
+        self.stderr
+            .lines()
+            .filter(|l| !l.starts_with("warning:"))
+            .count()
+    }
+
     pub fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
