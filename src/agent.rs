@@ -4,16 +4,16 @@
 //!
 //! A session: connect, take a lease, bootstrap (the first node proposes a key set: its
 //! repository's, or a fresh one held in memory, through a transaction only one node wins; no
-//! node writes keys of its own before the cluster agreed), then loop: fetch → apply (writes
-//! before removals) → acknowledge → campaign → if leading and due, rotate behind the promotion
-//! gate → wait for a change under the repository's prefix, the next deadline, a keep-alive or a
-//! local change. Any error ends the session: the node keeps serving the keys it has, never
+//! node writes keys of its own before the cluster agreed), read the key set once, then loop:
+//! apply (writes before removals) → acknowledge → campaign if nobody leads → if leading and
+//! due, rotate behind the promotion gate → wait for the watch (which carries each new key set
+//! and leadership change), the next deadline, a keep-alive or a local change. Any error ends the session: the node keeps serving the keys it has, never
 //! rotates on its own, reports itself degraded, and starts a new session after a backoff,
 //! re-reading everything (so a compacted watch is simply re-established).
 //!
 //! The agent reports to the daemon loop through a channel; it never touches the loop's state.
 
-use crate::cluster::{Ack, Cluster, ClusterError};
+use crate::cluster::{Ack, Change, Cluster, ClusterError};
 use crate::config::{ClusterSettings, Kind};
 use crate::keyset::KeySet;
 use crate::repository::{Repository, RotateParams};
@@ -56,6 +56,8 @@ pub enum Report {
     Rotated {
         revision: i64,
         primary: u64,
+        /// When the committing transaction was sent.
+        sent: chrono::DateTime<Utc>,
     },
     GateWaiting {
         nodes: Vec<String>,
@@ -139,20 +141,24 @@ async fn session_inner(
     };
     c.acknowledge(kind, &presence, lease.id).await?;
     bootstrap(cfg, &mut c).await?;
-    let (_, revision) = c.fetch(kind).await?;
-    let mut watch = c.watch(kind, revision + 1).await?;
+    // From here on the watch brings every later key set, in order: a node reads the set once
+    // per session, not once per change (every node would otherwise ask etcd at the same
+    // moment, right after each rotation).
+    let (set, revision, store) = c.snapshot(kind).await?;
+    let mut watch = c.watch(kind, store + 1).await?;
+    let mut view = View::new(set, revision);
     let mut keepalive = tokio::time::interval(cfg.cluster.lease_ttl / 3);
     let mut acked: Option<(i64, crate::key::Fingerprint)> = None;
-    let mut leading = false;
     loop {
-        let (set, revision) = c.fetch(kind).await?;
+        let View { set, revision, .. } = &view;
+        let revision = *revision;
         let local = cfg
             .repo
             .scan()
             .map(|s| s.fingerprints())
             .unwrap_or_default();
         if local != set.fingerprints() {
-            let out = cfg.repo.apply(&set)?;
+            let out = cfg.repo.apply(set)?;
             let mut changes = out.warnings;
             changes.extend(out.notes);
             // Same revision as already acknowledged: someone changed the files here.
@@ -173,16 +179,18 @@ async fn session_inner(
             acked = Some((revision, staged));
             let _ = reports.send((index, Report::InStep { revision }));
         }
-        let now_leading = c.campaign(kind, node, lease.id).await?;
-        if now_leading != leading {
-            leading = now_leading;
-            let _ = reports.send((index, Report::Leading { leading }));
+        if view.campaign {
+            view.campaign = false;
+            let won = c.campaign(kind, node, lease.id).await?;
+            if let Some(leading) = view.lead(won) {
+                let _ = reports.send((index, Report::Leading { leading }));
+            }
         }
         // Far enough that only the watch, a keep-alive or drift wakes the loop.
         let mut wake = Instant::now() + Duration::from_secs(3600);
-        if leading {
+        if view.leading {
             let now = Utc::now();
-            let last = set.history.last_rotation.unwrap_or(now);
+            let last = view.set.history.last_rotation.unwrap_or(now);
             if let Some(due) = cfg.schedule.next_after(last) {
                 if due <= now {
                     match c.rotate(kind, &cfg.params, now).await {
@@ -192,8 +200,10 @@ async fn session_inner(
                                 Report::Rotated {
                                     revision: r.revision,
                                     primary: r.decision.new_primary,
+                                    sent: r.sent,
                                 },
                             ));
+                            view.committed(r.set, r.revision);
                             continue;
                         }
                         Err(ClusterError::GateWaiting { nodes, .. }) => {
@@ -209,10 +219,70 @@ async fn session_inner(
             }
         }
         tokio::select! {
-            r = watch.changed() => r?,
+            r = watch.changes() => {
+                for change in r? {
+                    if let Some(leading) = view.absorb(change, node, lease.id) {
+                        let _ = reports.send((index, Report::Leading { leading }));
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(wake) => {}
             _ = keepalive.tick() => lease.refresh().await?,
             Some(()) = drift.recv() => {}
+        }
+    }
+}
+
+/// What a session knows of the cluster: the newest key set it has seen, and the leadership.
+/// Pure, so the way watched changes fold in is tested without etcd.
+struct View {
+    set: KeySet,
+    revision: i64,
+    leading: bool,
+    /// Whether to campaign: at the start and whenever the leadership is seen vacant, not on
+    /// every change (a campaign is a write, which every node would otherwise make per rotation).
+    campaign: bool,
+}
+
+impl View {
+    fn new(set: KeySet, revision: i64) -> View {
+        View {
+            set,
+            revision,
+            leading: false,
+            campaign: true,
+        }
+    }
+
+    /// This node committed `set` at `revision` itself.
+    fn committed(&mut self, set: KeySet, revision: i64) {
+        if revision > self.revision {
+            (self.set, self.revision) = (set, revision);
+        }
+    }
+
+    /// The outcome of a campaign; the new leadership when it changed.
+    fn lead(&mut self, leading: bool) -> Option<bool> {
+        (self.leading != leading).then(|| {
+            self.leading = leading;
+            leading
+        })
+    }
+
+    /// Folds in one watched change; the new leadership when it changed.
+    fn absorb(&mut self, change: Change, node: &str, lease: i64) -> Option<bool> {
+        match change {
+            // Not newer than what this node holds: its own rotation got ahead of events still
+            // queued. Taking one would step the repository back.
+            Change::KeySet { set, revision } => {
+                self.committed(set, revision);
+                None
+            }
+            Change::Leader { node: n, lease: l } => self.lead(n == node && l == lease),
+            Change::NoLeader => {
+                self.campaign = true;
+                self.lead(false)
+            }
         }
     }
 }
@@ -253,5 +323,109 @@ async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionErro
         // Another node bootstrapped first: its key set wins.
         Err(ClusterError::Exists { .. }) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set() -> KeySet {
+        KeySet::fresh(Utc::now()).unwrap()
+    }
+
+    #[test]
+    fn a_key_set_older_than_the_one_held_is_ignored() {
+        let (old, new) = (set(), set());
+        let mut v = View::new(old.clone(), 10);
+        v.committed(new.clone(), 12);
+        // Events queued before this node's own commit at 12 arrive after it.
+        assert_eq!(
+            v.absorb(
+                Change::KeySet {
+                    set: old.clone(),
+                    revision: 11
+                },
+                "a",
+                1
+            ),
+            None
+        );
+        assert_eq!(
+            v.absorb(
+                Change::KeySet {
+                    set: old,
+                    revision: 12
+                },
+                "a",
+                1
+            ),
+            None
+        );
+        assert_eq!((v.set.fingerprints(), v.revision), (new.fingerprints(), 12));
+        let newer = set();
+        v.absorb(
+            Change::KeySet {
+                set: newer.clone(),
+                revision: 13,
+            },
+            "a",
+            1,
+        );
+        assert_eq!(
+            (v.set.fingerprints(), v.revision),
+            (newer.fingerprints(), 13)
+        );
+    }
+
+    #[test]
+    fn leadership_follows_the_leader_key_and_a_vacancy_calls_a_campaign() {
+        let mut v = View::new(set(), 1);
+        assert!(v.campaign);
+        v.campaign = false;
+        assert_eq!(v.lead(true), Some(true));
+        assert_eq!(v.lead(true), None);
+        // Its own claim, seen through the watch: no change.
+        assert_eq!(
+            v.absorb(
+                Change::Leader {
+                    node: "a".into(),
+                    lease: 7
+                },
+                "a",
+                7
+            ),
+            None
+        );
+        // The same name under another lease is an earlier session of this node, not this one.
+        assert_eq!(
+            v.absorb(
+                Change::Leader {
+                    node: "a".into(),
+                    lease: 6
+                },
+                "a",
+                7
+            ),
+            Some(false)
+        );
+        assert!(!v.campaign);
+        assert_eq!(v.absorb(Change::NoLeader, "a", 7), None);
+        assert!(v.campaign);
+        v.campaign = false;
+        v.lead(true);
+        assert_eq!(
+            v.absorb(
+                Change::Leader {
+                    node: "b".into(),
+                    lease: 9
+                },
+                "a",
+                7
+            ),
+            Some(false)
+        );
+        assert_eq!(v.absorb(Change::NoLeader, "a", 7), None);
+        assert!(v.campaign);
     }
 }

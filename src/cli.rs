@@ -450,7 +450,7 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                         .collect();
                     println!("purged {}", p.join(", "));
                 }
-                let keys: Vec<String> = r.keys.iter().map(u64::to_string).collect();
+                let keys: Vec<String> = r.set.keys.keys().map(u64::to_string).collect();
                 println!(
                     "keys: {} (primary {}, staged 0)",
                     keys.join(" "),

@@ -13,6 +13,7 @@ use etcd_client::{
     TxnOp, WatchOptions, WatchStream,
 };
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,10 @@ pub struct Ack {
 pub struct Rotated {
     pub revision: i64,
     pub decision: crate::rotation::Decision,
-    pub keys: Vec<u64>,
+    /// The key set as committed.
+    pub set: KeySet,
+    /// When the committing transaction was sent: the commit happened after it.
+    pub sent: chrono::DateTime<chrono::Utc>,
 }
 
 /// How often a rotation re-reads and retries when another writer committed first.
@@ -75,7 +79,7 @@ const MAX_ATTEMPTS: u32 = 50;
 pub struct Cluster {
     client: Client,
     prefix: String,
-    seal: Option<SealKey>,
+    seal: Option<Arc<SealKey>>,
     timeout: Duration,
     endpoints: String,
 }
@@ -94,10 +98,12 @@ impl Cluster {
     pub async fn connect(s: &ClusterSettings) -> Result<Cluster, ClusterError> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let seal = match &s.seal_key_file {
-            Some(p) => Some(SealKey::load(p).map_err(|e| ClusterError::Connect {
-                endpoints: s.endpoints.join(","),
-                reason: e.to_string(),
-            })?),
+            Some(p) => Some(Arc::new(SealKey::load(p).map_err(|e| {
+                ClusterError::Connect {
+                    endpoints: s.endpoints.join(","),
+                    reason: e.to_string(),
+                }
+            })?)),
             None => None,
         };
         let n = s.endpoints.len().max(1);
@@ -172,7 +178,7 @@ impl Cluster {
         force: bool,
     ) -> Result<i64, ClusterError> {
         let key = self.keyset_key(kind);
-        let value = seal::seal_value(self.seal.as_ref(), &set.encode(), key.as_bytes()).map_err(
+        let value = seal::seal_value(self.seal.as_deref(), &set.encode(), key.as_bytes()).map_err(
             |source| ClusterError::Seal {
                 key: key.clone(),
                 source,
@@ -270,7 +276,7 @@ impl Cluster {
             let new_key =
                 crate::key::Key::generate().map_err(|e| ClusterError::Random(e.to_string()))?;
             let (next, decision) = set.rotate(new_key, params, now);
-            let value = seal::seal_value(self.seal.as_ref(), &next.encode(), key.as_bytes())
+            let value = seal::seal_value(self.seal.as_deref(), &next.encode(), key.as_bytes())
                 .map_err(|source| ClusterError::Seal {
                     key: key.clone(),
                     source,
@@ -283,6 +289,7 @@ impl Cluster {
                 )])
                 .and_then([TxnOp::put(key.clone(), value, None)]);
             let mut client = self.client.clone();
+            let sent = chrono::Utc::now();
             let resp = self
                 .bounded(&format!("rotate {key}"), client.txn(txn))
                 .await?;
@@ -290,7 +297,8 @@ impl Cluster {
                 return Ok(Rotated {
                     revision: resp.header().map(|h| h.revision()).unwrap_or(0),
                     decision,
-                    keys: next.keys.keys().copied().collect(),
+                    set: next,
+                    sent,
                 });
             }
         }
@@ -411,12 +419,22 @@ impl Cluster {
             .await?;
         Ok(Watch {
             stream,
-            prefix: start,
+            keyset_key: start,
+            leader_key: self.leader_key(kind),
+            seal: self.seal.clone(),
         })
     }
 
     /// The repository's key set and its revision, opened and validated.
     pub async fn fetch(&mut self, kind: Kind) -> Result<(KeySet, i64), ClusterError> {
+        self.snapshot(kind)
+            .await
+            .map(|(set, revision, _)| (set, revision))
+    }
+
+    /// Like [`Cluster::fetch`], with the store's revision at the time of the read as well: a
+    /// watch from the one after it sees every later change and nothing older.
+    pub async fn snapshot(&mut self, kind: Kind) -> Result<(KeySet, i64, i64), ClusterError> {
         let key = self.keyset_key(kind);
         let mut client = self.client.clone();
         let resp = self
@@ -426,19 +444,23 @@ impl Cluster {
             .kvs()
             .first()
             .ok_or_else(|| ClusterError::Missing { key: key.clone() })?;
-        let plain =
-            seal::open_value(self.seal.as_ref(), kv.value(), key.as_bytes()).map_err(|source| {
-                ClusterError::Seal {
-                    key: key.clone(),
-                    source,
-                }
-            })?;
-        let set = KeySet::decode(&plain).map_err(|source| ClusterError::KeySet {
-            key: key.clone(),
+        let store = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let set = open(self.seal.as_deref(), &key, kv.value())?;
+        Ok((set, kv.mod_revision(), store.max(kv.mod_revision())))
+    }
+}
+
+/// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
+fn open(seal: Option<&SealKey>, key: &str, value: &[u8]) -> Result<KeySet, ClusterError> {
+    let plain =
+        seal::open_value(seal, value, key.as_bytes()).map_err(|source| ClusterError::Seal {
+            key: key.to_string(),
             source,
         })?;
-        Ok((set, kv.mod_revision()))
-    }
+    KeySet::decode(&plain).map_err(|source| ClusterError::KeySet {
+        key: key.to_string(),
+        source,
+    })
 }
 
 /// A granted lease and its keep-alive stream.
@@ -474,36 +496,83 @@ impl Lease {
     }
 }
 
-/// Changes under a repository's prefix, as fernetd's own event.
+/// A change to a repository's key set or leadership, as fernetd's own event.
+#[derive(Debug)]
+pub enum Change {
+    /// A key set was committed at `revision` (opened and validated).
+    KeySet { set: KeySet, revision: i64 },
+    /// The leadership was claimed by `node` under `lease`.
+    Leader { node: String, lease: i64 },
+    /// Nobody leads any more (the leader's lease ended, or the key was deleted).
+    NoLeader,
+}
+
+/// The stream of a repository's changes.
 pub struct Watch {
     stream: WatchStream,
-    prefix: String,
+    keyset_key: String,
+    leader_key: String,
+    seal: Option<Arc<SealKey>>,
 }
 
 impl Watch {
-    /// Waits for the next change. An error (stream ended, compacted, cancelled) means the
-    /// caller must re-read and watch again.
-    pub async fn changed(&mut self) -> Result<(), ClusterError> {
-        let what = format!("watch {}", self.prefix);
-        match self.stream.message().await {
-            Ok(Some(r)) if r.canceled() => Err(ClusterError::Request {
-                what,
+    /// Waits for the next changes, in commit order. A key set carried by an event is opened
+    /// here, so a node applies what the watch brought without reading it again. An error
+    /// (stream ended, compacted, cancelled, key set deleted or unreadable) means the caller
+    /// must re-read and watch again.
+    pub async fn changes(&mut self) -> Result<Vec<Change>, ClusterError> {
+        let what = || format!("watch {}", self.keyset_key);
+        let resp = match self.stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(ClusterError::Request {
+                    what: what(),
+                    reason: "stream ended".into(),
+                })
+            }
+            Err(e) => {
+                return Err(ClusterError::Request {
+                    what: what(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if resp.canceled() {
+            return Err(ClusterError::Request {
+                what: what(),
                 reason: format!(
                     "cancelled (compacted at revision {}): {}",
-                    r.compact_revision(),
-                    r.cancel_reason()
+                    resp.compact_revision(),
+                    resp.cancel_reason()
                 ),
-            }),
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(ClusterError::Request {
-                what,
-                reason: "stream ended".into(),
-            }),
-            Err(e) => Err(ClusterError::Request {
-                what,
-                reason: e.to_string(),
-            }),
+            });
         }
+        let mut out = Vec::new();
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let put = event.event_type() == etcd_client::EventType::Put;
+            if kv.key() == self.keyset_key.as_bytes() {
+                if !put {
+                    return Err(ClusterError::Missing {
+                        key: self.keyset_key.clone(),
+                    });
+                }
+                out.push(Change::KeySet {
+                    set: open(self.seal.as_deref(), &self.keyset_key, kv.value())?,
+                    revision: kv.mod_revision(),
+                });
+            } else if kv.key() == self.leader_key.as_bytes() {
+                out.push(if put {
+                    Change::Leader {
+                        node: String::from_utf8_lossy(kv.value()).into_owned(),
+                        lease: kv.lease(),
+                    }
+                } else {
+                    Change::NoLeader
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
