@@ -333,9 +333,13 @@ impl Daemon {
                 }
             }
             Report::Rotated {
-                revision, primary, ..
+                revision,
+                primary,
+                sent,
             } => {
+                // `sent` lets a reader measure propagation from the commit, not from this line.
                 tracing::info!(
+                    sent = %sent.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     "{kind}: rotated the cluster's key set at revision {revision}: primary {primary}"
                 );
                 s.gate_waiting.clear();
