@@ -59,8 +59,12 @@ pub enum Report {
         /// When the committing transaction was sent.
         sent: chrono::DateTime<Utc>,
     },
+    /// A due rotation is held for `nodes`, which have not applied the staged key.
+    /// `blocking` once it is overdue by the configured gate deadline or more.
     GateWaiting {
         nodes: Vec<String>,
+        overdue: Duration,
+        blocking: bool,
     },
     /// The session ended; the node serves its current keys until the next one.
     Degraded {
@@ -207,7 +211,14 @@ async fn session_inner(
                             continue;
                         }
                         Err(ClusterError::GateWaiting { nodes, .. }) => {
-                            let _ = reports.send((index, Report::GateWaiting { nodes }));
+                            let overdue = (now - due).to_std().unwrap_or_default();
+                            let blocking = overdue >= cfg.cluster.gate_deadline;
+                            let report = Report::GateWaiting {
+                                nodes,
+                                overdue,
+                                blocking,
+                            };
+                            let _ = reports.send((index, report));
                             wake = Instant::now() + GATE_RETRY;
                         }
                         Err(e) => return Err(e.into()),

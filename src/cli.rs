@@ -610,7 +610,12 @@ async fn cluster_views(
                 .scan()
                 .map_err(|e| e.to_string())?;
             let local = scan.fingerprints();
-            Ok(status::cluster_view(&local, &set, revision, &acks, leader))
+            let mut view = status::cluster_view(&local, &set, revision, &acks, leader);
+            let now = chrono::Utc::now();
+            let last = set.history.last_rotation.unwrap_or(now);
+            let due = m.schedule.next_after(last);
+            view.judge_gate(due, cluster.gate_deadline, now);
+            Ok(view)
         }
         .await;
         out.push(view);

@@ -44,7 +44,8 @@ pub enum ClusterError {
     Random(String),
 }
 
-fn nodes_have(nodes: &[String]) -> String {
+/// "node a has" or "nodes a, b have", for messages about lagging nodes.
+pub fn nodes_have(nodes: &[String]) -> String {
     match nodes {
         [one] => format!("node {one} has"),
         many => format!("nodes {} have", many.join(", ")),

@@ -72,6 +72,10 @@ pub struct ClusterSection {
     /// How long a dead node keeps its acknowledgements and leadership (default 10s).
     #[serde(default, with = "duration::serde_opt")]
     pub lease_ttl: Option<Duration>,
+    /// How long past due a rotation may wait for live nodes to apply the staged key before
+    /// the leader reports them as blocking it (default 1m).
+    #[serde(default, with = "duration::serde_opt")]
+    pub gate_deadline: Option<Duration>,
     /// etcd authentication: user name, and a file holding the password.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -92,6 +96,7 @@ pub struct ClusterSettings {
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
     pub lease_ttl: Duration,
+    pub gate_deadline: Duration,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
@@ -100,6 +105,7 @@ pub struct ClusterSettings {
 }
 
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
+pub const DEFAULT_GATE_DEADLINE: Duration = Duration::from_secs(60);
 
 impl ClusterSection {
     fn validate(&self) -> Result<(), String> {
@@ -151,6 +157,7 @@ impl ClusterSection {
             dial_timeout: self.dial_timeout.unwrap_or(Duration::from_secs(5)),
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(5)),
             lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(10)),
+            gate_deadline: self.gate_deadline.unwrap_or(DEFAULT_GATE_DEADLINE),
             username: self.username.clone(),
             password_file: self.password_file.clone(),
             ca_file: self.ca_file.clone(),

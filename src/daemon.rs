@@ -59,7 +59,9 @@ struct Slot {
     in_step: bool,
     leading: bool,
     degraded: Option<String>,
+    /// The nodes a due rotation waits for, and whether they block it (past the gate deadline).
     gate_waiting: Vec<String>,
+    gate_blocking: bool,
 }
 
 impl Drop for Slot {
@@ -99,6 +101,7 @@ impl Slot {
             leading: false,
             degraded: None,
             gate_waiting: Vec::new(),
+            gate_blocking: false,
         }
     }
 
@@ -310,6 +313,7 @@ impl Daemon {
                 s.in_step = true;
                 s.degraded = None;
                 s.gate_waiting.clear();
+                s.gate_blocking = false;
             }
             Report::Applied {
                 changes, undone, ..
@@ -326,6 +330,8 @@ impl Daemon {
             }
             Report::Leading { leading, .. } => {
                 s.leading = leading;
+                s.gate_waiting.clear();
+                s.gate_blocking = false;
                 if leading {
                     tracing::info!("{kind}: leading this repository's rotations");
                 } else {
@@ -343,19 +349,29 @@ impl Daemon {
                     "{kind}: rotated the cluster's key set at revision {revision}: primary {primary}"
                 );
                 s.gate_waiting.clear();
+                s.gate_blocking = false;
                 self.metrics.rotated(kind);
                 if let Some(argv) = self.slots[index].m.settings.hooks.on_rotate.clone() {
                     self.spawn_hook(index, argv, Event::Rotate);
                 }
             }
-            Report::GateWaiting { nodes, .. } => {
-                if nodes != s.gate_waiting {
+            Report::GateWaiting {
+                nodes,
+                overdue,
+                blocking,
+            } => {
+                let who = crate::cluster::nodes_have(&nodes);
+                if blocking && (!s.gate_blocking || nodes != s.gate_waiting) {
                     tracing::warn!(
-                        "{kind}: rotation due but held: waiting for {} to apply the staged key",
-                        nodes.join(", ")
+                        "{kind}: rotation {} overdue, blocked past gate_deadline: {who} not \
+                         applied the staged key; it goes ahead once they do or their lease ends",
+                        crate::duration::format(Duration::from_secs(overdue.as_secs()))
                     );
+                } else if !blocking && nodes != s.gate_waiting {
+                    tracing::info!("{kind}: rotation due, held until {who} applied the staged key");
                 }
                 s.gate_waiting = nodes;
+                s.gate_blocking = blocking;
             }
             Report::Degraded { reason, .. } => {
                 if s.degraded.as_deref() != Some(reason.as_str()) {
@@ -365,6 +381,8 @@ impl Daemon {
                 }
                 s.in_step = false;
                 s.leading = false;
+                s.gate_waiting.clear();
+                s.gate_blocking = false;
                 s.degraded = Some(reason);
             }
         }
@@ -642,7 +660,8 @@ impl Daemon {
                 if let Some(reason) = &s.degraded {
                     sum.problems.push(format!("degraded: {reason}"));
                 }
-                self.metrics.cluster(s.kind, s.in_step, s.leading);
+                self.metrics
+                    .cluster(s.kind, s.in_step, s.leading, s.gate_blocking);
             } else {
                 sum.next_rotation = s.next_rotation;
             }
@@ -665,7 +684,12 @@ impl Daemon {
                     } else {
                         "joining"
                     };
-                    format!("{} {role}", s.kind)
+                    if s.gate_blocking {
+                        let nodes = s.gate_waiting.join(", ");
+                        format!("{} {role}, rotation blocked by {nodes}", s.kind)
+                    } else {
+                        format!("{} {role}", s.kind)
+                    }
                 })
                 .collect();
             line = format!("{line}; cluster: {}", parts.join(", "));

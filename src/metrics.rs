@@ -34,8 +34,15 @@ struct Repo {
     rotations: u64,
     validation_failures: u64,
     healthy: bool,
-    /// Cluster mode only: (in step with etcd, leading rotations).
-    cluster: Option<(bool, bool)>,
+    /// Cluster mode only.
+    cluster: Option<ClusterGauges>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct ClusterGauges {
+    in_step: bool,
+    leading: bool,
+    gate_blocked: bool,
 }
 
 impl Metrics {
@@ -62,8 +69,13 @@ impl Metrics {
         })
     }
 
-    pub fn cluster(&self, kind: &'static str, in_step: bool, leading: bool) {
-        self.with(|i| i.repos.entry(kind).or_default().cluster = Some((in_step, leading)))
+    pub fn cluster(&self, kind: &'static str, in_step: bool, leading: bool, gate_blocked: bool) {
+        let gauges = ClusterGauges {
+            in_step,
+            leading,
+            gate_blocked,
+        };
+        self.with(|i| i.repos.entry(kind).or_default().cluster = Some(gauges))
     }
 
     pub fn rotated(&self, kind: &'static str) {
@@ -164,13 +176,20 @@ impl Metrics {
                 "fernetd_cluster_in_step",
                 "gauge",
                 "Cluster mode: 1 while connected and holding the cluster's key set, else 0.",
-                per_repo(&|r| r.cluster.map(|(s, _)| flag(s))),
+                per_repo(&|r| r.cluster.map(|c| flag(c.in_step))),
             );
             family(
                 "fernetd_cluster_leader",
                 "gauge",
                 "Cluster mode: 1 while this node leads the repository's rotations.",
-                per_repo(&|r| r.cluster.map(|(_, l)| flag(l))),
+                per_repo(&|r| r.cluster.map(|c| flag(c.leading))),
+            );
+            family(
+                "fernetd_cluster_gate_blocked",
+                "gauge",
+                "Cluster mode, on the leader: 1 while a due rotation is held past gate_deadline \
+                 by nodes that have not applied the staged key.",
+                per_repo(&|r| r.cluster.map(|c| flag(c.gate_blocked))),
             );
             let hooks = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, f64)> {
                 i.hooks

@@ -195,6 +195,11 @@ pub struct ClusterView {
     /// staged key (the promotion gate waits on those that do not).
     pub nodes: Vec<NodeView>,
     pub gate_waiting_on: Vec<String>,
+    /// When the next rotation is due (from the cluster's last rotation and this node's
+    /// schedule), and whether it is held past the gate deadline by the nodes above.
+    pub rotation_due: Option<DateTime<Utc>>,
+    pub gate_blocked: bool,
+    pub gate_deadline: Option<std::time::Duration>,
     /// The node leading this repository's rotations, if any.
     pub leader: Option<String>,
 }
@@ -234,7 +239,27 @@ pub fn cluster_view(
             .map(|n| n.node.clone())
             .collect(),
         nodes,
+        rotation_due: None,
+        gate_blocked: false,
+        gate_deadline: None,
         leader,
+    }
+}
+
+impl ClusterView {
+    /// Judges the promotion gate as the leader does: a rotation `due` and held by nodes that
+    /// lack the staged key is blocked once it is `deadline` overdue.
+    pub fn judge_gate(
+        &mut self,
+        due: Option<DateTime<Utc>>,
+        deadline: std::time::Duration,
+        now: DateTime<Utc>,
+    ) {
+        self.rotation_due = due;
+        self.gate_deadline = Some(deadline);
+        let overdue = due.and_then(|d| (now - d).to_std().ok());
+        self.gate_blocked =
+            !self.gate_waiting_on.is_empty() && overdue.is_some_and(|o| o >= deadline);
     }
 }
 
@@ -254,13 +279,86 @@ impl Summary {
                         v.revision
                     ));
                 }
-                if !v.gate_waiting_on.is_empty() {
+                let nodes = v.gate_waiting_on.join(", ");
+                if v.gate_blocked {
+                    self.level = self.level.max(Level::Warning);
+                    let since = v
+                        .rotation_due
+                        .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
+                        .unwrap_or_default();
                     self.problems.push(format!(
-                        "next promotion waits on {}",
-                        v.gate_waiting_on.join(", ")
+                        "rotation due since {since} blocked past gate_deadline {}: {} not \
+                         applied the staged key",
+                        v.gate_deadline
+                            .map(crate::duration::format)
+                            .unwrap_or_default(),
+                        crate::cluster::nodes_have(&v.gate_waiting_on)
                     ));
+                } else if !nodes.is_empty() {
+                    self.problems
+                        .push(format!("next promotion waits on {nodes}"));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Ack;
+    use crate::keyset::KeySet;
+    use std::time::Duration;
+
+    fn view(lagging: bool) -> ClusterView {
+        let now = Utc::now();
+        let set = KeySet::fresh(now).unwrap();
+        let staged = set.keys[&0].fingerprint();
+        let ack = |node: &str, staged| Ack {
+            node: node.into(),
+            revision: 1,
+            staged,
+        };
+        let mut acks = vec![ack("a", staged)];
+        if lagging {
+            acks.push(ack("b", crate::key::Fingerprint::NONE));
+        }
+        cluster_view(&set.fingerprints(), &set, 1, &acks, Some("a".into()))
+    }
+
+    #[test]
+    fn the_gate_blocks_only_when_a_node_lags_past_the_deadline() {
+        let now = Utc::now();
+        let deadline = Duration::from_secs(60);
+        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        let judged = |lagging: bool, due: Option<DateTime<Utc>>| {
+            let mut v = view(lagging);
+            v.judge_gate(due, deadline, now);
+            let mut sum = Summary {
+                kind: Kind::Tokens,
+                path: PathBuf::new(),
+                level: Level::Ok,
+                problems: Vec::new(),
+                keys: Vec::new(),
+                primary: None,
+                primary_since: None,
+                last_rotation: None,
+                next_rotation: None,
+                schedule: String::new(),
+                max_active_keys: 3,
+                required_max_active_keys: 3,
+                safe: None,
+                retained: Vec::new(),
+                findings: Vec::new(),
+            };
+            sum.add_cluster(&Ok(v.clone()));
+            (v.gate_blocked, sum.level)
+        };
+        assert_eq!(judged(true, ago(60)), (true, Level::Warning));
+        assert_eq!(judged(true, ago(59)), (false, Level::Ok));
+        assert_eq!(judged(true, ago(-3600)), (false, Level::Ok));
+        assert_eq!(judged(true, None), (false, Level::Ok));
+        assert_eq!(judged(false, ago(3600)), (false, Level::Ok));
+        assert_eq!(view(true).gate_waiting_on, vec!["b".to_string()]);
     }
 }

@@ -467,6 +467,73 @@ fn promotion_waits_until_every_live_node_holds_the_staged_key() {
 }
 
 #[test]
+fn a_node_lagging_past_the_gate_deadline_is_reported_and_its_lease_end_releases_the_rotation() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let cfg = node_config(t.path(), &etcd, "a");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("gate_deadline = \"3s\"\n[daemon]\nmetrics_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let d = Daemon::start(&["--config", c, "daemon"], &[]);
+    let secs = std::time::Duration::from_secs;
+    assert!(
+        d.wait_log("leading this repository", secs(10)),
+        "{}",
+        d.log()
+    );
+    // Node "b" is alive (its ack is under a lease) but holds an older staged key.
+    let lease = etcd.with_client(async |cl| {
+        let lease = cl.lease_grant(60, None).await.unwrap().id();
+        let ack = serde_json::json!({"node": "b", "revision": 1, "staged": "00000000000000ff"});
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        cl.put("/test/tokens/acks/b", ack.to_string(), Some(opts))
+            .await
+            .unwrap();
+        lease
+    });
+    let held = "rotation due, held until node b has applied the staged key";
+    let blocked = "overdue, blocked past gate_deadline: node b has not applied the staged key";
+    assert!(d.wait_log(held, secs(10)), "{}", d.log());
+    assert!(d.wait_log(blocked, secs(15)), "{}", d.log());
+    let log = d.log();
+    let at = |needle: &str| log.rfind(needle).unwrap();
+    // Reported only after the deadline: the hold was logged first, as a hold.
+    assert!(at(held) < at(blocked), "{log}");
+    let primary = keyset_of(&etcd).primary();
+    let gate_blocked = |v: &str| {
+        d.metrics().lines().any(|l| {
+            l.starts_with("fernetd_cluster_gate_blocked{repository=\"tokens\"") && l.ends_with(v)
+        })
+    };
+    assert!(gate_blocked(" 1"), "{}", d.metrics());
+    let status = fernetd(&["--config", c, "status"]);
+    assert_eq!(status.code, 1, "{}{}", status.stdout, status.stderr);
+    assert!(
+        status
+            .stdout
+            .contains("blocked past gate_deadline 3s: node b has not applied the staged key"),
+        "{}",
+        status.stdout
+    );
+    // b's lease ends (the node died): the held rotation goes ahead.
+    etcd.with_client(async |cl| {
+        cl.lease_revoke(lease).await.unwrap();
+    });
+    assert!(
+        d.wait_for(secs(10), || keyset_of(&etcd).primary() > primary),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_for(secs(5), || gate_blocked(" 0")),
+        "{}",
+        d.metrics()
+    );
+    d.stop();
+}
+
+#[test]
 fn status_shows_the_cluster_and_whether_this_node_follows_it() {
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
