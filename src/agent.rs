@@ -23,6 +23,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
+type Fingerprints = std::collections::BTreeMap<u64, crate::key::Fingerprint>;
+
 /// How soon a held rotation asks the gate again (acknowledgements are not watched).
 const GATE_RETRY: Duration = Duration::from_millis(200);
 /// Longest pause between sessions.
@@ -153,21 +155,34 @@ async fn session_inner(
     let mut view = View::new(set, revision);
     let mut keepalive = tokio::time::interval(cfg.cluster.lease_ttl / 3);
     let mut acked: Option<(i64, crate::key::Fingerprint)> = None;
+    // What the disk holds (the revision and its keys), as last read or written here. The
+    // disk is read again only when the file watcher reports a change, so keep-alives, gate
+    // retries and new key sets cost no extra reading (apply reads it under its lock anyway).
+    let mut on_disk: Option<(i64, Fingerprints)> = None;
+    let mut drifted = true;
     loop {
         let View { set, revision, .. } = &view;
         let revision = *revision;
-        let local = cfg
-            .repo
-            .scan()
-            .map(|s| s.fingerprints())
-            .unwrap_or_default();
-        if local != set.fingerprints() {
-            let out = cfg.repo.apply(set)?;
-            let mut changes = out.warnings;
-            changes.extend(out.notes);
-            // Same revision as already acknowledged: someone changed the files here.
-            let undone = acked.is_some_and(|(r, _)| r == revision);
-            let _ = reports.send((index, Report::Applied { changes, undone }));
+        if drifted {
+            drifted = false;
+            let local = cfg
+                .repo
+                .scan()
+                .map(|s| s.fingerprints())
+                .unwrap_or_default();
+            on_disk = Some((0, local));
+        }
+        if on_disk.as_ref().is_none_or(|(r, _)| *r != revision) {
+            let wanted = set.fingerprints();
+            if on_disk.as_ref().is_none_or(|(_, keys)| *keys != wanted) {
+                let out = cfg.repo.apply(set)?;
+                let mut changes = out.warnings;
+                changes.extend(out.notes);
+                // Same revision as already acknowledged: someone changed the files here.
+                let undone = acked.is_some_and(|(r, _)| r == revision);
+                let _ = reports.send((index, Report::Applied { changes, undone }));
+            }
+            on_disk = Some((revision, wanted));
         }
         let staged = match set.keys.get(&0) {
             Some(k) => k.fingerprint(),
@@ -239,7 +254,7 @@ async fn session_inner(
             }
             _ = tokio::time::sleep_until(wake) => {}
             _ = keepalive.tick() => lease.refresh().await?,
-            Some(()) = drift.recv() => {}
+            Some(()) = drift.recv() => drifted = true,
         }
     }
 }
