@@ -293,6 +293,52 @@ fn tampering_is_reported_within_a_second_naming_the_file() {
 }
 
 #[test]
+fn a_replaced_repository_directory_is_watched_again() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let d = Daemon::start(&args(dir.to_str().unwrap(), "1h", &[]), &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    // A tampered copy moved in place of the directory (as a config management tool would).
+    let new = t.path().join("keys.new");
+    let cp = std::process::Command::new("cp")
+        .args(["-a", dir.to_str().unwrap(), new.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::write(new.join("1"), "not a key").unwrap();
+    std::fs::rename(&dir, t.path().join("keys.old")).unwrap();
+    std::fs::rename(&new, &dir).unwrap();
+    assert!(
+        d.wait_log("/1: not 32 bytes", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    // The new directory is watched: a later change inside it is reported too.
+    std::fs::write(dir.join("0"), "").unwrap();
+    assert!(
+        d.wait_log("/0: empty file", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    // Deleted and created again.
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        d.wait_log("no staged key 0", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("7"), "not a key").unwrap();
+    assert!(
+        d.wait_log("/7: not 32 bytes", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    d.stop();
+}
+
+#[test]
 fn a_key_deleted_inside_its_retention_window_is_a_violation() {
     let _s = serial();
     let t = tempfile::tempdir().unwrap();
