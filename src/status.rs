@@ -58,25 +58,38 @@ pub struct Summary {
     pub findings: Vec<Finding>,
 }
 
+impl Summary {
+    /// An OK summary of `path` that knows nothing yet.
+    fn new(kind: Kind, path: PathBuf) -> Summary {
+        Summary {
+            kind,
+            path,
+            level: Level::Ok,
+            problems: Vec::new(),
+            keys: Vec::new(),
+            primary: None,
+            primary_since: None,
+            last_rotation: None,
+            next_rotation: None,
+            schedule: String::new(),
+            max_active_keys: 0,
+            required_max_active_keys: 0,
+            safe: None,
+            retained: Vec::new(),
+            findings: Vec::new(),
+        }
+    }
+}
+
 /// Reads `m`'s repository (no lock, no write) and judges it.
 pub fn summarize(m: &Managed, now: DateTime<Utc>) -> Summary {
     let s = &m.settings;
     let mut sum = Summary {
-        kind: s.kind,
-        path: s.key_repository.clone(),
-        level: Level::Ok,
-        problems: Vec::new(),
-        keys: Vec::new(),
-        primary: None,
-        primary_since: None,
-        last_rotation: None,
-        next_rotation: None,
         schedule: m.schedule.to_string(),
         max_active_keys: m.max_active_keys,
         required_max_active_keys: m.plan.required_max_active_keys,
         safe: m.plan.safe,
-        retained: Vec::new(),
-        findings: Vec::new(),
+        ..Summary::new(s.kind, s.key_repository.clone())
     };
     let raise = |sum: &mut Summary, level: Level, why: String| {
         sum.level = sum.level.max(level);
@@ -334,23 +347,7 @@ mod tests {
         let judged = |lagging: bool, due: Option<DateTime<Utc>>| {
             let mut v = view(lagging);
             v.judge_gate(due, deadline, now);
-            let mut sum = Summary {
-                kind: Kind::Tokens,
-                path: PathBuf::new(),
-                level: Level::Ok,
-                problems: Vec::new(),
-                keys: Vec::new(),
-                primary: None,
-                primary_since: None,
-                last_rotation: None,
-                next_rotation: None,
-                schedule: String::new(),
-                max_active_keys: 3,
-                required_max_active_keys: 3,
-                safe: None,
-                retained: Vec::new(),
-                findings: Vec::new(),
-            };
+            let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
             sum.add_cluster(&Ok(v.clone()));
             (v.gate_blocked, sum.level)
         };

@@ -397,6 +397,30 @@ fn concurrent_one_shot_rotations_each_rotate_once_with_no_lost_update() {
     assert_eq!(numbers(&a), vec![0, 1, 2, 3, 4, 5, 6]);
 }
 
+/// A staged-key fingerprint no real key set has.
+const OLD_STAGED: &str = "00000000000000ff";
+
+/// A 60-second lease, standing for a live node.
+fn grant(etcd: &Etcd) -> i64 {
+    etcd.with_client(async |cl| cl.lease_grant(60, None).await.unwrap().id())
+}
+
+/// Writes the acknowledgement a live `node` holding key set `revision` with staged key
+/// `staged` would write, under `lease`.
+fn ack_as(etcd: &Etcd, lease: i64, node: &str, revision: i64, staged: &str) {
+    let ack = serde_json::json!({"node": node, "revision": revision, "staged": staged});
+    etcd.with_client(async |cl| {
+        let opts = etcd_client::PutOptions::new().with_lease(lease);
+        cl.put(
+            format!("/test/tokens/acks/{node}"),
+            ack.to_string(),
+            Some(opts),
+        )
+        .await
+        .unwrap();
+    });
+}
+
 #[test]
 fn promotion_waits_until_every_live_node_holds_the_staged_key() {
     let etcd = Etcd::start();
@@ -415,20 +439,9 @@ fn promotion_waits_until_every_live_node_holds_the_staged_key() {
     ]);
     let staged = keyset_of(&etcd).keys[&0].fingerprint();
     // Node "b" is alive (its ack is under a lease) but still holds an older staged key.
-    let lease = etcd.with_client(async |cl| {
-        let lease = cl.lease_grant(60, None).await.unwrap().id();
-        let ack = serde_json::json!({"node": "b", "revision": 1, "staged": "00000000000000ff"});
-        let opts = etcd_client::PutOptions::new().with_lease(lease);
-        cl.put("/test/tokens/acks/b", ack.to_string(), Some(opts))
-            .await
-            .unwrap();
-        let ok = serde_json::json!({"node": "c", "revision": 2, "staged": staged.to_string()});
-        let opts = etcd_client::PutOptions::new().with_lease(lease);
-        cl.put("/test/tokens/acks/c", ok.to_string(), Some(opts))
-            .await
-            .unwrap();
-        lease
-    });
+    let lease = grant(&etcd);
+    ack_as(&etcd, lease, "b", 1, OLD_STAGED);
+    ack_as(&etcd, lease, "c", 2, &staged.to_string());
     let before = keyset_of(&etcd);
     let out = fernetd(&["--config", c, "rotate"]);
     assert_eq!(out.code, 2, "{}", out.stdout);
@@ -445,16 +458,7 @@ fn promotion_waits_until_every_live_node_holds_the_staged_key() {
         "a held rotation changed the key set"
     );
     // b catches up: the rotation goes through.
-    etcd.with_client(async |cl| {
-        let ack = serde_json::json!({"node": "b", "revision": 2, "staged": staged.to_string()});
-        cl.put(
-            "/test/tokens/acks/b",
-            ack.to_string(),
-            Some(etcd_client::PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .unwrap();
-    });
+    ack_as(&etcd, lease, "b", 2, &staged.to_string());
     fernetd_ok(&["--config", c, "rotate"]);
     // Now b and c are behind the new staged key; when their lease ends (nodes dead), their
     // acknowledgements vanish and no longer hold the cluster back.
@@ -483,15 +487,8 @@ fn a_node_lagging_past_the_gate_deadline_is_reported_and_its_lease_end_releases_
         d.log()
     );
     // Node "b" is alive (its ack is under a lease) but holds an older staged key.
-    let lease = etcd.with_client(async |cl| {
-        let lease = cl.lease_grant(60, None).await.unwrap().id();
-        let ack = serde_json::json!({"node": "b", "revision": 1, "staged": "00000000000000ff"});
-        let opts = etcd_client::PutOptions::new().with_lease(lease);
-        cl.put("/test/tokens/acks/b", ack.to_string(), Some(opts))
-            .await
-            .unwrap();
-        lease
-    });
+    let lease = grant(&etcd);
+    ack_as(&etcd, lease, "b", 1, OLD_STAGED);
     let held = "rotation due, held until node b has applied the staged key";
     let blocked = "overdue, blocked past gate_deadline: node b has not applied the staged key";
     assert!(d.wait_log(held, secs(10)), "{}", d.log());
