@@ -623,11 +623,24 @@ async fn cluster_views(
     out
 }
 
+/// Runs `f` on a runtime of its own. While it runs, SIGPIPE is ignored: one-shot commands
+/// restore its default action (see main.rs), and a write to a connection etcd has closed (a
+/// refused TLS handshake, say) would otherwise kill the process without a word instead of
+/// failing with an error.
 fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
-    Ok(tokio::runtime::Builder::new_current_thread()
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN and the previous disposition (SIG_DFL or SIG_IGN) install no handler code.
+    let before = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+    let out = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(f))
+        .build()
+        .map(|rt| rt.block_on(f));
+    // The runtime and its connections are gone: stdout may have the default action back.
+    if let Ok(h) = before {
+        // SAFETY: as above.
+        let _ = unsafe { signal(Signal::SIGPIPE, h) };
+    }
+    Ok(out?)
 }
 
 fn flags(repo: &RepoArgs, owner: &OwnerArgs) -> Flags {
