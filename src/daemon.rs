@@ -59,9 +59,15 @@ struct Slot {
     in_step: bool,
     leading: bool,
     degraded: Option<String>,
-    /// The nodes a due rotation waits for, and whether they block it (past the gate deadline).
-    gate_waiting: Vec<String>,
-    gate_blocking: bool,
+    gate: Gate,
+}
+
+/// The nodes a due rotation waits for, and whether they block it (past the gate deadline).
+/// Empty while no rotation is held.
+#[derive(Debug, Default, PartialEq)]
+struct Gate {
+    waiting: Vec<String>,
+    blocking: bool,
 }
 
 impl Drop for Slot {
@@ -100,8 +106,7 @@ impl Slot {
             in_step: false,
             leading: false,
             degraded: None,
-            gate_waiting: Vec::new(),
-            gate_blocking: false,
+            gate: Gate::default(),
         }
     }
 
@@ -312,8 +317,7 @@ impl Daemon {
                 }
                 s.in_step = true;
                 s.degraded = None;
-                s.gate_waiting.clear();
-                s.gate_blocking = false;
+                s.gate = Gate::default();
             }
             Report::Applied {
                 changes, undone, ..
@@ -330,8 +334,7 @@ impl Daemon {
             }
             Report::Leading { leading, .. } => {
                 s.leading = leading;
-                s.gate_waiting.clear();
-                s.gate_blocking = false;
+                s.gate = Gate::default();
                 if leading {
                     tracing::info!("{kind}: leading this repository's rotations");
                 } else {
@@ -348,8 +351,7 @@ impl Daemon {
                     sent = %sent.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     "{kind}: rotated the cluster's key set at revision {revision}: primary {primary}"
                 );
-                s.gate_waiting.clear();
-                s.gate_blocking = false;
+                s.gate = Gate::default();
                 self.metrics.rotated(kind);
                 if let Some(argv) = self.slots[index].m.settings.hooks.on_rotate.clone() {
                     self.spawn_hook(index, argv, Event::Rotate);
@@ -361,17 +363,20 @@ impl Daemon {
                 blocking,
             } => {
                 let who = crate::cluster::nodes_have(&nodes);
-                if blocking && (!s.gate_blocking || nodes != s.gate_waiting) {
+                let next = Gate {
+                    waiting: nodes,
+                    blocking,
+                };
+                if blocking && next != s.gate {
                     tracing::warn!(
                         "{kind}: rotation {} overdue, blocked past gate_deadline: {who} not \
                          applied the staged key; it goes ahead once they do or their lease ends",
                         crate::duration::format(Duration::from_secs(overdue.as_secs()))
                     );
-                } else if !blocking && nodes != s.gate_waiting {
+                } else if !blocking && next.waiting != s.gate.waiting {
                     tracing::info!("{kind}: rotation due, held until {who} applied the staged key");
                 }
-                s.gate_waiting = nodes;
-                s.gate_blocking = blocking;
+                s.gate = next;
             }
             Report::Degraded { reason, .. } => {
                 if s.degraded.as_deref() != Some(reason.as_str()) {
@@ -381,8 +386,7 @@ impl Daemon {
                 }
                 s.in_step = false;
                 s.leading = false;
-                s.gate_waiting.clear();
-                s.gate_blocking = false;
+                s.gate = Gate::default();
                 s.degraded = Some(reason);
             }
         }
@@ -661,7 +665,7 @@ impl Daemon {
                     sum.problems.push(format!("degraded: {reason}"));
                 }
                 self.metrics
-                    .cluster(s.kind, s.in_step, s.leading, s.gate_blocking);
+                    .cluster(s.kind, s.in_step, s.leading, s.gate.blocking);
             } else {
                 sum.next_rotation = s.next_rotation;
             }
@@ -684,8 +688,8 @@ impl Daemon {
                     } else {
                         "joining"
                     };
-                    if s.gate_blocking {
-                        let nodes = s.gate_waiting.join(", ");
+                    if s.gate.blocking {
+                        let nodes = s.gate.waiting.join(", ");
                         format!("{} {role}, rotation blocked by {nodes}", s.kind)
                     } else {
                         format!("{} {role}", s.kind)
