@@ -115,31 +115,8 @@ fn sync_writes_every_new_key_before_removing_any() {
     fernetd_ok(&["setup", "--key-repository", ar]);
     let ca = config(t.path(), "a.toml", &etcd, &a, "");
     let cb = config(t.path(), "b.toml", &etcd, &b, "");
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        ar,
-    ]);
-    fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
     // Node A moves three rotations ahead, purging by count; B is far behind.
-    for _ in 0..3 {
-        rotate_ok(
-            ar,
-            &[["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat(),
-        );
-    }
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        ar,
-        "--force",
-    ]);
+    cluster_ahead_of_follower(&a, &ca, &cb);
     let trace = t.path().join("trace");
     let out = std::process::Command::new("strace")
         .args([
@@ -591,6 +568,17 @@ fn try_keys(dir: &Path) -> Option<std::collections::BTreeMap<u64, String>> {
 
 /// Every `period` until `until`: a token made with each node's primary must decrypt with every
 /// other node's keys. Returns (samples, failures).
+/// Asserts that a cross-check found no failure; returns how many samples it took.
+fn all_compatible((samples, failures): (usize, Vec<String>)) -> usize {
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    samples
+}
+
 fn cross_check(dirs: &[std::path::PathBuf], until: std::time::Instant) -> (usize, Vec<String>) {
     let (mut samples, mut failures) = (0, Vec::new());
     while std::time::Instant::now() < until {
@@ -663,16 +651,10 @@ fn three_daemons_converge_and_every_token_decrypts_everywhere() {
         );
     }
     let dirs: Vec<_> = nodes.iter().map(|n| t.path().join(n)).collect();
-    let (samples, failures) = cross_check(
+    let samples = all_compatible(cross_check(
         &dirs,
         std::time::Instant::now() + std::time::Duration::from_secs(10),
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {samples} samples failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    ));
     assert!(samples > 100, "too few samples: {samples}");
     let leaders = daemons
         .iter()
@@ -769,16 +751,10 @@ fn killing_the_leader_hands_rotation_to_another_node() {
     );
     // Rotations go on; the survivors stay mutually compatible all along.
     let live: Vec<_> = others.iter().map(|&i| dirs[i].clone()).collect();
-    let (samples, failures) = cross_check(
+    all_compatible(cross_check(
         &live,
         std::time::Instant::now() + std::time::Duration::from_secs(6),
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {samples} samples failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    ));
     let after = *keys(&live[0]).keys().next_back().unwrap();
     assert!(
         after > before,
@@ -1003,13 +979,7 @@ fn a_partitioned_node_keeps_its_keys_never_rotates_alone_and_catches_up() {
         "caught up {:?} after the partition healed",
         healed.elapsed()
     );
-    let (samples, failures) = sampler.join().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {samples} samples failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    all_compatible(sampler.join().unwrap());
     assert!(
         b.wait_for(std::time::Duration::from_secs(8), || try_keys(&dirs[0])
             .is_some()
@@ -1103,13 +1073,7 @@ fn losing_an_etcd_member_changes_nothing_and_losing_quorum_loses_no_key() {
         "no recovery: {}",
         daemons[0].log()
     );
-    let (samples, failures) = sampler.join().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {samples} samples failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    all_compatible(sampler.join().unwrap());
     for d in daemons {
         d.stop();
     }

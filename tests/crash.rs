@@ -123,6 +123,17 @@ struct Baseline {
     tokens: BTreeMap<u64, String>,
 }
 
+impl Baseline {
+    /// The non-zero keys of the baseline that `after` no longer has.
+    fn gone_from(&self, after: &BTreeMap<u64, String>) -> BTreeSet<u64> {
+        let gone = self
+            .keys
+            .keys()
+            .filter(|n| **n > 0 && !after.contains_key(n));
+        gone.copied().collect()
+    }
+}
+
 fn baseline(dir: &Path) -> Baseline {
     let keys = keys(dir);
     let tokens = keys
@@ -194,12 +205,7 @@ fn rotation_killed_at_every_mutating_syscall_loses_nothing() {
     let r = reference.to_str().unwrap();
     let counts = count_syscalls(&repo_args("rotate", r, &no_retention));
     let done = keys(&reference);
-    let purged: BTreeSet<u64> = base
-        .keys
-        .keys()
-        .filter(|n| **n > 0 && !done.contains_key(n))
-        .copied()
-        .collect();
+    let purged = base.gone_from(&done);
     assert_eq!(done.keys().copied().collect::<Vec<_>>(), vec![0, 3, 4]);
     assert_eq!(purged, BTreeSet::from([1, 2]));
     for s in ["renameat2", "fsync", "unlink"] {
@@ -329,40 +335,11 @@ fn sync_killed_at_every_mutating_syscall_loses_nothing_it_should_keep() {
     // The node (base) holds {0, 1}; the cluster moved three rotations ahead: {0, 3, 4}.
     fernetd_ok(&["setup", "--key-repository", ar]);
     let ca = conf(&a, "a.toml");
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        ar,
-    ]);
-    let cbase = conf(&base_dir, "base.toml");
-    fernetd_ok(&["--config", cbase.to_str().unwrap(), "sync"]);
-    for _ in 0..3 {
-        rotate_ok(
-            ar,
-            &[["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat(),
-        );
-    }
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        ar,
-        "--force",
-    ]);
+    cluster_ahead_of_follower(&a, &ca, &conf(&base_dir, "base.toml"));
     let base = baseline(&base_dir);
     let target = keys(&a);
     // Keys the sync is meant to remove: the node's old ones the cluster no longer has.
-    let removed: BTreeSet<u64> = base
-        .keys
-        .keys()
-        .filter(|n| **n > 0 && !target.contains_key(n))
-        .copied()
-        .collect();
+    let removed = base.gone_from(&target);
     assert_eq!(removed, BTreeSet::from([1]));
 
     let reference = work.path().join("reference");

@@ -270,3 +270,22 @@ pub fn rotate_ok(dir: &str, extra: &[&str]) -> Run {
     args.extend_from_slice(extra);
     fernetd_ok(&args)
 }
+
+/// Puts the cluster three rotations ahead of a follower: imports the repository `dir` through
+/// `leader_cfg`, has the follower (`follower_cfg`) sync it, then rotates `dir` three times by
+/// count (max_active_keys 3, no retention) and imports it again with --force. From a fresh
+/// setup, the follower then holds keys {0, 1} and the cluster {0, 3, 4}.
+pub fn cluster_ahead_of_follower(dir: &Path, leader_cfg: &Path, follower_cfg: &Path) {
+    let (d, leader) = (dir.to_str().unwrap(), leader_cfg.to_str().unwrap());
+    fernetd_ok(&["--config", leader, "cluster", "init", "--from", d]);
+    fernetd_ok(&["--config", follower_cfg.to_str().unwrap(), "sync"]);
+    for _ in 0..3 {
+        rotate_ok(
+            d,
+            &[["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat(),
+        );
+    }
+    fernetd_ok(&[
+        "--config", leader, "cluster", "init", "--from", d, "--force",
+    ]);
+}
