@@ -101,7 +101,7 @@ pub fn write_new(path: &Path, content: &[u8], owner: Option<Owner>) -> Result<()
 /// Renames within one filesystem and fsyncs the target directory (and the source directory
 /// when it differs), so the new name is durable when this returns.
 pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).at(to)?;
+    rename(from, to)?;
     let to_dir = parent(to);
     sync_dir(to_dir)?;
     let from_dir = parent(from);
@@ -109,6 +109,11 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
         sync_dir(from_dir)?;
     }
     Ok(())
+}
+
+/// Renames within one filesystem, not synced (the caller fsyncs the target directory).
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).at(to)
 }
 
 /// Removes a file if present; returns whether it existed. Not synced (callers batch).

@@ -537,8 +537,8 @@ impl Repository {
     }
 
     /// Makes the repository hold exactly `set` (cluster sync), in a safe order: every key the
-    /// set has and the disk lacks (highest first, so the new primary lands first), then key 0,
-    /// then the removals, each write atomic and durable. A key file that is missing, different
+    /// set has and the disk lacks (highest first, so the new primary lands first), then key 0
+    /// and the removals, each write atomic and durable before the next step. A key file that is missing, different
     /// or unreadable is rewritten from the set; the set's history becomes the local one.
     pub fn apply(&self, set: &crate::keyset::KeySet) -> Result<Outcome> {
         set.validate().map_err(|e| Error::Invalid {
@@ -553,18 +553,21 @@ impl Repository {
         let (owner, _lock) = self.begin_write(&mut out)?;
         let scan = self.scan()?;
         let disk = scan.fingerprints();
+        let differs = |n: u64, k: &Key| disk.get(&n) != Some(&k.fingerprint());
+        // Three steps, each made durable by one directory fsync (the key files themselves are
+        // fsynced before their rename): the keys above 0, highest first (a rotation's new
+        // primary is a copy of the old key 0, which is still on disk); the history; then key 0
+        // and the removals. A crash between steps leaves every key the cluster may still use
+        // on disk, and the next apply finishes the job.
         let mut written = Vec::new();
-        let order = set
-            .keys
-            .iter()
-            .rev()
-            .filter(|(n, _)| **n > 0)
-            .chain(set.keys.get_key_value(&0));
-        for (&n, k) in order {
-            if disk.get(&n) != Some(&k.fingerprint()) {
-                self.install_copy(n, k, owner)?;
+        for (&n, k) in set.keys.iter().rev().filter(|(n, _)| **n > 0) {
+            if differs(n, k) {
+                self.place_copy(n, k, owner)?;
                 written.push(n);
             }
+        }
+        if !written.is_empty() {
+            fsio::sync_dir(&self.dir)?;
         }
         let removed: Vec<u64> = disk
             .keys()
@@ -572,10 +575,16 @@ impl Repository {
             .filter(|n| !set.keys.contains_key(n))
             .collect();
         self.save_history(&set.history, owner)?;
+        let mut last_step = !removed.is_empty();
+        if let Some(k) = set.keys.get(&0).filter(|k| differs(0, k)) {
+            self.place_copy(0, k, owner)?;
+            written.push(0);
+            last_step = true;
+        }
         for &n in &removed {
             fsio::remove_if_present(&key_path(&self.dir, n))?;
         }
-        if !removed.is_empty() {
+        if last_step {
             fsio::sync_dir(&self.dir)?;
         }
         if written.is_empty() && removed.is_empty() {
@@ -595,10 +604,19 @@ impl Repository {
         Ok(out)
     }
 
-    /// Writes key `n` durably via `.fernetd/restore.tmp` (repair and cluster apply).
+    /// Writes key `n` durably via `.fernetd/restore.tmp` (repair).
     fn install_copy(&self, n: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
-        fsio::write_new(&self.restore_tmp(), key.to_text().as_bytes(), owner)?;
-        fsio::rename_durable(&self.restore_tmp(), &key_path(&self.dir, n))
+        self.place_copy(n, key, owner)?;
+        fsio::sync_dir(&self.dir)
+    }
+
+    /// Writes key `n` via `.fernetd/restore.tmp`: the content is fsynced, the new name is
+    /// durable once the caller fsyncs the repository directory. A `restore.tmp` left behind
+    /// by a crash is only ever removed (`recover`), so its directory needs no fsync.
+    fn place_copy(&self, n: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
+        let tmp = self.restore_tmp();
+        fsio::write_new(&tmp, key.to_text().as_bytes(), owner)?;
+        fsio::rename(&tmp, &key_path(&self.dir, n))
     }
 
     /// Writes one key file durably via `.fernetd/staged.tmp`.
