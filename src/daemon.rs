@@ -32,6 +32,9 @@ const DEBOUNCE_MAX: Duration = Duration::from_millis(800);
 const RETRY: Duration = Duration::from_secs(30);
 /// Longest sleep; bounds the effect of a wall-clock jump on the schedule.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// Reports from cluster agents are published (metrics, STATUS=, READY=1) together, at most
+/// this long after the first; one rotation brings several reports on every node at once.
+const PUBLISH_DELAY: Duration = Duration::from_millis(100);
 /// The daemon waits at most this long for another fernetd's lock, then retries later.
 const LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -137,6 +140,8 @@ struct Daemon {
     last_status: String,
     cluster: Option<ClusterSettings>,
     agent_tx: UnboundedSender<(usize, Report)>,
+    /// When to publish what agents reported since the last publication.
+    publish_at: Option<Instant>,
 }
 
 /// Runs until SIGTERM or SIGINT. `reload` re-reads the configuration on SIGHUP; an error keeps
@@ -171,6 +176,7 @@ pub async fn run(
         last_status: String::new(),
         cluster: None,
         agent_tx,
+        publish_at: None,
     };
     d.install(settings);
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
@@ -394,7 +400,10 @@ impl Daemon {
         if self.slots[index].healthy.is_none() && self.slots[index].in_step {
             self.validate(index);
         }
-        self.publish();
+        // Published with the other reports of the same moment (a rotation brings an applied
+        // set and its acknowledgement), or with the validation the files' change has due.
+        let soon = Instant::now() + PUBLISH_DELAY;
+        self.publish_at = Some(self.publish_at.map_or(soon, |t| t.min(soon)));
     }
 
     /// Next rotation from the recorded last rotation: a restart neither rotates twice nor
@@ -422,6 +431,10 @@ impl Daemon {
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + MAX_SLEEP;
+        // A validation due publishes anyway; the reports wait for it (at most DEBOUNCE_MAX).
+        if !self.slots.iter().any(|s| s.validate_at.is_some()) {
+            wake = wake.min(self.publish_at.unwrap_or(wake));
+        }
         for s in &self.slots {
             for t in [s.validate_at, s.retry_at].into_iter().flatten() {
                 wake = wake.min(t);
@@ -653,6 +666,7 @@ impl Daemon {
 
     /// Updates metrics, systemd's STATUS= and, once every repository validated clean, READY=1.
     fn publish(&mut self) {
+        self.publish_at = None;
         let now = Utc::now();
         let mut sums = Vec::with_capacity(self.slots.len());
         let clustered = self.cluster.is_some();
