@@ -337,7 +337,9 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
             let mut sums: Vec<_> = d
                 .repositories
                 .iter()
-                .map(|m| status::summarize(m, now))
+                .map(|m| {
+                    status::summarize(m, &Repository::new(&m.settings.key_repository, None), now)
+                })
                 .collect();
             let sources = config::Sources::load(&flags, config)?;
             let mut views = Vec::new();

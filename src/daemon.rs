@@ -671,7 +671,7 @@ impl Daemon {
         let mut sums = Vec::with_capacity(self.slots.len());
         let clustered = self.cluster.is_some();
         for s in &self.slots {
-            let mut sum = status::summarize(&s.m, now);
+            let mut sum = status::summarize(&s.m, &s.repo, now);
             if clustered {
                 // The leader rotates on the schedule from the cluster's history, which this
                 // node holds: summarize's next rotation is the cluster's.

@@ -81,8 +81,8 @@ impl Summary {
     }
 }
 
-/// Reads `m`'s repository (no lock, no write) and judges it.
-pub fn summarize(m: &Managed, now: DateTime<Utc>) -> Summary {
+/// Reads `m`'s repository through `repo` (no lock, no write) and judges it.
+pub fn summarize(m: &Managed, repo: &Repository, now: DateTime<Utc>) -> Summary {
     let s = &m.settings;
     let mut sum = Summary {
         schedule: m.schedule.to_string(),
@@ -105,7 +105,6 @@ pub fn summarize(m: &Managed, now: DateTime<Utc>) -> Summary {
             ),
         );
     }
-    let repo = Repository::new(&s.key_repository, None);
     let scan = match repo.scan() {
         Ok(scan) => scan,
         Err(e) => {

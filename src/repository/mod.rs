@@ -18,6 +18,7 @@
 
 mod fsio;
 pub mod scan;
+mod state;
 
 pub use fsio::Owner;
 pub use scan::{EntryKind, Scan, INTERNAL_DIR};
@@ -46,6 +47,7 @@ pub struct Repository {
     /// `repair = true`: keep a copy of every live key in `.fernetd/copies/` and restore a
     /// deleted or corrupted key from it.
     repair: bool,
+    state: state::StateFile,
 }
 
 /// Parameters of one rotation.
@@ -77,6 +79,7 @@ impl Repository {
             owner,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             repair: false,
+            state: state::StateFile::default(),
         }
     }
 
@@ -117,36 +120,12 @@ impl Repository {
 
     /// Reads the recorded history without locking; empty when none was saved.
     pub fn history(&self) -> Result<History> {
-        let path = self.state_path();
-        match fsio::read_optional(&path)? {
-            None => Ok(History::new()),
-            Some(bytes) => {
-                let h: History = serde_json::from_slice(&bytes).map_err(|e| Error::State {
-                    path: path.clone(),
-                    reason: format!(
-                        "{e}; move the file away to re-adopt the keys (retention then counts from now)"
-                    ),
-                })?;
-                if h.version != crate::history::VERSION {
-                    return Err(Error::State {
-                        path,
-                        reason: format!("format version {} is not supported", h.version),
-                    });
-                }
-                Ok(h)
-            }
-        }
+        self.state.read(&self.state_path())
     }
 
     fn save_history(&self, h: &History, owner: Option<Owner>) -> Result<()> {
-        let path = self.state_path();
         let tmp = self.internal().join("state.json.tmp");
-        let json = serde_json::to_vec_pretty(h).map_err(|e| Error::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        fsio::write_new(&tmp, &json, owner)?;
-        fsio::rename_durable(&tmp, &path)?;
+        self.state.save(&self.state_path(), &tmp, h, owner)?;
         if self.repair {
             self.sync_copies(h, owner)?;
         }
@@ -701,13 +680,15 @@ impl Repository {
             );
         }
 
-        // Purges that step 4 recorded but step 5 did not finish. A stat per recorded purge
-        // first: the full scan below is only needed when one of those files still exists.
+        // Purges that step 4 recorded but step 5 did not finish. The names on disk first (one
+        // directory read, not a stat per recorded purge): the full scan below is only needed
+        // when one of those files still exists.
         let history = self.history()?;
+        let on_disk = scan::key_numbers(&self.dir)?;
         let leftover = history
             .purged
             .iter()
-            .any(|p| p.by_fernetd && key_path(&self.dir, p.number).exists());
+            .any(|p| p.by_fernetd && on_disk.contains(&p.number));
         if !leftover {
             return Ok(());
         }

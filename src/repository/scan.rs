@@ -165,6 +165,22 @@ impl Scan {
     }
 }
 
+/// The numbers `dir`'s entries are named after (canonical names only, as [`key_path`] makes
+/// them): one directory read, nothing opened or stat-ed.
+///
+/// [`key_path`]: super::fsio::key_path
+pub fn key_numbers(dir: &Path) -> Result<std::collections::BTreeSet<u64>> {
+    let mut numbers = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let name = e.at(dir)?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name.parse::<u64>().ok().filter(|n| n.to_string() == name) {
+            numbers.insert(n);
+        }
+    }
+    Ok(numbers)
+}
+
 fn classify(name: &str, path: &Path, meta: &FileMeta) -> EntryKind {
     if name == INTERNAL_DIR {
         return EntryKind::Internal;

@@ -1,0 +1,158 @@
+//! `.fernetd/state.json`: the repository's history, read and written whole.
+//!
+//! A long-lived repository's history carries the last 256 purges, so parsing it costs far more
+//! than everything else a reader does; the daemon reads it after every change. The last file
+//! read or written is therefore kept, parsed, with the identity of the file it came from
+//! (device, inode, size, change time): any write, rename or replacement changes that identity,
+//! and the file is parsed again. Clones of a [`Repository`](super::Repository) share it.
+
+use super::fsio::{self, Owner};
+use crate::error::{Error, IoContext, Result};
+use crate::history::History;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[derive(Clone, Default)]
+pub(super) struct StateFile {
+    last: Arc<Mutex<Option<(FileId, History)>>>,
+}
+
+/// Shown without the history (it is large).
+impl std::fmt::Debug for StateFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateFile")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+}
+
+impl StateFile {
+    /// The history saved at `path`; empty when none was saved.
+    pub(super) fn read(&self, path: &Path) -> Result<History> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History::new()),
+            Err(e) => return Err(e).at(path),
+        };
+        // Identity and content from the same open file, so they always belong together.
+        let id = FileId::of(&file.metadata().at(path)?);
+        if let Some((seen, h)) = self.lock().as_ref() {
+            if *seen == id {
+                return Ok(h.clone());
+            }
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).at(path)?;
+        let h = parse(path, &bytes)?;
+        *self.lock() = Some((id, h.clone()));
+        Ok(h)
+    }
+
+    /// Saves `h` durably at `path` through `tmp` (same directory).
+    pub(super) fn save(
+        &self,
+        path: &Path,
+        tmp: &Path,
+        h: &History,
+        owner: Option<Owner>,
+    ) -> Result<()> {
+        let json = serde_json::to_vec_pretty(h).map_err(|e| Error::State {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        // Forget the old content first: if anything below fails, the next read parses.
+        *self.lock() = None;
+        fsio::write_new(tmp, &json, owner)?;
+        fsio::rename_durable(tmp, path)?;
+        // The caller holds the repository lock: no fernetd writes the file in between, and
+        // any other writer changes its identity again.
+        if let Ok(m) = std::fs::metadata(path) {
+            *self.lock() = Some((FileId::of(&m), h.clone()));
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(FileId, History)>> {
+        // Nothing can be left half-updated under this lock: a poisoned one is still sound.
+        self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<History> {
+    let state_error = |reason: String| Error::State {
+        path: PathBuf::from(path),
+        reason,
+    };
+    let h: History = serde_json::from_slice(bytes).map_err(|e| {
+        state_error(format!(
+            "{e}; move the file away to re-adopt the keys (retention then counts from now)"
+        ))
+    })?;
+    if h.version != crate::history::VERSION {
+        return Err(state_error(format!(
+            "format version {} is not supported",
+            h.version
+        )));
+    }
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::PurgedKey;
+    use crate::key::Fingerprint;
+
+    fn history(number: u64) -> History {
+        let mut h = History::new();
+        h.purged.push(PurgedKey {
+            number,
+            fingerprint: Fingerprint::NONE,
+            at: chrono::DateTime::UNIX_EPOCH,
+            by_fernetd: true,
+        });
+        h
+    }
+
+    #[test]
+    fn a_file_changed_behind_the_cache_is_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, tmp) = (d.path().join("state.json"), d.path().join("state.tmp"));
+        let state = StateFile::default();
+        assert_eq!(state.read(&path).unwrap(), History::new());
+        state.save(&path, &tmp, &history(1), None).unwrap();
+        assert_eq!(state.read(&path).unwrap(), history(1));
+        // Another writer, same size, through a rename (a new inode) or in place.
+        let other = StateFile::default();
+        other.save(&path, &tmp, &history(2), None).unwrap();
+        assert_eq!(state.read(&path).unwrap(), history(2));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"number\": 2", "\"number\": 3")).unwrap();
+        assert_eq!(state.read(&path).unwrap(), history(3));
+        std::fs::write(&path, "{").unwrap();
+        assert!(state.read(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(state.read(&path).unwrap(), History::new());
+    }
+}
