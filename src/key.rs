@@ -129,14 +129,23 @@ pub struct Fingerprint([u8; 8]);
 impl Fingerprint {
     /// Matches no key: stands for "no key applied" (a malformed acknowledgement).
     pub const NONE: Fingerprint = Fingerprint([0; 8]);
+
+    /// The 16 lower-case hex digits, formatted without the formatting machinery: a history
+    /// holds hundreds of fingerprints and is written on every change.
+    fn hex(&self) -> [u8; 16] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        out
+    }
 }
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.pad(std::str::from_utf8(&self.hex()).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -162,7 +171,11 @@ impl std::str::FromStr for Fingerprint {
 
 impl serde::Serialize for Fingerprint {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let hex = self.hex();
+        match std::str::from_utf8(&hex) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.collect_str(self),
+        }
     }
 }
 
@@ -226,6 +239,12 @@ mod tests {
         let fp = k.fingerprint();
         assert_eq!(fp.to_string().parse::<Fingerprint>().unwrap(), fp);
         assert!("xyz".parse::<Fingerprint>().is_err());
+        let known = Fingerprint([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]);
+        assert_eq!(known.to_string(), "0123456789abcdef");
+        assert_eq!(
+            serde_json::to_string(&known).unwrap(),
+            "\"0123456789abcdef\""
+        );
     }
 
     #[test]
