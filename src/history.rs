@@ -460,6 +460,20 @@ mod tests {
     }
 
     #[test]
+    fn only_the_newest_purges_are_kept() {
+        let f = fps(PURGED_KEPT + 8);
+        let mut h = History::new();
+        for (i, fp) in f.iter().enumerate() {
+            let n = i as u64 + 1;
+            h.reconcile(&BTreeMap::from([(n, *fp)]), t(i as i64));
+            h.record_purge(n, t(i as i64));
+        }
+        assert_eq!(h.purged.len(), PURGED_KEPT);
+        assert!(h.was_purged(f[f.len() - 1]) && h.was_purged(f[8]));
+        assert!(!h.was_purged(f[7]));
+    }
+
+    #[test]
     fn serde_round_trip() {
         let f = fps(2);
         let mut h = History::new();
