@@ -174,29 +174,34 @@ pub fn key_numbers(dir: &Path) -> Result<std::collections::BTreeSet<u64>> {
     for e in std::fs::read_dir(dir).at(dir)? {
         let name = e.at(dir)?.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name.parse::<u64>().ok().filter(|n| n.to_string() == name) {
+        if let Some(n) = key_number(&name) {
             numbers.insert(n);
         }
     }
     Ok(numbers)
 }
 
+/// The key number `name` is, when it is one as fernetd writes it (`7`, not `07` or `+7`).
+fn key_number(name: &str) -> Option<u64> {
+    name.parse::<u64>().ok().filter(|n| n.to_string() == name)
+}
+
 fn classify(name: &str, path: &Path, meta: &FileMeta) -> EntryKind {
     if name == INTERNAL_DIR {
         return EntryKind::Internal;
     }
-    match python_int(name) {
-        Some(n) if n >= 0 && n.to_string() == name => match u64::try_from(n) {
-            Ok(number) => EntryKind::Key {
-                number,
-                content: if meta.is_file {
-                    read_key(path)
-                } else {
-                    Err(ContentProblem::Unreadable("not a regular file".into()))
-                },
+    if let Some(number) = key_number(name) {
+        return EntryKind::Key {
+            number,
+            content: if meta.is_file {
+                read_key(path)
+            } else {
+                Err(ContentProblem::Unreadable("not a regular file".into()))
             },
-            Err(_) => EntryKind::NonCanonical { number: n },
-        },
+        };
+    }
+    // Anything else Python's int() reads: Keystone loads it too.
+    match python_int(name) {
         Some(n) => EntryKind::NonCanonical { number: n },
         None => EntryKind::Other,
     }
@@ -237,6 +242,44 @@ pub fn python_int(name: &str) -> Option<i128> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_fernetd_would_write_are_key_numbers() {
+        let d = tempfile::tempdir().unwrap();
+        for name in ["7", "07", "+7", " 7", "-0", "18446744073709551616", "x"] {
+            std::fs::write(d.path().join(name), "").unwrap();
+        }
+        let scan = Scan::take(d.path()).unwrap();
+        let kinds: Vec<(&str, String)> = scan
+            .entries
+            .iter()
+            .map(|e| {
+                let kind = match &e.kind {
+                    EntryKind::Key { number, .. } => format!("key {number}"),
+                    EntryKind::NonCanonical { number } => format!("non-canonical {number}"),
+                    EntryKind::Internal => "internal".into(),
+                    EntryKind::Other => "other".into(),
+                };
+                (e.name.as_str(), kind)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (" 7", "non-canonical 7".to_string()),
+                ("+7", "non-canonical 7".into()),
+                ("-0", "non-canonical 0".into()),
+                ("07", "non-canonical 7".into()),
+                (
+                    "18446744073709551616",
+                    "non-canonical 18446744073709551616".into()
+                ),
+                ("7", "key 7".into()),
+                ("x", "other".into()),
+            ]
+        );
+        assert_eq!(key_numbers(d.path()).unwrap(), [7].into());
+    }
 
     #[test]
     fn python_int_matches_cpython() {
