@@ -172,10 +172,7 @@ impl std::str::FromStr for Fingerprint {
 impl serde::Serialize for Fingerprint {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let hex = self.hex();
-        match std::str::from_utf8(&hex) {
-            Ok(text) => s.serialize_str(text),
-            Err(_) => s.collect_str(self),
-        }
+        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
     }
 }
 
