@@ -155,10 +155,11 @@ async fn session_inner(
     let mut view = View::new(set, revision);
     let mut keepalive = tokio::time::interval(cfg.cluster.lease_ttl / 3);
     let mut acked: Option<(i64, crate::key::Fingerprint)> = None;
-    // What the disk holds (the revision and its keys), as last read or written here. The
-    // disk is read again only when the file watcher reports a change, so keep-alives, gate
-    // retries and new key sets cost no extra reading (apply reads it under its lock anyway).
-    let mut on_disk: Option<(i64, Fingerprints)> = None;
+    // What the disk holds: the revision it was written for (0, no revision, when it was read
+    // instead) and its keys. The disk is read again only when the file watcher reports a
+    // change, so keep-alives, gate retries and new key sets cost no extra reading (apply
+    // reads it under its lock anyway).
+    let mut on_disk: (i64, Fingerprints) = (0, Fingerprints::new());
     let mut drifted = true;
     loop {
         let View { set, revision, .. } = &view;
@@ -170,11 +171,11 @@ async fn session_inner(
                 .scan()
                 .map(|s| s.fingerprints())
                 .unwrap_or_default();
-            on_disk = Some((0, local));
+            on_disk = (0, local);
         }
-        if on_disk.as_ref().is_none_or(|(r, _)| *r != revision) {
+        if on_disk.0 != revision {
             let wanted = set.fingerprints();
-            if on_disk.as_ref().is_none_or(|(_, keys)| *keys != wanted) {
+            if on_disk.1 != wanted {
                 let out = cfg.repo.apply(set)?;
                 let mut changes = out.warnings;
                 changes.extend(out.notes);
@@ -182,7 +183,7 @@ async fn session_inner(
                 let undone = acked.is_some_and(|(r, _)| r == revision);
                 let _ = reports.send((index, Report::Applied { changes, undone }));
             }
-            on_disk = Some((revision, wanted));
+            on_disk = (revision, wanted);
         }
         let staged = match set.keys.get(&0) {
             Some(k) => k.fingerprint(),
