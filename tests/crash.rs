@@ -50,16 +50,6 @@ fn require_strace() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Counts each mutating syscall in one full run of `args`.
 fn count_syscalls(args: &[&str]) -> BTreeMap<String, usize> {
     let log = tempfile::NamedTempFile::new().unwrap();

@@ -301,11 +301,7 @@ fn a_replaced_repository_directory_is_watched_again() {
     assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
     // A tampered copy moved in place of the directory (as a config management tool would).
     let new = t.path().join("keys.new");
-    let cp = std::process::Command::new("cp")
-        .args(["-a", dir.to_str().unwrap(), new.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_dir(&dir, &new);
     std::fs::write(new.join("1"), "not a key").unwrap();
     std::fs::rename(&dir, t.path().join("keys.old")).unwrap();
     std::fs::rename(&new, &dir).unwrap();

@@ -61,6 +61,17 @@ pub fn fernetd(args: &[&str]) -> Run {
     Run::from(child.wait_with_output().expect("collect fernetd output"))
 }
 
+/// `cp -a from to`: a directory copied with its modes, owners and times.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 pub fn fernetd_ok(args: &[&str]) -> Run {
     let r = fernetd(args);
     assert_eq!(r.code, 0, "fernetd {args:?}: {}{}", r.stdout, r.stderr);
