@@ -51,6 +51,8 @@ pub enum Report {
     Applied {
         changes: Vec<String>,
         undone: bool,
+        /// When this node received the key set it applied (read, watched or committed).
+        received: chrono::DateTime<Utc>,
     },
     Leading {
         leading: bool,
@@ -162,7 +164,12 @@ async fn session_inner(
     let mut on_disk: (i64, Fingerprints) = (0, Fingerprints::new());
     let mut drifted = true;
     loop {
-        let View { set, revision, .. } = &view;
+        let View {
+            set,
+            revision,
+            received,
+            ..
+        } = &view;
         let revision = *revision;
         if drifted {
             drifted = false;
@@ -181,7 +188,12 @@ async fn session_inner(
                 changes.extend(out.notes);
                 // Same revision as already acknowledged: someone changed the files here.
                 let undone = acked.is_some_and(|(r, _)| r == revision);
-                let _ = reports.send((index, Report::Applied { changes, undone }));
+                let report = Report::Applied {
+                    changes,
+                    undone,
+                    received: *received,
+                };
+                let _ = reports.send((index, report));
             }
             on_disk = (revision, wanted);
         }
@@ -265,6 +277,8 @@ async fn session_inner(
 struct View {
     set: KeySet,
     revision: i64,
+    /// When `set` reached this node.
+    received: chrono::DateTime<Utc>,
     leading: bool,
     /// Whether to campaign: at the start and whenever the leadership is seen vacant, not on
     /// every change (a campaign is a write, which every node would otherwise make per rotation).
@@ -276,6 +290,7 @@ impl View {
         View {
             set,
             revision,
+            received: Utc::now(),
             leading: false,
             campaign: true,
         }
@@ -284,7 +299,7 @@ impl View {
     /// This node committed `set` at `revision` itself.
     fn committed(&mut self, set: KeySet, revision: i64) {
         if revision > self.revision {
-            (self.set, self.revision) = (set, revision);
+            (self.set, self.revision, self.received) = (set, revision, Utc::now());
         }
     }
 

@@ -326,7 +326,9 @@ impl Daemon {
                 s.gate = Gate::default();
             }
             Report::Applied {
-                changes, undone, ..
+                changes,
+                undone,
+                received,
             } => {
                 for c in changes {
                     if undone {
@@ -334,7 +336,12 @@ impl Daemon {
                             "{kind}: undid a local change, restoring the cluster's key set: {c}"
                         );
                     } else {
-                        tracing::info!("{kind}: applied the cluster's key set: {c}");
+                        // With `sent` on the leader's line, `received` splits propagation
+                        // into delivery (etcd, the network) and the local apply.
+                        tracing::info!(
+                            received = %received.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                            "{kind}: applied the cluster's key set: {c}"
+                        );
                     }
                 }
             }

@@ -773,6 +773,19 @@ fn killing_the_leader_hands_rotation_to_another_node() {
             && try_keys(&live[0]) == try_keys(&live[1])),
         "survivors did not converge"
     );
+    // A follower's apply says when the set reached it: the benchmark splits propagation there.
+    let follower = others
+        .iter()
+        .map(|&i| daemons[i].as_ref().unwrap().log())
+        .find(|log| !log.contains("rotated the cluster's key set"))
+        .expect("a node that did not rotate");
+    assert!(
+        follower
+            .lines()
+            .any(|l| l.contains("applied the cluster's key set: wrote key")
+                && l.contains(" received=20")),
+        "{follower}"
+    );
     for i in others {
         daemons[i].take().unwrap().stop();
     }
