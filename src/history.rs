@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// How many purge records are kept (enough to refuse resurrecting any recent key).
+/// How many purge records are kept: an audit trail of the recent purges in `state.json` and in
+/// a cluster's key set, and what `recover` needs to finish a purge a crash interrupted (only
+/// the last rotation's records matter for that).
 const PURGED_KEPT: usize = 256;
 
 /// Current on-disk format version.
@@ -181,11 +183,6 @@ impl History {
         self.keys.keys().copied().filter(|&n| n > 0).max()
     }
 
-    /// Whether a key with this fingerprint was removed at some point.
-    pub fn was_purged(&self, fingerprint: Fingerprint) -> bool {
-        self.purged.iter().any(|p| p.fingerprint == fingerprint)
-    }
-
     /// Brings history in line with the keys on disk (number -> fingerprint), conservatively:
     /// anything not observed is dated `now`. Returns what changed, for the caller to report.
     pub fn reconcile(
@@ -347,6 +344,11 @@ mod tests {
     use crate::key::Key;
     use chrono::TimeZone;
 
+    /// Whether a key with this fingerprint was removed at some point.
+    fn was_purged(h: &History, fingerprint: Fingerprint) -> bool {
+        h.purged.iter().any(|p| p.fingerprint == fingerprint)
+    }
+
     fn t(h: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h)
     }
@@ -455,7 +457,7 @@ mod tests {
             fingerprint: f[1]
         }));
         assert!(notes.contains(&Observation::Replaced { number: 2 }));
-        assert!(h.was_purged(f[1]) && h.was_purged(f[2]));
+        assert!(was_purged(&h, f[1]) && was_purged(&h, f[2]));
         assert!(!h.purged.iter().any(|p| p.by_fernetd));
     }
 
@@ -469,8 +471,8 @@ mod tests {
             h.record_purge(n, t(i as i64));
         }
         assert_eq!(h.purged.len(), PURGED_KEPT);
-        assert!(h.was_purged(f[f.len() - 1]) && h.was_purged(f[8]));
-        assert!(!h.was_purged(f[7]));
+        assert!(was_purged(&h, f[f.len() - 1]) && was_purged(&h, f[8]));
+        assert!(!was_purged(&h, f[7]));
     }
 
     #[test]
