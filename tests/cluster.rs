@@ -116,14 +116,14 @@ fn sync_writes_every_new_key_before_removing_any() {
     let ca = config(t.path(), "a.toml", &etcd, &a, "");
     let cb = config(t.path(), "b.toml", &etcd, &b, "");
     // Node A moves three rotations ahead, purging by count; B is far behind.
-    cluster_ahead_of_follower(&a, &ca, &cb);
+    cluster_ahead_of_follower(&a, &ca, &cb, 3);
     let trace = t.path().join("trace");
     let out = std::process::Command::new("strace")
         .args([
             "-f",
             "-qq",
             "-e",
-            "trace=rename,renameat,renameat2,unlink,unlinkat",
+            "trace=rename,renameat,renameat2,link,linkat,unlink,unlinkat",
             "-o",
         ])
         .arg(&trace)
@@ -137,7 +137,7 @@ fn sync_writes_every_new_key_before_removing_any() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(keys(&b), keys(&a));
-    // In the trace: every rename onto a key file comes before every unlink of one.
+    // In the trace: every new name of a key file comes before every unlink of one.
     let b_prefix = format!("\"{}/", b.display());
     let mut last_install = 0;
     let mut installs = 0;
@@ -149,7 +149,9 @@ fn sync_writes_every_new_key_before_removing_any() {
                 .is_some_and(|n| n.parse::<u64>().is_ok())
         };
         let args: Vec<&str> = line.split([',', '(', ')']).map(str::trim).collect();
-        if line.contains("rename") && args.iter().skip(2).any(|a| key_file(a)) {
+        // A rename or a hard link (a promoted key 0 gets its new name) onto a key file.
+        let install = line.contains("rename") || line.contains("link(") || line.contains("linkat(");
+        if install && args.iter().skip(2).any(|a| key_file(a)) {
             last_install = i;
             installs += 1;
         }

@@ -309,6 +309,30 @@ fn setup_killed_at_every_mutating_syscall_recovers() {
 
 #[test]
 fn sync_killed_at_every_mutating_syscall_loses_nothing_it_should_keep() {
+    // The node (base) holds {0, 1}; the cluster moved three rotations ahead: {0, 3, 4}.
+    let counts = sync_killed_everywhere(3, BTreeSet::from([1]), 15);
+    assert!(!counts.contains_key("link") && !counts.contains_key("linkat"));
+}
+
+#[test]
+fn sync_of_one_rotation_killed_at_every_mutating_syscall_loses_nothing() {
+    // One rotation ahead ({0, 1, 2}): the node's key 0 is the new primary and gets the name 2
+    // through a hard link, killed there too.
+    let counts = sync_killed_everywhere(1, BTreeSet::new(), 8);
+    assert!(
+        counts.contains_key("link") || counts.contains_key("linkat"),
+        "{counts:?}"
+    );
+}
+
+/// Kills `fernetd sync` of a node `rotations` behind the cluster at every mutating syscall and
+/// checks each outcome; `removed` are the node's keys the cluster no longer has. Returns the
+/// syscall counts of the reference run.
+fn sync_killed_everywhere(
+    rotations: usize,
+    removed: BTreeSet<u64>,
+    min_points: usize,
+) -> BTreeMap<String, usize> {
     require_strace();
     let etcd = common::etcd::Etcd::start();
     let work = tempfile::tempdir().unwrap();
@@ -322,15 +346,13 @@ fn sync_killed_at_every_mutating_syscall_loses_nothing_it_should_keep() {
         )).unwrap();
         p
     };
-    // The node (base) holds {0, 1}; the cluster moved three rotations ahead: {0, 3, 4}.
     fernetd_ok(&["setup", "--key-repository", ar]);
     let ca = conf(&a, "a.toml");
-    cluster_ahead_of_follower(&a, &ca, &conf(&base_dir, "base.toml"));
+    cluster_ahead_of_follower(&a, &ca, &conf(&base_dir, "base.toml"), rotations);
     let base = baseline(&base_dir);
     let target = keys(&a);
     // Keys the sync is meant to remove: the node's old ones the cluster no longer has.
-    let removed = base.gone_from(&target);
-    assert_eq!(removed, BTreeSet::from([1]));
+    assert_eq!(base.gone_from(&target), removed);
 
     let reference = work.path().join("reference");
     copy_dir(&base_dir, &reference);
@@ -370,5 +392,6 @@ fn sync_killed_at_every_mutating_syscall_loses_nothing_it_should_keep() {
         }
     }
     eprintln!("sync: {points} crash points; syscalls {counts:?}");
-    assert!(points >= 15, "too few crash points: {points}");
+    assert!(points >= min_points, "too few crash points: {points}");
+    counts
 }

@@ -516,7 +516,8 @@ impl Repository {
     }
 
     /// Makes the repository hold exactly `set` (cluster sync), in a safe order: every key the
-    /// set has and the disk lacks (highest first, so the new primary lands first), then key 0
+    /// set has and the disk lacks (highest first, so the new primary lands first; when it is
+    /// the key 0 on disk, by a hard link), then key 0
     /// and the removals, each write atomic and durable before the next step. A key file that is missing, different
     /// or unreadable is rewritten from the set; the set's history becomes the local one.
     pub fn apply(&self, set: &crate::keyset::KeySet) -> Result<Outcome> {
@@ -541,7 +542,10 @@ impl Repository {
         let mut written = Vec::new();
         for (&n, k) in set.keys.iter().rev().filter(|(n, _)| **n > 0) {
             if differs(n, k) {
-                self.place_copy(n, k, owner)?;
+                let promoted = disk.get(&0) == Some(&k.fingerprint());
+                if !(promoted && self.link_zero(n, k)?) {
+                    self.place_copy(n, k, owner)?;
+                }
                 written.push(n);
             }
         }
@@ -581,6 +585,32 @@ impl Repository {
         out.keys = set.keys.keys().copied().collect();
         out.primary = set.primary();
         Ok(out)
+    }
+
+    /// Gives key 0's file the name `n` as well (a hard link) if it holds `key`: a rotation's
+    /// new primary is the staged key already on disk, so no file is created and written
+    /// again (what a node's apply waits on when many nodes share a disk). The new name is
+    /// durable once the caller fsyncs the directory. False when that cannot be done (a file
+    /// named `n` exists, the filesystem has no hard links, key 0 changed since the scan): the
+    /// caller writes a copy over it.
+    fn link_zero(&self, n: u64, key: &Key) -> Result<bool> {
+        let zero = key_path(&self.dir, 0);
+        let Ok(file) = std::fs::File::open(&zero) else {
+            return Ok(false);
+        };
+        if !scan::read_key_from(&file).is_ok_and(|k| k.fingerprint() == key.fingerprint()) {
+            return Ok(false);
+        }
+        // Returns at once when the content is durable (fernetd fsynced it when it wrote it);
+        // makes it durable when another tool wrote key 0 without.
+        file.sync_all().at(&zero)?;
+        let to = key_path(&self.dir, n);
+        if std::fs::hard_link(&zero, &to).is_err() {
+            return Ok(false);
+        }
+        // The new name must be the file just checked, not a key 0 that replaced it meanwhile.
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        Ok(id(file.metadata().at(&zero)?) == id(std::fs::metadata(&to).at(&to)?))
     }
 
     /// Writes key `n` durably via `.fernetd/restore.tmp` (repair).
@@ -827,4 +857,47 @@ fn describe_observations(notes: &[Observation], out: &mut Outcome) {
 fn join(numbers: &[u64]) -> String {
     let parts: Vec<String> = numbers.iter().map(|n| format!("key {n}")).collect();
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyset::KeySet;
+
+    fn inode(p: &Path) -> (u64, u64) {
+        let m = std::fs::metadata(p).unwrap();
+        (m.ino(), m.nlink())
+    }
+
+    #[test]
+    fn a_promoted_key_gets_its_new_name_without_being_written_again() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::new(d.path().join("keys"), None);
+        let now = Utc::now();
+        let params = RotateParams {
+            max_active_keys: 3,
+            retention: Duration::ZERO,
+            force_purge: false,
+        };
+        let set = KeySet::fresh(now).unwrap();
+        repo.apply(&set).unwrap();
+        let (staged, _) = inode(&key_path(repo.dir(), 0));
+
+        let (next, decision) = set.rotate(Key::generate().unwrap(), &params, now);
+        repo.apply(&next).unwrap();
+        // The same file under its new name, and the only name it has left.
+        assert_eq!(
+            inode(&key_path(repo.dir(), decision.new_primary)),
+            (staged, 1)
+        );
+        assert_eq!(repo.scan().unwrap().fingerprints(), next.fingerprints());
+
+        // Another file already holds the new primary's name: a copy replaces it.
+        let (third, decision) = next.rotate(Key::generate().unwrap(), &params, now);
+        let taken = key_path(repo.dir(), decision.new_primary);
+        std::fs::write(&taken, "not a key").unwrap();
+        repo.apply(&third).unwrap();
+        assert_eq!(repo.scan().unwrap().fingerprints(), third.fingerprints());
+        assert_eq!(inode(&taken).1, 1);
+    }
 }

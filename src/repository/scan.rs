@@ -209,6 +209,11 @@ fn classify(name: &str, path: &Path, meta: &FileMeta) -> EntryKind {
 
 fn read_key(path: &Path) -> Result<Key, ContentProblem> {
     let f = std::fs::File::open(path).map_err(|e| ContentProblem::Unreadable(e.to_string()))?;
+    read_key_from(&f)
+}
+
+/// The key in an open key file, read as Keystone would.
+pub(super) fn read_key_from(f: &std::fs::File) -> Result<Key, ContentProblem> {
     let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(64));
     f.take(MAX_READ + 1)
         .read_to_end(&mut buf)

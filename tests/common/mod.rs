@@ -282,15 +282,21 @@ pub fn rotate_ok(dir: &str, extra: &[&str]) -> Run {
     fernetd_ok(&args)
 }
 
-/// Puts the cluster three rotations ahead of a follower: imports the repository `dir` through
-/// `leader_cfg`, has the follower (`follower_cfg`) sync it, then rotates `dir` three times by
-/// count (max_active_keys 3, no retention) and imports it again with --force. From a fresh
-/// setup, the follower then holds keys {0, 1} and the cluster {0, 3, 4}.
-pub fn cluster_ahead_of_follower(dir: &Path, leader_cfg: &Path, follower_cfg: &Path) {
+/// Puts the cluster `rotations` ahead of a follower: imports the repository `dir` through
+/// `leader_cfg`, has the follower (`follower_cfg`) sync it, then rotates `dir` that many times
+/// by count (max_active_keys 3, no retention) and imports it again with --force. From a fresh
+/// setup the follower then holds keys {0, 1}, and the cluster {0, 1, 2} after one rotation,
+/// {0, 3, 4} after three.
+pub fn cluster_ahead_of_follower(
+    dir: &Path,
+    leader_cfg: &Path,
+    follower_cfg: &Path,
+    rotations: usize,
+) {
     let (d, leader) = (dir.to_str().unwrap(), leader_cfg.to_str().unwrap());
     fernetd_ok(&["--config", leader, "cluster", "init", "--from", d]);
     fernetd_ok(&["--config", follower_cfg.to_str().unwrap(), "sync"]);
-    for _ in 0..3 {
+    for _ in 0..rotations {
         rotate_ok(
             d,
             &[["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat(),
