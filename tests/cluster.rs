@@ -149,13 +149,18 @@ fn sync_writes_every_new_key_before_removing_any() {
                 .is_some_and(|n| n.parse::<u64>().is_ok())
         };
         let args: Vec<&str> = line.split([',', '(', ')']).map(str::trim).collect();
+        // "1234 renameat2": the syscall's name, so "unlink" is never taken for "link".
+        let syscall = args[0].rsplit(' ').next().unwrap_or("");
         // A rename or a hard link (a promoted key 0 gets its new name) onto a key file.
-        let install = line.contains("rename") || line.contains("link(") || line.contains("linkat(");
+        let install = matches!(
+            syscall,
+            "rename" | "renameat" | "renameat2" | "link" | "linkat"
+        );
         if install && args.iter().skip(2).any(|a| key_file(a)) {
             last_install = i;
             installs += 1;
         }
-        if line.contains("unlink") && args.iter().any(|a| key_file(a)) {
+        if matches!(syscall, "unlink" | "unlinkat") && args.iter().any(|a| key_file(a)) {
             first_removal = first_removal.min(i);
         }
     }

@@ -517,9 +517,9 @@ impl Repository {
 
     /// Makes the repository hold exactly `set` (cluster sync), in a safe order: every key the
     /// set has and the disk lacks (highest first, so the new primary lands first; when it is
-    /// the key 0 on disk, by a hard link), then key 0
-    /// and the removals, each write atomic and durable before the next step. A key file that is missing, different
-    /// or unreadable is rewritten from the set; the set's history becomes the local one.
+    /// the key 0 on disk, by a hard link), then key 0 and the removals, each write atomic and
+    /// durable before the next step. A key file that is missing, different or unreadable is
+    /// rewritten from the set; the set's history becomes the local one.
     pub fn apply(&self, set: &crate::keyset::KeySet) -> Result<Outcome> {
         set.validate().map_err(|e| Error::Invalid {
             path: self.dir.clone(),
@@ -536,13 +536,13 @@ impl Repository {
         let differs = |n: u64, k: &Key| disk.get(&n) != Some(&k.fingerprint());
         // Three steps, each made durable by one directory fsync (the key files themselves are
         // fsynced before their rename): the keys above 0, highest first (a rotation's new
-        // primary is a copy of the old key 0, which is still on disk); the history; then key 0
+        // primary is the old key 0, which is still on disk); the history; then key 0
         // and the removals. A crash between steps leaves every key the cluster may still use
         // on disk, and the next apply finishes the job.
         let mut written = Vec::new();
         for (&n, k) in set.keys.iter().rev().filter(|(n, _)| **n > 0) {
             if differs(n, k) {
-                let promoted = disk.get(&0) == Some(&k.fingerprint());
+                let promoted = !differs(0, k);
                 if !(promoted && self.link_zero(n, k)?) {
                     self.place_copy(n, k, owner)?;
                 }
