@@ -13,6 +13,7 @@
 //!
 //! The agent reports to the daemon loop through a channel; it never touches the loop's state.
 
+use crate::clock::Now;
 use crate::cluster::{Ack, Change, Cluster, ClusterError};
 use crate::config::{ClusterSettings, Kind};
 use crate::keyset::KeySet;
@@ -37,6 +38,11 @@ pub struct AgentConfig {
     pub cluster: ClusterSettings,
     pub schedule: Schedule,
     pub params: RotateParams,
+    /// `E + W`: how long a key the cluster's set drops must stay here when this node judges
+    /// it (the leader purged with `E + W + M`; the margin covers the clocks' difference).
+    pub decryptable: Duration,
+    /// The margin: a node clock off by more than this holds every purge.
+    pub margin: Duration,
 }
 
 /// What the agent tells the daemon loop, sent with the repository's index.
@@ -74,6 +80,17 @@ pub enum Report {
     Degraded {
         reason: String,
     },
+    /// The cluster's key set was refused: applying it would lose a key or step back. Every
+    /// key stays; `republished` when this node published its newer set over it.
+    Refused {
+        reason: String,
+        republished: bool,
+    },
+    /// The leader rotated but purged nothing: these nodes' clocks are off by more than the
+    /// margin. Empty once every clock agrees again.
+    ClockSkew {
+        nodes: Vec<(String, chrono::Duration)>,
+    },
 }
 
 /// Runs sessions until the task is dropped. `drift` carries local file changes.
@@ -110,6 +127,8 @@ enum SessionError {
     Repository(#[from] crate::Error),
     #[error("the operating system's random number generator failed")]
     Random,
+    #[error("{0}: no key set, and this node has no keys to offer: waiting for one (a new cluster starts with `fernetd cluster init` on one node)")]
+    NoKeySet(String),
 }
 
 async fn session(
@@ -146,6 +165,7 @@ async fn session_inner(
         node: node.to_string(),
         revision: 0,
         staged: held,
+        clock: Some(Utc::now()),
     };
     c.acknowledge(kind, &presence, lease.id).await?;
     bootstrap(cfg, &mut c).await?;
@@ -157,6 +177,12 @@ async fn session_inner(
     let mut view = View::new(set, revision);
     let mut keepalive = tokio::time::interval(cfg.cluster.lease_ttl / 3);
     let mut acked: Option<(i64, crate::key::Fingerprint)> = None;
+    // When the last acknowledgement was written: a step of the wall clock since then is
+    // acknowledged again, so the leader sees this node's clock as it is.
+    let mut acked_at: Option<Now> = None;
+    // A key set this node refused (by revision): never acknowledged, never rotated on.
+    let mut refused: Option<i64> = None;
+    let source = |revision: i64| format!("{} at revision {revision}", c_key(cfg));
     // What the disk holds: the revision it was written for (0, no revision, when it was read
     // instead) and its keys. The disk is read again only when the file watcher reports a
     // change, so keep-alives, gate retries and new key sets cost no extra reading (apply
@@ -183,32 +209,67 @@ async fn session_inner(
         if on_disk.0 != revision {
             let wanted = set.fingerprints();
             if on_disk.1 != wanted {
-                let out = cfg.repo.apply(set)?;
-                let mut changes = out.warnings;
-                changes.extend(out.notes);
-                // Same revision as already acknowledged: someone changed the files here.
-                let undone = acked.is_some_and(|(r, _)| r == revision);
-                let report = Report::Applied {
-                    changes,
-                    undone,
-                    received: *received,
-                };
-                let _ = reports.send((index, report));
+                match cfg
+                    .repo
+                    .apply(set, &source(revision), cfg.decryptable, &Now::read())
+                {
+                    Ok(out) => {
+                        refused = None;
+                        let mut changes = out.warnings;
+                        changes.extend(out.notes);
+                        // Same revision as already acknowledged: someone changed the files.
+                        let undone = acked.is_some_and(|(r, _)| r == revision);
+                        let report = Report::Applied {
+                            changes,
+                            undone,
+                            received: *received,
+                        };
+                        let _ = reports.send((index, report));
+                    }
+                    Err(e @ crate::Error::Refused { .. }) => {
+                        refused = Some(revision);
+                        let republished = heal_forward(cfg, &mut c, set, revision).await?;
+                        let report = Report::Refused {
+                            reason: e.to_string(),
+                            republished,
+                        };
+                        let _ = reports.send((index, report));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             on_disk = (revision, wanted);
+        }
+        if refused == Some(revision) {
+            // Nothing is acknowledged or rotated on a refused set; the watch brings the next.
+            tokio::select! {
+                r = watch.changes() => {
+                    for change in r? {
+                        if let Some(leading) = view.absorb(change, node, lease.id) {
+                            let _ = reports.send((index, Report::Leading { leading }));
+                        }
+                    }
+                }
+                _ = keepalive.tick() => lease.refresh().await?,
+                Some(()) = drift.recv() => drifted = true,
+            }
+            continue;
         }
         let staged = match set.keys.get(&0) {
             Some(k) => k.fingerprint(),
             None => unreachable!("a validated key set has key 0"),
         };
         if acked != Some((revision, staged)) {
+            let at = Now::read();
             let ack = Ack {
                 node: node.to_string(),
                 revision,
                 staged,
+                clock: Some(at.wall),
             };
             c.acknowledge(kind, &ack, lease.id).await?;
             acked = Some((revision, staged));
+            acked_at = Some(at);
             let _ = reports.send((index, Report::InStep { revision }));
         }
         if view.campaign {
@@ -221,12 +282,26 @@ async fn session_inner(
         // Far enough that only the watch, a keep-alive or drift wakes the loop.
         let mut wake = Instant::now() + Duration::from_secs(3600);
         if view.leading {
-            let now = Utc::now();
-            let last = view.set.history.last_rotation.unwrap_or(now);
+            // Judged by the boot clock since this boot's first recorded moment, as on disk.
+            let clock = cfg.repo.judging_clock(&Now::read());
+            let now = clock.wall;
+            // A recorded time in the future (a clock that stepped back) counts as now.
+            let last = clock.at_most(view.set.history.last_rotation.unwrap_or(now));
             if let Some(due) = cfg.schedule.next_after(last) {
                 if due <= now {
-                    match c.rotate(kind, &cfg.params, now).await {
+                    let local = cfg.repo.history()?;
+                    let held_keys: Fingerprints = local
+                        .keys
+                        .iter()
+                        .map(|(n, r)| (*n, r.fingerprint))
+                        .collect();
+                    let held = local.lineage.as_ref().map(|l| (l, &held_keys));
+                    match c.rotate(kind, &cfg.params, &clock, held, cfg.margin).await {
                         Ok(r) => {
+                            let skew = Report::ClockSkew {
+                                nodes: r.skewed.clone(),
+                            };
+                            let _ = reports.send((index, skew));
                             let _ = reports.send((
                                 index,
                                 Report::Rotated {
@@ -266,10 +341,57 @@ async fn session_inner(
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
-            _ = keepalive.tick() => lease.refresh().await?,
+            _ = keepalive.tick() => {
+                lease.refresh().await?;
+                let stepped = acked_at
+                    .as_ref()
+                    .and_then(|t| Now::read().step_since(t.wall, t.boot.as_ref()));
+                if stepped.is_some() {
+                    acked = None;
+                }
+            }
             Some(()) = drift.recv() => drifted = true,
         }
     }
+}
+
+fn c_key(cfg: &AgentConfig) -> String {
+    format!("{}/{}/keyset", cfg.cluster.prefix, cfg.kind.name())
+}
+
+/// After refusing the cluster's set at `revision`: when this node holds a newer one of the
+/// same cluster (etcd restored from a backup, an old value written back), it publishes its
+/// own again over the refused one, through a transaction on that revision, so the cluster
+/// heals forward by itself. Returns whether it did.
+async fn heal_forward(
+    cfg: &AgentConfig,
+    c: &mut Cluster,
+    offered: &KeySet,
+    revision: i64,
+) -> Result<bool, SessionError> {
+    let local = cfg.repo.history()?;
+    let held: Fingerprints = local
+        .keys
+        .iter()
+        .map(|(n, r)| (*n, r.fingerprint))
+        .collect();
+    let verdict = crate::keyset::succession(local.lineage.as_ref(), &held, offered);
+    if !verdict.behind_us() {
+        return Ok(false);
+    }
+    let ours = cfg.repo.export(&Now::read())?;
+    let done = c.republish(cfg.kind, &ours, revision).await?;
+    if done {
+        tracing::warn!(
+            "{}: published this node's key set ({}) again over the older one at revision {revision}",
+            cfg.kind,
+            ours.history
+                .lineage
+                .as_ref()
+                .map_or("no lineage".to_string(), |l| l.to_string())
+        );
+    }
+    Ok(done)
 }
 
 /// What a session knows of the cluster: the newest key set it has seen, and the leadership.
@@ -329,43 +451,39 @@ impl View {
     }
 }
 
-/// Makes sure the cluster holds a key set for this repository. The local repository's keys are
-/// proposed when it has any (adoption), else a fresh set held in memory; the transaction lets
-/// exactly one proposal win, and every node then applies the winner's.
+/// Makes sure the cluster holds a key set for this repository when this node can offer one:
+/// a node whose repository holds keys publishes them (with the lineage it last applied, so
+/// that after etcd lost its data the newest set wins, or as a new cluster's first generation
+/// when it never followed one: adoption), through a transaction only one proposal wins. A
+/// node with no keys never invents any: it cannot tell a new cluster from one whose etcd lost
+/// its data, so it waits for a set (`fernetd cluster init` starts a new cluster).
 async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionError> {
     match c.fetch(cfg.kind).await {
         Ok(_) => return Ok(()),
         Err(ClusterError::Missing { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    let now = Utc::now();
     let has_keys = cfg
         .repo
         .scan()
         .map(|s| s.key_entries().next().is_some())
         .unwrap_or(false);
-    let proposal = if has_keys {
-        cfg.repo.export(now)?
-    } else {
-        KeySet::fresh(now).map_err(|_| SessionError::Random)?
-    };
-    match c.import(cfg.kind, &proposal, false).await {
-        Ok(_) => {
-            tracing::info!(
-                "{}: bootstrapped the cluster's key set from {}",
-                cfg.kind,
-                if has_keys {
-                    "this node's repository"
-                } else {
-                    "fresh keys"
-                }
-            );
-            Ok(())
-        }
-        // Another node bootstrapped first: its key set wins.
-        Err(ClusterError::Exists { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
+    if !has_keys {
+        return Err(SessionError::NoKeySet(c_key(cfg)));
     }
+    let mut proposal = cfg.repo.export(&Now::read())?;
+    let what = match &proposal.history.lineage {
+        Some(l) => format!("this node's key set again ({l}): etcd held none"),
+        None => {
+            proposal.history.lineage =
+                Some(crate::keyset::Lineage::new().map_err(|_| SessionError::Random)?);
+            "this node's repository".to_string()
+        }
+    };
+    if c.republish(cfg.kind, &proposal, 0).await? {
+        tracing::warn!("{}: published {what}", cfg.kind);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -373,7 +491,7 @@ mod tests {
     use super::*;
 
     fn set() -> KeySet {
-        KeySet::fresh(Utc::now()).unwrap()
+        KeySet::fresh(&Now::read()).unwrap()
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! max_active_keys is unsafe; 2 for any error (one line on stderr naming what is at fault).
 
 use crate::check;
+use crate::clock::Now;
 use crate::config::{self, DaemonSettings, Flags, Settings};
 use crate::duration;
 use crate::planner;
@@ -72,8 +73,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Import an existing repository (keystone-made or not) into the cluster without changing
-    /// a key. Refused when the prefix already holds a key set, unless --force.
+    /// Start a cluster's key set: import an existing repository (keystone-made or not) without
+    /// changing a key, or, without --from, fresh keys. Refused when the prefix already holds a
+    /// key set, unless --force.
     Init(ClusterInitArgs),
     /// Print a new seal key (32 random bytes, url-safe base64) for [cluster] seal_key_file.
     NewSealKey,
@@ -81,15 +83,20 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Args)]
 pub struct ClusterInitArgs {
-    /// The repository to import.
+    /// The repository to import (default: none; a new cluster starts from fresh keys, which
+    /// every node's daemon then applies).
     #[arg(long, value_name = "DIR")]
-    pub from: PathBuf,
+    pub from: Option<PathBuf>,
     /// Which repository it is.
     #[arg(long, value_enum, default_value_t = KindArg::Tokens)]
     pub kind: KindArg,
-    /// Replace a key set already in the cluster.
+    /// Replace a key set already in the cluster (as its next generation, so nodes take it).
     #[arg(long)]
     pub force: bool,
+    /// With --force: nodes take the new set even where it removes keys that may still
+    /// decrypt live tokens (without it they keep those keys, or refuse the set).
+    #[arg(long, requires = "force")]
+    pub force_purge: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -196,7 +203,8 @@ pub struct RotateArgs {
     pub owner: OwnerArgs,
     #[command(flatten)]
     pub lifetime: LifetimeArgs,
-    /// [fernet_tokens] max_active_keys (Keystone's default: 3).
+    /// [fernet_tokens] max_active_keys (default: the smallest the planner proves safe for the
+    /// configured schedule, the value the daemon and `status` use).
     #[arg(long, value_name = "N", value_parser = max_active_keys)]
     pub max_active_keys: Option<u64>,
     /// Purge by count only, as keystone-manage does, even keys that may still decrypt tokens.
@@ -255,8 +263,9 @@ pub const EXIT_ERROR: i32 = 2;
 pub const EXIT_UNSAFE: i32 = 3;
 
 /// Runs a parsed command; returns the exit code.
-pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
+pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
     let config = cli.config.as_deref();
+    let now = clock.wall;
     match cli.command {
         Command::Generate(a) => {
             generate(&a.out)?;
@@ -275,15 +284,24 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 Some(s) => Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?,
                 None => None,
             };
-            let set = Repository::new(&a.from, owner).export(now)?;
+            let (set, what) = match &a.from {
+                Some(from) => (
+                    Repository::new(from, owner).export(&clock)?,
+                    format!("imported {}", from.display()),
+                ),
+                None => (
+                    crate::keyset::KeySet::fresh(&clock)
+                        .map_err(|e| anyhow::anyhow!("random: {e}"))?,
+                    "fresh keys".to_string(),
+                ),
+            };
             let kind = config::Kind::from(a.kind);
-            let revision = block_on(async {
+            let (revision, lineage) = block_on(async {
                 let mut c = crate::cluster::Cluster::connect(&cluster).await?;
-                c.import(kind, &set, a.force).await
+                c.import(kind, &set, a.force, a.force_purge).await
             })??;
             println!(
-                "imported {} ({} keys, primary {}) into {}/{kind}/keyset at revision {revision}; no key changed",
-                a.from.display(),
+                "{what} ({} keys, primary {}) into {}/{kind}/keyset at revision {revision}, {lineage}; no key changed",
                 set.keys.len(),
                 set.primary().unwrap_or(0),
                 cluster.prefix
@@ -305,7 +323,9 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 let mut c = crate::cluster::Cluster::connect(&cluster).await?;
                 for s in &repos {
                     let (set, revision) = c.fetch(s.kind).await?;
-                    let out = repository(s)?.apply(&set)?;
+                    let source = format!("{} at revision {revision}", c.keyset_key(s.kind));
+                    let decryptable = s.lifetime.expiration + s.lifetime.allow_expired_window;
+                    let out = repository(s)?.apply(&set, &source, decryptable, &clock)?;
                     println!("{}: cluster revision {revision}", s.kind);
                     print_outcome(&out);
                 }
@@ -338,7 +358,11 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 .repositories
                 .iter()
                 .map(|m| {
-                    status::summarize(m, &Repository::new(&m.settings.key_repository, None), now)
+                    status::summarize(
+                        m,
+                        &Repository::new(&m.settings.key_repository, None),
+                        &clock,
+                    )
                 })
                 .collect();
             let sources = config::Sources::load(&flags, config)?;
@@ -410,7 +434,7 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 ..flags(&a.repo, &a.owner)
             };
             let s = Settings::resolve(&flags, config)?;
-            let out = repository(&s)?.setup(now)?;
+            let out = repository(&s)?.setup(&clock)?;
             print_outcome(&out);
             Ok(0)
         }
@@ -425,20 +449,39 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 Some(s) => s,
                 None => unreachable!("the token section always exists"),
             };
+            // One N everywhere: unset, it is the planner's, as for the daemon and `status`.
+            let m = config::manage(s.clone(), now)?;
             let params = RotateParams {
-                max_active_keys: s
-                    .max_active_keys
-                    .unwrap_or(config::KEYSTONE_MAX_ACTIVE_KEYS),
+                max_active_keys: m.max_active_keys,
                 retention: s.lifetime.retention(),
                 force_purge: a.force_purge,
             };
             if sources.file.cluster.is_some() {
                 // Cluster mode: rotate the cluster's key set; every node applies it.
                 let cluster = cluster_settings(&sources, config)?;
+                // Never rotate on a set older than the one this node applied.
+                let repo = Repository::new(&s.key_repository, None);
+                let local = repo.history().unwrap_or_default();
+                let clock = repo.judging_clock(&clock);
+                let held_keys = local
+                    .keys
+                    .iter()
+                    .map(|(n, r)| (*n, r.fingerprint))
+                    .collect();
+                let held = local.lineage.as_ref().map(|l| (l, &held_keys));
+                let margin = s.lifetime.margin;
                 let r = block_on(async {
                     let mut c = crate::cluster::Cluster::connect(&cluster).await?;
-                    c.rotate(config::Kind::Tokens, &params, now).await
+                    c.rotate(config::Kind::Tokens, &params, &clock, held, margin)
+                        .await
                 })??;
+                if !r.skewed.is_empty() {
+                    eprintln!(
+                        "warning: purged nothing: clocks off by more than the margin ({}): {}",
+                        crate::duration::format(margin),
+                        crate::cluster::describe_skew(&r.skewed)
+                    );
+                }
                 println!(
                     "rotated the cluster's tokens key set at revision {}: key 0 promoted to primary {}, new key 0 staged; nodes apply it (daemon, or fernetd sync)",
                     r.revision, r.decision.new_primary
@@ -460,7 +503,7 @@ pub fn run(cli: Cli, now: DateTime<Utc>) -> anyhow::Result<i32> {
                 );
                 return Ok(0);
             }
-            let out = repository(&s)?.rotate(params, now)?;
+            let out = repository(&s)?.rotate(params, &clock)?;
             print_outcome(&out);
             Ok(0)
         }
@@ -608,15 +651,26 @@ async fn cluster_views(
             let (set, revision) = c.fetch(kind).await.map_err(|e| e.to_string())?;
             let acks = c.acks(kind).await.map_err(|e| e.to_string())?;
             let leader = c.leader(kind).await.map_err(|e| e.to_string())?;
-            let scan = Repository::new(&m.settings.key_repository, None)
-                .scan()
-                .map_err(|e| e.to_string())?;
-            let local = scan.fingerprints();
-            let mut view = status::cluster_view(&local, &set, revision, &acks, leader);
-            let now = chrono::Utc::now();
-            let last = set.history.last_rotation.unwrap_or(now);
+            let repo = Repository::new(&m.settings.key_repository, None);
+            let local = repo.scan().map_err(|e| e.to_string())?.fingerprints();
+            let history = repo.history().unwrap_or_default();
+            let clock = Now::read();
+            let lifetime = &m.settings.lifetime;
+            let mut view = status::cluster_view(
+                &local,
+                &history,
+                &set,
+                revision,
+                &acks,
+                leader,
+                lifetime.expiration + lifetime.allow_expired_window,
+                &repo.judging_clock(&clock),
+            );
+            let last = clock.at_most(set.history.last_rotation.unwrap_or(clock.wall));
             let due = m.schedule.next_after(last);
-            view.judge_gate(due, cluster.gate_deadline, now);
+            view.judge_gate(due, cluster.gate_deadline, clock.wall);
+            let margin = m.settings.lifetime.margin;
+            view.judge_clocks(&acks, set.history.last_rotation, margin, clock.wall);
             Ok(view)
         }
         .await;

@@ -12,6 +12,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
     TxnOp, WatchOptions, WatchStream,
 };
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,12 @@ pub enum ClusterError {
     Contention { key: String, attempts: u32 },
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
+    #[error("{key} at revision {revision}: refused, every key stays: {reason}")]
+    Refused {
+        key: String,
+        revision: i64,
+        reason: String,
+    },
 }
 
 /// "node a has" or "nodes a, b have", for messages about lagging nodes.
@@ -60,6 +67,59 @@ pub struct Ack {
     pub node: String,
     pub revision: i64,
     pub staged: crate::key::Fingerprint,
+    /// The node's wall clock when it wrote this: the leader holds purges while a node's
+    /// clock is off by more than the margin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Nodes whose wall clock differs from the others' by more than `tolerance`, as their
+/// acknowledgements of the key set at `revision` show, with how much at least (positive:
+/// ahead). An acknowledgement is written after the set was committed, so after
+/// `committed` (the set's last rotation, on the clock of the node that made it) and before
+/// `now`, when the leader reads it: a clock reading outside that span by more than the
+/// tolerance is off by at least that much. Pure.
+pub fn skewed(
+    acks: &[Ack],
+    revision: i64,
+    committed: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    tolerance: Duration,
+) -> Vec<(String, chrono::Duration)> {
+    let tolerance = crate::history::to_chrono(tolerance);
+    acks.iter()
+        .filter(|a| a.revision == revision)
+        .filter_map(|a| {
+            let c = a.clock?;
+            let off = if c > now + tolerance {
+                c - now
+            } else if committed.is_some_and(|t| c + tolerance < t) {
+                c - committed?
+            } else {
+                return None;
+            };
+            Some((a.node.clone(), off))
+        })
+        .collect()
+}
+
+/// "node b (3d ahead)", for messages about skewed clocks.
+pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
+    let parts: Vec<String> = skewed
+        .iter()
+        .map(|(n, off)| {
+            let size = crate::duration::format(Duration::from_secs(
+                off.num_seconds().unsigned_abs().max(1),
+            ));
+            let way = if *off > chrono::Duration::zero() {
+                "ahead"
+            } else {
+                "behind"
+            };
+            format!("node {n} ({size} {way})")
+        })
+        .collect();
+    parts.join(", ")
 }
 
 /// What a cluster rotation committed.
@@ -67,6 +127,8 @@ pub struct Ack {
 pub struct Rotated {
     pub revision: i64,
     pub decision: crate::rotation::Decision,
+    /// Nodes whose clocks are off by more than the margin: this rotation purged nothing.
+    pub skewed: Vec<(String, chrono::Duration)>,
     /// The key set as committed.
     pub set: KeySet,
     /// When the committing transaction was sent: the commit happened after it.
@@ -170,15 +232,33 @@ impl Cluster {
         }
     }
 
-    /// Stores `set` as the repository's key set. Without `force` only into an empty slot (a
-    /// transaction on the key's create revision); returns the new revision.
+    /// Stores `set` as the repository's key set, the first generation of a new cluster, only
+    /// into an empty slot (a transaction on the key's create revision). With `force` it
+    /// replaces whatever is there, as the next generation of the set it replaces when that
+    /// one opens (so that nodes take it as newer); with `force_purge` nodes take it even where
+    /// it removes keys that may still decrypt live tokens. Returns the new revision and the
+    /// lineage written.
     pub async fn import(
         &mut self,
         kind: Kind,
         set: &KeySet,
         force: bool,
-    ) -> Result<i64, ClusterError> {
+        force_purge: bool,
+    ) -> Result<(i64, crate::keyset::Lineage), ClusterError> {
         let key = self.keyset_key(kind);
+        let replaced = match force {
+            true => self.fetch(kind).await.ok(),
+            false => None,
+        };
+        let mut lineage = match replaced.and_then(|(s, _)| s.history.lineage) {
+            Some(l) => l.next(),
+            None => {
+                crate::keyset::Lineage::new().map_err(|e| ClusterError::Random(e.to_string()))?
+            }
+        };
+        lineage.forced = force_purge;
+        let mut set = set.clone();
+        set.history.lineage = Some(lineage.clone());
         let value = seal::seal_value(self.seal.as_deref(), &set.encode(), key.as_bytes()).map_err(
             |source| ClusterError::Seal {
                 key: key.clone(),
@@ -211,7 +291,37 @@ impl Cluster {
                 .unwrap_or(0);
             return Err(ClusterError::Exists { key, revision });
         }
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+        Ok((resp.header().map(|h| h.revision()).unwrap_or(0), lineage))
+    }
+
+    /// Publishes this node's newer key set again over an older one at `over` (0: over none),
+    /// through a transaction on that revision, so that a restored backup or lost data heals
+    /// forward. False when another writer changed the key first.
+    pub async fn republish(
+        &mut self,
+        kind: Kind,
+        set: &KeySet,
+        over: i64,
+    ) -> Result<bool, ClusterError> {
+        let key = self.keyset_key(kind);
+        let value = seal::seal_value(self.seal.as_deref(), &set.encode(), key.as_bytes()).map_err(
+            |source| ClusterError::Seal {
+                key: key.clone(),
+                source,
+            },
+        )?;
+        let compare = match over {
+            0 => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            r => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key.clone(), value, None)]);
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(&format!("republish {key}"), client.txn(txn))
+            .await?;
+        Ok(resp.succeeded())
     }
 
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
@@ -238,6 +348,7 @@ impl Cluster {
                         .to_string(),
                     revision: 0,
                     staged: crate::key::Fingerprint::NONE,
+                    clock: None,
                 })
             })
             .collect())
@@ -247,22 +358,48 @@ impl Cluster {
     /// acknowledged a set holding it (the promotion gate), and commits with a transaction on
     /// the set's revision. When another writer commits first, it re-reads and rotates on top
     /// of that, so concurrent requests each rotate once, in order, and none is lost.
+    ///
+    /// `held` is the lineage (and keys) of the set this node applied, when it applied one: a
+    /// set in etcd that is not a successor of it (a restored backup, another cluster's) is
+    /// never rotated on. While a node's clock is off by more than `skew_tolerance`, nothing is
+    /// purged.
     pub async fn rotate(
         &mut self,
         kind: Kind,
         params: &crate::repository::RotateParams,
-        now: chrono::DateTime<chrono::Utc>,
+        now: &crate::clock::Now,
+        held: Option<(
+            &crate::keyset::Lineage,
+            &BTreeMap<u64, crate::key::Fingerprint>,
+        )>,
+        skew_tolerance: Duration,
     ) -> Result<Rotated, ClusterError> {
         let key = self.keyset_key(kind);
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
+            if let Some((lineage, keys)) = held {
+                let s = crate::keyset::succession(Some(lineage), keys, &set);
+                if !s.acceptable() {
+                    return Err(ClusterError::Refused {
+                        key,
+                        revision,
+                        reason: format!("not rotating it: {s}"),
+                    });
+                }
+            }
             let staged = match set.keys.get(&0) {
                 Some(k) => k.fingerprint(),
                 None => unreachable!("a validated key set has key 0"),
             };
-            let behind: Vec<String> = self
-                .acks(kind)
-                .await?
+            let acks = self.acks(kind).await?;
+            let skewed = skewed(
+                &acks,
+                revision,
+                set.history.last_rotation,
+                now.wall,
+                skew_tolerance,
+            );
+            let behind: Vec<String> = acks
                 .into_iter()
                 .filter(|a| a.staged != staged)
                 .map(|a| a.node)
@@ -276,7 +413,19 @@ impl Cluster {
             }
             let new_key =
                 crate::key::Key::generate().map_err(|e| ClusterError::Random(e.to_string()))?;
-            let (next, decision) = set.rotate(new_key, params, now);
+            // A node with a wrong clock would judge retention wrongly: purge nothing.
+            let held_params = crate::repository::RotateParams {
+                retention: Duration::MAX,
+                ..*params
+            };
+            let params = if skewed.is_empty() || params.force_purge {
+                params
+            } else {
+                &held_params
+            };
+            let (next, decision) = set
+                .rotate(new_key, params, now)
+                .map_err(|e| ClusterError::Random(e.to_string()))?;
             let value = seal::seal_value(self.seal.as_deref(), &next.encode(), key.as_bytes())
                 .map_err(|source| ClusterError::Seal {
                     key: key.clone(),
@@ -298,6 +447,7 @@ impl Cluster {
                 return Ok(Rotated {
                     revision: resp.header().map(|h| h.revision()).unwrap_or(0),
                     decision,
+                    skewed,
                     set: next,
                     sent,
                 });

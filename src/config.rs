@@ -735,8 +735,9 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     norm(a) == norm(b)
 }
 
-/// Settles one repository's schedule and key count (derived by the planner when unset).
-fn manage(s: Settings, now: DateTime<Utc>) -> Result<Managed, ConfigError> {
+/// Settles one repository's schedule and key count (derived by the planner when unset): the
+/// one `max_active_keys` the daemon, `status` and `fernetd rotate` all use.
+pub fn manage(s: Settings, now: DateTime<Utc>) -> Result<Managed, ConfigError> {
     let kind = s.kind;
     let schedule = match &s.schedule {
         Some(sch) => sch.clone(),

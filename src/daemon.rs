@@ -9,6 +9,7 @@
 //! in-flight write completes.
 
 use crate::agent::{self, Report};
+use crate::clock::Now;
 use crate::config::{ClusterSettings, ConfigError, DaemonSettings, Managed};
 use crate::hooks::{self, Context, Event};
 use crate::metrics::{self, Metrics};
@@ -63,6 +64,11 @@ struct Slot {
     leading: bool,
     degraded: Option<String>,
     gate: Gate,
+    /// An input refused to keep live keys (a cluster key set, a state file, a rotation the
+    /// gate stopped), and why: critical until a later one is taken.
+    refused: Option<String>,
+    /// Cluster nodes whose clocks are off by more than the margin (the leader purges nothing).
+    skewed: Vec<(String, chrono::Duration)>,
 }
 
 /// The nodes a due rotation waits for, and whether they block it (past the gate deadline).
@@ -110,6 +116,8 @@ impl Slot {
             leading: false,
             degraded: None,
             gate: Gate::default(),
+            refused: None,
+            skewed: Vec::new(),
         }
     }
 
@@ -142,6 +150,9 @@ struct Daemon {
     agent_tx: UnboundedSender<(usize, Report)>,
     /// When to publish what agents reported since the last publication.
     publish_at: Option<Instant>,
+    /// Both clocks at the last look: a step of the wall clock against the boot clock since
+    /// then is reported (and schedules are planned again).
+    clock: Now,
 }
 
 /// Runs until SIGTERM or SIGINT. `reload` re-reads the configuration on SIGHUP; an error keeps
@@ -177,6 +188,7 @@ pub async fn run(
         cluster: None,
         agent_tx,
         publish_at: None,
+        clock: Now::read(),
     };
     d.install(settings);
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
@@ -189,7 +201,7 @@ pub async fn run(
             Some(change) = fs_rx.recv() => d.on_change(change),
             Some((generation, index, ok)) = pre_rx.recv() => d.on_pre_rotate(generation, index, ok),
             Some((index, report)) = agent_rx.recv() => d.on_agent(index, report),
-            _ = tokio::time::sleep_until(wake) => d.on_timer(),
+            _ = tokio::time::sleep_until(wake) => { d.check_clock(); d.on_timer() }
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => systemd::watchdog(),
         }
     }
@@ -223,9 +235,9 @@ impl Daemon {
                 tracing::warn!("[cluster] has no seal_key_file: key sets sit in etcd in the clear");
             }
         }
-        let now = Utc::now();
+        let now = Now::read();
         for i in 0..self.slots.len() {
-            self.start_slot(i, now);
+            self.start_slot(i, &now);
         }
         let dirs = self
             .slots
@@ -242,7 +254,7 @@ impl Daemon {
         self.publish();
     }
 
-    fn start_slot(&mut self, i: usize, now: DateTime<Utc>) {
+    fn start_slot(&mut self, i: usize, now: &Now) {
         let s = &mut self.slots[i];
         let m = &s.m;
         let derived = if m.settings.max_active_keys.is_none() {
@@ -303,6 +315,9 @@ impl Daemon {
                 retention: s.m.settings.lifetime.retention(),
                 force_purge: false,
             },
+            decryptable: s.m.settings.lifetime.expiration
+                + s.m.settings.lifetime.allow_expired_window,
+            margin: s.m.settings.lifetime.margin,
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
         s.agent = Some(task.abort_handle());
@@ -324,6 +339,41 @@ impl Daemon {
                 s.in_step = true;
                 s.degraded = None;
                 s.gate = Gate::default();
+                if s.refused.take().is_some() {
+                    tracing::info!("{kind}: the cluster's key set is taken again");
+                }
+            }
+            Report::Refused {
+                reason,
+                republished,
+            } => {
+                let line = match republished {
+                    true => format!("{reason}; published this node's newer set over it"),
+                    false => reason,
+                };
+                let new = s.refused.as_deref() != Some(line.as_str());
+                if new {
+                    tracing::error!("{kind}: {line}");
+                }
+                s.refused = Some(line);
+                s.in_step = false;
+                if new {
+                    self.metrics.validation_failed(kind);
+                    if let Some(argv) = self.slots[index].m.settings.hooks.on_invalid.clone() {
+                        self.spawn_hook(index, argv, Event::Invalid);
+                    }
+                }
+            }
+            Report::ClockSkew { nodes } => {
+                if !nodes.is_empty() && nodes.len() != s.skewed.len() {
+                    tracing::warn!(
+                        "{kind}: rotated but purged nothing: clocks off by more than the margin: {}",
+                        crate::cluster::describe_skew(&nodes)
+                    );
+                } else if nodes.is_empty() && !s.skewed.is_empty() {
+                    tracing::info!("{kind}: every node's clock agrees again; purges resume");
+                }
+                s.skewed = nodes;
             }
             Report::Applied {
                 changes,
@@ -415,7 +465,8 @@ impl Daemon {
 
     /// Next rotation from the recorded last rotation: a restart neither rotates twice nor
     /// skips, and slots missed while down become one rotation now.
-    fn plan_next(&mut self, i: usize, now: DateTime<Utc>) {
+    fn plan_next(&mut self, i: usize, clock: &Now) {
+        let now = clock.wall;
         let s = &mut self.slots[i];
         let last = s.repo.history().ok().and_then(|h| {
             h.last_rotation.or_else(|| {
@@ -424,7 +475,9 @@ impl Daemon {
                     .map(|r| r.first_seen)
             })
         });
-        s.next_rotation = s.m.schedule.next_after(last.unwrap_or(now));
+        // A recorded time in the future (a clock that stepped back, a foreign state file)
+        // counts as now: it must not stop rotations.
+        s.next_rotation = s.m.schedule.next_after(clock.at_most(last.unwrap_or(now)));
         if let Some(next) = s.next_rotation {
             if next <= now {
                 tracing::warn!(
@@ -535,11 +588,13 @@ impl Daemon {
             retention: s.m.settings.lifetime.retention(),
             force_purge: false,
         };
-        let now = Utc::now();
-        match s.repo.rotate(params, now) {
+        let clock = Now::read();
+        let now = clock.wall;
+        match s.repo.rotate(params, &clock) {
             Ok(out) => {
                 log_outcome(s.kind, &out);
                 self.metrics.rotated(s.kind);
+                s.refused = None;
                 s.next_rotation = s.m.schedule.next_after(now);
                 if let Some(argv) = s.m.settings.hooks.on_rotate.clone() {
                     self.spawn_hook(i, argv, Event::Rotate);
@@ -553,6 +608,13 @@ impl Daemon {
                     crate::duration::format(RETRY)
                 );
                 s.retry_at = Some(Instant::now() + RETRY);
+                if e.is_refusal() && s.refused.as_deref() != Some(e.to_string().as_str()) {
+                    s.refused = Some(e.to_string());
+                    self.metrics.validation_failed(self.slots[i].kind);
+                    if let Some(argv) = self.slots[i].m.settings.hooks.on_invalid.clone() {
+                        self.spawn_hook(i, argv, Event::Invalid);
+                    }
+                }
             }
         }
     }
@@ -560,7 +622,8 @@ impl Daemon {
     /// Validates repository `i` after file events (or at start): records and reports changes
     /// fernetd did not make, and every violation.
     fn validate(&mut self, i: usize) {
-        let now = Utc::now();
+        let clock = Now::read();
+        let now = clock.wall;
         let s = &mut self.slots[i];
         s.validate_at = None;
         s.burst_start = None;
@@ -588,7 +651,7 @@ impl Daemon {
         let retention = s.m.settings.lifetime.retention();
         let mut problems = BTreeSet::new();
         let mut changed = false;
-        match s.repo.observe(retention, now) {
+        match s.repo.observe(retention, &clock) {
             Ok(obs) => {
                 for n in &obs.repaired {
                     tracing::warn!(
@@ -674,11 +737,20 @@ impl Daemon {
     /// Updates metrics, systemd's STATUS= and, once every repository validated clean, READY=1.
     fn publish(&mut self) {
         self.publish_at = None;
-        let now = Utc::now();
+        let now = Now::read();
         let mut sums = Vec::with_capacity(self.slots.len());
         let clustered = self.cluster.is_some();
         for s in &self.slots {
-            let mut sum = status::summarize(&s.m, &s.repo, now);
+            let mut sum = status::summarize(&s.m, &s.repo, &now);
+            if let Some(why) = &s.refused {
+                sum.refuse(why.clone());
+            }
+            if !s.skewed.is_empty() {
+                sum.clock(format!(
+                    "purges held: clocks off by more than the margin: {}",
+                    crate::cluster::describe_skew(&s.skewed)
+                ));
+            }
             if clustered {
                 // The leader rotates on the schedule from the cluster's history, which this
                 // node holds: summarize's next rotation is the cluster's.
@@ -731,6 +803,26 @@ impl Daemon {
             systemd::status(&line);
         }
         self.last_status = line;
+    }
+
+    /// Reports a step of the wall clock against the boot clock since the last look, and plans
+    /// the standalone schedules again from the clock as it is now. Retention needs nothing:
+    /// it counts by whichever clock says less time has passed.
+    fn check_clock(&mut self) {
+        let now = Now::read();
+        if let Some(step) = now.step_since(self.clock.wall, self.clock.boot.as_ref()) {
+            tracing::warn!(
+                "the wall clock stepped {}: retention keeps counting by the boot clock; \
+                 schedules are planned again from the new time",
+                crate::clock::describe_step(step)
+            );
+            for i in 0..self.slots.len() {
+                if self.slots[i].agent.is_none() && !self.slots[i].pre_rotating {
+                    self.plan_next(i, &now);
+                }
+            }
+        }
+        self.clock = now;
     }
 
     fn reload(&mut self, next: Result<DaemonSettings, ConfigError>) {

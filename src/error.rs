@@ -39,6 +39,30 @@ pub enum Error {
     },
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
+    /// An input (a cluster key set, a state file, a clock) would make a key that may still
+    /// decrypt a live token leave the repository, or would step the repository back: it is
+    /// refused and every key stays.
+    #[error("{input}: refused, every key stays: {reason}")]
+    Refused { input: String, reason: String },
+    /// The state file says something the disk contradicts; nothing is removed on its word.
+    #[error(
+        "{}: {field}: {problem}; nothing is removed on this file's word (move it aside and run \
+         `fernetd setup` to re-adopt every key, dated now)",
+        path.display()
+    )]
+    StateContradicts {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+impl Error {
+    /// Whether this error is fernetd refusing an input to keep live keys (critical: the
+    /// operator must look), rather than a failure to do what was asked.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused { .. } | Error::StateContradicts { .. })
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

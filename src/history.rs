@@ -8,6 +8,7 @@
 //! Invariant: pure. `reconcile` and `record_rotation` take the time as an argument and touch no
 //! file; they never hold key material, only fingerprints.
 
+use crate::clock::{BootStamp, Now};
 use crate::key::Fingerprint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,10 @@ pub struct History {
     /// Rotations fernetd performed on this repository.
     #[serde(default)]
     pub rotations: u64,
+    /// Cluster mode: which cluster's key set this is, and how far it has moved forward. A node
+    /// keeps the lineage of the newest set it applied here, and refuses any older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<crate::keyset::Lineage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +60,10 @@ pub struct KeyRecord {
     /// When it stopped being primary, if observed.
     #[serde(default, with = "timestamp::option")]
     pub demoted: Option<DateTime<Utc>>,
+    /// The boot clock at the moment retention counts from (`demoted`, else `first_seen`), so
+    /// that within one boot a step of the wall clock cannot shorten it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_boot: Option<BootStamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,23 +161,59 @@ pub enum Observation {
 }
 
 impl KeyRecord {
-    fn seen(fingerprint: Fingerprint, now: DateTime<Utc>) -> KeyRecord {
+    fn seen(fingerprint: Fingerprint, now: &Now) -> KeyRecord {
         KeyRecord {
             fingerprint,
-            first_seen: now,
+            first_seen: now.wall,
             created: None,
             promoted: None,
             demoted: None,
+            since_boot: now.boot.clone(),
         }
     }
 
+    /// Records the end of this key's time as primary.
+    fn demote(&mut self, now: &Now) {
+        self.demoted = Some(now.wall);
+        self.since_boot = now.boot.clone();
+    }
+
     /// Until when this key may still decrypt a live token, for a given retention
-    /// (E + W + M): its demotion, or the first sighting when the demotion was not observed.
-    pub fn retained_until(&self, retention: Duration) -> DateTime<Utc> {
+    /// (E + W + M): counted from its demotion, or from the first sighting when the demotion
+    /// was not observed, by the clock that says the least time has passed (see
+    /// [`crate::clock`]). At or before `now.wall` once the retention is over.
+    pub fn retained_until(&self, retention: Duration, now: &Now) -> DateTime<Utc> {
         let from = self.demoted.unwrap_or(self.first_seen);
-        from + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+        let elapsed = now.since(from, self.since_boot.as_ref());
+        match retention.checked_sub(elapsed) {
+            Some(rest) if !rest.is_zero() => later(now.wall, rest),
+            _ => later(from, retention).min(now.wall),
+        }
     }
 }
+
+/// `t + d`, saturating at the latest time chrono can hold.
+pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(to_chrono(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A std duration as chrono's, saturating (a retention of centuries is still "kept").
+pub fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Something the state file says that the keys on disk contradict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contradiction {
+    /// Where in the file: `purged[3]`, `keys.4.demoted`.
+    pub field: String,
+    pub problem: String,
+}
+
+/// How far in the future a recorded time may lie before it is reported (clocks of cluster
+/// nodes differ by a little; the leader dates what every node records).
+const FUTURE_TOLERANCE: chrono::Duration = chrono::Duration::seconds(60);
 
 impl History {
     pub fn new() -> History {
@@ -176,6 +221,71 @@ impl History {
             version: VERSION,
             ..History::default()
         }
+    }
+
+    /// What this history says that the keys on disk (number -> fingerprint) contradict: a key
+    /// recorded as purged that is the primary or the staged key on disk. (A purged key still on
+    /// disk as a secondary is an interrupted purge: `reconcile` adopts it again.)
+    pub fn contradictions(&self, disk: &BTreeMap<u64, Fingerprint>) -> Vec<Contradiction> {
+        let primary = disk.keys().copied().filter(|&n| n > 0).max();
+        let mut out = Vec::new();
+        for (i, p) in self.purged.iter().enumerate() {
+            for (&n, fp) in disk {
+                if *fp != p.fingerprint || !(Some(n) == primary || n == 0) {
+                    continue;
+                }
+                let role = if n == 0 {
+                    "the staged key 0"
+                } else {
+                    "the primary"
+                };
+                out.push(Contradiction {
+                    field: format!("purged[{i}]"),
+                    problem: format!(
+                        "says key {} (fingerprint {fp}) was purged, but it is {role} on disk",
+                        p.number
+                    ),
+                });
+            }
+        }
+        out
+    }
+
+    /// Every recorded time later than `now` (beyond a minute's tolerance), with its field: a
+    /// wall clock that stepped back, or a state file from elsewhere. Retention from such a
+    /// time counts as not yet begun, and schedules count from now.
+    pub fn future(&self, now: &Now) -> Vec<(String, DateTime<Utc>)> {
+        let late = |t: &DateTime<Utc>| *t > now.wall + FUTURE_TOLERANCE;
+        let mut out: Vec<(String, DateTime<Utc>)> = Vec::new();
+        if let Some(t) = self.last_rotation.filter(late) {
+            out.push(("last_rotation".into(), t));
+        }
+        for (n, r) in &self.keys {
+            let fields = [
+                ("first_seen", Some(r.first_seen)),
+                ("created", r.created),
+                ("promoted", r.promoted),
+                ("demoted", r.demoted),
+            ];
+            for (name, t) in fields {
+                if let Some(t) = t.filter(late) {
+                    out.push((format!("keys.{n}.{name}"), t));
+                }
+            }
+        }
+        out
+    }
+
+    /// Keys on disk that a purge record names: a purge interrupted after its decision was
+    /// saved. They are adopted again (dated now), never removed on the record's word.
+    pub fn purged_on_disk(&self, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64> {
+        disk.iter()
+            .filter(|(n, fp)| {
+                self.purged.iter().any(|p| p.fingerprint == **fp)
+                    && self.keys.get(n).is_none_or(|r| r.fingerprint != **fp)
+            })
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     /// The primary as history knows it: the highest non-zero number.
@@ -188,8 +298,9 @@ impl History {
     pub fn reconcile(
         &mut self,
         disk: &BTreeMap<u64, Fingerprint>,
-        now: DateTime<Utc>,
+        now: impl Into<Now>,
     ) -> Vec<Observation> {
+        let now: Now = now.into();
         let mut seen_notes = Vec::new();
         let old_primary = self.primary();
         let old = std::mem::take(&mut self.keys);
@@ -216,11 +327,14 @@ impl History {
                     } else {
                         Observation::Adopted { number }
                     });
-                    KeyRecord::seen(fp, now)
+                    KeyRecord::seen(fp, &now)
                 }
             };
             self.keys.insert(number, record);
         }
+        // A key on disk is not purged, whatever a record says (an interrupted purge).
+        self.purged
+            .retain(|p| !disk.values().any(|fp| *fp == p.fingerprint));
         for (fingerprint, (number, _)) in by_fp {
             if !seen_notes.contains(&Observation::Replaced { number }) {
                 seen_notes.push(Observation::Vanished {
@@ -228,17 +342,17 @@ impl History {
                     fingerprint,
                 });
             }
-            self.forget(number, fingerprint, now);
+            self.forget(number, fingerprint, now.wall);
         }
         let primary = self.primary();
         if let Some(p) = primary {
             if let Some(r) = self.keys.get_mut(&p) {
                 if r.promoted.is_none() && old_primary.is_some() && old_primary != Some(p) {
-                    r.promoted = Some(now);
+                    r.promoted = Some(now.wall);
                 }
             }
             if old_primary.is_some() && old_primary != Some(p) {
-                self.last_rotation = Some(now);
+                self.last_rotation = Some(now.wall);
             }
         }
         // Keys that may have been primary since the last look and are not primary now were
@@ -257,11 +371,11 @@ impl History {
                     r.promoted = Some(if Some(n) == old_primary {
                         r.first_seen
                     } else {
-                        now
+                        now.wall
                     });
                 }
                 if Some(n) != primary && r.demoted.is_none() {
-                    r.demoted = Some(now);
+                    r.demote(&now);
                 }
             }
         }
@@ -284,45 +398,67 @@ impl History {
     }
 
     /// Records a completed promotion: old key 0 is now `new_primary`, `staged` is the new 0.
-    pub fn record_rotation(&mut self, new_primary: u64, staged: Fingerprint, now: DateTime<Utc>) {
+    pub fn record_rotation(&mut self, new_primary: u64, staged: Fingerprint, now: impl Into<Now>) {
+        let now: Now = now.into();
         if let Some(r) = self.primary().and_then(|p| self.keys.get_mut(&p)) {
             if r.demoted.is_none() {
-                r.demoted = Some(now);
+                r.demote(&now);
                 // It was primary when first seen; its promotion time is unknown.
                 r.promoted.get_or_insert(r.first_seen);
             }
         }
         if let Some(mut r) = self.keys.remove(&0) {
-            r.promoted = Some(now);
+            r.promoted = Some(now.wall);
             r.demoted = None;
+            r.since_boot = None;
             self.keys.insert(new_primary, r);
         }
         self.keys.insert(
             0,
             KeyRecord {
-                fingerprint: staged,
-                first_seen: now,
-                created: Some(now),
-                promoted: None,
-                demoted: None,
+                created: Some(now.wall),
+                ..KeyRecord::seen(staged, &now)
             },
         );
-        self.last_rotation = Some(now);
+        self.last_rotation = Some(now.wall);
         self.rotations += 1;
     }
 
     /// Records that fernetd created key `number` (setup).
-    pub fn record_created(&mut self, number: u64, fp: Fingerprint, now: DateTime<Utc>) {
+    pub fn record_created(&mut self, number: u64, fp: Fingerprint, now: impl Into<Now>) {
+        let now: Now = now.into();
         self.keys.insert(
             number,
             KeyRecord {
-                fingerprint: fp,
-                first_seen: now,
-                created: Some(now),
-                promoted: (number > 0).then_some(now),
-                demoted: None,
+                created: Some(now.wall),
+                promoted: (number > 0).then_some(now.wall),
+                ..KeyRecord::seen(fp, &now)
             },
         );
+    }
+
+    /// Adds key `number` (`fingerprint`) as `from` describes it (dated now when it does not),
+    /// for a key kept on disk beyond a key set that dropped it. A key that was the primary
+    /// there stops being primary now.
+    pub fn carry(
+        &mut self,
+        from: &History,
+        number: u64,
+        fingerprint: Fingerprint,
+        was_primary: bool,
+        now: &Now,
+    ) {
+        let mut r = from
+            .keys
+            .values()
+            .find(|r| r.fingerprint == fingerprint)
+            .cloned()
+            .unwrap_or_else(|| KeyRecord::seen(fingerprint, now));
+        if was_primary {
+            r.promoted.get_or_insert(r.first_seen);
+            r.demote(now);
+        }
+        self.keys.insert(number, r);
     }
 
     /// Records that fernetd purged `number` on purpose.
@@ -398,7 +534,10 @@ mod tests {
             .all(|n| matches!(n, Observation::Adopted { .. })));
         // Secondary 1 was never seen as primary: retained from first sighting.
         let r = &h.keys[&1];
-        assert_eq!(r.retained_until(Duration::from_secs(3600)), t(1));
+        assert_eq!(
+            r.retained_until(Duration::from_secs(3600), &t(0).into()),
+            t(1)
+        );
         assert!(h.reconcile(&disk, t(5)).is_empty());
     }
 
@@ -427,7 +566,10 @@ mod tests {
         assert_eq!(h.keys[&2].promoted, Some(t(3)));
         // Key 1 was primary at t(0) and is not at t(3): demoted no earlier than... t(3).
         assert_eq!(h.keys[&1].demoted, Some(t(3)));
-        assert_eq!(h.keys[&1].retained_until(Duration::from_secs(3600)), t(4));
+        assert_eq!(
+            h.keys[&1].retained_until(Duration::from_secs(3600), &t(3).into()),
+            t(4)
+        );
         assert_eq!(h.last_rotation, Some(t(3)));
     }
 
@@ -443,7 +585,10 @@ mod tests {
         assert_eq!(h.keys[&2].demoted, Some(t(5)));
         assert_eq!(h.keys[&1].demoted, Some(t(5)));
         assert_eq!(h.keys[&3].demoted, None, "the primary is not demoted");
-        assert_eq!(h.keys[&2].retained_until(Duration::from_secs(3600)), t(6));
+        assert_eq!(
+            h.keys[&2].retained_until(Duration::from_secs(3600), &t(5).into()),
+            t(6)
+        );
     }
 
     #[test]

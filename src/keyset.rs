@@ -22,6 +22,152 @@ pub struct KeySet {
     pub history: History,
 }
 
+/// Which cluster a key set belongs to and how far it has moved forward. It travels inside the
+/// key set's history, so it is sealed with the keys when a seal key is set, and every node
+/// keeps the lineage of the newest set it applied in its own state file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    /// Random, made when the cluster's key set is first created (`cluster init`).
+    pub cluster: String,
+    /// How many key sets the cluster has committed since: every rotation and every forced
+    /// import moves it up by one. A node never takes a lower one.
+    pub generation: u64,
+    /// The operator allowed this set to remove keys that may still decrypt live tokens
+    /// (`--force-purge`). Only this generation; the next rotation clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+}
+
+impl Lineage {
+    /// A new cluster's first generation.
+    pub fn new() -> Result<Lineage, getrandom::Error> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id)?;
+        Ok(Lineage {
+            cluster: id.iter().map(|b| format!("{b:02x}")).collect(),
+            generation: 1,
+            forced: false,
+        })
+    }
+
+    /// The generation after this one, in the same cluster.
+    pub fn next(&self) -> Lineage {
+        Lineage {
+            cluster: self.cluster.clone(),
+            generation: self.generation.saturating_add(1),
+            forced: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Lineage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "generation {} of cluster {}",
+            self.generation, self.cluster
+        )
+    }
+}
+
+/// How an offered key set relates to the one a node holds: only a successor may be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Succession {
+    /// Later than what the node holds (or the node holds none yet): apply it.
+    Newer,
+    /// The very set the node holds: nothing to take, only local drift to undo.
+    Same,
+    /// Earlier than what the node holds: a restored backup or a value written back.
+    Older { held: Lineage, offered: u64 },
+    /// Another cluster's set (a different `cluster init`).
+    Foreign { held: Lineage, offered: String },
+    /// Different keys under the generation the node holds.
+    Diverged { held: Lineage },
+}
+
+impl Succession {
+    /// Whether the node may take the offered set.
+    pub fn acceptable(&self) -> bool {
+        matches!(self, Succession::Newer | Succession::Same)
+    }
+
+    /// Whether the node holds a newer set than the one offered, and should publish it again.
+    pub fn behind_us(&self) -> bool {
+        matches!(self, Succession::Older { .. })
+    }
+}
+
+impl std::fmt::Display for Succession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Succession::Newer => f.write_str("newer than the set this node holds"),
+            Succession::Same => f.write_str("the set this node holds"),
+            Succession::Older { held, offered } => write!(
+                f,
+                "generation {offered} is older than the {held} this node already applied (a \
+                 restored etcd backup, or an old value written back)"
+            ),
+            Succession::Foreign { held, offered } => write!(
+                f,
+                "it belongs to cluster {offered}, but this node follows {held} (another \
+                 `cluster init`; --force-purge on `cluster init` makes nodes take it)"
+            ),
+            Succession::Diverged { held } => write!(
+                f,
+                "it holds other keys under the {held} this node already applied"
+            ),
+        }
+    }
+}
+
+/// Judges `offered` against what a node holds: the lineage it last applied and the keys its
+/// history records (number -> fingerprint; the set's, and any it keeps beyond it). Pure.
+pub fn succession(
+    held: Option<&Lineage>,
+    held_keys: &BTreeMap<u64, Fingerprint>,
+    offered: &KeySet,
+) -> Succession {
+    let Some(held) = held else {
+        return Succession::Newer;
+    };
+    let Some(o) = offered.history.lineage.as_ref() else {
+        // A set without lineage predates it: older than any set that has one.
+        return Succession::Older {
+            held: held.clone(),
+            offered: 0,
+        };
+    };
+    if o.cluster != held.cluster {
+        return if o.forced {
+            Succession::Newer
+        } else {
+            Succession::Foreign {
+                held: held.clone(),
+                offered: o.cluster.clone(),
+            }
+        };
+    }
+    match o.generation.cmp(&held.generation) {
+        std::cmp::Ordering::Greater => Succession::Newer,
+        std::cmp::Ordering::Less => Succession::Older {
+            held: held.clone(),
+            offered: o.generation,
+        },
+        // The node may hold more (keys it keeps beyond the set while they may still decrypt
+        // live tokens); every key of the set must be one it holds.
+        std::cmp::Ordering::Equal
+            if offered
+                .fingerprints()
+                .iter()
+                .all(|(n, fp)| held_keys.get(n) == Some(fp)) =>
+        {
+            Succession::Same
+        }
+        std::cmp::Ordering::Equal => Succession::Diverged { held: held.clone() },
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeySetError {
     #[error("not a fernetd key set ({0})")]
@@ -46,7 +192,7 @@ struct Wire {
 
 impl KeySet {
     /// A new repository's keys, in memory: 1 (primary) and 0 (staged), as `setup` writes.
-    pub fn fresh(now: chrono::DateTime<chrono::Utc>) -> Result<KeySet, getrandom::Error> {
+    pub fn fresh(now: &crate::clock::Now) -> Result<KeySet, getrandom::Error> {
         let mut history = History::new();
         let mut keys = BTreeMap::new();
         for n in [1, 0] {
@@ -54,7 +200,8 @@ impl KeySet {
             history.record_created(n, k.fingerprint(), now);
             keys.insert(n, k);
         }
-        history.last_rotation = Some(now);
+        history.last_rotation = Some(now.wall);
+        history.lineage = Some(Lineage::new()?);
         Ok(KeySet { keys, history })
     }
 
@@ -100,12 +247,13 @@ impl KeySet {
     /// One Keystone rotation of the set, with the retention guard: key 0 becomes the new
     /// primary, `new_staged` the new key 0, and the keys `rotation::decide` purges are dropped.
     /// The same decision and history bookkeeping as a rotation on disk, without the disk.
+    /// The set moves one generation forward (a set from before lineages starts a new one).
     pub fn rotate(
         &self,
         new_staged: Key,
         params: &crate::repository::RotateParams,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> (KeySet, crate::rotation::Decision) {
+        now: &crate::clock::Now,
+    ) -> Result<(KeySet, crate::rotation::Decision), getrandom::Error> {
         let numbers: Vec<u64> = self.keys.keys().copied().collect();
         let decision = crate::rotation::decide(
             &numbers,
@@ -124,9 +272,15 @@ impl KeySet {
         next.keys.insert(0, new_staged);
         for n in &decision.purge {
             next.keys.remove(n);
-            next.history.record_purge(*n, now);
+            next.history.record_purge(*n, now.wall);
         }
-        (next, decision)
+        let mut lineage = match &self.history.lineage {
+            Some(l) => l.next(),
+            None => Lineage::new()?,
+        };
+        lineage.forced = params.force_purge;
+        next.history.lineage = Some(lineage);
+        Ok((next, decision))
     }
 
     pub fn encode(&self) -> Zeroizing<Vec<u8>> {
@@ -216,7 +370,7 @@ mod tests {
         };
         let now = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap();
         let staged = Key::generate().unwrap();
-        let (next, d) = s.rotate(staged.clone(), &params, now);
+        let (next, d) = s.rotate(staged.clone(), &params, &now.into()).unwrap();
         assert_eq!(d.new_primary, 5);
         assert_eq!(next.keys.keys().copied().collect::<Vec<_>>(), vec![0, 4, 5]);
         assert_eq!(next.keys[&5], s.keys[&0]);
@@ -228,10 +382,60 @@ mod tests {
             retention: std::time::Duration::from_secs(86_400 * 3),
             ..params
         };
-        let (kept, d) = s.rotate(Key::generate().unwrap(), &keep, now);
+        let (kept, d) = s
+            .rotate(Key::generate().unwrap(), &keep, &now.into())
+            .unwrap();
         assert_eq!(kept.keys.len(), 4);
         assert_eq!(d.kept.len(), 1);
         kept.validate().unwrap();
+    }
+
+    #[test]
+    fn only_a_successor_of_the_set_held_is_taken() {
+        let now = crate::clock::Now::read();
+        let params = crate::repository::RotateParams {
+            max_active_keys: 3,
+            retention: std::time::Duration::ZERO,
+            force_purge: false,
+        };
+        let first = KeySet::fresh(&now).unwrap();
+        let rotate = |s: &KeySet| s.rotate(Key::generate().unwrap(), &params, &now).unwrap().0;
+        let second = rotate(&first);
+        let third = rotate(&second);
+        let held = |s: &KeySet| (s.history.lineage.clone(), s.fingerprints());
+        let judge = |h: &(Option<Lineage>, BTreeMap<u64, Fingerprint>), o: &KeySet| {
+            succession(h.0.as_ref(), &h.1, o)
+        };
+        let at_second = held(&second);
+        assert_eq!(judge(&at_second, &third), Succession::Newer);
+        assert_eq!(judge(&at_second, &second), Succession::Same);
+        // A restored backup, or an old value written back (sealed or not): older.
+        let older = judge(&at_second, &first);
+        assert!(older.behind_us() && !older.acceptable(), "{older}");
+        // Other keys under the same generation, another cluster, a set from before lineages.
+        let mut forged = third.clone();
+        forged.history.lineage = second.history.lineage.clone();
+        assert!(matches!(
+            judge(&at_second, &forged),
+            Succession::Diverged { .. }
+        ));
+        let foreign = KeySet::fresh(&now).unwrap();
+        assert!(matches!(
+            judge(&at_second, &foreign),
+            Succession::Foreign { .. }
+        ));
+        let mut unmarked = third.clone();
+        unmarked.history.lineage = None;
+        assert!(judge(&at_second, &unmarked).behind_us());
+        // A node that never applied a set takes any; the operator's forced one is taken.
+        assert_eq!(judge(&(None, BTreeMap::new()), &first), Succession::Newer);
+        let mut forced = foreign.clone();
+        forced.history.lineage.as_mut().unwrap().forced = true;
+        assert_eq!(judge(&at_second, &forced), Succession::Newer);
+        // The generation moves forward by one per rotation, and the flag does not carry over.
+        let g = |s: &KeySet| s.history.lineage.as_ref().unwrap().generation;
+        assert_eq!((g(&first), g(&second), g(&third)), (1, 2, 3));
+        assert!(!rotate(&forced).history.lineage.unwrap().forced);
     }
 
     #[test]

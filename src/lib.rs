@@ -3,10 +3,12 @@
 //! Modules, from the bottom up:
 //! - [`key`]: one Fernet key; zeroized, never shown (fingerprints only).
 //! - [`duration`]: `90s`/`6h`/`2d` durations.
+//! - [`clock`]: wall + boot clock readings; elapsed time that clock steps cannot shorten.
 //! - [`schedule`]: crontab and interval schedules, their firing times.
 //! - [`planner`]: pure safety math: the max_active_keys a schedule needs.
 //! - [`history`]: when each key was created, promoted, demoted, purged (pure).
 //! - [`rotation`]: pure decision of one rotation, with the retention guard.
+//! - [`guard`]: the one gate every key removal passes: live key material never leaves.
 //! - [`repository`]: the directory on disk: scan, lock, crash-safe setup/rotate/recover.
 //! - [`check`]: judges a repository snapshot, problem by problem.
 //! - [`keyset`]: keys + history as one value, as cluster mode stores it (pure).
@@ -44,11 +46,13 @@
 pub mod agent;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod error;
+pub mod guard;
 pub mod history;
 pub mod hooks;
 pub mod key;

@@ -34,6 +34,10 @@ struct Repo {
     rotations: u64,
     validation_failures: u64,
     healthy: bool,
+    /// An input is refused to keep live keys (see `Summary::refused`).
+    refused: bool,
+    /// A clock is not to be trusted (see `Summary::clock_problem`).
+    clock_problem: bool,
     /// Cluster mode only.
     cluster: Option<ClusterGauges>,
 }
@@ -66,6 +70,8 @@ impl Metrics {
             r.last_rotation = s.last_rotation;
             r.next_rotation = s.next_rotation;
             r.healthy = healthy;
+            r.refused = s.refused;
+            r.clock_problem = s.clock_problem;
         })
     }
 
@@ -172,6 +178,18 @@ impl Metrics {
                 per_repo(&|r| Some(if r.healthy { 1.0 } else { 0.0 })),
             );
             let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            family(
+                "fernetd_input_refused",
+                "gauge",
+                "1 while an input is refused to keep keys that may decrypt live tokens (a cluster key set, a state file, a rotation).",
+                per_repo(&|r| Some(flag(r.refused))),
+            );
+            family(
+                "fernetd_clock_untrusted",
+                "gauge",
+                "1 while a clock is not trusted (a wall-clock step, times in the future, a cluster node's clock off by more than the margin).",
+                per_repo(&|r| Some(flag(r.clock_problem))),
+            );
             family(
                 "fernetd_cluster_in_step",
                 "gauge",

@@ -8,6 +8,7 @@
 //!
 //! Invariant: pure. The repository module executes the decision; nothing here touches disk.
 
+use crate::clock::Now;
 use crate::history::History;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -27,7 +28,7 @@ pub struct Decision {
 pub fn decide(
     numbers: &[u64],
     history: &History,
-    now: DateTime<Utc>,
+    now: &Now,
     max_active_keys: u64,
     retention: Duration,
     force_purge: bool,
@@ -44,17 +45,15 @@ pub fn decide(
     for &n in after.iter().skip(keep_count).rev() {
         let until = if n == old_primary {
             // Demoted by this very rotation.
-            now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+            crate::guard::from_now(retention, now)
         } else {
             history
                 .keys
                 .get(&n)
-                .map(|r| r.retained_until(retention))
-                .unwrap_or(
-                    now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX),
-                )
+                .map(|r| r.retained_until(retention, now))
+                .unwrap_or_else(|| crate::guard::from_now(retention, now))
         };
-        if force_purge || until <= now {
+        if force_purge || until <= now.wall {
             purge.push(n);
         } else {
             kept.push((n, until));
@@ -96,7 +95,7 @@ mod tests {
     #[test]
     fn count_rule_when_retention_has_passed() {
         let h = adopted(&[0, 1, 2, 3], t(0));
-        let d = decide(&[0, 1, 2, 3], &h, t(100), 3, RET, false);
+        let d = decide(&[0, 1, 2, 3], &h, &t(100).into(), 3, RET, false);
         assert_eq!(d.new_primary, 4);
         assert_eq!(d.purge, vec![1, 2]);
         assert!(d.kept.is_empty());
@@ -105,17 +104,17 @@ mod tests {
     #[test]
     fn guard_keeps_keys_inside_retention() {
         let h = adopted(&[0, 1, 2, 3], t(0));
-        let d = decide(&[0, 1, 2, 3], &h, t(24), 3, RET, false);
+        let d = decide(&[0, 1, 2, 3], &h, &t(24).into(), 3, RET, false);
         assert!(d.purge.is_empty());
         assert_eq!(d.kept, vec![(1, t(49)), (2, t(49))]);
-        let forced = decide(&[0, 1, 2, 3], &h, t(24), 3, RET, true);
+        let forced = decide(&[0, 1, 2, 3], &h, &t(24).into(), 3, RET, true);
         assert_eq!(forced.purge, vec![1, 2]);
     }
 
     #[test]
     fn the_key_demoted_now_is_kept_with_two_keys() {
         let h = adopted(&[0, 1], t(0));
-        let d = decide(&[0, 1], &h, t(100), 2, RET, false);
+        let d = decide(&[0, 1], &h, &t(100).into(), 2, RET, false);
         assert_eq!(d.kept, vec![(1, t(149))]);
     }
 
@@ -130,9 +129,9 @@ mod tests {
         ) {
             let numbers: Vec<u64> = std::iter::once(0).chain(1..=highest).collect();
             let h = adopted(&numbers, t(0));
-            let now = t(age_hours);
-            let keystone = decide(&numbers, &h, now, max_keys, RET, true);
-            let guarded = decide(&numbers, &h, now, max_keys, RET, false);
+            let now: Now = t(age_hours).into();
+            let keystone = decide(&numbers, &h, &now, max_keys, RET, true);
+            let guarded = decide(&numbers, &h, &now, max_keys, RET, false);
             let mut all: Vec<u64> = guarded.purge.clone();
             all.extend(guarded.kept.iter().map(|k| k.0));
             all.sort_unstable();
@@ -140,7 +139,7 @@ mod tests {
             let survivors = numbers.len() as u64 + 1 - keystone.purge.len() as u64 - 1;
             prop_assert_eq!(survivors, max_keys.min(highest + 2) - 1);
             for n in &guarded.purge {
-                prop_assert!(h.keys[n].retained_until(RET) <= now);
+                prop_assert!(h.keys[n].retained_until(RET, &now) <= now.wall);
             }
         }
     }

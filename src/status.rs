@@ -4,6 +4,7 @@
 //! `STATUS=` line and its metrics.
 
 use crate::check::{Finding, Severity};
+use crate::clock::Now;
 use crate::config::{Kind, Managed};
 use crate::repository::Repository;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -56,6 +57,12 @@ pub struct Summary {
     /// Keys beyond max_active_keys that the retention guard keeps, and until when.
     pub retained: Vec<Retained>,
     pub findings: Vec<Finding>,
+    /// An input was refused to keep live keys (a cluster key set, a state file that
+    /// contradicts the disk, a rotation the gate stopped): critical until it is resolved.
+    pub refused: bool,
+    /// A clock is not to be trusted: a wall-clock step, recorded times in the future, a
+    /// cluster node whose clock is off by more than the margin.
+    pub clock_problem: bool,
 }
 
 impl Summary {
@@ -77,12 +84,33 @@ impl Summary {
             safe: None,
             retained: Vec::new(),
             findings: Vec::new(),
+            refused: false,
+            clock_problem: false,
         }
+    }
+
+    fn raise(&mut self, level: Level, why: String) {
+        self.level = self.level.max(level);
+        self.problems.push(why);
+    }
+
+    /// An input refused to keep live keys: critical, and said in every rendering.
+    pub fn refuse(&mut self, why: String) {
+        self.refused = true;
+        self.raise(Level::Critical, why);
+    }
+
+    /// A clock that cannot be trusted: a warning (retention never shrinks for it).
+    pub fn clock(&mut self, why: String) {
+        self.clock_problem = true;
+        self.raise(Level::Warning, why);
     }
 }
 
 /// Reads `m`'s repository through `repo` (no lock, no write) and judges it.
-pub fn summarize(m: &Managed, repo: &Repository, now: DateTime<Utc>) -> Summary {
+pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
+    let now = clock.wall;
+    let judged = repo.judging_clock(clock);
     let s = &m.settings;
     let mut sum = Summary {
         schedule: m.schedule.to_string(),
@@ -91,10 +119,7 @@ pub fn summarize(m: &Managed, repo: &Repository, now: DateTime<Utc>) -> Summary 
         safe: m.plan.safe,
         ..Summary::new(s.kind, s.key_repository.clone())
     };
-    let raise = |sum: &mut Summary, level: Level, why: String| {
-        sum.level = sum.level.max(level);
-        sum.problems.push(why);
-    };
+    let raise = |sum: &mut Summary, level: Level, why: String| sum.raise(level, why);
     if m.plan.safe == Some(false) {
         raise(
             &mut sum,
@@ -130,6 +155,33 @@ pub fn summarize(m: &Managed, repo: &Repository, now: DateTime<Utc>) -> Summary 
             return sum;
         }
     };
+    let state = repo
+        .dir()
+        .join(crate::repository::INTERNAL_DIR)
+        .join("state.json");
+    let disk = scan.fingerprints();
+    for c in history.contradictions(&disk) {
+        sum.refuse(format!(
+            "{}: {}: {}; nothing is removed on this file's word",
+            state.display(),
+            c.field,
+            c.problem
+        ));
+    }
+    for (field, t) in history.future(clock) {
+        sum.clock(format!(
+            "{}: {field} is in the future ({}): schedules count from now",
+            state.display(),
+            t.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ));
+    }
+    if let Some(step) = crate::clock::step_ahead(clock, &judged) {
+        sum.clock(format!(
+            "the wall clock stepped {} since this boot's first recorded moment; retention \
+             counts by the boot clock",
+            crate::clock::describe_step(step)
+        ));
+    }
     if let Some(p) = sum.primary {
         sum.primary_since = history
             .keys
@@ -137,7 +189,10 @@ pub fn summarize(m: &Managed, repo: &Repository, now: DateTime<Utc>) -> Summary 
             .map(|r| r.promoted.unwrap_or(r.first_seen));
     }
     sum.last_rotation = history.last_rotation.or(sum.primary_since);
-    let next = m.schedule.next_after(sum.last_rotation.unwrap_or(now));
+    // A recorded time in the future counts as now: rotations never stop for it.
+    let next = m
+        .schedule
+        .next_after(clock.at_most(sum.last_rotation.unwrap_or(now)));
     sum.next_rotation = next;
     if let Some(next) = next {
         if next + OVERDUE_GRACE < now {
@@ -160,7 +215,7 @@ pub fn summarize(m: &Managed, repo: &Repository, now: DateTime<Utc>) -> Summary 
         if let Some(r) = history.keys.get(&n) {
             sum.retained.push(Retained {
                 key: n,
-                until: r.retained_until(retention),
+                until: r.retained_until(retention, &judged),
             });
         }
     }
@@ -214,6 +269,10 @@ pub struct ClusterView {
     pub gate_deadline: Option<std::time::Duration>,
     /// The node leading this repository's rotations, if any.
     pub leader: Option<String>,
+    /// The cluster's set as this node judges it: `None` when it may take it, else why not.
+    pub refused: Option<String>,
+    /// Nodes whose clocks are off by more than the margin (purges are held), and by how much.
+    pub skewed: Vec<(String, i64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,14 +282,21 @@ pub struct NodeView {
     pub holds_staged: bool,
 }
 
-/// Judges this node against the cluster's key set (pure).
+/// Judges this node against the cluster's key set (pure). `local` is the disk, `history`
+/// this node's recorded history (with the lineage it last applied).
+#[allow(clippy::too_many_arguments)]
 pub fn cluster_view(
     local: &std::collections::BTreeMap<u64, crate::key::Fingerprint>,
+    history: &crate::history::History,
     set: &crate::keyset::KeySet,
     revision: i64,
     acks: &[crate::cluster::Ack],
     leader: Option<String>,
+    retention: std::time::Duration,
+    now: &Now,
 ) -> ClusterView {
+    // The same judgement the node's apply makes (its retention, E + W; its clock).
+    let refused = crate::guard::admit(set, local, history, retention, now).err();
     let staged = set.keys.get(&0).map(|k| k.fingerprint());
     let nodes: Vec<NodeView> = acks
         .iter()
@@ -244,7 +310,15 @@ pub fn cluster_view(
         revision,
         primary: set.primary(),
         keys: set.keys.keys().copied().collect(),
-        in_sync: *local == set.fingerprints(),
+        // Keys this node keeps beyond the set (live ones the set dropped) are no drift.
+        in_sync: set
+            .fingerprints()
+            .iter()
+            .all(|(n, fp)| local.get(n) == Some(fp))
+            && local.iter().all(|(n, fp)| {
+                set.keys.contains_key(n)
+                    || history.keys.get(n).is_some_and(|r| r.fingerprint == *fp)
+            }),
         gate_waiting_on: nodes
             .iter()
             .filter(|n| !n.holds_staged)
@@ -255,10 +329,26 @@ pub fn cluster_view(
         gate_blocked: false,
         gate_deadline: None,
         leader,
+        refused,
+        skewed: Vec::new(),
     }
 }
 
 impl ClusterView {
+    /// Notes the nodes whose clocks the acknowledgements show off by more than `margin`.
+    pub fn judge_clocks(
+        &mut self,
+        acks: &[crate::cluster::Ack],
+        committed: Option<DateTime<Utc>>,
+        margin: std::time::Duration,
+        now: DateTime<Utc>,
+    ) {
+        self.skewed = crate::cluster::skewed(acks, self.revision, committed, now, margin)
+            .into_iter()
+            .map(|(n, d)| (n, d.num_seconds()))
+            .collect();
+    }
+
     /// Judges the promotion gate as the leader does: a rotation `due` and held by nodes that
     /// lack the staged key is blocked once it is `deadline` overdue.
     pub fn judge_gate(
@@ -284,7 +374,24 @@ impl Summary {
                 self.problems.push(format!("cluster: {e}"));
             }
             Ok(v) => {
-                if !v.in_sync {
+                if let Some(why) = &v.refused {
+                    self.refuse(format!(
+                        "the cluster's key set at revision {} is refused here, every key stays: {why}",
+                        v.revision
+                    ));
+                }
+                if !v.skewed.is_empty() {
+                    let nodes: Vec<(String, chrono::Duration)> = v
+                        .skewed
+                        .iter()
+                        .map(|(n, s)| (n.clone(), chrono::Duration::seconds(*s)))
+                        .collect();
+                    self.clock(format!(
+                        "purges held: clocks off by more than the margin: {}",
+                        crate::cluster::describe_skew(&nodes)
+                    ));
+                }
+                if !v.in_sync && v.refused.is_none() {
                     self.level = self.level.max(Level::Warning);
                     self.problems.push(format!(
                         "differs from the cluster's key set (revision {}): run fernetd sync",
@@ -324,18 +431,28 @@ mod tests {
 
     fn view(lagging: bool) -> ClusterView {
         let now = Utc::now();
-        let set = KeySet::fresh(now).unwrap();
+        let set = KeySet::fresh(&now.into()).unwrap();
         let staged = set.keys[&0].fingerprint();
         let ack = |node: &str, staged| Ack {
             node: node.into(),
             revision: 1,
             staged,
+            clock: None,
         };
         let mut acks = vec![ack("a", staged)];
         if lagging {
             acks.push(ack("b", crate::key::Fingerprint::NONE));
         }
-        cluster_view(&set.fingerprints(), &set, 1, &acks, Some("a".into()))
+        cluster_view(
+            &set.fingerprints(),
+            &set.history,
+            &set,
+            1,
+            &acks,
+            Some("a".into()),
+            Duration::ZERO,
+            &now.into(),
+        )
     }
 
     #[test]

@@ -625,6 +625,8 @@ fn cross_check(dirs: &[std::path::PathBuf], until: std::time::Instant) -> (usize
     (samples, failures)
 }
 
+/// A node's config; the first node's also starts the cluster (`cluster init`, fresh keys),
+/// as an operator does once: daemons with empty repositories wait for a key set.
 fn node_config(dir: &Path, etcd: &Etcd, node: &str) -> std::path::PathBuf {
     let p = dir.join(format!("{node}.toml"));
     std::fs::write(&p, format!(
@@ -634,7 +636,18 @@ fn node_config(dir: &Path, etcd: &Etcd, node: &str) -> std::path::PathBuf {
          dial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n",
         dir.join(node).display(), etcd.endpoint
     )).unwrap();
+    start_cluster(&p);
     p
+}
+
+/// `fernetd cluster init` (fresh keys) unless the prefix already holds a key set.
+fn start_cluster(cfg: &Path) {
+    let out = fernetd(&["--config", cfg.to_str().unwrap(), "cluster", "init"]);
+    assert!(
+        out.code == 0 || out.stderr.contains("already holds a key set"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -1037,6 +1050,7 @@ fn losing_an_etcd_member_changes_nothing_and_losing_quorum_loses_no_key() {
              dial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n",
             t.path().join(node).display()
         )).unwrap();
+        start_cluster(&p);
         p
     };
     let daemons: Vec<Daemon> = ["a", "b"]

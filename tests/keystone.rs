@@ -3,34 +3,11 @@
 //! the command that installs it; they are never skipped.
 
 mod common;
+use common::keystone::{helper, venv};
 use common::*;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn venv() -> PathBuf {
-    let v = std::env::var_os("FERNETD_KEYSTONE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    let ok = Command::new(v.join("bin/python"))
-        .args(["-c", "import keystone.common.fernet_utils"])
-        .output()
-        .map(|o| o.status.success());
-    assert!(
-        matches!(ok, Ok(true)),
-        "Keystone is not installed in {} (python3 -m venv .venv && .venv/bin/pip install keystone; the README's test command does this)",
-        v.display()
-    );
-    v
-}
-
-fn helper(args: &[&str]) -> std::process::Output {
-    Command::new(venv().join("bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// SHA-256 of each key in Keystone's load order, as Keystone's own loader reports it.
 fn keystone_load(dir: &Path) -> Vec<String> {

@@ -1,9 +1,15 @@
 //! Random operation sequences against a model of Keystone's semantics, on a real directory,
 //! through the library's public API with simulated time.
 //!
-//! Operations: fernetd rotate (guarded or `--force-purge`), fernetd setup, time passing, and an
-//! external rotation done exactly as `keystone-manage fernet_rotate` does it. After every
-//! fernetd operation:
+//! Operations: fernetd rotate (guarded or `--force-purge`), fernetd setup, time passing, an
+//! external rotation done exactly as `keystone-manage fernet_rotate` does it, steps of the wall
+//! clock (forward by up to days, or back), reboots (a new boot clock; the wall clock right
+//! again), and a rollback of `.fernetd/state.json` to a copy taken earlier (a restored backup).
+//! fernetd sees the stepped wall clock and the boot clock; the model keeps the real time. What
+//! fernetd cannot know is not modelled: a wall clock that is wrong before fernetd first records
+//! a moment of the boot (it runs `setup` when the daemon starts with the system), or one that
+//! stepped back while it recorded, and was corrected by a reboot.
+//! After every fernetd operation:
 //! - Keystone semantics hold: key 0 became `max + 1` with the same content, a new key 0 exists,
 //!   no surviving key changed; with force_purge the key numbers are exactly Keystone's;
 //! - safety: every key demoted less than the retention ago is on disk, and the token issued
@@ -14,6 +20,7 @@
 mod common;
 use chrono::{DateTime, TimeZone, Utc};
 use common::{keys, multifernet};
+use fernetd::clock::{BootStamp, Now};
 use fernetd::repository::{Repository, RotateParams};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -37,6 +44,16 @@ enum Op {
     KeystoneRotate {
         times: u8,
     },
+    /// The wall clock steps by `hours` (an NTP step, a VM resumed); real time does not move.
+    ClockStep {
+        hours: i64,
+    },
+    /// A reboot: a new boot clock, and the wall clock is right again.
+    Reboot,
+    /// `.fernetd/state.json` is replaced by the copy saved `back` fernetd operations ago.
+    RestoreState {
+        back: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +62,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Setup),
         3 => (0i64..5).prop_map(|hours| Op::Advance { hours }),
         2 => (1u8..3).prop_map(|times| Op::KeystoneRotate { times }),
+        1 => prop_oneof![(1i64..100), (-5i64..0)].prop_map(|hours| Op::ClockStep { hours }),
+        1 => Just(Op::Reboot),
+        1 => (1usize..4).prop_map(|back| Op::RestoreState { back }),
     ]
 }
 
@@ -77,7 +97,24 @@ fn keystone_survivors(before: &BTreeMap<u64, String>, max_active_keys: usize) ->
 }
 
 struct World {
+    /// The real time.
     now: DateTime<Utc>,
+    /// What the wall clock is off by (steps since the last reboot).
+    offset: chrono::Duration,
+    /// The wall clock stepped back during this boot: records made since carry times earlier
+    /// than real ones, which no clock left after a reboot can correct (see the README's
+    /// "Disaster recovery"), so the model reboots only when that did not happen.
+    stepped_back: bool,
+    /// The boot: its id and when (real time) it started.
+    boot: (String, DateTime<Utc>),
+    /// Copies of state.json after each fernetd operation, newest last.
+    states: Vec<Option<Vec<u8>>>,
+    /// Until when fernetd's history may date things later than reality (a wall clock off
+    /// while it recorded, a step back since, a rolled-back state file): "quiet" is judged only
+    /// after that.
+    dated_late_until: DateTime<Utc>,
+    /// The state file was rolled back since fernetd last acted.
+    restored: bool,
     /// When fernetd last acted (its history is dated no later than this).
     last_fernetd_op: DateTime<Utc>,
     /// An external rotation happened since fernetd last looked: fernetd will date what it
@@ -94,6 +131,17 @@ fn token_for(key: &str) -> String {
 }
 
 impl World {
+    /// What fernetd's clock reads now.
+    fn clock(&self) -> Now {
+        Now {
+            wall: self.now + self.offset,
+            boot: Some(BootStamp {
+                boot: self.boot.0.clone(),
+                ms: (self.now - self.boot.1).num_milliseconds() as u64,
+            }),
+        }
+    }
+
     fn primary(dir: &Path) -> String {
         keys(dir).into_iter().next_back().unwrap().1
     }
@@ -134,25 +182,67 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
     let dir = t.path();
     let repo = Repository::new(dir, None);
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    repo.setup(start).unwrap();
-    let p = World::primary(dir);
+    let state = dir.join(".fernetd/state.json");
+    let p_boot = ("boot-0".to_string(), start - chrono::Duration::hours(1));
     let mut w = World {
         now: start,
+        offset: chrono::Duration::zero(),
+        stepped_back: false,
+        boot: p_boot,
+        states: Vec::new(),
+        dated_late_until: start,
+        restored: false,
         last_fernetd_op: start,
         unobserved_external: false,
         demoted: BTreeMap::new(),
-        primary_token: (p.clone(), token_for(&p)),
+        primary_token: (String::new(), String::new()),
     };
+    repo.setup(&w.clock()).unwrap();
+    let p = World::primary(dir);
+    w.primary_token = (p.clone(), token_for(&p));
+    w.states.push(std::fs::read(&state).ok());
     let params = |force| RotateParams {
         max_active_keys: max_active_keys as u64,
         retention: Duration::from_secs((RETENTION_H * HOUR) as u64),
         force_purge: force,
     };
+    let retention = chrono::Duration::seconds(RETENTION_H * HOUR);
     for (i, op) in ops.iter().enumerate() {
         let ctx = format!("op {i} {op:?} at {}", w.now);
         match op {
             Op::Advance { hours } => {
                 w.now += chrono::Duration::hours(*hours);
+                continue;
+            }
+            Op::ClockStep { hours } => {
+                w.offset += chrono::Duration::hours(*hours);
+                w.stepped_back |= *hours < 0;
+                let late =
+                    w.now + retention + chrono::Duration::hours(hours.abs()) + w.offset.abs();
+                w.dated_late_until = w.dated_late_until.max(late);
+                continue;
+            }
+            Op::Reboot => {
+                if !w.stepped_back {
+                    w.boot = (format!("reboot-{i}"), w.now);
+                    w.offset = chrono::Duration::zero();
+                    // The daemon starts with the system: it records the new boot at once.
+                    repo.setup(&w.clock()).unwrap();
+                }
+                continue;
+            }
+            Op::RestoreState { back } => {
+                let Some(copy) = w.states.iter().rev().nth(*back).cloned() else {
+                    continue;
+                };
+                match copy {
+                    Some(bytes) => std::fs::write(&state, bytes).unwrap(),
+                    None => {
+                        let _ = std::fs::remove_file(&state);
+                    }
+                }
+                // Keys the old copy does not know are adopted, dated when fernetd next looks.
+                w.restored = true;
                 continue;
             }
             Op::KeystoneRotate { times } => {
@@ -168,14 +258,16 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
             }
             Op::Setup => {
                 let before = keys(dir);
-                repo.setup(w.now).unwrap();
+                repo.setup(&w.clock()).unwrap();
                 assert_eq!(keys(dir), before, "{ctx}: setup changed a key");
             }
             Op::Rotate { force } => {
                 let before = keys(dir);
                 let quiet = !w.unobserved_external
-                    && w.now - w.last_fernetd_op >= chrono::Duration::seconds(RETENTION_H * HOUR);
-                let out = repo.rotate(params(*force), w.now).unwrap();
+                    && !w.restored
+                    && w.now >= w.dated_late_until
+                    && w.now - w.last_fernetd_op >= retention;
+                let out = repo.rotate(params(*force), &w.clock()).unwrap();
                 let after = keys(dir);
                 let max = *before.keys().max().unwrap();
                 assert_eq!(
@@ -237,6 +329,12 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
         }
         w.last_fernetd_op = w.now;
         w.unobserved_external = false;
+        if !w.offset.is_zero() || w.restored {
+            let late = w.now + retention + w.offset.abs();
+            w.dated_late_until = w.dated_late_until.max(late);
+            w.restored = false;
+        }
+        w.states.push(std::fs::read(&state).ok());
         w.check_safety(dir, &ctx);
     }
 }

@@ -23,7 +23,9 @@ mod state;
 pub use fsio::Owner;
 pub use scan::{EntryKind, Scan, INTERNAL_DIR};
 
+use crate::clock::Now;
 use crate::error::{Error, IoContext, Result};
+use crate::guard;
 use crate::history::{History, Observation};
 use crate::key::{Fingerprint, Key};
 use crate::rotation::{self, Decision};
@@ -105,6 +107,45 @@ impl Repository {
         self.internal().join("state.json")
     }
 
+    /// The first moment of this boot fernetd saw (see [`Repository::anchor`]).
+    fn clock_path(&self) -> PathBuf {
+        self.internal().join("clock")
+    }
+
+    /// `now` as retention is judged here: never later than the first moment fernetd recorded
+    /// on this boot plus the boot clock's time since ([`Now::anchored`]), so a step of the
+    /// wall clock later in the boot ages no key, whatever the state file says (it is kept
+    /// apart from the state file, which a restore or a copy may replace). The first call of
+    /// a boot records the moment. Caller holds the lock.
+    fn anchor(&self, now: &Now, owner: Option<Owner>) -> Result<Now> {
+        let path = self.clock_path();
+        let recorded = fsio::read_optional(&path)?
+            .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok());
+        let same_boot =
+            |m: &crate::clock::Moment| now.boot.as_ref().is_some_and(|b| b.boot == m.boot.boot);
+        match recorded.filter(same_boot) {
+            Some(m) => Ok(now.anchored(Some(&m))),
+            None => {
+                if let Some(m) = now.moment() {
+                    let tmp = self.internal().join("clock.tmp");
+                    let text = serde_json::to_vec(&m).unwrap_or_default();
+                    fsio::write_new(&tmp, &text, owner)?;
+                    fsio::rename(&tmp, &path)?;
+                }
+                Ok(now.clone())
+            }
+        }
+    }
+
+    /// [`Repository::anchor`] without writing (for `status` and other readers).
+    pub fn judging_clock(&self, now: &Now) -> Now {
+        let recorded = fsio::read_optional(&self.clock_path())
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok());
+        now.anchored(recorded.as_ref())
+    }
+
     fn primary_tmp(&self) -> PathBuf {
         self.internal().join("primary.tmp")
     }
@@ -121,6 +162,21 @@ impl Repository {
     /// Reads the recorded history without locking; empty when none was saved.
     pub fn history(&self) -> Result<History> {
         self.state.read(&self.state_path())
+    }
+
+    /// The recorded history, refused when the keys on disk contradict it: nothing is ever
+    /// removed or re-dated on the word of a state file that is wrong about the disk (edited,
+    /// or copied from another node or a backup).
+    fn trusted_history(&self, disk: &BTreeMap<u64, Fingerprint>) -> Result<History> {
+        let h = self.history()?;
+        match h.contradictions(disk).into_iter().next() {
+            Some(c) => Err(Error::StateContradicts {
+                path: self.state_path(),
+                field: c.field,
+                problem: c.problem,
+            }),
+            None => Ok(h),
+        }
     }
 
     fn save_history(&self, h: &History, owner: Option<Owner>) -> Result<()> {
@@ -182,7 +238,7 @@ impl Repository {
         scan: &Scan,
         history: &History,
         retention: Duration,
-        now: DateTime<Utc>,
+        now: &Now,
         owner: Option<Owner>,
     ) -> Result<Vec<u64>> {
         let disk = scan.fingerprints();
@@ -205,7 +261,8 @@ impl Repository {
             if !(missing || unusable(n)) {
                 continue;
             }
-            let needed = n == 0 || Some(n) == primary || r.retained_until(retention) > now;
+            let needed =
+                n == 0 || Some(n) == primary || r.retained_until(retention, now) > now.wall;
             let copy = self.copies_dir().join(r.fingerprint.to_string());
             let key = fsio::read_optional(&copy)?.and_then(|b| Key::parse(&b).ok());
             match key {
@@ -266,6 +323,24 @@ impl Repository {
         Ok((owner, lock))
     }
 
+    /// [`Repository::begin_write`], and the clock as this repository judges retention.
+    fn begin_timed_write(
+        &self,
+        out: &mut Outcome,
+        now: &Now,
+    ) -> Result<(Option<Owner>, RepoLock, Now)> {
+        let (owner, lock) = self.begin_write(out)?;
+        let judged = self.anchor(now, owner)?;
+        if let Some(step) = crate::clock::step_ahead(now, &judged) {
+            out.warnings.push(format!(
+                "the wall clock stepped {} since this boot's first recorded moment; retention \
+                 counts by the boot clock, which did not",
+                crate::clock::describe_step(step)
+            ));
+        }
+        Ok((owner, lock, judged))
+    }
+
     /// Takes the lock, creating `.fernetd/` when needed.
     fn lock(&self, owner: Option<Owner>) -> Result<RepoLock> {
         self.require_dir()?;
@@ -296,7 +371,7 @@ impl Repository {
 
     /// `fernetd setup`: creates and initializes the repository (`{0, 1}`), or, when it is
     /// initialized, changes no key: it completes an interrupted rotation and records history.
-    pub fn setup(&self, now: DateTime<Utc>) -> Result<Outcome> {
+    pub fn setup(&self, now: &Now) -> Result<Outcome> {
         let mut out = Outcome::default();
         self.check_owner_permitted()?;
         if self.dir.exists() {
@@ -313,21 +388,23 @@ impl Repository {
             fsio::create_private_dir(&self.dir, self.owner)?;
             out.notes.push(format!("created {}", self.dir.display()));
         }
-        let (owner, _lock) = self.begin_write(&mut out)?;
+        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let now = &now;
         let scan = self.scan()?;
-        let mut history = self.history()?;
+        let mut history = self.trusted_history(&scan.fingerprints())?;
         if scan.key_entries().next().is_none() {
             for number in [1, 0] {
                 let key = generate()?;
                 self.install_key(number, &key, owner)?;
                 history.record_created(number, key.fingerprint(), now);
             }
-            history.last_rotation = Some(now);
+            history.last_rotation = Some(now.wall);
             self.save_history(&history, owner)?;
             out.notes
                 .push("initialized: key 1 (primary) and key 0 (staged)".into());
         } else {
             ensure_writable(&scan)?;
+            describe_clock(&history, &scan.fingerprints(), now, &mut out);
             let notes = history.reconcile(&scan.fingerprints(), now);
             describe_observations(&notes, &mut out);
             self.save_history(&history, owner)?;
@@ -343,13 +420,14 @@ impl Repository {
     }
 
     /// `fernetd rotate`: one Keystone-compatible rotation with the retention guard.
-    pub fn rotate(&self, params: RotateParams, now: DateTime<Utc>) -> Result<Outcome> {
+    pub fn rotate(&self, params: RotateParams, now: &Now) -> Result<Outcome> {
         let mut out = Outcome::default();
         self.require_dir()?;
         self.check_owner_permitted()?;
         // Refuse early, before the lock creates anything; checked again under the lock.
         ensure_writable(&self.scan()?)?;
-        let (owner, _lock) = self.begin_write(&mut out)?;
+        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let now = &now;
         let scan = self.scan()?;
         ensure_writable(&scan)?;
         let keys = scan.keys();
@@ -366,8 +444,10 @@ impl Repository {
                 })
             }
         };
-        let mut history = self.history()?;
-        let notes = history.reconcile(&scan.fingerprints(), now);
+        let disk = scan.fingerprints();
+        let mut history = self.trusted_history(&disk)?;
+        describe_clock(&history, &disk, now, &mut out);
+        let notes = history.reconcile(&disk, now);
         describe_observations(&notes, &mut out);
 
         let numbers: Vec<u64> = keys.keys().copied().collect();
@@ -380,6 +460,20 @@ impl Repository {
             params.force_purge,
         );
         let new_staged = generate()?;
+        // The gate, whatever `decide` said: what the disk will hold must keep every live key.
+        let mut after = disk.clone();
+        after.insert(decision.new_primary, staged.fingerprint());
+        after.insert(0, new_staged.fingerprint());
+        for n in &decision.purge {
+            after.remove(n);
+        }
+        let lost = guard::losses(&disk, &after, &history, params.retention, now);
+        if !lost.is_empty() && !params.force_purge {
+            return Err(Error::Refused {
+                input: format!("{}: this rotation", self.dir.display()),
+                reason: format!("it would remove {}", guard::describe(&lost)),
+            });
+        }
 
         // Steps 1-3: stage both files durably, then two atomic, durable renames.
         fsio::write_new(&self.primary_tmp(), staged.to_text().as_bytes(), owner)?;
@@ -393,7 +487,7 @@ impl Repository {
         // Step 4: the decision is durable before anything is removed.
         history.record_rotation(decision.new_primary, new_staged.fingerprint(), now);
         for &n in &decision.purge {
-            history.record_purge(n, now);
+            history.record_purge(n, now.wall);
         }
         self.save_history(&history, owner)?;
 
@@ -428,7 +522,7 @@ impl Repository {
     /// What the watcher calls after a file event: compares the disk with the recorded history
     /// and, only when they differ (a change fernetd did not make), takes the lock, records the
     /// change and reports it, with every key that vanished inside its retention window.
-    pub fn observe(&self, retention: Duration, now: DateTime<Utc>) -> Result<Observed> {
+    pub fn observe(&self, retention: Duration, now: &Now) -> Result<Observed> {
         let scan = self.scan()?;
         let history = self.history()?;
         // A corrupted key drops out of the fingerprints, so this also catches corruption.
@@ -443,8 +537,9 @@ impl Repository {
         }
         let owner = self.file_owner()?;
         let _lock = self.lock(owner)?;
+        let now = &self.anchor(now, owner)?;
         let mut scan = self.scan()?;
-        let mut history = self.history()?;
+        let mut history = self.trusted_history(&scan.fingerprints())?;
         let mut repaired = Vec::new();
         if self.repair {
             repaired = self.repair_from_copies(&scan, &history, retention, now, owner)?;
@@ -460,11 +555,11 @@ impl Repository {
                 Observation::Vanished { number, .. } | Observation::Replaced { number } => {
                     // The primary encrypted tokens until the moment it vanished.
                     let until = if Some(*number) == before.primary() {
-                        now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+                        guard::from_now(retention, now)
                     } else {
-                        before.keys.get(number)?.retained_until(retention)
+                        before.keys.get(number)?.retained_until(retention, now)
                     };
-                    (until > now).then(|| RetentionViolation {
+                    (until > now.wall).then(|| RetentionViolation {
                         path: key_path(&self.dir, *number),
                         number: *number,
                         until,
@@ -487,17 +582,18 @@ impl Repository {
 
     /// The repository as a key set (cluster import): completes an interrupted rotation,
     /// refuses an invalid repository, records keys without history, changes no key.
-    pub fn export(&self, now: DateTime<Utc>) -> Result<crate::keyset::KeySet> {
+    pub fn export(&self, now: &Now) -> Result<crate::keyset::KeySet> {
         self.require_dir()?;
         ensure_writable(&self.scan()?)?;
         let mut out = Outcome::default();
-        let (owner, _lock) = self.begin_write(&mut out)?;
+        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let now = &now;
         for w in &out.warnings {
             tracing::warn!("{}: {w}", self.dir.display());
         }
         let scan = self.scan()?;
         ensure_writable(&scan)?;
-        let mut history = self.history()?;
+        let mut history = self.trusted_history(&scan.fingerprints())?;
         history.reconcile(&scan.fingerprints(), now);
         self.save_history(&history, owner)?;
         let set = crate::keyset::KeySet {
@@ -515,12 +611,27 @@ impl Repository {
         Ok(set)
     }
 
-    /// Makes the repository hold exactly `set` (cluster sync), in a safe order: every key the
-    /// set has and the disk lacks (highest first, so the new primary lands first; when it is
-    /// the key 0 on disk, by a hard link), then key 0 and the removals, each write atomic and
-    /// durable before the next step. A key file that is missing, different or unreadable is
-    /// rewritten from the set; the set's history becomes the local one.
-    pub fn apply(&self, set: &crate::keyset::KeySet) -> Result<Outcome> {
+    /// Makes the repository hold `set` (cluster sync), in a safe order: every key the set has
+    /// and the disk lacks (highest first, so the new primary lands first; when it is the key 0
+    /// on disk, by a hard link), then key 0 and the removals, each write atomic and durable
+    /// before the next step. A key file that is missing, different or unreadable is rewritten
+    /// from the set; the set's history becomes the local one.
+    ///
+    /// `source` names the input for errors (the etcd key and revision). Refused, with nothing
+    /// changed: a set that is not a successor of the one applied here (older, another
+    /// cluster's, other keys under the same generation), or one that would remove a key that
+    /// may still decrypt a live token (by `retention`, which for a set the leader purged with
+    /// its margin is `E + W`) without being newer than the disk. A newer set is applied but
+    /// such keys stay, recorded, until their retention ends (a node that was cut off and used
+    /// its primary longer than the cluster did). Sets the operator forced
+    /// ([`Lineage::forced`](crate::keyset::Lineage)) pass the gate.
+    pub fn apply(
+        &self,
+        set: &crate::keyset::KeySet,
+        source: &str,
+        retention: Duration,
+        now: &Now,
+    ) -> Result<Outcome> {
         set.validate().map_err(|e| Error::Invalid {
             path: self.dir.clone(),
             problem: format!("cluster key set: {e}"),
@@ -530,9 +641,33 @@ impl Repository {
             fsio::create_private_dir(&self.dir, self.owner)?;
             out.notes.push(format!("created {}", self.dir.display()));
         }
-        let (owner, _lock) = self.begin_write(&mut out)?;
+        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let now = &now;
         let scan = self.scan()?;
         let disk = scan.fingerprints();
+        let local = self.history()?;
+        let lost =
+            guard::admit(set, &disk, &local, retention, now).map_err(|reason| Error::Refused {
+                input: source.to_string(),
+                reason,
+            })?;
+        // Keys kept beyond the set: recorded in the local history with the set's, the old
+        // primary demoted now.
+        let disk_primary = disk.keys().copied().max().unwrap_or(0);
+        let mut history = set.history.clone();
+        for l in &lost {
+            history.carry(
+                &local,
+                l.number,
+                l.fingerprint,
+                l.number == disk_primary,
+                now,
+            );
+            out.warnings.push(format!(
+                "kept key {} beyond the cluster's key set: it may still decrypt live tokens ({})",
+                l.number, l.why
+            ));
+        }
         let differs = |n: u64, k: &Key| disk.get(&n) != Some(&k.fingerprint());
         // Three steps, each made durable by one directory fsync (the key files themselves are
         // fsynced before their rename): the keys above 0, highest first (a rotation's new
@@ -555,9 +690,9 @@ impl Repository {
         let removed: Vec<u64> = disk
             .keys()
             .copied()
-            .filter(|n| !set.keys.contains_key(n))
+            .filter(|n| !set.keys.contains_key(n) && !lost.iter().any(|l| l.number == *n))
             .collect();
-        self.save_history(&set.history, owner)?;
+        self.save_history(&history, owner)?;
         let mut last_step = !removed.is_empty();
         if let Some(k) = set.keys.get(&0).filter(|k| differs(0, k)) {
             self.place_copy(0, k, owner)?;
@@ -581,9 +716,9 @@ impl Repository {
                 out.notes.push(format!("removed {}", join(&removed)));
             }
         }
-        // The disk now holds exactly the set.
-        out.keys = set.keys.keys().copied().collect();
-        out.primary = set.primary();
+        // The disk now holds the set, and the keys kept beyond it.
+        out.keys = history.keys.keys().copied().collect();
+        out.primary = history.primary();
         Ok(out)
     }
 
@@ -710,38 +845,10 @@ impl Repository {
             );
         }
 
-        // Purges that step 4 recorded but step 5 did not finish. The names on disk first (one
-        // directory read, not a stat per recorded purge): the full scan below is only needed
-        // when one of those files still exists.
-        let history = self.history()?;
-        let on_disk = scan::key_numbers(&self.dir)?;
-        let leftover = history
-            .purged
-            .iter()
-            .any(|p| p.by_fernetd && on_disk.contains(&p.number));
-        if !leftover {
-            return Ok(());
-        }
-        let scan = self.scan()?;
-        let mut finished = Vec::new();
-        for (n, k) in scan.keys() {
-            let fp = k.fingerprint();
-            let purged = history
-                .purged
-                .iter()
-                .any(|p| p.by_fernetd && p.number == n && p.fingerprint == fp);
-            if purged && !history.keys.contains_key(&n) {
-                fsio::remove_if_present(&key_path(&self.dir, n))?;
-                finished.push(n);
-            }
-        }
-        if !finished.is_empty() {
-            fsio::sync_dir(&self.dir)?;
-            out.warnings.push(format!(
-                "completed an interrupted purge of {}",
-                join(&finished)
-            ));
-        }
+        // Purges that step 4 recorded but step 5 did not finish are not finished here: a state
+        // file can be wrong about the disk (edited, copied from another node, restored), so no
+        // key is removed on its word. `reconcile` adopts such keys again, dated now, and a later
+        // rotation purges them through the gate once their retention is over.
         Ok(())
     }
 }
@@ -819,6 +926,32 @@ fn ensure_writable(scan: &Scan) -> Result<()> {
     Ok(())
 }
 
+/// What the clocks and the state file say about time, before `reconcile` dates anything: a
+/// wall-clock step since the history last recorded a moment of this boot, recorded times in
+/// the future, keys that a purge record names but that are still on disk.
+fn describe_clock(
+    history: &History,
+    disk: &BTreeMap<u64, Fingerprint>,
+    now: &Now,
+    out: &mut Outcome,
+) {
+    for (field, t) in history.future(now) {
+        out.warnings.push(format!(
+            "state.json: {field} is in the future ({}): a wall clock that stepped back, or a \
+             state file from elsewhere; retention counts as not yet begun, schedules from now",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    let unpurged = history.purged_on_disk(disk);
+    if !unpurged.is_empty() {
+        out.warnings.push(format!(
+            "{} recorded as purged but still on disk (an interrupted purge): kept, dated now; a \
+             later rotation purges it once its retention is over",
+            join(&unpurged)
+        ));
+    }
+}
+
 fn describe_observations(notes: &[Observation], out: &mut Outcome) {
     let adopted: Vec<u64> = notes
         .iter()
@@ -873,18 +1006,18 @@ mod tests {
     fn a_promoted_key_gets_its_new_name_without_being_written_again() {
         let d = tempfile::tempdir().unwrap();
         let repo = Repository::new(d.path().join("keys"), None);
-        let now = Utc::now();
+        let now = Now::read();
         let params = RotateParams {
             max_active_keys: 3,
             retention: Duration::ZERO,
             force_purge: false,
         };
-        let set = KeySet::fresh(now).unwrap();
-        repo.apply(&set).unwrap();
+        let set = KeySet::fresh(&now).unwrap();
+        repo.apply(&set, "test", Duration::ZERO, &now).unwrap();
         let (staged, _) = inode(&key_path(repo.dir(), 0));
 
-        let (next, decision) = set.rotate(Key::generate().unwrap(), &params, now);
-        repo.apply(&next).unwrap();
+        let (next, decision) = set.rotate(Key::generate().unwrap(), &params, &now).unwrap();
+        repo.apply(&next, "test", Duration::ZERO, &now).unwrap();
         // The same file under its new name, and the only name it has left.
         assert_eq!(
             inode(&key_path(repo.dir(), decision.new_primary)),
@@ -893,10 +1026,12 @@ mod tests {
         assert_eq!(repo.scan().unwrap().fingerprints(), next.fingerprints());
 
         // Another file already holds the new primary's name: a copy replaces it.
-        let (third, decision) = next.rotate(Key::generate().unwrap(), &params, now);
+        let (third, decision) = next
+            .rotate(Key::generate().unwrap(), &params, &now)
+            .unwrap();
         let taken = key_path(repo.dir(), decision.new_primary);
         std::fs::write(&taken, "not a key").unwrap();
-        repo.apply(&third).unwrap();
+        repo.apply(&third, "test", Duration::ZERO, &now).unwrap();
         assert_eq!(repo.scan().unwrap().fingerprints(), third.fingerprints());
         assert_eq!(inode(&taken).1, 1);
     }

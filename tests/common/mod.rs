@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod keystone;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -284,9 +285,9 @@ pub fn rotate_ok(dir: &str, extra: &[&str]) -> Run {
 
 /// Puts the cluster `rotations` ahead of a follower: imports the repository `dir` through
 /// `leader_cfg`, has the follower (`follower_cfg`) sync it, then rotates `dir` that many times
-/// by count (max_active_keys 3, no retention) and imports it again with --force. From a fresh
-/// setup the follower then holds keys {0, 1}, and the cluster {0, 1, 2} after one rotation,
-/// {0, 3, 4} after three.
+/// by count (max_active_keys 3, no retention) and imports it again with --force --force-purge
+/// (the operator lets nodes drop keys by count too). From a fresh setup the follower then
+/// holds keys {0, 1}, and the cluster {0, 1, 2} after one rotation, {0, 3, 4} after three.
 pub fn cluster_ahead_of_follower(
     dir: &Path,
     leader_cfg: &Path,
@@ -303,6 +304,13 @@ pub fn cluster_ahead_of_follower(
         );
     }
     fernetd_ok(&[
-        "--config", leader, "cluster", "init", "--from", d, "--force",
+        "--config",
+        leader,
+        "cluster",
+        "init",
+        "--from",
+        d,
+        "--force",
+        "--force-purge",
     ]);
 }

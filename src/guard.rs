@@ -1,0 +1,314 @@
+//! The one gate every removal or overwrite of a key file passes, whatever asked for it (a
+//! rotation's purge, a cluster key set being applied, recovery, repair, setup).
+//!
+//! The rule: **key material that may still decrypt a live token never leaves the repository.**
+//! Material is judged by fingerprint, so a key that only changes its number (key 0 promoted to
+//! `max + 1`) leaves nothing behind; a file overwritten with another key, or removed, does. A
+//! key may still decrypt a live token when it is
+//! - the primary (it encrypts new tokens now),
+//! - a key that was ever primary and was demoted less than the retention ago, by the clock
+//!   that says the least time has passed ([`crate::clock`]),
+//! - or a key fernetd knows nothing about (its demotion is unknown, so it counts from now).
+//!
+//! The staged key 0 that was never primary encrypted nothing: replacing it loses no token.
+//!
+//! Invariant: pure. The repository asks before it touches a file; what to do with a refusal
+//! (keep the keys, refuse the input, say so) is the caller's.
+
+use crate::clock::Now;
+use crate::history::History;
+use crate::key::Fingerprint;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A key the change would lose while it may still decrypt a live token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    pub number: u64,
+    pub fingerprint: Fingerprint,
+    pub why: Live,
+}
+
+/// Why a key may still decrypt a live token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    /// The primary: tokens are being made with it now.
+    Primary,
+    /// Demoted (or, for a secondary never seen primary, first seen) less than the retention
+    /// ago: its tokens may live until then.
+    Until(DateTime<Utc>),
+    /// No history for it: fernetd cannot tell when it was demoted, so it counts from now.
+    Unknown,
+}
+
+impl std::fmt::Display for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Live::Primary => f.write_str("the primary"),
+            Live::Until(t) => write!(
+                f,
+                "until {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Live::Unknown => f.write_str("no history, dated now"),
+        }
+    }
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key {} ({})", self.number, self.why)
+    }
+}
+
+/// Whether the key `number` with `fingerprint`, on a disk whose primary is `primary`, may
+/// still decrypt a live token; `None` when it cannot.
+pub fn live(
+    number: u64,
+    fingerprint: Fingerprint,
+    primary: u64,
+    history: &History,
+    retention: Duration,
+    now: &Now,
+) -> Option<Live> {
+    if number == primary {
+        return Some(Live::Primary);
+    }
+    // The record of this very material, under whatever number history knows it.
+    let record = history
+        .keys
+        .get(&number)
+        .filter(|r| r.fingerprint == fingerprint)
+        .or_else(|| history.keys.values().find(|r| r.fingerprint == fingerprint));
+    match record {
+        // A staged key that was never primary encrypted nothing.
+        _ if number == 0 && record.is_none_or(|r| r.promoted.is_none()) => None,
+        None => Some(Live::Unknown),
+        Some(r) => {
+            let until = r.retained_until(retention, now);
+            (until > now.wall).then_some(Live::Until(until))
+        }
+    }
+}
+
+/// What changing the repository from `disk` to `after` (number -> fingerprint, both) would
+/// lose: every key of `disk` that may still decrypt a live token and whose material `after`
+/// holds under no number. Empty when the change is safe.
+pub fn losses(
+    disk: &BTreeMap<u64, Fingerprint>,
+    after: &BTreeMap<u64, Fingerprint>,
+    history: &History,
+    retention: Duration,
+    now: &Now,
+) -> Vec<Loss> {
+    let Some(&primary) = disk.keys().max() else {
+        return Vec::new();
+    };
+    let kept: std::collections::BTreeSet<Fingerprint> = after.values().copied().collect();
+    disk.iter()
+        .filter(|(_, fp)| !kept.contains(fp))
+        .filter_map(|(&number, &fingerprint)| {
+            live(number, fingerprint, primary, history, retention, now).map(|why| Loss {
+                number,
+                fingerprint,
+                why,
+            })
+        })
+        .collect()
+}
+
+/// "keys that may still decrypt live tokens: key 3 (until …), key 4 (the primary)".
+pub fn describe(losses: &[Loss]) -> String {
+    let parts: Vec<String> = losses.iter().map(Loss::to_string).collect();
+    format!(
+        "keys that may still decrypt live tokens: {}",
+        parts.join(", ")
+    )
+}
+
+/// Whether a node may apply a cluster key set `set` over its `disk` and `local` history, and
+/// what it must keep beyond the set: the one rule for `Repository::apply` and `status`.
+///
+/// Refused: a set that is not a successor of the one applied here (older, another cluster's,
+/// other keys under the same generation); a set that would remove a key that may still
+/// decrypt a live token (judged with `retention`) unless its primary is newer than the disk's
+/// (a node that was cut off catches up, and keeps such keys beyond the set until their
+/// retention ends) and it does not put other material under that key's number. A set the
+/// operator forced ([`Lineage::forced`](crate::keyset::Lineage)) removes what it drops.
+pub fn admit(
+    set: &crate::keyset::KeySet,
+    disk: &BTreeMap<u64, Fingerprint>,
+    local: &History,
+    retention: Duration,
+    now: &Now,
+) -> Result<Vec<Loss>, String> {
+    let held = local
+        .keys
+        .iter()
+        .map(|(n, r)| (*n, r.fingerprint))
+        .collect();
+    let succession = crate::keyset::succession(local.lineage.as_ref(), &held, set);
+    if !succession.acceptable() {
+        return Err(succession.to_string());
+    }
+    if set.history.lineage.as_ref().is_some_and(|l| l.forced) {
+        return Ok(Vec::new());
+    }
+    let wanted = set.fingerprints();
+    let lost = losses(disk, &wanted, local, retention, now);
+    let disk_primary = disk.keys().copied().max().unwrap_or(0);
+    let newer = set.primary().is_some_and(|p| p > disk_primary);
+    if !lost.is_empty() && (!newer || lost.iter().any(|l| wanted.contains_key(&l.number))) {
+        return Err(format!("applying it would remove {}", describe(&lost)));
+    }
+    Ok(lost)
+}
+
+/// The end of a retention that starts now (for a key this very change demotes).
+pub fn from_now(retention: Duration, now: &Now) -> DateTime<Utc> {
+    crate::history::later(now.wall, retention)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Key;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn t(h: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h)
+    }
+
+    const RET: Duration = Duration::from_secs(10 * 3600);
+
+    /// {0, 1, 2, 3} with 3 primary, 1 and 2 demoted at t(0) and t(5), seen at t(0).
+    fn repo() -> (BTreeMap<u64, Fingerprint>, History) {
+        let fps: Vec<Fingerprint> = (0..5)
+            .map(|_| Key::generate().unwrap().fingerprint())
+            .collect();
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, fps[1]), (1, fps[0])]), t(-20));
+        h.record_rotation(2, fps[2], t(0));
+        h.record_rotation(3, fps[3], t(5));
+        let disk: BTreeMap<u64, Fingerprint> =
+            h.keys.iter().map(|(n, r)| (*n, r.fingerprint)).collect();
+        (disk, h)
+    }
+
+    #[test]
+    fn the_primary_and_keys_inside_retention_never_leave() {
+        let (disk, h) = repo();
+        let now: Now = t(11).into();
+        let mut after = disk.clone();
+        after.remove(&3);
+        after.remove(&2);
+        after.remove(&1);
+        let lost = losses(&disk, &after, &h, RET, &now);
+        let numbers: Vec<u64> = lost.iter().map(|l| l.number).collect();
+        assert_eq!(numbers, vec![2, 3], "{lost:?}");
+        assert_eq!(lost[0].why, Live::Until(t(15)));
+        assert_eq!(lost[1].why, Live::Primary);
+        // Key 1 was demoted at t(0): its retention is over at t(10).
+        assert!(losses(&disk, &after, &h, RET, &t(16).into()).len() == 1);
+    }
+
+    #[test]
+    fn a_promotion_loses_nothing_and_a_never_primary_staged_key_may_be_replaced() {
+        let (disk, h) = repo();
+        let now: Now = t(6).into();
+        // Keystone's rotation: 0 -> 4, a new key 0.
+        let mut after = disk.clone();
+        let staged = after.remove(&0).unwrap();
+        after.insert(4, staged);
+        after.insert(0, Key::generate().unwrap().fingerprint());
+        assert!(losses(&disk, &after, &h, RET, &now).is_empty());
+        // Key 0 replaced by another staged key: it never encrypted a token.
+        let mut swapped = disk.clone();
+        swapped.insert(0, Key::generate().unwrap().fingerprint());
+        assert!(losses(&disk, &swapped, &h, RET, &now).is_empty());
+        // Every key replaced: the primary and keys 1 and 2 (inside retention) are lost.
+        let foreign: BTreeMap<u64, Fingerprint> = disk
+            .keys()
+            .map(|&n| (n, Key::generate().unwrap().fingerprint()))
+            .collect();
+        assert_eq!(losses(&disk, &foreign, &h, RET, &now).len(), 3);
+    }
+
+    #[test]
+    fn a_key_without_history_counts_as_live() {
+        let (disk, _) = repo();
+        let lost = losses(
+            &disk,
+            &BTreeMap::new(),
+            &History::new(),
+            RET,
+            &t(100).into(),
+        );
+        assert_eq!(lost.len(), 3, "0 excluded: {lost:?}");
+        assert!(lost.iter().any(|l| l.why == Live::Unknown));
+    }
+
+    #[test]
+    fn a_wall_clock_step_does_not_end_a_retention() {
+        use crate::clock::BootStamp;
+        let stamp = |h: u64| {
+            Some(BootStamp {
+                boot: "b".into(),
+                ms: h * 3_600_000,
+            })
+        };
+        let (disk, mut h) = repo();
+        let demoted_at = Now {
+            wall: t(5),
+            boot: stamp(5),
+        };
+        h.keys.get_mut(&2).unwrap().since_boot = demoted_at.boot.clone();
+        let mut after = disk.clone();
+        after.remove(&2);
+        // 72 h on the wall clock, 1 h on the boot clock.
+        let stepped = Now {
+            wall: t(77),
+            boot: stamp(6),
+        };
+        let lost = losses(&disk, &after, &h, RET, &stepped);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].why, Live::Until(t(77) + chrono::Duration::hours(9)));
+        // After a reboot only the wall clock is left.
+        let rebooted = Now {
+            wall: t(77),
+            boot: Some(BootStamp {
+                boot: "c".into(),
+                ms: 0,
+            }),
+        };
+        assert!(losses(&disk, &after, &h, RET, &rebooted).is_empty());
+    }
+
+    proptest! {
+        /// Whatever the change, the primary and every key inside its retention survive it or
+        /// are named.
+        #[test]
+        fn every_live_key_that_leaves_is_named(
+            drop in proptest::collection::vec(any::<bool>(), 4),
+            hours in 0i64..40,
+        ) {
+            let (disk, h) = repo();
+            let now: Now = t(hours).into();
+            let after: BTreeMap<u64, Fingerprint> = disk
+                .iter()
+                .zip(&drop)
+                .filter(|(_, d)| !**d)
+                .map(|((n, fp), _)| (*n, *fp))
+                .collect();
+            let lost = losses(&disk, &after, &h, RET, &now);
+            for (n, fp) in &disk {
+                let gone = !after.values().any(|f| f == fp);
+                let must_stay = *n == 3
+                    || (*n > 0 && h.keys[n].retained_until(RET, &now) > now.wall);
+                prop_assert_eq!(gone && must_stay, lost.iter().any(|l| l.number == *n));
+            }
+        }
+    }
+}
