@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
+    /// The peer URL, kept so the member can be restarted (restored, wiped) at the same address.
+    peer: String,
     dir: tempfile::TempDir,
 }
 
@@ -80,22 +82,7 @@ impl Etcd {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let c = format!("{scheme}://127.0.0.1:{client}");
         let p = format!("http://127.0.0.1:{peer}");
-        let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "n0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args([
-                "--listen-peer-urls",
-                &p,
-                "--initial-advertise-peer-urls",
-                &p,
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("n0={p}"),
-                "--initial-cluster-state",
-                "new",
-            ]);
+        let mut cmd = member(dir.path(), &c, &p);
         if let Some(certs) = tls {
             cmd.arg("--cert-file")
                 .arg(certs.path("server.crt"))
@@ -113,7 +100,91 @@ impl Etcd {
         Etcd {
             child,
             endpoint: c,
+            peer: p,
             dir,
+        }
+    }
+
+    /// `etcdctl` against this member; panics with its output when it fails.
+    pub fn etcdctl(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint])
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian's etcd-client; scripts/deps installs it)");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// `etcdctl snapshot save`: the backup an operator takes.
+    pub fn snapshot_save(&self, to: &std::path::Path) {
+        self.etcdctl(&["snapshot", "save", to.to_str().unwrap()]);
+    }
+
+    /// Disaster recovery as etcd documents it: stop the member, `etcdctl snapshot restore` the
+    /// backup into a new data directory, start the member on it at the same address.
+    pub fn restore(&mut self, snapshot: &std::path::Path) {
+        self.stop();
+        let data = self.dir.path().join("data");
+        std::fs::remove_dir_all(&data).unwrap();
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "snapshot",
+                "restore",
+                snapshot.to_str().unwrap(),
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(["--name", "n0", "--initial-cluster"])
+            .arg(format!("n0={}", self.peer))
+            .args(["--initial-advertise-peer-urls", &self.peer])
+            .output()
+            .expect("etcdctl snapshot restore");
+        assert!(
+            out.status.success(),
+            "snapshot restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.respawn();
+    }
+
+    /// etcd lost its data: the member starts again, empty, at the same address.
+    pub fn wipe(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.dir.path().join("data")).unwrap();
+        self.respawn();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn respawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        self.child = member(self.dir.path(), &self.endpoint, &self.peer)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !healthy(port) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not come back: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -134,6 +205,32 @@ impl Etcd {
             f(&mut c).await
         })
     }
+}
+
+/// The command for one single-member etcd with its data under `dir`.
+fn member(dir: &std::path::Path, client: &str, peer: &str) -> Command {
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--name", "n0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("n0={peer}"),
+            "--initial-cluster-state",
+            "new",
+        ]);
+    cmd
 }
 
 impl Drop for Etcd {

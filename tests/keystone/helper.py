@@ -3,6 +3,8 @@
     helper.py load DIR            -> JSON list: SHA-256 of each key, in Keystone's load order
     helper.py pack DIR            -> a token packed by Keystone's TokenFormatter
     helper.py unpack DIR TOKEN    -> exit 0 if Keystone unpacks it, 1 if it cannot
+    helper.py unpack-all DIR TOKEN... -> one line per token Keystone cannot unpack (its index);
+                                     exit 0 when it unpacks every one
 
 Only hashes of keys are printed, never the keys.
 """
@@ -49,6 +51,18 @@ def main():
             print(type(e).__name__, file=sys.stderr)
             sys.exit(1)
         assert payload == b"fernetd interop payload", payload
+    elif cmd == "unpack-all":
+        from keystone.token.token_formatters import TokenFormatter
+
+        formatter = TokenFormatter()
+        failed = 0
+        for i, token in enumerate(sys.argv[3:]):
+            try:
+                assert formatter.unpack(token) == b"fernetd interop payload"
+            except Exception as e:
+                print(i, type(e).__name__)
+                failed += 1
+        sys.exit(1 if failed else 0)
     else:
         sys.exit("unknown command " + cmd)
 

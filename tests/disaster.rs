@@ -1,0 +1,629 @@
+//! Never lose a key, whatever etcd, the clock or the state file says. Each test feeds fernetd
+//! an input that used to remove the primary on every node (an etcd restored from a backup, an
+//! old value written back, etcd's data lost while an empty node joins, a destructive set, a
+//! forged state file, a wall clock that steps) and checks, with Keystone's own TokenFormatter
+//! where tokens matter, that every token issued before the fault still unpacks afterwards, and
+//! that the refusal is said loudly (an ERROR line naming the input, status CRITICAL, a metric,
+//! the on_invalid hook). Every wait is bounded; etcd runs on loopback with temporary data.
+
+mod common;
+use common::etcd::Etcd;
+use common::keystone::{pack, unpack_failures};
+use common::*;
+use fernetd::keyset::KeySet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const PREFIX_KEY: &str = "/test/tokens/keyset";
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A node's config: rotations every 2 s, tokens that live 60 s (so no key is purged while a
+/// test runs: every key that leaves is a loss), metrics on loopback, and an on_invalid hook that
+/// appends its event to `events`. `extra` goes into `[cluster]`.
+fn node(dir: &Path, etcd: &Etcd, name: &str, extra: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[daemon]\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [tokens]\nkey_repository = \"{}\"\nschedule = \"2s\"\nexpiration = \"60s\"\n\
+             allow_expired_window = 0\nmargin = 0\n\
+             on_invalid = [\"sh\", \"-c\", \"echo $FERNETD_EVENT >> {}\"]\n\
+             [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"{name}\"\n\
+             lease_ttl = \"2s\"\ndial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n{extra}",
+            dir.join(name).display(),
+            dir.join(format!("{name}.events")).display(),
+            etcd.endpoint
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn daemon(cfg: &Path) -> Daemon {
+    Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[])
+}
+
+/// The key set in etcd, as stored (sealed or not).
+fn raw_value(etcd: &Etcd) -> Vec<u8> {
+    etcd.with_client(async |c| {
+        c.get(PREFIX_KEY, None)
+            .await
+            .unwrap()
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec())
+            .unwrap_or_default()
+    })
+}
+
+fn put_raw(etcd: &Etcd, value: Vec<u8>) {
+    etcd.with_client(async |c| {
+        c.put(PREFIX_KEY, value, None).await.unwrap();
+    });
+}
+
+/// The primary of the (unsealed) key set in etcd, 0 when there is none.
+fn cluster_primary(etcd: &Etcd) -> u64 {
+    KeySet::decode(&raw_value(etcd))
+        .ok()
+        .and_then(|s| s.primary())
+        .unwrap_or(0)
+}
+
+/// Waits until etcd's key set has a primary of at least `n`, packing a Keystone token with
+/// `dir`'s keys every half second meanwhile; returns the tokens.
+fn tokens_until(d: &Daemon, etcd: &Etcd, dir: &Path, n: u64) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let deadline = std::time::Instant::now() + secs(30);
+    while cluster_primary(etcd) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation to {n}: {}",
+            d.log()
+        );
+        if numbers(dir).len() >= 2 {
+            tokens.push(pack(dir));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    tokens.push(pack(dir));
+    tokens
+}
+
+/// Every token still unpacks with every node's keys, by Keystone's own code.
+fn assert_all_unpack(dirs: &[PathBuf], tokens: &[String], logs: &[&Daemon]) {
+    for dir in dirs {
+        let failed = unpack_failures(dir, tokens);
+        let logs: Vec<String> = logs.iter().map(|d| d.log()).collect();
+        assert!(
+            failed.is_empty(),
+            "{}: {} of {} tokens no longer unpack ({failed:?}); keys {:?}\n{}",
+            dir.display(),
+            failed.len(),
+            tokens.len(),
+            numbers(dir),
+            logs.join("\n---\n")
+        );
+    }
+}
+
+#[test]
+fn an_etcd_restored_from_a_backup_heals_forward_and_every_token_still_unpacks() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let (a, b) = (daemon(&ca), daemon(&cb));
+    for d in [&a, &b] {
+        assert!(d.wait_log("ready", secs(15)), "{}", d.log());
+    }
+    let dirs = [t.path().join("a"), t.path().join("b")];
+    let mut tokens = tokens_until(&a, &etcd, &dirs[0], 2);
+    let snapshot = t.path().join("backup.db");
+    etcd.snapshot_save(&snapshot);
+    let backed_up = cluster_primary(&etcd);
+    tokens.extend(tokens_until(&a, &etcd, &dirs[0], backed_up + 3));
+    let ahead = cluster_primary(&etcd);
+
+    // The routine disaster-recovery step: the backup goes back in.
+    etcd.restore(&snapshot);
+    assert!(cluster_primary(&etcd) < ahead);
+    let refused = format!("{PREFIX_KEY} at revision");
+    assert!(
+        Daemon::wait_any(vec![&a, &b], "refused, every key stays", secs(20)),
+        "{}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    let log = [a.log(), b.log()].join("\n");
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused, every key stays"))
+        .unwrap();
+    assert!(
+        line.contains("ERROR") && line.contains(&refused) && line.contains("is older than"),
+        "{line}"
+    );
+    // A node that holds the newer set publishes it again over the restored one.
+    assert!(
+        a.wait_for(secs(20), || cluster_primary(&etcd) >= ahead),
+        "{}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(
+        log.contains("again over the older one") || {
+            Daemon::wait_any(vec![&a, &b], "again over the older one", secs(5))
+        }
+    );
+    assert_all_unpack(&dirs, &tokens, &[&a, &b]);
+    // And rotations go on from the newest set.
+    assert!(
+        a.wait_for(secs(20), || cluster_primary(&etcd) > ahead),
+        "{}",
+        a.log()
+    );
+    assert_all_unpack(&dirs, &tokens, &[&a, &b]);
+}
+
+#[test]
+fn an_old_sealed_value_written_back_is_refused_and_replaced() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    let key = fernetd_ok(&["cluster", "new-seal-key"]).stdout;
+    std::fs::write(&seal, key).unwrap();
+    let extra = format!("seal_key_file = \"{}\"\n", seal.display());
+    let ca = node(t.path(), &etcd, "a", &extra);
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    assert!(a.wait_log("ready", secs(15)), "{}", a.log());
+    let dir = t.path().join("a");
+    let primary_on_disk = || numbers(&dir).last().copied().unwrap_or(0);
+    assert!(
+        a.wait_for(secs(20), || primary_on_disk() >= 2),
+        "{}",
+        a.log()
+    );
+    let old = raw_value(&etcd);
+    let then = primary_on_disk();
+    let mut tokens = vec![pack(&dir)];
+    assert!(
+        a.wait_for(secs(20), || primary_on_disk() >= then + 2),
+        "{}",
+        a.log()
+    );
+    tokens.push(pack(&dir));
+    let ahead = primary_on_disk();
+    put_raw(&etcd, old);
+    assert!(
+        a.wait_log("is older than", secs(10)),
+        "the old value was not refused: {}",
+        a.log()
+    );
+    assert!(
+        a.wait_log("again over the older one", secs(10)),
+        "{}",
+        a.log()
+    );
+    assert!(primary_on_disk() >= ahead, "{:?}", numbers(&dir));
+    assert_all_unpack(&[dir], &tokens, &[&a]);
+}
+
+#[test]
+fn after_etcd_lost_its_data_an_empty_node_waits_and_the_keys_come_back_from_a_node() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cc) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "c", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    assert!(a.wait_log("ready", secs(15)), "{}", a.log());
+    let (da, dc) = (t.path().join("a"), t.path().join("c"));
+    let tokens = tokens_until(&a, &etcd, &da, 2);
+    a.stop();
+
+    // etcd loses everything; a node being rebuilt (empty repository) starts first.
+    etcd.wipe();
+    let c = daemon(&cc);
+    assert!(
+        c.wait_log("no key set, and this node has no keys to offer", secs(10)),
+        "{}",
+        c.log()
+    );
+    std::thread::sleep(secs(2));
+    assert_eq!(
+        cluster_primary(&etcd),
+        0,
+        "a node invented keys: {}",
+        c.log()
+    );
+    assert!(
+        !dc.exists() || numbers(&dc).is_empty(),
+        "{:?}",
+        numbers(&dc)
+    );
+
+    // The node that holds the keys comes back and publishes them again; c takes them.
+    let a = daemon(&ca);
+    assert!(
+        a.wait_log("published this node's key set again", secs(15)),
+        "{}",
+        a.log()
+    );
+    assert!(c.wait_log("ready", secs(20)), "{}", c.log());
+    assert_all_unpack(&[da, dc], &tokens, &[&a, &c]);
+}
+
+#[test]
+fn a_destructive_key_set_is_refused_loudly_and_every_key_stays() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let ca = node(t.path(), &etcd, "a", "");
+    // Hourly: nothing but the forged sets changes the keys.
+    let text = std::fs::read_to_string(&ca)
+        .unwrap()
+        .replace("schedule = \"2s\"", "schedule = \"1h\"");
+    std::fs::write(&ca, text).unwrap();
+    let dir = t.path().join("a");
+    fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+    rotate_ok(dir.to_str().unwrap(), &[]);
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        dir.to_str().unwrap(),
+    ]);
+    let a = daemon(&ca);
+    assert!(a.wait_log("ready", secs(15)), "{}", a.log());
+    let before = keys(&dir);
+    let tokens = vec![pack(&dir)];
+    let held = KeySet::decode(&raw_value(&etcd)).unwrap();
+    let lineage = held.history.lineage.clone().unwrap();
+
+    // Valid, newer by its generation, unsealed, and every key replaced.
+    let mut forged = KeySet::fresh(&fernetd::clock::Now::read()).unwrap();
+    forged.history.lineage = Some(fernetd::keyset::Lineage {
+        generation: lineage.generation + 5,
+        ..lineage.clone()
+    });
+    put_raw(&etcd, forged.encode().to_vec());
+    assert!(
+        a.wait_log(
+            "applying it would remove keys that may still decrypt live tokens",
+            secs(10)
+        ),
+        "{}",
+        a.log()
+    );
+    let line = a
+        .log()
+        .lines()
+        .find(|l| l.contains("applying it would remove"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("ERROR")
+            && line.contains(&format!("{PREFIX_KEY} at revision"))
+            && line.contains("key 2 (the primary)"),
+        "{line}"
+    );
+    assert_eq!(keys(&dir), before, "a key changed");
+
+    // Said the same way everywhere: status CRITICAL (exit 2), the metric, the hook.
+    let status = fernetd(&["--config", ca.to_str().unwrap(), "status"]);
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+    assert!(status.stdout.contains("refused here"), "{}", status.stdout);
+    let refused_metric = |v: &str| {
+        a.metrics()
+            .lines()
+            .any(|l| l.starts_with("fernetd_input_refused{repository=\"tokens\"") && l.ends_with(v))
+    };
+    assert!(
+        a.wait_for(secs(3), || refused_metric(" 1")),
+        "{}",
+        a.metrics()
+    );
+    let events = t.path().join("a.events");
+    assert!(
+        a.wait_for(secs(5), || std::fs::read_to_string(&events)
+            .is_ok_and(|e| e.contains("invalid"))),
+        "on_invalid did not run: {}",
+        a.log()
+    );
+
+    // The same keys minus the primary, one generation on: refused too.
+    let mut dropped = held.clone();
+    let primary = dropped.primary().unwrap();
+    dropped.keys.remove(&primary);
+    dropped.history.keys.remove(&primary);
+    dropped.history.lineage = Some(fernetd::keyset::Lineage {
+        generation: lineage.generation + 9,
+        ..lineage
+    });
+    put_raw(&etcd, dropped.encode().to_vec());
+    assert!(
+        a.wait_for(secs(10), || a
+            .log()
+            .matches("applying it would remove")
+            .count()
+            >= 2),
+        "{}",
+        a.log()
+    );
+    assert_eq!(keys(&dir), before, "a key changed");
+    assert_all_unpack(&[dir], &tokens, &[&a]);
+
+    // The operator puts the real set back (one generation further): taken, healthy again.
+    let mut back = held;
+    back.history.lineage.as_mut().unwrap().generation += 20;
+    put_raw(&etcd, back.encode().to_vec());
+    assert!(a.wait_for(secs(5), || refused_metric(" 0")), "{}", a.log());
+    assert_eq!(
+        fernetd(&["--config", ca.to_str().unwrap(), "status"]).code,
+        0
+    );
+}
+
+#[test]
+fn a_lagging_node_keeps_its_primary_until_its_tokens_expire() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let conf = |repo: &Path, name: &str, lifetime: &str| {
+        let p = t.path().join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n{lifetime}\
+                 [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\n",
+                repo.display(),
+                etcd.endpoint
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let ca = conf(&a, "a.toml", "");
+    let cb = conf(
+        &b,
+        "b.toml",
+        "expiration = 0\nallow_expired_window = 0\nmargin = 0\n",
+    );
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    let token = pack(&b);
+    // The cluster moves three rotations on without b (by count: keys 1 and 2 are dropped).
+    for _ in 0..3 {
+        rotate_ok(
+            a.to_str().unwrap(),
+            &[["--max-active-keys", "3"].as_slice(), &NO_RETENTION].concat(),
+        );
+    }
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+        "--force",
+    ]);
+    // b catches up: it writes the new keys but keeps key 1, its primary until now.
+    let out = fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    assert!(
+        out.stderr
+            .contains("kept key 1 beyond the cluster's key set: it may still decrypt live tokens (the primary)"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(numbers(&b), vec![0, 1, 3, 4]);
+    assert!(unpack_failures(&b, std::slice::from_ref(&token)).is_empty());
+    // Demoted now; b's tokens live 0 s: the next sync lets it go.
+    let out = fernetd_ok(&["--config", cb.to_str().unwrap(), "sync"]);
+    assert!(out.stdout.contains("removed key 1"), "{}", out.stdout);
+    assert_eq!(keys(&b), keys(&a));
+}
+
+/// A repository with keys {0, 1, 2, 3} whose state file has been rotated by fernetd.
+fn rotated_repository(t: &Path) -> PathBuf {
+    let dir = t.join("keys");
+    let d = dir.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", d]);
+    rotate_ok(d, &[]);
+    rotate_ok(d, &[]);
+    dir
+}
+
+#[test]
+fn a_state_file_that_says_the_primary_was_purged_removes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = rotated_repository(t.path());
+    let d = dir.to_str().unwrap();
+    let before = keys(&dir);
+    let state = dir.join(".fernetd/state.json");
+    // Edited (or copied from elsewhere): the primary, key 3, moved to the purge records.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let record = v["keys"]["3"].take();
+    v["keys"].as_object_mut().unwrap().remove("3");
+    v["purged"] = serde_json::json!([{
+        "number": 3, "fingerprint": record["fingerprint"], "at": record["first_seen"], "by_fernetd": true
+    }]);
+    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    for cmd in ["setup", "rotate"] {
+        let out = fernetd(&[cmd, "--key-repository", d]);
+        assert_eq!(out.code, 2, "{cmd}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("state.json: purged[0]: says key 3")
+                && out.stderr.contains("is the primary on disk")
+                && out
+                    .stderr
+                    .contains("nothing is removed on this file's word"),
+            "{cmd}: {}",
+            out.stderr
+        );
+        assert_eq!(out.error_lines(), 1, "{}", out.stderr);
+        assert_eq!(keys(&dir), before, "{cmd} changed a key");
+    }
+    let status = fernetd(&["status", "--key-repository", d]);
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    assert!(status.stdout.contains("purged[0]"), "{}", status.stdout);
+}
+
+#[test]
+fn an_interrupted_purge_is_never_finished_on_the_state_files_word() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = rotated_repository(t.path());
+    let d = dir.to_str().unwrap();
+    let before = keys(&dir);
+    let state = dir.join(".fernetd/state.json");
+    // As a crash between saving the decision and unlinking would leave it: key 1 recorded as
+    // purged by fernetd, still on disk.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let record = v["keys"]["1"].take();
+    v["keys"].as_object_mut().unwrap().remove("1");
+    v["purged"] = serde_json::json!([{
+        "number": 1, "fingerprint": record["fingerprint"], "at": record["first_seen"], "by_fernetd": true
+    }]);
+    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = fernetd_ok(&["setup", "--key-repository", d]);
+    assert!(
+        out.stderr
+            .contains("key 1 recorded as purged but still on disk"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("no key changed"), "{}", out.stdout);
+    assert_eq!(keys(&dir), before, "setup removed a key");
+}
+
+/// Runs the binary with libfaketime moving the wall clock by `offset` (`+3d`, `-2h`), leaving
+/// the boot clock as it is (an NTP step, a VM resumed).
+fn fernetd_at(offset: &str, args: &[&str]) -> Run {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "libfaketime is required (Debian's faketime; scripts/deps installs it)"
+    );
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env_remove("FERNETD_CONFIG")
+        .env("LD_PRELOAD", lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("FAKETIME_DONT_RESET", "1")
+        .output()
+        .unwrap();
+    Run::from(out)
+}
+
+#[test]
+fn a_wall_clock_step_forward_purges_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let d = dir.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", d]);
+    let lifetimes = [
+        "--max-active-keys",
+        "3",
+        "--expiration",
+        "1h",
+        "--allow-expired-window",
+        "0",
+        "--margin",
+        "0",
+    ];
+    rotate_ok(d, &lifetimes);
+    rotate_ok(d, &lifetimes);
+    assert_eq!(numbers(&dir), vec![0, 1, 2, 3]);
+    let token = pack(&dir);
+    // Three days on the wall clock, seconds on the boot clock: keys 1 and 2 were demoted
+    // moments ago, whatever the wall clock says.
+    let mut args = vec!["rotate", "--key-repository", d];
+    args.extend_from_slice(&lifetimes);
+    let out = fernetd_at("+3d", &args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the wall clock stepped forward by 3d"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("kept key 1") && out.stderr.contains("kept key 2"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(numbers(&dir), vec![0, 1, 2, 3, 4]);
+    assert!(unpack_failures(&dir, &[token]).is_empty());
+    // status sees the step too (a warning; retention is safe).
+    let status = fernetd_at("+3d", &["status", "--key-repository", d]);
+    assert!(
+        status.stdout.contains("stepped forward"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn a_last_rotation_in_the_future_never_stops_rotations() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = rotated_repository(t.path());
+    let d = dir.to_str().unwrap();
+    // The state file was written by a clock two years ahead (or copied from one).
+    let state = dir.join(".fernetd/state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    v["last_rotation"] = serde_json::json!("2028-12-02T00:00:00Z");
+    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    let status = fernetd(&["status", "--key-repository", d, "--json"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    let j: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let repo = &j["repositories"][0];
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(repo["next_rotation"].clone()).unwrap();
+    assert!(next < chrono::Utc::now() + chrono::Duration::days(2), "{j}");
+    assert_eq!(repo["clock_problem"], true, "{j}");
+    assert!(
+        repo["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .contains("last_rotation is in the future")),
+        "{j}"
+    );
+}
+
+#[test]
+fn the_timer_path_keeps_as_many_keys_as_the_daemon_and_status() {
+    // No max_active_keys anywhere: the planner's value for @daily with Keystone's lifetimes.
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let d = dir.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", d]);
+    for _ in 0..6 {
+        rotate_ok(d, &["--force-purge"]);
+    }
+    let status = fernetd(&["status", "--key-repository", d, "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let n = j["repositories"][0]["max_active_keys"].as_u64().unwrap();
+    assert_eq!(n, 5, "{j}");
+    assert_eq!(numbers(&dir).len() as u64, n, "{:?}", numbers(&dir));
+}
