@@ -73,12 +73,12 @@ pub struct Ack {
     pub clock: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Nodes whose wall clock differs from the others' by more than `tolerance`, as their
-/// acknowledgements of the key set at `revision` show, with how much at least (positive:
-/// ahead). An acknowledgement is written after the set was committed, so after
-/// `committed` (the set's last rotation, on the clock of the node that made it) and before
-/// `now`, when the leader reads it: a clock reading outside that span by more than the
-/// tolerance is off by at least that much. Pure.
+/// Nodes whose wall clock differs from this one's by more than `tolerance`, as their
+/// acknowledgements show, with how much at least (positive: ahead). Every acknowledgement was
+/// written before `now`, when the leader reads it; one of the key set at `revision` was also
+/// written after that set was committed, so after `committed` (its last rotation, on the clock
+/// of the node that made it). A clock reading outside that span by more than the tolerance is
+/// off by at least that much. Pure.
 pub fn skewed(
     acks: &[Ack],
     revision: i64,
@@ -88,12 +88,11 @@ pub fn skewed(
 ) -> Vec<(String, chrono::Duration)> {
     let tolerance = crate::history::to_chrono(tolerance);
     acks.iter()
-        .filter(|a| a.revision == revision)
         .filter_map(|a| {
             let c = a.clock?;
             let off = if c > now + tolerance {
                 c - now
-            } else if committed.is_some_and(|t| c + tolerance < t) {
+            } else if a.revision == revision && committed.is_some_and(|t| c + tolerance < t) {
                 c - committed?
             } else {
                 return None;
@@ -772,5 +771,48 @@ async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<Client, Stri
             "no answer within {}",
             crate::duration::format(s.dial_timeout)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_clock_outside_what_its_acknowledgement_allows_is_named() {
+        let t = |s: i64| {
+            chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+                + chrono::Duration::seconds(s)
+        };
+        let ack = |node: &str, revision: i64, clock: Option<i64>| Ack {
+            node: node.into(),
+            revision,
+            staged: crate::key::Fingerprint::NONE,
+            clock: clock.map(t),
+        };
+        let acks = [
+            ack("fine", 7, Some(50)),
+            ack("ahead", 3, Some(200)),
+            ack("behind", 7, Some(10)),
+            // An acknowledgement of an older set was written before this set's commit.
+            ack("old", 6, Some(10)),
+            ack("unknown", 7, None),
+        ];
+        let tol = Duration::from_secs(5);
+        let found = skewed(&acks, 7, Some(t(40)), t(100), tol);
+        assert_eq!(
+            found,
+            vec![
+                ("ahead".to_string(), chrono::Duration::seconds(100)),
+                ("behind".to_string(), chrono::Duration::seconds(-30)),
+            ]
+        );
+        assert_eq!(
+            describe_skew(&found),
+            "node ahead (1m 40s ahead), node behind (30s behind)"
+        );
+        // Within the tolerance: nobody.
+        assert!(skewed(&acks[..1], 7, Some(t(52)), t(48), tol).is_empty());
     }
 }

@@ -47,6 +47,34 @@ fn daemon(cfg: &Path) -> Daemon {
     Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[])
 }
 
+/// A systemd notification socket: collects every datagram the daemon sends.
+struct Notify {
+    path: PathBuf,
+    got: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Notify {
+    fn bind(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let mut g = g.lock().unwrap();
+                g.push_str(&String::from_utf8_lossy(&buf[..n]));
+                g.push('\n');
+            }
+        });
+        Notify { path, got }
+    }
+
+    fn text(&self) -> String {
+        self.got.lock().unwrap().clone()
+    }
+}
+
 /// The key set in etcd, as stored (sealed or not).
 fn raw_value(etcd: &Etcd) -> Vec<u8> {
     etcd.with_client(async |c| {
@@ -285,7 +313,11 @@ fn a_destructive_key_set_is_refused_loudly_and_every_key_stays() {
         "--from",
         dir.to_str().unwrap(),
     ]);
-    let a = daemon(&ca);
+    let notify = Notify::bind(t.path());
+    let a = Daemon::start(
+        &["--config", ca.to_str().unwrap(), "daemon"],
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
     assert!(a.wait_log("ready", secs(15)), "{}", a.log());
     let before = keys(&dir);
     let tokens = vec![pack(&dir)];
@@ -321,7 +353,15 @@ fn a_destructive_key_set_is_refused_loudly_and_every_key_stays() {
     );
     assert_eq!(keys(&dir), before, "a key changed");
 
-    // Said the same way everywhere: status CRITICAL (exit 2), the metric, the hook.
+    // Said the same way everywhere: STATUS=, status CRITICAL (exit 2), the metric, the hook.
+    assert!(
+        a.wait_for(secs(3), || notify
+            .text()
+            .lines()
+            .any(|l| l.starts_with("STATUS=tokens: CRITICAL"))),
+        "{}",
+        notify.text()
+    );
     let status = fernetd(&["--config", ca.to_str().unwrap(), "status"]);
     assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
     assert!(status.stdout.contains("refused here"), "{}", status.stdout);
@@ -626,4 +666,178 @@ fn the_timer_path_keeps_as_many_keys_as_the_daemon_and_status() {
     let n = j["repositories"][0]["max_active_keys"].as_u64().unwrap();
     assert_eq!(n, 5, "{j}");
     assert_eq!(numbers(&dir).len() as u64, n, "{:?}", numbers(&dir));
+}
+
+#[test]
+fn the_leader_purges_nothing_while_a_nodes_clock_is_off() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    // Tokens live 1 s, margin 1 s: keys are purged two seconds after their demotion, three at
+    // most kept, unless a clock is off by more than a second.
+    let ca = node(t.path(), &etcd, "a", "");
+    let text = std::fs::read_to_string(&ca)
+        .unwrap()
+        .replace("expiration = \"60s\"", "expiration = \"1s\"")
+        .replace("margin = 0", "margin = \"1s\"");
+    std::fs::write(&ca, text).unwrap();
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    assert!(
+        a.wait_log("leading this repository", secs(15)),
+        "{}",
+        a.log()
+    );
+    let dir = t.path().join("a");
+
+    // Node z is up and in step, but its clock is an hour ahead.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lease = etcd.with_client(async |c| c.lease_grant(5, None).await.unwrap().id());
+    let z = {
+        let (stop, endpoint) = (stop.clone(), etcd.endpoint.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+                    .await
+                    .unwrap();
+                let (mut keeper, _stream) = c.lease_keep_alive(lease).await.unwrap();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = c.get(PREFIX_KEY, None).await.unwrap();
+                    if let Some(kv) = r.kvs().first() {
+                        let set = KeySet::decode(kv.value()).unwrap();
+                        let ack = fernetd::cluster::Ack {
+                            node: "z".into(),
+                            revision: kv.mod_revision(),
+                            staged: set.keys[&0].fingerprint(),
+                            clock: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                        };
+                        let opts = etcd_client::PutOptions::new().with_lease(lease);
+                        c.put(
+                            "/test/tokens/acks/z",
+                            serde_json::to_vec(&ack).unwrap(),
+                            Some(opts),
+                        )
+                        .await
+                        .unwrap();
+                        keeper.keep_alive().await.unwrap();
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                c.lease_revoke(lease).await.unwrap();
+            });
+        })
+    };
+    assert!(
+        a.wait_log(
+            "rotated but purged nothing: clocks off by more than the margin: node z (59m",
+            secs(15)
+        ),
+        "{}",
+        a.log()
+    );
+    let held_from = numbers(&dir).len();
+    assert!(
+        a.wait_for(secs(15), || numbers(&dir).len() >= held_from + 3),
+        "keys were purged: {:?}\n{}",
+        numbers(&dir),
+        a.log()
+    );
+    let status = fernetd(&["--config", ca.to_str().unwrap(), "status"]);
+    assert_eq!(status.code, 1, "{}{}", status.stdout, status.stderr);
+    assert!(status.stdout.contains("node z (59m"), "{}", status.stdout);
+    assert!(
+        a.metrics().lines().any(
+            |l| l.starts_with("fernetd_clock_untrusted{repository=\"tokens\"") && l.ends_with(" 1")
+        ),
+        "{}",
+        a.metrics()
+    );
+
+    // z's clock is gone (the node left): purges resume, down to three keys.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    z.join().unwrap();
+    assert!(
+        a.wait_log("every node's clock agrees again", secs(15)),
+        "{}",
+        a.log()
+    );
+    assert!(
+        a.wait_for(secs(15), || numbers(&dir).len() <= 4),
+        "{:?}\n{}",
+        numbers(&dir),
+        a.log()
+    );
+}
+
+#[test]
+fn the_daemon_reports_a_wall_clock_step_and_purges_nothing_for_it() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "libfaketime is required (Debian's faketime; scripts/deps installs it)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    // Three keys by count, but every key stays an hour after its demotion: only a clock that
+    // believes an hour has passed would purge.
+    let cfg = t.path().join("fernetd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             schedule = \"2s\"\nmax_active_keys = 3\nallow_unsafe_schedule = true\n\
+             expiration = \"1h\"\nallow_expired_window = 0\nmargin = 0\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    // libfaketime reads the wall clock's offset from this file at every reading.
+    let offset = t.path().join("offset");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let d = Daemon::start(
+        &["--config", cfg.to_str().unwrap(), "daemon"],
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    assert!(d.wait_log("ready", secs(10)), "{}", d.log());
+    assert!(
+        d.wait_for(secs(10), || numbers(&dir).len() >= 4),
+        "{:?}\n{}",
+        numbers(&dir),
+        d.log()
+    );
+    let before = numbers(&dir);
+    let token = pack(&dir);
+    // An NTP step (or a VM resumed) moves the wall clock three days on.
+    std::fs::write(&offset, "+3d\n").unwrap();
+    assert!(
+        d.wait_log("the wall clock stepped forward by 3d", secs(10)),
+        "{}",
+        d.log()
+    );
+    let rotations = |log: &str| log.matches("rotated: key 0 promoted").count();
+    let at_step = rotations(&d.log());
+    std::thread::sleep(secs(5));
+    let after = numbers(&dir);
+    assert!(
+        before.iter().all(|n| after.contains(n)),
+        "a key was purged for the step: {before:?} -> {after:?}\n{}",
+        d.log()
+    );
+    assert!(unpack_failures(&dir, &[token]).is_empty());
+    // The schedule goes on from the new time: no burst of rotations for the three days.
+    let since = rotations(&d.log()) - at_step;
+    assert!(
+        (1..=4).contains(&since),
+        "{since} rotations in 5 s\n{}",
+        d.log()
+    );
+    assert_eq!(d.stop().code(), Some(0));
 }
