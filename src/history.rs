@@ -230,6 +230,19 @@ impl History {
         let primary = disk.keys().copied().filter(|&n| n > 0).max();
         let mut out = Vec::new();
         for (i, p) in self.purged.iter().enumerate() {
+            // Numbers only grow, and fernetd purges only keys below the primary.
+            if p.by_fernetd && primary.is_some_and(|top| p.number >= top) {
+                out.push(Contradiction {
+                    field: format!("purged[{i}]"),
+                    problem: format!(
+                        "says fernetd purged key {}, but fernetd only purges keys below the \
+                         primary, and the primary on disk is key {}",
+                        p.number,
+                        primary.unwrap_or(0)
+                    ),
+                });
+                continue;
+            }
             for (&n, fp) in disk {
                 if *fp != p.fingerprint || !(Some(n) == primary || n == 0) {
                     continue;
@@ -618,6 +631,52 @@ mod tests {
         assert_eq!(h.purged.len(), PURGED_KEPT);
         assert!(was_purged(&h, f[f.len() - 1]) && was_purged(&h, f[8]));
         assert!(!was_purged(&h, f[7]));
+    }
+
+    #[test]
+    fn what_a_state_file_says_is_judged_against_the_disk() {
+        let f = fps(4);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(0));
+        h.record_rotation(2, f[2], t(1));
+        h.record_rotation(3, f[3], t(2));
+        let disk: BTreeMap<u64, Fingerprint> =
+            h.keys.iter().map(|(n, r)| (*n, r.fingerprint)).collect();
+        assert!(h.contradictions(&disk).is_empty());
+        let purged = |number: u64, fingerprint: Fingerprint| PurgedKey {
+            number,
+            fingerprint,
+            at: t(2),
+            by_fernetd: true,
+        };
+        // The primary (key 3) and the staged key recorded as purged: contradictions.
+        let mut forged = h.clone();
+        forged.purged = vec![purged(3, disk[&3]), purged(0, disk[&0])];
+        let c = forged.contradictions(&disk);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].field, "purged[0]");
+        assert!(c[1].problem.contains("the staged key 0"), "{c:?}");
+        // A number fernetd could never have purged.
+        forged.purged = vec![purged(7, f[0])];
+        assert!(forged.contradictions(&disk)[0]
+            .problem
+            .contains("only purges keys below"));
+        // A secondary still on disk: an interrupted purge, adopted again, not a contradiction.
+        forged.purged = vec![purged(1, disk[&1])];
+        forged.keys.remove(&1);
+        assert!(forged.contradictions(&disk).is_empty());
+        assert_eq!(forged.purged_on_disk(&disk), vec![1]);
+        // Times in the future, by field.
+        let mut late = h.clone();
+        late.last_rotation = Some(t(100));
+        late.keys.get_mut(&2).unwrap().demoted = Some(t(90));
+        let future: Vec<String> = late
+            .future(&t(3).into())
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(future, vec!["last_rotation", "keys.2.demoted"]);
+        assert!(h.future(&t(3).into()).is_empty());
     }
 
     #[test]
