@@ -28,8 +28,17 @@ type Fingerprints = std::collections::BTreeMap<u64, crate::key::Fingerprint>;
 
 /// How soon a held rotation asks the gate again (acknowledgements are not watched).
 const GATE_RETRY: Duration = Duration::from_millis(200);
-/// Longest pause between sessions.
+/// Longest pause between sessions; shorter with a shorter lease (see [`backoff_cap`]).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A member's acknowledgement is written again at least this often, so that `member_timeout`
+/// judges when it was last heard from, not when the key set last changed.
+const MEMBER_REFRESH: Duration = Duration::from_secs(3600);
+
+/// The longest pause between sessions: half a lease (at least 250 ms, at most 10 s), so that
+/// after an outage every node is back within about one lease of quorum and of each other.
+fn backoff_cap(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 2).clamp(Duration::from_millis(250), MAX_BACKOFF)
+}
 
 pub struct AgentConfig {
     pub index: usize,
@@ -99,6 +108,7 @@ pub async fn run(
     mut drift: UnboundedReceiver<()>,
     reports: UnboundedSender<(usize, Report)>,
 ) {
+    let cap = backoff_cap(cfg.cluster.lease_ttl);
     let mut backoff = Duration::from_millis(250);
     loop {
         let started = Instant::now();
@@ -109,11 +119,12 @@ pub async fn run(
                 reason: err.to_string(),
             },
         ));
-        if started.elapsed() > MAX_BACKOFF * 3 {
+        // A session that lived a lease or more was healthy: the next failure starts afresh.
+        if started.elapsed() > cfg.cluster.lease_ttl {
             backoff = Duration::from_millis(250);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.min(cap)).await;
+        backoff = (backoff * 2).min(cap);
         // Changes noticed while degraded are handled by the next session's first comparison.
         while drift.try_recv().is_ok() {}
     }
@@ -152,22 +163,10 @@ async fn session_inner(
     let (index, kind, node) = (cfg.index, cfg.kind, cfg.cluster.node.as_str());
     let mut c = Cluster::connect(&cfg.cluster).await?;
     let mut lease = c.grant_lease(cfg.cluster.lease_ttl).await?;
-    // Announce this node before anything else, with the staged key it holds now: from here on
-    // the promotion gate waits for it to apply the current set (a rejoining node is never
-    // skipped because it had not acknowledged yet).
-    let held = cfg
-        .repo
-        .scan()
-        .ok()
-        .and_then(|s| s.keys().get(&0).map(|k| k.fingerprint()))
-        .unwrap_or(crate::key::Fingerprint::NONE);
-    let presence = Ack {
-        node: node.to_string(),
-        revision: 0,
-        staged: held,
-        clock: Some(Utc::now()),
-    };
-    c.acknowledge(kind, &presence, lease.id).await?;
+    // The lease carries only the leadership. Membership is the acknowledgement, which has no
+    // lease: a node that was a member stays one (and holds promotions back) while etcd cannot
+    // hear from it; a new node becomes one with its first acknowledgement, once it has applied
+    // the current set, and holds nothing back before.
     bootstrap(cfg, &mut c).await?;
     // From here on the watch brings every later key set, in order: a node reads the set once
     // per session, not once per change (every node would otherwise ask etcd at the same
@@ -267,7 +266,7 @@ async fn session_inner(
                 staged,
                 clock: Some(at.wall),
             };
-            c.acknowledge(kind, &ack, lease.id).await?;
+            c.acknowledge(kind, &ack).await?;
             acked = Some((revision, staged));
             acked_at = Some(at);
             let _ = reports.send((index, Report::InStep { revision }));
@@ -296,7 +295,16 @@ async fn session_inner(
                         .map(|(n, r)| (*n, r.fingerprint))
                         .collect();
                     let held = local.lineage.as_ref().map(|l| (l, &held_keys));
-                    match c.rotate(kind, &cfg.params, &clock, held, cfg.margin).await {
+                    let request = crate::cluster::Rotation {
+                        params: &cfg.params,
+                        now: &clock,
+                        held,
+                        skew_tolerance: cfg.margin,
+                        fence: Some((node, lease.id)),
+                        schedule: Some(&cfg.schedule),
+                        member_timeout: cfg.cluster.member_timeout,
+                    };
+                    match c.rotate(kind, &request).await {
                         Ok(r) => {
                             let skew = Report::ClockSkew {
                                 nodes: r.skewed.clone(),
@@ -324,6 +332,19 @@ async fn session_inner(
                             let _ = reports.send((index, report));
                             wake = Instant::now() + GATE_RETRY;
                         }
+                        // Fenced: this node's claim is gone (a pause past its lease); the
+                        // watch tells who leads now.
+                        Err(ClusterError::NotLeader { .. }) => {
+                            if let Some(leading) = view.lead(false) {
+                                let _ = reports.send((index, Report::Leading { leading }));
+                            }
+                        }
+                        // Someone rotated in this slot already: the watch brings that set.
+                        Err(ClusterError::NotDue { due }) => {
+                            if let Some(until) = due.and_then(|d| (d - Utc::now()).to_std().ok()) {
+                                wake = Instant::now() + until;
+                            }
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 } else {
@@ -343,10 +364,12 @@ async fn session_inner(
             _ = tokio::time::sleep_until(wake) => {}
             _ = keepalive.tick() => {
                 lease.refresh().await?;
-                let stepped = acked_at
-                    .as_ref()
-                    .and_then(|t| Now::read().step_since(t.wall, t.boot.as_ref()));
-                if stepped.is_some() {
+                let now = Now::read();
+                let stale = acked_at.as_ref().is_some_and(|t| {
+                    now.step_since(t.wall, t.boot.as_ref()).is_some()
+                        || now.since(t.wall, t.boot.as_ref()) >= MEMBER_REFRESH
+                });
+                if stale {
                     acked = None;
                 }
             }

@@ -79,6 +79,19 @@ pub enum ClusterCommand {
     Init(ClusterInitArgs),
     /// Print a new seal key (32 random bytes, url-safe base64) for [cluster] seal_key_file.
     NewSealKey,
+    /// Remove a node from the cluster for good: the promotion gate stops waiting for it. A node
+    /// that is only unreachable still serves tokens, so rotations wait for it until this.
+    RemoveNode(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    /// The node's name ([cluster] node on it; default there: its hostname).
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    /// Only from this repository's members (default: every configured repository).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +289,41 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             println!("{}", &*k.to_text());
             Ok(0)
         }
+        Command::Cluster(ClusterCommand::RemoveNode(a)) => {
+            let sources = config::Sources::load(&Flags::default(), config)?;
+            let cluster = cluster_settings(&sources, config)?;
+            let kinds: Vec<config::Kind> = match a.kind {
+                Some(k) => vec![k.into()],
+                None => config::Kind::ALL
+                    .into_iter()
+                    .filter(|k| sources.file.section(*k).is_some())
+                    .collect(),
+            };
+            let removed = block_on(async {
+                let mut c = crate::cluster::Cluster::connect(&cluster).await?;
+                let mut out = Vec::new();
+                for kind in kinds {
+                    out.push((kind, c.remove_member(kind, &a.node).await?));
+                }
+                Ok::<_, crate::cluster::ClusterError>(out)
+            })??;
+            if removed.iter().all(|(_, r)| r.is_none()) {
+                anyhow::bail!(
+                    "{}: no member named '{}' (fernetd status lists the members)",
+                    cluster.prefix,
+                    a.node
+                );
+            }
+            for (kind, r) in removed {
+                if let Some(ack) = r {
+                    println!(
+                        "{kind}: removed node {} (it had applied revision {}); promotions no longer wait for it",
+                        ack.node, ack.revision
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Cluster(ClusterCommand::Init(a)) => {
             let sources = config::Sources::load(&Flags::default(), config)?;
             let cluster = cluster_settings(&sources, config)?;
@@ -286,7 +334,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             };
             let (set, what) = match &a.from {
                 Some(from) => (
-                    Repository::new(from, owner).export(&clock)?,
+                    Repository::new(from, owner).read_set(&clock)?,
                     format!("imported {}", from.display()),
                 ),
                 None => (
@@ -397,8 +445,12 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                             .nodes
                             .iter()
                             .map(|n| {
+                                let heard = n.last_ack.map_or(String::new(), |t| {
+                                    let ago = (now - t).to_std().unwrap_or_default();
+                                    format!(", acknowledged {} ago", crate::duration::format(ago))
+                                });
                                 format!(
-                                    "{} (revision {}{})",
+                                    "{} (revision {}{}{heard})",
                                     n.node,
                                     n.revision,
                                     if n.holds_staged { "" } else { ", behind" }
@@ -470,10 +522,18 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     .collect();
                 let held = local.lineage.as_ref().map(|l| (l, &held_keys));
                 let margin = s.lifetime.margin;
+                let request = crate::cluster::Rotation {
+                    params: &params,
+                    now: &clock,
+                    held,
+                    skew_tolerance: margin,
+                    fence: None,
+                    schedule: None,
+                    member_timeout: cluster.member_timeout,
+                };
                 let r = block_on(async {
                     let mut c = crate::cluster::Cluster::connect(&cluster).await?;
-                    c.rotate(config::Kind::Tokens, &params, &clock, held, margin)
-                        .await
+                    c.rotate(config::Kind::Tokens, &request).await
                 })??;
                 if !r.skewed.is_empty() {
                     eprintln!(
@@ -668,7 +728,12 @@ async fn cluster_views(
             );
             let last = clock.at_most(set.history.last_rotation.unwrap_or(clock.wall));
             let due = m.schedule.next_after(last);
-            view.judge_gate(due, cluster.gate_deadline, clock.wall);
+            view.judge_gate(
+                due,
+                cluster.gate_deadline,
+                cluster.member_timeout,
+                clock.wall,
+            );
             let margin = m.settings.lifetime.margin;
             view.judge_clocks(&acks, set.history.last_rotation, margin, clock.wall);
             Ok(view)

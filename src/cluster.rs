@@ -41,6 +41,12 @@ pub enum ClusterError {
     },
     #[error("{key}: other writers changed the key set under this rotation {attempts} times in a row; nothing changed, try again")]
     Contention { key: String, attempts: u32 },
+    #[error("{key}: this node no longer holds the leadership (its lease ended, or another node leads); nothing changed")]
+    NotLeader { key: String },
+    #[error("the key set was rotated meanwhile; the next rotation is due {}", due.map_or("never".to_string(), |d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))]
+    NotDue {
+        due: Option<chrono::DateTime<chrono::Utc>>,
+    },
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
     #[error("{key} at revision {revision}: refused, every key stays: {reason}")]
@@ -59,9 +65,10 @@ pub fn nodes_have(nodes: &[String]) -> String {
     }
 }
 
-/// A node's acknowledgement, stored under `{prefix}/{kind}/acks/{node}` with the node's lease
-/// (so it disappears with the node): it applied the key set at `revision`, whose staged key 0
-/// has fingerprint `staged`.
+/// A member's acknowledgement, stored under `{prefix}/{kind}/acks/{node}` without a lease: it
+/// applied the key set at `revision`, whose staged key 0 has fingerprint `staged`. The record
+/// is the node's membership: the promotion gate waits for every member, reachable or not,
+/// until an operator removes it (or `member_timeout` passes since it was last heard from).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ack {
     pub node: String,
@@ -102,6 +109,26 @@ pub fn skewed(
         .collect()
 }
 
+/// The members the promotion of `staged` waits for: those whose last acknowledgement does not
+/// hold it, except members not heard from for `member_timeout` (when one is configured). Pure.
+pub fn waiting_on(
+    acks: &[Ack],
+    staged: crate::key::Fingerprint,
+    now: chrono::DateTime<chrono::Utc>,
+    member_timeout: Option<Duration>,
+) -> Vec<String> {
+    let gone = |a: &Ack| {
+        member_timeout.is_some_and(|t| {
+            a.clock
+                .is_some_and(|c| now - c > crate::history::to_chrono(t))
+        })
+    };
+    acks.iter()
+        .filter(|a| a.staged != staged && !gone(a))
+        .map(|a| a.node.clone())
+        .collect()
+}
+
 /// "node b (3d ahead)", for messages about skewed clocks.
 pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
     let parts: Vec<String> = skewed
@@ -132,6 +159,27 @@ pub struct Rotated {
     pub set: KeySet,
     /// When the committing transaction was sent: the commit happened after it.
     pub sent: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a rotation of the cluster's key set needs besides the set in etcd.
+pub struct Rotation<'a> {
+    pub params: &'a crate::repository::RotateParams,
+    pub now: &'a crate::clock::Now,
+    /// The lineage and keys of the set this node applied: a set in etcd that is not a
+    /// successor of it (a restored backup, another cluster's) is never rotated on.
+    pub held: Option<(
+        &'a crate::keyset::Lineage,
+        &'a BTreeMap<u64, crate::key::Fingerprint>,
+    )>,
+    /// A node clock off by more than this holds every purge.
+    pub skew_tolerance: Duration,
+    /// The leader's claim (its name and lease): the commit is fenced on it, so a leader that
+    /// was paused past its lease rotates nothing when it resumes.
+    pub fence: Option<(&'a str, i64)>,
+    /// The leader's schedule: "due" is judged on the set read for this rotation.
+    pub schedule: Option<&'a crate::schedule::Schedule>,
+    /// See [`waiting_on`].
+    pub member_timeout: Option<Duration>,
 }
 
 /// How often a rotation re-reads and retries when another writer committed first.
@@ -353,30 +401,17 @@ impl Cluster {
             .collect())
     }
 
-    /// One rotation of the cluster's key set: promotes key 0 only when every live node has
+    /// One rotation of the cluster's key set: promotes key 0 only when every member has
     /// acknowledged a set holding it (the promotion gate), and commits with a transaction on
-    /// the set's revision. When another writer commits first, it re-reads and rotates on top
-    /// of that, so concurrent requests each rotate once, in order, and none is lost.
-    ///
-    /// `held` is the lineage (and keys) of the set this node applied, when it applied one: a
-    /// set in etcd that is not a successor of it (a restored backup, another cluster's) is
-    /// never rotated on. While a node's clock is off by more than `skew_tolerance`, nothing is
-    /// purged.
-    pub async fn rotate(
-        &mut self,
-        kind: Kind,
-        params: &crate::repository::RotateParams,
-        now: &crate::clock::Now,
-        held: Option<(
-            &crate::keyset::Lineage,
-            &BTreeMap<u64, crate::key::Fingerprint>,
-        )>,
-        skew_tolerance: Duration,
-    ) -> Result<Rotated, ClusterError> {
+    /// the set's revision (and, for a leader, on its claim: [`Rotation::fence`]). When another
+    /// writer commits first, it re-reads and rotates on top of that, so concurrent requests
+    /// each rotate once, in order, and none is lost. See [`Rotation`] for what it refuses.
+    pub async fn rotate(&mut self, kind: Kind, r: &Rotation<'_>) -> Result<Rotated, ClusterError> {
         let key = self.keyset_key(kind);
+        let leader_key = self.leader_key(kind);
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
-            if let Some((lineage, keys)) = held {
+            if let Some((lineage, keys)) = r.held {
                 let s = crate::keyset::succession(Some(lineage), keys, &set);
                 if !s.acceptable() {
                     return Err(ClusterError::Refused {
@@ -384,6 +419,16 @@ impl Cluster {
                         revision,
                         reason: format!("not rotating it: {s}"),
                     });
+                }
+            }
+            // Due by the set just read, not by a view that may be stale (a paused leader).
+            if let Some(schedule) = r.schedule {
+                let last = r
+                    .now
+                    .at_most(set.history.last_rotation.unwrap_or(r.now.wall));
+                match schedule.next_after(last) {
+                    Some(due) if due <= r.now.wall => {}
+                    due => return Err(ClusterError::NotDue { due }),
                 }
             }
             let staged = match set.keys.get(&0) {
@@ -395,14 +440,10 @@ impl Cluster {
                 &acks,
                 revision,
                 set.history.last_rotation,
-                now.wall,
-                skew_tolerance,
+                r.now.wall,
+                r.skew_tolerance,
             );
-            let behind: Vec<String> = acks
-                .into_iter()
-                .filter(|a| a.staged != staged)
-                .map(|a| a.node)
-                .collect();
+            let behind = waiting_on(&acks, staged, r.now.wall, r.member_timeout);
             if !behind.is_empty() {
                 return Err(ClusterError::GateWaiting {
                     key,
@@ -415,28 +456,36 @@ impl Cluster {
             // A node with a wrong clock would judge retention wrongly: purge nothing.
             let held_params = crate::repository::RotateParams {
                 retention: Duration::MAX,
-                ..*params
+                ..*r.params
             };
-            let params = if skewed.is_empty() || params.force_purge {
-                params
+            let params = if skewed.is_empty() || r.params.force_purge {
+                r.params
             } else {
                 &held_params
             };
             let (next, decision) = set
-                .rotate(new_key, params, now)
+                .rotate(new_key, params, r.now)
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
             let value = seal::seal_value(self.seal.as_deref(), &next.encode(), key.as_bytes())
                 .map_err(|source| ClusterError::Seal {
                     key: key.clone(),
                     source,
                 })?;
+            let mut compare = vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )];
+            // Leadership alone is no mutual exclusion: the commit also proves this node still
+            // holds the leader key under its own live lease.
+            if let Some((node, lease)) = r.fence {
+                compare.push(Compare::value(leader_key.clone(), CompareOp::Equal, node));
+                compare.push(Compare::lease(leader_key.clone(), CompareOp::Equal, lease));
+            }
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([TxnOp::put(key.clone(), value, None)]);
+                .when(compare)
+                .and_then([TxnOp::put(key.clone(), value, None)])
+                .or_else([TxnOp::get(leader_key.clone(), None)]);
             let mut client = self.client.clone();
             let sent = chrono::Utc::now();
             let resp = self
@@ -451,11 +500,55 @@ impl Cluster {
                     sent,
                 });
             }
+            if let Some((node, lease)) = r.fence {
+                let holds = resp.op_responses().into_iter().any(|op| match op {
+                    etcd_client::TxnOpResponse::Get(g) => g
+                        .kvs()
+                        .first()
+                        .is_some_and(|kv| kv.value() == node.as_bytes() && kv.lease() == lease),
+                    _ => false,
+                });
+                if !holds {
+                    return Err(ClusterError::NotLeader { key: leader_key });
+                }
+            }
         }
         Err(ClusterError::Contention {
             key,
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Removes `node` from a repository's members (`fernetd cluster remove-node`): the
+    /// promotion gate stops waiting for it. Returns its last acknowledgement, if it had one.
+    pub async fn remove_member(
+        &mut self,
+        kind: Kind,
+        node: &str,
+    ) -> Result<Option<Ack>, ClusterError> {
+        let key = format!("{}{node}", self.acks_prefix(kind));
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(
+                &format!("delete {key}"),
+                client.delete(
+                    key.clone(),
+                    Some(etcd_client::DeleteOptions::new().with_prev_key()),
+                ),
+            )
+            .await?;
+        Ok(resp
+            .prev_kvs()
+            .first()
+            .map(|kv| serde_json::from_slice::<Ack>(kv.value()).ok())
+            .map(|a| {
+                a.unwrap_or(Ack {
+                    node: node.to_string(),
+                    revision: 0,
+                    staged: crate::key::Fingerprint::NONE,
+                    clock: None,
+                })
+            }))
     }
 
     /// A lease that keeps this node's acknowledgements and leadership alive.
@@ -477,23 +570,16 @@ impl Cluster {
         })
     }
 
-    /// Records that this node applied the key set at `ack.revision`, under `lease`.
-    pub async fn acknowledge(
-        &mut self,
-        kind: Kind,
-        ack: &Ack,
-        lease: i64,
-    ) -> Result<(), ClusterError> {
+    /// Records that this node applied the key set at `ack.revision`. The record has no lease:
+    /// it is the node's membership, and it outlives the node's session (a node etcd cannot
+    /// hear from may still be serving tokens).
+    pub async fn acknowledge(&mut self, kind: Kind, ack: &Ack) -> Result<(), ClusterError> {
         let key = format!("{}{}", self.acks_prefix(kind), ack.node);
         let value = serde_json::to_vec(ack).unwrap_or_default();
         let mut client = self.client.clone();
         self.bounded(
             &format!("write {key}"),
-            client.put(
-                key.clone(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            ),
+            client.put(key.clone(), value, None),
         )
         .await?;
         Ok(())

@@ -72,10 +72,14 @@ pub struct ClusterSection {
     /// How long a dead node keeps its acknowledgements and leadership (default 10s).
     #[serde(default, with = "duration::serde_opt")]
     pub lease_ttl: Option<Duration>,
-    /// How long past due a rotation may wait for live nodes to apply the staged key before
-    /// the leader reports them as blocking it (default 1m).
+    /// How long past due a rotation may wait for members to apply the staged key before the
+    /// leader reports them as blocking it (default 1m).
     #[serde(default, with = "duration::serde_opt")]
     pub gate_deadline: Option<Duration>,
+    /// A member not heard from for this long stops holding promotions back (default: never;
+    /// `fernetd cluster remove-node` removes one). Meant to be long, e.g. "7d".
+    #[serde(default, with = "duration::serde_opt")]
+    pub member_timeout: Option<Duration>,
     /// etcd authentication: user name, and a file holding the password.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -97,6 +101,7 @@ pub struct ClusterSettings {
     pub request_timeout: Duration,
     pub lease_ttl: Duration,
     pub gate_deadline: Duration,
+    pub member_timeout: Option<Duration>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
@@ -158,6 +163,7 @@ impl ClusterSection {
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(5)),
             lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(10)),
             gate_deadline: self.gate_deadline.unwrap_or(DEFAULT_GATE_DEADLINE),
+            member_timeout: self.member_timeout,
             username: self.username.clone(),
             password_file: self.password_file.clone(),
             ca_file: self.ca_file.clone(),

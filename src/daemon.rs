@@ -433,7 +433,8 @@ impl Daemon {
                 if blocking && next != s.gate {
                     tracing::warn!(
                         "{kind}: rotation {} overdue, blocked past gate_deadline: {who} not \
-                         applied the staged key; it goes ahead once they do or their lease ends",
+                         applied the staged key; it goes ahead once they do, or once they are \
+                         removed (fernetd cluster remove-node)",
                         crate::duration::format(Duration::from_secs(overdue.as_secs()))
                     );
                 } else if !blocking && next.waiting != s.gate.waiting {

@@ -280,6 +280,8 @@ pub struct NodeView {
     pub node: String,
     pub revision: i64,
     pub holds_staged: bool,
+    /// When the member last acknowledged (its own clock), if it said.
+    pub last_ack: Option<DateTime<Utc>>,
 }
 
 /// Judges this node against the cluster's key set (pure). `local` is the disk, `history`
@@ -304,6 +306,7 @@ pub fn cluster_view(
             node: a.node.clone(),
             revision: a.revision,
             holds_staged: Some(a.staged) == staged,
+            last_ack: a.clock,
         })
         .collect();
     ClusterView {
@@ -349,14 +352,25 @@ impl ClusterView {
             .collect();
     }
 
-    /// Judges the promotion gate as the leader does: a rotation `due` and held by nodes that
-    /// lack the staged key is blocked once it is `deadline` overdue.
+    /// Judges the promotion gate as the leader does: a rotation `due` and held by members that
+    /// lack the staged key (those not heard from for `member_timeout` aside) is blocked once it
+    /// is `deadline` overdue.
     pub fn judge_gate(
         &mut self,
         due: Option<DateTime<Utc>>,
         deadline: std::time::Duration,
+        member_timeout: Option<std::time::Duration>,
         now: DateTime<Utc>,
     ) {
+        let gone = |n: &NodeView| {
+            member_timeout.is_some_and(|t| {
+                n.last_ack
+                    .is_some_and(|c| now - c > crate::history::to_chrono(t))
+            })
+        };
+        let nodes = &self.nodes;
+        self.gate_waiting_on
+            .retain(|w| !nodes.iter().any(|n| &n.node == w && gone(n)));
         self.rotation_due = due;
         self.gate_deadline = Some(deadline);
         let overdue = due.and_then(|d| (now - d).to_std().ok());
@@ -437,7 +451,7 @@ mod tests {
             node: node.into(),
             revision: 1,
             staged,
-            clock: None,
+            clock: Some(now - chrono::Duration::days(3)),
         };
         let mut acks = vec![ack("a", staged)];
         if lagging {
@@ -462,7 +476,7 @@ mod tests {
         let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
         let judged = |lagging: bool, due: Option<DateTime<Utc>>| {
             let mut v = view(lagging);
-            v.judge_gate(due, deadline, now);
+            v.judge_gate(due, deadline, None, now);
             let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
             sum.add_cluster(&Ok(v.clone()));
             (v.gate_blocked, sum.level)
@@ -473,5 +487,9 @@ mod tests {
         assert_eq!(judged(true, None), (false, Level::Ok));
         assert_eq!(judged(false, ago(3600)), (false, Level::Ok));
         assert_eq!(view(true).gate_waiting_on, vec!["b".to_string()]);
+        // A member not heard from for longer than member_timeout holds nothing back.
+        let mut v = view(true);
+        v.judge_gate(ago(3600), deadline, Some(Duration::from_secs(86_400)), now);
+        assert!(v.gate_waiting_on.is_empty() && !v.gate_blocked);
     }
 }

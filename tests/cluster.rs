@@ -384,29 +384,19 @@ fn concurrent_one_shot_rotations_each_rotate_once_with_no_lost_update() {
 /// A staged-key fingerprint no real key set has.
 const OLD_STAGED: &str = "00000000000000ff";
 
-/// A 60-second lease, standing for a live node.
-fn grant(etcd: &Etcd) -> i64 {
-    etcd.with_client(async |cl| cl.lease_grant(60, None).await.unwrap().id())
-}
-
-/// Writes the acknowledgement a live `node` holding key set `revision` with staged key
-/// `staged` would write, under `lease`.
-fn ack_as(etcd: &Etcd, lease: i64, node: &str, revision: i64, staged: &str) {
+/// Writes the acknowledgement a member `node` holding key set `revision` with staged key
+/// `staged` would write (a membership record: no lease).
+fn ack_as(etcd: &Etcd, node: &str, revision: i64, staged: &str) {
     let ack = serde_json::json!({"node": node, "revision": revision, "staged": staged});
     etcd.with_client(async |cl| {
-        let opts = etcd_client::PutOptions::new().with_lease(lease);
-        cl.put(
-            format!("/test/tokens/acks/{node}"),
-            ack.to_string(),
-            Some(opts),
-        )
-        .await
-        .unwrap();
+        cl.put(format!("/test/tokens/acks/{node}"), ack.to_string(), None)
+            .await
+            .unwrap();
     });
 }
 
 #[test]
-fn promotion_waits_until_every_live_node_holds_the_staged_key() {
+fn promotion_waits_until_every_member_holds_the_staged_key() {
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
     let a = t.path().join("a");
@@ -422,10 +412,9 @@ fn promotion_waits_until_every_live_node_holds_the_staged_key() {
         a.to_str().unwrap(),
     ]);
     let staged = keyset_of(&etcd).keys[&0].fingerprint();
-    // Node "b" is alive (its ack is under a lease) but still holds an older staged key.
-    let lease = grant(&etcd);
-    ack_as(&etcd, lease, "b", 1, OLD_STAGED);
-    ack_as(&etcd, lease, "c", 2, &staged.to_string());
+    // Member "b" still holds an older staged key.
+    ack_as(&etcd, "b", 1, OLD_STAGED);
+    ack_as(&etcd, "c", 2, &staged.to_string());
     let before = keyset_of(&etcd);
     let out = fernetd(&["--config", c, "rotate"]);
     assert_eq!(out.code, 2, "{}", out.stdout);
@@ -442,20 +431,38 @@ fn promotion_waits_until_every_live_node_holds_the_staged_key() {
         "a held rotation changed the key set"
     );
     // b catches up: the rotation goes through.
-    ack_as(&etcd, lease, "b", 2, &staged.to_string());
+    ack_as(&etcd, "b", 2, &staged.to_string());
     fernetd_ok(&["--config", c, "rotate"]);
-    // Now b and c are behind the new staged key; when their lease ends (nodes dead), their
-    // acknowledgements vanish and no longer hold the cluster back.
+    // Now b and c are behind the new staged key. Silent members may still serve tokens: they
+    // hold the promotion until they catch up or an operator removes them.
     assert_eq!(fernetd(&["--config", c, "rotate"]).code, 2);
-    etcd.with_client(async |cl| {
-        cl.lease_revoke(lease).await.unwrap();
-    });
+    let out = fernetd_ok(&["--config", c, "cluster", "remove-node", "b"]);
+    assert!(
+        out.stdout
+            .contains("tokens: removed node b (it had applied revision 2)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        fernetd(&["--config", c, "rotate"]).code,
+        2,
+        "c still holds it"
+    );
+    fernetd_ok(&["--config", c, "cluster", "remove-node", "c"]);
     fernetd_ok(&["--config", c, "rotate"]);
     assert_eq!(keyset_of(&etcd).primary(), Some(3));
+    let gone = fernetd(&["--config", c, "cluster", "remove-node", "c"]);
+    assert_eq!(gone.code, 2);
+    assert_eq!(gone.error_lines(), 1, "{}", gone.stderr);
+    assert!(
+        gone.stderr.contains("no member named 'c'"),
+        "{}",
+        gone.stderr
+    );
 }
 
 #[test]
-fn a_node_lagging_past_the_gate_deadline_is_reported_and_its_lease_end_releases_the_rotation() {
+fn a_member_lagging_past_the_gate_deadline_is_reported_until_it_is_removed() {
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
     let cfg = node_config(t.path(), &etcd, "a");
@@ -470,9 +477,8 @@ fn a_node_lagging_past_the_gate_deadline_is_reported_and_its_lease_end_releases_
         "{}",
         d.log()
     );
-    // Node "b" is alive (its ack is under a lease) but holds an older staged key.
-    let lease = grant(&etcd);
-    ack_as(&etcd, lease, "b", 1, OLD_STAGED);
+    // Member "b" holds an older staged key.
+    ack_as(&etcd, "b", 1, OLD_STAGED);
     let held = "rotation due, held until node b has applied the staged key";
     let blocked = "overdue, blocked past gate_deadline: node b has not applied the staged key";
     assert!(d.wait_log(held, secs(10)), "{}", d.log());
@@ -502,10 +508,8 @@ fn a_node_lagging_past_the_gate_deadline_is_reported_and_its_lease_end_releases_
         "{}",
         status.stdout
     );
-    // b's lease ends (the node died): the held rotation goes ahead.
-    etcd.with_client(async |cl| {
-        cl.lease_revoke(lease).await.unwrap();
-    });
+    // The operator removes b for good: the held rotation goes ahead.
+    fernetd_ok(&["--config", c, "cluster", "remove-node", "b"]);
     assert!(
         d.wait_for(secs(10), || keyset_of(&etcd).primary() > primary),
         "{}",
@@ -1218,4 +1222,342 @@ fn tls_with_client_certificates() {
         "{}",
         out.stderr
     );
+}
+
+/// Three sealed daemons, 2 s leases, a rotation every 3 s, tokens living a minute (nothing is
+/// purged during the test, so the cluster's history keeps every promotion).
+fn paced_config(dir: &Path, etcd: &Etcd, node: &str, seal: &Path) -> std::path::PathBuf {
+    let p = node_config(dir, etcd, node);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("schedule = \"2s\"", "schedule = \"3s\"")
+        .replace("expiration = \"3s\"", "expiration = \"60s\"")
+        .replace(
+            "[cluster]\n",
+            &format!("[cluster]\nseal_key_file = \"{}\"\n", seal.display()),
+        );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Promotion times of the sealed key set, in key order.
+fn promotions(etcd: &Etcd, seal: &Path) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let key = fernetd::seal::SealKey::load(seal).unwrap();
+    let raw = etcd.with_client(async |c| {
+        c.get("/test/tokens/keyset", None).await.unwrap().kvs()[0]
+            .value()
+            .to_vec()
+    });
+    let plain = fernetd::seal::open_value(Some(&key), &raw, b"/test/tokens/keyset").unwrap();
+    let set = fernetd::keyset::KeySet::decode(&plain).unwrap();
+    set.history
+        .keys
+        .iter()
+        .filter(|(n, _)| **n > 0)
+        .filter_map(|(_, r)| r.promoted)
+        .collect()
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_never_rotates_twice_in_a_slot() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    std::fs::write(&seal, fernetd_ok(&["cluster", "new-seal-key"]).stdout).unwrap();
+    let nodes = ["a", "b", "c"];
+    let mut daemons: Vec<Daemon> = Vec::new();
+    // Sealed from the first set on: the one `cluster init` writes.
+    let configs: Vec<_> = nodes
+        .iter()
+        .map(|n| paced_config(t.path(), &etcd, n, &seal))
+        .collect();
+    let init = fernetd(&[
+        "--config",
+        configs[0].to_str().unwrap(),
+        "cluster",
+        "init",
+        "--force",
+    ]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    for c in &configs {
+        daemons.push(Daemon::start(
+            &["--config", c.to_str().unwrap(), "daemon"],
+            &[],
+        ));
+    }
+    for d in &daemons {
+        assert!(
+            d.wait_log("ready", std::time::Duration::from_secs(15)),
+            "{}",
+            d.log()
+        );
+    }
+    let dirs: Vec<_> = nodes.iter().map(|n| t.path().join(n)).collect();
+    let sampler = {
+        let dirs = dirs.clone();
+        std::thread::spawn(move || {
+            cross_check(
+                &dirs,
+                std::time::Instant::now() + std::time::Duration::from_secs(40),
+            )
+        })
+    };
+    let leader = || {
+        daemons
+            .iter()
+            .position(|d| {
+                let log = d.log();
+                log.rfind("leading this repository's rotations")
+                    .is_some_and(|at| log.rfind("no longer leading").is_none_or(|n| n < at))
+            })
+            .expect("a leader")
+    };
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let l = leader();
+        // Stalled past its 2 s lease (a VM paused for a live migration), then resumed.
+        daemons[l].signal(nix::sys::signal::Signal::SIGSTOP);
+        std::thread::sleep(std::time::Duration::from_millis(4500));
+        daemons[l].signal(nix::sys::signal::Signal::SIGCONT);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    all_compatible(sampler.join().unwrap());
+    let p = promotions(&etcd, &seal);
+    assert!(p.len() >= 6, "too few rotations: {p:?}");
+    let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+    for w in p.windows(2) {
+        let gap = (w[1] - w[0]).num_milliseconds();
+        assert!(
+            gap >= 2900,
+            "two promotions {gap} ms apart in a 3 s slot: {p:?}\n{}",
+            logs.join("\n---\n")
+        );
+    }
+    eprintln!("{} promotions, one per slot", p.len());
+}
+
+#[test]
+fn a_member_stopped_past_the_gate_deadline_holds_rotations_until_it_returns_or_is_removed() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let conf = |node: &str| {
+        let p = node_config(t.path(), &etcd, node);
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        text.push_str("gate_deadline = \"3s\"\n");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (ca, cb) = (conf("a"), conf("b"));
+    let a = Daemon::start(&["--config", ca.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        a.wait_log("leading", std::time::Duration::from_secs(15)),
+        "{}",
+        a.log()
+    );
+    let b = Daemon::start(&["--config", cb.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        b.wait_log("ready", std::time::Duration::from_secs(15)),
+        "{}",
+        b.log()
+    );
+    let dirs = vec![t.path().join("a"), t.path().join("b")];
+    let sampler = {
+        let dirs = dirs.clone();
+        std::thread::spawn(move || {
+            cross_check(
+                &dirs,
+                std::time::Instant::now() + std::time::Duration::from_secs(22),
+            )
+        })
+    };
+    // b stops answering etcd (stopped, its lease long gone) but, as far as anyone knows, its
+    // Keystone still serves tokens: a promotes at most the key b holds, then waits for it.
+    b.signal(nix::sys::signal::Signal::SIGSTOP);
+    let blocked = "blocked past gate_deadline: node b has not applied the staged key";
+    assert!(
+        a.wait_log(blocked, std::time::Duration::from_secs(15)),
+        "{}",
+        a.log()
+    );
+    let held = keys(&dirs[0]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(keys(&dirs[0]), held, "rotated past a silent member");
+    let status = fernetd(&["--config", ca.to_str().unwrap(), "status"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("node b has not applied the staged key")
+            && status.stdout.contains("b (revision")
+            && status.stdout.contains("acknowledged"),
+        "{}",
+        status.stdout
+    );
+    // b comes back: it catches up and rotations go on.
+    b.signal(nix::sys::signal::Signal::SIGCONT);
+    let p = *held.keys().next_back().unwrap();
+    assert!(
+        a.wait_for(std::time::Duration::from_secs(15), || numbers(&dirs[0])
+            .last()
+            .is_some_and(|&n| n > p + 1)),
+        "{}",
+        a.log()
+    );
+    all_compatible(sampler.join().unwrap());
+    // b leaves for good: held again until the operator removes it.
+    b.kill9();
+    assert!(
+        a.wait_for(std::time::Duration::from_secs(15), || a
+            .log()
+            .matches(blocked)
+            .count()
+            >= 2),
+        "{}",
+        a.log()
+    );
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        "b",
+    ]);
+    let p = *numbers(&dirs[0]).last().unwrap();
+    assert!(
+        a.wait_for(std::time::Duration::from_secs(10), || numbers(&dirs[0])
+            .last()
+            .is_some_and(|&n| n > p + 1)),
+        "{}",
+        a.log()
+    );
+    a.stop();
+}
+
+#[test]
+fn cluster_init_only_reads_the_repository_it_imports() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    // Readable by everyone, writable by root only; the import runs as nobody.
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = t.path().join("src");
+    fernetd_ok(&["setup", "--key-repository", src.to_str().unwrap()]);
+    rotate_ok(src.to_str().unwrap(), &[]);
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for n in numbers(&src) {
+        std::fs::set_permissions(
+            src.join(n.to_string()),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    std::fs::remove_dir_all(src.join(".fernetd")).unwrap();
+    let before = snapshot(&src);
+    let cfg = config(t.path(), "c.toml", &etcd, &t.path().join("dst"), "");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "cluster",
+            "init",
+            "--from",
+        ])
+        .arg(&src)
+        .env_remove("FERNETD_CONFIG")
+        .output()
+        .expect("setpriv (util-linux; scripts/deps installs it)");
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("3 keys, primary 2"), "{}", run.stdout);
+    assert_eq!(snapshot(&src), before, "the import wrote into its source");
+    assert!(!src.join(".fernetd").exists());
+    assert_eq!(keyset_of(&etcd).primary(), Some(2));
+}
+
+#[test]
+fn a_rotation_is_fenced_on_the_leader_claim_and_judged_due_on_the_set_it_reads() {
+    use fernetd::cluster::{Cluster, ClusterError, Rotation};
+    use fernetd::config::{ClusterSection, Kind};
+    let etcd = Etcd::start();
+    let section: ClusterSection = toml::from_str(&format!(
+        "endpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"x\"\n",
+        etcd.endpoint
+    ))
+    .unwrap();
+    let settings = section.settings();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let now = fernetd::clock::Now::read();
+        let mut c = Cluster::connect(&settings).await.unwrap();
+        let set = fernetd::keyset::KeySet::fresh(&now).unwrap();
+        c.import(Kind::Tokens, &set, false, false).await.unwrap();
+        let params = fernetd::repository::RotateParams {
+            max_active_keys: 3,
+            retention: std::time::Duration::ZERO,
+            force_purge: false,
+        };
+        let x = c
+            .grant_lease(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(c.campaign(Kind::Tokens, "x", x.id).await.unwrap());
+        // x's lease ends (a pause past it); y claims the leadership.
+        let mut raw = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            .await
+            .unwrap();
+        raw.lease_revoke(x.id).await.unwrap();
+        let y = c
+            .grant_lease(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(c.campaign(Kind::Tokens, "y", y.id).await.unwrap());
+        let request = |fence| Rotation {
+            params: &params,
+            now: &now,
+            held: None,
+            skew_tolerance: std::time::Duration::ZERO,
+            fence,
+            schedule: None,
+            member_timeout: None,
+        };
+        let (before, _) = c.fetch(Kind::Tokens).await.unwrap();
+        let stale = c.rotate(Kind::Tokens, &request(Some(("x", x.id)))).await;
+        assert!(
+            matches!(stale, Err(ClusterError::NotLeader { .. })),
+            "{stale:?}"
+        );
+        let (after, _) = c.fetch(Kind::Tokens).await.unwrap();
+        assert_eq!(
+            after.fingerprints(),
+            before.fingerprints(),
+            "a fenced rotation committed"
+        );
+        let ok = c
+            .rotate(Kind::Tokens, &request(Some(("y", y.id))))
+            .await
+            .unwrap();
+        assert_eq!(ok.decision.new_primary, 2);
+        // Hourly, and the set read says it was rotated just now: not due, nothing changes.
+        let hourly: fernetd::schedule::Schedule = "1h".parse().unwrap();
+        let early = c
+            .rotate(
+                Kind::Tokens,
+                &Rotation {
+                    schedule: Some(&hourly),
+                    ..request(Some(("y", y.id)))
+                },
+            )
+            .await;
+        assert!(
+            matches!(early, Err(ClusterError::NotDue { due: Some(_) })),
+            "{early:?}"
+        );
+        assert_eq!(c.fetch(Kind::Tokens).await.unwrap().0.primary(), Some(2));
+    });
 }

@@ -611,6 +611,43 @@ impl Repository {
         Ok(set)
     }
 
+    /// The repository as a key set, read only (`cluster init --from`): no lock, no recovery, no
+    /// file written, so a source it may read but not write imports too. Keys without history
+    /// are dated `now`. Refused while a rotation is interrupted there (its temp files remain):
+    /// `fernetd setup` on it completes it first.
+    pub fn read_set(&self, now: &Now) -> Result<crate::keyset::KeySet> {
+        self.require_dir()?;
+        let scan = self.scan()?;
+        ensure_writable(&scan)?;
+        let interrupted = [
+            self.primary_tmp(),
+            self.staged_tmp(),
+            self.dir.join("0.tmp"),
+        ];
+        if let Some(tmp) = interrupted.iter().find(|p| p.exists()) {
+            return Err(Error::Invalid {
+                path: tmp.clone(),
+                problem: "an interrupted rotation; run `fernetd setup` on it first".into(),
+            });
+        }
+        let disk = scan.fingerprints();
+        let mut history = self.trusted_history(&disk)?;
+        history.reconcile(&disk, now);
+        let set = crate::keyset::KeySet {
+            keys: scan
+                .keys()
+                .into_iter()
+                .map(|(n, k)| (n, k.clone()))
+                .collect(),
+            history,
+        };
+        set.validate().map_err(|e| Error::Invalid {
+            path: self.dir.clone(),
+            problem: e.to_string(),
+        })?;
+        Ok(set)
+    }
+
     /// Makes the repository hold `set` (cluster sync), in a safe order: every key the set has
     /// and the disk lacks (highest first, so the new primary lands first; when it is the key 0
     /// on disk, by a hard link), then key 0 and the removals, each write atomic and durable
