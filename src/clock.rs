@@ -144,7 +144,9 @@ pub fn step_ahead(raw: &Now, judged: &Now) -> Option<chrono::Duration> {
 
 /// "3d 2h", "45s": a clock step for humans, with its direction.
 pub fn describe_step(step: chrono::Duration) -> String {
-    let size = crate::duration::format(Duration::from_secs(step.abs().num_seconds().max(1) as u64));
+    // To the nearest second: the two clocks are read microseconds apart.
+    let secs = (step.abs().num_milliseconds().saturating_add(500) / 1000).max(1);
+    let size = crate::duration::format(Duration::from_secs(secs as u64));
     if step > chrono::Duration::zero() {
         format!("forward by {size}")
     } else {

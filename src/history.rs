@@ -230,33 +230,32 @@ impl History {
         let primary = disk.keys().copied().filter(|&n| n > 0).max();
         let mut out = Vec::new();
         for (i, p) in self.purged.iter().enumerate() {
-            // Numbers only grow, and fernetd purges only keys below the primary.
-            if p.by_fernetd && primary.is_some_and(|top| p.number >= top) {
-                out.push(Contradiction {
-                    field: format!("purged[{i}]"),
-                    problem: format!(
-                        "says fernetd purged key {}, but fernetd only purges keys below the \
-                         primary, and the primary on disk is key {}",
-                        p.number,
-                        primary.unwrap_or(0)
-                    ),
-                });
-                continue;
-            }
-            for (&n, fp) in disk {
-                if *fp != p.fingerprint || !(Some(n) == primary || n == 0) {
-                    continue;
-                }
+            let field = format!("purged[{i}]");
+            let on_disk = disk
+                .iter()
+                .find(|(n, fp)| **fp == p.fingerprint && (Some(**n) == primary || **n == 0));
+            if let Some((&n, fp)) = on_disk {
                 let role = if n == 0 {
                     "the staged key 0"
                 } else {
                     "the primary"
                 };
                 out.push(Contradiction {
-                    field: format!("purged[{i}]"),
+                    field,
                     problem: format!(
                         "says key {} (fingerprint {fp}) was purged, but it is {role} on disk",
                         p.number
+                    ),
+                });
+            } else if p.by_fernetd && primary.is_some_and(|top| p.number >= top) {
+                // Numbers only grow, and fernetd purges only keys below the primary.
+                out.push(Contradiction {
+                    field,
+                    problem: format!(
+                        "says fernetd purged key {}, but fernetd only purges keys below the \
+                         primary, and the primary on disk is key {}",
+                        p.number,
+                        primary.unwrap_or(0)
                     ),
                 });
             }
