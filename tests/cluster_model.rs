@@ -106,8 +106,8 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
             });
         }
         // Every node joins: applies and acknowledges; n0 claims the leadership.
-        for i in 0..NODES {
-            apply(&mut c, &nodes[i], &now(wall)).await;
+        for n in &nodes {
+            apply(&mut c, n, &now(wall)).await;
         }
         nodes[0].leading = c
             .campaign(Kind::Tokens, "n0", nodes[0].lease)
