@@ -595,6 +595,20 @@ fn all_compatible((samples, failures): (usize, Vec<String>)) -> usize {
     samples
 }
 
+/// [`cross_check`] on a thread of its own for `secs` seconds, while the test acts.
+fn cross_check_in_background(
+    dirs: &[std::path::PathBuf],
+    secs: u64,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    let dirs = dirs.to_vec();
+    std::thread::spawn(move || {
+        cross_check(
+            &dirs,
+            std::time::Instant::now() + std::time::Duration::from_secs(secs),
+        )
+    })
+}
+
 fn cross_check(dirs: &[std::path::PathBuf], until: std::time::Instant) -> (usize, Vec<String>) {
     let (mut samples, mut failures) = (0, Vec::new());
     while std::time::Instant::now() < until {
@@ -975,15 +989,7 @@ fn a_partitioned_node_keeps_its_keys_never_rotates_alone_and_catches_up() {
         b.log()
     );
     let dirs = vec![t.path().join("a"), t.path().join("b")];
-    let sampler = {
-        let dirs = dirs.clone();
-        std::thread::spawn(move || {
-            cross_check(
-                &dirs,
-                std::time::Instant::now() + std::time::Duration::from_secs(16),
-            )
-        })
-    };
+    let sampler = cross_check_in_background(&dirs, 16);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let b_before = keys(&dirs[1]);
     proxy.cut();
@@ -1074,15 +1080,7 @@ fn losing_an_etcd_member_changes_nothing_and_losing_quorum_loses_no_key() {
             .map(|k| *k.keys().next_back().unwrap())
             .unwrap_or(0)
     };
-    let sampler = {
-        let dirs = dirs.clone();
-        std::thread::spawn(move || {
-            cross_check(
-                &dirs,
-                std::time::Instant::now() + std::time::Duration::from_secs(30),
-            )
-        })
-    };
+    let sampler = cross_check_in_background(&dirs, 30);
 
     // One member down: rotations go on.
     etcd.kill(0);
@@ -1293,15 +1291,7 @@ fn a_leader_paused_past_its_lease_never_rotates_twice_in_a_slot() {
         );
     }
     let dirs: Vec<_> = nodes.iter().map(|n| t.path().join(n)).collect();
-    let sampler = {
-        let dirs = dirs.clone();
-        std::thread::spawn(move || {
-            cross_check(
-                &dirs,
-                std::time::Instant::now() + std::time::Duration::from_secs(40),
-            )
-        })
-    };
+    let sampler = cross_check_in_background(&dirs, 40);
     let leader = || {
         daemons
             .iter()
@@ -1361,15 +1351,7 @@ fn a_member_stopped_past_the_gate_deadline_holds_rotations_until_it_returns_or_i
         b.log()
     );
     let dirs = vec![t.path().join("a"), t.path().join("b")];
-    let sampler = {
-        let dirs = dirs.clone();
-        std::thread::spawn(move || {
-            cross_check(
-                &dirs,
-                std::time::Instant::now() + std::time::Duration::from_secs(22),
-            )
-        })
-    };
+    let sampler = cross_check_in_background(&dirs, 22);
     // b stops answering etcd (stopped, its lease long gone) but, as far as anyone knows, its
     // Keystone still serves tokens: a promotes at most the key b holds, then waits for it.
     b.signal(nix::sys::signal::Signal::SIGSTOP);

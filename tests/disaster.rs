@@ -495,6 +495,18 @@ fn rotated_repository(t: &Path) -> PathBuf {
     dir
 }
 
+/// Edits `state` as fernetd's purge of key `n` would have: its record moves from the keys to
+/// the purge records (the key file itself stays).
+fn record_as_purged(state: &Path, n: u64) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    let record = v["keys"][n.to_string()].take();
+    v["keys"].as_object_mut().unwrap().remove(&n.to_string());
+    v["purged"] = serde_json::json!([{
+        "number": n, "fingerprint": record["fingerprint"], "at": record["first_seen"], "by_fernetd": true
+    }]);
+    std::fs::write(state, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
 #[test]
 fn a_state_file_that_says_the_primary_was_purged_removes_nothing() {
     let t = tempfile::tempdir().unwrap();
@@ -503,13 +515,7 @@ fn a_state_file_that_says_the_primary_was_purged_removes_nothing() {
     let before = keys(&dir);
     let state = dir.join(".fernetd/state.json");
     // Edited (or copied from elsewhere): the primary, key 3, moved to the purge records.
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    let record = v["keys"]["3"].take();
-    v["keys"].as_object_mut().unwrap().remove("3");
-    v["purged"] = serde_json::json!([{
-        "number": 3, "fingerprint": record["fingerprint"], "at": record["first_seen"], "by_fernetd": true
-    }]);
-    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    record_as_purged(&state, 3);
     for cmd in ["setup", "rotate"] {
         let out = fernetd(&[cmd, "--key-repository", d]);
         assert_eq!(out.code, 2, "{cmd}: {}{}", out.stdout, out.stderr);
@@ -539,13 +545,7 @@ fn an_interrupted_purge_is_never_finished_on_the_state_files_word() {
     let state = dir.join(".fernetd/state.json");
     // As a crash between saving the decision and unlinking would leave it: key 1 recorded as
     // purged by fernetd, still on disk.
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    let record = v["keys"]["1"].take();
-    v["keys"].as_object_mut().unwrap().remove("1");
-    v["purged"] = serde_json::json!([{
-        "number": 1, "fingerprint": record["fingerprint"], "at": record["first_seen"], "by_fernetd": true
-    }]);
-    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    record_as_purged(&state, 1);
     let out = fernetd_ok(&["setup", "--key-repository", d]);
     assert!(
         out.stderr

@@ -3,7 +3,7 @@
 //! the command that installs it; they are never skipped.
 
 mod common;
-use common::keystone::{helper, venv};
+use common::keystone::{helper, pack, venv};
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -18,16 +18,6 @@ fn keystone_load(dir: &Path) -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn keystone_pack(dir: &Path) -> String {
-    let out = helper(&["pack", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "keystone pack: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn keystone_unpacks(dir: &Path, token: &str) -> bool {
@@ -82,7 +72,7 @@ fn keystone_loads_fernetd_keys_and_tokens_live_until_their_key_is_purged() {
 
     // Keystone packs with primary 1. Count-only purging with 3 keys drops key 1 at the
     // second rotation: the token must unpack exactly until then.
-    let token = keystone_pack(&repo);
+    let token = pack(&repo);
     rotate_ok(r, &["--max-active-keys", "3", "--force-purge"]);
     assert_eq!(keystone_load(&repo), expected_order(&repo));
     assert!(keys(&repo).contains_key(&1));
@@ -98,7 +88,7 @@ fn keystone_loads_fernetd_keys_and_tokens_live_until_their_key_is_purged() {
     );
 
     // With the retention guard (the default) the key of a fresh token is kept.
-    let token = keystone_pack(&repo);
+    let token = pack(&repo);
     let primary = *keys(&repo).keys().next_back().unwrap();
     for _ in 0..3 {
         rotate_ok(r, &["--max-active-keys", "3"]);
@@ -120,7 +110,7 @@ fn fernetd_adopts_a_keystone_manage_repository_without_losing_a_key() {
     assert!(keystone_manage(&repo, "fernet_rotate").status.success());
     let made = keys(&repo);
     assert_eq!(made.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
-    let token = keystone_pack(&repo);
+    let token = pack(&repo);
 
     let setup = fernetd_ok(&["setup", "--key-repository", r]);
     assert!(

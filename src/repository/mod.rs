@@ -596,6 +596,11 @@ impl Repository {
         let mut history = self.trusted_history(&scan.fingerprints())?;
         history.reconcile(&scan.fingerprints(), now);
         self.save_history(&history, owner)?;
+        self.key_set(&scan, history)
+    }
+
+    /// The keys of `scan` with `history`, as a validated key set.
+    fn key_set(&self, scan: &Scan, history: History) -> Result<crate::keyset::KeySet> {
         let set = crate::keyset::KeySet {
             keys: scan
                 .keys()
@@ -633,19 +638,7 @@ impl Repository {
         let disk = scan.fingerprints();
         let mut history = self.trusted_history(&disk)?;
         history.reconcile(&disk, now);
-        let set = crate::keyset::KeySet {
-            keys: scan
-                .keys()
-                .into_iter()
-                .map(|(n, k)| (n, k.clone()))
-                .collect(),
-            history,
-        };
-        set.validate().map_err(|e| Error::Invalid {
-            path: self.dir.clone(),
-            problem: e.to_string(),
-        })?;
-        Ok(set)
+        self.key_set(&scan, history)
     }
 
     /// Makes the repository hold `set` (cluster sync), in a safe order: every key the set has
