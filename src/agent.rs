@@ -239,26 +239,16 @@ async fn session_inner(
             }
             on_disk = (revision, wanted);
         }
-        if refused == Some(revision) {
-            // Nothing is acknowledged or rotated on a refused set; the watch brings the next.
-            tokio::select! {
-                r = watch.changes() => {
-                    for change in r? {
-                        if let Some(leading) = view.absorb(change, node, lease.id) {
-                            let _ = reports.send((index, Report::Leading { leading }));
-                        }
-                    }
-                }
-                _ = keepalive.tick() => lease.refresh().await?,
-                Some(()) = drift.recv() => drifted = true,
-            }
-            continue;
-        }
+        // Far enough that only the watch, a keep-alive or drift wakes the loop.
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        // Nothing is acknowledged, campaigned for or rotated on a refused set: the watch
+        // brings the next one.
+        let taken = refused != Some(revision);
         let staged = match set.keys.get(&0) {
             Some(k) => k.fingerprint(),
             None => unreachable!("a validated key set has key 0"),
         };
-        if acked != Some((revision, staged)) {
+        if taken && acked != Some((revision, staged)) {
             let at = Now::read();
             let ack = Ack {
                 node: node.to_string(),
@@ -271,16 +261,14 @@ async fn session_inner(
             acked_at = Some(at);
             let _ = reports.send((index, Report::InStep { revision }));
         }
-        if view.campaign {
+        if taken && view.campaign {
             view.campaign = false;
             let won = c.campaign(kind, node, lease.id).await?;
             if let Some(leading) = view.lead(won) {
                 let _ = reports.send((index, Report::Leading { leading }));
             }
         }
-        // Far enough that only the watch, a keep-alive or drift wakes the loop.
-        let mut wake = Instant::now() + Duration::from_secs(3600);
-        if view.leading {
+        if taken && view.leading {
             // Judged by the boot clock since this boot's first recorded moment, as on disk.
             let clock = cfg.repo.judging_clock(&Now::read());
             let now = clock.wall;
@@ -289,11 +277,7 @@ async fn session_inner(
             if let Some(due) = cfg.schedule.next_after(last) {
                 if due <= now {
                     let local = cfg.repo.history()?;
-                    let held_keys: Fingerprints = local
-                        .keys
-                        .iter()
-                        .map(|(n, r)| (*n, r.fingerprint))
-                        .collect();
+                    let held_keys = local.fingerprints();
                     let held = local.lineage.as_ref().map(|l| (l, &held_keys));
                     let request = crate::cluster::Rotation {
                         params: &cfg.params,
@@ -393,12 +377,7 @@ async fn heal_forward(
     revision: i64,
 ) -> Result<bool, SessionError> {
     let local = cfg.repo.history()?;
-    let held: Fingerprints = local
-        .keys
-        .iter()
-        .map(|(n, r)| (*n, r.fingerprint))
-        .collect();
-    let verdict = crate::keyset::succession(local.lineage.as_ref(), &held, offered);
+    let verdict = crate::keyset::succession(local.lineage.as_ref(), &local.fingerprints(), offered);
     if !verdict.behind_us() {
         return Ok(false);
     }

@@ -515,11 +515,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 let repo = Repository::new(&s.key_repository, None);
                 let local = repo.history().unwrap_or_default();
                 let clock = repo.judging_clock(&clock);
-                let held_keys = local
-                    .keys
-                    .iter()
-                    .map(|(n, r)| (*n, r.fingerprint))
-                    .collect();
+                let held_keys = local.fingerprints();
                 let held = local.lineage.as_ref().map(|l| (l, &held_keys));
                 let margin = s.lifetime.margin;
                 let request = crate::cluster::Rotation {

@@ -347,22 +347,12 @@ impl Daemon {
                 reason,
                 republished,
             } => {
+                s.in_step = false;
                 let line = match republished {
                     true => format!("{reason}; published this node's newer set over it"),
                     false => reason,
                 };
-                let new = s.refused.as_deref() != Some(line.as_str());
-                if new {
-                    tracing::error!("{kind}: {line}");
-                }
-                s.refused = Some(line);
-                s.in_step = false;
-                if new {
-                    self.metrics.validation_failed(kind);
-                    if let Some(argv) = self.slots[index].m.settings.hooks.on_invalid.clone() {
-                        self.spawn_hook(index, argv, Event::Invalid);
-                    }
-                }
+                self.refuse(index, line, true);
             }
             Report::ClockSkew { nodes } => {
                 if !nodes.is_empty() && nodes.len() != s.skewed.len() {
@@ -609,12 +599,9 @@ impl Daemon {
                     crate::duration::format(RETRY)
                 );
                 s.retry_at = Some(Instant::now() + RETRY);
-                if e.is_refusal() && s.refused.as_deref() != Some(e.to_string().as_str()) {
-                    s.refused = Some(e.to_string());
-                    self.metrics.validation_failed(self.slots[i].kind);
-                    if let Some(argv) = self.slots[i].m.settings.hooks.on_invalid.clone() {
-                        self.spawn_hook(i, argv, Event::Invalid);
-                    }
+                if e.is_refusal() {
+                    // Logged just above, as the failed rotation it is.
+                    self.refuse(i, e.to_string(), false);
                 }
             }
         }
@@ -804,6 +791,24 @@ impl Daemon {
             systemd::status(&line);
         }
         self.last_status = line;
+    }
+
+    /// Repository `i` refused an input to keep live keys: critical until one is taken, and
+    /// said once, the same way everywhere (the ERROR line unless the caller logged it, the
+    /// metric, `on_invalid`; `STATUS=` and `status` from `Slot::refused`).
+    fn refuse(&mut self, i: usize, why: String, log: bool) {
+        let s = &mut self.slots[i];
+        if s.refused.as_deref() == Some(why.as_str()) {
+            return;
+        }
+        if log {
+            tracing::error!("{}: {why}", s.kind);
+        }
+        s.refused = Some(why);
+        self.metrics.validation_failed(s.kind);
+        if let Some(argv) = s.m.settings.hooks.on_invalid.clone() {
+            self.spawn_hook(i, argv, Event::Invalid);
+        }
     }
 
     /// Reports a step of the wall clock against the boot clock since the last look, and plans

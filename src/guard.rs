@@ -143,12 +143,7 @@ pub fn admit(
     retention: Duration,
     now: &Now,
 ) -> Result<Vec<Loss>, String> {
-    let held = local
-        .keys
-        .iter()
-        .map(|(n, r)| (*n, r.fingerprint))
-        .collect();
-    let succession = crate::keyset::succession(local.lineage.as_ref(), &held, set);
+    let succession = crate::keyset::succession(local.lineage.as_ref(), &local.fingerprints(), set);
     if !succession.acceptable() {
         return Err(succession.to_string());
     }
@@ -192,8 +187,7 @@ mod tests {
         h.reconcile(&BTreeMap::from([(0, fps[1]), (1, fps[0])]), t(-20));
         h.record_rotation(2, fps[2], t(0));
         h.record_rotation(3, fps[3], t(5));
-        let disk: BTreeMap<u64, Fingerprint> =
-            h.keys.iter().map(|(n, r)| (*n, r.fingerprint)).collect();
+        let disk = h.fingerprints();
         (disk, h)
     }
 

@@ -300,6 +300,11 @@ impl History {
             .collect()
     }
 
+    /// Number -> fingerprint of the keys this history records.
+    pub fn fingerprints(&self) -> BTreeMap<u64, Fingerprint> {
+        self.keys.iter().map(|(n, r)| (*n, r.fingerprint)).collect()
+    }
+
     /// The primary as history knows it: the highest non-zero number.
     pub fn primary(&self) -> Option<u64> {
         self.keys.keys().copied().filter(|&n| n > 0).max()
@@ -639,8 +644,7 @@ mod tests {
         h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(0));
         h.record_rotation(2, f[2], t(1));
         h.record_rotation(3, f[3], t(2));
-        let disk: BTreeMap<u64, Fingerprint> =
-            h.keys.iter().map(|(n, r)| (*n, r.fingerprint)).collect();
+        let disk = h.fingerprints();
         assert!(h.contradictions(&disk).is_empty());
         let purged = |number: u64, fingerprint: Fingerprint| PurgedKey {
             number,

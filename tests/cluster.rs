@@ -11,7 +11,7 @@ fn config(dir: &Path, name: &str, etcd: &Etcd, repo: &Path, extra: &str) -> std:
     std::fs::write(
         &p,
         format!(
-            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"3s\"\n{extra}",
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"10s\"\n{extra}",
             repo.display(),
             etcd.endpoint
         ),

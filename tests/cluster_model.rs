@@ -138,11 +138,7 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                         continue;
                     }
                     let local = n.repo.history().unwrap();
-                    let held_keys = local
-                        .keys
-                        .iter()
-                        .map(|(k, r)| (*k, r.fingerprint))
-                        .collect();
+                    let held_keys = local.fingerprints();
                     let request = Rotation {
                         params: &params,
                         now: &now(wall),

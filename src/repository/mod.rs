@@ -924,10 +924,7 @@ impl Observed {
 }
 
 fn same_keys(disk: &BTreeMap<u64, Fingerprint>, history: &History) -> bool {
-    disk.len() == history.keys.len()
-        && disk
-            .iter()
-            .all(|(n, fp)| history.keys.get(n).is_some_and(|r| r.fingerprint == *fp))
+    *disk == history.fingerprints()
 }
 
 fn generate() -> Result<Key> {

@@ -249,23 +249,51 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
+    /// `n` members on random loopback ports. A port picked free can be taken by another test
+    /// before etcd binds it: a cluster that is not healthy in 20 s is started again on fresh
+    /// ports, three times at most.
     pub fn start(n: usize) -> EtcdCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let clients: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let mut c = EtcdCluster {
-            members: (0..n).map(|_| None).collect(),
-            clients,
-            peers,
-            dir,
-        };
-        for i in 0..n {
-            c.spawn(i);
+        let mut logs = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let clients: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+            let mut c = EtcdCluster {
+                members: (0..n).map(|_| None).collect(),
+                clients,
+                peers,
+                dir,
+            };
+            for i in 0..n {
+                c.spawn(i);
+            }
+            if (0..n).all(|i| c.healthy_within(i, Duration::from_secs(20))) {
+                return c;
+            }
+            for i in 0..n {
+                let log = std::fs::read_to_string(c.dir.path().join(format!("m{i}.log")));
+                let tail: String = log
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ");
+                logs.push_str(&format!("\nm{i}: {tail}"));
+            }
         }
-        for i in 0..n {
-            c.wait_healthy(i);
+        panic!("a {n}-member etcd cluster did not become healthy in three tries:{logs}");
+    }
+
+    fn healthy_within(&self, i: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !healthy(self.clients[i]) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        c
+        true
     }
 
     fn spawn(&mut self, i: usize) {
