@@ -272,9 +272,8 @@ async fn session_inner(
             // Judged by the boot clock since this boot's first recorded moment, as on disk.
             let clock = cfg.repo.judging_clock(&Now::read());
             let now = clock.wall;
-            // A recorded time in the future (a clock that stepped back) counts as now.
-            let last = clock.at_most(view.set.history.last_rotation.unwrap_or(now));
-            if let Some(due) = cfg.schedule.next_after(last) {
+            let basis = view.set.history.schedule_basis();
+            if let Some(due) = cfg.schedule.next_rotation(basis, &clock) {
                 if due <= now {
                     let local = cfg.repo.history()?;
                     let held_keys = local.fingerprints();

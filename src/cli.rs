@@ -610,7 +610,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             let last = Repository::new(&s.key_repository, None)
                 .history()
                 .ok()
-                .and_then(|h| h.last_rotation);
+                .and_then(|h| h.schedule_basis());
             let plan = planner::plan(&schedule, &s.lifetime, s.max_active_keys, now, last)?;
             if a.json {
                 println!(
@@ -722,8 +722,9 @@ async fn cluster_views(
                 lifetime.expiration + lifetime.allow_expired_window,
                 &repo.judging_clock(&clock),
             );
-            let last = clock.at_most(set.history.last_rotation.unwrap_or(clock.wall));
-            let due = m.schedule.next_after(last);
+            let due = m
+                .schedule
+                .next_rotation(set.history.schedule_basis(), &clock);
             view.judge_gate(
                 due,
                 cluster.gate_deadline,

@@ -423,10 +423,7 @@ impl Cluster {
             }
             // Due by the set just read, not by a view that may be stale (a paused leader).
             if let Some(schedule) = r.schedule {
-                let last = r
-                    .now
-                    .at_most(set.history.last_rotation.unwrap_or(r.now.wall));
-                match schedule.next_after(last) {
+                match schedule.next_rotation(set.history.schedule_basis(), r.now) {
                     Some(due) if due <= r.now.wall => {}
                     due => return Err(ClusterError::NotDue { due }),
                 }

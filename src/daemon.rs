@@ -459,16 +459,8 @@ impl Daemon {
     fn plan_next(&mut self, i: usize, clock: &Now) {
         let now = clock.wall;
         let s = &mut self.slots[i];
-        let last = s.repo.history().ok().and_then(|h| {
-            h.last_rotation.or_else(|| {
-                h.primary()
-                    .and_then(|p| h.keys.get(&p))
-                    .map(|r| r.first_seen)
-            })
-        });
-        // A recorded time in the future (a clock that stepped back, a foreign state file)
-        // counts as now: it must not stop rotations.
-        s.next_rotation = s.m.schedule.next_after(clock.at_most(last.unwrap_or(now)));
+        let basis = s.repo.history().ok().and_then(|h| h.schedule_basis());
+        s.next_rotation = s.m.schedule.next_rotation(basis, clock);
         if let Some(next) = s.next_rotation {
             if next <= now {
                 tracing::warn!(
@@ -671,10 +663,9 @@ impl Daemon {
                     .iter()
                     .any(|c| matches!(c, crate::history::Observation::Promoted { .. }))
                 {
-                    s.next_rotation = obs
-                        .history
-                        .last_rotation
-                        .and_then(|t| s.m.schedule.next_after(t));
+                    s.next_rotation =
+                        s.m.schedule
+                            .next_rotation(obs.history.schedule_basis(), &clock);
                 }
                 s.lost.extend(obs.retention_violations.iter().cloned());
                 for f in obs.report.violations() {

@@ -300,6 +300,17 @@ impl History {
             .collect()
     }
 
+    /// What a schedule counts from: the last rotation, or, for keys adopted without one (a
+    /// repository `keystone-manage` made, imported into a cluster or adopted by `setup`), the
+    /// moment the primary was first seen, so that the first slot after adoption rotates.
+    pub fn schedule_basis(&self) -> Option<DateTime<Utc>> {
+        self.last_rotation.or_else(|| {
+            self.primary()
+                .and_then(|p| self.keys.get(&p))
+                .map(|r| r.first_seen)
+        })
+    }
+
     /// Number -> fingerprint of the keys this history records.
     pub fn fingerprints(&self) -> BTreeMap<u64, Fingerprint> {
         self.keys.iter().map(|(n, r)| (*n, r.fingerprint)).collect()
@@ -680,6 +691,19 @@ mod tests {
             .collect();
         assert_eq!(future, vec!["last_rotation", "keys.2.demoted"]);
         assert!(h.future(&t(3).into()).is_empty());
+    }
+
+    #[test]
+    fn schedules_count_from_the_last_rotation_or_from_adoption() {
+        let f = fps(3);
+        let mut h = History::new();
+        assert_eq!(h.schedule_basis(), None);
+        // Adopted from keystone-manage: no rotation seen, the primary first seen at t(2).
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(2));
+        assert_eq!(h.last_rotation, None);
+        assert_eq!(h.schedule_basis(), Some(t(2)));
+        h.record_rotation(2, f[2], t(5));
+        assert_eq!(h.schedule_basis(), Some(t(5)));
     }
 
     #[test]

@@ -91,6 +91,20 @@ pub struct Firings {
 }
 
 impl Schedule {
+    /// The one scheduling rule, for the daemon, the cluster agent and its rotations, `status`
+    /// and `plan`: the first firing after `basis` ([`History::schedule_basis`]), where a basis
+    /// in the future (a clock that stepped back, a foreign state file) counts as now, and none
+    /// at all as now.
+    ///
+    /// [`History::schedule_basis`]: crate::history::History::schedule_basis
+    pub fn next_rotation(
+        &self,
+        basis: Option<DateTime<Utc>>,
+        now: &crate::clock::Now,
+    ) -> Option<DateTime<Utc>> {
+        self.next_after(now.at_most(basis.unwrap_or(now.wall)))
+    }
+
     /// The first firing strictly after `t`. For an interval schedule, `t` is taken to be the
     /// last rotation, so the next firing is `t + interval`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {

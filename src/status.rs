@@ -189,10 +189,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             .map(|r| r.promoted.unwrap_or(r.first_seen));
     }
     sum.last_rotation = history.last_rotation.or(sum.primary_since);
-    // A recorded time in the future counts as now: rotations never stop for it.
-    let next = m
-        .schedule
-        .next_after(clock.at_most(sum.last_rotation.unwrap_or(now)));
+    let next = m.schedule.next_rotation(history.schedule_basis(), clock);
     sum.next_rotation = next;
     if let Some(next) = next {
         if next + OVERDUE_GRACE < now {

@@ -1543,3 +1543,60 @@ fn a_rotation_is_fenced_on_the_leader_claim_and_judged_due_on_the_set_it_reads()
         assert_eq!(c.fetch(Kind::Tokens).await.unwrap().0.primary(), Some(2));
     });
 }
+
+#[test]
+fn a_key_set_imported_from_keystone_manage_rotates_at_the_first_slot() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    // What `keystone-manage fernet_setup` leaves: keys 0 and 1, no fernetd state.
+    let src = t.path().join("keystone-manage");
+    std::fs::create_dir(&src).unwrap();
+    for n in ["0", "1"] {
+        std::fs::write(src.join(n), fernet::Fernet::generate_key()).unwrap();
+    }
+    let cfg = t.path().join("a.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             schedule = \"2s\"\nexpiration = \"3s\"\nallow_expired_window = 0\nmargin = 0\n\
+             [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"a\"\n\
+             lease_ttl = \"2s\"\ndial_timeout = \"10s\"\n",
+            t.path().join("a").display(),
+            etcd.endpoint
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    fernetd_ok(&[
+        "--config",
+        c,
+        "cluster",
+        "init",
+        "--from",
+        src.to_str().unwrap(),
+    ]);
+    let d = Daemon::start(&["--config", c, "daemon"], &[]);
+    assert!(
+        d.wait_log("ready", std::time::Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    // The slot after adoption is already due: the leader rotates at once, then every 2 s.
+    assert!(
+        d.wait_for(std::time::Duration::from_secs(10), || keyset_of(&etcd)
+            .primary()
+            .is_some_and(|p| p >= 3)),
+        "an imported key set never rotated: {}",
+        d.log()
+    );
+    let status = fernetd(&["--config", c, "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let next: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(v["cluster"][0]["rotation_due"].clone()).unwrap();
+    assert!(
+        next < chrono::Utc::now() + chrono::Duration::seconds(5),
+        "status shows a rotation that will not come: {v}"
+    );
+    d.stop();
+}
