@@ -276,12 +276,10 @@ async fn session_inner(
             if let Some(due) = cfg.schedule.next_rotation(basis, &clock) {
                 if due <= now {
                     let local = cfg.repo.history()?;
-                    let held_keys = local.fingerprints();
-                    let held = local.lineage.as_ref().map(|l| (l, &held_keys));
                     let request = crate::cluster::Rotation {
                         params: &cfg.params,
                         now: &clock,
-                        held,
+                        held: Some(&local),
                         skew_tolerance: cfg.margin,
                         fence: Some((node, lease.id)),
                         schedule: Some(&cfg.schedule),
@@ -376,7 +374,7 @@ async fn heal_forward(
     revision: i64,
 ) -> Result<bool, SessionError> {
     let local = cfg.repo.history()?;
-    let verdict = crate::keyset::succession(local.lineage.as_ref(), &local.fingerprints(), offered);
+    let verdict = crate::keyset::succession(&local, offered);
     if !verdict.behind_us() {
         return Ok(false);
     }

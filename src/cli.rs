@@ -372,8 +372,8 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 for s in &repos {
                     let (set, revision) = c.fetch(s.kind).await?;
                     let source = format!("{} at revision {revision}", c.keyset_key(s.kind));
-                    let decryptable = s.lifetime.expiration + s.lifetime.allow_expired_window;
-                    let out = repository(s)?.apply(&set, &source, decryptable, &clock)?;
+                    let out =
+                        repository(s)?.apply(&set, &source, s.lifetime.decryptable(), &clock)?;
                     println!("{}: cluster revision {revision}", s.kind);
                     print_outcome(&out);
                 }
@@ -515,13 +515,11 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 let repo = Repository::new(&s.key_repository, None);
                 let local = repo.history().unwrap_or_default();
                 let clock = repo.judging_clock(&clock);
-                let held_keys = local.fingerprints();
-                let held = local.lineage.as_ref().map(|l| (l, &held_keys));
                 let margin = s.lifetime.margin;
                 let request = crate::cluster::Rotation {
                     params: &params,
                     now: &clock,
-                    held,
+                    held: Some(&local),
                     skew_tolerance: margin,
                     fence: None,
                     schedule: None,
@@ -711,7 +709,6 @@ async fn cluster_views(
             let local = repo.scan().map_err(|e| e.to_string())?.fingerprints();
             let history = repo.history().unwrap_or_default();
             let clock = Now::read();
-            let lifetime = &m.settings.lifetime;
             let mut view = status::cluster_view(
                 &local,
                 &history,
@@ -719,7 +716,7 @@ async fn cluster_views(
                 revision,
                 &acks,
                 leader,
-                lifetime.expiration + lifetime.allow_expired_window,
+                m.settings.lifetime.decryptable(),
                 &repo.judging_clock(&clock),
             );
             let due = m

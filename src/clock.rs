@@ -142,6 +142,18 @@ pub fn step_ahead(raw: &Now, judged: &Now) -> Option<chrono::Duration> {
     (step.to_std().ok()? > STEP_TOLERANCE).then_some(step)
 }
 
+/// The warning for a wall clock running ahead of the boot clock (see [`step_ahead`]), worded
+/// once for `rotate`, `setup`, `status` and `STATUS=`.
+pub fn step_warning(raw: &Now, judged: &Now) -> Option<String> {
+    step_ahead(raw, judged).map(|step| {
+        format!(
+            "the wall clock stepped {} since this boot's first recorded moment; retention \
+             counts by the boot clock, which did not",
+            describe_step(step)
+        )
+    })
+}
+
 /// "3d 2h", "45s": a clock step for humans, with its direction.
 pub fn describe_step(step: chrono::Duration) -> String {
     // To the nearest second: the two clocks are read microseconds apart.

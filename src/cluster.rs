@@ -12,7 +12,6 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
     TxnOp, WatchOptions, WatchStream,
 };
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,12 +164,9 @@ pub struct Rotated {
 pub struct Rotation<'a> {
     pub params: &'a crate::repository::RotateParams,
     pub now: &'a crate::clock::Now,
-    /// The lineage and keys of the set this node applied: a set in etcd that is not a
-    /// successor of it (a restored backup, another cluster's) is never rotated on.
-    pub held: Option<(
-        &'a crate::keyset::Lineage,
-        &'a BTreeMap<u64, crate::key::Fingerprint>,
-    )>,
+    /// This node's history (the lineage and keys of the set it applied): a set in etcd that
+    /// is not a successor of it (a restored backup, another cluster's) is never rotated on.
+    pub held: Option<&'a crate::history::History>,
     /// A node clock off by more than this holds every purge.
     pub skew_tolerance: Duration,
     /// The leader's claim (its name and lease): the commit is fenced on it, so a leader that
@@ -411,8 +407,8 @@ impl Cluster {
         let leader_key = self.leader_key(kind);
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
-            if let Some((lineage, keys)) = r.held {
-                let s = crate::keyset::succession(Some(lineage), keys, &set);
+            if let Some(local) = r.held {
+                let s = crate::keyset::succession(local, &set);
                 if !s.acceptable() {
                     return Err(ClusterError::Refused {
                         key,

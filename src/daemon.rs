@@ -315,8 +315,7 @@ impl Daemon {
                 retention: s.m.settings.lifetime.retention(),
                 force_purge: false,
             },
-            decryptable: s.m.settings.lifetime.expiration
-                + s.m.settings.lifetime.allow_expired_window,
+            decryptable: s.m.settings.lifetime.decryptable(),
             margin: s.m.settings.lifetime.margin,
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));

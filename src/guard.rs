@@ -143,7 +143,7 @@ pub fn admit(
     retention: Duration,
     now: &Now,
 ) -> Result<Vec<Loss>, String> {
-    let succession = crate::keyset::succession(local.lineage.as_ref(), &local.fingerprints(), set);
+    let succession = crate::keyset::succession(local, set);
     if !succession.acceptable() {
         return Err(succession.to_string());
     }

@@ -288,6 +288,23 @@ impl History {
         out
     }
 
+    /// [`History::future`] as warnings about `state` (the state file's path), worded once for
+    /// `rotate`, `setup`, `status` and `STATUS=`.
+    pub fn future_warnings(&self, now: &Now, state: &std::path::Path) -> Vec<String> {
+        self.future(now)
+            .into_iter()
+            .map(|(field, t)| {
+                format!(
+                    "{}: {field} is in the future ({}): a wall clock that stepped back, or a \
+                     state file from elsewhere; retention counts as not yet begun, schedules \
+                     from now",
+                    state.display(),
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .collect()
+    }
+
     /// Keys on disk that a purge record names: a purge interrupted after its decision was
     /// saved. They are adopted again (dated now), never removed on the record's word.
     pub fn purged_on_disk(&self, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64> {

@@ -121,14 +121,10 @@ impl std::fmt::Display for Succession {
     }
 }
 
-/// Judges `offered` against what a node holds: the lineage it last applied and the keys its
-/// history records (number -> fingerprint; the set's, and any it keeps beyond it). Pure.
-pub fn succession(
-    held: Option<&Lineage>,
-    held_keys: &BTreeMap<u64, Fingerprint>,
-    offered: &KeySet,
-) -> Succession {
-    let Some(held) = held else {
+/// Judges `offered` against what a node holds: the lineage its history records (the set it
+/// last applied) and the keys it records (the set's, and any it keeps beyond it). Pure.
+pub fn succession(local: &History, offered: &KeySet) -> Succession {
+    let Some(held) = local.lineage.as_ref() else {
         return Succession::Newer;
     };
     let Some(o) = offered.history.lineage.as_ref() else {
@@ -160,7 +156,7 @@ pub fn succession(
             if offered
                 .fingerprints()
                 .iter()
-                .all(|(n, fp)| held_keys.get(n) == Some(fp)) =>
+                .all(|(n, fp)| local.keys.get(n).is_some_and(|r| r.fingerprint == *fp)) =>
         {
             Succession::Same
         }
@@ -402,36 +398,33 @@ mod tests {
         let rotate = |s: &KeySet| s.rotate(Key::generate().unwrap(), &params, &now).unwrap().0;
         let second = rotate(&first);
         let third = rotate(&second);
-        let held = |s: &KeySet| (s.history.lineage.clone(), s.fingerprints());
-        let judge = |h: &(Option<Lineage>, BTreeMap<u64, Fingerprint>), o: &KeySet| {
-            succession(h.0.as_ref(), &h.1, o)
-        };
-        let at_second = held(&second);
-        assert_eq!(judge(&at_second, &third), Succession::Newer);
-        assert_eq!(judge(&at_second, &second), Succession::Same);
+        let judge = |held: &History, o: &KeySet| succession(held, o);
+        let at_second = &second.history;
+        assert_eq!(judge(at_second, &third), Succession::Newer);
+        assert_eq!(judge(at_second, &second), Succession::Same);
         // A restored backup, or an old value written back (sealed or not): older.
-        let older = judge(&at_second, &first);
+        let older = judge(at_second, &first);
         assert!(older.behind_us() && !older.acceptable(), "{older}");
         // Other keys under the same generation, another cluster, a set from before lineages.
         let mut forged = third.clone();
         forged.history.lineage = second.history.lineage.clone();
         assert!(matches!(
-            judge(&at_second, &forged),
+            judge(at_second, &forged),
             Succession::Diverged { .. }
         ));
         let foreign = KeySet::fresh(&now).unwrap();
         assert!(matches!(
-            judge(&at_second, &foreign),
+            judge(at_second, &foreign),
             Succession::Foreign { .. }
         ));
         let mut unmarked = third.clone();
         unmarked.history.lineage = None;
-        assert!(judge(&at_second, &unmarked).behind_us());
+        assert!(judge(at_second, &unmarked).behind_us());
         // A node that never applied a set takes any; the operator's forced one is taken.
-        assert_eq!(judge(&(None, BTreeMap::new()), &first), Succession::Newer);
+        assert_eq!(judge(&History::new(), &first), Succession::Newer);
         let mut forced = foreign.clone();
         forced.history.lineage.as_mut().unwrap().forced = true;
-        assert_eq!(judge(&at_second, &forced), Succession::Newer);
+        assert_eq!(judge(at_second, &forced), Succession::Newer);
         // The generation moves forward by one per rotation, and the flag does not carry over.
         let g = |s: &KeySet| s.history.lineage.as_ref().unwrap().generation;
         assert_eq!((g(&first), g(&second), g(&third)), (1, 2, 3));

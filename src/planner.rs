@@ -38,6 +38,12 @@ pub struct Lifetime {
 }
 
 impl Lifetime {
+    /// `E + W`: how long a token may still be presented after it was issued; what a node judges
+    /// a cluster key set's purges by (the leader purged with the margin on top).
+    pub fn decryptable(&self) -> Duration {
+        self.expiration + self.allow_expired_window
+    }
+
     /// `E + W + M`: how long after its demotion a key must still be on disk.
     pub fn retention(&self) -> Duration {
         self.expiration + self.allow_expired_window + self.margin

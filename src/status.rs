@@ -155,32 +155,21 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             return sum;
         }
     };
-    let state = repo
-        .dir()
-        .join(crate::repository::INTERNAL_DIR)
-        .join("state.json");
-    let disk = scan.fingerprints();
-    for c in history.contradictions(&disk) {
-        sum.refuse(format!(
-            "{}: {}: {}; nothing is removed on this file's word",
-            state.display(),
-            c.field,
-            c.problem
-        ));
+    // The same findings, in the same words, as `setup` and `rotate` give.
+    let state = repo.state_path();
+    for c in history.contradictions(&scan.fingerprints()) {
+        let e = crate::Error::StateContradicts {
+            path: state.clone(),
+            field: c.field,
+            problem: c.problem,
+        };
+        sum.refuse(e.to_string());
     }
-    for (field, t) in history.future(clock) {
-        sum.clock(format!(
-            "{}: {field} is in the future ({}): schedules count from now",
-            state.display(),
-            t.to_rfc3339_opts(SecondsFormat::Secs, true)
-        ));
+    for w in history.future_warnings(clock, &state) {
+        sum.clock(w);
     }
-    if let Some(step) = crate::clock::step_ahead(clock, &judged) {
-        sum.clock(format!(
-            "the wall clock stepped {} since this boot's first recorded moment; retention \
-             counts by the boot clock",
-            crate::clock::describe_step(step)
-        ));
+    if let Some(w) = crate::clock::step_warning(clock, &judged) {
+        sum.clock(w);
     }
     if let Some(p) = sum.primary {
         sum.primary_since = history

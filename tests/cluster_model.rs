@@ -138,11 +138,10 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                         continue;
                     }
                     let local = n.repo.history().unwrap();
-                    let held_keys = local.fingerprints();
                     let request = Rotation {
                         params: &params,
                         now: &now(wall),
-                        held: local.lineage.as_ref().map(|l| (l, &held_keys)),
+                        held: Some(&local),
                         skew_tolerance: Duration::ZERO,
                         fence: Some((&n.name, n.lease)),
                         schedule: Some(&hourly),

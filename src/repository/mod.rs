@@ -103,7 +103,8 @@ impl Repository {
         self.dir.join(INTERNAL_DIR)
     }
 
-    fn state_path(&self) -> PathBuf {
+    /// `.fernetd/state.json`.
+    pub fn state_path(&self) -> PathBuf {
         self.internal().join("state.json")
     }
 
@@ -119,8 +120,7 @@ impl Repository {
     /// a boot records the moment. Caller holds the lock.
     fn anchor(&self, now: &Now, owner: Option<Owner>) -> Result<Now> {
         let path = self.clock_path();
-        let recorded = fsio::read_optional(&path)?
-            .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok());
+        let recorded = self.recorded_moment()?;
         let same_boot =
             |m: &crate::clock::Moment| now.boot.as_ref().is_some_and(|b| b.boot == m.boot.boot);
         match recorded.filter(same_boot) {
@@ -139,11 +139,13 @@ impl Repository {
 
     /// [`Repository::anchor`] without writing (for `status` and other readers).
     pub fn judging_clock(&self, now: &Now) -> Now {
-        let recorded = fsio::read_optional(&self.clock_path())
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok());
-        now.anchored(recorded.as_ref())
+        now.anchored(self.recorded_moment().ok().flatten().as_ref())
+    }
+
+    /// The moment `.fernetd/clock` records, if it holds a readable one.
+    fn recorded_moment(&self) -> Result<Option<crate::clock::Moment>> {
+        Ok(fsio::read_optional(&self.clock_path())?
+            .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok()))
     }
 
     fn primary_tmp(&self) -> PathBuf {
@@ -331,13 +333,8 @@ impl Repository {
     ) -> Result<(Option<Owner>, RepoLock, Now)> {
         let (owner, lock) = self.begin_write(out)?;
         let judged = self.anchor(now, owner)?;
-        if let Some(step) = crate::clock::step_ahead(now, &judged) {
-            out.warnings.push(format!(
-                "the wall clock stepped {} since this boot's first recorded moment; retention \
-                 counts by the boot clock, which did not",
-                crate::clock::describe_step(step)
-            ));
-        }
+        out.warnings
+            .extend(crate::clock::step_warning(now, &judged));
         Ok((owner, lock, judged))
     }
 
@@ -404,7 +401,13 @@ impl Repository {
                 .push("initialized: key 1 (primary) and key 0 (staged)".into());
         } else {
             ensure_writable(&scan)?;
-            describe_clock(&history, &scan.fingerprints(), now, &mut out);
+            describe_clock(
+                &history,
+                &scan.fingerprints(),
+                now,
+                &self.state_path(),
+                &mut out,
+            );
             let notes = history.reconcile(&scan.fingerprints(), now);
             describe_observations(&notes, &mut out);
             self.save_history(&history, owner)?;
@@ -446,7 +449,7 @@ impl Repository {
         };
         let disk = scan.fingerprints();
         let mut history = self.trusted_history(&disk)?;
-        describe_clock(&history, &disk, now, &mut out);
+        describe_clock(&history, &disk, now, &self.state_path(), &mut out);
         let notes = history.reconcile(&disk, now);
         describe_observations(&notes, &mut out);
 
@@ -953,22 +956,16 @@ fn ensure_writable(scan: &Scan) -> Result<()> {
     Ok(())
 }
 
-/// What the clocks and the state file say about time, before `reconcile` dates anything: a
-/// wall-clock step since the history last recorded a moment of this boot, recorded times in
+/// What the state file says about time, before `reconcile` dates anything: recorded times in
 /// the future, keys that a purge record names but that are still on disk.
 fn describe_clock(
     history: &History,
     disk: &BTreeMap<u64, Fingerprint>,
     now: &Now,
+    state: &Path,
     out: &mut Outcome,
 ) {
-    for (field, t) in history.future(now) {
-        out.warnings.push(format!(
-            "state.json: {field} is in the future ({}): a wall clock that stepped back, or a \
-             state file from elsewhere; retention counts as not yet begun, schedules from now",
-            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        ));
-    }
+    out.warnings.extend(history.future_warnings(now, state));
     let unpurged = history.purged_on_disk(disk);
     if !unpurged.is_empty() {
         out.warnings.push(format!(
