@@ -181,7 +181,8 @@ async fn session_inner(
     let mut acked_at: Option<Now> = None;
     // A key set this node refused (by revision): never acknowledged, never rotated on.
     let mut refused: Option<i64> = None;
-    let source = |revision: i64| format!("{} at revision {revision}", c_key(cfg));
+    let keyset_key = c.keyset_key(kind);
+    let source = |revision: i64| format!("{keyset_key} at revision {revision}");
     // What the disk holds: the revision it was written for (0, no revision, when it was read
     // instead) and its keys. The disk is read again only when the file watcher reports a
     // change, so keep-alives, gate retries and new key sets cost no extra reading (apply
@@ -359,10 +360,6 @@ async fn session_inner(
     }
 }
 
-fn c_key(cfg: &AgentConfig) -> String {
-    format!("{}/{}/keyset", cfg.cluster.prefix, cfg.kind.name())
-}
-
 /// After refusing the cluster's set at `revision`: when this node holds a newer one of the
 /// same cluster (etcd restored from a backup, an old value written back), it publishes its
 /// own again over the refused one, through a transaction on that revision, so the cluster
@@ -468,7 +465,7 @@ async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionErro
         .map(|s| s.key_entries().next().is_some())
         .unwrap_or(false);
     if !has_keys {
-        return Err(SessionError::NoKeySet(c_key(cfg)));
+        return Err(SessionError::NoKeySet(c.keyset_key(cfg.kind)));
     }
     let mut proposal = cfg.repo.export(&Now::read())?;
     let what = match &proposal.history.lineage {
