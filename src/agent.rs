@@ -52,7 +52,20 @@ pub struct AgentConfig {
     pub decryptable: Duration,
     /// The margin: a node clock off by more than this holds every purge.
     pub margin: Duration,
+    /// Credentials: the command that must succeed before the leader rotates (it re-encrypts
+    /// every credential with the primary, so that the key the rotation purges holds none).
+    pub pre_rotate: Option<PreRotate>,
 }
+
+/// A `pre_rotate` hook as the leader runs it.
+pub struct PreRotate {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// How long a leader waits before running a failed `pre_rotate` again (the daemon's retry).
+const PRE_ROTATE_RETRY: Duration = Duration::from_secs(30);
 
 /// What the agent tells the daemon loop, sent with the repository's index.
 #[derive(Debug, Clone)]
@@ -130,6 +143,36 @@ pub async fn run(
     }
 }
 
+/// Runs the `pre_rotate` hook while keeping the leadership's lease alive (a migration may take
+/// longer than a lease); whether it succeeded.
+async fn pre_rotate(
+    cfg: &AgentConfig,
+    set: &crate::keyset::KeySet,
+    lease: &mut crate::cluster::Lease,
+    keepalive: &mut tokio::time::Interval,
+) -> Result<bool, SessionError> {
+    let Some(p) = &cfg.pre_rotate else {
+        return Ok(true);
+    };
+    let keys: Vec<u64> = set.keys.keys().copied().collect();
+    let ctx = crate::hooks::Context::of(cfg.kind.name(), cfg.repo.dir(), &keys);
+    tracing::info!("{}: rotation due; running pre_rotate first", cfg.kind);
+    let hook = crate::hooks::run(
+        &p.argv,
+        crate::hooks::Event::PreRotate,
+        &ctx,
+        p.timeout,
+        &p.metrics,
+    );
+    tokio::pin!(hook);
+    loop {
+        tokio::select! {
+            ok = &mut hook => return Ok(ok),
+            _ = keepalive.tick() => lease.refresh().await?,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error(transparent)]
@@ -189,6 +232,9 @@ async fn session_inner(
     // reads it under its lock anyway).
     let mut on_disk: (i64, Fingerprints) = (0, Fingerprints::new());
     let mut drifted = true;
+    // The primary `pre_rotate` last succeeded under: every credential is encrypted with it, so
+    // the hook need not run again until a rotation changes it (gate retries do not).
+    let mut prepared_for: Option<u64> = None;
     loop {
         let View {
             set,
@@ -275,7 +321,23 @@ async fn session_inner(
             let now = clock.wall;
             let basis = view.set.history.schedule_basis();
             if let Some(due) = cfg.schedule.next_rotation(basis, &clock) {
-                if due <= now {
+                // Credentials: every credential re-encrypted with the primary first, once per
+                // primary (a gate retry does not run it again).
+                let primary = view.set.primary();
+                let mut prepared = cfg.pre_rotate.is_none() || prepared_for == primary;
+                if due <= now && !prepared {
+                    prepared = pre_rotate(cfg, &view.set, &mut lease, &mut keepalive).await?;
+                    if prepared {
+                        prepared_for = primary;
+                    } else {
+                        tracing::error!(
+                            "{kind}: rotation held: pre_rotate failed; retrying in {}",
+                            crate::duration::format(PRE_ROTATE_RETRY)
+                        );
+                        wake = Instant::now() + PRE_ROTATE_RETRY;
+                    }
+                }
+                if due <= now && prepared {
                     let local = cfg.repo.history()?;
                     let request = crate::cluster::Rotation {
                         params: &cfg.params,
@@ -329,7 +391,7 @@ async fn session_inner(
                         }
                         Err(e) => return Err(e.into()),
                     }
-                } else {
+                } else if due > now {
                     let until = (due - now).to_std().unwrap_or_default();
                     wake = Instant::now() + until;
                 }

@@ -226,6 +226,19 @@ pub struct RotateArgs {
     /// How long to wait for another fernetd holding the repository lock.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub lock_timeout: Option<Duration>,
+    /// Which repository to rotate (`all`: every configured one); flags apply to it. Credentials
+    /// rotate only after their `pre_rotate` succeeded. Default: tokens.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindsArg>,
+}
+
+/// A repository kind, or every configured one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KindsArg {
+    Tokens,
+    Receipts,
+    Credentials,
+    All,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -265,6 +278,9 @@ pub struct PlanArgs {
     /// The max_active_keys to judge (default: from the config or keystone.conf, if set).
     #[arg(long, value_name = "N", value_parser = max_active_keys)]
     pub max_active_keys: Option<u64>,
+    /// Which repository to plan (its section's lifetime; flags apply to it). Default: tokens.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -327,7 +343,8 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
         Command::Cluster(ClusterCommand::Init(a)) => {
             let sources = config::Sources::load(&Flags::default(), config)?;
             let cluster = cluster_settings(&sources, config)?;
-            let s = sources.repository(config::Kind::Tokens, &Flags::default())?;
+            let kind = config::Kind::from(a.kind);
+            let s = sources.selected(kind, &Flags::default())?;
             let owner = match &s {
                 Some(s) => Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?,
                 None => None,
@@ -343,17 +360,16 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     "fresh keys".to_string(),
                 ),
             };
-            let kind = config::Kind::from(a.kind);
             let (revision, lineage) = block_on(async {
                 let mut c = crate::cluster::Cluster::connect(&cluster).await?;
                 c.import(kind, &set, a.force, a.force_purge).await
             })??;
             println!(
-                "{what} ({} keys, primary {}) into {}/{kind}/keyset at revision {revision}, {lineage}; no key changed",
-                set.keys.len(),
-                set.primary().unwrap_or(0),
+                "{what} into {}/{kind}/keyset at revision {revision}, {lineage}; no key changed",
                 cluster.prefix
             );
+            let managed = s.map(|s| config::manage(s, now)).transpose()?;
+            print_import(kind, &set, managed.as_ref(), &clock);
             Ok(0)
         }
         Command::Sync(a) => {
@@ -497,68 +513,38 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 ..with_lifetime(flags(&a.repo, &a.owner), &a.lifetime)
             };
             let sources = config::Sources::load(&flags, config)?;
-            let s = match sources.repository(config::Kind::Tokens, &flags)? {
-                Some(s) => s,
-                None => unreachable!("the token section always exists"),
+            let kinds: Vec<config::Kind> = match a.kind {
+                None | Some(KindsArg::Tokens) => vec![config::Kind::Tokens],
+                Some(KindsArg::Receipts) => vec![config::Kind::Receipts],
+                Some(KindsArg::Credentials) => vec![config::Kind::Credentials],
+                Some(KindsArg::All) => config::Kind::ALL
+                    .into_iter()
+                    .filter(|k| sources.file.section(*k).is_some())
+                    .collect(),
             };
-            // One N everywhere: unset, it is the planner's, as for the daemon and `status`.
-            let m = config::manage(s.clone(), now)?;
-            let params = RotateParams {
-                max_active_keys: m.max_active_keys,
-                retention: s.lifetime.retention(),
-                force_purge: a.force_purge,
-            };
-            if sources.file.cluster.is_some() {
-                // Cluster mode: rotate the cluster's key set; every node applies it.
-                let cluster = cluster_settings(&sources, config)?;
-                // Never rotate on a set older than the one this node applied.
-                let repo = Repository::new(&s.key_repository, None);
-                let local = repo.history().unwrap_or_default();
-                let clock = repo.judging_clock(&clock);
-                let margin = s.lifetime.margin;
-                let request = crate::cluster::Rotation {
-                    params: &params,
-                    now: &clock,
-                    held: Some(&local),
-                    skew_tolerance: margin,
-                    fence: None,
-                    schedule: None,
-                    member_timeout: cluster.member_timeout,
-                };
-                let r = block_on(async {
-                    let mut c = crate::cluster::Cluster::connect(&cluster).await?;
-                    c.rotate(config::Kind::Tokens, &request).await
-                })??;
-                if !r.skewed.is_empty() {
-                    eprintln!(
-                        "warning: purged nothing: clocks off by more than the margin ({}): {}",
-                        crate::duration::format(margin),
-                        crate::cluster::describe_skew(&r.skewed)
+            let named = a.kind.is_some();
+            let mut failed = Vec::new();
+            for kind in kinds {
+                let Some(s) = sources.selected(kind, &flags)? else {
+                    anyhow::bail!(
+                        "{}: no [{kind}] section; fernetd manages that repository only when it is configured",
+                        config.map_or(config::DEFAULT_CONFIG.into(), |p| p.display().to_string())
                     );
+                };
+                if named {
+                    println!("{kind}: {}", s.key_repository.display());
                 }
-                println!(
-                    "rotated the cluster's tokens key set at revision {}: key 0 promoted to primary {}, new key 0 staged; nodes apply it (daemon, or fernetd sync)",
-                    r.revision, r.decision.new_primary
-                );
-                if !r.decision.purge.is_empty() {
-                    let p: Vec<String> = r
-                        .decision
-                        .purge
-                        .iter()
-                        .map(|n| format!("key {n}"))
-                        .collect();
-                    println!("purged {}", p.join(", "));
+                if let Err(e) = rotate_kind(&sources, &s, a.force_purge, config, now, &clock) {
+                    if a.kind != Some(KindsArg::All) {
+                        return Err(e);
+                    }
+                    eprintln!("error: {kind}: {e:#}");
+                    failed.push(kind.name());
                 }
-                let keys: Vec<String> = r.set.keys.keys().map(u64::to_string).collect();
-                println!(
-                    "keys: {} (primary {}, staged 0)",
-                    keys.join(" "),
-                    r.decision.new_primary
-                );
-                return Ok(0);
             }
-            let out = repository(&s)?.rotate(params, &clock)?;
-            print_outcome(&out);
+            if !failed.is_empty() {
+                anyhow::bail!("not rotated: {}", failed.join(", "));
+            }
             Ok(0)
         }
         Command::Check(a) => {
@@ -599,7 +585,14 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     &a.lifetime,
                 )
             };
-            let s = Settings::resolve(&flags, config)?;
+            let sources = config::Sources::load(&flags, config)?;
+            let kind = a.kind.map_or(config::Kind::Tokens, config::Kind::from);
+            let Some(s) = sources.selected(kind, &flags)? else {
+                anyhow::bail!(
+                    "{}: no [{kind}] section; fernetd manages that repository only when it is configured",
+                    config.map_or(config::DEFAULT_CONFIG.into(), |p| p.display().to_string())
+                );
+            };
             let schedule = match &s.schedule {
                 Some(sch) => sch.clone(),
                 None => "@daily".parse::<Schedule>().map_err(anyhow::Error::msg)?,
@@ -617,6 +610,19 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 );
             } else {
                 print_plan(&schedule, &s, &plan);
+                let others: Vec<&str> = config::Kind::ALL
+                    .into_iter()
+                    .filter(|k| *k != kind && sources.file.section(*k).is_some())
+                    .map(config::Kind::name)
+                    .collect();
+                if !others.is_empty() {
+                    println!(
+                        "{:<26} also configured: {} (fernetd plan --kind {})",
+                        "note",
+                        others.join(", "),
+                        others[0]
+                    );
+                }
             }
             Ok(if plan.safe == Some(false) {
                 EXIT_UNSAFE
@@ -786,6 +792,167 @@ fn repository(s: &Settings) -> anyhow::Result<Repository> {
     Ok(r)
 }
 
+/// `fernetd rotate` for one repository: its `pre_rotate` first (credentials), then the
+/// cluster's key set in cluster mode, else the local repository.
+fn rotate_kind(
+    sources: &config::Sources,
+    s: &Settings,
+    force_purge: bool,
+    config: Option<&std::path::Path>,
+    now: DateTime<Utc>,
+    clock: &Now,
+) -> anyhow::Result<()> {
+    let kind = s.kind;
+    // One N everywhere: unset, it is the planner's, as for the daemon and `status`.
+    let m = config::manage(s.clone(), now)?;
+    let params = RotateParams {
+        max_active_keys: m.max_active_keys,
+        retention: s.lifetime.retention(),
+        force_purge,
+    };
+    if let Some(argv) = &s.hooks.pre_rotate {
+        let repo = Repository::new(&s.key_repository, None);
+        let keys: Vec<u64> = repo
+            .scan()
+            .map(|sc| sc.keys().into_keys().collect())
+            .unwrap_or_default();
+        let ctx = crate::hooks::Context::of(kind.name(), &s.key_repository, &keys);
+        let metrics = crate::metrics::Metrics::new();
+        let event = crate::hooks::Event::PreRotate;
+        if !block_on(crate::hooks::run(
+            argv,
+            event,
+            &ctx,
+            s.hooks.timeout,
+            &metrics,
+        ))? {
+            anyhow::bail!(
+                "{kind}: pre_rotate `{}` did not succeed (the line above says why); nothing rotated",
+                argv.join(" ")
+            );
+        }
+    }
+    if sources.file.cluster.is_none() {
+        let out = repository(s)?.rotate(params, clock)?;
+        print_outcome(&out);
+        return Ok(());
+    }
+    // Cluster mode: rotate the cluster's key set; every node applies it.
+    let cluster = cluster_settings(sources, config)?;
+    // Never rotate on a set older than the one this node applied.
+    let repo = Repository::new(&s.key_repository, None);
+    let local = repo.history().unwrap_or_default();
+    let clock = repo.judging_clock(clock);
+    let margin = s.lifetime.margin;
+    let request = crate::cluster::Rotation {
+        params: &params,
+        now: &clock,
+        held: Some(&local),
+        skew_tolerance: margin,
+        fence: None,
+        schedule: None,
+        member_timeout: cluster.member_timeout,
+    };
+    let r = block_on(async {
+        let mut c = crate::cluster::Cluster::connect(&cluster).await?;
+        c.rotate(kind, &request).await
+    })??;
+    if !r.skewed.is_empty() {
+        eprintln!(
+            "warning: purged nothing: clocks off by more than the margin ({}): {}",
+            crate::duration::format(margin),
+            crate::cluster::describe_skew(&r.skewed)
+        );
+    }
+    println!(
+        "rotated the cluster's {kind} key set at revision {}: key 0 promoted to primary {}, new key 0 staged; nodes apply it (daemon, or fernetd sync)",
+        r.revision, r.decision.new_primary
+    );
+    if !r.decision.purge.is_empty() {
+        let p: Vec<String> = r
+            .decision
+            .purge
+            .iter()
+            .map(|n| format!("key {n}"))
+            .collect();
+        println!("purged {}", p.join(", "));
+    }
+    let keys: Vec<String> = r.set.keys.keys().map(u64::to_string).collect();
+    println!(
+        "keys: {} (primary {}, staged 0)",
+        keys.join(" "),
+        r.decision.new_primary
+    );
+    Ok(())
+}
+
+/// What `cluster init` put into etcd: the keys, the history every node will assume, and the
+/// first rotation (by the one scheduling rule, from the set's own history).
+fn print_import(
+    kind: config::Kind,
+    set: &crate::keyset::KeySet,
+    m: Option<&config::Managed>,
+    clock: &Now,
+) {
+    let h = &set.history;
+    let keys: Vec<String> = set.keys.keys().map(u64::to_string).collect();
+    let primary = set.primary();
+    println!(
+        "keys: {} (primary {}, staged 0)",
+        keys.join(" "),
+        primary.map_or("none".into(), |p| p.to_string())
+    );
+    match h.last_rotation {
+        Some(t) => println!(
+            "history: last rotation {}, {} rotations and {} purges recorded",
+            rfc3339(t),
+            h.rotations,
+            h.purged.len()
+        ),
+        None => println!(
+            "history: no rotation recorded (keys fernetd did not make): each key counts as first seen now, \
+             and the primary as in use since now"
+        ),
+    }
+    let Some(m) = m else {
+        println!(
+            "first rotation: not known here: this configuration has no [{kind}] section (the nodes that have one schedule it)"
+        );
+        return;
+    };
+    let retention = m.settings.lifetime.retention();
+    let secondaries: Vec<String> = h
+        .keys
+        .iter()
+        .filter(|(n, _)| **n != 0 && Some(**n) != primary)
+        .map(|(n, r)| {
+            format!(
+                "key {n} until {}",
+                rfc3339(r.retained_until(retention, clock))
+            )
+        })
+        .collect();
+    if !secondaries.is_empty() {
+        println!(
+            "kept at least: {} (retention {})",
+            secondaries.join(", "),
+            duration::format(retention)
+        );
+    }
+    match m.schedule.next_rotation(h.schedule_basis(), clock) {
+        Some(t) => println!(
+            "first rotation: {} (schedule '{}', max_active_keys {}), by the node that leads",
+            rfc3339(t),
+            m.schedule,
+            m.max_active_keys
+        ),
+        None => println!(
+            "first rotation: never (schedule '{}' does not fire again)",
+            m.schedule
+        ),
+    }
+}
+
 fn print_outcome(out: &crate::repository::Outcome) {
     for w in &out.warnings {
         eprintln!("warning: {w}");
@@ -851,6 +1018,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 fn plan_json(schedule: &Schedule, s: &Settings, p: &planner::Plan) -> serde_json::Value {
     serde_json::json!({
+        "kind": s.kind,
         "schedule": schedule.to_string(),
         "expiration_seconds": s.lifetime.expiration.as_secs(),
         "allow_expired_window_seconds": s.lifetime.allow_expired_window.as_secs(),
@@ -871,17 +1039,35 @@ fn plan_json(schedule: &Schedule, s: &Settings, p: &planner::Plan) -> serde_json
 fn print_plan(schedule: &Schedule, s: &Settings, p: &planner::Plan) {
     let l = &s.lifetime;
     let row = |k: &str, v: String| println!("{k:<26} {v}");
+    if s.kind != config::Kind::Tokens {
+        row(
+            "repository",
+            format!("{} {}", s.kind, s.key_repository.display()),
+        );
+    }
     row("schedule", format!("{schedule} (UTC)"));
-    row(
-        "retention needed",
-        format!(
+    // What Keystone accepts decides the retention: tokens inside their allow_expired_window,
+    // receipts never past their expiration (keystone/receipt/handlers.py), credentials until
+    // pre_rotate re-encrypted them.
+    let needed = match s.kind {
+        config::Kind::Tokens => format!(
             "{} = expiration {} + allow_expired_window {} + margin {}",
             duration::format(p.retention),
             duration::format(l.expiration),
             duration::format(l.allow_expired_window),
             duration::format(l.margin)
         ),
-    );
+        config::Kind::Receipts => format!(
+            "{} = expiration {} + margin {} (Keystone never accepts an expired receipt)",
+            duration::format(p.retention),
+            duration::format(l.expiration),
+            duration::format(l.margin)
+        ),
+        config::Kind::Credentials => "none: pre_rotate re-encrypts every credential with the \
+             primary before each rotation; Keystone's fixed 3 keys"
+            .to_string(),
+    };
+    row("retention needed", needed);
     row(
         "required max_active_keys",
         p.required_max_active_keys.to_string(),

@@ -325,6 +325,15 @@ impl RepositorySection {
         if kind != Kind::Credentials && self.pre_rotate.is_some() {
             return Err("pre_rotate: only [credentials] runs a command before rotating".into());
         }
+        if kind == Kind::Receipts && self.allow_expired_window.is_some() {
+            // keystone/receipt/handlers.py validates with window_seconds=0: an expired receipt
+            // is never accepted, so [token] allow_expired_window does not apply to receipts.
+            return Err(
+                "allow_expired_window: Keystone never accepts an expired receipt; \
+                        remove it (receipts' keys are kept for their expiration plus margin)"
+                    .into(),
+            );
+        }
         if kind == Kind::Credentials {
             for (name, set) in [
                 ("expiration", self.expiration.is_some()),
@@ -532,13 +541,29 @@ impl Sources {
     }
 
     /// Merges one repository; `None` for receipts or credentials without a section.
-    /// `flags` apply to the token repository only.
+    /// `flags` apply to the token repository only (the daemon's flags are the tokens').
     pub fn repository(&self, kind: Kind, flags: &Flags) -> Result<Option<Settings>, ConfigError> {
+        let none = Flags::default();
+        let own = if kind == Kind::Tokens { flags } else { &none };
+        self.merge(kind, own, flags)
+    }
+
+    /// Merges the repository a one-shot command names with `--kind`: `flags` apply to it,
+    /// whichever kind it is.
+    pub fn selected(&self, kind: Kind, flags: &Flags) -> Result<Option<Settings>, ConfigError> {
+        self.merge(kind, flags, flags)
+    }
+
+    /// `f` applies to `kind`; `tokens` to the token repository that receipts default to.
+    fn merge(
+        &self,
+        kind: Kind,
+        f: &Flags,
+        tokens: &Flags,
+    ) -> Result<Option<Settings>, ConfigError> {
         let Some(t) = self.file.section(kind) else {
             return Ok(None);
         };
-        let none = Flags::default();
-        let f = if kind == Kind::Tokens { flags } else { &none };
         let ks = &self.keystone;
         let (ks_dir, ks_keys, ks_exp, default_dir, default_exp) = match kind {
             Kind::Tokens => (
@@ -578,11 +603,15 @@ impl Sources {
                     .or(t.expiration)
                     .or(ks_exp)
                     .unwrap_or(default_exp),
-                allow_expired_window: f
-                    .allow_expired_window
-                    .or(t.allow_expired_window)
-                    .or(ks.allow_expired_window)
-                    .unwrap_or(KEYSTONE_ALLOW_EXPIRED_WINDOW),
+                // Keystone never validates an expired receipt: the window is the tokens' only.
+                allow_expired_window: if kind == Kind::Receipts {
+                    Duration::ZERO
+                } else {
+                    f.allow_expired_window
+                        .or(t.allow_expired_window)
+                        .or(ks.allow_expired_window)
+                        .unwrap_or(KEYSTONE_ALLOW_EXPIRED_WINDOW)
+                },
                 margin: f.margin.or(t.margin).unwrap_or(DEFAULT_MARGIN),
             }
         };
@@ -608,7 +637,7 @@ impl Sources {
         {
             Some(dir) => dir,
             // Keystone's receipt repository defaults to wherever the token repository is.
-            None if kind == Kind::Receipts => match self.repository(Kind::Tokens, flags)? {
+            None if kind == Kind::Receipts => match self.repository(Kind::Tokens, tokens)? {
                 Some(tokens) => tokens.key_repository,
                 None => PathBuf::from(default_dir),
             },
@@ -829,6 +858,41 @@ mod tests {
         assert_eq!(s.lifetime.expiration, Duration::from_secs(300));
         assert_eq!(s.lifetime.allow_expired_window, Duration::from_secs(200));
         assert_eq!(s.lifetime.margin, Duration::ZERO);
+    }
+
+    #[test]
+    fn receipts_keep_keys_for_their_expiration_only() {
+        // keystone/receipt/handlers.py: validate_receipt(receipt_id), window_seconds = 0.
+        let ks = file(
+            "[token]\nexpiration = 100\nallow_expired_window = 200\n[receipt]\nexpiration = 60\n",
+        );
+        let toml = file(&format!(
+            "[keystone]\nconfig = \"{}\"\n[receipts]\nkey_repository = \"/srv/receipts\"\nmargin = \"5s\"\n",
+            ks.path().display()
+        ));
+        let sources = Sources::load(&Flags::default(), Some(toml.path())).unwrap();
+        let r = sources
+            .repository(Kind::Receipts, &Flags::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.lifetime.expiration, Duration::from_secs(60));
+        assert_eq!(r.lifetime.allow_expired_window, Duration::ZERO);
+        assert_eq!(r.lifetime.retention(), Duration::from_secs(65));
+        let t = sources
+            .repository(Kind::Tokens, &Flags::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.lifetime.allow_expired_window, Duration::from_secs(200));
+        let e = FileConfig::parse(
+            "[receipts]\nkey_repository = \"/r\"\nallow_expired_window = \"1h\"\n",
+            Path::new("f.toml"),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("[receipts] allow_expired_window") && e.contains("expired receipt"),
+            "{e}"
+        );
     }
 
     #[test]

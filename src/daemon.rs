@@ -317,6 +317,17 @@ impl Daemon {
             },
             decryptable: s.m.settings.lifetime.decryptable(),
             margin: s.m.settings.lifetime.margin,
+            pre_rotate: s
+                .m
+                .settings
+                .hooks
+                .pre_rotate
+                .clone()
+                .map(|argv| agent::PreRotate {
+                    argv,
+                    timeout: s.m.settings.hooks.timeout,
+                    metrics: self.metrics.clone(),
+                }),
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
         s.agent = Some(task.abort_handle());

@@ -545,3 +545,77 @@ fn a_closed_pipe_ends_output_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `rotate --kind` and `plan --kind`: every configured repository by hand, credentials only
+/// after their `pre_rotate` succeeded, receipts kept for their own expiration.
+#[test]
+fn rotate_and_plan_take_each_kind() {
+    let t = tmp();
+    let dir = |k: &str| t.path().join(k);
+    let migrated = t.path().join("migrated");
+    let cfg = t.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n\
+             [tokens]\nkey_repository = \"{}\"\nexpiration = \"1h\"\nallow_expired_window = \"2d\"\n\
+             [receipts]\nkey_repository = \"{}\"\nexpiration = \"5m\"\nmargin = \"1m\"\nschedule = \"1m\"\n\
+             [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+             pre_rotate = [\"sh\", \"-c\", \"test -z \\\"$FAIL\\\" && echo $FERNETD_KIND >> {}\"]\n",
+            dir("t").display(),
+            dir("r").display(),
+            dir("c").display(),
+            migrated.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for k in ["t", "r", "c"] {
+        fernetd_ok(&["--config", c, "setup", "--key-repository", dir(k).to_str().unwrap()]);
+    }
+    // Receipts: Keystone never accepts an expired receipt, so no allow_expired_window.
+    let plan = fernetd_ok(&["--config", c, "plan", "--kind", "receipts"]);
+    assert!(
+        plan.stdout.contains("6m = expiration 5m + margin 1m"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("required max_active_keys   8"), "{}", plan.stdout);
+    let json = fernetd_ok(&["--config", c, "plan", "--kind", "receipts", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["kind"], "receipts");
+    assert_eq!(v["retention_seconds"], 360);
+    assert!(fernetd_ok(&["--config", c, "plan"])
+        .stdout
+        .contains("also configured: receipts, credentials"));
+
+    let all = fernetd_ok(&["--config", c, "rotate", "--kind", "all"]);
+    for k in ["tokens", "receipts", "credentials"] {
+        assert!(all.stdout.contains(&format!("{k}: ")), "{}", all.stdout);
+    }
+    for k in ["t", "r", "c"] {
+        assert_eq!(numbers(&dir(k)), vec![0, 1, 2], "{k}");
+    }
+    assert_eq!(std::fs::read_to_string(&migrated).unwrap(), "credentials\n");
+
+    // A failing pre_rotate: the credentials stay as they are, exit 2, one line naming it.
+    let before = snapshot(&dir("c"));
+    let out = Run::from(
+        std::process::Command::new(bin())
+            .args(["--config", c, "rotate", "--kind", "credentials"])
+            .env("FAIL", "1")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("credentials: pre_rotate") && out.stderr.contains("nothing rotated"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshot(&dir("c")), before);
+    // Only what was asked: receipts alone.
+    fernetd_ok(&["--config", c, "rotate", "--kind", "receipts"]);
+    assert_eq!(numbers(&dir("r")), vec![0, 1, 2, 3]);
+    assert_eq!(numbers(&dir("t")), vec![0, 1, 2]);
+}

@@ -1568,7 +1568,7 @@ fn a_key_set_imported_from_keystone_manage_rotates_at_the_first_slot() {
     )
     .unwrap();
     let c = cfg.to_str().unwrap();
-    fernetd_ok(&[
+    let init = fernetd_ok(&[
         "--config",
         c,
         "cluster",
@@ -1576,6 +1576,27 @@ fn a_key_set_imported_from_keystone_manage_rotates_at_the_first_slot() {
         "--from",
         src.to_str().unwrap(),
     ]);
+    // The import report: what went in, the history assumed, and when the first rotation comes.
+    let report = &init.stdout;
+    assert!(
+        report.contains("keys: 0 1 (primary 1, staged 0)"),
+        "{report}"
+    );
+    assert!(report.contains("history: no rotation recorded"), "{report}");
+    assert!(
+        !report.contains("kept at least:"),
+        "no secondary to keep: {report}"
+    );
+    let first = report
+        .lines()
+        .find_map(|l| l.strip_prefix("first rotation: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("no first rotation in the report: {report}"));
+    assert!(
+        first < chrono::Utc::now() + chrono::Duration::seconds(3),
+        "{report}"
+    );
     let d = Daemon::start(&["--config", c, "daemon"], &[]);
     assert!(
         d.wait_log("ready", std::time::Duration::from_secs(10)),
