@@ -235,6 +235,8 @@ async fn session_inner(
     // The primary `pre_rotate` last succeeded under: every credential is encrypted with it, so
     // the hook need not run again until a rotation changes it (gate retries do not).
     let mut prepared_for: Option<u64> = None;
+    // After a failed `pre_rotate`: not before this instant again.
+    let mut held_until: Option<Instant> = None;
     loop {
         let View {
             set,
@@ -325,7 +327,10 @@ async fn session_inner(
                 // primary (a gate retry does not run it again).
                 let primary = view.set.primary();
                 let mut prepared = cfg.pre_rotate.is_none() || prepared_for == primary;
-                if due <= now && !prepared {
+                let held = held_until.filter(|t| *t > Instant::now());
+                if let (true, false, Some(t)) = (due <= now, prepared, held) {
+                    wake = t;
+                } else if due <= now && !prepared {
                     prepared = pre_rotate(cfg, &view.set, &mut lease, &mut keepalive).await?;
                     if prepared {
                         prepared_for = primary;
@@ -335,6 +340,7 @@ async fn session_inner(
                             crate::duration::format(PRE_ROTATE_RETRY)
                         );
                         wake = Instant::now() + PRE_ROTATE_RETRY;
+                        held_until = Some(wake);
                     }
                 }
                 if due <= now && prepared {

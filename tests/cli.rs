@@ -571,7 +571,13 @@ fn rotate_and_plan_take_each_kind() {
     .unwrap();
     let c = cfg.to_str().unwrap();
     for k in ["t", "r", "c"] {
-        fernetd_ok(&["--config", c, "setup", "--key-repository", dir(k).to_str().unwrap()]);
+        fernetd_ok(&[
+            "--config",
+            c,
+            "setup",
+            "--key-repository",
+            dir(k).to_str().unwrap(),
+        ]);
     }
     // Receipts: Keystone never accepts an expired receipt, so no allow_expired_window.
     let plan = fernetd_ok(&["--config", c, "plan", "--kind", "receipts"]);
@@ -580,7 +586,11 @@ fn rotate_and_plan_take_each_kind() {
         "{}",
         plan.stdout
     );
-    assert!(plan.stdout.contains("required max_active_keys   8"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("required max_active_keys   8"),
+        "{}",
+        plan.stdout
+    );
     let json = fernetd_ok(&["--config", c, "plan", "--kind", "receipts", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["kind"], "receipts");

@@ -1621,3 +1621,82 @@ fn a_key_set_imported_from_keystone_manage_rotates_at_the_first_slot() {
     );
     d.stop();
 }
+
+/// The leader re-encrypts credentials (`pre_rotate`) before it rotates the cluster's credential
+/// set, once per primary; while the hook fails nothing rotates.
+#[test]
+fn the_leader_runs_pre_rotate_before_each_credentials_rotation() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let log = t.path().join("migrated");
+    let fail = t.path().join("fail");
+    std::fs::write(&fail, "").unwrap();
+    let p = t.path().join("a.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             schedule = \"@daily\"\n\
+             [credentials]\nkey_repository = \"{}\"\nschedule = \"2s\"\n\
+             pre_rotate = [\"sh\", \"-c\", \"test ! -e {} && echo $FERNETD_PRIMARY >> {}\"]\n\
+             [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"a\"\nlease_ttl = \"2s\"\n\
+             dial_timeout = \"10s\"\n",
+            t.path().join("tokens").display(),
+            t.path().join("credentials").display(),
+            fail.display(),
+            log.display(),
+            etcd.endpoint
+        ),
+    )
+    .unwrap();
+    let c = p.to_str().unwrap();
+    for kind in ["tokens", "credentials"] {
+        fernetd_ok(&["--config", c, "cluster", "init", "--kind", kind]);
+    }
+    let primary = || {
+        let raw = etcd.with_client(async |c| {
+            c.get("/test/credentials/keyset", None).await.unwrap().kvs()[0]
+                .value()
+                .to_vec()
+        });
+        fernetd::keyset::KeySet::decode(&raw).unwrap().primary()
+    };
+    let d = Daemon::start(&["--config", c, "daemon"], &[]);
+    assert!(
+        d.wait_log(
+            "rotation held: pre_rotate failed",
+            std::time::Duration::from_secs(15)
+        ),
+        "{}",
+        d.log()
+    );
+    assert_eq!(primary(), Some(1), "rotated although pre_rotate failed");
+    std::fs::remove_file(&fail).unwrap();
+    // The failed hook is retried after 30 s; then one run per rotation.
+    assert!(
+        d.wait_for(std::time::Duration::from_secs(50), || primary()
+            .is_some_and(|p| p >= 4)),
+        "{}",
+        d.log()
+    );
+    let held = d.log().matches("rotation held: pre_rotate failed").count();
+    assert_eq!(
+        held,
+        1,
+        "a failed pre_rotate is retried after 30 s, not at once: {}",
+        d.log()
+    );
+    d.stop();
+    let ran: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    // Each rotation ran it once, under the primary it rotated away from (and perhaps once
+    // more for a rotation the stop cut short).
+    let end = primary().unwrap();
+    assert!(
+        ran == (1..end).collect::<Vec<_>>() || ran == (1..=end).collect::<Vec<_>>(),
+        "pre_rotate ran under primaries {ran:?}; the set reached {end}"
+    );
+}
