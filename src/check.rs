@@ -35,6 +35,11 @@ pub struct Report {
     pub primary: Option<u64>,
     pub staged: bool,
     pub keys: Vec<u64>,
+    /// Each key's fingerprint (truncated SHA-256, not the key).
+    pub fingerprints: std::collections::BTreeMap<u64, String>,
+    /// One value for the whole set (numbers and fingerprints): equal on two nodes exactly when
+    /// they hold the same keys under the same numbers.
+    pub digest: String,
     pub findings: Vec<Finding>,
 }
 
@@ -242,12 +247,18 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
         );
     }
     f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.path.cmp(&b.path)));
+    let fingerprints = scan.fingerprints();
     let mut r = Report {
         repository: dir,
         status: "",
         primary,
         staged: keys.contains_key(&0),
         keys: numbers,
+        digest: digest(&fingerprints),
+        fingerprints: fingerprints
+            .iter()
+            .map(|(n, f)| (*n, f.to_string()))
+            .collect(),
         findings: f,
     };
     r.status = match r.exit_code() {
@@ -256,4 +267,14 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
         _ => "invalid",
     };
     r
+}
+
+/// The 16 hex digits of SHA-256 over "number fingerprint" lines, in number order.
+pub fn digest(keys: &std::collections::BTreeMap<u64, crate::key::Fingerprint>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (n, f) in keys {
+        h.update(format!("{n} {f}\n"));
+    }
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }

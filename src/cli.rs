@@ -563,11 +563,12 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     println!("{sev}: {}: {} [{}]", f.path, f.message, f.code);
                 }
                 println!(
-                    "{}: {} ({} keys, primary {})",
+                    "{}: {} ({} keys, primary {}, digest {})",
                     report.repository,
                     report.status,
                     report.keys.len(),
-                    report.primary.map_or("none".into(), |p| p.to_string())
+                    report.primary.map_or("none".into(), |p| p.to_string()),
+                    report.digest
                 );
             }
             Ok(report.exit_code())
