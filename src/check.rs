@@ -276,5 +276,8 @@ pub fn digest(keys: &std::collections::BTreeMap<u64, crate::key::Fingerprint>) -
     for (n, f) in keys {
         h.update(format!("{n} {f}\n"));
     }
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

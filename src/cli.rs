@@ -110,6 +110,10 @@ pub struct ClusterInitArgs {
     /// decrypt live tokens (without it they keep those keys, or refuse the set).
     #[arg(long, requires = "force")]
     pub force_purge: bool,
+    /// Every node's name (`[cluster] node`), comma-separated: no rotation promotes a key
+    /// until each of them has applied the set, whenever its daemon starts.
+    #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -360,14 +364,33 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     "fresh keys".to_string(),
                 ),
             };
-            let (revision, lineage) = block_on(async {
+            if let Some(bad) = a.members.iter().find(|m| m.is_empty() || m.contains('/')) {
+                anyhow::bail!(
+                    "--members: '{bad}' is not a node name ([cluster] node on that node)"
+                );
+            }
+            let (revision, lineage, added) = block_on(async {
                 let mut c = crate::cluster::Cluster::connect(&cluster).await?;
-                c.import(kind, &set, a.force, a.force_purge).await
+                let (revision, lineage) = c.import(kind, &set, a.force, a.force_purge).await?;
+                let added = c.expect_members(kind, &a.members, now).await?;
+                Ok::<_, crate::cluster::ClusterError>((revision, lineage, added))
             })??;
             println!(
                 "{what} into {}/{kind}/keyset at revision {revision}, {lineage}; no key changed",
                 cluster.prefix
             );
+            if !a.members.is_empty() {
+                println!(
+                    "members: {} (added {}): no promotion until each has applied this set; \
+                     `fernetd cluster remove-node NAME` releases one that will not come",
+                    a.members.join(", "),
+                    if added.is_empty() {
+                        "none".into()
+                    } else {
+                        added.join(", ")
+                    }
+                );
+            }
             let managed = s.map(|s| config::manage(s, now)).transpose()?;
             print_import(kind, &set, managed.as_ref(), &clock);
             Ok(0)

@@ -544,6 +544,41 @@ impl Cluster {
             }))
     }
 
+    /// Makes `nodes` members before they first acknowledge (`cluster init --members`): a
+    /// record that holds no key, so that no promotion happens until each of them has applied
+    /// the set, however the daemons' starts are spread. A node that already acknowledged keeps
+    /// its record. Returns the nodes added.
+    pub async fn expect_members(
+        &mut self,
+        kind: Kind,
+        nodes: &[String],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, ClusterError> {
+        let mut added = Vec::new();
+        for node in nodes {
+            let key = format!("{}{node}", self.acks_prefix(kind));
+            let ack = Ack {
+                node: node.clone(),
+                revision: 0,
+                staged: crate::key::Fingerprint::NONE,
+                // member_timeout counts from here.
+                clock: Some(now),
+            };
+            let value = serde_json::to_vec(&ack).unwrap_or_default();
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            let mut client = self.client.clone();
+            let resp = self
+                .bounded(&format!("write {key}"), client.txn(txn))
+                .await?;
+            if resp.succeeded() {
+                added.push(node.clone());
+            }
+        }
+        Ok(added)
+    }
+
     /// A lease that keeps this node's acknowledgements and leadership alive.
     pub async fn grant_lease(&mut self, ttl: Duration) -> Result<Lease, ClusterError> {
         let mut client = self.client.clone();
