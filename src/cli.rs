@@ -561,7 +561,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     if a.kind != Some(KindsArg::All) {
                         return Err(e);
                     }
-                    eprintln!("error: {kind}: {e:#}");
+                    say(Severity::Error, &format!("error: {kind}: {e:#}"));
                     failed.push(kind.name());
                 }
             }
@@ -714,7 +714,10 @@ fn cluster_settings(
     })?;
     let s = c.settings();
     if s.seal_key_file.is_none() {
-        eprintln!("warning: [cluster] has no seal_key_file: key sets sit in etcd in the clear");
+        say(
+            Severity::Warning,
+            "warning: [cluster] has no seal_key_file: key sets sit in etcd in the clear",
+        );
     }
     Ok(s)
 }
@@ -882,10 +885,13 @@ fn rotate_kind(
         c.rotate(kind, &request).await
     })??;
     if !r.skewed.is_empty() {
-        eprintln!(
-            "warning: purged nothing: clocks off by more than the margin ({}): {}",
-            crate::duration::format(margin),
-            crate::cluster::describe_skew(&r.skewed)
+        say(
+            Severity::Warning,
+            &format!(
+                "warning: purged nothing: clocks off by more than the margin ({}): {}",
+                crate::duration::format(margin),
+                crate::cluster::describe_skew(&r.skewed)
+            ),
         );
     }
     println!(
@@ -979,7 +985,7 @@ fn print_import(
 
 fn print_outcome(out: &crate::repository::Outcome) {
     for w in &out.warnings {
-        eprintln!("warning: {w}");
+        say(Severity::Warning, &format!("warning: {w}"));
     }
     for n in &out.notes {
         println!("{n}");
@@ -1139,4 +1145,22 @@ fn print_plan(schedule: &Schedule, s: &Settings, p: &planner::Plan) {
             ),
         );
     }
+}
+
+/// How bad a line on stderr is.
+#[derive(Debug, Clone, Copy)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A one-shot command's line on stderr; under journald (`JOURNAL_STREAM`, the timer's service)
+/// it carries its syslog priority (sd-daemon(3)), as the daemon's log lines do.
+pub fn say(severity: Severity, line: &str) {
+    let priority = match (std::env::var_os("JOURNAL_STREAM").is_some(), severity) {
+        (false, _) => "",
+        (true, Severity::Error) => "<3>",
+        (true, Severity::Warning) => "<4>",
+    };
+    eprintln!("{priority}{line}");
 }

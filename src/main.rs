@@ -15,7 +15,10 @@ fn main() {
             // One line, as every other error: clap's first line names the flag at fault.
             let rendered = e.render().to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("fernetd: {}", first.trim_start_matches("error: "));
+            cli::say(
+                cli::Severity::Error,
+                &format!("fernetd: {}", first.trim_start_matches("error: ")),
+            );
             std::process::exit(cli::EXIT_ERROR);
         }
     };
@@ -28,7 +31,7 @@ fn main() {
         Err(e) => {
             // Our error variants already include their cause; print the top level only.
             let line = format!("{e}").replace('\n', " ");
-            eprintln!("fernetd: error: {line}");
+            cli::say(cli::Severity::Error, &format!("fernetd: error: {line}"));
             std::process::exit(cli::EXIT_ERROR);
         }
     }
@@ -52,9 +55,43 @@ fn init_logging(cli: &Cli) {
     if cli.log_format == cli::LogFormat::Json {
         builder.json().init();
     } else if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        let plain = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false);
+        builder.event_format(Journald(plain)).init();
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Under journald each line starts with its syslog priority (`<3>` error, `<4>` warning, `<6>`
+/// info, `<7>` debug: sd-daemon(3)), which journald takes as the entry's priority and strips,
+/// so `journalctl -p warning` shows exactly the warnings and errors. The level word is left
+/// out: the priority carries it.
+struct Journald<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journald<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 

@@ -395,3 +395,35 @@ fn sync_killed_everywhere(
     assert!(points >= min_points, "too few crash points: {points}");
     counts
 }
+
+/// The shipped units forbid `@chown`: a fernetd running as the repository's owner must never
+/// call it, and one giving files to another user calls it once per file it creates.
+#[test]
+fn files_already_owned_by_the_keystone_user_are_not_chowned() {
+    require_strace();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("keys");
+    let r = d.to_str().unwrap();
+    let uid = nix::unistd::getuid().to_string();
+    let gid = nix::unistd::getgid().to_string();
+    let owner = ["--keystone-user", &uid, "--keystone-group", &gid];
+    for cmd in ["setup", "rotate"] {
+        let args = [&[cmd, "--key-repository", r][..], &owner].concat();
+        let counts = count_syscalls(&args);
+        assert_eq!(counts.get("fchown"), None, "{cmd}: {counts:?}");
+    }
+    if nix::unistd::getuid().is_root() {
+        // Root giving the files to another user: each new file and directory is chowned.
+        let other = t.path().join("other");
+        let args = [
+            "setup",
+            "--key-repository",
+            other.to_str().unwrap(),
+            "--keystone-user",
+            "65534",
+            "--keystone-group",
+            "65534",
+        ];
+        assert!(count_syscalls(&args).get("fchown").is_some_and(|n| *n > 0));
+    }
+}

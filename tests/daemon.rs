@@ -755,11 +755,58 @@ fn logs_are_json_on_request_and_plain_under_journald() {
     let plain = d.log();
     d.stop();
     for line in plain.lines() {
-        let level = line.split_whitespace().next().unwrap_or("");
+        // The priority, then the message: no timestamp, no level word, no colour.
+        let message = line.get(3..).unwrap_or("");
+        assert!(line.starts_with("<6>") || line.starts_with("<4>"), "{line}");
         assert!(
-            ["INFO", "WARN", "ERROR"].contains(&level),
+            !message.starts_with(|c: char| c.is_ascii_digit() || c == ' '),
             "no timestamp under journald: {line}"
         );
         assert!(!line.contains('\u{1b}'), "no colour under journald: {line}");
     }
+}
+
+/// Under journald every line carries its priority (sd-daemon(3)), so `journalctl -p warning`
+/// shows exactly the warnings and errors; no line starts with the padding of a level word.
+#[test]
+fn under_journald_every_line_carries_its_priority() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("keys");
+    let r = d.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    // A key readable by others: an error the daemon reports at once.
+    std::fs::set_permissions(d.join("1"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let daemon = Daemon::start(&args(r, "1h", &[]), &[("JOURNAL_STREAM", "8:12345")]);
+    assert!(
+        daemon.wait_log("group or world accessible", Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    daemon.stop();
+    for line in log.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)),
+            "a line without its priority: {line:?}\n{log}"
+        );
+        assert!(!line[3..].starts_with(' '), "{line:?}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<3>") && l.contains("group or world accessible")),
+        "{log}"
+    );
+    assert!(log.lines().any(|l| l.starts_with("<6>")), "{log}");
+    // A one-shot command's error, as the timer's service prints it.
+    let out = Run::from(
+        std::process::Command::new(bin())
+            .args(["rotate", "--key-repository", t.path().join("none").to_str().unwrap()])
+            .env("JOURNAL_STREAM", "8:12345")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.starts_with("<3>fernetd: error: "), "{}", out.stderr);
 }
