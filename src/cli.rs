@@ -445,11 +445,17 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 .repositories
                 .iter()
                 .map(|m| {
-                    status::summarize(
-                        m,
-                        &Repository::new(&m.settings.key_repository, None),
-                        &clock,
-                    )
+                    let repo = Repository::new(&m.settings.key_repository, None);
+                    let mut sum = status::summarize(m, &repo, &clock);
+                    // A running daemon knows what the disk cannot show (a failing rotation,
+                    // a refused input, a lost etcd): the same words and levels as its STATUS=.
+                    if let Some(live) = status::Live::read(&repo) {
+                        for p in &live.problems {
+                            sum.add_live(p);
+                        }
+                        sum.view = format!("disk and daemon (pid {})", live.pid);
+                    }
+                    sum
                 })
                 .collect();
             let sources = config::Sources::load(&flags, config)?;
@@ -1029,6 +1035,7 @@ fn print_status(sums: &[status::Summary], now: DateTime<Utc>) {
             t(s.next_rotation),
             s.schedule
         );
+        println!("  judged from: {}", s.view);
         for r in &s.retained {
             println!(
                 "  key {} kept beyond max_active_keys until {}",

@@ -69,6 +69,11 @@ struct Slot {
     refused: Option<String>,
     /// Cluster nodes whose clocks are off by more than the margin (the leader purges nothing).
     skewed: Vec<(String, chrono::Duration)>,
+    /// Rotations failing since, and the last error: retried, and said everywhere until one
+    /// succeeds.
+    failing: Option<(DateTime<Utc>, String)>,
+    /// The live view last written to `.fernetd/daemon.json`, so that it is written on change.
+    live: Option<status::Live>,
 }
 
 /// The nodes a due rotation waits for, and whether they block it (past the gate deadline).
@@ -84,6 +89,10 @@ impl Drop for Slot {
         // A replaced configuration's agent must not go on acting for it.
         if let Some(a) = &self.agent {
             a.abort();
+        }
+        // A stopped daemon has no live view; `status` then judges the disk alone.
+        if self.live.is_some() {
+            let _ = status::Live::remove(&self.repo);
         }
     }
 }
@@ -118,7 +127,56 @@ impl Slot {
             gate: Gate::default(),
             refused: None,
             skewed: Vec::new(),
+            failing: None,
+            live: None,
         }
+    }
+
+    /// What this daemon knows of the repository's health beyond the disk, judged at `now`.
+    fn live_problems(&self, now: DateTime<Utc>) -> Vec<status::LiveProblem> {
+        use status::{LiveCode, LiveProblem};
+        let mut out = Vec::new();
+        if let Some(why) = &self.refused {
+            out.push(LiveProblem {
+                code: LiveCode::InputRefused,
+                level: Level::Critical,
+                message: why.clone(),
+            });
+        }
+        if !self.skewed.is_empty() {
+            out.push(LiveProblem {
+                code: LiveCode::ClockUntrusted,
+                level: Level::Warning,
+                message: format!(
+                    "purges held: clocks off by more than the margin: {}",
+                    crate::cluster::describe_skew(&self.skewed)
+                ),
+            });
+        }
+        if let Some(reason) = &self.degraded {
+            out.push(LiveProblem {
+                code: LiveCode::Degraded,
+                level: Level::Warning,
+                message: format!("degraded: {reason}"),
+            });
+        }
+        if let Some((since, reason)) = &self.failing {
+            let margin = self.m.settings.lifetime.margin;
+            out.push(status::rotation_failing(
+                *since,
+                self.next_rotation,
+                margin,
+                reason,
+                now,
+            ));
+        }
+        out
+    }
+
+    /// A rotation failed with `reason`: failing since the first of a run of failures.
+    fn failed(&mut self, reason: String) {
+        let since = self.failing.take().map_or_else(Utc::now, |(t, _)| t);
+        self.failing = Some((since, reason));
     }
 
     fn repo_owner(&self) -> Option<crate::repository::Owner> {
@@ -570,6 +628,7 @@ impl Daemon {
                 crate::duration::format(RETRY)
             );
             s.retry_at = Some(Instant::now() + RETRY);
+            s.failed("pre_rotate failed".into());
         }
         self.publish();
     }
@@ -588,6 +647,7 @@ impl Daemon {
                 log_outcome(s.kind, &out);
                 self.metrics.rotated(s.kind);
                 s.refused = None;
+                s.failing = None;
                 s.next_rotation = s.m.schedule.next_after(now);
                 if let Some(argv) = s.m.settings.hooks.on_rotate.clone() {
                     self.spawn_hook(i, argv, Event::Rotate);
@@ -602,8 +662,10 @@ impl Daemon {
                 );
                 s.retry_at = Some(Instant::now() + RETRY);
                 if e.is_refusal() {
-                    // Logged just above, as the failed rotation it is.
+                    // Logged just above, as the failed rotation it is; said once, as refused.
                     self.refuse(i, e.to_string(), false);
+                } else {
+                    s.failed(e.to_string());
                 }
             }
         }
@@ -729,23 +791,24 @@ impl Daemon {
         let now = Now::read();
         let mut sums = Vec::with_capacity(self.slots.len());
         let clustered = self.cluster.is_some();
-        for s in &self.slots {
+        for s in &mut self.slots {
             let mut sum = status::summarize(&s.m, &s.repo, &now);
-            if let Some(why) = &s.refused {
-                sum.refuse(why.clone());
+            let live = status::Live {
+                pid: std::process::id(),
+                problems: s.live_problems(now.wall),
+            };
+            for p in &live.problems {
+                sum.add_live(p);
             }
-            if !s.skewed.is_empty() {
-                sum.clock(format!(
-                    "purges held: clocks off by more than the margin: {}",
-                    crate::cluster::describe_skew(&s.skewed)
-                ));
+            if s.live.as_ref() != Some(&live) {
+                if let Err(e) = live.write(&s.repo) {
+                    tracing::debug!("{}: cannot write the live view for `status`: {e}", s.kind);
+                }
+                s.live = Some(live);
             }
             if clustered {
                 // The leader rotates on the schedule from the cluster's history, which this
                 // node holds: summarize's next rotation is the cluster's.
-                if let Some(reason) = &s.degraded {
-                    sum.problems.push(format!("degraded: {reason}"));
-                }
                 self.metrics
                     .cluster(s.kind, s.in_step, s.leading, s.gate.blocking);
             } else {

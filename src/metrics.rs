@@ -38,6 +38,8 @@ struct Repo {
     refused: bool,
     /// A clock is not to be trusted (see `Summary::clock_problem`).
     clock_problem: bool,
+    /// Rotations fail and are retried (see `Summary::rotation_failing`).
+    rotation_failing: bool,
     /// Cluster mode only.
     cluster: Option<ClusterGauges>,
 }
@@ -72,6 +74,7 @@ impl Metrics {
             r.healthy = healthy;
             r.refused = s.refused;
             r.clock_problem = s.clock_problem;
+            r.rotation_failing = s.rotation_failing;
         })
     }
 
@@ -189,6 +192,12 @@ impl Metrics {
                 "gauge",
                 "1 while a clock is not trusted (a wall-clock step, times in the future, a cluster node's clock off by more than the margin).",
                 per_repo(&|r| Some(flag(r.clock_problem))),
+            );
+            family(
+                "fernetd_rotation_failing",
+                "gauge",
+                "1 while rotations fail and are retried (the error is in STATUS= and the log).",
+                per_repo(&|r| Some(flag(r.rotation_failing))),
             );
             family(
                 "fernetd_cluster_in_step",

@@ -8,13 +8,13 @@ use crate::clock::Now;
 use crate::config::{Kind, Managed};
 use crate::repository::Repository;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// A rotation this late past its slot makes the repository a warning (daemon down or failing).
 const OVERDUE_GRACE: chrono::Duration = chrono::Duration::minutes(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
@@ -63,6 +63,69 @@ pub struct Summary {
     /// A clock is not to be trusted: a wall-clock step, recorded times in the future, a
     /// cluster node whose clock is off by more than the margin.
     pub clock_problem: bool,
+    /// Rotations fail (and are retried): a warning at once, critical once overdue by more
+    /// than the margin.
+    pub rotation_failing: bool,
+    /// Where the judgement comes from: `daemon (pid N)` when a running daemon's live view was
+    /// added to the disk's, else `disk`.
+    pub view: String,
+}
+
+/// What only a running daemon knows of a repository's health (the disk cannot show it): the
+/// daemon judges, logs and publishes these, and writes them to `.fernetd/daemon.json` so that
+/// `fernetd status` says the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveProblem {
+    pub code: LiveCode,
+    pub level: Level,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LiveCode {
+    InputRefused,
+    ClockUntrusted,
+    RotationFailing,
+    Degraded,
+}
+
+/// A running daemon's live view of one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    pub pid: u32,
+    pub problems: Vec<LiveProblem>,
+}
+
+impl Live {
+    fn path(repo: &Repository) -> PathBuf {
+        repo.state_path().with_file_name("daemon.json")
+    }
+
+    /// Replaces the file (write, then rename: a reader sees the old view or the new one).
+    pub fn write(&self, repo: &Repository) -> std::io::Result<()> {
+        let path = Self::path(repo);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Removes the file (the daemon stops, or stops managing the repository).
+    pub fn remove(repo: &Repository) -> std::io::Result<()> {
+        std::fs::remove_file(Self::path(repo))
+    }
+
+    /// The view of the daemon that still runs, if one does: a file left by a daemon that has
+    /// stopped (its pid gone, or now another program's) says nothing.
+    pub fn read(repo: &Repository) -> Option<Live> {
+        let text = std::fs::read(Self::path(repo)).ok()?;
+        let live: Live = serde_json::from_slice(&text).ok()?;
+        if live.pid == std::process::id() {
+            return None;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", live.pid)).ok()?;
+        (comm.trim_end() == "fernetd").then_some(live)
+    }
 }
 
 impl Summary {
@@ -79,6 +142,7 @@ impl Summary {
             last_rotation: None,
             next_rotation: None,
             schedule: String::new(),
+            view: "disk".into(),
             max_active_keys: 0,
             required_max_active_keys: 0,
             safe: None,
@@ -86,6 +150,7 @@ impl Summary {
             findings: Vec::new(),
             refused: false,
             clock_problem: false,
+            rotation_failing: false,
         }
     }
 
@@ -104,6 +169,46 @@ impl Summary {
     pub fn clock(&mut self, why: String) {
         self.clock_problem = true;
         self.raise(Level::Warning, why);
+    }
+
+    /// Adds what a running daemon knows: the same level and words as the daemon publishes.
+    pub fn add_live(&mut self, p: &LiveProblem) {
+        if self.problems.contains(&p.message) {
+            self.level = self.level.max(p.level);
+            return;
+        }
+        match p.code {
+            LiveCode::InputRefused => self.refused = true,
+            LiveCode::ClockUntrusted => self.clock_problem = true,
+            LiveCode::RotationFailing => self.rotation_failing = true,
+            LiveCode::Degraded => {}
+        }
+        self.raise(p.level, p.message.clone());
+    }
+}
+
+/// A rotation that failed since `since` and is retried: a warning, and critical once the
+/// rotation it should have made is overdue by more than `margin` (beyond that the schedule the
+/// planner proved is no longer kept).
+pub fn rotation_failing(
+    since: DateTime<Utc>,
+    due: Option<DateTime<Utc>>,
+    margin: std::time::Duration,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> LiveProblem {
+    let overdue = due.is_some_and(|d| now - d > crate::history::to_chrono(margin));
+    LiveProblem {
+        code: LiveCode::RotationFailing,
+        level: if overdue {
+            Level::Critical
+        } else {
+            Level::Warning
+        },
+        message: format!(
+            "rotation failing since {}: {reason}",
+            since.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ),
     }
 }
 
@@ -224,8 +329,13 @@ pub fn status_line(sums: &[Summary]) -> String {
                 Level::Warning => "warning",
                 Level::Critical => "CRITICAL",
             };
+            // Not OK: the first reason too, so the failure itself shows in `systemctl status`.
+            let why = match (s.level, s.problems.first()) {
+                (Level::Ok, _) | (_, None) => String::new(),
+                (_, Some(p)) => format!(" ({})", shorten(p, 160)),
+            };
             format!(
-                "{}: {health}, last rotation {}, next {}",
+                "{}: {health}{why}, last rotation {}, next {}",
                 s.kind,
                 t(s.last_rotation),
                 t(s.next_rotation)
@@ -233,6 +343,14 @@ pub fn status_line(sums: &[Summary]) -> String {
         })
         .collect();
     parts.join("; ")
+}
+
+/// `text` cut to at most `max` characters, with "..." where it was cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_string(),
+    }
 }
 
 /// What `status` shows of a repository in cluster mode.

@@ -776,8 +776,11 @@ fn under_journald_every_line_carries_its_priority() {
     let r = d.to_str().unwrap();
     fernetd_ok(&["setup", "--key-repository", r]);
     // A key readable by others: an error the daemon reports at once.
-    std::fs::set_permissions(d.join("1"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        d.join("1"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     let daemon = Daemon::start(&args(r, "1h", &[]), &[("JOURNAL_STREAM", "8:12345")]);
     assert!(
         daemon.wait_log("group or world accessible", Duration::from_secs(10)),
@@ -788,7 +791,9 @@ fn under_journald_every_line_carries_its_priority() {
     daemon.stop();
     for line in log.lines() {
         assert!(
-            ["<3>", "<4>", "<6>", "<7>"].iter().any(|p| line.starts_with(p)),
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
             "a line without its priority: {line:?}\n{log}"
         );
         assert!(!line[3..].starts_with(' '), "{line:?}");
@@ -802,11 +807,115 @@ fn under_journald_every_line_carries_its_priority() {
     // A one-shot command's error, as the timer's service prints it.
     let out = Run::from(
         std::process::Command::new(bin())
-            .args(["rotate", "--key-repository", t.path().join("none").to_str().unwrap()])
+            .args([
+                "rotate",
+                "--key-repository",
+                t.path().join("none").to_str().unwrap(),
+            ])
             .env("JOURNAL_STREAM", "8:12345")
             .output()
             .unwrap(),
     );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.starts_with("<3>fernetd: error: "), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("<3>fernetd: error: "),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A rotation that fails (here: `.fernetd/staged.tmp` is a directory, so nothing can be
+/// staged, for root too) is said at once, in the same words, by the log, `STATUS=`,
+/// `fernetd status` (text, JSON, exit code) through the daemon's live view, and the metrics;
+/// it clears with the next rotation that succeeds.
+#[test]
+fn a_failing_rotation_is_said_at_once_everywhere() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let blocker = dir.join(".fernetd/staged.tmp");
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let sock_path = t.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let d = Daemon::start(
+        &[
+            "daemon",
+            "--key-repository",
+            r,
+            "--schedule",
+            "1s",
+            "--expiration",
+            "2s",
+            "--allow-expired-window",
+            "0",
+            "--margin",
+            "1h",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    assert!(
+        d.wait_log("rotation failed", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !got.contains("rotation failing since") {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+            got.push('\n');
+        }
+    }
+    let line = got
+        .lines()
+        .rfind(|l| l.starts_with("STATUS=tokens: warning (rotation failing since "))
+        .unwrap_or_else(|| panic!("STATUS= never said it: {got}"));
+    assert!(line.contains("staged.tmp: Is a directory"), "{line}");
+    let config = t.path().join("f.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{r}\"\n\
+             schedule = \"1s\"\nexpiration = \"2s\"\nallow_expired_window = 0\nmargin = \"1h\"\n"
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let status = fernetd(&["--config", c, "status"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("rotation failing since")
+            && status.stdout.contains("staged.tmp: Is a directory")
+            && status.stdout.contains("judged from: disk and daemon (pid "),
+        "{}",
+        status.stdout
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fernetd(&["--config", c, "status", "--json"]).stdout).unwrap();
+    assert_eq!(json["status"], "warning");
+    assert_eq!(json["repositories"][0]["rotation_failing"], true);
+    let metrics = d.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("fernetd_rotation_failing{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // Cleared: the next rotation succeeds (retried after 30 s; a restart retries at once)
+    // and every rendering says so.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    d.stop();
+    let status = fernetd(&["--config", c, "status"]);
+    assert!(
+        status.stdout.contains("judged from: disk\n") && !status.stdout.contains("failing"),
+        "a stopped daemon's view is gone: {}",
+        status.stdout
+    );
 }
