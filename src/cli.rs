@@ -60,6 +60,11 @@ pub enum Command {
     /// Prove a schedule safe: the max_active_keys it needs, the shortest retention window,
     /// the next rotations. Exit 3 when the configured max_active_keys is unsafe.
     Plan(PlanArgs),
+    /// Validate the configuration exactly as the daemon would load it (fernetd.toml, the
+    /// keystone.conf it reads, the schedules' safety, the key owner), starting nothing. Exit 0
+    /// valid, 2 invalid with the one-line error. The units' ExecReload runs it first, so a
+    /// reload with a broken file fails instead of being ignored.
+    CheckConfig(CheckConfigArgs),
     /// Cluster mode: the key sets in etcd ([cluster] in the config).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -131,6 +136,14 @@ impl From<KindArg> for config::Kind {
             KindArg::Credentials => config::Kind::Credentials,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Once the configuration is valid, tell the daemon with this pid to load it (SIGHUP):
+    /// the units' `ExecReload=` passes `$MAINPID`, so a reload needs no `kill` binary.
+    #[arg(long, value_name = "PID")]
+    pub reload: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -393,6 +406,44 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             }
             let managed = s.map(|s| config::manage(s, now)).transpose()?;
             print_import(kind, &set, managed.as_ref(), &clock);
+            Ok(0)
+        }
+        Command::CheckConfig(a) => {
+            let d = DaemonSettings::resolve(&Flags::default(), config, now)?;
+            let shown = config.map_or_else(
+                || {
+                    let default = std::path::Path::new(config::DEFAULT_CONFIG);
+                    match default.exists() {
+                        true => config::DEFAULT_CONFIG.to_string(),
+                        false => "no configuration file (the embedded defaults)".to_string(),
+                    }
+                },
+                |p| p.display().to_string(),
+            );
+            let parts: Vec<String> = d
+                .repositories
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {} '{}' max_active_keys {}",
+                        m.settings.kind,
+                        m.settings.key_repository.display(),
+                        m.schedule,
+                        m.max_active_keys
+                    )
+                })
+                .collect();
+            let cluster = d.cluster.as_ref().map_or(String::new(), |c| {
+                format!("; cluster node {} under {}", c.node, c.prefix)
+            });
+            println!("{shown}: valid: {}{cluster}", parts.join("; "));
+            if let Some(pid) = a.reload {
+                use nix::sys::signal::{kill, Signal};
+                kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
+                    anyhow::anyhow!("--reload {pid}: cannot signal the daemon: {e}")
+                })?;
+                println!("asked the daemon (pid {pid}) to reload");
+            }
             Ok(0)
         }
         Command::Sync(a) => {

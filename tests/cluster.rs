@@ -1453,7 +1453,11 @@ fn cluster_init_only_reads_the_repository_it_imports() {
         .expect("setpriv (util-linux; scripts/deps installs it)");
     let run = Run::from(out);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("3 keys, primary 2"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("keys: 0 1 2 (primary 2, staged 0)"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(snapshot(&src), before, "the import wrote into its source");
     assert!(!src.join(".fernetd").exists());
     assert_eq!(keyset_of(&etcd).primary(), Some(2));

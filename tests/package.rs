@@ -58,6 +58,7 @@ fn deb_installs_cleanly_and_ships_hardened_units() {
         "/usr/lib/systemd/system/fernetd-rotate.timer",
         "/etc/fernetd/fernetd.toml",
         "/usr/lib/tmpfiles.d/fernetd.conf",
+        "/usr/lib/sysusers.d/fernetd.conf",
         "/usr/share/bash-completion/completions/fernetd",
         "/usr/share/licenses/fernetd/LICENSE",
     ] {
@@ -88,6 +89,7 @@ fn deb_installs_cleanly_and_ships_hardened_units() {
         "./lib/systemd/system/fernetd-rotate.timer",
         "./etc/fernetd/fernetd.toml",
         "./usr/lib/tmpfiles.d/fernetd.conf",
+        "./usr/lib/sysusers.d/fernetd.conf",
         "./usr/share/man/man1/fernetd.1.gz",
         "./usr/share/man/man1/fernetd-daemon.1.gz",
         "./usr/share/man/man1/fernetd-rotate.1.gz",
