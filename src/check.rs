@@ -44,15 +44,11 @@ pub struct Report {
 }
 
 impl Finding {
-    /// Findings that make a managed repository unhealthy: every error, and wrong modes or
-    /// owners (keys readable by others, or unreadable by Keystone). Strays, symlinks and
-    /// duplicates are warnings only.
+    /// Findings that make a repository unhealthy (critical in `status`, ERROR in the daemon's
+    /// log, `on_invalid`): the errors. Warnings (modes, owners, strays, links, duplicates)
+    /// are said at warning everywhere.
     pub fn is_violation(&self) -> bool {
         self.severity == Severity::Error
-            || matches!(
-                self.code,
-                "key-mode" | "wrong-owner" | "world-readable-directory" | "writable-directory"
-            )
     }
 }
 

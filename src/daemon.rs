@@ -54,6 +54,8 @@ struct Slot {
     healthy: Option<bool>,
     /// The violations last reported, so each is logged (and on_invalid run) once.
     problems: BTreeSet<String>,
+    /// The warnings last reported (check's warning findings), so each is logged once.
+    warnings: BTreeSet<String>,
     /// Keys lost inside their retention window: unhealthy until the window has passed.
     lost: Vec<RetentionViolation>,
     /// Cluster mode: the agent task, the channel that tells it about local changes, and what
@@ -118,6 +120,7 @@ impl Slot {
             pre_rotating: false,
             healthy: None,
             problems: BTreeSet::new(),
+            warnings: BTreeSet::new(),
             lost: Vec::new(),
             agent: None,
             drift: None,
@@ -645,12 +648,15 @@ impl Daemon {
         match s.repo.rotate(params, &clock) {
             Ok(out) => {
                 log_outcome(s.kind, &out);
-                self.metrics.rotated(s.kind);
                 s.refused = None;
                 s.failing = None;
                 s.next_rotation = s.m.schedule.next_after(now);
-                if let Some(argv) = s.m.settings.hooks.on_rotate.clone() {
-                    self.spawn_hook(i, argv, Event::Rotate);
+                // Deferred (a missing key 0 was staged instead): nothing rotated.
+                if out.rotation.is_some() {
+                    self.metrics.rotated(s.kind);
+                    if let Some(argv) = s.m.settings.hooks.on_rotate.clone() {
+                        self.spawn_hook(i, argv, Event::Rotate);
+                    }
                 }
             }
             Err(e) => {
@@ -686,13 +692,14 @@ impl Daemon {
             if !s.in_step {
                 return;
             }
-            let problems: BTreeSet<String> = match s.repo.scan() {
-                Ok(scan) => crate::check::check(&scan, s.repo_owner())
-                    .violations()
-                    .map(|f| format!("{}: {}", f.path, f.message))
-                    .collect(),
-                Err(e) => BTreeSet::from([e.to_string()]),
+            let (problems, warnings) = match s.repo.scan() {
+                Ok(scan) => split(&crate::check::check(&scan, s.repo_owner())),
+                Err(e) => (BTreeSet::from([e.to_string()]), BTreeSet::new()),
             };
+            for w in warnings.difference(&s.warnings) {
+                tracing::warn!("{}: {w}", s.kind);
+            }
+            s.warnings = warnings;
             for p in problems.difference(&s.problems) {
                 tracing::error!("{}: {p}", s.kind);
             }
@@ -725,6 +732,11 @@ impl Daemon {
                         crate::history::Observation::Vanished { number, .. } => {
                             tracing::warn!("{}: key {number} was removed outside fernetd", s.kind)
                         }
+                        crate::history::Observation::Replaced { number: 0 } => tracing::warn!(
+                            "{}: the staged key 0 was replaced outside fernetd (no token was \
+                             encrypted with it)",
+                            s.kind
+                        ),
                         crate::history::Observation::Replaced { number } => {
                             tracing::warn!("{}: key {number} was replaced outside fernetd", s.kind)
                         }
@@ -740,9 +752,12 @@ impl Daemon {
                             .next_rotation(obs.history.schedule_basis(), &clock);
                 }
                 s.lost.extend(obs.retention_violations.iter().cloned());
-                for f in obs.report.violations() {
-                    problems.insert(format!("{}: {}", f.path, f.message));
+                let (errors, warnings) = split(&obs.report);
+                problems.extend(errors);
+                for w in warnings.difference(&s.warnings) {
+                    tracing::warn!("{}: {w}", s.kind);
                 }
+                s.warnings = warnings;
             }
             Err(e) => {
                 problems.insert(e.to_string());
@@ -758,6 +773,8 @@ impl Daemon {
         }
         if problems.is_empty() && was == Some(false) {
             tracing::info!("{}: valid again", s.kind);
+            // A rotation held by the problem is retried now, not after the retry delay.
+            s.retry_at = None;
         }
         s.problems = problems;
         if new_problems {
@@ -766,7 +783,8 @@ impl Daemon {
                 self.spawn_hook(i, argv, Event::Invalid);
             }
         }
-        if changed {
+        // on_change is for valid changes made outside fernetd; an invalid one is on_invalid's.
+        if changed && self.slots[i].problems.is_empty() {
             if let Some(argv) = self.slots[i].m.settings.hooks.on_change.clone() {
                 self.spawn_hook(i, argv, Event::Change);
             }
@@ -925,4 +943,17 @@ fn log_outcome(kind: &str, out: &crate::repository::Outcome) {
     for n in &out.notes {
         tracing::info!("{kind}: {n}");
     }
+}
+
+/// A check report's findings as the daemon says them: errors (unhealthy) and warnings.
+fn split(report: &crate::check::Report) -> (BTreeSet<String>, BTreeSet<String>) {
+    let line = |f: &crate::check::Finding| format!("{}: {}", f.path, f.message);
+    let errors = report.violations().map(line).collect();
+    let warnings = report
+        .findings
+        .iter()
+        .filter(|f| !f.is_violation())
+        .map(line)
+        .collect();
+    (errors, warnings)
 }

@@ -629,3 +629,37 @@ fn rotate_and_plan_take_each_kind() {
     assert_eq!(numbers(&dir("r")), vec![0, 1, 2, 3]);
     assert_eq!(numbers(&dir("t")), vec![0, 1, 2]);
 }
+
+/// A key 0 deleted outside fernetd is staged again, and not promoted in the same rotation: no
+/// reader has held it yet. The next rotation promotes it.
+#[test]
+fn a_missing_key_0_is_staged_and_promoted_only_by_the_next_rotation() {
+    let t = tmp();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let primary = keys(&repo)[&1].clone();
+    std::fs::remove_file(repo.join("0")).unwrap();
+    let out = fernetd_ok(&["rotate", "--key-repository", r]);
+    assert!(
+        out.stdout.contains("not rotated: key 0 was missing"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("key 0 was missing: staged a new key 0"),
+        "{}",
+        out.stderr
+    );
+    let ks = keys(&repo);
+    assert_eq!(ks.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(ks[&1], primary, "the primary changed");
+    let staged = ks[&0].clone();
+    let out = fernetd_ok(&["rotate", "--key-repository", r]);
+    assert!(
+        out.stdout.contains("promoted to primary 2"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(keys(&repo)[&2], staged);
+}

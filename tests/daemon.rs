@@ -219,16 +219,19 @@ on_invalid = ["false"]
 fn tampering_is_reported_within_a_second_naming_the_file() {
     let _s = serial();
     type Tamper = fn(&Path);
-    let cases: [(&str, Tamper, &str); 5] = [
+    // (name, tamper, what the log says, healthy afterwards: a mode is a warning everywhere).
+    let cases: [(&str, Tamper, &str, u8); 5] = [
         (
             "malformed",
             |d| std::fs::write(d.join("1"), "not a key").unwrap(),
             "/1: not 32 bytes",
+            0,
         ),
         (
             "empty",
             |d| std::fs::write(d.join("0"), "").unwrap(),
             "/0: empty file",
+            0,
         ),
         (
             "mode",
@@ -238,11 +241,13 @@ fn tampering_is_reported_within_a_second_naming_the_file() {
                     .unwrap()
             },
             "/0: mode 0644",
+            1,
         ),
         (
             "missing 0",
             |d| std::fs::remove_file(d.join("0")).unwrap(),
             "no staged key 0",
+            0,
         ),
         (
             "non-canonical",
@@ -252,9 +257,10 @@ fn tampering_is_reported_within_a_second_naming_the_file() {
                     .unwrap()
             },
             "/01: Keystone loads this as key 1",
+            0,
         ),
     ];
-    for (name, tamper, needle) in cases {
+    for (name, tamper, needle, healthy) in cases {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("keys");
         // Slow schedule: every change below is someone else's.
@@ -280,7 +286,7 @@ fn tampering_is_reported_within_a_second_naming_the_file() {
             "{name}: reported after {took:?}"
         );
         let healthy = format!(
-            "fernetd_repository_healthy{{repository=\"tokens\",path=\"{}\"}} 0",
+            "fernetd_repository_healthy{{repository=\"tokens\",path=\"{}\"}} {healthy}",
             dir.display()
         );
         assert!(
@@ -775,7 +781,7 @@ fn under_journald_every_line_carries_its_priority() {
     let d = t.path().join("keys");
     let r = d.to_str().unwrap();
     fernetd_ok(&["setup", "--key-repository", r]);
-    // A key readable by others: an error the daemon reports at once.
+    // A key readable by others: a warning the daemon reports at once.
     std::fs::set_permissions(
         d.join("1"),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
@@ -800,7 +806,7 @@ fn under_journald_every_line_carries_its_priority() {
     }
     assert!(
         log.lines()
-            .any(|l| l.starts_with("<3>") && l.contains("group or world accessible")),
+            .any(|l| l.starts_with("<4>") && l.contains("group or world accessible")),
         "{log}"
     );
     assert!(log.lines().any(|l| l.starts_with("<6>")), "{log}");
@@ -918,4 +924,68 @@ fn a_failing_rotation_is_said_at_once_everywhere() {
         "a stopped daemon's view is gone: {}",
         status.stdout
     );
+}
+
+/// What an outside change is called, and which hook hears of it: a malformed key is
+/// malformed (not removed, not recorded as purged), a replaced staged key 0 is a warning and
+/// no lost key, `on_change` runs for valid changes only and `on_invalid` for invalid ones.
+#[test]
+fn outside_changes_are_named_for_what_they_are() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let heard = t.path().join("heard");
+    let cfg = t.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\nschedule = \"1h\"\n\
+             on_change = [\"sh\", \"-c\", \"echo change >> {h}\"]\n\
+             on_invalid = [\"sh\", \"-c\", \"echo invalid >> {h}\"]\n",
+            dir.display(),
+            h = heard.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let d = Daemon::start(&["--config", c, "daemon"], &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    let heard_lines = || std::fs::read_to_string(&heard).unwrap_or_default();
+
+    // The staged key 0 replaced by another valid key: nothing encrypted with it is lost.
+    std::fs::write(dir.join("0"), fernet::Fernet::generate_key()).unwrap();
+    assert!(
+        d.wait_log("the staged key 0 was replaced", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    assert!(d.wait_for(Duration::from_secs(3), || heard_lines() == "change\n"));
+    let status = fernetd(&["--config", c, "status"]);
+    assert!(status.code < 2, "{}", status.stdout);
+    assert!(!d.log().contains("vanished or changed"), "{}", d.log());
+
+    // Key 1 malformed: said as malformed, on_invalid (not on_change), never recorded purged.
+    std::fs::write(dir.join("1"), "not a key").unwrap();
+    assert!(
+        d.wait_log("/1: not 32 bytes", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    assert!(d.wait_for(Duration::from_secs(3), || heard_lines()
+        == "change\ninvalid\n"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(heard_lines(), "change\ninvalid\n");
+    assert!(!d.log().contains("key 1 was removed"), "{}", d.log());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".fernetd/state.json")).unwrap()).unwrap();
+    let purged: Vec<u64> = state["purged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["number"].as_u64().unwrap())
+        .collect();
+    // Only the staged key 0 that was replaced is gone; key 1 is still there, malformed.
+    assert_eq!(purged, vec![0], "{state}");
+    assert_eq!(fernetd(&["--config", c, "status"]).code, 2);
+    d.stop();
 }

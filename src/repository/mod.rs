@@ -72,6 +72,9 @@ pub struct Outcome {
     /// Key numbers on disk afterwards.
     pub keys: Vec<u64>,
     pub primary: Option<u64>,
+    /// Recovery staged a key 0 that was missing: no reader has held it yet, so it is not
+    /// promoted in the same call.
+    pub staged_fresh: bool,
 }
 
 impl Repository {
@@ -433,6 +436,23 @@ impl Repository {
         let now = &now;
         let scan = self.scan()?;
         ensure_writable(&scan)?;
+        if out.staged_fresh {
+            // A key 0 staged this instant has been read by no Keystone process and no peer:
+            // promoting it now would make a primary that readers do not hold. It is recorded
+            // and waits for the next rotation.
+            let disk = scan.fingerprints();
+            let mut history = self.trusted_history(&disk)?;
+            let notes = history.reconcile(&disk, now);
+            describe_observations(&notes, &mut out);
+            self.save_history(&history, owner)?;
+            out.notes.push(
+                "not rotated: key 0 was missing; the new key 0 becomes primary at the next \
+                 rotation, once every reader holds it"
+                    .into(),
+            );
+            self.finish(&mut out)?;
+            return Ok(out);
+        }
         let keys = scan.keys();
         let staged = match keys.get(&0) {
             Some(k) => (*k).clone(),
@@ -528,7 +548,8 @@ impl Repository {
     pub fn observe(&self, retention: Duration, now: &Now) -> Result<Observed> {
         let scan = self.scan()?;
         let history = self.history()?;
-        // A corrupted key drops out of the fingerprints, so this also catches corruption.
+        // A corrupted key drops out of the fingerprints, so this also catches corruption
+        // (which repair may undo; history never records it as a removal).
         if same_keys(&scan.fingerprints(), &history) {
             return Ok(Observed {
                 report: crate::check::check(&scan, self.owner),
@@ -551,10 +572,14 @@ impl Repository {
             }
         }
         let before = history.clone();
-        let changes = history.reconcile(&scan.fingerprints(), now);
+        let changes = history.reconcile(&present(&scan, &history), now);
         let retention_violations = changes
             .iter()
             .filter_map(|c| match c {
+                // The staged key 0 encrypted nothing: replacing or removing it loses no token.
+                Observation::Vanished { number: 0, .. } | Observation::Replaced { number: 0 } => {
+                    None
+                }
                 Observation::Vanished { number, .. } | Observation::Replaced { number } => {
                     // The primary encrypted tokens until the moment it vanished.
                     let until = if Some(*number) == before.primary() {
@@ -865,6 +890,7 @@ impl Repository {
                 }
                 None => {
                     self.install_key(0, &generate()?, owner)?;
+                    out.staged_fresh = true;
                     out.warnings
                         .push("key 0 was missing: staged a new key 0".into());
                 }
@@ -976,6 +1002,25 @@ fn describe_clock(
     }
 }
 
+/// The keys on disk as history should see them: every readable key, and a key file that is
+/// still there but unreadable or malformed under the key history knows it by. Such a file is
+/// reported as what it is (`malformed-key`, critical), never recorded as removed.
+fn present(scan: &Scan, history: &History) -> BTreeMap<u64, Fingerprint> {
+    let mut disk = scan.fingerprints();
+    for e in &scan.entries {
+        if let EntryKind::Key {
+            number,
+            content: Err(_),
+        } = &e.kind
+        {
+            if let Some(r) = history.keys.get(number) {
+                disk.entry(*number).or_insert(r.fingerprint);
+            }
+        }
+    }
+    disk
+}
+
 fn describe_observations(notes: &[Observation], out: &mut Outcome) {
     let adopted: Vec<u64> = notes
         .iter()
@@ -1003,6 +1048,11 @@ fn describe_observations(notes: &[Observation], out: &mut Outcome) {
             } => out.warnings.push(format!(
                 "key {number} (fingerprint {fingerprint}) disappeared outside fernetd"
             )),
+            Observation::Replaced { number: 0 } => out.warnings.push(
+                "the staged key 0 was replaced by a different key outside fernetd (no token \
+                 was encrypted with a staged key)"
+                    .into(),
+            ),
             Observation::Replaced { number } => out.warnings.push(format!(
                 "key {number} was replaced by a different key outside fernetd; tokens made \
                  with the old one no longer decrypt"
