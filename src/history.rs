@@ -75,6 +75,14 @@ pub struct PurgedKey {
     pub at: DateTime<Utc>,
     /// True when fernetd purged it; false when it was found gone.
     pub by_fernetd: bool,
+    /// Found gone (or changed) while tokens it encrypted could still be presented: until
+    /// when. Critical in `status` and the daemon until then.
+    #[serde(
+        default,
+        with = "timestamp::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lost_until: Option<DateTime<Utc>>,
 }
 
 /// Timestamps written exactly as chrono's serde writes them (`2026-11-29T06:17:39.268261551Z`),
@@ -433,6 +441,7 @@ impl History {
             fingerprint,
             at: now,
             by_fernetd: false,
+            lost_until: None,
         });
     }
 
@@ -514,6 +523,7 @@ impl History {
                 fingerprint: r.fingerprint,
                 at: now,
                 by_fernetd: true,
+                lost_until: None,
             });
         }
     }
@@ -543,6 +553,7 @@ mod tests {
                 fingerprint: Fingerprint::NONE,
                 at,
                 by_fernetd: true,
+                lost_until: None,
             };
             let ours = serde_json::to_value(&p).unwrap()["at"].clone();
             assert_eq!(ours, serde_json::to_value(at).unwrap(), "{nanos}");
@@ -679,6 +690,7 @@ mod tests {
             fingerprint,
             at: t(2),
             by_fernetd: true,
+            lost_until: None,
         };
         // The primary (key 3) and the staged key recorded as purged: contradictions.
         let mut forged = h.clone();

@@ -270,6 +270,18 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
         };
         sum.refuse(e.to_string());
     }
+    // A key found gone while its tokens could still be presented: critical until then, in
+    // the words the daemon used when it saw it go.
+    for p in &history.purged {
+        if let Some(until) = p.lost_until.filter(|u| *u > now) {
+            let v = crate::repository::RetentionViolation {
+                path: s.key_repository.join(p.number.to_string()),
+                number: p.number,
+                until,
+            };
+            raise(&mut sum, Level::Critical, v.to_string());
+        }
+    }
     for w in history.future_warnings(clock, &state) {
         sum.clock(w);
     }

@@ -369,7 +369,27 @@ fn a_key_deleted_inside_its_retention_window_is_a_violation() {
         "{}",
         d.log()
     );
+    // `status` says the same, from the disk, while the daemon runs and after it stopped.
+    let cfg = t.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!("[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{r}\"\nschedule = \"1h\"\nmax_active_keys = 52\n"),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let said = |when: &str| {
+        let st = fernetd(&["--config", c, "status"]);
+        assert_eq!(st.code, 2, "{when}: {}", st.stdout);
+        assert!(
+            st.stdout
+                .contains("key 1 vanished or changed while tokens it encrypted are still valid"),
+            "{when}: {}",
+            st.stdout
+        );
+    };
+    said("daemon running");
     d.stop();
+    said("daemon stopped");
 
     // With a 3 s retention, the violation clears by itself when the window closes.
     let t = tempfile::tempdir().unwrap();

@@ -507,8 +507,16 @@ impl Repository {
         )?;
         fsio::rename_durable(&self.staged_tmp(), &key_path(&self.dir, 0))?;
 
-        // Step 4: the decision is durable before anything is removed.
-        history.record_rotation(decision.new_primary, new_staged.fingerprint(), now);
+        // Step 4: the decision is durable before anything is removed. The old primary
+        // encrypted tokens until the new one's rename landed: its demotion (from which its
+        // retention counts) is dated then, not when the rotation began.
+        let landed = self.judging_clock(&Now::read());
+        let landed = if landed.wall > now.wall {
+            landed
+        } else {
+            now.clone()
+        };
+        history.record_rotation(decision.new_primary, new_staged.fingerprint(), &landed);
         for &n in &decision.purge {
             history.record_purge(n, now.wall);
         }
@@ -595,7 +603,18 @@ impl Repository {
                 }
                 _ => None,
             })
-            .collect();
+            .collect::<Vec<RetentionViolation>>();
+        // Recorded with the removal, so that `status` (and a restarted daemon) say it too.
+        for v in &retention_violations {
+            if let Some(p) = history
+                .purged
+                .iter_mut()
+                .rev()
+                .find(|p| p.number == v.number && !p.by_fernetd)
+            {
+                p.lost_until = Some(v.until);
+            }
+        }
         if history != before {
             self.save_history(&history, owner)?;
         }

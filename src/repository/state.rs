@@ -131,6 +131,7 @@ mod tests {
             fingerprint: Fingerprint::NONE,
             at: chrono::DateTime::UNIX_EPOCH,
             by_fernetd: true,
+            lost_until: None,
         });
         h
     }
