@@ -502,7 +502,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     // a refused input, a lost etcd): the same words and levels as its STATUS=.
                     if let Some(live) = status::Live::read(&repo) {
                         for p in &live.problems {
-                            sum.add_live(p);
+                            sum.add(p);
                         }
                         sum.view = format!("disk and daemon (pid {})", live.pid);
                     }
@@ -1095,7 +1095,7 @@ fn print_status(sums: &[status::Summary], now: DateTime<Utc>) {
             );
         }
         for p in &s.problems {
-            println!("  {p}");
+            println!("  {} [{}]", p.message, p.code);
         }
     }
 }

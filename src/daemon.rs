@@ -136,32 +136,28 @@ impl Slot {
     }
 
     /// What this daemon knows of the repository's health beyond the disk, judged at `now`.
-    fn live_problems(&self, now: DateTime<Utc>) -> Vec<status::LiveProblem> {
-        use status::{LiveCode, LiveProblem};
+    fn live_problems(&self, now: DateTime<Utc>) -> Vec<status::Problem> {
+        use status::Problem;
         let mut out = Vec::new();
         if let Some(why) = &self.refused {
-            out.push(LiveProblem {
-                code: LiveCode::InputRefused,
-                level: Level::Critical,
-                message: why.clone(),
-            });
+            out.push(Problem::new("input-refused", Level::Critical, why.clone()));
         }
         if !self.skewed.is_empty() {
-            out.push(LiveProblem {
-                code: LiveCode::ClockUntrusted,
-                level: Level::Warning,
-                message: format!(
+            out.push(Problem::new(
+                "clock-skew",
+                Level::Warning,
+                format!(
                     "purges held: clocks off by more than the margin: {}",
                     crate::cluster::describe_skew(&self.skewed)
                 ),
-            });
+            ));
         }
         if let Some(reason) = &self.degraded {
-            out.push(LiveProblem {
-                code: LiveCode::Degraded,
-                level: Level::Warning,
-                message: format!("degraded: {reason}"),
-            });
+            out.push(Problem::new(
+                "degraded",
+                Level::Warning,
+                format!("degraded: {reason}"),
+            ));
         }
         if let Some((since, reason)) = &self.failing {
             let margin = self.m.settings.lifetime.margin;
@@ -192,7 +188,21 @@ impl Slot {
             .scan()
             .map(|s| s.keys().keys().copied().collect::<Vec<_>>())
             .unwrap_or_default();
-        Context::of(self.kind, self.repo.dir(), &keys)
+        let mut ctx = Context::of(self.kind, self.repo.dir(), &keys);
+        // The health the hook hears of is the one status and STATUS= give.
+        let clock = Now::read();
+        let mut sum = status::summarize(&self.m, &self.repo, &clock);
+        for p in self.live_problems(clock.wall) {
+            sum.add(&p);
+        }
+        ctx.level = sum.level.name();
+        ctx.problems = sum
+            .problems
+            .iter()
+            .filter(|p| p.level != Level::Ok)
+            .map(|p| format!("{}:{}", p.code, p.level.name()))
+            .collect();
+        ctx
     }
 }
 
@@ -662,7 +672,7 @@ impl Daemon {
             Err(e) => {
                 let s = &mut self.slots[i];
                 tracing::error!(
-                    "{}: rotation failed: {e}; retrying in {}",
+                    "{}: rotation failed: {e}; retrying in {} [rotation-failing]",
                     s.kind,
                     crate::duration::format(RETRY)
                 );
@@ -764,7 +774,11 @@ impl Daemon {
             }
         }
         s.lost.retain(|v| v.until > now);
-        problems.extend(s.lost.iter().map(|v| v.to_string()));
+        problems.extend(
+            s.lost
+                .iter()
+                .map(|v| format!("{v} [key-lost-in-retention]")),
+        );
         let was = s.healthy;
         s.healthy = Some(problems.is_empty());
         let new_problems = problems.difference(&s.problems).count() > 0;
@@ -816,7 +830,7 @@ impl Daemon {
                 problems: s.live_problems(now.wall),
             };
             for p in &live.problems {
-                sum.add_live(p);
+                sum.add(p);
             }
             if s.live.as_ref() != Some(&live) {
                 if let Err(e) = live.write(&s.repo) {
@@ -947,7 +961,7 @@ fn log_outcome(kind: &str, out: &crate::repository::Outcome) {
 
 /// A check report's findings as the daemon says them: errors (unhealthy) and warnings.
 fn split(report: &crate::check::Report) -> (BTreeSet<String>, BTreeSet<String>) {
-    let line = |f: &crate::check::Finding| format!("{}: {}", f.path, f.message);
+    let line = |f: &crate::check::Finding| format!("{}: {} [{}]", f.path, f.message, f.code);
     let errors = report.violations().map(line).collect();
     let warnings = report
         .findings

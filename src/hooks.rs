@@ -1,7 +1,8 @@
 //! Runs operator hooks: `on_rotate`, `on_change`, `on_invalid`, and the credentials'
 //! `pre_rotate`. An argv array (no shell unless the operator writes `sh -c`), a timeout after
 //! which the process is killed, the environment `FERNETD_EVENT`, `FERNETD_REPOSITORY`,
-//! `FERNETD_KIND`, `FERNETD_PRIMARY` and `FERNETD_KEYS` (key numbers only, never key material).
+//! `FERNETD_KIND`, `FERNETD_PRIMARY`, `FERNETD_KEYS` (key numbers only, never key material),
+//! `FERNETD_LEVEL` and `FERNETD_PROBLEMS` (`code:severity` of each problem, as `status`).
 //! Output goes to the log. A hook never blocks the daemon: callers spawn it, and a failed or
 //! hung one is logged and counted.
 
@@ -38,6 +39,11 @@ pub struct Context {
     pub repository: String,
     pub primary: Option<u64>,
     pub keys: Vec<u64>,
+    /// The repository's health when the daemon starts the hook: its level and its problems'
+    /// codes, as `fernetd status` gives them (`FERNETD_LEVEL`, `FERNETD_PROBLEMS`; empty where
+    /// nothing was judged, as for `pre_rotate`).
+    pub level: &'static str,
+    pub problems: Vec<String>,
 }
 
 impl Context {
@@ -47,6 +53,8 @@ impl Context {
             repository: dir.display().to_string(),
             primary: keys.iter().copied().filter(|&n| n > 0).max(),
             keys: keys.to_vec(),
+            level: "",
+            problems: Vec::new(),
         }
     }
 }
@@ -74,6 +82,8 @@ pub async fn run(
             ctx.primary.map(|p| p.to_string()).unwrap_or_default(),
         )
         .env("FERNETD_KEYS", keys.join(" "))
+        .env("FERNETD_LEVEL", ctx.level)
+        .env("FERNETD_PROBLEMS", ctx.problems.join(" "))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -40,6 +40,8 @@ struct Repo {
     clock_problem: bool,
     /// Rotations fail and are retried (see `Summary::rotation_failing`).
     rotation_failing: bool,
+    /// The current problems' codes and levels (see `status::Problem`).
+    problems: Vec<(String, &'static str)>,
     /// Cluster mode only.
     cluster: Option<ClusterGauges>,
 }
@@ -75,6 +77,12 @@ impl Metrics {
             r.refused = s.refused;
             r.clock_problem = s.clock_problem;
             r.rotation_failing = s.rotation_failing;
+            r.problems = s
+                .problems
+                .iter()
+                .filter(|p| p.level != crate::status::Level::Ok)
+                .map(|p| (p.code.clone(), p.level.name()))
+                .collect();
         })
     }
 
@@ -198,6 +206,25 @@ impl Metrics {
                 "gauge",
                 "1 while rotations fail and are retried (the error is in STATUS= and the log).",
                 per_repo(&|r| Some(flag(r.rotation_failing))),
+            );
+            let problems = i
+                .repos
+                .iter()
+                .flat_map(|(k, r)| {
+                    r.problems.iter().map(move |(code, level)| {
+                        let labels = format!(
+                            "repository=\"{k}\",path=\"{}\",code=\"{code}\",severity=\"{level}\"",
+                            escape(&r.path)
+                        );
+                        (labels, 1.0)
+                    })
+                })
+                .collect();
+            family(
+                "fernetd_problem",
+                "gauge",
+                "1 for each problem the repository has now, by code and severity (the codes of `fernetd status`).",
+                problems,
             );
             family(
                 "fernetd_cluster_in_step",

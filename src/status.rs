@@ -23,6 +23,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// As JSON, the metrics and the hooks spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Critical => "critical",
+        }
+    }
+
     pub fn exit_code(self) -> i32 {
         match self {
             Level::Ok => 0,
@@ -43,8 +52,8 @@ pub struct Summary {
     pub kind: Kind,
     pub path: PathBuf,
     pub level: Level,
-    /// One line per reason the level is not OK.
-    pub problems: Vec<String>,
+    /// Every reason the level is not OK (and notes, at level ok), each with its code.
+    pub problems: Vec<Problem>,
     pub keys: Vec<u64>,
     pub primary: Option<u64>,
     pub primary_since: Option<DateTime<Utc>>,
@@ -71,30 +80,170 @@ pub struct Summary {
     pub view: String,
 }
 
-/// What only a running daemon knows of a repository's health (the disk cannot show it): the
-/// daemon judges, logs and publishes these, and writes them to `.fernetd/daemon.json` so that
-/// `fernetd status` says the same.
+/// One problem, said the same way everywhere: `status` (text, JSON, exit code), `STATUS=`,
+/// the metrics (`fernetd_problem`), the log and the hooks (`FERNETD_PROBLEMS`). `code` is one
+/// of [`CODES`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LiveProblem {
-    pub code: LiveCode,
+pub struct Problem {
+    pub code: String,
     pub level: Level,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LiveCode {
-    InputRefused,
-    ClockUntrusted,
-    RotationFailing,
-    Degraded,
+impl Problem {
+    pub fn new(code: &str, level: Level, message: impl Into<String>) -> Problem {
+        Problem {
+            code: code.to_string(),
+            level,
+            message: message.into(),
+        }
+    }
 }
+
+/// Every code a problem can carry, its severity, and what it means: the one list the README's
+/// table is checked against. `check`'s codes come first (an error there is critical here).
+pub const CODES: &[(&str, &str, &str)] = &[
+    (
+        "malformed-key",
+        "critical",
+        "not 32 bytes of url-safe base64",
+    ),
+    (
+        "empty-key",
+        "critical",
+        "an empty key file (Keystone skips it: that key is gone)",
+    ),
+    (
+        "unreadable-key",
+        "critical",
+        "named like a key but unreadable",
+    ),
+    (
+        "not-a-file",
+        "critical",
+        "named like a key but not a regular file",
+    ),
+    (
+        "non-canonical-name",
+        "critical",
+        "a name Keystone's `int()` loads as another key number",
+    ),
+    (
+        "missing-staged-key",
+        "critical",
+        "no key 0: the next `keystone-manage fernet_rotate` fails",
+    ),
+    ("too-few-keys", "critical", "fewer than 2 valid keys"),
+    ("key-mode", "warning", "a key is group or world accessible"),
+    (
+        "world-readable-directory",
+        "warning",
+        "the repository directory is world readable",
+    ),
+    (
+        "writable-directory",
+        "warning",
+        "the repository directory is group or world writable",
+    ),
+    (
+        "wrong-owner",
+        "warning",
+        "not owned by the Keystone user and group",
+    ),
+    (
+        "stray-file",
+        "warning",
+        "a file Keystone ignores (`0.tmp`, `1.bak`)",
+    ),
+    ("symlink", "warning", "a key that is a symbolic link"),
+    ("duplicate-key", "warning", "two numbers hold the same key"),
+    (
+        "repository-unreadable",
+        "critical",
+        "the repository cannot be read",
+    ),
+    (
+        "state-unreadable",
+        "critical",
+        "the state file cannot be read",
+    ),
+    (
+        "state-contradicts",
+        "critical",
+        "the state file contradicts the keys on disk: refused",
+    ),
+    (
+        "key-lost-in-retention",
+        "critical",
+        "a key vanished or changed while tokens it encrypted are still valid (until then)",
+    ),
+    (
+        "input-refused",
+        "critical",
+        "an input (a cluster key set, a rotation) was refused to keep live keys",
+    ),
+    (
+        "rotation-failing",
+        "warning; critical once overdue by more than the margin",
+        "rotations fail and are retried every 30 s",
+    ),
+    (
+        "rotation-overdue",
+        "warning",
+        "no rotation 5 minutes past its slot",
+    ),
+    (
+        "unsafe-schedule",
+        "warning",
+        "`max_active_keys` below the planner's, allowed by `allow_unsafe_schedule`",
+    ),
+    (
+        "clock-in-future",
+        "warning",
+        "a recorded time lies in the future",
+    ),
+    (
+        "clock-step",
+        "warning",
+        "the wall clock stepped against the boot clock",
+    ),
+    (
+        "clock-skew",
+        "warning",
+        "a cluster node's clock is off by more than the margin: purges held",
+    ),
+    (
+        "degraded",
+        "warning",
+        "cluster mode: etcd lost; serving the current keys, not rotating",
+    ),
+    (
+        "cluster-unreachable",
+        "warning",
+        "`status` could not read the cluster",
+    ),
+    (
+        "cluster-differs",
+        "warning",
+        "this node does not hold the cluster's key set",
+    ),
+    (
+        "gate-blocked",
+        "warning",
+        "a due rotation held past `gate_deadline` by members without the staged key",
+    ),
+    (
+        "gate-waiting",
+        "ok",
+        "a note: the next promotion waits on these members",
+    ),
+];
 
 /// A running daemon's live view of one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Live {
     pub pid: u32,
-    pub problems: Vec<LiveProblem>,
+    pub problems: Vec<Problem>,
 }
 
 impl Live {
@@ -154,36 +303,41 @@ impl Summary {
         }
     }
 
-    fn raise(&mut self, level: Level, why: String) {
-        self.level = self.level.max(level);
-        self.problems.push(why);
+    /// Adds a problem (once: the same message from two sources is one problem) and sets the
+    /// flags the metrics show.
+    pub fn raise(&mut self, code: &str, level: Level, why: impl Into<String>) {
+        self.add(&Problem::new(code, level, why));
     }
 
     /// An input refused to keep live keys: critical, and said in every rendering.
-    pub fn refuse(&mut self, why: String) {
-        self.refused = true;
-        self.raise(Level::Critical, why);
+    pub fn refuse(&mut self, code: &str, why: String) {
+        self.raise(code, Level::Critical, why);
     }
 
     /// A clock that cannot be trusted: a warning (retention never shrinks for it).
-    pub fn clock(&mut self, why: String) {
-        self.clock_problem = true;
-        self.raise(Level::Warning, why);
+    pub fn clock(&mut self, code: &str, why: String) {
+        self.raise(code, Level::Warning, why);
     }
 
-    /// Adds what a running daemon knows: the same level and words as the daemon publishes.
-    pub fn add_live(&mut self, p: &LiveProblem) {
-        if self.problems.contains(&p.message) {
-            self.level = self.level.max(p.level);
-            return;
+    /// Adds `p` (what a running daemon knows, or a finding of the disk's).
+    pub fn add(&mut self, p: &Problem) {
+        self.level = self.level.max(p.level);
+        match p.code.as_str() {
+            "input-refused" | "state-contradicts" => self.refused = true,
+            "clock-in-future" | "clock-step" | "clock-skew" => self.clock_problem = true,
+            "rotation-failing" => self.rotation_failing = true,
+            _ => {}
         }
-        match p.code {
-            LiveCode::InputRefused => self.refused = true,
-            LiveCode::ClockUntrusted => self.clock_problem = true,
-            LiveCode::RotationFailing => self.rotation_failing = true,
-            LiveCode::Degraded => {}
+        if !self.problems.iter().any(|q| q.message == p.message) {
+            self.problems.push(p.clone());
         }
-        self.raise(p.level, p.message.clone());
+    }
+
+    /// The first of the most severe problems: what `STATUS=` names.
+    pub fn worst(&self) -> Option<&Problem> {
+        self.problems
+            .iter()
+            .find(|p| p.level == self.level && p.level != Level::Ok)
     }
 }
 
@@ -196,20 +350,20 @@ pub fn rotation_failing(
     margin: std::time::Duration,
     reason: &str,
     now: DateTime<Utc>,
-) -> LiveProblem {
+) -> Problem {
     let overdue = due.is_some_and(|d| now - d > crate::history::to_chrono(margin));
-    LiveProblem {
-        code: LiveCode::RotationFailing,
-        level: if overdue {
+    Problem::new(
+        "rotation-failing",
+        if overdue {
             Level::Critical
         } else {
             Level::Warning
         },
-        message: format!(
+        format!(
             "rotation failing since {}: {reason}",
             since.to_rfc3339_opts(SecondsFormat::Secs, true)
         ),
-    }
+    )
 }
 
 /// Reads `m`'s repository through `repo` (no lock, no write) and judges it.
@@ -224,10 +378,9 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
         safe: m.plan.safe,
         ..Summary::new(s.kind, s.key_repository.clone())
     };
-    let raise = |sum: &mut Summary, level: Level, why: String| sum.raise(level, why);
     if m.plan.safe == Some(false) {
-        raise(
-            &mut sum,
+        sum.raise(
+            "unsafe-schedule",
             Level::Warning,
             format!(
                 "max_active_keys = {} is unsafe for '{}' (needs {}); allowed by allow_unsafe_schedule",
@@ -238,7 +391,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     let scan = match repo.scan() {
         Ok(scan) => scan,
         Err(e) => {
-            raise(&mut sum, Level::Critical, e.to_string());
+            sum.raise("repository-unreadable", Level::Critical, e.to_string());
             return sum;
         }
     };
@@ -248,7 +401,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             Severity::Error => Level::Critical,
             Severity::Warning => Level::Warning,
         };
-        raise(&mut sum, level, format!("{}: {}", f.path, f.message));
+        sum.raise(f.code, level, format!("{}: {}", f.path, f.message));
     }
     sum.findings = report.findings;
     sum.keys = report.keys;
@@ -256,7 +409,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     let history = match repo.history() {
         Ok(h) => h,
         Err(e) => {
-            raise(&mut sum, Level::Critical, e.to_string());
+            sum.raise("state-unreadable", Level::Critical, e.to_string());
             return sum;
         }
     };
@@ -268,7 +421,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             field: c.field,
             problem: c.problem,
         };
-        sum.refuse(e.to_string());
+        sum.refuse("state-contradicts", e.to_string());
     }
     // A key found gone while its tokens could still be presented: critical until then, in
     // the words the daemon used when it saw it go.
@@ -279,14 +432,14 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
                 number: p.number,
                 until,
             };
-            raise(&mut sum, Level::Critical, v.to_string());
+            sum.raise("key-lost-in-retention", Level::Critical, v.to_string());
         }
     }
     for w in history.future_warnings(clock, &state) {
-        sum.clock(w);
+        sum.clock("clock-in-future", w);
     }
     if let Some(w) = crate::clock::step_warning(clock, &judged) {
-        sum.clock(w);
+        sum.clock("clock-step", w);
     }
     if let Some(p) = sum.primary {
         sum.primary_since = history
@@ -299,8 +452,8 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     sum.next_rotation = next;
     if let Some(next) = next {
         if next + OVERDUE_GRACE < now {
-            raise(
-                &mut sum,
+            sum.raise(
+                "rotation-overdue",
                 Level::Warning,
                 format!(
                     "rotation overdue since {} (is the daemon running?)",
@@ -342,9 +495,22 @@ pub fn status_line(sums: &[Summary]) -> String {
                 Level::Critical => "CRITICAL",
             };
             // Not OK: the first reason too, so the failure itself shows in `systemctl status`.
-            let why = match (s.level, s.problems.first()) {
-                (Level::Ok, _) | (_, None) => String::new(),
-                (_, Some(p)) => format!(" ({})", shorten(p, 160)),
+            // Not OK: the worst problem too, and the codes of the others.
+            let why = match s.worst() {
+                None => String::new(),
+                Some(p) => {
+                    let others: Vec<&str> = s
+                        .problems
+                        .iter()
+                        .filter(|q| q.level != Level::Ok && q.message != p.message)
+                        .map(|q| q.code.as_str())
+                        .collect();
+                    let more = match others.is_empty() {
+                        true => String::new(),
+                        false => format!("; also {}", others.join(", ")),
+                    };
+                    format!(" ({}: {}{more})", p.code, shorten(&p.message, 160))
+                }
             };
             format!(
                 "{}: {health}{why}, last rotation {}, next {}",
@@ -499,16 +665,20 @@ impl Summary {
     /// Folds the cluster view (or why there is none) into the level and problems.
     pub fn add_cluster(&mut self, view: &Result<ClusterView, String>) {
         match view {
-            Err(e) => {
-                self.level = self.level.max(Level::Warning);
-                self.problems.push(format!("cluster: {e}"));
-            }
+            Err(e) => self.raise(
+                "cluster-unreachable",
+                Level::Warning,
+                format!("cluster: {e}"),
+            ),
             Ok(v) => {
                 if let Some(why) = &v.refused {
-                    self.refuse(format!(
-                        "the cluster's key set at revision {} is refused here, every key stays: {why}",
-                        v.revision
-                    ));
+                    self.refuse(
+                        "input-refused",
+                        format!(
+                            "the cluster's key set at revision {} is refused here, every key stays: {why}",
+                            v.revision
+                        ),
+                    );
                 }
                 if !v.skewed.is_empty() {
                     let nodes: Vec<(String, chrono::Duration)> = v
@@ -516,36 +686,48 @@ impl Summary {
                         .iter()
                         .map(|(n, s)| (n.clone(), chrono::Duration::seconds(*s)))
                         .collect();
-                    self.clock(format!(
-                        "purges held: clocks off by more than the margin: {}",
-                        crate::cluster::describe_skew(&nodes)
-                    ));
+                    self.clock(
+                        "clock-skew",
+                        format!(
+                            "purges held: clocks off by more than the margin: {}",
+                            crate::cluster::describe_skew(&nodes)
+                        ),
+                    );
                 }
                 if !v.in_sync && v.refused.is_none() {
-                    self.level = self.level.max(Level::Warning);
-                    self.problems.push(format!(
-                        "differs from the cluster's key set (revision {}): run fernetd sync",
-                        v.revision
-                    ));
+                    self.raise(
+                        "cluster-differs",
+                        Level::Warning,
+                        format!(
+                            "differs from the cluster's key set (revision {}): run fernetd sync",
+                            v.revision
+                        ),
+                    );
                 }
                 let nodes = v.gate_waiting_on.join(", ");
                 if v.gate_blocked {
-                    self.level = self.level.max(Level::Warning);
                     let since = v
                         .rotation_due
                         .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
                         .unwrap_or_default();
-                    self.problems.push(format!(
-                        "rotation due since {since} blocked past gate_deadline {}: {} not \
+                    self.raise(
+                        "gate-blocked",
+                        Level::Warning,
+                        format!(
+                            "rotation due since {since} blocked past gate_deadline {}: {} not \
                          applied the staged key",
-                        v.gate_deadline
-                            .map(crate::duration::format)
-                            .unwrap_or_default(),
-                        crate::cluster::nodes_have(&v.gate_waiting_on)
-                    ));
+                            v.gate_deadline
+                                .map(crate::duration::format)
+                                .unwrap_or_default(),
+                            crate::cluster::nodes_have(&v.gate_waiting_on)
+                        ),
+                    );
                 } else if !nodes.is_empty() {
-                    self.problems
-                        .push(format!("next promotion waits on {nodes}"));
+                    self.raise(
+                        "gate-waiting",
+                        Level::Ok,
+                        format!("next promotion waits on {nodes}"),
+                    );
                 }
             }
         }

@@ -663,3 +663,30 @@ fn a_missing_key_0_is_staged_and_promoted_only_by_the_next_rotation() {
     );
     assert_eq!(keys(&repo)[&2], staged);
 }
+
+/// The README's table of problem codes is the code's own list (`status::CODES`), row for row.
+#[test]
+fn the_readme_lists_every_problem_code_the_code_has() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("<!-- codes:begin")
+        .expect("README: no codes table");
+    let end = readme
+        .find("<!-- codes:end -->")
+        .expect("README: no end of the codes table");
+    let rows: Vec<&str> = readme[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .collect();
+    let want: Vec<String> = fernetd::status::CODES
+        .iter()
+        .map(|(code, level, what)| format!("| `{code}` | {level} | {what} |"))
+        .collect();
+    assert_eq!(
+        rows,
+        want,
+        "README.md's codes table differs from status::CODES; the table should read:\n{}",
+        want.join("\n")
+    );
+}

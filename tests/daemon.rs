@@ -1009,3 +1009,267 @@ fn outside_changes_are_named_for_what_they_are() {
     assert_eq!(fernetd(&["--config", c, "status"]).code, 2);
     d.stop();
 }
+
+/// One health model: each situation, driven through the real daemon, carries the same code at
+/// the same severity in `status` (text, JSON, exit code), `STATUS=` on a notify socket, the
+/// metrics, and (when it makes the repository invalid) the `on_invalid` hook's
+/// `FERNETD_PROBLEMS`. Every code `check` has is here, and the daemon's own.
+#[test]
+fn every_problem_is_said_the_same_way_everywhere() {
+    let _s = serial();
+    use std::os::unix::fs::PermissionsExt;
+    type Tamper = fn(&Path);
+    // (code, severity, extra config lines, before the daemon starts, while it runs)
+    let cases: Vec<(&str, &str, &str, Tamper, Tamper)> = vec![
+        (
+            "malformed-key",
+            "critical",
+            "",
+            |_| {},
+            |d| std::fs::write(d.join("1"), "not a key").unwrap(),
+        ),
+        (
+            "empty-key",
+            "critical",
+            "",
+            |_| {},
+            |d| std::fs::write(d.join("0"), "").unwrap(),
+        ),
+        (
+            "unreadable-key",
+            "critical",
+            "",
+            |_| {},
+            |d| {
+                // Unreadable for root too: reading /proc/self/mem at offset 0 fails.
+                std::os::unix::fs::symlink("/proc/self/mem", d.join("3")).unwrap()
+            },
+        ),
+        (
+            "not-a-file",
+            "critical",
+            "",
+            |_| {},
+            |d| std::fs::create_dir(d.join("3")).unwrap(),
+        ),
+        (
+            "non-canonical-name",
+            "critical",
+            "",
+            |_| {},
+            |d| {
+                std::fs::copy(d.join("1"), d.join("01"))
+                    .map(|_| ())
+                    .unwrap()
+            },
+        ),
+        (
+            "missing-staged-key",
+            "critical",
+            "",
+            |_| {},
+            |d| std::fs::remove_file(d.join("0")).unwrap(),
+        ),
+        (
+            "too-few-keys",
+            "critical",
+            "",
+            |_| {},
+            |d| std::fs::write(d.join("1"), "").unwrap(),
+        ),
+        (
+            "key-mode",
+            "warning",
+            "",
+            |_| {},
+            |d| {
+                std::fs::set_permissions(d.join("1"), std::fs::Permissions::from_mode(0o644))
+                    .unwrap()
+            },
+        ),
+        (
+            "world-readable-directory",
+            "warning",
+            "",
+            |_| {},
+            |d| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap(),
+        ),
+        (
+            "writable-directory",
+            "warning",
+            "",
+            |_| {},
+            |d| std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o730)).unwrap(),
+        ),
+        (
+            "stray-file",
+            "warning",
+            "",
+            |_| {},
+            |d| std::fs::write(d.join("1.bak"), "x").unwrap(),
+        ),
+        // A key given to another user (needs root, as the suite runs in CI; the expected
+        // owner is the directory's).
+        (
+            "wrong-owner",
+            "warning",
+            "",
+            |_| {},
+            |d| {
+                std::os::unix::fs::chown(d.join("1"), Some(65534), Some(65534))
+                    .expect("chown needs root")
+            },
+        ),
+        (
+            "symlink",
+            "warning",
+            "",
+            |_| {},
+            |d| {
+                std::fs::rename(d.join("1"), d.join("..").join("one")).unwrap();
+                std::os::unix::fs::symlink(d.join("..").join("one"), d.join("1")).unwrap()
+            },
+        ),
+        (
+            "duplicate-key",
+            "warning",
+            "",
+            |_| {},
+            |d| std::fs::copy(d.join("1"), d.join("5")).map(|_| ()).unwrap(),
+        ),
+        (
+            "key-lost-in-retention",
+            "critical",
+            "",
+            |_| {},
+            |d| std::fs::remove_file(d.join("1")).unwrap(),
+        ),
+        (
+            "rotation-failing",
+            "warning",
+            "schedule = \"1s\"\n",
+            |_| {},
+            |d| std::fs::create_dir_all(d.join(".fernetd/staged.tmp/x")).unwrap(),
+        ),
+        (
+            "unsafe-schedule",
+            "warning",
+            "max_active_keys = 3\nallow_unsafe_schedule = true\n",
+            |_| {},
+            |_| {},
+        ),
+        (
+            "clock-in-future",
+            "warning",
+            "",
+            |d| {
+                let p = d.join(".fernetd/state.json");
+                let mut v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                v["last_rotation"] = serde_json::json!("2099-01-01T00:00:00Z");
+                std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            },
+            |_| {},
+        ),
+    ];
+    for (code, severity, extra, before, during) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("keys");
+        let r = dir.to_str().unwrap();
+        fernetd_ok(&["setup", "--key-repository", r]);
+        before(&dir);
+        let heard = t.path().join("heard");
+        let cfg = t.path().join("f.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{r}\"\n{}\
+                 margin = \"1h\"\n\
+                 on_invalid = [\"sh\", \"-c\", \"echo $FERNETD_EVENT $FERNETD_LEVEL $FERNETD_PROBLEMS >> {}\"]\n",
+                if extra.contains("schedule") { extra.to_string() } else { format!("schedule = \"1h\"\n{extra}") },
+                heard.display()
+            ),
+        )
+        .unwrap();
+        let c = cfg.to_str().unwrap();
+        let sock_path = t.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let d = Daemon::start(
+            &["--config", c, "daemon", "--metrics-listen", "127.0.0.1:0"],
+            &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+        );
+        assert!(
+            d.wait_log("metrics on", Duration::from_secs(5)),
+            "{code}: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        during(&dir);
+        // STATUS= names it.
+        let mut status_line = String::new();
+        let mut buf = [0u8; 8192];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !status_line.contains(code) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(l) = msg.lines().find(|l| l.starts_with("STATUS=")) {
+                    status_line = l.to_string();
+                }
+            }
+        }
+        assert!(
+            status_line.contains(code),
+            "{code}: STATUS= never named it: {status_line}\n{}",
+            d.log()
+        );
+        let level_word = if severity == "critical" {
+            "CRITICAL"
+        } else {
+            "warning"
+        };
+        assert!(status_line.contains(level_word), "{code}: {status_line}");
+        // status: text, JSON, exit code.
+        let text = fernetd(&["--config", c, "status"]);
+        assert!(
+            text.stdout.contains(&format!("[{code}]")),
+            "{code}: {}",
+            text.stdout
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&fernetd(&["--config", c, "status", "--json"]).stdout).unwrap();
+        let repo = &json["repositories"][0];
+        assert!(
+            repo["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["code"] == code && p["level"] == severity),
+            "{code}: {json}"
+        );
+        let exit = if severity == "critical" { 2 } else { 1 };
+        assert_eq!(json["status"], severity, "{code}: {json}");
+        assert_eq!(text.code, exit, "{code}: {}", text.stdout);
+        // The metrics.
+        let want = format!("code=\"{code}\",severity=\"{severity}\"}} 1");
+        assert!(
+            d.wait_for(Duration::from_secs(3), || d.metrics().contains(&want)),
+            "{code}: {}",
+            d.metrics()
+        );
+        // The hook: on_invalid for what makes the repository invalid, with the same code.
+        if severity == "critical" && code != "rotation-failing" {
+            let hook = format!("{code}:critical");
+            assert!(
+                d.wait_for(Duration::from_secs(3), || std::fs::read_to_string(&heard)
+                    .unwrap_or_default()
+                    .contains(&hook)),
+                "{code}: on_invalid heard {:?}\n{}",
+                std::fs::read_to_string(&heard),
+                d.log()
+            );
+        }
+        d.stop();
+    }
+}

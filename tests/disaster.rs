@@ -643,10 +643,15 @@ fn a_last_rotation_in_the_future_never_stops_rotations() {
     assert!(next < chrono::Utc::now() + chrono::Duration::days(2), "{j}");
     assert_eq!(repo["clock_problem"], true, "{j}");
     assert!(
-        repo["problems"].as_array().unwrap().iter().any(|p| p
-            .as_str()
+        repo["problems"]
+            .as_array()
             .unwrap()
-            .contains("last_rotation is in the future")),
+            .iter()
+            .any(|p| p["code"] == "clock-in-future"
+                && p["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("last_rotation is in the future")),
         "{j}"
     );
 }
