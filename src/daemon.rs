@@ -135,6 +135,17 @@ impl Slot {
         }
     }
 
+    /// The repository's health as every rendering says it: the disk's judgement plus what only
+    /// this daemon knows (returned too, for the live view `fernetd status` reads).
+    fn judge(&self, now: &Now) -> (status::Summary, Vec<status::Problem>) {
+        let mut sum = status::summarize(&self.m, &self.repo, now);
+        let live = self.live_problems(now.wall);
+        for p in &live {
+            sum.add(p);
+        }
+        (sum, live)
+    }
+
     /// What this daemon knows of the repository's health beyond the disk, judged at `now`.
     fn live_problems(&self, now: DateTime<Utc>) -> Vec<status::Problem> {
         use status::Problem;
@@ -190,11 +201,7 @@ impl Slot {
             .unwrap_or_default();
         let mut ctx = Context::of(self.kind, self.repo.dir(), &keys);
         // The health the hook hears of is the one status and STATUS= give.
-        let clock = Now::read();
-        let mut sum = status::summarize(&self.m, &self.repo, &clock);
-        for p in self.live_problems(clock.wall) {
-            sum.add(&p);
-        }
+        let (sum, _) = self.judge(&Now::read());
         ctx.level = sum.level.name();
         ctx.problems = sum
             .problems
@@ -824,14 +831,11 @@ impl Daemon {
         let mut sums = Vec::with_capacity(self.slots.len());
         let clustered = self.cluster.is_some();
         for s in &mut self.slots {
-            let mut sum = status::summarize(&s.m, &s.repo, &now);
+            let (mut sum, problems) = s.judge(&now);
             let live = status::Live {
                 pid: std::process::id(),
-                problems: s.live_problems(now.wall),
+                problems,
             };
-            for p in &live.problems {
-                sum.add(p);
-            }
             if s.live.as_ref() != Some(&live) {
                 if let Err(e) = live.write(&s.repo) {
                     tracing::debug!("{}: cannot write the live view for `status`: {e}", s.kind);

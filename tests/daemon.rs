@@ -863,10 +863,7 @@ fn a_failing_rotation_is_said_at_once_everywhere() {
     fernetd_ok(&["setup", "--key-repository", r]);
     let blocker = dir.join(".fernetd/staged.tmp");
     std::fs::create_dir_all(blocker.join("x")).unwrap();
-    let sock_path = t.path().join("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let notify = Notify::bind(t.path());
     let d = Daemon::start(
         &[
             "daemon",
@@ -883,25 +880,24 @@ fn a_failing_rotation_is_said_at_once_everywhere() {
             "--metrics-listen",
             "127.0.0.1:0",
         ],
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
     );
     assert!(
         d.wait_log("rotation failed", Duration::from_secs(10)),
         "{}",
         d.log()
     );
-    let mut got = String::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && !got.contains("rotation failing since") {
-        if let Ok(n) = sock.recv(&mut buf) {
-            got.push_str(&String::from_utf8_lossy(&buf[..n]));
-            got.push('\n');
-        }
-    }
+    assert!(
+        d.wait_for(Duration::from_secs(5), || notify
+            .text()
+            .contains("rotation failing since")),
+        "{}",
+        notify.text()
+    );
+    let got = notify.text();
     let line = got
         .lines()
-        .rfind(|l| l.starts_with("STATUS=tokens: warning (rotation failing since "))
+        .rfind(|l| l.starts_with("STATUS=tokens: warning (rotation-failing: rotation failing since "))
         .unwrap_or_else(|| panic!("STATUS= never said it: {got}"));
     assert!(line.contains("staged.tmp: Is a directory"), "{line}");
     let config = t.path().join("f.toml");
@@ -1192,13 +1188,10 @@ fn every_problem_is_said_the_same_way_everywhere() {
         )
         .unwrap();
         let c = cfg.to_str().unwrap();
-        let sock_path = t.path().join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        let notify = Notify::bind(t.path());
         let d = Daemon::start(
             &["--config", c, "daemon", "--metrics-listen", "127.0.0.1:0"],
-            &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+            &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
         );
         assert!(
             d.wait_log("metrics on", Duration::from_secs(5)),
@@ -1208,17 +1201,16 @@ fn every_problem_is_said_the_same_way_everywhere() {
         std::thread::sleep(Duration::from_millis(300));
         during(&dir);
         // STATUS= names it.
-        let mut status_line = String::new();
-        let mut buf = [0u8; 8192];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && !status_line.contains(code) {
-            if let Ok(n) = sock.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                if let Some(l) = msg.lines().find(|l| l.starts_with("STATUS=")) {
-                    status_line = l.to_string();
-                }
-            }
-        }
+        let last_status = || {
+            notify
+                .text()
+                .lines()
+                .rfind(|l| l.starts_with("STATUS="))
+                .unwrap_or_default()
+                .to_string()
+        };
+        d.wait_for(Duration::from_secs(5), || last_status().contains(code));
+        let status_line = last_status();
         assert!(
             status_line.contains(code),
             "{code}: STATUS= never named it: {status_line}\n{}",

@@ -47,34 +47,6 @@ fn daemon(cfg: &Path) -> Daemon {
     Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[])
 }
 
-/// A systemd notification socket: collects every datagram the daemon sends.
-struct Notify {
-    path: PathBuf,
-    got: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Notify {
-    fn bind(dir: &Path) -> Notify {
-        let path = dir.join("notify.sock");
-        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let g = got.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf) {
-                let mut g = g.lock().unwrap();
-                g.push_str(&String::from_utf8_lossy(&buf[..n]));
-                g.push('\n');
-            }
-        });
-        Notify { path, got }
-    }
-
-    fn text(&self) -> String {
-        self.got.lock().unwrap().clone()
-    }
-}
-
 /// The key set in etcd, as stored (sealed or not).
 fn raw_value(etcd: &Etcd) -> Vec<u8> {
     etcd.with_client(async |c| {
