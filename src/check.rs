@@ -186,6 +186,16 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
                     .into(),
             );
         }
+        if matches!(e.kind, EntryKind::Key { number, .. } if number == crate::rotation::MAX_KEY) {
+            push(
+                Severity::Error,
+                &path,
+                "key-number-too-large",
+                "the largest number a key can have: no rotation can follow it (the next \
+                 number would wrap); renumber the keys by hand"
+                    .into(),
+            );
+        }
         if e.meta.mode & 0o077 != 0 {
             push(
                 Severity::Warning,

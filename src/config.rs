@@ -442,17 +442,23 @@ impl KeystoneConf {
             }
             Ok(n)
         };
+        let secs = |section: &str, key: &str| -> Result<Option<Duration>, ConfigError> {
+            int(section, key)?
+                .map(|n| crate::duration::from_secs(n, &n.to_string()))
+                .transpose()
+                .map_err(|m| ConfigError(format!("{}: [{section}] {key}: {m}", path.display())))
+        };
         let dir = |section: &str| {
             get(section, "key_repository")
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
         };
         Ok(KeystoneConf {
-            expiration: int("token", "expiration")?.map(Duration::from_secs),
-            allow_expired_window: int("token", "allow_expired_window")?.map(Duration::from_secs),
+            expiration: secs("token", "expiration")?,
+            allow_expired_window: secs("token", "allow_expired_window")?,
             max_active_keys: keys("fernet_tokens")?,
             key_repository: dir("fernet_tokens"),
-            receipt_expiration: int("receipt", "expiration")?.map(Duration::from_secs),
+            receipt_expiration: secs("receipt", "expiration")?,
             receipt_max_active_keys: keys("fernet_receipts")?,
             receipt_key_repository: dir("fernet_receipts"),
             credential_key_repository: dir("credential"),

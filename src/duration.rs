@@ -4,6 +4,19 @@
 
 use std::time::Duration;
 
+/// The longest duration fernetd takes: 100 years. Beyond it no lifetime or schedule means
+/// anything, and time arithmetic on it could overflow.
+pub const MAX: Duration = Duration::from_secs(100 * 365 * 86_400 + 25 * 86_400);
+
+/// `secs` as a duration, or why not (more than [`MAX`]).
+pub fn from_secs(secs: u64, text: &str) -> Result<Duration, String> {
+    let d = Duration::from_secs(secs);
+    if d > MAX {
+        return Err(format!("'{text}' is more than 100 years"));
+    }
+    Ok(d)
+}
+
 /// Parses `3600`, `90s`, `30m`, `6h`, `2d` or `1w`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -36,9 +49,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("'{text}' is too large"))?;
-    n.checked_mul(mult)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("'{text}' is too large"))
+    let secs = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("'{text}' is more than 100 years"))?;
+    from_secs(secs, text)
 }
 
 /// Formats whole seconds compactly: `49h`, `2d 1h`, `90s`, `1h 30m`.
@@ -75,7 +89,9 @@ pub mod serde_opt {
             Some(Raw::Int(n)) if n < 0 => Err(serde::de::Error::custom(format!(
                 "{n} is negative; expected seconds or 90s/30m/6h/2d/1w"
             ))),
-            Some(Raw::Int(n)) => Ok(Some(Duration::from_secs(n.unsigned_abs()))),
+            Some(Raw::Int(n)) => from_secs(n.unsigned_abs(), &n.to_string())
+                .map(Some)
+                .map_err(serde::de::Error::custom),
             Some(Raw::Text(t)) => parse(&t).map(Some).map_err(serde::de::Error::custom),
         }
     }
@@ -94,6 +110,20 @@ mod tests {
         assert_eq!(parse("2d").unwrap().as_secs(), 172_800);
         assert_eq!(parse("1w").unwrap().as_secs(), 604_800);
         assert_eq!(parse(" 0 ").unwrap().as_secs(), 0);
+    }
+
+    #[test]
+    fn refuses_more_than_a_century() {
+        assert!(parse("36500d").is_ok());
+        for t in [
+            "999999999d",
+            "5300w",
+            "18446744073709551615",
+            "18446744073709551615w",
+        ] {
+            let e = parse(t).unwrap_err();
+            assert!(e.contains("more than 100 years"), "{t}: {e}");
+        }
     }
 
     #[test]

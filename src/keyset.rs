@@ -176,6 +176,8 @@ pub enum KeySetError {
     Incomplete(usize),
     #[error("the key set's history does not match key {0}")]
     HistoryMismatch(u64),
+    #[error("key {0} is the largest number a key can have: no rotation can follow it")]
+    TooLarge(u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -206,6 +208,9 @@ impl KeySet {
     pub fn validate(&self) -> Result<(), KeySetError> {
         if !self.keys.contains_key(&0) || self.keys.len() < 2 {
             return Err(KeySetError::Incomplete(self.keys.len()));
+        }
+        if let Some(n) = self.primary().filter(|&p| p == crate::rotation::MAX_KEY) {
+            return Err(KeySetError::TooLarge(n));
         }
         if self.history.keys.len() != self.keys.len() {
             let missing = self

@@ -25,6 +25,9 @@ pub struct Decision {
 }
 
 /// Decides one rotation. `numbers` are the key numbers on disk (must include 0).
+/// The largest key number: no rotation can follow a key with it (the next would wrap to 0).
+pub const MAX_KEY: u64 = u64::MAX;
+
 pub fn decide(
     numbers: &[u64],
     history: &History,
@@ -34,7 +37,8 @@ pub fn decide(
     force_purge: bool,
 ) -> Decision {
     let old_primary = numbers.iter().copied().max().unwrap_or(0);
-    let new_primary = old_primary + 1;
+    // Callers refuse a repository holding MAX_KEY first; saturating keeps this total anyway.
+    let new_primary = old_primary.saturating_add(1);
     // Non-zero keys after promotion, highest first.
     let mut after: Vec<u64> = numbers.iter().copied().filter(|&n| n > 0).collect();
     after.push(new_primary);

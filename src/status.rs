@@ -134,6 +134,11 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "no key 0: the next `keystone-manage fernet_rotate` fails",
     ),
     ("too-few-keys", "critical", "fewer than 2 valid keys"),
+    (
+        "key-number-too-large",
+        "critical",
+        "a key numbered 18446744073709551615: no rotation can follow it",
+    ),
     ("key-mode", "warning", "a key is group or world accessible"),
     (
         "world-readable-directory",

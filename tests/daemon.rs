@@ -897,7 +897,9 @@ fn a_failing_rotation_is_said_at_once_everywhere() {
     let got = notify.text();
     let line = got
         .lines()
-        .rfind(|l| l.starts_with("STATUS=tokens: warning (rotation-failing: rotation failing since "))
+        .rfind(|l| {
+            l.starts_with("STATUS=tokens: warning (rotation-failing: rotation failing since ")
+        })
         .unwrap_or_else(|| panic!("STATUS= never said it: {got}"));
     assert!(line.contains("staged.tmp: Is a directory"), "{line}");
     let config = t.path().join("f.toml");
@@ -1072,6 +1074,17 @@ fn every_problem_is_said_the_same_way_everywhere() {
             "",
             |_| {},
             |d| std::fs::write(d.join("1"), "").unwrap(),
+        ),
+        (
+            "key-number-too-large",
+            "critical",
+            "",
+            |_| {},
+            |d| {
+                std::fs::copy(d.join("1"), d.join(u64::MAX.to_string()))
+                    .map(|_| ())
+                    .unwrap()
+            },
         ),
         (
             "key-mode",

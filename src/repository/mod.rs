@@ -454,6 +454,14 @@ impl Repository {
             return Ok(out);
         }
         let keys = scan.keys();
+        if keys.contains_key(&crate::rotation::MAX_KEY) {
+            return Err(Error::Invalid {
+                path: key_path(&self.dir, crate::rotation::MAX_KEY),
+                problem: "the largest number a key can have: no rotation can follow it (the \
+                          next number would wrap); renumber the keys by hand"
+                    .into(),
+            });
+        }
         let staged = match keys.get(&0) {
             Some(k) => (*k).clone(),
             None => {
