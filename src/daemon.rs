@@ -965,7 +965,10 @@ fn log_outcome(kind: &str, out: &crate::repository::Outcome) {
 
 /// A check report's findings as the daemon says them: errors (unhealthy) and warnings.
 fn split(report: &crate::check::Report) -> (BTreeSet<String>, BTreeSet<String>) {
-    let line = |f: &crate::check::Finding| format!("{}: {} [{}]", f.path, f.message, f.code);
+    // File names come from whoever can write the directory: escaped, they cannot forge lines.
+    let line = |f: &crate::check::Finding| {
+        hooks::printable(&format!("{}: {} [{}]", f.path, f.message, f.code))
+    };
     let errors = report.violations().map(line).collect();
     let warnings = report
         .findings

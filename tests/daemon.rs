@@ -1278,3 +1278,70 @@ fn every_problem_is_said_the_same_way_everywhere() {
         d.stop();
     }
 }
+
+/// A hook's output is capped and read off the loop: a hook printing 300 MB costs the daemon no
+/// memory and no rotation; a hook that exits 0 leaving a child that holds its output succeeded;
+/// control characters in what it prints are escaped.
+#[test]
+fn hook_output_is_capped_and_never_delays_rotation() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let marker = t.path().join("flooded");
+    // The first run floods 300 MB (then a forged log line); later runs leave a child behind.
+    let script = format!(
+        "if [ ! -e {m} ]; then touch {m}; printf 'ok\\nERROR forged\\033[31m\\n'; \
+         yes xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx | head -c 300000000; \
+         else sleep 30 & echo left-a-child; fi",
+        m = marker.display()
+    );
+    let cfg = t.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{r}\"\n\
+             schedule = \"1s\"\nexpiration = \"2s\"\nallow_expired_window = 0\nmargin = 0\n\
+             hook_timeout = \"20s\"\non_rotate = [\"sh\", \"-c\", {script:?}]\n"
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    let start = primary(&dir);
+    let began = Instant::now();
+    assert!(
+        d.wait_log(
+            "output truncated: 65536 of 3000000",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        d.log()
+    );
+    // Rotations kept their 1 s schedule while the flood was read.
+    assert!(
+        d.wait_for(Duration::from_secs(10), || primary(&dir) >= start + 6),
+        "{}",
+        d.log()
+    );
+    let rotations = primary(&dir) - start;
+    let took = began.elapsed().as_secs_f64();
+    assert!(
+        rotations as f64 >= took - 3.0,
+        "{rotations} rotations in {took:.1} s: {}",
+        d.log()
+    );
+    let peak = d.peak_rss_kib();
+    eprintln!("peak RSS {peak} KiB; {rotations} rotations in {took:.1} s");
+    assert!(peak > 0 && peak < 30 * 1024, "peak RSS {peak} KiB");
+    assert!(
+        d.wait_log("left-a-child", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(!log.contains("killed after"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("ERROR forged")), "{log}");
+    assert!(log.contains("ERROR forged\\u{1b}[31m"), "{log}");
+    d.stop();
+}
