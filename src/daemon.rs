@@ -251,6 +251,12 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("metrics_listen {addr}: {e}"))?;
         tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "metrics listen on {addr}, beyond loopback: whoever reaches it reads the \
+                 repositories' health and key numbers (never key material)"
+            );
+        }
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
     let mut d = Daemon {

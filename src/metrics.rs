@@ -276,18 +276,44 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` until the task is dropped.
+/// At most this many connections are served at once; one beyond is closed at once, so a
+/// flood of idle connections costs a bounded number of file descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection gets this long to send its request head and this long to take the answer.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest request head read.
+const MAX_REQUEST: usize = 4096;
+
+/// Serves `GET /metrics` until the task is dropped. Connections are capped, slow clients time
+/// out, and `accept()` errors (out of file descriptors) back off instead of spinning; the
+/// server runs in a task of its own and never holds up rotation or watching.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = std::time::Duration::from_millis(50);
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => {
+                backoff = std::time::Duration::from_millis(50);
+                conn
+            }
+            Err(e) => {
+                tracing::warn!("metrics: accept: {e}; pausing {} ms", backoff.as_millis());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // At the cap: closed at once (dropping it), the descriptor back at once.
             continue;
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
+            let _permit = permit;
+            let mut buf = vec![0u8; MAX_REQUEST];
             let mut len = 0;
             // Read the request head (bounded size and time).
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let read = tokio::time::timeout(IO_TIMEOUT, async {
                 while len < buf.len() {
                     match conn.read(&mut buf[len..]).await {
                         Ok(0) | Err(_) => break,
@@ -312,8 +338,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
+            let _ = tokio::time::timeout(IO_TIMEOUT, async {
+                let _ = conn.write_all(resp.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            })
+            .await;
         });
     }
 }

@@ -1345,3 +1345,46 @@ fn hook_output_is_capped_and_never_delays_rotation() {
     assert!(log.contains("ERROR forged\\u{1b}[31m"), "{log}");
     d.stop();
 }
+
+/// A local user flooding the metrics port with idle connections costs the daemon a bounded
+/// number of descriptors and no rotation; the port answers again once the flood ends.
+#[test]
+fn a_metrics_flood_never_delays_rotation() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let d = Daemon::start(&args(r, "1s", &["--metrics-listen", "127.0.0.1:0"]), &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    let addr = d.metrics_addr();
+    let before_fds = d.open_fds();
+    let start = primary(&dir);
+    let began = Instant::now();
+    // 500 idle connections (bounded), held for 4 s.
+    let flood: Vec<std::net::TcpStream> = (0..500)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    let mut peak_fds = 0;
+    while began.elapsed() < Duration::from_secs(4) {
+        peak_fds = peak_fds.max(d.open_fds());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rotations = primary(&dir) - start;
+    drop(flood);
+    eprintln!(
+        "{} flood connections: daemon fds {before_fds} -> peak {peak_fds}; {rotations} rotations in 4 s",
+        500
+    );
+    assert!(
+        peak_fds <= before_fds + 64 + 8,
+        "{peak_fds} descriptors during the flood (from {before_fds})"
+    );
+    assert!(rotations >= 3, "{rotations} rotations in 4 s: {}", d.log());
+    assert!(
+        d.wait_for(Duration::from_secs(5), || d
+            .metrics()
+            .contains("fernetd_rotations_total")),
+        "the port never answered again"
+    );
+    d.stop();
+}

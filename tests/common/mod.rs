@@ -246,6 +246,23 @@ impl Daemon {
         false
     }
 
+    /// The metrics address the daemon logged.
+    pub fn metrics_addr(&self) -> String {
+        self.log()
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// How many file descriptors the daemon holds.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// GET /metrics from the address the daemon logged.
     pub fn metrics(&self) -> String {
         use std::io::{Read, Write};
