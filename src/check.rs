@@ -124,7 +124,20 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
     for e in &scan.entries {
         let path = e.path.display().to_string();
         match &e.kind {
-            EntryKind::Internal => continue,
+            EntryKind::Internal => {
+                // fernetd's own directory: a link or a file planted there would send fernetd's
+                // writes elsewhere (it refuses to write through one).
+                if e.meta.is_symlink || !e.meta.is_dir {
+                    push(
+                        Severity::Error,
+                        &path,
+                        "internal-not-a-directory",
+                        "a symbolic link or a file where fernetd keeps its own files: remove it"
+                            .into(),
+                    );
+                }
+                continue;
+            }
             EntryKind::Other => {
                 if e.meta.is_file {
                     push(

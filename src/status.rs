@@ -139,6 +139,11 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "critical",
         "a key numbered 18446744073709551615: no rotation can follow it",
     ),
+    (
+        "internal-not-a-directory",
+        "critical",
+        "`.fernetd` is a symbolic link or a file: fernetd writes nothing through it",
+    ),
     ("key-mode", "warning", "a key is group or world accessible"),
     (
         "world-readable-directory",

@@ -165,7 +165,11 @@ fn classify(
     let mut out = Vec::new();
     for &index in &roles.dir_of {
         match name {
-            Some(n) if n == OsStr::new(crate::repository::INTERNAL_DIR) => {}
+            // fernetd making its own directory is no change; a link or a file put in its
+            // place (or the directory removed) is one, judged like any other.
+            Some(n)
+                if n == OsStr::new(crate::repository::INTERNAL_DIR)
+                    && mask.contains(EventMask::CREATE | EventMask::ISDIR) => {}
             Some(_) => out.push(Change {
                 index,
                 replaced: false,
@@ -231,6 +235,7 @@ mod tests {
             at(EventMask::CREATE | EventMask::ISDIR, Some(".fernetd")),
             []
         );
+        assert_eq!(at(EventMask::CREATE, Some(".fernetd")), [change(0, false)]);
         assert_eq!(at(EventMask::ATTRIB, None), [change(0, false)]);
         assert_eq!(at(EventMask::MOVE_SELF, None), [change(0, true)]);
         assert_eq!(at(EventMask::DELETE_SELF, None), [change(0, true)]);

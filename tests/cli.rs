@@ -690,3 +690,95 @@ fn the_readme_lists_every_problem_code_the_code_has() {
         want.join("\n")
     );
 }
+
+/// A hostile environment gets an error naming the path, never a write elsewhere or a hang:
+/// `.fernetd` or `.fernetd/copies` planted as a link to a directory the attacker wants written,
+/// a FIFO or a huge file where fernetd's state is.
+#[test]
+fn planted_links_fifos_and_huge_files_are_errors_not_writes_or_hangs() {
+    let t = tmp();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    // The victim: a directory (root's, in production) with a file named like fernetd's lock.
+    let victim = t.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("lock"), "victim").unwrap();
+    let before = snapshot(&victim);
+    let internal = repo.join(".fernetd");
+    std::fs::rename(&internal, t.path().join("saved")).unwrap();
+    std::os::unix::fs::symlink(&victim, &internal).unwrap();
+    for cmd in ["setup", "rotate"] {
+        let out = fernetd(&[cmd, "--key-repository", r]);
+        assert_eq!(out.code, 2, "{cmd}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(".fernetd") && out.stderr.contains("symbolic link"),
+            "{cmd}: {}",
+            out.stderr
+        );
+        assert_eq!(out.error_lines(), 1, "{}", out.stderr);
+        assert_eq!(snapshot(&victim), before, "{cmd} wrote through the link");
+    }
+    let check = fernetd(&["check", "--key-repository", r]);
+    assert_eq!(check.code, 2);
+    assert!(
+        check.stdout.contains("[internal-not-a-directory]"),
+        "{}",
+        check.stdout
+    );
+
+    // .fernetd/copies planted: the repair copies are never written through it.
+    std::fs::remove_file(&internal).unwrap();
+    std::fs::rename(t.path().join("saved"), &internal).unwrap();
+    let _ = std::fs::remove_dir_all(internal.join("copies"));
+    std::os::unix::fs::symlink(&victim, internal.join("copies")).unwrap();
+    let cfg = t.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!("[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{r}\"\nrepair = true\n"),
+    )
+    .unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        d.wait_log("copies: a symbolic link", std::time::Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    d.stop();
+    assert_eq!(snapshot(&victim), before, "repair wrote through the link");
+    std::fs::remove_file(internal.join("copies")).unwrap();
+
+    // A FIFO where the state is: an error within a second, not a hang.
+    let state = internal.join("state.json");
+    std::fs::rename(&state, t.path().join("state.saved")).unwrap();
+    nix::unistd::mkfifo(&state, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for args in [
+        vec!["rotate", "--key-repository", r],
+        vec!["status", "--key-repository", r],
+    ] {
+        let began = std::time::Instant::now();
+        let out = fernetd(&args);
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(3),
+            "{args:?} hung"
+        );
+        assert_eq!(out.code, 2, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(
+            (out.stderr + &out.stdout).contains("state.json: not a regular file"),
+            "{args:?}"
+        );
+    }
+    // A huge one: refused by its size, never read into memory.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::File::create(&state)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let out = fernetd(&["rotate", "--key-repository", r]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("1073741824 bytes: more than"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1087,6 +1087,18 @@ fn every_problem_is_said_the_same_way_everywhere() {
             },
         ),
         (
+            "internal-not-a-directory",
+            "critical",
+            "",
+            |_| {},
+            |d| {
+                // A link where fernetd keeps its files: what it points to stays untouched.
+                let elsewhere = d.join("..").join("elsewhere");
+                std::fs::rename(d.join(".fernetd"), &elsewhere).unwrap();
+                std::os::unix::fs::symlink(&elsewhere, d.join(".fernetd")).unwrap()
+            },
+        ),
+        (
             "key-mode",
             "warning",
             "",

@@ -149,6 +149,36 @@ pub fn create_private_dir(dir: &Path, owner: Option<Owner>) -> Result<()> {
     sync_dir(parent(dir))
 }
 
+/// Creates (when missing) one of fernetd's own directories inside a repository (`.fernetd`,
+/// `.fernetd/copies`) and makes sure it is one: a real directory, not a symbolic link or
+/// another file someone planted, owned by `owner` (or, without one, by the owner of the
+/// directory it is in). Anything else is an error naming it, and nothing is written there.
+pub fn create_internal_dir(dir: &Path, owner: Option<Owner>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    create_private_dir(dir, owner)?;
+    let bad = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)).at(dir);
+    let meta = std::fs::symlink_metadata(dir).at(dir)?;
+    if meta.file_type().is_symlink() {
+        return bad("a symbolic link where fernetd keeps its own files: remove it".into());
+    }
+    if !meta.is_dir() {
+        return bad("not a directory, where fernetd keeps its own files: remove it".into());
+    }
+    let expected = match owner {
+        Some(o) => o.uid,
+        None => std::fs::metadata(parent(dir)).at(parent(dir))?.uid(),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if ![expected, me, 0].contains(&meta.uid()) {
+        return bad(format!(
+            "owned by uid {}, not by the key owner ({expected}), this process ({me}) or root: \
+             fernetd will not write there (chown it if it is fernetd's)",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
 fn parent(p: &Path) -> &Path {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -199,31 +229,78 @@ fn open_lock_file(path: &Path, owner: Option<Owner>) -> Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
         .open(path)
         .at(path)?;
+    if !f.metadata().at(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file (fernetd's lock must be one)",
+        ))
+        .at(path);
+    }
     chown(&f, path, owner)?;
     Ok(f)
 }
 
 fn holder_pid(path: &Path) -> String {
-    let mut s = String::new();
-    if let Ok(mut f) = File::open(path) {
-        let _ = f.read_to_string(&mut s);
-    }
+    let s = read_optional(path)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     match s.trim().parse::<u32>() {
         Ok(pid) => format!(" (pid {pid})"),
         Err(_) => String::new(),
     }
 }
 
-/// Reads a small file fully, or `None` if it does not exist.
-pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).at(path),
+/// The most fernetd reads of any of its own small files (a key, the clock anchor, a lock).
+pub const SMALL_FILE: u64 = 64 * 1024;
+
+/// Opens a file fernetd reads without ever blocking or following a link in its last
+/// component: `O_NONBLOCK | O_NOFOLLOW`, then it must be a regular file of at most `cap`
+/// bytes. A FIFO, a device, a socket or a huge file planted there is an error naming it, not
+/// a hang or an exhausted memory. `None` when it does not exist.
+pub fn open_regular(path: &Path, cap: u64, follow: bool) -> Result<Option<File>> {
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    if !follow {
+        flags |= nix::libc::O_NOFOLLOW;
     }
+    let f = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at(path),
+    };
+    let meta = f.metadata().at(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file (fernetd reads only regular files here)",
+        ))
+        .at(path);
+    }
+    if meta.len() > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes: more than the {cap} this file can hold",
+                meta.len()
+            ),
+        ))
+        .at(path);
+    }
+    Ok(Some(f))
+}
+
+/// Reads a small file of fernetd's fully (see [`open_regular`]), or `None` if it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    let Some(f) = open_regular(path, SMALL_FILE, false)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    f.take(SMALL_FILE + 1).read_to_end(&mut bytes).at(path)?;
+    Ok(Some(bytes))
 }
 
 /// Joins a repository path and a key number.

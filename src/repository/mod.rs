@@ -206,7 +206,7 @@ impl Repository {
     /// can never be restored.
     fn sync_copies(&self, h: &History, owner: Option<Owner>) -> Result<()> {
         let dir = self.copies_dir();
-        fsio::create_private_dir(&dir, owner)?;
+        fsio::create_internal_dir(&dir, owner)?;
         let wanted: std::collections::BTreeSet<String> =
             h.keys.values().map(|r| r.fingerprint.to_string()).collect();
         let mut present = std::collections::BTreeSet::new();
@@ -344,7 +344,7 @@ impl Repository {
     /// Takes the lock, creating `.fernetd/` when needed.
     fn lock(&self, owner: Option<Owner>) -> Result<RepoLock> {
         self.require_dir()?;
-        fsio::create_private_dir(&self.internal(), owner)?;
+        fsio::create_internal_dir(&self.internal(), owner)?;
         RepoLock::acquire(&self.internal().join("lock"), owner, self.lock_timeout)
     }
 

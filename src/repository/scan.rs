@@ -192,8 +192,19 @@ fn classify(name: &str, path: &Path, meta: &FileMeta) -> EntryKind {
 }
 
 fn read_key(path: &Path) -> Result<Key, ContentProblem> {
-    let f = std::fs::File::open(path).map_err(|e| ContentProblem::Unreadable(e.to_string()))?;
-    read_key_from(&f)
+    // Keystone follows a symbolic link to its key, so this does too; never blocking on what
+    // is not a regular file.
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| ContentProblem::Unreadable(e.to_string()))?;
+    match f.metadata() {
+        Ok(m) if m.is_file() => read_key_from(&f),
+        Ok(_) => Err(ContentProblem::Unreadable("not a regular file".into())),
+        Err(e) => Err(ContentProblem::Unreadable(e.to_string())),
+    }
 }
 
 /// The key in an open key file, read as Keystone would.

@@ -47,13 +47,15 @@ impl FileId {
     }
 }
 
+/// The largest state file read: 16 MiB holds a hundred thousand history records (years of
+/// rotations); anything bigger is not one fernetd wrote.
+const MAX_STATE: u64 = 16 * 1024 * 1024;
+
 impl StateFile {
     /// The history saved at `path`; empty when none was saved.
     pub(super) fn read(&self, path: &Path) -> Result<History> {
-        let mut file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History::new()),
-            Err(e) => return Err(e).at(path),
+        let Some(file) = super::fsio::open_regular(path, MAX_STATE, false)? else {
+            return Ok(History::new());
         };
         // Identity and content from the same open file, so they always belong together.
         let id = FileId::of(&file.metadata().at(path)?);
@@ -63,7 +65,7 @@ impl StateFile {
             }
         }
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).at(path)?;
+        file.take(MAX_STATE + 1).read_to_end(&mut bytes).at(path)?;
         let h = parse(path, &bytes)?;
         *self.lock() = Some((id, h.clone()));
         Ok(h)
