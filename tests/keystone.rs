@@ -281,3 +281,166 @@ fn daemon_detects_a_manual_keystone_manage_rotation() {
     assert!(!d.log().contains("ERROR"), "{}", d.log());
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// Key names as Python's `int()` reads them: fernetd's parser agrees with `python3` on a
+/// generated corpus (Unicode digits of many scripts, whitespace, signs, underscores, leading
+/// zeros, overflow, near misses), and on a real repository Keystone's own loader and `fernetd
+/// check` agree on which files are keys: every one Keystone would load that fernetd did not
+/// write is an error that blocks rotation.
+#[test]
+fn key_names_are_read_as_pythons_int_reads_them() {
+    // Pieces: ASCII and other decimal digits, separators Python strips or refuses, signs,
+    // underscores, characters that look numeric but are not Nd (², Ⅻ, ٫), letters.
+    let pieces = [
+        "0",
+        "1",
+        "7",
+        "9",
+        "٠",
+        "١",
+        "٩",
+        "۵",
+        "५",
+        "০",
+        "๓",
+        "０",
+        "９",
+        "𝟎",
+        "𝟗",
+        "𞥑",
+        "_",
+        "+",
+        "-",
+        " ",
+        "\t",
+        "\n",
+        "\u{3000}",
+        "\u{a0}",
+        "\u{1c}",
+        "\u{200b}",
+        "²",
+        "Ⅻ",
+        "٫",
+        "a",
+        "e",
+        "x",
+        "00",
+        "18446744073709551615",
+        "99999999999999999999999999999999999999999",
+    ];
+    // A deterministic corpus: every piece, every pair, and a pseudo-random sample of longer
+    // names (xorshift, fixed seed).
+    let mut names: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+    for a in pieces {
+        for b in pieces {
+            names.push(format!("{a}{b}"));
+        }
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..3000 {
+        let mut name = String::new();
+        for _ in 0..(2 + x % 5) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            name.push_str(pieces[(x % pieces.len() as u64) as usize]);
+        }
+        names.push(name);
+    }
+    let mut child = std::process::Command::new(common::keystone::venv().join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
+        .args(["ints", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&names).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let python: Vec<Option<String>> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut disagree = Vec::new();
+    for (name, py) in names.iter().zip(&python) {
+        let ours = fernetd::repository::scan::python_int(name);
+        let same = match (py, ours) {
+            (None, None) => true,
+            // Beyond i128 fernetd saturates; the name is a key either way.
+            (Some(p), Some(o)) => {
+                p == &o.to_string()
+                    || (o.unsigned_abs() == i128::MAX as u128
+                        && p.trim_start_matches('-').len() > 38)
+            }
+            _ => false,
+        };
+        if !same {
+            disagree.push(format!("{name:?}: python {py:?}, fernetd {ours:?}"));
+        }
+    }
+    eprintln!("{} names compared with python3's int()", names.len());
+    assert!(
+        disagree.is_empty(),
+        "{} disagreements:\n{}",
+        disagree.len(),
+        disagree.join("\n")
+    );
+
+    // Keystone's loader and `fernetd check` on one repository.
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    common::fernetd_ok(&["setup", "--key-repository", r]);
+    let key = std::fs::read_to_string(dir.join("1")).unwrap();
+    for name in [
+        "١٠٠", "٠٧", "𝟗", " 3", "4\n", "5_0", "+6", "²", "Ⅻ", "1.0", "x7",
+    ] {
+        std::fs::write(dir.join(name), &key).unwrap();
+    }
+    let out = common::keystone::helper(&["key-files", r]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loaded: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    let check = common::fernetd(&["check", "--key-repository", r, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&check.stdout).unwrap();
+    let flagged: Vec<String> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["code"] == "non-canonical-name")
+        .map(|f| {
+            f["path"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for (name, number) in &loaded {
+        if name == "0" || name == "1" {
+            continue;
+        }
+        assert!(
+            flagged.contains(name),
+            "Keystone loads {name:?} as key {number}, fernetd check does not say so: {}",
+            check.stdout
+        );
+    }
+    assert_eq!(flagged.len(), loaded.len() - 2, "{loaded:?} vs {flagged:?}");
+    assert_eq!(check.code, 2);
+    let rotate = common::fernetd(&["rotate", "--key-repository", r]);
+    assert_eq!(
+        rotate.code, 2,
+        "rotated over names Keystone loads: {}",
+        rotate.stdout
+    );
+}

@@ -219,25 +219,58 @@ pub(super) fn read_key_from(f: &std::fs::File) -> Result<Key, ContentProblem> {
     Key::parse(&buf).map_err(ContentProblem::Format)
 }
 
-/// What Python's `int(str)` returns for a file name, or `None` where it raises.
-/// Accepts surrounding whitespace, one sign, and single underscores between digits.
+/// What Python's `int(str)` returns for a file name (Keystone loads every name it accepts),
+/// or `None` where it raises: surrounding Unicode whitespace (as `int()` strips it), one sign,
+/// decimal digits of any script (Unicode category Nd: `int('١٠٠') == 100`), single
+/// underscores between digits, leading zeros. Values beyond `i128` saturate: such a name is
+/// still a key to Keystone. Proven against `python3` by `tests/keystone.rs`.
 pub fn python_int(name: &str) -> Option<i128> {
-    let s = name.trim();
-    let (neg, digits) = match s.strip_prefix('-') {
+    let s = name.trim_matches(|c| PY_SPACE.contains(&c));
+    let (neg, body) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    if digits.is_empty()
-        || digits.starts_with('_')
-        || digits.ends_with('_')
-        || digits.contains("__")
-        || !digits.chars().all(|c| c.is_ascii_digit() || c == '_')
-    {
+    if body.is_empty() || body.starts_with('_') || body.ends_with('_') || body.contains("__") {
         return None;
     }
-    let v: i128 = digits.replace('_', "").parse().ok()?;
+    let mut v: i128 = 0;
+    for c in body.chars() {
+        if c == '_' {
+            continue;
+        }
+        let d = decimal(c)?;
+        v = v.saturating_mul(10).saturating_add(i128::from(d));
+    }
     Some(if neg { -v } else { v })
 }
+
+/// The decimal value of a Unicode decimal digit (category Nd), whose every block is ten
+/// consecutive code points from its zero.
+fn decimal(c: char) -> Option<u32> {
+    let cp = u32::from(c);
+    let i = ND_ZEROS.partition_point(|&z| z <= cp).checked_sub(1)?;
+    let d = cp - ND_ZEROS[i];
+    (d < 10).then_some(d)
+}
+
+/// The zero of every block of Unicode decimal digits (Unicode 14, Python 3.11's
+/// `unicodedata`).
+const ND_ZEROS: [u32; 66] = [
+    0x30, 0x660, 0x6f0, 0x7c0, 0x966, 0x9e6, 0xa66, 0xae6, 0xb66, 0xbe6, 0xc66, 0xce6, 0xd66,
+    0xde6, 0xe50, 0xed0, 0xf20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90,
+    0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620, 0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0, 0xff10,
+    0x104a0, 0x10d30, 0x11066, 0x110f0, 0x11136, 0x111d0, 0x112f0, 0x11450, 0x114d0, 0x11650,
+    0x116c0, 0x11730, 0x118e0, 0x11950, 0x11c50, 0x11d50, 0x11da0, 0x16a60, 0x16ac0, 0x16b50,
+    0x1d7ce, 0x1d7d8, 0x1d7e2, 0x1d7ec, 0x1d7f6, 0x1e140, 0x1e2f0, 0x1e950, 0x1fbf0,
+];
+
+/// What `int()` strips around a number: Python's whitespace but the separators
+/// U+001C..U+001F.
+const PY_SPACE: [char; 25] = [
+    '\u{9}', '\u{a}', '\u{b}', '\u{c}', '\u{d}', '\u{20}', '\u{85}', '\u{a0}', '\u{1680}',
+    '\u{2000}', '\u{2001}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}',
+    '\u{2008}', '\u{2009}', '\u{200a}', '\u{2028}', '\u{2029}', '\u{202f}', '\u{205f}', '\u{3000}',
+];
 
 #[cfg(test)]
 mod tests {

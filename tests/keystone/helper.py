@@ -5,6 +5,8 @@
     helper.py unpack DIR TOKEN    -> exit 0 if Keystone unpacks it, 1 if it cannot
     helper.py unpack-all DIR TOKEN... -> one line per token Keystone cannot unpack (its index);
                                      exit 0 when it unpacks every one
+    helper.py key-files DIR       -> JSON: {file name: key number} as Keystone's loader reads
+    helper.py ints -              -> JSON list on stdin of names; out: str(int(name)) or null
 
 Only hashes of keys are printed, never the keys.
 """
@@ -29,6 +31,15 @@ def conf(directory):
 
 def main():
     cmd, directory = sys.argv[1], sys.argv[2]
+    if cmd == "ints":
+        out = []
+        for name in json.load(sys.stdin):
+            try:
+                out.append(str(int(name)))
+            except ValueError:
+                out.append(None)
+        print(json.dumps(out))
+        return
     CONF = conf(directory)
     if cmd == "load":
         from keystone.common import fernet_utils
@@ -63,6 +74,14 @@ def main():
                 print(i, type(e).__name__)
                 failed += 1
         sys.exit(1 if failed else 0)
+    elif cmd == "key-files":
+        import os
+        from keystone.common import fernet_utils
+
+        utils = fernet_utils.FernetUtils(directory, 100, "fernet_tokens")
+        key_files, _ = utils._get_key_files(directory)
+        names = {os.path.basename(p): str(n) for n, p in key_files.items()}
+        print(json.dumps(names))
     else:
         sys.exit("unknown command " + cmd)
 
