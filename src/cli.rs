@@ -307,6 +307,8 @@ pub struct PlanArgs {
 pub const EXIT_ERROR: i32 = 2;
 /// Exit code of `plan` for an unsafe max_active_keys.
 pub const EXIT_UNSAFE: i32 = 3;
+/// Exit code of `rotate` when the keys rotated but the history could not be saved.
+pub const EXIT_ROTATED_UNSAVED: i32 = 4;
 
 /// Runs a parsed command; returns the exit code.
 pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {

@@ -682,6 +682,14 @@ impl Daemon {
                     }
                 }
             }
+            // The keys rotated; only the record of it failed: never rotated again for it (the
+            // next validation records it from the disk), and the next slot is the schedule's.
+            Err(e @ crate::Error::RotatedUnsaved { .. }) => {
+                tracing::error!("{}: {e}", s.kind);
+                s.next_rotation = s.m.schedule.next_after(now);
+                s.failed(e.to_string());
+                self.metrics.rotated(s.kind);
+            }
             Err(e) => {
                 let s = &mut self.slots[i];
                 tracing::error!(

@@ -25,6 +25,19 @@ pub enum Error {
         holder: String,
         waited: Duration,
     },
+    /// The keys were rotated (and are complete on disk: Keystone uses them) but the history
+    /// was not saved. Nothing was purged; the next run records the rotation from the disk.
+    /// Its own exit status (4), and the daemon does not rotate again for it.
+    #[error(
+        "rotated (key 0 promoted to primary {new_primary}, a new key 0 staged), but the history \
+         could not be saved: {source}; the keys are complete and nothing was purged; the next \
+         run records this rotation"
+    )]
+    RotatedUnsaved {
+        new_primary: u64,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("{path}: unreadable fernetd state: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("{0}")]

@@ -31,8 +31,14 @@ fn main() {
         Err(e) => {
             // Our error variants already include their cause; print the top level only.
             let line = format!("{e}").replace('\n', " ");
+            // Rotated, but not recorded: its own status, so a timer or an operator does not
+            // take it for "nothing changed" and rotate again.
+            let code = match e.downcast_ref::<fernetd::Error>() {
+                Some(fernetd::Error::RotatedUnsaved { .. }) => cli::EXIT_ROTATED_UNSAVED,
+                _ => cli::EXIT_ERROR,
+            };
             cli::say(cli::Severity::Error, &format!("fernetd: error: {line}"));
-            std::process::exit(cli::EXIT_ERROR);
+            std::process::exit(code);
         }
     }
 }

@@ -782,3 +782,40 @@ fn planted_links_fifos_and_huge_files_are_errors_not_writes_or_hangs() {
         out.stderr
     );
 }
+
+/// A rotation whose keys landed but whose history could not be saved says so, with its own
+/// exit status (4), so that a timer or an operator does not take it for "nothing changed";
+/// the next run records it and goes on.
+#[test]
+fn a_rotation_that_could_not_record_itself_says_what_happened_on_disk() {
+    let t = tmp();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let staged = keys(&repo)[&0].clone();
+    // Saving the history fails (as on a full disk): its temporary file cannot be written.
+    let blocker = repo.join(".fernetd/state.json.tmp");
+    std::fs::create_dir_all(blocker.join("x")).unwrap();
+    let out = fernetd(&["rotate", "--key-repository", r]);
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(
+            "rotated (key 0 promoted to primary 2, a new key 0 staged), but the history could not be saved"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.error_lines(), 1, "{}", out.stderr);
+    let ks = keys(&repo);
+    assert_eq!(ks.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(ks[&2], staged, "the promoted key is the staged one");
+    std::fs::remove_dir_all(&blocker).unwrap();
+    // The next run records the rotation it finds, and rotates once more.
+    let next = fernetd_ok(&["rotate", "--key-repository", r]);
+    assert!(
+        next.stdout.contains("promoted to primary 3"),
+        "{}",
+        next.stdout
+    );
+    assert_eq!(numbers(&repo), vec![0, 1, 2, 3]);
+}

@@ -528,7 +528,11 @@ impl Repository {
         for &n in &decision.purge {
             history.record_purge(n, now.wall);
         }
-        self.save_history(&history, owner)?;
+        self.save_history(&history, owner)
+            .map_err(|e| Error::RotatedUnsaved {
+                new_primary: decision.new_primary,
+                source: Box::new(e),
+            })?;
 
         // Step 5.
         for &n in &decision.purge {
