@@ -457,6 +457,23 @@ fn sighup_reloads_a_valid_config_and_keeps_running_on_an_invalid_one() {
         d.log()
     );
     assert!(d.log().contains("bogus"), "{}", d.log());
+    // An absurd but well-formed lifetime is refused the same way, never a crash.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tokens]\nkey_repository = \"{}\"\nschedule = \"1s\"\nexpiration = \"999999999d\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_for(Duration::from_secs(3), || d
+            .log()
+            .contains("more than 100 years")),
+        "{}",
+        d.log()
+    );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(primary(&dir), p, "invalid config took effect");
     write("1s", "");
