@@ -62,6 +62,20 @@ impl From<&Now> for Now {
 const STEP_TOLERANCE: Duration = Duration::from_secs(5);
 
 impl Now {
+    /// This moment `d` later on both clocks (the time an operation took, measured on a
+    /// monotonic clock, added to the moment it began: injected clocks stay injected).
+    pub fn later_by(&self, d: std::time::Duration) -> Now {
+        Now {
+            wall: crate::history::later(self.wall, d),
+            boot: self.boot.as_ref().map(|b| BootStamp {
+                boot: b.boot.clone(),
+                ms: b
+                    .ms
+                    .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            }),
+        }
+    }
+
     /// Reads both clocks.
     pub fn read() -> Now {
         let wall = Utc::now();

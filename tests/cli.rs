@@ -819,3 +819,45 @@ fn a_rotation_that_could_not_record_itself_says_what_happened_on_disk() {
     );
     assert_eq!(numbers(&repo), vec![0, 1, 2, 3]);
 }
+
+/// The README's table of exit statuses says what the binary does: each command's codes are
+/// the constants and levels the code uses.
+#[test]
+fn the_readme_exit_statuses_are_the_codes() {
+    use fernetd::status::Level;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let row = |cmd: &str| {
+        readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{cmd}` |")))
+            .unwrap_or_else(|| panic!("README: no exit status row for {cmd}"))
+            .to_string()
+    };
+    let status = row("status");
+    for (level, word) in [
+        (Level::Ok, "ok"),
+        (Level::Warning, "warning"),
+        (Level::Critical, "critical"),
+    ] {
+        assert!(
+            status.contains(&format!("{} {word}", level.exit_code())),
+            "{status}"
+        );
+    }
+    assert!(row("plan").contains(&format!("{} the configured", fernetd::cli::EXIT_UNSAFE)));
+    assert!(row("rotate").contains(&format!(
+        "{} rotated but",
+        fernetd::cli::EXIT_ROTATED_UNSAVED
+    )));
+    assert!(row("rotate").contains(&format!("{} not rotated", fernetd::cli::EXIT_ERROR)));
+    assert!(row("check-config").contains(&format!("{} invalid", fernetd::cli::EXIT_ERROR)));
+    let every = readme
+        .lines()
+        .find(|l| l.starts_with("| every command |"))
+        .expect("README: no exit status row for every command");
+    assert!(
+        every.contains(&format!("{} on an error", fernetd::cli::EXIT_ERROR)),
+        "{every}"
+    );
+}

@@ -266,7 +266,9 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
                 let quiet = !w.unobserved_external
                     && !w.restored
                     && w.now >= w.dated_late_until
-                    && w.now - w.last_fernetd_op >= retention;
+                    // A demotion is dated when the new primary's rename landed, a moment
+                    // after the rotation began: the boundary itself is not yet quiet.
+                    && w.now - w.last_fernetd_op > retention;
                 let out = repo.rotate(params(*force), &w.clock()).unwrap();
                 let after = keys(dir);
                 let max = *before.keys().max().unwrap();

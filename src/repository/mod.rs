@@ -427,6 +427,9 @@ impl Repository {
 
     /// `fernetd rotate`: one Keystone-compatible rotation with the retention guard.
     pub fn rotate(&self, params: RotateParams, now: &Now) -> Result<Outcome> {
+        // `now` is this moment: the time the rotation takes (a lock wait included) is added
+        // to it where the demotion is dated.
+        let began = std::time::Instant::now();
         let mut out = Outcome::default();
         self.require_dir()?;
         self.check_owner_permitted()?;
@@ -518,12 +521,7 @@ impl Repository {
         // Step 4: the decision is durable before anything is removed. The old primary
         // encrypted tokens until the new one's rename landed: its demotion (from which its
         // retention counts) is dated then, not when the rotation began.
-        let landed = self.judging_clock(&Now::read());
-        let landed = if landed.wall > now.wall {
-            landed
-        } else {
-            now.clone()
-        };
+        let landed = now.later_by(began.elapsed());
         history.record_rotation(decision.new_primary, new_staged.fingerprint(), &landed);
         for &n in &decision.purge {
             history.record_purge(n, now.wall);
