@@ -607,12 +607,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             let named = a.kind.is_some();
             let mut failed = Vec::new();
             for kind in kinds {
-                let Some(s) = sources.selected(kind, &flags)? else {
-                    anyhow::bail!(
-                        "{}: no [{kind}] section; fernetd manages that repository only when it is configured",
-                        config.map_or(config::DEFAULT_CONFIG.into(), |p| p.display().to_string())
-                    );
-                };
+                let s = configured(&sources, kind, &flags, config)?;
                 if named {
                     println!("{kind}: {}", s.key_repository.display());
                 }
@@ -670,12 +665,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             };
             let sources = config::Sources::load(&flags, config)?;
             let kind = a.kind.map_or(config::Kind::Tokens, config::Kind::from);
-            let Some(s) = sources.selected(kind, &flags)? else {
-                anyhow::bail!(
-                    "{}: no [{kind}] section; fernetd manages that repository only when it is configured",
-                    config.map_or(config::DEFAULT_CONFIG.into(), |p| p.display().to_string())
-                );
-            };
+            let s = configured(&sources, kind, &flags, config)?;
             let schedule = match &s.schedule {
                 Some(sch) => sch.clone(),
                 None => "@daily".parse::<Schedule>().map_err(anyhow::Error::msg)?,
@@ -760,6 +750,27 @@ fn generate(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How errors name the configuration file: the one given, else the default path.
+fn config_name(config: Option<&std::path::Path>) -> String {
+    config.map_or(config::DEFAULT_CONFIG.into(), |p| p.display().to_string())
+}
+
+/// The settings of the repository a one-shot command names with `--kind` (flags apply to it),
+/// or the one-line error saying its section is missing.
+fn configured(
+    sources: &config::Sources,
+    kind: config::Kind,
+    flags: &Flags,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Settings> {
+    sources.selected(kind, flags)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no [{kind}] section; fernetd manages that repository only when it is configured",
+            config_name(config)
+        )
+    })
+}
+
 /// `[cluster]` from the configuration, or an error naming the file.
 fn cluster_settings(
     sources: &config::Sources,
@@ -768,7 +779,7 @@ fn cluster_settings(
     let c = sources.file.cluster.as_ref().ok_or_else(|| {
         anyhow::anyhow!(
             "{}: no [cluster] section (endpoints = [\"http://127.0.0.1:2379\"])",
-            config.map_or(config::DEFAULT_CONFIG.into(), |p| p.display().to_string())
+            config_name(config)
         )
     })?;
     let s = c.settings();

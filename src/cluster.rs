@@ -79,6 +79,19 @@ pub struct Ack {
     pub clock: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl Ack {
+    /// A member that has applied nothing: a malformed record, one removed, or one `cluster
+    /// init --members` names before its daemon first acknowledges (`clock`: from when).
+    pub fn holding_nothing(node: &str, clock: Option<chrono::DateTime<chrono::Utc>>) -> Ack {
+        Ack {
+            node: node.to_string(),
+            revision: 0,
+            staged: crate::key::Fingerprint::NONE,
+            clock,
+        }
+    }
+}
+
 /// Nodes whose wall clock differs from this one's by more than `tolerance`, as their
 /// acknowledgements show, with how much at least (positive: ahead). Every acknowledgement was
 /// written before `now`, when the leader reads it; one of the key set at `revision` was also
@@ -385,13 +398,9 @@ impl Cluster {
             .kvs()
             .iter()
             .map(|kv| {
-                serde_json::from_slice::<Ack>(kv.value()).unwrap_or_else(|_| Ack {
-                    node: String::from_utf8_lossy(kv.key())
-                        .trim_start_matches(&prefix)
-                        .to_string(),
-                    revision: 0,
-                    staged: crate::key::Fingerprint::NONE,
-                    clock: None,
+                serde_json::from_slice::<Ack>(kv.value()).unwrap_or_else(|_| {
+                    let key = String::from_utf8_lossy(kv.key());
+                    Ack::holding_nothing(key.trim_start_matches(&prefix), None)
                 })
             })
             .collect())
@@ -534,14 +543,7 @@ impl Cluster {
             .prev_kvs()
             .first()
             .map(|kv| serde_json::from_slice::<Ack>(kv.value()).ok())
-            .map(|a| {
-                a.unwrap_or(Ack {
-                    node: node.to_string(),
-                    revision: 0,
-                    staged: crate::key::Fingerprint::NONE,
-                    clock: None,
-                })
-            }))
+            .map(|a| a.unwrap_or_else(|| Ack::holding_nothing(node, None))))
     }
 
     /// Makes `nodes` members before they first acknowledge (`cluster init --members`): a
@@ -557,13 +559,8 @@ impl Cluster {
         let mut added = Vec::new();
         for node in nodes {
             let key = format!("{}{node}", self.acks_prefix(kind));
-            let ack = Ack {
-                node: node.clone(),
-                revision: 0,
-                staged: crate::key::Fingerprint::NONE,
-                // member_timeout counts from here.
-                clock: Some(now),
-            };
+            // member_timeout counts from here.
+            let ack = Ack::holding_nothing(node, Some(now));
             let value = serde_json::to_vec(&ack).unwrap_or_default();
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])

@@ -183,6 +183,14 @@ impl Slot {
         out
     }
 
+    /// Logs each warning not logged before, once.
+    fn note_warnings(&mut self, warnings: BTreeSet<String>) {
+        for w in warnings.difference(&self.warnings) {
+            tracing::warn!("{}: {w}", self.kind);
+        }
+        self.warnings = warnings;
+    }
+
     /// A rotation failed with `reason`: failing since the first of a run of failures.
     fn failed(&mut self, reason: String) {
         let since = self.failing.take().map_or_else(Utc::now, |(t, _)| t);
@@ -727,10 +735,7 @@ impl Daemon {
                 Ok(scan) => split(&crate::check::check(&scan, s.repo_owner())),
                 Err(e) => (BTreeSet::from([e.to_string()]), BTreeSet::new()),
             };
-            for w in warnings.difference(&s.warnings) {
-                tracing::warn!("{}: {w}", s.kind);
-            }
-            s.warnings = warnings;
+            s.note_warnings(warnings);
             for p in problems.difference(&s.problems) {
                 tracing::error!("{}: {p}", s.kind);
             }
@@ -785,10 +790,7 @@ impl Daemon {
                 s.lost.extend(obs.retention_violations.iter().cloned());
                 let (errors, warnings) = split(&obs.report);
                 problems.extend(errors);
-                for w in warnings.difference(&s.warnings) {
-                    tracing::warn!("{}: {w}", s.kind);
-                }
-                s.warnings = warnings;
+                s.note_warnings(warnings);
             }
             Err(e) => {
                 problems.insert(e.to_string());
