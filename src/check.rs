@@ -124,16 +124,16 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
     for e in &scan.entries {
         let path = e.path.display().to_string();
         match &e.kind {
-            EntryKind::Internal => {
-                // fernetd's own directory: a link or a file planted there would send fernetd's
-                // writes elsewhere (it refuses to write through one).
-                if e.meta.is_symlink || !e.meta.is_dir {
+            EntryKind::Internal { problem } => {
+                // fernetd's own directory (or `copies` in it): a link, a file or another
+                // user's directory there would send fernetd's writes elsewhere (it refuses to
+                // write through one).
+                if let Some((at, why)) = problem {
                     push(
                         Severity::Error,
-                        &path,
+                        &at.display().to_string(),
                         "internal-not-a-directory",
-                        "a symbolic link or a file where fernetd keeps its own files: remove it"
-                            .into(),
+                        why.clone(),
                     );
                 }
                 continue;

@@ -853,10 +853,14 @@ impl Daemon {
                 problems,
             };
             if s.live.as_ref() != Some(&live) {
-                if let Err(e) = live.write(&s.repo) {
-                    tracing::debug!("{}: cannot write the live view for `status`: {e}", s.kind);
+                // Remembered once written, so a failed write is tried again.
+                match live.write(&s.repo) {
+                    Ok(true) => s.live = Some(live),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!("{}: cannot write the live view for `status`: {e}", s.kind)
+                    }
                 }
-                s.live = Some(live);
             }
             if clustered {
                 // The leader rotates on the schedule from the cluster's history, which this

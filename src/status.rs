@@ -142,7 +142,7 @@ pub const CODES: &[(&str, &str, &str)] = &[
     (
         "internal-not-a-directory",
         "critical",
-        "`.fernetd` is a symbolic link or a file: fernetd writes nothing through it",
+        "`.fernetd` or `.fernetd/copies` is a link, a file or another user's: fernetd writes nothing through it",
     ),
     ("key-mode", "warning", "a key is group or world accessible"),
     (
@@ -257,27 +257,23 @@ pub struct Live {
 }
 
 impl Live {
-    fn path(repo: &Repository) -> PathBuf {
-        repo.state_path().with_file_name("daemon.json")
-    }
+    const FILE: &'static str = "daemon.json";
 
     /// Replaces the file (write, then rename: a reader sees the old view or the new one).
-    pub fn write(&self, repo: &Repository) -> std::io::Result<()> {
-        let path = Self::path(repo);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).unwrap_or_default())?;
-        std::fs::rename(&tmp, &path)
+    /// False when the repository does not exist yet.
+    pub fn write(&self, repo: &Repository) -> crate::error::Result<bool> {
+        repo.publish(Self::FILE, &serde_json::to_vec(self).unwrap_or_default())
     }
 
     /// Removes the file (the daemon stops, or stops managing the repository).
-    pub fn remove(repo: &Repository) -> std::io::Result<()> {
-        std::fs::remove_file(Self::path(repo))
+    pub fn remove(repo: &Repository) -> crate::error::Result<()> {
+        repo.unpublish(Self::FILE)
     }
 
     /// The view of the daemon that still runs, if one does: a file left by a daemon that has
     /// stopped (its pid gone, or now another program's) says nothing.
     pub fn read(repo: &Repository) -> Option<Live> {
-        let text = std::fs::read(Self::path(repo)).ok()?;
+        let text = repo.published(Self::FILE).ok().flatten()?;
         let live: Live = serde_json::from_slice(&text).ok()?;
         if live.pid == std::process::id() {
             return None;

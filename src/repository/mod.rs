@@ -30,11 +30,39 @@ use crate::history::{History, Observation};
 use crate::key::{Fingerprint, Key};
 use crate::rotation::{self, Decision};
 use chrono::{DateTime, Utc};
-use fsio::{key_path, RepoLock};
+use fsio::{key_path, Dir, RepoLock};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// fernetd's files in `.fernetd/`.
+const STATE: &str = "state.json";
+const STATE_TMP: &str = "state.json.tmp";
+const CLOCK: &str = "clock";
+const CLOCK_TMP: &str = "clock.tmp";
+const PRIMARY_TMP: &str = "primary.tmp";
+const STAGED_TMP: &str = "staged.tmp";
+const RESTORE_TMP: &str = "restore.tmp";
+const COPIES: &str = "copies";
+/// keystone-manage's temp file for the new key 0, in the repository itself.
+const KEYSTONE_TMP: &str = "0.tmp";
+
+/// What a writer holds while it writes: the repository and its `.fernetd` open as
+/// directories (every name under them reached from their descriptors, so nothing swapped in
+/// after a check redirects a write), the owner of new files, and the lock until this drops.
+struct Writer {
+    repo: Dir,
+    internal: Dir,
+    owner: Option<Owner>,
+    _lock: RepoLock,
+}
+
+impl Writer {
+    fn scan(&self) -> Result<Scan> {
+        Scan::of(&self.repo)
+    }
+}
 
 /// Default time a writer waits for another fernetd holding the lock.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,12 +136,22 @@ impl Repository {
 
     /// `.fernetd/state.json`.
     pub fn state_path(&self) -> PathBuf {
-        self.internal().join("state.json")
+        self.internal().join(STATE)
     }
 
-    /// The first moment of this boot fernetd saw (see [`Repository::anchor`]).
-    fn clock_path(&self) -> PathBuf {
-        self.internal().join("clock")
+    /// The repository and its `.fernetd`, opened for reading (`None` where missing): a link
+    /// or a file planted as `.fernetd` is an error naming it.
+    fn open_dirs(&self) -> Result<(Option<Dir>, Option<Dir>)> {
+        let Some(repo) = Dir::open(&self.dir)? else {
+            return Ok((None, None));
+        };
+        let internal = repo.own(INTERNAL_DIR, self.owner)?;
+        Ok((Some(repo), internal))
+    }
+
+    /// `.fernetd`, opened for reading, `None` when it (or the repository) does not exist.
+    fn open_internal(&self) -> Result<Option<Dir>> {
+        Ok(self.open_dirs()?.1)
     }
 
     /// `now` as retention is judged here: never later than the first moment fernetd recorded
@@ -121,19 +159,17 @@ impl Repository {
     /// wall clock later in the boot ages no key, whatever the state file says (it is kept
     /// apart from the state file, which a restore or a copy may replace). The first call of
     /// a boot records the moment. Caller holds the lock.
-    fn anchor(&self, now: &Now, owner: Option<Owner>) -> Result<Now> {
-        let path = self.clock_path();
-        let recorded = self.recorded_moment()?;
+    fn anchor(&self, w: &Writer, now: &Now) -> Result<Now> {
+        let recorded = recorded_moment(&w.internal)?;
         let same_boot =
             |m: &crate::clock::Moment| now.boot.as_ref().is_some_and(|b| b.boot == m.boot.boot);
         match recorded.filter(same_boot) {
             Some(m) => Ok(now.anchored(Some(&m))),
             None => {
                 if let Some(m) = now.moment() {
-                    let tmp = self.internal().join("clock.tmp");
                     let text = serde_json::to_vec(&m).unwrap_or_default();
-                    fsio::write_new(&tmp, &text, owner)?;
-                    fsio::rename(&tmp, &path)?;
+                    w.internal.write_new(CLOCK_TMP, &text, w.owner)?;
+                    w.internal.rename(CLOCK_TMP, &w.internal, CLOCK)?;
                 }
                 Ok(now.clone())
             }
@@ -142,21 +178,43 @@ impl Repository {
 
     /// [`Repository::anchor`] without writing (for `status` and other readers).
     pub fn judging_clock(&self, now: &Now) -> Now {
-        now.anchored(self.recorded_moment().ok().flatten().as_ref())
+        let recorded = self
+            .open_internal()
+            .ok()
+            .flatten()
+            .and_then(|d| recorded_moment(&d).ok().flatten());
+        now.anchored(recorded.as_ref())
     }
 
-    /// The moment `.fernetd/clock` records, if it holds a readable one.
-    fn recorded_moment(&self) -> Result<Option<crate::clock::Moment>> {
-        Ok(fsio::read_optional(&self.clock_path())?
-            .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok()))
+    /// Replaces `.fernetd/<name>` with `bytes` (written to a temp file, fsynced, renamed
+    /// over it), without the lock: a view other processes read (the daemon's live problems
+    /// for `status`). False, writing nothing, when the repository does not exist yet.
+    pub fn publish(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        let Some(repo) = Dir::open(&self.dir)? else {
+            return Ok(false);
+        };
+        let owner = self.file_owner(&repo)?;
+        let internal = repo.make_own(INTERNAL_DIR, owner)?;
+        let tmp = format!("{name}.tmp");
+        internal.write_new(&tmp, bytes, owner)?;
+        internal.rename(&tmp, &internal, name)?;
+        Ok(true)
     }
 
-    fn primary_tmp(&self) -> PathBuf {
-        self.internal().join("primary.tmp")
+    /// What [`Repository::publish`] wrote as `name`, if anything.
+    pub fn published(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self.open_internal()? {
+            Some(d) => d.read_small(name),
+            None => Ok(None),
+        }
     }
 
-    fn staged_tmp(&self) -> PathBuf {
-        self.internal().join("staged.tmp")
+    /// Removes what [`Repository::publish`] wrote as `name`.
+    pub fn unpublish(&self, name: &str) -> Result<()> {
+        if let Some(d) = self.open_internal()? {
+            d.remove(name)?;
+        }
+        Ok(())
     }
 
     /// A read-only snapshot (what `check` judges).
@@ -166,59 +224,53 @@ impl Repository {
 
     /// Reads the recorded history without locking; empty when none was saved.
     pub fn history(&self) -> Result<History> {
-        self.state.read(&self.state_path())
+        match self.open_internal()? {
+            Some(d) => self.state.read(&d, STATE),
+            None => Ok(History::new()),
+        }
+    }
+
+    /// The recorded history, read by a writer.
+    fn written_history(&self, w: &Writer) -> Result<History> {
+        self.state.read(&w.internal, STATE)
     }
 
     /// The recorded history, refused when the keys on disk contradict it: nothing is ever
     /// removed or re-dated on the word of a state file that is wrong about the disk (edited,
     /// or copied from another node or a backup).
-    fn trusted_history(&self, disk: &BTreeMap<u64, Fingerprint>) -> Result<History> {
-        let h = self.history()?;
-        match h.contradictions(disk).into_iter().next() {
-            Some(c) => Err(Error::StateContradicts {
-                path: self.state_path(),
-                field: c.field,
-                problem: c.problem,
-            }),
-            None => Ok(h),
-        }
+    fn trusted_history(&self, w: &Writer, disk: &BTreeMap<u64, Fingerprint>) -> Result<History> {
+        trusted(self.written_history(w)?, disk, self.state_path())
     }
 
-    fn save_history(&self, h: &History, owner: Option<Owner>) -> Result<()> {
-        let tmp = self.internal().join("state.json.tmp");
-        self.state.save(&self.state_path(), &tmp, h, owner)?;
+    fn save_history(&self, w: &Writer, h: &History) -> Result<()> {
+        self.state.save(&w.internal, STATE, STATE_TMP, h, w.owner)?;
         if self.repair {
-            self.sync_copies(h, owner)?;
+            self.sync_copies(w, h)?;
         }
         Ok(())
     }
 
-    fn copies_dir(&self) -> PathBuf {
-        self.internal().join("copies")
-    }
-
-    fn restore_tmp(&self) -> PathBuf {
-        self.internal().join("restore.tmp")
+    /// `.fernetd/copies` (`repair = true`), created when missing.
+    fn copies(&self, w: &Writer) -> Result<Dir> {
+        w.internal.make_own(COPIES, w.owner)
     }
 
     /// Keeps exactly one copy per key in the history: new keys are copied from the disk, the
     /// copies of keys no longer in the history (purged) are deleted, so a key purged on purpose
     /// can never be restored.
-    fn sync_copies(&self, h: &History, owner: Option<Owner>) -> Result<()> {
-        let dir = self.copies_dir();
-        fsio::create_internal_dir(&dir, owner)?;
+    fn sync_copies(&self, w: &Writer, h: &History) -> Result<()> {
+        let dir = self.copies(w)?;
         let wanted: std::collections::BTreeSet<String> =
             h.keys.values().map(|r| r.fingerprint.to_string()).collect();
         let mut present = std::collections::BTreeSet::new();
-        for e in std::fs::read_dir(&dir).at(&dir)? {
-            let name = e.at(&dir)?.file_name().to_string_lossy().into_owned();
+        for name in dir.names()? {
             if wanted.contains(&name) {
                 present.insert(name);
             } else {
-                fsio::remove_if_present(&dir.join(&name))?;
+                dir.remove(&name)?;
             }
         }
-        let scan = self.scan()?;
+        let scan = w.scan()?;
         for (n, k) in scan.keys() {
             let fp = k.fingerprint().to_string();
             let recorded = h
@@ -226,12 +278,12 @@ impl Repository {
                 .get(&n)
                 .is_some_and(|r| r.fingerprint == k.fingerprint());
             if recorded && !present.contains(&fp) {
-                let tmp = dir.join(format!("{fp}.tmp"));
-                fsio::write_new(&tmp, k.to_text().as_bytes(), owner)?;
-                fsio::rename_durable(&tmp, &dir.join(&fp))?;
+                let tmp = format!("{fp}.tmp");
+                dir.write_new(&tmp, k.to_text().as_bytes(), w.owner)?;
+                dir.rename_durable(&tmp, &dir, &fp)?;
             }
         }
-        fsio::sync_dir(&dir)
+        dir.sync()
     }
 
     /// Restores keys of the history that are missing or unreadable on disk and still needed
@@ -240,11 +292,11 @@ impl Repository {
     /// were that tool's purge. Returns the restored numbers. Caller holds the lock.
     fn repair_from_copies(
         &self,
+        w: &Writer,
         scan: &Scan,
         history: &History,
         retention: Duration,
         now: &Now,
-        owner: Option<Owner>,
     ) -> Result<Vec<u64>> {
         let disk = scan.fingerprints();
         let rotated_elsewhere = history
@@ -260,19 +312,21 @@ impl Repository {
                 |e| matches!(&e.kind, EntryKind::Key { number, content: Err(_) } if *number == n),
             )
         };
+        let copies = self.copies(w)?;
         let mut restored = Vec::new();
         for (&n, r) in &history.keys {
-            let missing = !disk.contains_key(&n) && !key_path(&self.dir, n).exists();
+            let missing = !disk.contains_key(&n) && !w.repo.exists(&n.to_string())?;
             if !(missing || unusable(n)) {
                 continue;
             }
             let needed =
                 n == 0 || Some(n) == primary || r.retained_until(retention, now) > now.wall;
-            let copy = self.copies_dir().join(r.fingerprint.to_string());
-            let key = fsio::read_optional(&copy)?.and_then(|b| Key::parse(&b).ok());
+            let key = copies
+                .read_small(&r.fingerprint.to_string())?
+                .and_then(|b| Key::parse(&b).ok());
             match key {
                 Some(k) if needed && k.fingerprint() == r.fingerprint => {
-                    self.install_copy(n, &k, owner)?;
+                    install_copy(w, n, &k)?;
                     restored.push(n);
                 }
                 _ => {}
@@ -304,69 +358,67 @@ impl Repository {
     }
 
     /// Owner for new files: the explicit one, else (as root) the directory's owner.
-    fn file_owner(&self) -> Result<Option<Owner>> {
+    fn file_owner(&self, repo: &Dir) -> Result<Option<Owner>> {
         if self.owner.is_some() {
             return Ok(self.owner);
         }
         if nix::unistd::geteuid().is_root() {
-            let m = std::fs::metadata(&self.dir).at(&self.dir)?;
+            let m = repo.stat()?;
             return Ok(Some(Owner {
-                uid: m.uid(),
-                gid: m.gid(),
+                uid: m.st_uid,
+                gid: m.st_gid,
             }));
         }
         Ok(None)
     }
 
-    /// What every writer does first: settle the owner of new files, take the lock, and
-    /// complete or roll back whatever a killed writer left (reported in `out`). The lock is
-    /// held until the returned guard drops.
-    fn begin_write(&self, out: &mut Outcome) -> Result<(Option<Owner>, RepoLock)> {
-        let owner = self.file_owner()?;
-        let lock = self.lock(owner)?;
-        self.recover(owner, out)?;
-        Ok((owner, lock))
+    /// What every writer does first: open the repository, settle the owner of new files,
+    /// take the lock (creating `.fernetd/` when needed), and complete or roll back whatever a
+    /// killed writer left (reported in `out`).
+    fn begin_write(&self, out: &mut Outcome) -> Result<Writer> {
+        let w = self.lock()?;
+        self.recover(&w, out)?;
+        Ok(w)
+    }
+
+    /// Opens the repository and `.fernetd` (created when needed) and takes the lock.
+    fn lock(&self) -> Result<Writer> {
+        let repo = self.require_dir()?;
+        let owner = self.file_owner(&repo)?;
+        let internal = repo.make_own(INTERNAL_DIR, owner)?;
+        let lock = RepoLock::acquire(&internal, owner, self.lock_timeout)?;
+        Ok(Writer {
+            repo,
+            internal,
+            owner,
+            _lock: lock,
+        })
     }
 
     /// [`Repository::begin_write`], and the clock as this repository judges retention.
-    fn begin_timed_write(
-        &self,
-        out: &mut Outcome,
-        now: &Now,
-    ) -> Result<(Option<Owner>, RepoLock, Now)> {
-        let (owner, lock) = self.begin_write(out)?;
-        let judged = self.anchor(now, owner)?;
+    fn begin_timed_write(&self, out: &mut Outcome, now: &Now) -> Result<(Writer, Now)> {
+        let w = self.begin_write(out)?;
+        let judged = self.anchor(&w, now)?;
         out.warnings
             .extend(crate::clock::step_warning(now, &judged));
-        Ok((owner, lock, judged))
+        Ok((w, judged))
     }
 
-    /// Takes the lock, creating `.fernetd/` when needed.
-    fn lock(&self, owner: Option<Owner>) -> Result<RepoLock> {
-        self.require_dir()?;
-        fsio::create_internal_dir(&self.internal(), owner)?;
-        RepoLock::acquire(&self.internal().join("lock"), owner, self.lock_timeout)
-    }
-
-    /// The repository directory must exist before anything but `setup` touches it.
-    fn require_dir(&self) -> Result<()> {
-        let meta = std::fs::metadata(&self.dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotInitialized {
-                dir: self.dir.clone(),
-                reason: "directory does not exist".into(),
-            },
-            _ => Error::Io {
-                path: self.dir.clone(),
-                source: e,
-            },
-        })?;
-        if !meta.is_dir() {
-            return Err(Error::NotInitialized {
-                dir: self.dir.clone(),
-                reason: "not a directory".into(),
-            });
+    /// The repository directory, opened: it must exist before anything but `setup` touches
+    /// it.
+    fn require_dir(&self) -> Result<Dir> {
+        let not = |reason: &str| Error::NotInitialized {
+            dir: self.dir.clone(),
+            reason: reason.into(),
+        };
+        match Dir::open(&self.dir) {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(not("directory does not exist")),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::InvalidData => {
+                Err(not("not a directory"))
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// `fernetd setup`: creates and initializes the repository (`{0, 1}`), or, when it is
@@ -388,18 +440,18 @@ impl Repository {
             fsio::create_private_dir(&self.dir, self.owner)?;
             out.notes.push(format!("created {}", self.dir.display()));
         }
-        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
-        let scan = self.scan()?;
-        let mut history = self.trusted_history(&scan.fingerprints())?;
+        let scan = w.scan()?;
+        let mut history = self.trusted_history(&w, &scan.fingerprints())?;
         if scan.key_entries().next().is_none() {
             for number in [1, 0] {
                 let key = generate()?;
-                self.install_key(number, &key, owner)?;
+                install_key(&w, number, &key)?;
                 history.record_created(number, key.fingerprint(), now);
             }
             history.last_rotation = Some(now.wall);
-            self.save_history(&history, owner)?;
+            self.save_history(&w, &history)?;
             out.notes
                 .push("initialized: key 1 (primary) and key 0 (staged)".into());
         } else {
@@ -413,7 +465,7 @@ impl Repository {
             );
             let notes = history.reconcile(&scan.fingerprints(), now);
             describe_observations(&notes, &mut out);
-            self.save_history(&history, owner)?;
+            self.save_history(&w, &history)?;
             let keys = scan.keys();
             out.notes.push(format!(
                 "already initialized: {} keys, primary {}; no key changed",
@@ -421,7 +473,7 @@ impl Repository {
                 keys.keys().max().copied().unwrap_or(0)
             ));
         }
-        self.finish(&mut out)?;
+        finish(&w, &mut out)?;
         Ok(out)
     }
 
@@ -435,25 +487,25 @@ impl Repository {
         self.check_owner_permitted()?;
         // Refuse early, before the lock creates anything; checked again under the lock.
         ensure_writable(&self.scan()?)?;
-        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
-        let scan = self.scan()?;
+        let scan = w.scan()?;
         ensure_writable(&scan)?;
         if out.staged_fresh {
             // A key 0 staged this instant has been read by no Keystone process and no peer:
             // promoting it now would make a primary that readers do not hold. It is recorded
             // and waits for the next rotation.
             let disk = scan.fingerprints();
-            let mut history = self.trusted_history(&disk)?;
+            let mut history = self.trusted_history(&w, &disk)?;
             let notes = history.reconcile(&disk, now);
             describe_observations(&notes, &mut out);
-            self.save_history(&history, owner)?;
+            self.save_history(&w, &history)?;
             out.notes.push(
                 "not rotated: key 0 was missing; the new key 0 becomes primary at the next \
                  rotation, once every reader holds it"
                     .into(),
             );
-            self.finish(&mut out)?;
+            finish(&w, &mut out)?;
             return Ok(out);
         }
         let keys = scan.keys();
@@ -479,7 +531,7 @@ impl Repository {
             }
         };
         let disk = scan.fingerprints();
-        let mut history = self.trusted_history(&disk)?;
+        let mut history = self.trusted_history(&w, &disk)?;
         describe_clock(&history, &disk, now, &self.state_path(), &mut out);
         let notes = history.reconcile(&disk, now);
         describe_observations(&notes, &mut out);
@@ -510,13 +562,11 @@ impl Repository {
         }
 
         // Steps 1-3: stage both files durably, then two atomic, durable renames.
-        fsio::write_new(&self.primary_tmp(), staged.to_text().as_bytes(), owner)?;
-        fsio::write_new(&self.staged_tmp(), new_staged.to_text().as_bytes(), owner)?;
-        fsio::rename_durable(
-            &self.primary_tmp(),
-            &key_path(&self.dir, decision.new_primary),
-        )?;
-        fsio::rename_durable(&self.staged_tmp(), &key_path(&self.dir, 0))?;
+        let (internal, repo) = (&w.internal, &w.repo);
+        internal.write_new(PRIMARY_TMP, staged.to_text().as_bytes(), w.owner)?;
+        internal.write_new(STAGED_TMP, new_staged.to_text().as_bytes(), w.owner)?;
+        internal.rename_durable(PRIMARY_TMP, repo, &decision.new_primary.to_string())?;
+        internal.rename_durable(STAGED_TMP, repo, "0")?;
 
         // Step 4: the decision is durable before anything is removed. The old primary
         // encrypted tokens until the new one's rename landed: its demotion (from which its
@@ -526,7 +576,7 @@ impl Repository {
         for &n in &decision.purge {
             history.record_purge(n, now.wall);
         }
-        self.save_history(&history, owner)
+        self.save_history(&w, &history)
             .map_err(|e| Error::RotatedUnsaved {
                 new_primary: decision.new_primary,
                 source: Box::new(e),
@@ -534,10 +584,10 @@ impl Repository {
 
         // Step 5.
         for &n in &decision.purge {
-            fsio::remove_if_present(&key_path(&self.dir, n))?;
+            repo.remove(&n.to_string())?;
         }
         if !decision.purge.is_empty() {
-            fsio::sync_dir(&self.dir)?;
+            repo.sync()?;
         }
 
         out.notes.push(format!(
@@ -556,7 +606,7 @@ impl Repository {
             ));
         }
         out.rotation = Some(decision);
-        self.finish(&mut out)?;
+        finish(&w, &mut out)?;
         Ok(out)
     }
 
@@ -577,16 +627,15 @@ impl Repository {
                 history,
             });
         }
-        let owner = self.file_owner()?;
-        let _lock = self.lock(owner)?;
-        let now = &self.anchor(now, owner)?;
-        let mut scan = self.scan()?;
-        let mut history = self.trusted_history(&scan.fingerprints())?;
+        let w = self.lock()?;
+        let now = &self.anchor(&w, now)?;
+        let mut scan = w.scan()?;
+        let mut history = self.trusted_history(&w, &scan.fingerprints())?;
         let mut repaired = Vec::new();
         if self.repair {
-            repaired = self.repair_from_copies(&scan, &history, retention, now, owner)?;
+            repaired = self.repair_from_copies(&w, &scan, &history, retention, now)?;
             if !repaired.is_empty() {
-                scan = self.scan()?;
+                scan = w.scan()?;
             }
         }
         let before = history.clone();
@@ -626,7 +675,7 @@ impl Repository {
             }
         }
         if history != before {
-            self.save_history(&history, owner)?;
+            self.save_history(&w, &history)?;
         }
         Ok(Observed {
             report: crate::check::check(&scan, self.owner),
@@ -643,16 +692,16 @@ impl Repository {
         self.require_dir()?;
         ensure_writable(&self.scan()?)?;
         let mut out = Outcome::default();
-        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
-        for w in &out.warnings {
-            tracing::warn!("{}: {w}", self.dir.display());
+        for warning in &out.warnings {
+            tracing::warn!("{}: {warning}", self.dir.display());
         }
-        let scan = self.scan()?;
+        let scan = w.scan()?;
         ensure_writable(&scan)?;
-        let mut history = self.trusted_history(&scan.fingerprints())?;
+        let mut history = self.trusted_history(&w, &scan.fingerprints())?;
         history.reconcile(&scan.fingerprints(), now);
-        self.save_history(&history, owner)?;
+        self.save_history(&w, &history)?;
         self.key_set(&scan, history)
     }
 
@@ -678,22 +727,28 @@ impl Repository {
     /// are dated `now`. Refused while a rotation is interrupted there (its temp files remain):
     /// `fernetd setup` on it completes it first.
     pub fn read_set(&self, now: &Now) -> Result<crate::keyset::KeySet> {
-        self.require_dir()?;
-        let scan = self.scan()?;
+        let repo = self.require_dir()?;
+        let scan = Scan::of(&repo)?;
         ensure_writable(&scan)?;
-        let interrupted = [
-            self.primary_tmp(),
-            self.staged_tmp(),
-            self.dir.join("0.tmp"),
-        ];
-        if let Some(tmp) = interrupted.iter().find(|p| p.exists()) {
-            return Err(Error::Invalid {
-                path: tmp.clone(),
-                problem: "an interrupted rotation; run `fernetd setup` on it first".into(),
-            });
+        let internal = repo.own(INTERNAL_DIR, self.owner)?;
+        let mut interrupted = vec![(&repo, KEYSTONE_TMP)];
+        if let Some(d) = &internal {
+            interrupted.extend([(d, PRIMARY_TMP), (d, STAGED_TMP)]);
+        }
+        for (dir, name) in interrupted {
+            if dir.exists(name)? {
+                return Err(Error::Invalid {
+                    path: dir.join(name),
+                    problem: "an interrupted rotation; run `fernetd setup` on it first".into(),
+                });
+            }
         }
         let disk = scan.fingerprints();
-        let mut history = self.trusted_history(&disk)?;
+        let h = match &internal {
+            Some(d) => self.state.read(d, STATE)?,
+            None => History::new(),
+        };
+        let mut history = trusted(h, &disk, self.state_path())?;
         history.reconcile(&disk, now);
         self.key_set(&scan, history)
     }
@@ -728,11 +783,11 @@ impl Repository {
             fsio::create_private_dir(&self.dir, self.owner)?;
             out.notes.push(format!("created {}", self.dir.display()));
         }
-        let (owner, _lock, now) = self.begin_timed_write(&mut out, now)?;
+        let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
-        let scan = self.scan()?;
+        let scan = w.scan()?;
         let disk = scan.fingerprints();
-        let local = self.history()?;
+        let local = self.written_history(&w)?;
         let lost =
             guard::admit(set, &disk, &local, retention, now).map_err(|reason| Error::Refused {
                 input: source.to_string(),
@@ -765,32 +820,32 @@ impl Repository {
         for (&n, k) in set.keys.iter().rev().filter(|(n, _)| **n > 0) {
             if differs(n, k) {
                 let promoted = !differs(0, k);
-                if !(promoted && self.link_zero(n, k)?) {
-                    self.place_copy(n, k, owner)?;
+                if !(promoted && link_zero(&w, n, k)?) {
+                    place_copy(&w, n, k)?;
                 }
                 written.push(n);
             }
         }
         if !written.is_empty() {
-            fsio::sync_dir(&self.dir)?;
+            w.repo.sync()?;
         }
         let removed: Vec<u64> = disk
             .keys()
             .copied()
             .filter(|n| !set.keys.contains_key(n) && !lost.iter().any(|l| l.number == *n))
             .collect();
-        self.save_history(&history, owner)?;
+        self.save_history(&w, &history)?;
         let mut last_step = !removed.is_empty();
         if let Some(k) = set.keys.get(&0).filter(|k| differs(0, k)) {
-            self.place_copy(0, k, owner)?;
+            place_copy(&w, 0, k)?;
             written.push(0);
             last_step = true;
         }
         for &n in &removed {
-            fsio::remove_if_present(&key_path(&self.dir, n))?;
+            w.repo.remove(&n.to_string())?;
         }
         if last_step {
-            fsio::sync_dir(&self.dir)?;
+            w.repo.sync()?;
         }
         if written.is_empty() && removed.is_empty() {
             out.notes
@@ -809,69 +864,11 @@ impl Repository {
         Ok(out)
     }
 
-    /// Gives key 0's file the name `n` as well (a hard link) if it holds `key`: a rotation's
-    /// new primary is the staged key already on disk, so no file is created and written
-    /// again (what a node's apply waits on when many nodes share a disk). The new name is
-    /// durable once the caller fsyncs the directory. False when that cannot be done (a file
-    /// named `n` exists, the filesystem has no hard links, key 0 changed since the scan): the
-    /// caller writes a copy over it.
-    fn link_zero(&self, n: u64, key: &Key) -> Result<bool> {
-        let zero = key_path(&self.dir, 0);
-        let Ok(file) = std::fs::File::open(&zero) else {
-            return Ok(false);
-        };
-        if !scan::read_key_from(&file).is_ok_and(|k| k.fingerprint() == key.fingerprint()) {
-            return Ok(false);
-        }
-        // Returns at once when the content is durable (fernetd fsynced it when it wrote it);
-        // makes it durable when another tool wrote key 0 without.
-        file.sync_all().at(&zero)?;
-        let to = key_path(&self.dir, n);
-        if std::fs::hard_link(&zero, &to).is_err() {
-            return Ok(false);
-        }
-        // The new name must be the file just checked, not a key 0 that replaced it meanwhile.
-        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
-        Ok(id(file.metadata().at(&zero)?) == id(std::fs::metadata(&to).at(&to)?))
-    }
-
-    /// Writes key `n` durably via `.fernetd/restore.tmp` (repair).
-    fn install_copy(&self, n: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
-        self.place_copy(n, key, owner)?;
-        fsio::sync_dir(&self.dir)
-    }
-
-    /// Writes key `n` via `.fernetd/restore.tmp`: the content is fsynced, the new name is
-    /// durable once the caller fsyncs the repository directory. A `restore.tmp` left behind
-    /// by a crash is only ever removed (`recover`), so its directory needs no fsync.
-    fn place_copy(&self, n: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
-        let tmp = self.restore_tmp();
-        fsio::write_new(&tmp, key.to_text().as_bytes(), owner)?;
-        fsio::rename(&tmp, &key_path(&self.dir, n))
-    }
-
-    /// Writes one key file durably via `.fernetd/staged.tmp`.
-    fn install_key(&self, number: u64, key: &Key, owner: Option<Owner>) -> Result<()> {
-        fsio::write_new(&self.staged_tmp(), key.to_text().as_bytes(), owner)?;
-        fsio::rename_durable(&self.staged_tmp(), &key_path(&self.dir, number))
-    }
-
-    fn finish(&self, out: &mut Outcome) -> Result<()> {
-        let scan = self.scan()?;
-        let keys = scan.keys();
-        out.keys = keys.keys().copied().collect();
-        out.primary = keys.keys().copied().filter(|&n| n > 0).max();
-        Ok(())
-    }
-
     /// Completes or rolls back whatever a killed writer left, fernetd's or keystone-manage's.
-    fn recover(&self, owner: Option<Owner>, out: &mut Outcome) -> Result<()> {
-        let primary_tmp = self.primary_tmp();
-        let staged_tmp = self.staged_tmp();
-        let had_primary_tmp = primary_tmp.exists();
-        let had_staged_tmp = staged_tmp.exists();
-        if had_primary_tmp || had_staged_tmp {
-            let scan = self.scan()?;
+    fn recover(&self, w: &Writer, out: &mut Outcome) -> Result<()> {
+        let (repo, internal) = (&w.repo, &w.internal);
+        if internal.exists(PRIMARY_TMP)? || internal.exists(STAGED_TMP)? {
+            let scan = w.scan()?;
             let keys = scan.keys();
             let max = keys.keys().copied().filter(|&n| n > 0).max();
             // Step 2 happened iff the highest key is a copy of key 0.
@@ -880,13 +877,15 @@ impl Repository {
                 _ => false,
             };
             if promoted {
-                let staged = fsio::read_optional(&staged_tmp)?.and_then(|b| Key::parse(&b).ok());
-                fsio::remove_if_present(&primary_tmp)?;
+                let staged = internal
+                    .read_small(STAGED_TMP)?
+                    .and_then(|b| Key::parse(&b).ok());
+                internal.remove(PRIMARY_TMP)?;
                 match staged {
-                    Some(_) => fsio::rename_durable(&staged_tmp, &key_path(&self.dir, 0))?,
+                    Some(_) => internal.rename_durable(STAGED_TMP, repo, "0")?,
                     None => {
-                        fsio::remove_if_present(&staged_tmp)?;
-                        self.install_key(0, &generate()?, owner)?;
+                        internal.remove(STAGED_TMP)?;
+                        install_key(w, 0, &generate()?)?;
                     }
                 }
                 out.warnings.push(format!(
@@ -894,39 +893,42 @@ impl Repository {
                     max.unwrap_or(0)
                 ));
             } else {
-                fsio::remove_if_present(&primary_tmp)?;
-                fsio::remove_if_present(&staged_tmp)?;
-                fsio::sync_dir(&self.internal())?;
+                internal.remove(PRIMARY_TMP)?;
+                internal.remove(STAGED_TMP)?;
+                internal.sync()?;
                 out.warnings
                     .push("rolled back an interrupted rotation: it had not changed any key".into());
             }
         }
 
         // A restore (repair) or cluster apply killed before its rename changed nothing.
-        fsio::remove_if_present(&self.restore_tmp())?;
+        internal.remove(RESTORE_TMP)?;
 
         // keystone-manage's own crash window: `0` renamed to max+1, `0.tmp` not yet to `0`.
-        let zero = key_path(&self.dir, 0);
-        let ks_tmp = self.dir.join("0.tmp");
-        if !zero.exists() && self.scan()?.keys().keys().any(|&n| n > 0) {
-            match fsio::read_optional(&ks_tmp)?.and_then(|b| Key::parse(&b).ok()) {
+        let zero = repo.exists("0")?;
+        if !zero && w.scan()?.keys().keys().any(|&n| n > 0) {
+            let staged = match repo.open_regular(KEYSTONE_TMP, fsio::SMALL_FILE, false) {
+                Ok(Some(f)) => scan::read_key_from(&f).ok(),
+                _ => None,
+            };
+            match staged {
                 Some(_) => {
-                    fsio::rename_durable(&ks_tmp, &zero)?;
+                    repo.rename_durable(KEYSTONE_TMP, repo, "0")?;
                     out.warnings.push(
                         "completed an interrupted keystone-manage rotation: 0.tmp became key 0"
                             .into(),
                     );
                 }
                 None => {
-                    self.install_key(0, &generate()?, owner)?;
+                    install_key(w, 0, &generate()?)?;
                     out.staged_fresh = true;
                     out.warnings
                         .push("key 0 was missing: staged a new key 0".into());
                 }
             }
-        } else if zero.exists() && ks_tmp.exists() {
-            fsio::remove_if_present(&ks_tmp)?;
-            fsio::sync_dir(&self.dir)?;
+        } else if zero && repo.exists(KEYSTONE_TMP)? {
+            repo.remove(KEYSTONE_TMP)?;
+            repo.sync()?;
             out.warnings.push(
                 "removed 0.tmp left by an interrupted keystone-manage rotation (no key had changed)"
                     .into(),
@@ -939,6 +941,86 @@ impl Repository {
         // rotation purges them through the gate once their retention is over.
         Ok(())
     }
+}
+
+/// `h`, refused when the keys on disk contradict it: nothing is ever removed or re-dated on
+/// the word of a state file that is wrong about the disk (edited, or copied from another
+/// node or a backup).
+fn trusted(h: History, disk: &BTreeMap<u64, Fingerprint>, path: PathBuf) -> Result<History> {
+    match h.contradictions(disk).into_iter().next() {
+        Some(c) => Err(Error::StateContradicts {
+            path,
+            field: c.field,
+            problem: c.problem,
+        }),
+        None => Ok(h),
+    }
+}
+
+/// The moment `.fernetd/clock` records, if it holds a readable one.
+fn recorded_moment(internal: &Dir) -> Result<Option<crate::clock::Moment>> {
+    Ok(internal
+        .read_small(CLOCK)?
+        .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok()))
+}
+
+/// Gives key 0's file the name `n` as well (a hard link) if it holds `key`: a rotation's new
+/// primary is the staged key already on disk, so no file is created and written again (what
+/// a node's apply waits on when many nodes share a disk). The new name is durable once the
+/// caller fsyncs the directory. False when that cannot be done (key 0 is a link or not a
+/// regular file, a file named `n` exists, the filesystem has no hard links, key 0 changed
+/// since the scan): the caller writes a copy over it.
+fn link_zero(w: &Writer, n: u64, key: &Key) -> Result<bool> {
+    let Ok(Some(file)) = w.repo.open_regular("0", fsio::SMALL_FILE, false) else {
+        return Ok(false);
+    };
+    if !scan::read_key_from(&file).is_ok_and(|k| k.fingerprint() == key.fingerprint()) {
+        return Ok(false);
+    }
+    // Returns at once when the content is durable (fernetd fsynced it when it wrote it);
+    // makes it durable when another tool wrote key 0 without.
+    let zero = w.repo.join("0");
+    file.sync_all().at(&zero)?;
+    let to = n.to_string();
+    if !w.repo.link("0", &to)? {
+        return Ok(false);
+    }
+    // The new name must be the file just checked, not a key 0 that replaced it meanwhile.
+    let linked = w.repo.stat_at(&to, false)?;
+    let held = file.metadata().at(&zero)?;
+    Ok(linked.is_some_and(|l| l.st_dev == held.dev() && l.st_ino == held.ino()))
+}
+
+/// Writes key `n` durably via `.fernetd/restore.tmp` (repair).
+fn install_copy(w: &Writer, n: u64, key: &Key) -> Result<()> {
+    place_copy(w, n, key)?;
+    w.repo.sync()
+}
+
+/// Writes key `n` via `.fernetd/restore.tmp`: the content is fsynced, the new name is durable
+/// once the caller fsyncs the repository directory. A `restore.tmp` left behind by a crash is
+/// only ever removed (`recover`), so its directory needs no fsync.
+fn place_copy(w: &Writer, n: u64, key: &Key) -> Result<()> {
+    w.internal
+        .write_new(RESTORE_TMP, key.to_text().as_bytes(), w.owner)?;
+    w.internal.rename(RESTORE_TMP, &w.repo, &n.to_string())
+}
+
+/// Writes one key file durably via `.fernetd/staged.tmp`.
+fn install_key(w: &Writer, number: u64, key: &Key) -> Result<()> {
+    w.internal
+        .write_new(STAGED_TMP, key.to_text().as_bytes(), w.owner)?;
+    w.internal
+        .rename_durable(STAGED_TMP, &w.repo, &number.to_string())
+}
+
+/// The keys on disk once a writer is done, for the CLI to print.
+fn finish(w: &Writer, out: &mut Outcome) -> Result<()> {
+    let scan = w.scan()?;
+    let keys = scan.keys();
+    out.keys = keys.keys().copied().collect();
+    out.primary = keys.keys().copied().filter(|&n| n > 0).max();
+    Ok(())
 }
 
 /// What [`Repository::observe`] found.

@@ -6,11 +6,12 @@
 //! records, for every entry, what Keystone would make of it, so `check` can judge and the
 //! writer can refuse to act on an invalid repository.
 
-use crate::error::{IoContext, Result};
+use super::fsio::Dir;
+use crate::error::{Error, IoContext, Result};
 use crate::key::{Key, KeyFormatError};
+use nix::sys::stat::FileStat;
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// fernetd's own files live in this subdirectory. Keystone skips directories, so nothing in it
@@ -34,20 +35,42 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
-    fn of(path: &Path) -> std::io::Result<FileMeta> {
-        let l = std::fs::symlink_metadata(path)?;
-        let followed = std::fs::metadata(path).ok();
+    /// Of `name` in `dir` (`None` when it vanished), or of `dir` itself.
+    fn of(dir: &Dir, name: Option<&str>) -> Result<Option<FileMeta>> {
+        let (l, followed) = match name {
+            Some(name) => {
+                let Some(l) = dir.stat_at(name, false)? else {
+                    return Ok(None);
+                };
+                let followed = match l.st_mode & S_IFMT {
+                    S_IFLNK => dir.stat_at(name, true).ok().flatten(),
+                    _ => Some(l),
+                };
+                (l, followed)
+            }
+            None => {
+                let s = dir.stat()?;
+                (s, Some(s))
+            }
+        };
         let m = followed.as_ref().unwrap_or(&l);
-        Ok(FileMeta {
-            mode: m.permissions().mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
-            is_symlink: l.file_type().is_symlink(),
-            is_file: followed.as_ref().is_some_and(|f| f.is_file()),
-            is_dir: followed.as_ref().is_some_and(|f| f.is_dir()),
-        })
+        let kind =
+            |s: &Option<FileStat>, k: u32| s.as_ref().is_some_and(|s| s.st_mode & S_IFMT == k);
+        Ok(Some(FileMeta {
+            mode: m.st_mode & 0o7777,
+            uid: m.st_uid,
+            gid: m.st_gid,
+            is_symlink: l.st_mode & S_IFMT == S_IFLNK,
+            is_file: kind(&followed, S_IFREG),
+            is_dir: kind(&followed, S_IFDIR),
+        }))
     }
 }
+
+const S_IFMT: u32 = nix::libc::S_IFMT;
+const S_IFLNK: u32 = nix::libc::S_IFLNK;
+const S_IFREG: u32 = nix::libc::S_IFREG;
+const S_IFDIR: u32 = nix::libc::S_IFDIR;
 
 /// What Keystone would do with an entry.
 #[derive(Debug)]
@@ -60,8 +83,9 @@ pub enum EntryKind {
     /// A name Python's `int()` accepts but that is not canonical (`01`, `-1`, `+1`, ` 1`,
     /// `1_0`): Keystone loads it, possibly over another key with the same number.
     NonCanonical { number: i128 },
-    /// fernetd's internal directory.
-    Internal,
+    /// fernetd's internal directory, and what is wrong with it or with `copies` in it (a
+    /// link, a file, another user's directory): the path at fault and why.
+    Internal { problem: Option<(PathBuf, String)> },
     /// Anything else: Keystone ignores it.
     Other,
 }
@@ -102,20 +126,26 @@ pub struct Scan {
 impl Scan {
     /// Reads `dir` without changing anything.
     pub fn take(dir: &Path) -> Result<Scan> {
-        let dir_meta = FileMeta::of(dir).at(dir)?;
+        match Dir::open(dir)? {
+            Some(d) => Scan::of(&d),
+            None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)).at(dir),
+        }
+    }
+
+    /// Reads the open directory `dir`, every entry from its descriptor.
+    pub(super) fn of(dir: &Dir) -> Result<Scan> {
+        let Some(dir_meta) = FileMeta::of(dir, None)? else {
+            return Err(std::io::Error::from(std::io::ErrorKind::NotFound)).at(dir.path());
+        };
         let mut entries = Vec::new();
-        for e in std::fs::read_dir(dir).at(dir)? {
-            let e = e.at(dir)?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let path = e.path();
-            let meta = match FileMeta::of(&path) {
-                Ok(m) => m,
-                // Vanished between listing and stat: Keystone would fail that request; we
-                // simply do not report it.
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(err).at(&path),
+        for name in dir.names()? {
+            let path = dir.join(&name);
+            // Vanished between listing and stat: Keystone would fail that request; we simply
+            // do not report it.
+            let Some(meta) = FileMeta::of(dir, Some(&name))? else {
+                continue;
             };
-            let kind = classify(&name, &path, &meta);
+            let kind = classify(dir, &name, &meta);
             entries.push(Entry {
                 name,
                 path,
@@ -125,7 +155,7 @@ impl Scan {
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Scan {
-            dir: dir.to_path_buf(),
+            dir: dir.path().to_path_buf(),
             dir_meta,
             entries,
         })
@@ -170,15 +200,17 @@ fn key_number(name: &str) -> Option<u64> {
     name.parse::<u64>().ok().filter(|n| n.to_string() == name)
 }
 
-fn classify(name: &str, path: &Path, meta: &FileMeta) -> EntryKind {
+fn classify(dir: &Dir, name: &str, meta: &FileMeta) -> EntryKind {
     if name == INTERNAL_DIR {
-        return EntryKind::Internal;
+        return EntryKind::Internal {
+            problem: internal_problem(dir).err(),
+        };
     }
     if let Some(number) = key_number(name) {
         return EntryKind::Key {
             number,
             content: if meta.is_file {
-                read_key(path)
+                read_key(dir, name)
             } else {
                 Err(ContentProblem::Unreadable("not a regular file".into()))
             },
@@ -191,19 +223,29 @@ fn classify(name: &str, path: &Path, meta: &FileMeta) -> EntryKind {
     }
 }
 
-fn read_key(path: &Path) -> Result<Key, ContentProblem> {
+/// Opens `.fernetd` and `.fernetd/copies` (when present) as a writer would, and says what
+/// stops it.
+fn internal_problem(dir: &Dir) -> std::result::Result<(), (PathBuf, String)> {
+    let split = |e: Error| match e {
+        Error::Io { path, source } => (path, source.to_string()),
+        e => (dir.join(INTERNAL_DIR), e.to_string()),
+    };
+    if let Some(internal) = dir.own(INTERNAL_DIR, None).map_err(split)? {
+        internal.own(super::COPIES, None).map_err(split)?;
+    }
+    Ok(())
+}
+
+fn read_key(dir: &Dir, name: &str) -> Result<Key, ContentProblem> {
     // Keystone follows a symbolic link to its key, so this does too; never blocking on what
-    // is not a regular file.
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| ContentProblem::Unreadable(e.to_string()))?;
-    match f.metadata() {
-        Ok(m) if m.is_file() => read_key_from(&f),
-        Ok(_) => Err(ContentProblem::Unreadable("not a regular file".into())),
-        Err(e) => Err(ContentProblem::Unreadable(e.to_string())),
+    // is not a regular file (the size is judged while reading, below).
+    match dir.open_regular(name, u64::MAX, true) {
+        Ok(Some(f)) => read_key_from(&f),
+        Ok(None) => Err(ContentProblem::Unreadable("vanished while read".into())),
+        Err(e) => Err(ContentProblem::Unreadable(match e {
+            Error::Io { source, .. } => source.to_string(),
+            e => e.to_string(),
+        })),
     }
 }
 
@@ -290,7 +332,7 @@ mod tests {
                 let kind = match &e.kind {
                     EntryKind::Key { number, .. } => format!("key {number}"),
                     EntryKind::NonCanonical { number } => format!("non-canonical {number}"),
-                    EntryKind::Internal => "internal".into(),
+                    EntryKind::Internal { .. } => "internal".into(),
                     EntryKind::Other => "other".into(),
                 };
                 (e.name.as_str(), kind)

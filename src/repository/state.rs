@@ -6,7 +6,7 @@
 //! (device, inode, size, change time): any write, rename or replacement changes that identity,
 //! and the file is parsed again. Clones of a [`Repository`](super::Repository) share it.
 
-use super::fsio::{self, Owner};
+use super::fsio::{Dir, Owner};
 use crate::error::{Error, IoContext, Result};
 use crate::history::History;
 use std::io::Read;
@@ -52,9 +52,10 @@ impl FileId {
 const MAX_STATE: u64 = 16 * 1024 * 1024;
 
 impl StateFile {
-    /// The history saved at `path`; empty when none was saved.
-    pub(super) fn read(&self, path: &Path) -> Result<History> {
-        let Some(file) = super::fsio::open_regular(path, MAX_STATE, false)? else {
+    /// The history saved as `name` in `dir`; empty when none was saved.
+    pub(super) fn read(&self, dir: &Dir, name: &str) -> Result<History> {
+        let path = &dir.join(name);
+        let Some(file) = dir.open_regular(name, MAX_STATE, false)? else {
             return Ok(History::new());
         };
         // Identity and content from the same open file, so they always belong together.
@@ -71,26 +72,29 @@ impl StateFile {
         Ok(h)
     }
 
-    /// Saves `h` durably at `path` through `tmp` (same directory).
+    /// Saves `h` durably as `name` in `dir` through the temp file `tmp` there.
     pub(super) fn save(
         &self,
-        path: &Path,
-        tmp: &Path,
+        dir: &Dir,
+        name: &str,
+        tmp: &str,
         h: &History,
         owner: Option<Owner>,
     ) -> Result<()> {
         let json = serde_json::to_vec_pretty(h).map_err(|e| Error::State {
-            path: path.to_path_buf(),
+            path: dir.join(name),
             reason: e.to_string(),
         })?;
         // Forget the old content first: if anything below fails, the next read parses.
         *self.lock() = None;
-        fsio::write_new(tmp, &json, owner)?;
-        fsio::rename_durable(tmp, path)?;
+        dir.write_new(tmp, &json, owner)?;
+        dir.rename_durable(tmp, dir, name)?;
         // The caller holds the repository lock: no fernetd writes the file in between, and
         // any other writer changes its identity again.
-        if let Ok(m) = std::fs::metadata(path) {
-            *self.lock() = Some((FileId::of(&m), h.clone()));
+        if let Some(f) = dir.open_regular(name, MAX_STATE, false).ok().flatten() {
+            if let Ok(m) = f.metadata() {
+                *self.lock() = Some((FileId::of(&m), h.clone()));
+            }
         }
         Ok(())
     }
@@ -141,21 +145,23 @@ mod tests {
     #[test]
     fn a_file_changed_behind_the_cache_is_read_again() {
         let d = tempfile::tempdir().unwrap();
-        let (path, tmp) = (d.path().join("state.json"), d.path().join("state.tmp"));
+        let dir = Dir::open(d.path()).unwrap().unwrap();
+        let (name, tmp) = ("state.json", "state.tmp");
+        let path = d.path().join(name);
         let state = StateFile::default();
-        assert_eq!(state.read(&path).unwrap(), History::new());
-        state.save(&path, &tmp, &history(1), None).unwrap();
-        assert_eq!(state.read(&path).unwrap(), history(1));
+        assert_eq!(state.read(&dir, name).unwrap(), History::new());
+        state.save(&dir, name, tmp, &history(1), None).unwrap();
+        assert_eq!(state.read(&dir, name).unwrap(), history(1));
         // Another writer, same size, through a rename (a new inode) or in place.
         let other = StateFile::default();
-        other.save(&path, &tmp, &history(2), None).unwrap();
-        assert_eq!(state.read(&path).unwrap(), history(2));
+        other.save(&dir, name, tmp, &history(2), None).unwrap();
+        assert_eq!(state.read(&dir, name).unwrap(), history(2));
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replace("\"number\": 2", "\"number\": 3")).unwrap();
-        assert_eq!(state.read(&path).unwrap(), history(3));
+        assert_eq!(state.read(&dir, name).unwrap(), history(3));
         std::fs::write(&path, "{").unwrap();
-        assert!(state.read(&path).is_err());
+        assert!(state.read(&dir, name).is_err());
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(state.read(&path).unwrap(), History::new());
+        assert_eq!(state.read(&dir, name).unwrap(), History::new());
     }
 }
