@@ -122,6 +122,8 @@ fn sync_writes_every_new_key_before_removing_any() {
         .args([
             "-f",
             "-qq",
+            // Directory descriptors shown with their paths: fernetd names files from them.
+            "-y",
             "-e",
             "trace=rename,renameat,renameat2,link,linkat,unlink,unlinkat",
             "-o",
@@ -138,16 +140,20 @@ fn sync_writes_every_new_key_before_removing_any() {
     );
     assert_eq!(keys(&b), keys(&a));
     // In the trace: every new name of a key file comes before every unlink of one.
-    let b_prefix = format!("\"{}/", b.display());
+    let b_prefix = format!("{}/", b.display());
     let mut last_install = 0;
     let mut installs = 0;
     let mut first_removal = usize::MAX;
     for (i, line) in std::fs::read_to_string(&trace).unwrap().lines().enumerate() {
+        // `11</dir>, "4"` (a name in an open directory) or `"/dir/4"`: the file /dir/4.
         let key_file = |s: &str| {
-            s.strip_prefix(&b_prefix)
+            let s = s.trim_start_matches(|c: char| c.is_ascii_digit());
+            s.trim_start_matches(['<', '"'])
+                .strip_prefix(&b_prefix)
                 .and_then(|r| r.split('"').next())
                 .is_some_and(|n| n.parse::<u64>().is_ok())
         };
+        let line = line.replace(">, \"", "/");
         let args: Vec<&str> = line.split([',', '(', ')']).map(str::trim).collect();
         // "1234 renameat2": the syscall's name, so "unlink" is never taken for "link".
         let syscall = args[0].rsplit(' ').next().unwrap_or("");
