@@ -1417,3 +1417,56 @@ fn a_metrics_flood_never_delays_rotation() {
     );
     d.stop();
 }
+
+/// What a careless or hostile user can plant in a repository never blocks the daemon's loop
+/// (it opened a FIFO at `.fernetd/state.json` and waited forever: no metrics, SIGTERM
+/// ignored) or its memory (`/dev/zero` behind a key's link): each is said, naming the file,
+/// while the metrics answer and SIGTERM stops it at once.
+#[test]
+fn fifos_and_devices_planted_in_a_repository_never_block_the_daemon() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let d = Daemon::start(&args(r, "1s", &["--metrics-listen", "127.0.0.1:0"]), &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+
+    // A key that is a link to an endless device.
+    std::os::unix::fs::symlink("/dev/zero", dir.join("7")).unwrap();
+    assert!(
+        d.wait_log("keys/7: named like a key but not a regular file", Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    std::fs::remove_file(dir.join("7")).unwrap();
+
+    // A FIFO where the history is: the next rotation fails, saying so, and nothing waits
+    // on it.
+    let state = dir.join(".fernetd/state.json");
+    std::fs::rename(&state, t.path().join("state.saved")).unwrap();
+    nix::unistd::mkfifo(&state, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(
+        d.wait_log("state.json: not a regular file", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let failing = |m: String| {
+        m.lines()
+            .any(|l| l.starts_with("fernetd_rotation_failing{") && l.ends_with(" 1"))
+    };
+    assert!(
+        d.wait_for(Duration::from_secs(3), || failing(d.metrics())),
+        "{}",
+        d.metrics()
+    );
+    let rss = d.peak_rss_kib();
+    let began = Instant::now();
+    let status = d.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "SIGTERM took {:?}",
+        began.elapsed()
+    );
+    assert!(rss < 30 * 1024, "peak RSS {rss} KiB");
+}
