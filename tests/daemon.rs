@@ -1434,7 +1434,10 @@ fn fifos_and_devices_planted_in_a_repository_never_block_the_daemon() {
     // A key that is a link to an endless device.
     std::os::unix::fs::symlink("/dev/zero", dir.join("7")).unwrap();
     assert!(
-        d.wait_log("keys/7: named like a key but not a regular file", Duration::from_secs(3)),
+        d.wait_log(
+            "keys/7: named like a key but not a regular file",
+            Duration::from_secs(3)
+        ),
         "{}",
         d.log()
     );

@@ -160,7 +160,7 @@ impl Dir {
                 path: path.to_path_buf(),
             })),
             Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(errno_at(path, e, "a key repository must be a directory")),
+            Err(e) => Err(errno_at(path, e, "the key repository should be")),
         }
     }
 
