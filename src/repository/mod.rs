@@ -139,19 +139,13 @@ impl Repository {
         self.internal().join(STATE)
     }
 
-    /// The repository and its `.fernetd`, opened for reading (`None` where missing): a link
-    /// or a file planted as `.fernetd` is an error naming it.
-    fn open_dirs(&self) -> Result<(Option<Dir>, Option<Dir>)> {
-        let Some(repo) = Dir::open(&self.dir)? else {
-            return Ok((None, None));
-        };
-        let internal = repo.own(INTERNAL_DIR, self.owner)?;
-        Ok((Some(repo), internal))
-    }
-
-    /// `.fernetd`, opened for reading, `None` when it (or the repository) does not exist.
+    /// `.fernetd`, opened for reading, `None` when it (or the repository) does not exist: a
+    /// link or a file planted as `.fernetd` is an error naming it.
     fn open_internal(&self) -> Result<Option<Dir>> {
-        Ok(self.open_dirs()?.1)
+        match Dir::open(&self.dir)? {
+            Some(repo) => repo.own(INTERNAL_DIR, self.owner),
+            None => Ok(None),
+        }
     }
 
     /// `now` as retention is judged here: never later than the first moment fernetd recorded
@@ -321,10 +315,7 @@ impl Repository {
             }
             let needed =
                 n == 0 || Some(n) == primary || r.retained_until(retention, now) > now.wall;
-            let key = copies
-                .read_small(&r.fingerprint.to_string())?
-                .and_then(|b| Key::parse(&b).ok());
-            match key {
+            match own_key(&copies, &r.fingerprint.to_string())? {
                 Some(k) if needed && k.fingerprint() == r.fingerprint => {
                     install_copy(w, n, &k)?;
                     restored.push(n);
@@ -877,9 +868,7 @@ impl Repository {
                 _ => false,
             };
             if promoted {
-                let staged = internal
-                    .read_small(STAGED_TMP)?
-                    .and_then(|b| Key::parse(&b).ok());
+                let staged = own_key(internal, STAGED_TMP)?;
                 internal.remove(PRIMARY_TMP)?;
                 match staged {
                     Some(_) => internal.rename_durable(STAGED_TMP, repo, "0")?,
@@ -907,11 +896,7 @@ impl Repository {
         // keystone-manage's own crash window: `0` renamed to max+1, `0.tmp` not yet to `0`.
         let zero = repo.exists("0")?;
         if !zero && w.scan()?.keys().keys().any(|&n| n > 0) {
-            let staged = match repo.open_regular(KEYSTONE_TMP, fsio::SMALL_FILE, false) {
-                Ok(Some(f)) => scan::read_key_from(&f).ok(),
-                _ => None,
-            };
-            match staged {
+            match own_key(repo, KEYSTONE_TMP)? {
                 Some(_) => {
                     repo.rename_durable(KEYSTONE_TMP, repo, "0")?;
                     out.warnings.push(
@@ -955,6 +940,15 @@ fn trusted(h: History, disk: &BTreeMap<u64, Fingerprint>, path: PathBuf) -> Resu
         }),
         None => Ok(h),
     }
+}
+
+/// The key in a temp file or a repair copy (`name` in `dir`): never through a link, never
+/// blocking, read as a key file is (capped, the bytes zeroized). `None` when missing or not a
+/// key; an error when something other than a regular file is there.
+fn own_key(dir: &Dir, name: &str) -> Result<Option<Key>> {
+    Ok(dir
+        .open_regular(name, fsio::SMALL_FILE, false)?
+        .and_then(|f| scan::read_key_from(&f).ok()))
 }
 
 /// The moment `.fernetd/clock` records, if it holds a readable one.
