@@ -82,11 +82,32 @@ pub enum ClusterCommand {
     /// changing a key, or, without --from, fresh keys. Refused when the prefix already holds a
     /// key set, unless --force.
     Init(ClusterInitArgs),
-    /// Print a new seal key (32 random bytes, url-safe base64) for [cluster] seal_key_file.
-    NewSealKey,
+    /// Make a new seal key (32 random bytes, url-safe base64) for [cluster] seal_key_file:
+    /// into --out FILE (created mode 0600, never replaced; run as root, owned by the Keystone
+    /// user), else printed.
+    NewSealKey(NewSealKeyArgs),
+    /// Seal the cluster's key sets that are still stored in the clear (the step between
+    /// adding seal_key_file with insecure_unsealed = true on every node and removing
+    /// insecure_unsealed): the same sets, written again sealed; no key changes.
+    Seal(SealArgs),
     /// Remove a node from the cluster for good: the promotion gate stops waiting for it. A node
     /// that is only unreachable still serves tokens, so rotations wait for it until this.
     RemoveNode(RemoveNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewSealKeyArgs {
+    /// Write the key to this file (mode 0600; an existing file is never replaced) instead of
+    /// printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Only this repository's key set (default: every configured repository).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +140,11 @@ pub struct ClusterInitArgs {
     /// until each of them has applied the set, whenever its daemon starts.
     #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
     pub members: Vec<String>,
+    /// Make the seal key at [cluster] seal_key_file first (mode 0600, owned by the Keystone
+    /// user when run as root; an existing file is never replaced), then seal the new key set
+    /// with it. Copy the file to every node before their daemons start.
+    #[arg(long)]
+    pub new_seal_key: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -319,21 +345,68 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             generate(&a.out)?;
             Ok(0)
         }
-        Command::Cluster(ClusterCommand::NewSealKey) => {
-            let k = crate::key::Key::generate().map_err(|e| anyhow::anyhow!("random: {e}"))?;
-            println!("{}", &*k.to_text());
+        Command::Cluster(ClusterCommand::NewSealKey(a)) => {
+            match &a.out {
+                Some(out) => {
+                    // The configuration only names the Keystone user here, and may be the
+                    // one waiting for this key (refused without it).
+                    let keystone = config::Sources::load(&Flags::default(), config)
+                        .map(|s| s.file.keystone)
+                        .unwrap_or_default();
+                    make_seal_key(out, &keystone)?;
+                }
+                None => {
+                    let k =
+                        crate::key::Key::generate().map_err(|e| anyhow::anyhow!("random: {e}"))?;
+                    println!("{}", &*k.to_text());
+                }
+            }
+            Ok(0)
+        }
+        Command::Cluster(ClusterCommand::Seal(a)) => {
+            let sources = config::Sources::load(&Flags::default(), config)?;
+            let cluster = cluster_settings(&sources, config)?;
+            if cluster.seal_key_file.is_none() {
+                anyhow::bail!(
+                    "{}: [cluster] has no seal_key_file: nothing to seal with (make one with \
+                     `fernetd cluster new-seal-key --out {}` and copy it to every node first)",
+                    config_name(config),
+                    config::DEFAULT_SEAL_KEY_FILE
+                );
+            }
+            if !cluster.insecure_unsealed {
+                anyhow::bail!(
+                    "{}: [cluster] insecure_unsealed is not set, so this node refuses the key sets \
+                     stored in the clear that `cluster seal` would seal; run it where \
+                     insecure_unsealed = true (see the README: moving a cluster to sealed key \
+                     sets)",
+                    config_name(config)
+                );
+            }
+            let kinds = configured_kinds(&sources, a.kind);
+            let sealed = block_on(async {
+                let mut c = crate::cluster::Cluster::connect(&cluster).await?;
+                let mut out = Vec::new();
+                for kind in kinds {
+                    out.push((kind, c.seal_in_place(kind).await?));
+                }
+                Ok::<_, crate::cluster::ClusterError>(out)
+            })??;
+            for (kind, revision) in sealed {
+                match revision {
+                    Some(r) => println!(
+                        "{}/{kind}/keyset: sealed at revision {r}; no key changed",
+                        cluster.prefix
+                    ),
+                    None => println!("{}/{kind}/keyset: already sealed", cluster.prefix),
+                }
+            }
             Ok(0)
         }
         Command::Cluster(ClusterCommand::RemoveNode(a)) => {
             let sources = config::Sources::load(&Flags::default(), config)?;
             let cluster = cluster_settings(&sources, config)?;
-            let kinds: Vec<config::Kind> = match a.kind {
-                Some(k) => vec![k.into()],
-                None => config::Kind::ALL
-                    .into_iter()
-                    .filter(|k| sources.file.section(*k).is_some())
-                    .collect(),
-            };
+            let kinds = configured_kinds(&sources, a.kind);
             let removed = block_on(async {
                 let mut c = crate::cluster::Cluster::connect(&cluster).await?;
                 let mut out = Vec::new();
@@ -363,6 +436,21 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             let sources = config::Sources::load(&Flags::default(), config)?;
             let cluster = cluster_settings(&sources, config)?;
             let kind = config::Kind::from(a.kind);
+            match (&cluster.seal_key_file, a.new_seal_key) {
+                (None, true) => anyhow::bail!(
+                    "{}: --new-seal-key: set [cluster] seal_key_file (e.g. \"{}\") first",
+                    config_name(config),
+                    config::DEFAULT_SEAL_KEY_FILE
+                ),
+                (Some(p), true) => make_seal_key(p, &sources.file.keystone)?,
+                (Some(p), false) if !p.exists() => anyhow::bail!(
+                    "{}: [cluster] seal_key_file {} does not exist: `fernetd cluster init \
+                     --new-seal-key` makes it, or copy it here from a node of the cluster",
+                    config_name(config),
+                    p.display()
+                ),
+                _ => {}
+            }
             let s = sources.selected(kind, &Flags::default())?;
             let owner = match &s {
                 Some(s) => Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?,
@@ -439,6 +527,12 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 format!("; cluster node {} under {}", c.node, c.prefix)
             });
             println!("{shown}: valid: {}{cluster}", parts.join("; "));
+            for p in d.cluster.iter().flat_map(crate::exposure::exposures) {
+                say(
+                    Severity::Warning,
+                    &format!("warning: [{}] {}", p.code, p.message),
+                );
+            }
             if let Some(pid) = a.reload {
                 use nix::sys::signal::{kill, Signal};
                 kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(|e| {
@@ -511,13 +605,17 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     sum
                 })
                 .collect();
-            let sources = config::Sources::load(&flags, config)?;
             let mut views = Vec::new();
-            if sources.file.cluster.is_some() {
-                let cluster = cluster_settings(&sources, config)?;
-                views = block_on(cluster_views(&cluster, &d))?;
+            if let Some(cluster) = &d.cluster {
+                views = block_on(cluster_views(cluster, &d))?;
                 for (s, v) in sums.iter_mut().zip(&views) {
                     s.add_cluster(v);
+                }
+                let exposed = crate::exposure::exposures(cluster);
+                for s in &mut sums {
+                    for p in &exposed {
+                        s.add(p);
+                    }
                 }
             }
             let level = sums
@@ -771,6 +869,53 @@ fn configured(
     })
 }
 
+/// The repositories a cluster command acts on: the one `--kind` names, else every configured
+/// one.
+fn configured_kinds(sources: &config::Sources, kind: Option<KindArg>) -> Vec<config::Kind> {
+    match kind {
+        Some(k) => vec![k.into()],
+        None => config::Kind::ALL
+            .into_iter()
+            .filter(|k| sources.file.section(*k).is_some())
+            .collect(),
+    }
+}
+
+/// Makes a new seal key at `path` and says where it must go next. Run as root, the file is
+/// given to the Keystone user (`[keystone] user`/`group`, else a user named `keystone`), whose
+/// daemon reads it.
+fn make_seal_key(path: &std::path::Path, k: &config::KeystoneSection) -> anyhow::Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let owner = match (root, k.user.as_deref(), k.group.as_deref()) {
+        (false, _, _) => None,
+        (true, Some(u), g) => {
+            Owner::resolve(Some(u), Some(g.unwrap_or(u)))?.map(|o| (o.uid, o.gid))
+        }
+        (true, None, _) => nix::unistd::User::from_name("keystone")
+            .ok()
+            .flatten()
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw())),
+    };
+    crate::seal::SealKey::create(path, owner)?;
+    let whose = match owner {
+        Some((uid, _)) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or(format!("uid {uid}"), |u| u.name),
+        None => nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or("this user".into(), |u| u.name),
+    };
+    println!(
+        "made a new seal key at {} (owner {whose}, mode 0600): copy it to every node, same \
+         path, owner and mode (e.g. `install -m 600 -o {whose} -g {whose}`), before their \
+         daemons start; keep a copy offline: key sets sealed with it open with nothing else",
+        path.display()
+    );
+    Ok(())
+}
+
 /// `[cluster]` from the configuration, or an error naming the file.
 fn cluster_settings(
     sources: &config::Sources,
@@ -782,11 +927,11 @@ fn cluster_settings(
             config_name(config)
         )
     })?;
-    let s = c.settings();
+    let s = c.settings(&sources.file.keystone);
     if s.seal_key_file.is_none() {
         say(
             Severity::Warning,
-            "warning: [cluster] has no seal_key_file: key sets sit in etcd in the clear",
+            "warning: [cluster] insecure_unsealed: key sets sit in etcd in the clear",
         );
     }
     Ok(s)

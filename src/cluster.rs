@@ -7,19 +7,22 @@
 
 use crate::config::{ClusterSettings, Kind};
 use crate::keyset::{KeySet, KeySetError};
-use crate::seal::{self, SealError, SealKey};
+use crate::seal::{SealError, SealKey, Sealing};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
     TxnOp, WatchOptions, WatchStream,
 };
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("etcd {endpoints}: {reason}")]
     Connect { endpoints: String, reason: String },
+    #[error("[cluster] seal_key_file {0}")]
+    SealKey(SealError),
+    #[error("[cluster] seal_key_file: required unless insecure_unsealed = true (key sets would sit in etcd in the clear)")]
+    Unsealed,
     #[error("etcd {what}: {reason}")]
     Request { what: String, reason: String },
     #[error("etcd {what}: no answer within {}", crate::duration::format(*.timeout))]
@@ -198,7 +201,7 @@ const MAX_ATTEMPTS: u32 = 50;
 pub struct Cluster {
     client: Client,
     prefix: String,
-    seal: Option<Arc<SealKey>>,
+    seal: Sealing,
     timeout: Duration,
     endpoints: String,
 }
@@ -216,15 +219,12 @@ impl Cluster {
     /// moves on to the others.
     pub async fn connect(s: &ClusterSettings) -> Result<Cluster, ClusterError> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let seal = match &s.seal_key_file {
-            Some(p) => Some(Arc::new(SealKey::load(p).map_err(|e| {
-                ClusterError::Connect {
-                    endpoints: s.endpoints.join(","),
-                    reason: e.to_string(),
-                }
-            })?)),
-            None => None,
+        let key = match &s.seal_key_file {
+            Some(p) => Some(SealKey::load(p, s.seal_owner).map_err(ClusterError::SealKey)?),
+            None if s.insecure_unsealed => None,
+            None => return Err(ClusterError::Unsealed),
         };
+        let seal = Sealing::new(key, s.insecure_unsealed);
         let n = s.endpoints.len().max(1);
         let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut reasons = Vec::new();
@@ -252,7 +252,7 @@ impl Cluster {
     }
 
     pub fn sealed(&self) -> bool {
-        self.seal.is_some()
+        self.seal.sealed()
     }
 
     /// The etcd key of a repository's key set.
@@ -315,12 +315,13 @@ impl Cluster {
         lineage.forced = force_purge;
         let mut set = set.clone();
         set.history.lineage = Some(lineage.clone());
-        let value = seal::seal_value(self.seal.as_deref(), &set.encode(), key.as_bytes()).map_err(
-            |source| ClusterError::Seal {
+        let value = self
+            .seal
+            .seal(&set.encode(), key.as_bytes())
+            .map_err(|source| ClusterError::Seal {
                 key: key.clone(),
                 source,
-            },
-        )?;
+            })?;
         let put = TxnOp::put(key.clone(), value, None);
         let txn = if force {
             Txn::new().and_then([put])
@@ -360,12 +361,13 @@ impl Cluster {
         over: i64,
     ) -> Result<bool, ClusterError> {
         let key = self.keyset_key(kind);
-        let value = seal::seal_value(self.seal.as_deref(), &set.encode(), key.as_bytes()).map_err(
-            |source| ClusterError::Seal {
+        let value = self
+            .seal
+            .seal(&set.encode(), key.as_bytes())
+            .map_err(|source| ClusterError::Seal {
                 key: key.clone(),
                 source,
-            },
-        )?;
+            })?;
         let compare = match over {
             0 => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
             r => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
@@ -378,6 +380,35 @@ impl Cluster {
             .bounded(&format!("republish {key}"), client.txn(txn))
             .await?;
         Ok(resp.succeeded())
+    }
+
+    /// Writes the repository's key set again, sealed, when it is stored in the clear (a
+    /// transaction on the revision read: a rotation meanwhile wins, and is sealed itself).
+    /// The set is the same, so every node takes it as the one it holds. Returns the new
+    /// revision, or None when the set was sealed already.
+    pub async fn seal_in_place(&mut self, kind: Kind) -> Result<Option<i64>, ClusterError> {
+        let key = self.keyset_key(kind);
+        for _ in 0..MAX_ATTEMPTS {
+            let mut client = self.client.clone();
+            let resp = self
+                .bounded(&format!("read {key}"), client.get(key.clone(), None))
+                .await?;
+            let kv = resp
+                .kvs()
+                .first()
+                .ok_or_else(|| ClusterError::Missing { key: key.clone() })?;
+            if crate::seal::is_sealed(kv.value()) {
+                return Ok(None);
+            }
+            let set = open(&self.seal, &key, kv.value())?;
+            if self.republish(kind, &set, kv.mod_revision()).await? {
+                return self.fetch(kind).await.map(|(_, revision)| Some(revision));
+            }
+        }
+        Err(ClusterError::Contention {
+            key,
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
@@ -468,7 +499,9 @@ impl Cluster {
             let (next, decision) = set
                 .rotate(new_key, params, r.now)
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
-            let value = seal::seal_value(self.seal.as_deref(), &next.encode(), key.as_bytes())
+            let value = self
+                .seal
+                .seal(&next.encode(), key.as_bytes())
                 .map_err(|source| ClusterError::Seal {
                     key: key.clone(),
                     source,
@@ -706,15 +739,16 @@ impl Cluster {
             .first()
             .ok_or_else(|| ClusterError::Missing { key: key.clone() })?;
         let store = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let set = open(self.seal.as_deref(), &key, kv.value())?;
+        let set = open(&self.seal, &key, kv.value())?;
         Ok((set, kv.mod_revision(), store.max(kv.mod_revision())))
     }
 }
 
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
-fn open(seal: Option<&SealKey>, key: &str, value: &[u8]) -> Result<KeySet, ClusterError> {
-    let plain =
-        seal::open_value(seal, value, key.as_bytes()).map_err(|source| ClusterError::Seal {
+fn open(seal: &Sealing, key: &str, value: &[u8]) -> Result<KeySet, ClusterError> {
+    let plain = seal
+        .open(value, key.as_bytes())
+        .map_err(|source| ClusterError::Seal {
             key: key.to_string(),
             source,
         })?;
@@ -773,7 +807,7 @@ pub struct Watch {
     stream: WatchStream,
     keyset_key: String,
     leader_key: String,
-    seal: Option<Arc<SealKey>>,
+    seal: Sealing,
 }
 
 impl Watch {
@@ -819,7 +853,7 @@ impl Watch {
                     });
                 }
                 out.push(Change::KeySet {
-                    set: open(self.seal.as_deref(), &self.keyset_key, kv.value())?,
+                    set: open(&self.seal, &self.keyset_key, kv.value())?,
                     revision: kv.mod_revision(),
                 });
             } else if kv.key() == self.leader_key.as_bytes() {

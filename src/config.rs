@@ -63,8 +63,15 @@ pub struct ClusterSection {
     pub prefix: Option<String>,
     /// This node's name (default: the hostname).
     pub node: Option<String>,
-    /// Key-encryption key: seals every key set stored in etcd.
+    /// Key-encryption key: seals every key set stored in etcd. Required unless
+    /// `insecure_unsealed = true`.
     pub seal_key_file: Option<PathBuf>,
+    /// The operator's explicit consent to key sets in etcd without a seal key (anyone who can
+    /// read the prefix or a backup of etcd can then mint tokens); with a seal key, it also lets
+    /// this node take unsealed sets while a cluster moves to sealed ones. A warning everywhere
+    /// for as long as it is set.
+    #[serde(default)]
+    pub insecure_unsealed: bool,
     #[serde(default, with = "duration::serde_opt")]
     pub dial_timeout: Option<Duration>,
     #[serde(default, with = "duration::serde_opt")]
@@ -97,6 +104,12 @@ pub struct ClusterSettings {
     pub prefix: String,
     pub node: String,
     pub seal_key_file: Option<PathBuf>,
+    /// See [`ClusterSection::insecure_unsealed`].
+    pub insecure_unsealed: bool,
+    /// Who may own the seal key file besides the user fernetd runs as and root: the
+    /// configured Keystone user (`[keystone] user`, else a user named `keystone`), whose
+    /// daemon reads the same file when an operator runs a command as root.
+    pub seal_owner: Option<u32>,
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
     pub lease_ttl: Duration,
@@ -110,6 +123,8 @@ pub struct ClusterSettings {
 }
 
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
+/// Where the README and the error messages suggest keeping the seal key.
+pub const DEFAULT_SEAL_KEY_FILE: &str = "/etc/fernetd/seal.key";
 pub const DEFAULT_GATE_DEADLINE: Duration = Duration::from_secs(60);
 
 impl ClusterSection {
@@ -142,10 +157,33 @@ impl ClusterSection {
                 ));
             }
         }
+        if self.seal_key_file.is_none() && !self.insecure_unsealed {
+            return Err(format!(
+                "seal_key_file: required: without it every Fernet key sits in etcd in the clear, \
+                 and anyone who can read the prefix or an etcd backup can mint tokens; set \
+                 seal_key_file = \"{DEFAULT_SEAL_KEY_FILE}\" and make it with `fernetd cluster \
+                 init --new-seal-key` (or `fernetd cluster new-seal-key --out FILE`), copied to \
+                 every node; or accept the risk with insecure_unsealed = true"
+            ));
+        }
         Ok(())
     }
 
-    pub fn settings(&self) -> ClusterSettings {
+    /// The settings, with defaults; `keystone` names the user whose seal key file a command
+    /// run as root may read (see [`ClusterSettings::seal_owner`]).
+    pub fn settings(&self, keystone: &KeystoneSection) -> ClusterSettings {
+        let seal_owner =
+            keystone
+                .user
+                .as_deref()
+                .or(Some("keystone"))
+                .and_then(|u| match u.parse::<u32>() {
+                    Ok(id) => Some(id),
+                    Err(_) => nix::unistd::User::from_name(u)
+                        .ok()
+                        .flatten()
+                        .map(|u| u.uid.as_raw()),
+                });
         ClusterSettings {
             endpoints: self.endpoints.clone(),
             prefix: self
@@ -159,6 +197,8 @@ impl ClusterSection {
                     .unwrap_or_else(|| "localhost".into())
             }),
             seal_key_file: self.seal_key_file.clone(),
+            insecure_unsealed: self.insecure_unsealed,
+            seal_owner,
             dial_timeout: self.dial_timeout.unwrap_or(Duration::from_secs(5)),
             request_timeout: self.request_timeout.unwrap_or(Duration::from_secs(5)),
             lease_ttl: self.lease_ttl.unwrap_or(Duration::from_secs(10)),
@@ -715,6 +755,14 @@ impl DaemonSettings {
         now: DateTime<Utc>,
     ) -> Result<DaemonSettings, ConfigError> {
         let d = Self::inspect(flags, config, now)?;
+        // A seal key others can read, or the wrong kind of file, stops the daemon at start
+        // and a reload, as it stops every command that would use it.
+        if let Some(c) = &d.cluster {
+            if let Some(p) = &c.seal_key_file {
+                crate::seal::SealKey::load(p, c.seal_owner)
+                    .map_err(|e| ConfigError(format!("[cluster] seal_key_file {e}")))?;
+            }
+        }
         if let Some(m) = d
             .repositories
             .iter()
@@ -766,7 +814,11 @@ impl DaemonSettings {
         Ok(DaemonSettings {
             repositories,
             metrics_listen: flags.metrics_listen.or(sources.file.daemon.metrics_listen),
-            cluster: sources.file.cluster.as_ref().map(ClusterSection::settings),
+            cluster: sources
+                .file
+                .cluster
+                .as_ref()
+                .map(|c| c.settings(&sources.file.keystone)),
         })
     }
 }

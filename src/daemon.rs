@@ -76,6 +76,9 @@ struct Slot {
     failing: Option<(DateTime<Utc>, String)>,
     /// The live view last written to `.fernetd/daemon.json`, so that it is written on change.
     live: Option<status::Live>,
+    /// What the cluster configuration exposes (unsealed, plain HTTP, readable secrets): said
+    /// with every other problem for as long as the configuration stays so.
+    exposed: Vec<status::Problem>,
 }
 
 /// The nodes a due rotation waits for, and whether they block it (past the gate deadline).
@@ -132,6 +135,7 @@ impl Slot {
             skewed: Vec::new(),
             failing: None,
             live: None,
+            exposed: Vec::new(),
         }
     }
 
@@ -149,7 +153,7 @@ impl Slot {
     /// What this daemon knows of the repository's health beyond the disk, judged at `now`.
     fn live_problems(&self, now: DateTime<Utc>) -> Vec<status::Problem> {
         use status::Problem;
-        let mut out = Vec::new();
+        let mut out = self.exposed.clone();
         if let Some(why) = &self.refused {
             out.push(Problem::new("input-refused", Level::Critical, why.clone()));
         }
@@ -323,8 +327,12 @@ impl Daemon {
                 c.endpoints.join(","),
                 c.prefix
             );
-            if c.seal_key_file.is_none() {
-                tracing::warn!("[cluster] has no seal_key_file: key sets sit in etcd in the clear");
+            let exposed = crate::exposure::exposures(c);
+            for p in &exposed {
+                tracing::warn!("{}", p.message);
+            }
+            for slot in &mut self.slots {
+                slot.exposed = exposed.clone();
             }
         }
         let now = Now::read();

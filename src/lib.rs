@@ -13,6 +13,7 @@
 //! - [`check`]: judges a repository snapshot, problem by problem.
 //! - [`keyset`]: keys + history as one value, as cluster mode stores it (pure).
 //! - [`seal`]: authenticated encryption of stored key sets under a key-encryption key.
+//! - [`exposure`]: what a cluster configuration exposes (unsealed, plain HTTP, readable secrets).
 //! - [`cluster`]: the key sets in etcd: import, fetch, acknowledgements, leadership, rotation.
 //! - [`agent`]: the daemon's cluster agent: follow, acknowledge, lead, rotate.
 //! - [`config`]: flags over TOML over keystone.conf.
@@ -52,6 +53,7 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod error;
+pub mod exposure;
 pub mod guard;
 pub mod history;
 pub mod hooks;

@@ -41,18 +41,94 @@ pub enum SealError {
     Open,
 }
 
+/// The largest seal key file read (the key is 44 characters and a newline).
+const MAX_FILE: u64 = 4096;
+
 impl SealKey {
-    pub fn load(path: &Path) -> Result<SealKey, SealError> {
-        let bytes = Zeroizing::new(
-            std::fs::read(path)
-                .map_err(|e| SealError::KeyFile(path.display().to_string(), e.to_string()))?,
-        );
+    /// Reads the key from `path`, which must be a regular file (a link to one is followed)
+    /// that no one but its owner may read or write, owned by the user fernetd runs as, by root
+    /// or by `owner` (the Keystone user, whose daemon reads the same file): a key others can
+    /// read lets them open every key set, one others can replace lets them choose it.
+    pub fn load(path: &Path, owner: Option<u32>) -> Result<SealKey, SealError> {
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let fail = |why: String| SealError::KeyFile(path.display().to_string(), why);
+        // Without blocking: a FIFO planted there is refused below instead of hanging.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| fail(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(fail(format!(
+                "mode {mode:04o} lets others than its owner at the seal key; `chmod 600` it \
+                 (and make a new one if others may have read it)"
+            )));
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        let uid = meta.uid();
+        if uid != me && uid != 0 && Some(uid) != owner {
+            return Err(fail(format!(
+                "owned by {}, not by the user fernetd runs as ({}) or root; `chown` it",
+                user_name(uid),
+                user_name(me)
+            )));
+        }
+        let mut bytes = Zeroizing::new(Vec::new());
+        file.take(MAX_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(e.to_string()))?;
         let key = crate::key::Key::parse(&bytes).map_err(|e| {
-            SealError::KeyFile(
-                path.display().to_string(),
-                format!("{e}; expected 32 random bytes as url-safe base64 (fernetd cluster new-seal-key)"),
-            )
+            fail(format!(
+                "{e}; expected 32 random bytes as url-safe base64 (fernetd cluster new-seal-key)"
+            ))
         })?;
+        Ok(SealKey { key })
+    }
+
+    /// Makes a new seal key at `path`: created (never replaced), mode 0600, given to `owner`
+    /// (uid, gid) when one is named, fsynced. Returns the key.
+    pub fn create(path: &Path, owner: Option<(u32, u32)>) -> Result<SealKey, SealError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let fail = |why: String| SealError::KeyFile(path.display().to_string(), why);
+        let key = crate::key::Key::generate().map_err(|e| fail(format!("random: {e}")))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => fail(
+                    "already exists; fernetd never replaces a seal key (every node and every \
+                     sealed value depend on it)"
+                        .into(),
+                ),
+                _ => fail(e.to_string()),
+            })?;
+        let written = (|| {
+            if let Some((uid, gid)) = owner {
+                nix::unistd::fchown(
+                    &file,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )?;
+            }
+            file.write_all(key.to_text().as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            Ok::<_, std::io::Error>(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(path);
+            return Err(fail(e.to_string()));
+        }
         Ok(SealKey { key })
     }
 
@@ -98,29 +174,68 @@ impl SealKey {
     }
 }
 
+/// True when `value` is a sealed value (whatever key sealed it).
+pub fn is_sealed(value: &[u8]) -> bool {
+    value.starts_with(MAGIC)
+}
+
+/// A user's name for messages, else its number.
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
 /// Opens a value read from etcd with an optional seal key: a sealed value needs the key, and
-/// with a key configured an unsealed value is refused.
+/// with a key configured an unsealed value is refused unless `accept_unsealed` (the
+/// operator's `insecure_unsealed`, while a cluster moves to sealed values).
 pub fn open_value(
     key: Option<&SealKey>,
+    accept_unsealed: bool,
     value: &[u8],
     aad: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, SealError> {
-    match (key, value.starts_with(MAGIC)) {
+    match (key, is_sealed(value)) {
+        (Some(_), false) if accept_unsealed => Ok(Zeroizing::new(value.to_vec())),
         (Some(k), _) => k.open(value, aad),
         (None, true) => Err(SealError::NoKey),
         (None, false) => Ok(Zeroizing::new(value.to_vec())),
     }
 }
 
-/// Seals with `key` if any.
-pub fn seal_value(
-    key: Option<&SealKey>,
-    plaintext: &[u8],
-    aad: &[u8],
-) -> Result<Vec<u8>, SealError> {
-    match key {
-        Some(k) => k.seal(plaintext, aad),
-        None => Ok(plaintext.to_vec()),
+/// How a cluster connection seals what it writes and opens what it reads: with the seal key
+/// when one is configured (always, for writes), and taking unsealed values only where the
+/// operator said `insecure_unsealed`.
+#[derive(Debug, Clone, Default)]
+pub struct Sealing {
+    key: Option<std::sync::Arc<SealKey>>,
+    accept_unsealed: bool,
+}
+
+impl Sealing {
+    pub fn new(key: Option<SealKey>, accept_unsealed: bool) -> Sealing {
+        Sealing {
+            key: key.map(std::sync::Arc::new),
+            accept_unsealed,
+        }
+    }
+
+    pub fn sealed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Seals `plaintext` for the etcd key `aad` (as it is when no seal key is configured).
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
+        match &self.key {
+            Some(k) => k.seal(plaintext, aad),
+            None => Ok(plaintext.to_vec()),
+        }
+    }
+
+    /// Opens a value read from under the etcd key `aad` (see [`open_value`]).
+    pub fn open(&self, value: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        open_value(self.key.as_deref(), self.accept_unsealed, value, aad)
     }
 }
 
@@ -161,12 +276,23 @@ mod tests {
     fn sealed_and_clear_values_are_never_mixed_up() {
         let k = key();
         let v = k.seal(b"x", b"a").unwrap();
-        assert_eq!(open_value(None, &v, b"a"), Err(SealError::NoKey));
+        assert_eq!(open_value(None, true, &v, b"a"), Err(SealError::NoKey));
         assert_eq!(
-            open_value(Some(&k), b"{\"plain\":1}", b"a"),
+            open_value(Some(&k), false, b"{\"plain\":1}", b"a"),
             Err(SealError::NotSealed)
         );
-        assert_eq!(&*open_value(None, b"plain", b"a").unwrap(), b"plain");
+        assert_eq!(&*open_value(None, true, b"plain", b"a").unwrap(), b"plain");
+        // While a cluster moves to sealed values: both open, and a sealed one still must
+        // open with the key.
+        assert_eq!(
+            &*open_value(Some(&k), true, b"plain", b"a").unwrap(),
+            b"plain"
+        );
+        assert_eq!(&*open_value(Some(&k), true, &v, b"a").unwrap(), b"x");
+        assert_eq!(
+            open_value(Some(&key()), true, &v, b"a"),
+            Err(SealError::Open)
+        );
         assert!(!format!("{k:?}").contains(&*k.key.to_text()));
     }
 }

@@ -243,6 +243,21 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "a due rotation held past `gate_deadline` by members without the staged key",
     ),
     (
+        "cluster-unsealed",
+        "warning",
+        "`insecure_unsealed`: key sets may sit in etcd in the clear",
+    ),
+    (
+        "etcd-plaintext",
+        "warning",
+        "an etcd endpoint beyond this host is plain HTTP",
+    ),
+    (
+        "secret-readable",
+        "warning",
+        "the etcd password or TLS key file is readable by every user",
+    ),
+    (
         "gate-waiting",
         "ok",
         "a note: the next promotion waits on these members",

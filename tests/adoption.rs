@@ -236,7 +236,7 @@ fn a_keystone_manage_cluster_moves_to_fernetd_with_no_token_lost() {
                 "[keystone]\nconfig = \"{conf}\"\nuser = \"{user}\"\ngroup = \"{group}\"\n\
                  [tokens]\nschedule = \"*/5 * * * * *\"\nmargin = \"5s\"\n\
                  [receipts]\nschedule = \"*/5 * * * * *\"\nmargin = \"5s\"\n\
-                 [cluster]\nendpoints = [\"{etcd}\"]\nprefix = \"/keystone\"\nnode = \"{name}\"\n\
+                 [cluster]\ninsecure_unsealed = true\nendpoints = [\"{etcd}\"]\nprefix = \"/keystone\"\nnode = \"{name}\"\n\
                  lease_ttl = \"2s\"\ndial_timeout = \"10s\"\n",
                 conf = n.conf().display(),
                 etcd = etcd.endpoint,

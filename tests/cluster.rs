@@ -11,9 +11,10 @@ fn config(dir: &Path, name: &str, etcd: &Etcd, repo: &Path, extra: &str) -> std:
     std::fs::write(
         &p,
         format!(
-            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"10s\"\n{extra}",
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"10s\"\n{}",
             repo.display(),
-            etcd.endpoint
+            etcd.endpoint,
+            cluster_lines(extra)
         ),
     )
     .unwrap();
@@ -190,8 +191,7 @@ fn sealed_key_sets_are_unreadable_in_etcd_and_tampering_is_refused() {
     let ar = a.to_str().unwrap();
     fernetd_ok(&["setup", "--key-repository", ar]);
     let seal = t.path().join("seal.key");
-    let k = fernetd_ok(&["cluster", "new-seal-key"]);
-    std::fs::write(&seal, k.stdout.trim()).unwrap();
+    new_seal_key(&seal);
     let sealed = format!("seal_key_file = \"{}\"\n", seal.display());
     let ca = config(t.path(), "a.toml", &etcd, &a, &sealed);
     let cb = config(t.path(), "b.toml", &etcd, &b, &sealed);
@@ -300,7 +300,7 @@ fn cluster_errors_are_one_line() {
         .unwrap()
         .port();
     let c = t.path().join("c.toml");
-    std::fs::write(&c, format!("[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"http://127.0.0.1:{port}\"]\ndial_timeout = \"1s\"\nrequest_timeout = \"1s\"\n", repo.display())).unwrap();
+    std::fs::write(&c, format!("[tokens]\nkey_repository = \"{}\"\n[cluster]\ninsecure_unsealed = true\nendpoints = [\"http://127.0.0.1:{port}\"]\ndial_timeout = \"1s\"\nrequest_timeout = \"1s\"\n", repo.display())).unwrap();
     let before = snapshot(&repo);
     let started = std::time::Instant::now();
     let out = fernetd(&["--config", c.to_str().unwrap(), "sync"]);
@@ -314,7 +314,11 @@ fn cluster_errors_are_one_line() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert_eq!(snapshot(&repo), before);
     let bad = t.path().join("bad.toml");
-    std::fs::write(&bad, "[cluster]\nendpoints = []\n").unwrap();
+    std::fs::write(
+        &bad,
+        "[cluster]\ninsecure_unsealed = true\nendpoints = []\n",
+    )
+    .unwrap();
     let out = fernetd(&["--config", bad.to_str().unwrap(), "sync"]);
     assert!(out.stderr.contains("[cluster] endpoints"), "{}", out.stderr);
 }
@@ -535,8 +539,12 @@ fn status_shows_the_cluster_and_whether_this_node_follows_it() {
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
-    let ca_path = config(t.path(), "a.toml", &etcd, &a, "");
-    let cb = config(t.path(), "b.toml", &etcd, &b, "");
+    // Sealed: a cluster in the clear is a warning of its own.
+    let seal = t.path().join("seal.key");
+    new_seal_key(&seal);
+    let sealed = format!("seal_key_file = \"{}\"\n", seal.display());
+    let ca_path = config(t.path(), "a.toml", &etcd, &a, &sealed);
+    let cb = config(t.path(), "b.toml", &etcd, &b, &sealed);
     fernetd_ok(&[
         "--config",
         ca_path.to_str().unwrap(),
@@ -656,7 +664,7 @@ fn node_config(dir: &Path, etcd: &Etcd, node: &str) -> std::path::PathBuf {
     std::fs::write(&p, format!(
         "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\nschedule = \"2s\"\n\
          expiration = \"3s\"\nallow_expired_window = 0\nmargin = 0\n\
-         [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"{node}\"\nlease_ttl = \"2s\"\n\
+         [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"{node}\"\nlease_ttl = \"2s\"\n\
          dial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n",
         dir.join(node).display(), etcd.endpoint
     )).unwrap();
@@ -1062,7 +1070,7 @@ fn losing_an_etcd_member_changes_nothing_and_losing_quorum_loses_no_key() {
         std::fs::write(&p, format!(
             "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\nschedule = \"2s\"\n\
              expiration = \"20s\"\nallow_expired_window = 0\nmargin = 0\n\
-             [cluster]\nendpoints = [{endpoints}]\nprefix = \"/test\"\nnode = \"{node}\"\nlease_ttl = \"2s\"\n\
+             [cluster]\ninsecure_unsealed = true\nendpoints = [{endpoints}]\nprefix = \"/test\"\nnode = \"{node}\"\nlease_ttl = \"2s\"\n\
              dial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n",
             t.path().join(node).display()
         )).unwrap();
@@ -1239,20 +1247,21 @@ fn paced_config(dir: &Path, etcd: &Etcd, node: &str, seal: &Path) -> std::path::
         .replace(
             "[cluster]\n",
             &format!("[cluster]\nseal_key_file = \"{}\"\n", seal.display()),
-        );
+        )
+        .replace("insecure_unsealed = true\n", "");
     std::fs::write(&p, text).unwrap();
     p
 }
 
 /// Promotion times of the sealed key set, in key order.
 fn promotions(etcd: &Etcd, seal: &Path) -> Vec<chrono::DateTime<chrono::Utc>> {
-    let key = fernetd::seal::SealKey::load(seal).unwrap();
+    let key = fernetd::seal::SealKey::load(seal, None).unwrap();
     let raw = etcd.with_client(async |c| {
         c.get("/test/tokens/keyset", None).await.unwrap().kvs()[0]
             .value()
             .to_vec()
     });
-    let plain = fernetd::seal::open_value(Some(&key), &raw, b"/test/tokens/keyset").unwrap();
+    let plain = fernetd::seal::open_value(Some(&key), false, &raw, b"/test/tokens/keyset").unwrap();
     let set = fernetd::keyset::KeySet::decode(&plain).unwrap();
     set.history
         .keys
@@ -1267,7 +1276,7 @@ fn a_leader_paused_past_its_lease_never_rotates_twice_in_a_slot() {
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
     let seal = t.path().join("seal.key");
-    std::fs::write(&seal, fernetd_ok(&["cluster", "new-seal-key"]).stdout).unwrap();
+    new_seal_key(&seal);
     let nodes = ["a", "b", "c"];
     let mut daemons: Vec<Daemon> = Vec::new();
     // Sealed from the first set on: the one `cluster init` writes.
@@ -1475,11 +1484,11 @@ fn a_rotation_is_fenced_on_the_leader_claim_and_judged_due_on_the_set_it_reads()
     use fernetd::config::{ClusterSection, Kind};
     let etcd = Etcd::start();
     let section: ClusterSection = toml::from_str(&format!(
-        "endpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"x\"\n",
+        "endpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"x\"\ninsecure_unsealed = true\n",
         etcd.endpoint
     ))
     .unwrap();
-    let settings = section.settings();
+    let settings = section.settings(&Default::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1570,7 +1579,7 @@ fn a_key_set_imported_from_keystone_manage_rotates_at_the_first_slot() {
         format!(
             "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
              schedule = \"2s\"\nexpiration = \"3s\"\nallow_expired_window = 0\nmargin = 0\n\
-             [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"a\"\n\
+             [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"a\"\n\
              lease_ttl = \"2s\"\ndial_timeout = \"10s\"\n",
             t.path().join("a").display(),
             etcd.endpoint
@@ -1649,7 +1658,7 @@ fn the_leader_runs_pre_rotate_before_each_credentials_rotation() {
              schedule = \"@daily\"\n\
              [credentials]\nkey_repository = \"{}\"\nschedule = \"2s\"\n\
              pre_rotate = [\"sh\", \"-c\", \"test ! -e {} && echo $FERNETD_PRIMARY >> {}\"]\n\
-             [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"a\"\nlease_ttl = \"2s\"\n\
+             [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"a\"\nlease_ttl = \"2s\"\n\
              dial_timeout = \"10s\"\n",
             t.path().join("tokens").display(),
             t.path().join("credentials").display(),

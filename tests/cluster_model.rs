@@ -67,11 +67,11 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
     let t = tempfile::tempdir().unwrap();
     let prefix = format!("/model{case}");
     let section: ClusterSection = toml::from_str(&format!(
-        "endpoints = [\"{}\"]\nprefix = \"{prefix}\"\n",
+        "endpoints = [\"{}\"]\nprefix = \"{prefix}\"\ninsecure_unsealed = true\n",
         etcd.endpoint
     ))
     .unwrap();
-    let settings = section.settings();
+    let settings = section.settings(&Default::default());
     let hourly: fernetd::schedule::Schedule = format!("{}m", SLOT_MIN).parse().unwrap();
     let params = RotateParams {
         max_active_keys: 3,

@@ -341,7 +341,7 @@ fn sync_killed_everywhere(
     let conf = |repo: &Path, name: &str| {
         let p = work.path().join(name);
         std::fs::write(&p, format!(
-            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\n",
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\n",
             repo.display(), etcd.endpoint
         )).unwrap();
         p

@@ -33,10 +33,11 @@ fn node(dir: &Path, etcd: &Etcd, name: &str, extra: &str) -> PathBuf {
              allow_expired_window = 0\nmargin = 0\n\
              on_invalid = [\"sh\", \"-c\", \"echo $FERNETD_EVENT >> {}\"]\n\
              [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"{name}\"\n\
-             lease_ttl = \"2s\"\ndial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n{extra}",
+             lease_ttl = \"2s\"\ndial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n{}",
             dir.join(name).display(),
             dir.join(format!("{name}.events")).display(),
-            etcd.endpoint
+            etcd.endpoint,
+            cluster_lines(extra)
         ),
     )
     .unwrap();
@@ -178,8 +179,7 @@ fn an_old_sealed_value_written_back_is_refused_and_replaced() {
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
     let seal = t.path().join("seal.key");
-    let key = fernetd_ok(&["cluster", "new-seal-key"]).stdout;
-    std::fs::write(&seal, key).unwrap();
+    new_seal_key(&seal);
     let extra = format!("seal_key_file = \"{}\"\n", seal.display());
     let ca = node(t.path(), &etcd, "a", &extra);
     fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
@@ -382,10 +382,16 @@ fn a_destructive_key_set_is_refused_loudly_and_every_key_stays() {
     back.history.lineage.as_mut().unwrap().generation += 20;
     put_raw(&etcd, back.encode().to_vec());
     assert!(a.wait_for(secs(5), || refused_metric(" 0")), "{}", a.log());
-    assert_eq!(
-        fernetd(&["--config", ca.to_str().unwrap(), "status"]).code,
-        0
-    );
+    // Healthy again: the one warning left is the test's unsealed cluster.
+    let status = fernetd(&["--config", ca.to_str().unwrap(), "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let codes: Vec<&str> = v["repositories"][0]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert_eq!((status.code, codes), (1, vec!["cluster-unsealed"]));
 }
 
 #[test]
@@ -399,7 +405,7 @@ fn a_lagging_node_keeps_its_primary_until_its_tokens_expire() {
             &p,
             format!(
                 "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n{lifetime}\
-                 [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\n",
+                 [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\n",
                 repo.display(),
                 etcd.endpoint
             ),

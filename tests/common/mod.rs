@@ -73,6 +73,20 @@ pub fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
+/// A test node's `[cluster]` lines: `extra`, and, unless `extra` names a seal key, the
+/// operator's opt-in to key sets in the clear (most tests read etcd's values directly).
+pub fn cluster_lines(extra: &str) -> String {
+    match extra.contains("seal_key_file") {
+        true => extra.to_string(),
+        false => format!("insecure_unsealed = true\n{extra}"),
+    }
+}
+
+/// A new seal key at `path`, made as an operator makes one (mode 0600).
+pub fn new_seal_key(path: &Path) {
+    fernetd_ok(&["cluster", "new-seal-key", "--out", path.to_str().unwrap()]);
+}
+
 pub fn fernetd_ok(args: &[&str]) -> Run {
     let r = fernetd(args);
     assert_eq!(r.code, 0, "fernetd {args:?}: {}{}", r.stdout, r.stderr);
