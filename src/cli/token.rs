@@ -68,6 +68,13 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
     let Some((number, plain)) = envelope.decrypt(&keys) else {
         let origin = token::origin(envelope.created, &history, &disk);
         let code = EXIT_TOKEN_NOT_DECRYPTABLE;
+        // Its payload is unreadable, but no token outlives the configured lifetime: made
+        // then, it could be presented until created + expiration (+ allow_expired_window).
+        let presentable = crate::history::later(envelope.created, s.lifetime.expiration + window);
+        let early = match &origin {
+            Origin::Purged { at, .. } => *at < presentable,
+            _ => false,
+        };
         if a.json {
             let v = serde_json::json!({
                 "kind": kind,
@@ -79,6 +86,8 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
                 "origin": origin,
                 "payload": null,
                 "verdict": "not-decryptable",
+                "presentable_until": rfc3339(presentable),
+                "key_left_early": early,
                 "exit": code,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -101,6 +110,36 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
                 ),
             );
             row("origin", describe_origin(&origin, envelope.created));
+            let lifetime = match kind {
+                Kind::Token => format!(
+                    "expiration {} + allow_expired_window {}",
+                    duration::format(s.lifetime.expiration),
+                    duration::format(window)
+                ),
+                Kind::Receipt => format!("expiration {}", duration::format(s.lifetime.expiration)),
+            };
+            if now >= presentable {
+                row(
+                    "note",
+                    format!(
+                        "with {lifetime}, a {} made then is refused anyway since {}: a new one is the answer",
+                        name(kind),
+                        rfc3339(presentable)
+                    ),
+                );
+            } else if early {
+                row(
+                    "note",
+                    format!(
+                        "with {lifetime}, a {} made then may be presented until {}, but its key \
+                         left before that: the rotation schedule is too fast for these lifetimes \
+                         (fernetd plan), or keys were purged by force (--force-purge, \
+                         keystone-manage)",
+                        name(kind),
+                        rfc3339(presentable)
+                    ),
+                );
+            }
             row(
                 "verdict",
                 format!(
