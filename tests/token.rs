@@ -763,3 +763,109 @@ fn the_readme_and_help_give_the_token_exit_statuses() {
         assert!(help.contains(&expected), "{expected}: {help}");
     }
 }
+
+/// In cluster mode the answer adds whether the cluster's key set holds the token's key and
+/// which nodes have acknowledged that set (they hold its keys) or are behind it.
+#[test]
+fn in_cluster_mode_it_says_which_nodes_hold_the_key() {
+    use fernetd::cluster::{Ack, Cluster};
+    let etcd = common::etcd::Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (cluster_keys, local) = (t.path().join("cluster"), t.path().join("local"));
+    fernetd_ok(&["setup", "--key-repository", cluster_keys.to_str().unwrap()]);
+    fernetd_ok(&["setup", "--key-repository", local.to_str().unwrap()]);
+    let cfg = t.path().join("fernetd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"10s\"\n",
+            local.display(),
+            etcd.endpoint
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    fernetd_ok(&[
+        "--config",
+        c,
+        "cluster",
+        "init",
+        "--from",
+        cluster_keys.to_str().unwrap(),
+    ]);
+    // Two members: one has applied the set, one is behind it.
+    let sources =
+        fernetd::config::Sources::load(&fernetd::config::Flags::default(), Some(&cfg)).unwrap();
+    let settings = sources.file.cluster.unwrap().settings();
+    let revision = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut cl = Cluster::connect(&settings).await.unwrap();
+            let kind = fernetd::config::Kind::Tokens;
+            let (set, revision) = cl.fetch(kind).await.unwrap();
+            let staged = set.fingerprints()[&0];
+            for (node, rev) in [("node-a", revision), ("node-b", revision - 1)] {
+                let ack = Ack {
+                    node: node.into(),
+                    revision: rev,
+                    staged,
+                    clock: Some(chrono::Utc::now()),
+                };
+                cl.acknowledge(kind, &ack).await.unwrap();
+            }
+            revision
+        });
+
+    // A token of the cluster's keys on a node that does not hold them.
+    let token = one_token(&cluster_keys, &from_now(3600));
+    let (code, v, run) = token_json(&["--config", c, &token]);
+    assert_eq!(code, 4, "{}{}", run.stdout, run.stderr);
+    let cl = &v["cluster"];
+    assert_eq!(cl["revision"], json!(revision), "{cl}");
+    assert_eq!(cl["key"], json!(1), "{cl}");
+    assert_eq!(cl["nodes_current"], json!(["node-a"]), "{cl}");
+    assert_eq!(
+        cl["nodes_behind"],
+        json!([{"node": "node-b", "revision": revision - 1}]),
+        "{cl}"
+    );
+    let out = fernetd(&["--config", c, "token", &token]);
+    assert!(
+        out.stdout.contains(&format!(
+            "cluster   the cluster's key set (revision {revision}) holds its key as key 1: held by node-a; behind: node-b (revision {}); this node does not hold the cluster's keys",
+            revision - 1
+        )),
+        "{}",
+        out.stdout
+    );
+    let mut secrets: Vec<String> = keys(&cluster_keys).into_values().collect();
+    secrets.extend(keys(&local).into_values());
+    assert_no_secrets(&out, &secrets, &token);
+
+    // A token of this node's own keys: decrypted here, and not in the cluster's set.
+    let token = one_token(&local, &from_now(3600));
+    let (code, v, _) = token_json(&["--config", c, &token]);
+    assert_eq!(code, 0);
+    assert_eq!(v["cluster"]["key"], Value::Null);
+    let out = fernetd(&["--config", c, "token", &token]);
+    assert!(
+        out.stdout.contains(&format!(
+            "cluster   the cluster's key set (revision {revision}) does not hold its key; nodes behind it may still hold the key: node-b (revision {})",
+            revision - 1
+        )),
+        "{}",
+        out.stdout
+    );
+
+    // etcd gone: said, and the answer from the disk stands.
+    drop(etcd);
+    let out = fernetd(&["--config", c, "token", &token]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("cluster   not reached ("),
+        "{}",
+        out.stdout
+    );
+}

@@ -1,11 +1,12 @@
 //! `fernetd token`: reads the token, gathers the repository's keys and history, asks
 //! [`crate::token`] and renders its answer (lines or JSON) with an exit code scripts can use.
 //!
-//! Reads only: no lock, nothing written. Never prints the token or key material.
+//! Reads only: no lock, nothing written (in cluster mode it reads the key set and the
+//! acknowledgements from etcd). Never prints the token or key material.
 
 use super::{
-    configured, rfc3339, say, Severity, TokenArgs, TokenKindArg, EXIT_TOKEN_ALLOW_EXPIRED,
-    EXIT_TOKEN_NOT_DECRYPTABLE, EXIT_TOKEN_PAST_WINDOW,
+    block_on, cluster_settings, configured, rfc3339, say, Severity, TokenArgs, TokenKindArg,
+    EXIT_TOKEN_ALLOW_EXPIRED, EXIT_TOKEN_NOT_DECRYPTABLE, EXIT_TOKEN_PAST_WINDOW,
 };
 use crate::clock::Now;
 use crate::config::{self, Flags};
@@ -61,6 +62,7 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
             .map(|m| m.to_string())
             .collect()
     });
+    let cluster = cluster_look(&sources, config, repo_kind, &envelope);
     let dir = s.key_repository.display().to_string();
     let now = clock.wall;
     let window = s.lifetime.allow_expired_window;
@@ -88,6 +90,7 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
                 "verdict": "not-decryptable",
                 "presentable_until": rfc3339(presentable),
                 "key_left_early": early,
+                "cluster": cluster_json(&cluster),
                 "exit": code,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -139,6 +142,9 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
                         rfc3339(presentable)
                     ),
                 );
+            }
+            if let Some(c) = &cluster {
+                row("cluster", describe_cluster(c, false));
             }
             row(
                 "verdict",
@@ -196,6 +202,7 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
             "origin": null,
             "payload": payload,
             "allow_expired_window_seconds": window.as_secs(),
+            "cluster": cluster_json(&cluster),
             "exit": code,
         });
         if let (Some(obj), Ok(serde_json::Value::Object(verdict))) =
@@ -221,6 +228,9 @@ pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
     future_note(envelope.created, now);
     row("key", describe_key(&found));
     print_payload(&payload, &row);
+    if let Some(c) = &cluster {
+        row("cluster", describe_cluster(c, true));
+    }
     row("verdict", describe_verdict(kind, &verdict, window));
     Ok(code)
 }
@@ -425,6 +435,118 @@ fn short_origin(o: &Origin) -> String {
         }
         Origin::BeforeHistory { .. } => {
             "made with a key this repository does not hold, before its recorded history".to_string()
+        }
+    }
+}
+
+/// Cluster mode: whether the cluster's key set holds the token's key, and which nodes have
+/// acknowledged that set (they hold its keys) or an older one.
+#[derive(serde::Serialize)]
+struct ClusterLook {
+    revision: i64,
+    /// The number of the key in the cluster's set that decrypts the token.
+    key: Option<u64>,
+    /// Nodes whose acknowledgement is of this revision (or later).
+    nodes_current: Vec<String>,
+    /// Nodes behind it, with the revision they applied (0: nothing yet).
+    nodes_behind: Vec<NodeAt>,
+}
+
+#[derive(serde::Serialize)]
+struct NodeAt {
+    node: String,
+    revision: i64,
+}
+
+fn cluster_look(
+    sources: &config::Sources,
+    config: Option<&Path>,
+    kind: config::Kind,
+    envelope: &token::Envelope,
+) -> Option<Result<ClusterLook, String>> {
+    sources.file.cluster.as_ref()?;
+    let look = (|| {
+        let settings = cluster_settings(sources, config)?;
+        let (set, revision, acks) = block_on(async {
+            let mut c = crate::cluster::Cluster::connect(&settings).await?;
+            let (set, revision) = c.fetch(kind).await?;
+            let acks = c.acks(kind).await?;
+            Ok::<_, crate::cluster::ClusterError>((set, revision, acks))
+        })??;
+        let keys = set.keys.iter().map(|(n, k)| (*n, k)).collect();
+        let key = envelope.decrypt(&keys).map(|(n, _)| n);
+        let (current, behind): (Vec<_>, Vec<_>) =
+            acks.into_iter().partition(|a| a.revision >= revision);
+        Ok::<_, anyhow::Error>(ClusterLook {
+            revision,
+            key,
+            nodes_current: current.into_iter().map(|a| a.node).collect(),
+            nodes_behind: behind
+                .into_iter()
+                .map(|a| NodeAt {
+                    node: a.node,
+                    revision: a.revision,
+                })
+                .collect(),
+        })
+    })();
+    Some(look.map_err(|e| format!("{e:#}")))
+}
+
+fn cluster_json(look: &Option<Result<ClusterLook, String>>) -> serde_json::Value {
+    match look {
+        None => serde_json::Value::Null,
+        Some(Ok(l)) => serde_json::to_value(l).unwrap_or_default(),
+        Some(Err(e)) => serde_json::json!({ "error": e }),
+    }
+}
+
+fn describe_cluster(look: &Result<ClusterLook, String>, decrypted_here: bool) -> String {
+    let l = match look {
+        Ok(l) => l,
+        Err(e) => return format!("not reached ({e}): which nodes hold its key is not known"),
+    };
+    let list: Vec<String> = l
+        .nodes_behind
+        .iter()
+        .map(|n| format!("{} (revision {})", n.node, n.revision))
+        .collect();
+    let list = list.join(", ");
+    let behind = if list.is_empty() {
+        String::new()
+    } else {
+        format!("; behind: {list}")
+    };
+    match l.key {
+        Some(n) => {
+            let held = if l.nodes_current.is_empty() {
+                "no node has acknowledged it yet".to_string()
+            } else {
+                format!("held by {}", l.nodes_current.join(", "))
+            };
+            let here = if decrypted_here {
+                String::new()
+            } else {
+                "; this node does not hold the cluster's keys (the daemon applies them, or \
+                 fernetd sync)"
+                    .to_string()
+            };
+            format!(
+                "the cluster's key set (revision {}) holds its key as key {n}: {held}{behind}{here}",
+                l.revision
+            )
+        }
+        None => {
+            let either = if decrypted_here { "" } else { " either" };
+            let may = if list.is_empty() {
+                String::new()
+            } else {
+                format!("; nodes behind it may still hold the key: {list}")
+            };
+            format!(
+                "the cluster's key set (revision {}) does not hold its key{either}{may}",
+                l.revision
+            )
         }
     }
 }
