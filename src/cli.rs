@@ -292,7 +292,8 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+/// `Debug` leaves the token out: it is a bearer credential.
+#[derive(Args)]
 pub struct TokenArgs {
     /// The token (or receipt); `-` or nothing: read it from stdin.
     #[arg(value_name = "TOKEN")]
@@ -309,6 +310,18 @@ pub struct TokenArgs {
     /// Print JSON instead of lines.
     #[arg(long)]
     pub json: bool,
+}
+
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("token", &self.token.as_ref().map(|_| "(given)"))
+            .field("repo", &self.repo)
+            .field("allow_expired_window", &self.allow_expired_window)
+            .field("kind", &self.kind)
+            .field("json", &self.json)
+            .finish()
+    }
 }
 
 /// What `fernetd token` reads.

@@ -30,8 +30,11 @@ struct Found {
     demoted: Option<DateTime<Utc>>,
 }
 
-pub(super) fn run(a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
+pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
     let text = read_token(a.token.as_deref())?;
+    if let Some(t) = a.token.as_mut() {
+        zeroize::Zeroize::zeroize(t);
+    }
     let flags = Flags {
         key_repository: a.repo.key_repository.clone(),
         keystone_config: a.repo.keystone_config.clone(),
