@@ -69,11 +69,13 @@ pub enum Command {
     /// valid, 2 invalid with the one-line error. The units' ExecReload runs it first, so a
     /// reload with a broken file fails instead of being ignored.
     CheckConfig(CheckConfigArgs),
-    /// What a Fernet token (or receipt) is and why it does or does not validate here: the key
-    /// that made it (number, fingerprint, role now, or what became of it), Keystone's payload
-    /// and the verdict. Reads the token from stdin when TOKEN is `-` or absent (keeping it out
-    /// of shell history). Exit 0 valid, 1 accepted only with allow_expired, 3 past its window,
-    /// 4 no key here decrypts it, 2 an error (not a token, say).
+    /// What a Fernet token (or receipt) is, and why it does or does not validate here.
+    ///
+    /// The key that made it (number, fingerprint, role now, or what became of it), Keystone's
+    /// payload and the verdict; in cluster mode, which nodes hold that key. Reads the token
+    /// from stdin when TOKEN is `-` or absent (keeping it out of shell history). Exit 0 valid,
+    /// 1 accepted only with allow_expired, 3 past its window, 4 no key here decrypts it, 2 an
+    /// error (not a token, say).
     Token(TokenArgs),
     /// Cluster mode: the key sets in etcd ([cluster] in the config).
     #[command(subcommand)]
