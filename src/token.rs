@@ -360,9 +360,10 @@ fn text(v: &Value) -> Option<String> {
     bytes(v).and_then(|b| std::str::from_utf8(b).ok().map(str::to_string))
 }
 
+/// UUID bytes as `uuid.hex`: 16 bytes, packed as bin (msgpack >= 1.0) or raw (before it).
 fn uuid_hex(v: &Value) -> Option<String> {
-    match v {
-        Value::Binary(b) if b.len() == 16 => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
+    match bytes(v) {
+        Some(b) if b.len() == 16 => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
         _ => None,
     }
 }
@@ -821,6 +822,49 @@ mod tests {
         assert_eq!((n, plain.as_slice()), (2, &b"x"[..]));
         let only_a: BTreeMap<u64, &Key> = [(1, &a)].into_iter().collect();
         assert!(e.decrypt(&only_a).is_none());
+    }
+
+    /// Tokens from before msgpack 1.0 pack bytes as raw strings (Keystone reads them with
+    /// `raw=True`): UUID bytes that are not UTF-8 included.
+    #[test]
+    fn payloads_of_old_msgpack_read_too() {
+        let user = [
+            0xffu8, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d,
+            0x0e, 0x0f,
+        ];
+        let mut m = vec![0x96, 0x02, 0x92, 0xc3, 0xb0];
+        m.extend_from_slice(&user);
+        m.push(0x02); // methods: password
+        m.extend_from_slice(&[0x92, 0xc2, 0xa4]);
+        m.extend_from_slice(b"proj");
+        m.push(0xcb);
+        m.extend_from_slice(&1_800_000_000.5f64.to_be_bytes());
+        m.extend_from_slice(&[0x91, 0xb0]);
+        m.extend_from_slice(&[0u8; 16]);
+        let p = token_payload(&m, &methods()).unwrap();
+        assert_eq!(p.kind, "project-scoped");
+        assert_eq!(p.user_id, "ff0102030405060708090a0b0c0d0e0f");
+        assert_eq!(p.project_id.as_deref(), Some("proj"));
+        assert_eq!(p.methods, vec!["password"]);
+        assert_eq!(p.expires_at, t(0));
+        assert_eq!(p.audit_ids, vec!["AAAAAAAAAAAAAAAAAAAAAA"]);
+        // Version 11 and a short array are not Keystone's.
+        assert_eq!(
+            token_payload(&[0x91, 0x0b], &methods()),
+            Err(PayloadError::UnknownVersion("11".into()))
+        );
+        assert!(matches!(
+            token_payload(&[0x92, 0x02, 0xc0], &methods()),
+            Err(PayloadError::FieldCount {
+                count: 1,
+                expected: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            token_payload(b"", &methods()),
+            Err(PayloadError::NotMsgpack(_))
+        ));
     }
 
     #[test]
