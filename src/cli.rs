@@ -1,7 +1,9 @@
 //! The command line: definitions (the contract scripts rely on) and one function per command.
 //!
 //! Exit codes: 0 success; `check` 1 = warnings only, 2 = invalid; `plan` 3 = the configured
-//! max_active_keys is unsafe; 2 for any error (one line on stderr naming what is at fault).
+//! max_active_keys is unsafe; `token` 1 = accepted only with allow_expired, 3 = past its
+//! window, 4 = not decryptable here; 2 for any error (one line on stderr naming what is at
+//! fault).
 
 use crate::check;
 use crate::clock::Now;
@@ -15,6 +17,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod token;
 
 /// Keeps OpenStack Keystone Fernet key repositories safe.
 #[derive(Debug, Parser)]
@@ -65,6 +69,14 @@ pub enum Command {
     /// valid, 2 invalid with the one-line error. The units' ExecReload runs it first, so a
     /// reload with a broken file fails instead of being ignored.
     CheckConfig(CheckConfigArgs),
+    /// What a Fernet token (or receipt) is, and why it does or does not validate here.
+    ///
+    /// The key that made it (number, fingerprint, role now, or what became of it), Keystone's
+    /// payload and the verdict; in cluster mode, which nodes hold that key. Reads the token
+    /// from stdin when TOKEN is `-` or absent (keeping it out of shell history). Exit 0 valid,
+    /// 1 accepted only with allow_expired, 3 past its window, 4 no key here decrypts it, 2 an
+    /// error (not a token, say).
+    Token(TokenArgs),
     /// Cluster mode: the key sets in etcd ([cluster] in the config).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -308,6 +320,45 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+/// `Debug` leaves the token out: it is a bearer credential.
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The token (or receipt); `-` or nothing: read it from stdin.
+    #[arg(value_name = "TOKEN")]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// [token] allow_expired_window (default: the configuration's, as for `plan`).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
+    pub allow_expired_window: Option<Duration>,
+    /// A token (the tokens repository) or an MFA receipt (the receipts repository, which needs
+    /// a [receipts] section). Default: tokens.
+    #[arg(long, value_enum, default_value_t = TokenKindArg::Tokens)]
+    pub kind: TokenKindArg,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl std::fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("token", &self.token.as_ref().map(|_| "(given)"))
+            .field("repo", &self.repo)
+            .field("allow_expired_window", &self.allow_expired_window)
+            .field("kind", &self.kind)
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+/// What `fernetd token` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenKindArg {
+    Tokens,
+    Receipts,
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
@@ -335,6 +386,13 @@ pub const EXIT_ERROR: i32 = 2;
 pub const EXIT_UNSAFE: i32 = 3;
 /// Exit code of `rotate` when the keys rotated but the history could not be saved.
 pub const EXIT_ROTATED_UNSAVED: i32 = 4;
+
+/// Exit code of `token`: expired, accepted only where a service asks for allow_expired.
+pub const EXIT_TOKEN_ALLOW_EXPIRED: i32 = 1;
+/// Exit code of `token`: expired and past its allow_expired_window (receipts: expired).
+pub const EXIT_TOKEN_PAST_WINDOW: i32 = 3;
+/// Exit code of `token`: no key of this repository decrypts it.
+pub const EXIT_TOKEN_NOT_DECRYPTABLE: i32 = 4;
 
 /// Runs a parsed command; returns the exit code.
 pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
@@ -498,6 +556,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             print_import(kind, &set, managed.as_ref(), &clock);
             Ok(0)
         }
+        Command::Token(a) => token::run(a, config, &clock),
         Command::CheckConfig(a) => {
             let d = DaemonSettings::resolve(&Flags::default(), config, now)?;
             let shown = config.map_or_else(

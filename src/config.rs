@@ -437,12 +437,15 @@ pub struct KeystoneConf {
     pub receipt_max_active_keys: Option<u64>,
     pub receipt_key_repository: Option<PathBuf>,
     pub credential_key_repository: Option<PathBuf>,
+    /// `[auth] methods`: their order gives each method its bit in a token's payload.
+    pub auth_methods: Option<Vec<String>>,
 }
 
 impl KeystoneConf {
     /// Reads oslo.config INI: `[token] expiration`, `[token] allow_expired_window`,
     /// `[fernet_tokens] max_active_keys|key_repository`, `[receipt] expiration`,
-    /// `[fernet_receipts] max_active_keys|key_repository`, `[credential] key_repository`.
+    /// `[fernet_receipts] max_active_keys|key_repository`, `[credential] key_repository`,
+    /// `[auth] methods`.
     /// For a repeated option the last value wins, as in oslo.config.
     pub fn load(path: &Path) -> Result<KeystoneConf, ConfigError> {
         let opts = ini::ParseOption {
@@ -502,6 +505,12 @@ impl KeystoneConf {
             receipt_max_active_keys: keys("fernet_receipts")?,
             receipt_key_repository: dir("fernet_receipts"),
             credential_key_repository: dir("credential"),
+            auth_methods: get("auth", "methods").map(|v| {
+                v.split(',')
+                    .map(|m| m.trim().to_string())
+                    .filter(|m| !m.is_empty())
+                    .collect()
+            }),
         })
     }
 }

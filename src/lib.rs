@@ -18,6 +18,7 @@
 //! - [`agent`]: the daemon's cluster agent: follow, acknowledge, lead, rotate.
 //! - [`config`]: flags over TOML over keystone.conf.
 //! - [`status`]: a repository's state for operators: OK / warning / critical.
+//! - [`token`]: one Keystone token or receipt: its key, payload and verdict (pure).
 //! - [`hooks`]: operator commands run on events, bounded and never blocking.
 //! - [`watcher`]: reports file changes in the repositories (inotify), decides nothing.
 //! - [`metrics`]: Prometheus counters and gauges, and their tiny HTTP endpoint.
@@ -67,6 +68,7 @@ pub mod schedule;
 pub mod seal;
 pub mod status;
 pub mod systemd;
+pub mod token;
 pub mod watcher;
 
 pub use error::{Error, Result};

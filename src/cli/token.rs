@@ -1,0 +1,555 @@
+//! `fernetd token`: reads the token, gathers the repository's keys and history, asks
+//! [`crate::token`] and renders its answer (lines or JSON) with an exit code scripts can use.
+//!
+//! Reads only: no lock, nothing written (in cluster mode it reads the key set and the
+//! acknowledgements from etcd). Never prints the token or key material.
+
+use super::{
+    block_on, cluster_settings, configured, rfc3339, say, Severity, TokenArgs, TokenKindArg,
+    EXIT_TOKEN_ALLOW_EXPIRED, EXIT_TOKEN_NOT_DECRYPTABLE, EXIT_TOKEN_PAST_WINDOW,
+};
+use crate::clock::Now;
+use crate::config::{self, Flags};
+use crate::duration;
+use crate::history::History;
+use crate::key::Fingerprint;
+use crate::repository::Repository;
+use crate::token::{self, Kind, Origin, Payload, Role, Verdict};
+use chrono::{DateTime, SecondsFormat, Utc};
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// The key that decrypts a token, as it is now.
+struct Found {
+    number: u64,
+    fingerprint: Fingerprint,
+    role: Role,
+    promoted: Option<DateTime<Utc>>,
+    demoted: Option<DateTime<Utc>>,
+}
+
+pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
+    let text = read_token(a.token.as_deref())?;
+    if let Some(t) = a.token.as_mut() {
+        zeroize::Zeroize::zeroize(t);
+    }
+    let flags = Flags {
+        key_repository: a.repo.key_repository.clone(),
+        keystone_config: a.repo.keystone_config.clone(),
+        allow_expired_window: a.allow_expired_window,
+        ..Flags::default()
+    };
+    let sources = config::Sources::load(&flags, config)?;
+    let (kind, repo_kind) = match a.kind {
+        TokenKindArg::Tokens => (Kind::Token, config::Kind::Tokens),
+        TokenKindArg::Receipts => (Kind::Receipt, config::Kind::Receipts),
+    };
+    let s = configured(&sources, repo_kind, &flags, config)?;
+    let envelope = token::envelope(&text)?;
+    let repo = Repository::new(&s.key_repository, None);
+    let scan = repo.scan()?;
+    let keys = scan.keys();
+    let disk = scan.fingerprints();
+    let history = repo.history().unwrap_or_else(|e| {
+        say(
+            Severity::Warning,
+            &format!("warning: {e}: judging without the history"),
+        );
+        History::new()
+    });
+    let methods: Vec<String> = sources.keystone.auth_methods.clone().unwrap_or_else(|| {
+        token::DEFAULT_AUTH_METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    });
+    let cluster = cluster_look(&sources, config, repo_kind, &envelope);
+    let dir = s.key_repository.display().to_string();
+    let now = clock.wall;
+    let window = s.lifetime.allow_expired_window;
+
+    let Some((number, plain)) = envelope.decrypt(&keys) else {
+        let origin = token::origin(envelope.created, &history, &disk);
+        let code = EXIT_TOKEN_NOT_DECRYPTABLE;
+        // Its payload is unreadable, but no token outlives the configured lifetime: made
+        // then, it could be presented until created + expiration (+ allow_expired_window).
+        let presentable = crate::history::later(envelope.created, s.lifetime.expiration + window);
+        let early = match &origin {
+            Origin::Purged { at, .. } => *at < presentable,
+            _ => false,
+        };
+        if a.json {
+            let v = serde_json::json!({
+                "kind": kind,
+                "repository": dir,
+                "created": rfc3339(envelope.created),
+                "decrypted": false,
+                "keys_tried": disk.keys().collect::<Vec<_>>(),
+                "key": null,
+                "origin": origin,
+                "payload": null,
+                "verdict": "not-decryptable",
+                "presentable_until": rfc3339(presentable),
+                "key_left_early": early,
+                "cluster": cluster_json(&cluster),
+                "exit": code,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            let row = |k: &str, v: String| println!("{k:<9} {v}");
+            row(
+                name(kind),
+                format!(
+                    "made {} (read in clear; the rest is encrypted)",
+                    rfc3339(envelope.created)
+                ),
+            );
+            future_note(envelope.created, now);
+            row(
+                "key",
+                format!(
+                    "none of the {} keys in {dir} decrypts it ({})",
+                    disk.len(),
+                    numbers(&disk)
+                ),
+            );
+            row("origin", describe_origin(&origin, envelope.created));
+            let lifetime = match kind {
+                Kind::Token => format!(
+                    "expiration {} + allow_expired_window {}",
+                    duration::format(s.lifetime.expiration),
+                    duration::format(window)
+                ),
+                Kind::Receipt => format!("expiration {}", duration::format(s.lifetime.expiration)),
+            };
+            if now >= presentable {
+                row(
+                    "note",
+                    format!(
+                        "with {lifetime}, a {} made then is refused anyway since {}: a new one is the answer",
+                        name(kind),
+                        rfc3339(presentable)
+                    ),
+                );
+            } else if early {
+                row(
+                    "note",
+                    format!(
+                        "with {lifetime}, a {} made then may be presented until {}, but its key \
+                         left before that: the rotation schedule is too fast for these lifetimes \
+                         (fernetd plan), or keys were purged by force (--force-purge, \
+                         keystone-manage)",
+                        name(kind),
+                        rfc3339(presentable)
+                    ),
+                );
+            }
+            if let Some(c) = &cluster {
+                row("cluster", describe_cluster(c, false));
+            }
+            row(
+                "verdict",
+                format!(
+                    "refused here (Keystone answers 401): {}",
+                    short_origin(&origin)
+                ),
+            );
+        }
+        return Ok(code);
+    };
+
+    let fingerprint = disk.get(&number).copied().unwrap_or(Fingerprint::NONE);
+    let record = history
+        .keys
+        .get(&number)
+        .filter(|r| r.fingerprint == fingerprint);
+    let found = Found {
+        number,
+        fingerprint,
+        role: token::role(number, &disk),
+        promoted: record.and_then(|r| r.promoted),
+        demoted: record.and_then(|r| r.demoted),
+    };
+    let payload = match kind {
+        Kind::Token => token::token_payload(&plain, &methods),
+        Kind::Receipt => token::receipt_payload(&plain, &methods),
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{dir}: key {number} (fingerprint {fingerprint}) decrypts it, but it holds no Keystone {} payload: {e}",
+            name(kind)
+        )
+    })?;
+    drop(plain);
+    let verdict = token::judge(kind, payload.expires_at, window, now);
+    let code = match verdict {
+        Verdict::Valid { .. } => 0,
+        Verdict::AllowExpired { .. } => EXIT_TOKEN_ALLOW_EXPIRED,
+        Verdict::PastWindow { .. } => EXIT_TOKEN_PAST_WINDOW,
+    };
+    if a.json {
+        let mut v = serde_json::json!({
+            "kind": kind,
+            "repository": dir,
+            "created": rfc3339(envelope.created),
+            "decrypted": true,
+            "key": {
+                "number": found.number,
+                "fingerprint": found.fingerprint,
+                "role": found.role,
+                "promoted": found.promoted.map(rfc3339),
+                "demoted": found.demoted.map(rfc3339),
+            },
+            "origin": null,
+            "payload": payload,
+            "allow_expired_window_seconds": window.as_secs(),
+            "cluster": cluster_json(&cluster),
+            "exit": code,
+        });
+        if let (Some(obj), Ok(serde_json::Value::Object(verdict))) =
+            (v.as_object_mut(), serde_json::to_value(verdict))
+        {
+            obj.extend(verdict);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(code);
+    }
+    let row = |k: &str, v: String| println!("{k:<9} {v}");
+    let version = payload
+        .version
+        .map_or(String::new(), |v| format!(" (payload version {v})"));
+    row(
+        name(kind),
+        format!(
+            "{}{version}, made {}",
+            payload.kind,
+            rfc3339(envelope.created)
+        ),
+    );
+    future_note(envelope.created, now);
+    row("key", describe_key(&found));
+    print_payload(&payload, &row);
+    if let Some(c) = &cluster {
+        row("cluster", describe_cluster(c, true));
+    }
+    row("verdict", describe_verdict(kind, &verdict, window));
+    Ok(code)
+}
+
+/// The token from the argument, or from stdin (`-` or none), bounded and zeroized.
+fn read_token(arg: Option<&str>) -> anyhow::Result<Zeroizing<String>> {
+    if let Some(t) = arg.filter(|t| *t != "-") {
+        return Ok(Zeroizing::new(t.to_string()));
+    }
+    let mut buf = Zeroizing::new(Vec::new());
+    let limit = u64::try_from(token::MAX_TOKEN_LEN + 2).unwrap_or(u64::MAX);
+    std::io::stdin()
+        .lock()
+        .take(limit)
+        .read_to_end(&mut buf)
+        .map_err(|e| anyhow::anyhow!("stdin: {e}"))?;
+    let text = std::str::from_utf8(&buf)
+        .map_err(|_| anyhow::anyhow!("stdin: not a Fernet token: not text"))?;
+    Ok(Zeroizing::new(text.to_string()))
+}
+
+fn name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Token => "token",
+        Kind::Receipt => "receipt",
+    }
+}
+
+fn numbers(disk: &BTreeMap<u64, Fingerprint>) -> String {
+    let n: Vec<String> = disk.keys().map(u64::to_string).collect();
+    format!("keys {}", n.join(" "))
+}
+
+fn future_note(created: DateTime<Utc>, now: DateTime<Utc>) {
+    if created > now + chrono::Duration::seconds(60) {
+        println!(
+            "{:<9} made {} ahead of this node's clock: a node with a clock ahead made it",
+            "note",
+            duration::format((created - now).to_std().unwrap_or_default())
+        );
+    }
+}
+
+fn describe_key(f: &Found) -> String {
+    let since = |what: &str, t: Option<DateTime<Utc>>| {
+        t.map_or(String::new(), |t| format!(", {what} {}", rfc3339(t)))
+    };
+    let role = match f.role {
+        Role::Primary => format!("primary now{}", since("since", f.promoted)),
+        Role::Secondary => format!("secondary now{}", since("demoted", f.demoted)),
+        Role::Staged => "staged now (key 0): whoever made it had already promoted this key \
+                         (a node ahead of this one, or a rotation elsewhere)"
+            .to_string(),
+    };
+    format!("{} (fingerprint {}), {role}", f.number, f.fingerprint)
+}
+
+fn print_payload(p: &Payload, row: &dyn Fn(&str, String)) {
+    row("user", p.user_id.clone());
+    row(
+        "methods",
+        if p.methods.is_empty() {
+            "none".into()
+        } else {
+            p.methods.join(", ")
+        },
+    );
+    let opt = |k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            row(k, v.clone());
+        }
+    };
+    opt("system", &p.system);
+    opt("project", &p.project_id);
+    opt("domain", &p.domain_id);
+    opt("trust", &p.trust_id);
+    if let Some(g) = &p.federated_group_ids {
+        row(
+            "groups",
+            if g.is_empty() {
+                "none".into()
+            } else {
+                g.join(", ")
+            },
+        );
+    }
+    opt("idp", &p.identity_provider_id);
+    opt("protocol", &p.protocol_id);
+    opt("oauth1", &p.access_token_id);
+    opt("app cred", &p.app_cred_id);
+    opt("thumbprint", &p.thumbprint);
+    if !p.audit_ids.is_empty() {
+        row("audit id", p.audit_ids.join(", "));
+    }
+    row(
+        "expires",
+        p.expires_at.to_rfc3339_opts(SecondsFormat::Micros, true), // Keystone's own form
+    );
+}
+
+fn describe_verdict(kind: Kind, v: &Verdict, window: std::time::Duration) -> String {
+    match (kind, v) {
+        (_, Verdict::Valid { until }) => format!("valid until {}", rfc3339(*until)),
+        (_, Verdict::AllowExpired { expired, until }) => format!(
+            "expired at {}; accepted only where a service asks for allow_expired (service \
+             tokens), until {} (allow_expired_window {})",
+            rfc3339(*expired),
+            rfc3339(*until),
+            duration::format(window)
+        ),
+        (Kind::Token, Verdict::PastWindow { since }) => format!(
+            "past its window: expired, and allow_expired_window ({}) ended {}; Keystone \
+             refuses it (401)",
+            duration::format(window),
+            rfc3339(*since)
+        ),
+        (Kind::Receipt, Verdict::PastWindow { since }) => format!(
+            "expired at {}: Keystone never accepts an expired receipt",
+            rfc3339(*since)
+        ),
+    }
+}
+
+fn describe_origin(o: &Origin, created: DateTime<Utc>) -> String {
+    match o {
+        Origin::Purged {
+            number,
+            fingerprint,
+            at,
+            by_fernetd,
+            earlier,
+        } => {
+            let how = if *by_fernetd {
+                format!("purged by fernetd at {}", rfc3339(*at))
+            } else {
+                format!("removed outside fernetd (found gone at {})", rfc3339(*at))
+            };
+            let also = if earlier.is_empty() {
+                String::new()
+            } else {
+                let e: Vec<String> = earlier.iter().map(u64::to_string).collect();
+                format!(
+                    "; or an earlier key also gone since (key {}): the history keeps no \
+                     promotion times of purged keys",
+                    e.join(", ")
+                )
+            };
+            format!(
+                "most likely key {number} (fingerprint {fingerprint}), primary when it was made: {how}{also}"
+            )
+        }
+        Origin::RemovedUnrecorded {
+            number,
+            fingerprint,
+        } => format!(
+            "key {number} (fingerprint {fingerprint}), primary when it was made: not on disk, \
+             and no fernetd saw it go: removed outside fernetd"
+        ),
+        Origin::NotThisRepository { primary_then } => format!(
+            "key {primary_then} was primary here at {} and is still here, and it does not \
+             decrypt it: never held here: made by another cluster or node",
+            rfc3339(created)
+        ),
+        Origin::BeforeHistory { history_begins } => match history_begins {
+            Some(b) => format!(
+                "made before this repository's history begins ({}): by a key removed before \
+                 fernetd first saw it, or by another cluster or node",
+                rfc3339(*b)
+            ),
+            None => "no history of this repository (fernetd setup records it): which key made \
+                     it cannot be told"
+                .to_string(),
+        },
+    }
+}
+
+fn short_origin(o: &Origin) -> String {
+    match o {
+        Origin::Purged {
+            number,
+            at,
+            by_fernetd: true,
+            ..
+        } => format!(
+            "made with key {number}, purged by fernetd at {}",
+            rfc3339(*at)
+        ),
+        Origin::Purged {
+            number,
+            at,
+            by_fernetd: false,
+            ..
+        } => format!(
+            "made with key {number}, removed outside fernetd (found gone at {})",
+            rfc3339(*at)
+        ),
+        Origin::RemovedUnrecorded { number, .. } => {
+            format!("made with key {number}, removed outside fernetd")
+        }
+        Origin::NotThisRepository { .. } => {
+            "made with a key this repository never held (another cluster or node)".to_string()
+        }
+        Origin::BeforeHistory { .. } => {
+            "made with a key this repository does not hold, before its recorded history".to_string()
+        }
+    }
+}
+
+/// Cluster mode: whether the cluster's key set holds the token's key, and which nodes have
+/// acknowledged that set (they hold its keys) or an older one.
+#[derive(serde::Serialize)]
+struct ClusterLook {
+    revision: i64,
+    /// The number of the key in the cluster's set that decrypts the token.
+    key: Option<u64>,
+    /// Nodes whose acknowledgement is of this revision (or later).
+    nodes_current: Vec<String>,
+    /// Nodes behind it, with the revision they applied (0: nothing yet).
+    nodes_behind: Vec<NodeAt>,
+}
+
+#[derive(serde::Serialize)]
+struct NodeAt {
+    node: String,
+    revision: i64,
+}
+
+fn cluster_look(
+    sources: &config::Sources,
+    config: Option<&Path>,
+    kind: config::Kind,
+    envelope: &token::Envelope,
+) -> Option<Result<ClusterLook, String>> {
+    sources.file.cluster.as_ref()?;
+    let look = (|| {
+        let settings = cluster_settings(sources, config)?;
+        let (set, revision, acks) = block_on(async {
+            let mut c = crate::cluster::Cluster::connect(&settings).await?;
+            let (set, revision) = c.fetch(kind).await?;
+            let acks = c.acks(kind).await?;
+            Ok::<_, crate::cluster::ClusterError>((set, revision, acks))
+        })??;
+        let keys = set.keys.iter().map(|(n, k)| (*n, k)).collect();
+        let key = envelope.decrypt(&keys).map(|(n, _)| n);
+        let (current, behind): (Vec<_>, Vec<_>) =
+            acks.into_iter().partition(|a| a.revision >= revision);
+        Ok::<_, anyhow::Error>(ClusterLook {
+            revision,
+            key,
+            nodes_current: current.into_iter().map(|a| a.node).collect(),
+            nodes_behind: behind
+                .into_iter()
+                .map(|a| NodeAt {
+                    node: a.node,
+                    revision: a.revision,
+                })
+                .collect(),
+        })
+    })();
+    Some(look.map_err(|e| format!("{e:#}")))
+}
+
+fn cluster_json(look: &Option<Result<ClusterLook, String>>) -> serde_json::Value {
+    match look {
+        None => serde_json::Value::Null,
+        Some(Ok(l)) => serde_json::to_value(l).unwrap_or_default(),
+        Some(Err(e)) => serde_json::json!({ "error": e }),
+    }
+}
+
+fn describe_cluster(look: &Result<ClusterLook, String>, decrypted_here: bool) -> String {
+    let l = match look {
+        Ok(l) => l,
+        Err(e) => return format!("not reached ({e}): which nodes hold its key is not known"),
+    };
+    let list: Vec<String> = l
+        .nodes_behind
+        .iter()
+        .map(|n| format!("{} (revision {})", n.node, n.revision))
+        .collect();
+    let list = list.join(", ");
+    let behind = if list.is_empty() {
+        String::new()
+    } else {
+        format!("; behind: {list}")
+    };
+    match l.key {
+        Some(n) => {
+            let held = if l.nodes_current.is_empty() {
+                "no node has acknowledged it yet".to_string()
+            } else {
+                format!("held by {}", l.nodes_current.join(", "))
+            };
+            let here = if decrypted_here {
+                String::new()
+            } else {
+                "; this node does not hold the cluster's keys (the daemon applies them, or \
+                 fernetd sync)"
+                    .to_string()
+            };
+            format!(
+                "the cluster's key set (revision {}) holds its key as key {n}: {held}{behind}{here}",
+                l.revision
+            )
+        }
+        None => {
+            let either = if decrypted_here { "" } else { " either" };
+            let may = if list.is_empty() {
+                String::new()
+            } else {
+                format!("; nodes behind it may still hold the key: {list}")
+            };
+            format!(
+                "the cluster's key set (revision {}) does not hold its key{either}{may}",
+                l.revision
+            )
+        }
+    }
+}
