@@ -17,6 +17,8 @@
 //! - [`agent`]: the daemon's cluster agent: follow, acknowledge, lead, rotate.
 //! - [`config`]: flags over TOML over keystone.conf.
 //! - [`status`]: a repository's state for operators: OK / warning / critical.
+//! - [`timeline`]: each key's life, recorded and planned, for a chart (pure).
+//! - [`chart`]: draws key lives on a time axis, as SVG and as text (pure).
 //! - [`hooks`]: operator commands run on events, bounded and never blocking.
 //! - [`watcher`]: reports file changes in the repositories (inotify), decides nothing.
 //! - [`metrics`]: Prometheus counters and gauges, and their tiny HTTP endpoint.
@@ -44,6 +46,7 @@
 //! ```
 
 pub mod agent;
+pub mod chart;
 pub mod check;
 pub mod cli;
 pub mod clock;
@@ -65,6 +68,7 @@ pub mod schedule;
 pub mod seal;
 pub mod status;
 pub mod systemd;
+pub mod timeline;
 pub mod watcher;
 
 pub use error::{Error, Result};
