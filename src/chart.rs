@@ -210,34 +210,45 @@ impl Manual {
             .map(|h| format!("held by the guard until {}", rfc3339(h.1)))
     }
 
-    /// One line: `a manual rotation now (…) would promote key 0 to primary 5, purge key 1,
-    /// and the guard would keep key 2 until …`.
-    pub fn describe(&self) -> String {
-        let mut parts = vec![format!("promote key 0 to primary {}", self.promotes_to)];
-        if self.purges.is_empty() {
-            parts.push("purge nothing".into());
+    /// In words: `a manual rotation now (…) would promote key 0 to primary 5, purge key 1`,
+    /// then, when the guard keeps keys, `the retention guard would keep key 2 until …`.
+    pub fn lines(&self) -> Vec<String> {
+        let purge = if self.purges.is_empty() {
+            "purge nothing".to_string()
         } else {
             let keys: Vec<String> = self.purges.iter().map(|n| format!("key {n}")).collect();
-            parts.push(format!("purge {}", keys.join(", ")));
-        }
-        let held: Vec<String> = self
-            .holds
-            .iter()
-            .map(|(n, u)| format!("key {n} until {}", rfc3339(*u)))
-            .collect();
-        let mut line = format!(
-            "a manual rotation now ({}) would {}",
+            format!("purge {}", keys.join(", "))
+        };
+        let mut lines = vec![format!(
+            "a manual rotation now ({}) would promote key 0 to primary {}, {purge}",
             rfc3339(self.at),
-            parts.join(", ")
-        );
-        if !held.is_empty() {
-            let _ = write!(
-                line,
-                "; the retention guard would keep {} (beyond max_active_keys)",
+            self.promotes_to
+        )];
+        if !self.holds.is_empty() {
+            // Keys demoted together are kept until the same moment: said once.
+            let mut by_until: std::collections::BTreeMap<String, Vec<String>> =
+                std::collections::BTreeMap::new();
+            for (n, u) in &self.holds {
+                by_until.entry(rfc3339(*u)).or_default().push(n.to_string());
+            }
+            let held: Vec<String> = by_until
+                .iter()
+                .map(|(u, ns)| {
+                    let s = if ns.len() == 1 { "" } else { "s" };
+                    format!("key{s} {} until {u}", ns.join(", "))
+                })
+                .collect();
+            lines.push(format!(
+                "the retention guard would keep {} (beyond max_active_keys)",
                 held.join(", ")
-            );
+            ));
         }
-        line
+        lines
+    }
+
+    /// [`Manual::lines`] as one line.
+    pub fn describe(&self) -> String {
+        self.lines().join("; ")
     }
 }
 
@@ -426,7 +437,9 @@ const STYLE: &str = "\
 .future { fill: #fff; opacity: 0.35; }
 .now { stroke: #d00; stroke-width: 1.5; }
 .manual-rotation { stroke: #8e44ad; stroke-width: 2; stroke-dasharray: 6 3; }
-.manual-effect, .manual-label { fill: #8e44ad; font-weight: bold; }
+.now-label { fill: #d00; font-weight: bold; }
+.manual-label { fill: #8e44ad; font-weight: bold; }
+.manual-effect { fill: #8e44ad; font-weight: bold; stroke: #fff; stroke-width: 3px; paint-order: stroke; }
 ";
 
 /// One picture's panel and its height.
@@ -447,12 +460,12 @@ fn panel(p: &Picture) -> (String, f64) {
             esc(n)
         );
     }
-    if let Some(m) = &p.manual {
+    for line in p.manual.iter().flat_map(Manual::lines) {
         y += LINE;
         let _ = writeln!(
             s,
             "<text class=\"manual-label\" x=\"10\" y=\"{y}\">{}</text>",
-            esc(&m.describe())
+            esc(&line)
         );
     }
     // The axis: a line with tick labels above it.
@@ -512,16 +525,17 @@ fn panel(p: &Picture) -> (String, f64) {
     let _ = writeln!(
         s,
         "<line class=\"now\" data-at=\"{at}\" x1=\"{xn}\" y1=\"{}\" x2=\"{xn}\" \
-         y2=\"{rows_bottom}\"><title>now {at}</title></line>\n<text class=\"tick\" x=\"{xn}\" \
+         y2=\"{}\"><title>now {at}</title></line>\n<text class=\"now-label\" x=\"{xn}\" \
          y=\"{}\" text-anchor=\"middle\">now</text>",
-        axis_y - 2.0 * LINE + 4.0,
-        axis_y - 2.0 * LINE + 2.0,
+        axis_y,
+        rows_bottom + 4.0,
+        rows_bottom + LINE,
         at = rfc3339(p.now)
     );
     if let Some(m) = &p.manual {
         s.push_str(&manual(m, p, &axis, axis_y, rows_top, rows_bottom));
     }
-    let legend_y = rows_bottom + LINE + 4.0;
+    let legend_y = rows_bottom + 2.0 * LINE + 8.0;
     let mut x = LEFT;
     s.push_str("<g class=\"legend\">\n");
     for phase in [
@@ -548,6 +562,17 @@ fn panel(p: &Picture) -> (String, f64) {
         legend_y - 6.0,
         x + 18.0
     );
+    if p.manual.is_some() {
+        let x = x + 180.0;
+        let _ = writeln!(
+            s,
+            "<line class=\"manual-rotation\" x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\"/><text \
+             x=\"{}\" y=\"{legend_y}\">manual rotation now</text>",
+            legend_y - 12.0,
+            legend_y + 2.0,
+            x + 6.0
+        );
+    }
     s.push_str("</g>\n");
     (s, legend_y + 2.0 * LINE)
 }
@@ -632,17 +657,17 @@ fn manual(
     for (i, l) in p.lives.iter().enumerate() {
         let Some(n) = l.on_disk else { continue };
         let Some(effect) = m.effect(n) else { continue };
-        let action = if n == 0 {
-            "promote"
+        let (action, short) = if n == 0 {
+            ("promote", format!("\u{2192} {}", m.promotes_to))
         } else if m.purges.contains(&n) {
-            "purge"
+            ("purge", "\u{2715} purged".to_string())
         } else {
-            "hold"
+            ("hold", "held".to_string())
         };
         let _ = writeln!(
             s,
             "<text class=\"manual-effect\" data-key=\"{n}\" data-action=\"{action}\" x=\"{}\" \
-             y=\"{}\">manual: {}</text>",
+             y=\"{}\">{short}<title>manual rotation: {}</title></text>",
             x + 4.0,
             rows_top + ROW * i as f64 + 3.0 + BAR - 2.0,
             esc(&effect)
@@ -856,7 +881,7 @@ mod tests {
             .filter(|n| n.attribute("class") == Some("chart"))
             .collect();
         assert_eq!(charts.len(), 2);
-        assert_eq!(attr(&charts[1], "transform"), "translate(0,222)");
+        assert_eq!(attr(&charts[1], "transform"), "translate(0,258)");
         let keys: Vec<_> = charts[0]
             .descendants()
             .filter(|n| n.attribute("class") == Some("key"))
@@ -920,6 +945,29 @@ mod tests {
             .filter(|n| n.attribute("class") == Some("rotation planned"))
             .count();
         assert_eq!(planned, 1);
+    }
+
+    #[test]
+    fn the_manual_rotation_says_keys_kept_until_the_same_second_once() {
+        let m = Manual {
+            at: t(1),
+            promotes_to: 4,
+            purges: vec![1],
+            holds: vec![
+                (2, t(5)),
+                (3, t(5) + chrono::Duration::milliseconds(40)),
+                (4, t(9)),
+            ],
+        };
+        assert_eq!(
+            m.lines(),
+            [
+                "a manual rotation now (2026-01-01T01:00:00Z) would promote key 0 to primary 4, \
+                 purge key 1",
+                "the retention guard would keep keys 2, 3 until 2026-01-01T05:00:00Z, key 4 until \
+                 2026-01-01T09:00:00Z (beyond max_active_keys)"
+            ]
+        );
     }
 
     #[test]

@@ -202,6 +202,9 @@ pub fn project(input: &Input) -> Projection {
         count += 1;
         next = input.schedule.next_after(t);
     }
+    // Oldest key first, the keys planned rotations stage after today's, the one still staged
+    // where the picture ends last.
+    lives.sort_by_key(|l| if l.number == 0 { u64::MAX } else { l.number });
     Projection {
         lives,
         rotations,
@@ -440,6 +443,7 @@ mod tests {
             .lives
             .iter()
             .all(|l| l.fingerprint.is_none() && l.on_disk.is_none()));
-        assert_eq!(p.lives[0].label(), "key 2*");
+        let labels: Vec<String> = p.lives.iter().take(3).map(Life::label).collect();
+        assert_eq!(labels, ["key 1*", "key 2*", "key 3*"], "oldest first");
     }
 }
