@@ -268,16 +268,18 @@ pub fn text(p: &Picture, columns: usize) -> String {
     for n in &p.notes {
         let _ = writeln!(out, "  {n}");
     }
+    let column = ((axis.to - axis.from) / i32::try_from(columns).unwrap_or(i32::MAX))
+        .to_std()
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "  axis {} .. {}, one column {}",
         rfc3339(axis.from),
         rfc3339(axis.to),
-        crate::duration::format(
-            ((axis.to - axis.from) / i32::try_from(columns).unwrap_or(i32::MAX))
-                .to_std()
-                .unwrap_or_default()
-        )
+        match column.as_secs() {
+            0 => "under 1s".to_string(),
+            _ => crate::duration::format(column),
+        }
     );
     let blank = || vec![' '; columns];
     let row = |label: &str, cells: &[char], note: &str| {

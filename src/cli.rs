@@ -1196,6 +1196,9 @@ fn window_note(s: &Settings) -> String {
     let l = &s.lifetime;
     let f = duration::format;
     match s.kind {
+        config::Kind::Credentials => "no token window: pre_rotate re-encrypts every credential \
+             with the primary before each rotation"
+            .to_string(),
         config::Kind::Receipts => format!(
             "token window {} = expiration {} + margin {}",
             f(l.retention()),
@@ -1221,6 +1224,12 @@ fn status_picture(
     let s = &m.settings;
     let repo = Repository::new(&s.key_repository, None);
     let (history, on_disk, judged) = charted_history(&repo, clock);
+    // No keys: nothing to draw but now (`plan --chart` pictures a setup instead).
+    let history = if on_disk {
+        history
+    } else {
+        crate::history::History::new()
+    };
     let p = crate::timeline::project(&crate::timeline::Input {
         history: &history,
         on_disk,
@@ -1257,7 +1266,7 @@ fn status_picture(
         ));
     }
     if !on_disk {
-        notes.push("no keys on disk: the picture starts from a setup now".into());
+        notes.push("no keys on disk".into());
     }
     let codes: Vec<&str> = sum.problems.iter().map(|p| p.code.as_str()).collect();
     if !codes.is_empty() {
@@ -1303,10 +1312,13 @@ fn plan_picture(
     };
     let mut notes = vec![
         format!("schedule '{schedule}' (UTC), max_active_keys {n}: {verdict}"),
-        format!(
-            "{}; no key is purged before the tokens made with it expire (])",
-            window_note(s)
-        ),
+        match s.kind {
+            config::Kind::Credentials => window_note(s),
+            _ => format!(
+                "{}; no key is purged before the tokens made with it expire (])",
+                window_note(s)
+            ),
+        },
     ];
     if !on_disk {
         notes.push(format!(

@@ -508,3 +508,27 @@ fn chart_formats_and_conflicts() {
     let svg = fernetd(&["status", "--key-repository", &r, "--chart=svg"]);
     assert!(svg.stdout.starts_with("<?xml"), "{}", svg.stdout);
 }
+
+#[test]
+fn status_chart_of_a_missing_repository_draws_no_key() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path().join("none");
+    let out = fernetd(&[
+        "status",
+        "--key-repository",
+        r.to_str().unwrap(),
+        "--keystone-config",
+        "/dev/null",
+        "--chart=svg",
+    ]);
+    assert_eq!(out.code, 2, "critical, as without --chart: {}", out.stderr);
+    assert!(!r.exists());
+    assert!(out.stdout.contains("no keys on disk"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("repository-unreadable"),
+        "{}",
+        out.stdout
+    );
+    let c = &charts(&out.stdout)[0];
+    assert!(c.rows.is_empty() && c.planned.is_empty(), "{c:#?}");
+}
