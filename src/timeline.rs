@@ -446,4 +446,68 @@ mod tests {
         let labels: Vec<String> = p.lives.iter().take(3).map(Life::label).collect();
         assert_eq!(labels, ["key 1*", "key 2*", "key 3*"], "oldest first");
     }
+
+    proptest::proptest! {
+        /// Any recorded history (rotations at any times, in any order, keys purged), a clock
+        /// anywhere, any N and retention: phases stay in order, no planned purge comes before
+        /// the tokens expire, and both renderings draw it (the SVG parses as XML).
+        #[test]
+        fn any_history_projects_and_draws(
+            steps in proptest::collection::vec((-100i64..100, proptest::bool::ANY), 0..10),
+            now in -50i64..150,
+            n in 2u64..7,
+            retention in 0u64..80,
+            every in 1i64..30,
+        ) {
+            let mut h = History::new();
+            h.record_created(1, fp(), t(0));
+            h.record_created(0, fp(), t(0));
+            for (at, purge) in &steps {
+                let p = h.primary().unwrap_or(0);
+                h.record_rotation(p + 1, fp(), t(*at));
+                let lowest = h.keys.keys().copied().find(|&k| k > 0 && k < p);
+                if let (true, Some(k)) = (*purge, lowest) {
+                    h.record_purge(k, t(*at));
+                }
+            }
+            let schedule: Schedule = format!("{every}h").parse().unwrap();
+            let clock: Now = t(now).into();
+            let p = project(&Input {
+                history: &h,
+                on_disk: true,
+                now: &clock,
+                schedule: &schedule,
+                first: schedule.next_after(t(now)),
+                max_active_keys: n,
+                retention: Duration::from_secs(retention * 3600),
+            });
+            proptest::prop_assert_eq!(
+                p.lives.iter().filter(|l| l.on_disk.is_some()).count(),
+                h.keys.len()
+            );
+            for l in &p.lives {
+                for w in l.spans.windows(2) {
+                    proptest::prop_assert!(w[0].phase < w[1].phase, "{:?}", l);
+                }
+                // Every purge in a projection is a planned one (keys on disk are not purged).
+                if let (Some(purged), Some(w)) = (l.purged(), l.window) {
+                    proptest::prop_assert!(purged >= t(now) && purged >= w.until, "{:?}", l);
+                }
+            }
+            let picture = crate::chart::Picture {
+                title: "tokens <x>".into(),
+                notes: vec![],
+                now: t(now),
+                lives: p.lives.clone(),
+                rotations: p.rotations.clone(),
+                manual: p.manual.clone(),
+            };
+            let text = crate::chart::text(&picture, crate::chart::TEXT_COLUMNS);
+            let rows = text.lines().filter(|l| l.starts_with("key ")).count();
+            proptest::prop_assert_eq!(rows, p.lives.len());
+            let svg = crate::chart::svg(&[picture]);
+            let doc = roxmltree::Document::parse(&svg);
+            proptest::prop_assert!(doc.is_ok(), "{:?}", doc.err());
+        }
+    }
 }
