@@ -225,6 +225,27 @@ pub struct StatusArgs {
     /// Print JSON instead of lines.
     #[arg(long)]
     pub json: bool,
+    /// Draw each key's life instead (recorded phases, the guard's holds, planned purges, now):
+    /// `--chart` or `--chart=text` for a terminal, `--chart=svg` for an SVG on stdout.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text",
+        conflicts_with = "json"
+    )]
+    pub chart: Option<ChartFormat>,
+}
+
+/// How `--chart` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChartFormat {
+    /// Plain text, one row per key (the default).
+    Text,
+    /// An SVG document.
+    Svg,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -378,6 +399,19 @@ pub struct PlanArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Draw the planned rotations instead: each key's phases against the window of its tokens,
+    /// and what a manual rotation now would do. `--chart` or `--chart=text` for a terminal,
+    /// `--chart=svg` for an SVG on stdout.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "text",
+        conflicts_with = "json"
+    )]
+    pub chart: Option<ChartFormat>,
 }
 
 /// Exit code for an error.
@@ -692,6 +726,14 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     .collect();
                 let v = serde_json::json!({ "status": level, "repositories": sums, "cluster": cluster });
                 println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if let Some(format) = a.chart {
+                let pictures: Vec<crate::chart::Picture> = d
+                    .repositories
+                    .iter()
+                    .zip(&sums)
+                    .map(|(m, s)| status_picture(m, s, &clock))
+                    .collect();
+                print_chart(format, &pictures);
             } else {
                 print_status(&sums, now);
                 for (s, v) in sums.iter().zip(&views) {
@@ -838,6 +880,8 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     "{}",
                     serde_json::to_string_pretty(&plan_json(&schedule, &s, &plan))?
                 );
+            } else if let Some(format) = a.chart {
+                print_chart(format, &[plan_picture(&schedule, &s, &plan, &clock)]);
             } else {
                 print_plan(&schedule, &s, &plan);
                 let others: Vec<&str> = config::Kind::ALL
@@ -1314,6 +1358,185 @@ fn print_status(sums: &[status::Summary], now: DateTime<Utc>) {
         for p in &s.problems {
             println!("  {} [{}]", p.message, p.code);
         }
+    }
+}
+
+/// Prints pictures: each as text, or all as one SVG.
+fn print_chart(format: ChartFormat, pictures: &[crate::chart::Picture]) {
+    match format {
+        ChartFormat::Svg => print!("{}", crate::chart::svg(pictures)),
+        ChartFormat::Text => {
+            let texts: Vec<String> = pictures
+                .iter()
+                .map(|p| crate::chart::text(p, crate::chart::TEXT_COLUMNS))
+                .collect();
+            print!("{}", texts.join("\n"));
+        }
+    }
+}
+
+/// A repository's keys as they are, for a chart: its history matched with the disk (read, never
+/// written), or, with no keys there, a `setup` now; and the clock retention is judged by.
+fn charted_history(repo: &Repository, clock: &Now) -> (crate::history::History, bool, Now) {
+    let judged = repo.judging_clock(clock);
+    match repo.scan().map(|sc| sc.fingerprints()) {
+        Ok(disk) if !disk.is_empty() => {
+            let mut h = repo.history().unwrap_or_default();
+            h.reconcile(&disk, &judged);
+            (h, true, judged)
+        }
+        _ => {
+            let mut h = crate::history::History::new();
+            let none = crate::key::Fingerprint::NONE;
+            h.record_created(1, none, judged.wall);
+            h.record_created(0, none, judged.wall);
+            (h, false, judged)
+        }
+    }
+}
+
+/// `token window 2d 2h = expiration 1h + allow_expired_window 2d + margin 1h`, as the kind has it.
+fn window_note(s: &Settings) -> String {
+    let l = &s.lifetime;
+    let f = duration::format;
+    match s.kind {
+        config::Kind::Credentials => "no token window: pre_rotate re-encrypts every credential \
+             with the primary before each rotation"
+            .to_string(),
+        config::Kind::Receipts => format!(
+            "token window {} = expiration {} + margin {}",
+            f(l.retention()),
+            f(l.expiration),
+            f(l.margin)
+        ),
+        _ => format!(
+            "token window {} = expiration {} + allow_expired_window {} + margin {}",
+            f(l.retention()),
+            f(l.expiration),
+            f(l.allow_expired_window),
+            f(l.margin)
+        ),
+    }
+}
+
+/// `status --chart`: the repository's keys, recorded and planned, and the guard's holds.
+fn status_picture(
+    m: &config::Managed,
+    sum: &status::Summary,
+    clock: &Now,
+) -> crate::chart::Picture {
+    let s = &m.settings;
+    let repo = Repository::new(&s.key_repository, None);
+    let (history, on_disk, judged) = charted_history(&repo, clock);
+    // No keys: nothing to draw but now (`plan --chart` pictures a setup instead).
+    let history = if on_disk {
+        history
+    } else {
+        crate::history::History::new()
+    };
+    let p = crate::timeline::project(&crate::timeline::Input {
+        history: &history,
+        on_disk,
+        now: &judged,
+        schedule: &m.schedule,
+        first: sum.next_rotation,
+        max_active_keys: m.max_active_keys,
+        retention: s.lifetime.retention(),
+    });
+    let level = match sum.level {
+        status::Level::Ok => "OK",
+        status::Level::Warning => "WARNING",
+        status::Level::Critical => "CRITICAL",
+    };
+    let mut notes = vec![
+        format!(
+            "schedule '{}' (UTC), max_active_keys {}, {}",
+            m.schedule,
+            m.max_active_keys,
+            window_note(s)
+        ),
+        format!(
+            "now {}, last rotation {}, next {}",
+            rfc3339(judged.wall),
+            sum.last_rotation.map_or("never".into(), rfc3339),
+            sum.next_rotation.map_or("never".into(), rfc3339)
+        ),
+    ];
+    for r in &sum.retained {
+        notes.push(format!(
+            "key {} kept beyond max_active_keys until {}",
+            r.key,
+            rfc3339(r.until)
+        ));
+    }
+    if !on_disk {
+        notes.push("no keys on disk".into());
+    }
+    let codes: Vec<&str> = sum.problems.iter().map(|p| p.code.as_str()).collect();
+    if !codes.is_empty() {
+        notes.push(format!("problems: {} (fernetd status)", codes.join(", ")));
+    }
+    crate::chart::Picture {
+        title: format!("{} {}: {level}", s.kind, s.key_repository.display()),
+        notes,
+        now: judged.wall,
+        lives: p.lives,
+        rotations: p.rotations,
+        manual: None,
+    }
+}
+
+/// `plan --chart`: the next rotations from the repository's keys as they are (or a setup now),
+/// each key's window, and what a manual rotation now would do.
+fn plan_picture(
+    schedule: &Schedule,
+    s: &Settings,
+    plan: &planner::Plan,
+    clock: &Now,
+) -> crate::chart::Picture {
+    let repo = Repository::new(&s.key_repository, None);
+    let (history, on_disk, judged) = charted_history(&repo, clock);
+    let n = s.max_active_keys.unwrap_or(plan.required_max_active_keys);
+    let p = crate::timeline::project(&crate::timeline::Input {
+        history: &history,
+        on_disk,
+        now: &judged,
+        schedule,
+        first: plan.next_rotations.first().copied(),
+        max_active_keys: n,
+        retention: s.lifetime.retention(),
+    });
+    let verdict = match (s.max_active_keys, plan.safe) {
+        (Some(_), Some(false)) => format!(
+            "UNSAFE, needs {}: the retention guard holds (!) what the count rule would purge",
+            plan.required_max_active_keys
+        ),
+        (Some(_), _) => "safe".into(),
+        (None, _) => "the smallest safe".into(),
+    };
+    let mut notes = vec![
+        format!("schedule '{schedule}' (UTC), max_active_keys {n}: {verdict}"),
+        match s.kind {
+            config::Kind::Credentials => window_note(s),
+            _ => format!(
+                "{}; no key is purged before the tokens made with it expire (])",
+                window_note(s)
+            ),
+        },
+    ];
+    if !on_disk {
+        notes.push(format!(
+            "no keys at {}: the picture starts from a setup now",
+            s.key_repository.display()
+        ));
+    }
+    crate::chart::Picture {
+        title: format!("plan: {} {}", s.kind, s.key_repository.display()),
+        notes,
+        now: judged.wall,
+        lives: p.lives,
+        rotations: p.rotations,
+        manual: p.manual,
     }
 }
 

@@ -19,6 +19,8 @@
 //! - [`config`]: flags over TOML over keystone.conf.
 //! - [`status`]: a repository's state for operators: OK / warning / critical.
 //! - [`token`]: one Keystone token or receipt: its key, payload and verdict (pure).
+//! - [`timeline`]: each key's life, recorded and planned, for a chart (pure).
+//! - [`chart`]: draws key lives on a time axis, as SVG and as text (pure).
 //! - [`hooks`]: operator commands run on events, bounded and never blocking.
 //! - [`watcher`]: reports file changes in the repositories (inotify), decides nothing.
 //! - [`metrics`]: Prometheus counters and gauges, and their tiny HTTP endpoint.
@@ -46,6 +48,7 @@
 //! ```
 
 pub mod agent;
+pub mod chart;
 pub mod check;
 pub mod cli;
 pub mod clock;
@@ -69,6 +72,7 @@ pub mod seal;
 pub mod status;
 pub mod systemd;
 pub mod token;
+pub mod timeline;
 pub mod watcher;
 
 pub use error::{Error, Result};
