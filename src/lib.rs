@@ -71,8 +71,8 @@ pub mod schedule;
 pub mod seal;
 pub mod status;
 pub mod systemd;
-pub mod token;
 pub mod timeline;
+pub mod token;
 pub mod watcher;
 
 pub use error::{Error, Result};

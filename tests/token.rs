@@ -778,7 +778,7 @@ fn in_cluster_mode_it_says_which_nodes_hold_the_key() {
     std::fs::write(
         &cfg,
         format!(
-            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"10s\"\n",
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n[cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\ndial_timeout = \"10s\"\n",
             local.display(),
             etcd.endpoint
         ),
@@ -796,7 +796,11 @@ fn in_cluster_mode_it_says_which_nodes_hold_the_key() {
     // Two members: one has applied the set, one is behind it.
     let sources =
         fernetd::config::Sources::load(&fernetd::config::Flags::default(), Some(&cfg)).unwrap();
-    let settings = sources.file.cluster.unwrap().settings();
+    let settings = sources
+        .file
+        .cluster
+        .unwrap()
+        .settings(&sources.file.keystone);
     let revision = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
