@@ -301,6 +301,50 @@ fn the_unit_tests_see_every_alert_fire_and_not_fire() {
     assert_eq!(quiet, all, "alerts never seen quiet in {RULE_TESTS}");
 }
 
+/// The dashboard has the views operators look for, each panel on the Prometheus data source
+/// variable, within Grafana's 24 columns, with a unique id.
+#[test]
+fn the_dashboard_has_a_panel_for_each_view() {
+    let d: serde_json::Value = serde_json::from_str(&read(DASHBOARD)).unwrap();
+    let panels = d["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Problems by code",
+        "Repositories healthy",
+        "Keys per repository and node",
+        "Primary key age",
+        "Next rotation in",
+        "Rotations",
+        "Failures",
+        "In step with the cluster",
+        "Leader and gate",
+        "Propagation",
+    ] {
+        assert!(titles.contains(&want), "no panel {want}: {titles:?}");
+    }
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate id: {p}");
+        let g = &p["gridPos"];
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{}",
+            p["title"]
+        );
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+            assert!(
+                !p["targets"].as_array().unwrap().is_empty(),
+                "{}",
+                p["title"]
+            );
+        }
+    }
+}
+
 /// GitHub's anchor for a heading: lower case, spaces to dashes, punctuation dropped.
 fn anchor(heading: &str) -> String {
     heading
@@ -658,44 +702,41 @@ fn start(cfg: &Path) -> Daemon {
     d
 }
 
-/// Waits until the daemon's metrics hold a line starting with `prefix` and ending with
-/// `suffix`, then scrapes it once more for the record.
-fn scrape_when(d: &Daemon, prefix: &str, suffix: &str) -> Scrape {
+/// The first scrape of `d` (within 20 s) with a line that `holds`; it is what is judged.
+fn scrape_until(d: &Daemon, what: &str, holds: impl Fn(&str) -> bool) -> Scrape {
     let addr = d.metrics_addr();
-    let has = || {
-        scrape(&addr)
-            .body
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with(prefix) && l.ends_with(suffix))
-    };
-    assert!(
-        d.wait_for(Duration::from_secs(20), has),
-        "never {prefix}...{suffix}: {}\n{}",
-        scrape(&addr).body.unwrap_or_default(),
-        d.log()
-    );
-    scrape(&addr)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = scrape(&addr);
+        if s.body.as_deref().unwrap_or("").lines().any(&holds) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {}\n{}",
+            s.body.unwrap_or_default(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
-/// Scrapes `d` once its metrics show problem `code`.
+/// The first scrape of `d` with a line starting with `prefix` and ending with `suffix`.
+fn scrape_when(d: &Daemon, prefix: &str, suffix: &str) -> Scrape {
+    scrape_until(d, &format!("{prefix}...{suffix}"), |l| {
+        l.starts_with(prefix) && l.ends_with(suffix)
+    })
+}
+
+/// The first scrape of `d` showing problem `code` (`code` or `code:severity`).
 fn scrape_problem(d: &Daemon, code: &str) -> Scrape {
-    let addr = d.metrics_addr();
-    let needle = format!("code=\"{code}\"");
-    let has = || {
-        scrape(&addr)
-            .body
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with("fernetd_problem{") && l.contains(&needle))
+    let needle = match code.split_once(':') {
+        Some((code, severity)) => format!("code=\"{code}\",severity=\"{severity}\""),
+        None => format!("code=\"{code}\""),
     };
-    assert!(
-        d.wait_for(Duration::from_secs(20), has),
-        "{code} never in the metrics: {}\n{}",
-        scrape(&addr).body.unwrap_or_default(),
-        d.log()
-    );
-    scrape(&addr)
+    scrape_until(d, &needle, |l| {
+        l.starts_with("fernetd_problem{") && l.contains(&needle)
+    })
 }
 
 /// Standalone daemons in each situation an alert is for, scraped and judged by the shipped
@@ -744,7 +785,7 @@ fn standalone_situations() -> Vec<Scrape> {
             "schedule = \"1s\"\nexpiration = \"2s\"\nallow_expired_window = 0\nmargin = \"1h\"\n",
             |d| std::fs::create_dir_all(d.join(".fernetd/staged.tmp/x")).unwrap(),
             |_| {},
-            Some("rotation-failing"),
+            Some("rotation-failing:warning"),
             vec![("FernetdRotationFailing", "warning", 1)],
         ),
         (
@@ -752,7 +793,7 @@ fn standalone_situations() -> Vec<Scrape> {
             "schedule = \"1s\"\nexpiration = \"2s\"\nallow_expired_window = 0\nmargin = 0\n",
             |d| std::fs::create_dir_all(d.join(".fernetd/staged.tmp/x")).unwrap(),
             |_| {},
-            Some("rotation-failing"),
+            Some("rotation-failing:critical"),
             vec![("FernetdRotationFailing", "critical", 1)],
         ),
         (
@@ -840,12 +881,18 @@ fn cluster_config(t: &Path, etcd: &Etcd, node: &str, tokens: &str, cluster: &str
         ),
     )
     .unwrap();
-    fernetd_ok(&["--config", cfg.to_str().unwrap(), "cluster", "init"]);
+    // The first node starts the cluster (fresh keys); the others join it.
+    let init = fernetd(&["--config", cfg.to_str().unwrap(), "cluster", "init"]);
+    assert!(
+        init.code == 0 || init.stderr.contains("already holds a key set"),
+        "{}",
+        init.stderr
+    );
     cfg
 }
 
 /// Cluster-mode daemons against a real etcd: a healthy leader, the same node with etcd gone,
-/// a gate blocked by a lagging member, a destructive key set refused.
+/// a gate blocked by a lagging member (with a follower), a destructive key set refused.
 fn cluster_situations() -> Vec<Scrape> {
     let mut all = Vec::new();
     let secs = Duration::from_secs;
@@ -895,35 +942,60 @@ fn cluster_situations() -> Vec<Scrape> {
     all.push(lost);
     d.stop();
 
-    // A member holding an older staged key blocks the due rotation past gate_deadline.
+    // A member (c) holding an older staged key blocks the leader's due rotation past
+    // gate_deadline; follower b sees the rotation overdue. Scraped together, the blocked gate
+    // explains b's overdue rotation: one alert. b scraped alone (the leader not scraped): no
+    // node leads, nothing explains the delay, and b's next rotation, stuck in the past, is
+    // overdue.
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
-    let d = start(&cluster_config(
-        t.path(),
-        &etcd,
-        "a",
+    let (tokens, cluster) = (
         "schedule = \"2s\"\nexpiration = \"3s\"\nallow_expired_window = 0\nmargin = 0\n",
         "gate_deadline = \"3s\"\n",
-    ));
-    assert!(
-        d.wait_log("leading this repository", secs(15)),
-        "{}",
-        d.log()
     );
-    let ack = serde_json::json!({"node": "b", "revision": 1, "staged": "00000000000000ff"});
+    let a = start(&cluster_config(t.path(), &etcd, "a", tokens, cluster));
+    assert!(
+        a.wait_log("leading this repository", secs(15)),
+        "{}",
+        a.log()
+    );
+    let b = start(&cluster_config(t.path(), &etcd, "b", tokens, cluster));
+    assert!(b.wait_log("ready", secs(15)), "{}", b.log());
+    let ack = serde_json::json!({"node": "c", "revision": 1, "staged": "00000000000000ff"});
     etcd.with_client(async |cl| {
-        cl.put("/test/tokens/acks/b", ack.to_string(), None)
+        cl.put("/test/tokens/acks/c", ack.to_string(), None)
             .await
             .unwrap();
     });
-    let blocked = scrape_when(&d, "fernetd_cluster_gate_blocked{", " 1");
+    let blocked = scrape_when(&a, "fernetd_cluster_gate_blocked{", " 1");
+    let follower = scrape(&b.metrics_addr());
+    let next = samples(follower.body.as_deref().unwrap())
+        .into_iter()
+        .find(|(n, _, _)| n == "fernetd_next_rotation_timestamp_seconds")
+        .map(|(_, _, v)| v)
+        .expect("the follower exports its next rotation");
+    assert!(
+        next < follower.at,
+        "the follower's next rotation is not past: {next} at {}",
+        follower.at
+    );
     assert_alerts(
         "the promotion gate blocked past its deadline",
-        std::slice::from_ref(&blocked),
+        &[blocked.clone(), follower.clone()],
         &[("FernetdGateBlocked", "warning", 1)],
     );
+    assert_alerts(
+        "a follower whose rotation is overdue, its leader not scraped",
+        std::slice::from_ref(&follower),
+        &[
+            ("FernetdClusterNoLeader", "warning", 1),
+            ("FernetdRotationOverdue", "warning", 1),
+        ],
+    );
     all.push(blocked);
-    d.stop();
+    all.push(follower);
+    a.stop();
+    b.stop();
 
     // A key set that replaces every key, newer by its generation: refused, every key kept.
     let etcd = Etcd::start();
