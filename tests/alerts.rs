@@ -428,6 +428,26 @@ fn every_alert_has_a_severity_a_summary_naming_where_and_a_runbook() {
         }
     }
     let names = alert_names();
+    // The README's table of alerts names each, with its severities.
+    let readme = read("README.md");
+    let listed: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("| `Fernetd"))
+        .map(|r| format!("Fernetd{}", r.split('`').next().unwrap()))
+        .collect();
+    assert_eq!(listed, names, "README.md's table of alerts");
+    for a in alerts() {
+        let row = readme
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("| `{}` |", a.name)))
+            .unwrap();
+        assert!(
+            row.contains(&a.labels["severity"]),
+            "README.md: {} is {}: {row}",
+            a.name,
+            a.labels["severity"]
+        );
+    }
     for heading in sections.keys() {
         assert!(
             names.contains(heading),
