@@ -614,6 +614,9 @@ fn input_series(scrapes: &[Scrape]) -> Vec<serde_json::Value> {
     out
 }
 
+/// The alerts real daemons' series were seen to fire: every alert must be among them.
+static FIRED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
 /// Runs the shipped rules on `scrapes` with promtool and asserts that exactly `want`
 /// (alert name, severity, how many) fire at EVAL_MINUTES.
 fn assert_alerts(situation: &str, scrapes: &[Scrape], want: &[(&str, &str, usize)]) {
@@ -653,6 +656,10 @@ fn assert_alerts(situation: &str, scrapes: &[Scrape], want: &[(&str, &str, usize
             .collect::<Vec<_>>()
             .join("\n")
     );
+    FIRED
+        .lock()
+        .unwrap()
+        .extend(want.iter().map(|w| w.0.to_string()));
 }
 
 /// Every dashboard query, its variables set to match everything, returns data on `scrapes`.
@@ -1069,6 +1076,11 @@ fn real_daemons_raise_exactly_the_alerts_for_their_situation() {
     let started = std::time::Instant::now();
     let mut scrapes = standalone_situations();
     scrapes.extend(cluster_situations());
+    assert_eq!(
+        *FIRED.lock().unwrap(),
+        alert_names(),
+        "alerts no real daemon's series fired"
+    );
     // Every name the rules and the dashboard read has samples in a real scrape; `up` is
     // written by Prometheus for each scrape, ALERTS by Prometheus for each alert.
     let exported: BTreeSet<String> = scrapes
