@@ -702,15 +702,19 @@ fn assert_dashboard_queries_return_data(scrapes: &[Scrape]) {
 }
 
 /// A config for one token repository at `dir`, with metrics on loopback and hooks that
-/// succeed (so the hook metrics have samples).
+/// succeed (so the hook metrics have samples) unless `tokens` sets them.
 fn standalone_config(t: &Path, dir: &Path, tokens: &str) -> PathBuf {
     let cfg = t.join("f.toml");
+    let hooks: String = ["on_invalid", "on_change", "on_rotate"]
+        .iter()
+        .filter(|h| !tokens.contains(&format!("{h} =")))
+        .map(|h| format!("{h} = [\"true\"]\n"))
+        .collect();
     std::fs::write(
         &cfg,
         format!(
             "[keystone]\nconfig = \"/dev/null\"\n[daemon]\nmetrics_listen = \"127.0.0.1:0\"\n\
-             [tokens]\nkey_repository = \"{}\"\non_invalid = [\"true\"]\non_change = [\"true\"]\n\
-             on_rotate = [\"true\"]\n{tokens}",
+             [tokens]\nkey_repository = \"{}\"\n{hooks}{tokens}",
             dir.display()
         ),
     )
@@ -729,13 +733,13 @@ fn start(cfg: &Path) -> Daemon {
     d
 }
 
-/// The first scrape of `d` (within 20 s) with a line that `holds`; it is what is judged.
+/// The first scrape of `d` (within 20 s) whose body `holds`; it is what is judged.
 fn scrape_until(d: &Daemon, what: &str, holds: impl Fn(&str) -> bool) -> Scrape {
     let addr = d.metrics_addr();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let s = scrape(&addr);
-        if s.body.as_deref().unwrap_or("").lines().any(&holds) {
+        if s.body.as_deref().is_some_and(&holds) {
             return s;
         }
         assert!(
@@ -750,19 +754,18 @@ fn scrape_until(d: &Daemon, what: &str, holds: impl Fn(&str) -> bool) -> Scrape 
 
 /// The first scrape of `d` with a line starting with `prefix` and ending with `suffix`.
 fn scrape_when(d: &Daemon, prefix: &str, suffix: &str) -> Scrape {
-    scrape_until(d, &format!("{prefix}...{suffix}"), |l| {
-        l.starts_with(prefix) && l.ends_with(suffix)
+    scrape_until(d, &format!("{prefix}...{suffix}"), |body| {
+        body.lines()
+            .any(|l| l.starts_with(prefix) && l.ends_with(suffix))
     })
 }
 
-/// The first scrape of `d` showing problem `code` (`code` or `code:severity`).
+/// The first scrape of `d` showing problem `code`.
 fn scrape_problem(d: &Daemon, code: &str) -> Scrape {
-    let needle = match code.split_once(':') {
-        Some((code, severity)) => format!("code=\"{code}\",severity=\"{severity}\""),
-        None => format!("code=\"{code}\""),
-    };
-    scrape_until(d, &needle, |l| {
-        l.starts_with("fernetd_problem{") && l.contains(&needle)
+    let needle = format!("code=\"{code}\"");
+    scrape_until(d, &needle, |body| {
+        body.lines()
+            .any(|l| l.starts_with("fernetd_problem{") && l.contains(&needle))
     })
 }
 
@@ -777,18 +780,19 @@ fn standalone_situations() -> Vec<Scrape> {
         &'static str,
         Tamper,
         Tamper,
-        Option<&'static str>,
+        &'static [&'static str],
         Want,
     );
-    // (situation, extra [tokens] lines, before the daemon starts, while it runs, the problem
-    // code to wait for, the alerts that must fire)
+    // (situation, extra [tokens] lines, before the daemon starts, while it runs, what the
+    // scrape to judge must hold (each in a line whose value is not 0; none: healthy), the
+    // alerts that must fire)
     let cases: Vec<Case> = vec![
         (
             "healthy",
             "schedule = \"1h\"\n",
             |_| {},
             |_| {},
-            None,
+            &[],
             vec![],
         ),
         (
@@ -796,7 +800,7 @@ fn standalone_situations() -> Vec<Scrape> {
             "schedule = \"1h\"\n",
             |_| {},
             |d| std::fs::remove_file(d.join("1")).unwrap(),
-            Some("key-lost-in-retention"),
+            &["code=\"key-lost-in-retention\""],
             vec![("FernetdKeyLostInRetention", "critical", 1)],
         ),
         (
@@ -804,15 +808,29 @@ fn standalone_situations() -> Vec<Scrape> {
             "schedule = \"1h\"\n",
             |_| {},
             |d| std::fs::write(d.join("2"), "not a key").unwrap(),
-            Some("malformed-key"),
+            &["code=\"malformed-key\""],
             vec![("FernetdRepositoryInvalid", "critical", 1)],
+        ),
+        (
+            "a malformed key, and the on_invalid hook failing",
+            "schedule = \"1h\"\non_invalid = [\"false\"]\n",
+            |_| {},
+            |d| std::fs::write(d.join("2"), "not a key").unwrap(),
+            &[
+                "code=\"malformed-key\"",
+                "fernetd_hook_failures_total{repository=\"tokens\",event=\"invalid\"}",
+            ],
+            vec![
+                ("FernetdHookFailing", "warning", 1),
+                ("FernetdRepositoryInvalid", "critical", 1),
+            ],
         ),
         (
             "a failing rotation, within the margin",
             "schedule = \"1s\"\nexpiration = \"2s\"\nallow_expired_window = 0\nmargin = \"1h\"\n",
             |d| std::fs::create_dir_all(d.join(".fernetd/staged.tmp/x")).unwrap(),
             |_| {},
-            Some("rotation-failing:warning"),
+            &["code=\"rotation-failing\",severity=\"warning\""],
             vec![("FernetdRotationFailing", "warning", 1)],
         ),
         (
@@ -820,7 +838,7 @@ fn standalone_situations() -> Vec<Scrape> {
             "schedule = \"1s\"\nexpiration = \"2s\"\nallow_expired_window = 0\nmargin = 0\n",
             |d| std::fs::create_dir_all(d.join(".fernetd/staged.tmp/x")).unwrap(),
             |_| {},
-            Some("rotation-failing:critical"),
+            &["code=\"rotation-failing\",severity=\"critical\""],
             vec![("FernetdRotationFailing", "critical", 1)],
         ),
         (
@@ -834,7 +852,7 @@ fn standalone_situations() -> Vec<Scrape> {
                 std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
             },
             |_| {},
-            Some("clock-in-future"),
+            &["code=\"clock-in-future\""],
             vec![("FernetdClockUntrusted", "warning", 1)],
         ),
         (
@@ -842,7 +860,7 @@ fn standalone_situations() -> Vec<Scrape> {
             "schedule = \"1h\"\nmax_active_keys = 3\nallow_unsafe_schedule = true\n",
             |_| {},
             |_| {},
-            Some("unsafe-schedule"),
+            &["code=\"unsafe-schedule\""],
             vec![("FernetdUnsafeSchedule", "warning", 1)],
         ),
         (
@@ -854,11 +872,11 @@ fn standalone_situations() -> Vec<Scrape> {
                 std::fs::set_permissions(d.join("1"), std::fs::Permissions::from_mode(0o644))
                     .unwrap()
             },
-            Some("key-mode"),
+            &["code=\"key-mode\""],
             vec![("FernetdRepositoryWarning", "warning", 1)],
         ),
     ];
-    for (situation, tokens, before, during, code, want) in cases {
+    for (situation, tokens, before, during, needles, want) in cases {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("keys");
         let r = dir.to_str().unwrap();
@@ -868,12 +886,16 @@ fn standalone_situations() -> Vec<Scrape> {
         let d = start(&standalone_config(t.path(), &dir, tokens));
         std::thread::sleep(Duration::from_millis(300));
         during(&dir);
-        let s = match code {
-            Some(code) => scrape_problem(&d, code),
-            None => {
+        let s = match needles {
+            [] => {
                 assert!(d.wait_log("ready", Duration::from_secs(10)), "{}", d.log());
                 scrape_when(&d, "fernetd_repository_healthy{", " 1")
             }
+            needles => scrape_until(&d, &needles.join(" and "), |body| {
+                needles
+                    .iter()
+                    .all(|n| body.lines().any(|l| l.contains(n) && !l.ends_with(" 0")))
+            }),
         };
         assert_alerts(situation, std::slice::from_ref(&s), &want);
         if situation == "healthy" {
