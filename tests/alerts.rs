@@ -246,6 +246,10 @@ fn metric_names_are_read_from_promql() {
             .into()
     );
     assert_eq!(
+        metric_names("sum by (repository) (a) / count by (repository) (b and on (x) c)"),
+        ["a", "b", "c"].map(String::from).into()
+    );
+    assert_eq!(
         metric_names("label_values(fernetd_keys{job=~\"$job\"}, repository)"),
         ["fernetd_keys".to_string()].into()
     );
