@@ -664,21 +664,39 @@ fn a_missing_key_0_is_staged_and_promoted_only_by_the_next_rotation() {
     assert_eq!(keys(&repo)[&2], staged);
 }
 
-/// The README's table of problem codes is the code's own list (`status::CODES`), row for row.
+/// The README's table of problem codes is the code's own list (`status::CODES`), row for row,
+/// each code linked to a section of docs/runbooks.md (tests/alerts.rs checks it is the right
+/// one).
 #[test]
 fn the_readme_lists_every_problem_code_the_code_has() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let runbooks = std::fs::read_to_string(format!("{root}/docs/runbooks.md")).unwrap();
+    let anchors: Vec<String> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
     let start = readme
         .find("<!-- codes:begin")
         .expect("README: no codes table");
     let end = readme
         .find("<!-- codes:end -->")
         .expect("README: no end of the codes table");
-    let rows: Vec<&str> = readme[start..end]
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .collect();
+    // `| [`code`](docs/runbooks.md#anchor) | severity | what |` read as the link's anchor and
+    // `| `code` | severity | what |`, the row the code's list gives.
+    let mut rows = Vec::new();
+    for line in readme[start..end].lines().filter(|l| l.starts_with("| [`")) {
+        let (code, rest) = line["| [`".len()..]
+            .split_once("`](docs/runbooks.md#")
+            .unwrap_or_else(|| panic!("README: a code row without its runbook link: {line}"));
+        let (anchor, rest) = rest.split_once(") |").unwrap();
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "README: {code} links to #{anchor}, no section of docs/runbooks.md"
+        );
+        rows.push(format!("| `{code}` |{rest}"));
+    }
     let want: Vec<String> = fernetd::status::CODES
         .iter()
         .map(|(code, level, what)| format!("| `{code}` | {level} | {what} |"))
@@ -686,7 +704,8 @@ fn the_readme_lists_every_problem_code_the_code_has() {
     assert_eq!(
         rows,
         want,
-        "README.md's codes table differs from status::CODES; the table should read:\n{}",
+        "README.md's codes table differs from status::CODES; the table should read (each code \
+         as [`code`](docs/runbooks.md#its-runbook)):\n{}",
         want.join("\n")
     );
 }

@@ -2,8 +2,9 @@
 //! conffiles, installs it with dpkg into a scratch root (its own dpkg database, maintainer
 //! scripts run chrootless with DPKG_ROOT) that already holds a key repository, runs the
 //! installed binary and man page, verifies the shipped units with systemd-analyze and fails
-//! when their exposure score rises above 2.0. Needs cargo-deb, cargo-generate-rpm (installed by
-//! scripts/deps), dpkg, man and systemd-analyze.
+//! when their exposure score rises above 2.0, and checks the shipped alerts, runbooks and
+//! dashboard. Needs cargo-deb, cargo-generate-rpm (installed by scripts/deps), dpkg, man,
+//! systemd-analyze and promtool.
 
 mod common;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,9 @@ fn deb_installs_cleanly_and_ships_hardened_units() {
         "/usr/lib/sysusers.d/fernetd.conf",
         "/usr/share/bash-completion/completions/fernetd",
         "/usr/share/licenses/fernetd/LICENSE",
+        "/usr/share/doc/fernetd/runbooks.md",
+        "/usr/share/fernetd/prometheus/fernetd-alerts.yml",
+        "/usr/share/fernetd/grafana/fernetd-dashboard.json",
     ] {
         assert!(
             rpm_list.contains(path),
@@ -98,6 +102,9 @@ fn deb_installs_cleanly_and_ships_hardened_units() {
         "./usr/share/fish/vendor_completions.d/fernetd.fish",
         "./usr/share/doc/fernetd/copyright",
         "./usr/share/doc/fernetd/README.md",
+        "./usr/share/doc/fernetd/runbooks.md",
+        "./usr/share/fernetd/prometheus/fernetd-alerts.yml",
+        "./usr/share/fernetd/grafana/fernetd-dashboard.json",
     ] {
         assert!(list.contains(path), "{path} missing from the .deb:\n{list}");
     }
@@ -159,6 +166,34 @@ fn deb_installs_cleanly_and_ships_hardened_units() {
         .arg(rt.join("usr/share/man/man1/fernetd-daemon.1.gz"))
         .env("MANPAGER", "cat"));
     assert!(page.contains("--schedule"), "{page}");
+    // The alerts, their runbooks and the dashboard, as in the source tree; the installed rules
+    // pass promtool where they are (their runbook_url points at the installed runbooks).
+    for (installed, source) in [
+        ("usr/share/doc/fernetd/runbooks.md", "docs/runbooks.md"),
+        (
+            "usr/share/fernetd/prometheus/fernetd-alerts.yml",
+            "packaging/prometheus/fernetd-alerts.yml",
+        ),
+        (
+            "usr/share/fernetd/grafana/fernetd-dashboard.json",
+            "packaging/grafana/fernetd-dashboard.json",
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read(rt.join(installed)).unwrap(),
+            std::fs::read(root().join(source)).unwrap(),
+            "{installed}"
+        );
+    }
+    let rules = rt.join("usr/share/fernetd/prometheus/fernetd-alerts.yml");
+    let checked = run(Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules));
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    assert!(std::fs::read_to_string(&rules)
+        .unwrap()
+        .contains("runbook_url: \"file:///usr/share/doc/fernetd/runbooks.md#"));
     // The shipped default configuration is valid as it is.
     run(Command::new(rt.join("usr/bin/fernetd"))
         .args(["--config"])
