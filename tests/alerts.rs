@@ -944,13 +944,22 @@ fn cluster_config(t: &Path, etcd: &Etcd, node: &str, tokens: &str, cluster: &str
     cfg
 }
 
+/// `[cluster]` lines sealing a node's key sets with a seal key made once under `dir`.
+fn sealed(dir: &Path) -> String {
+    let key = dir.join("seal.key");
+    if !key.exists() {
+        fernetd_ok(&["cluster", "new-seal-key", "--out", key.to_str().unwrap()]);
+    }
+    format!("seal_key_file = \"{}\"\n", key.display())
+}
+
 /// Cluster-mode daemons against a real etcd: a healthy leader, the same node with etcd gone,
 /// a gate blocked by a lagging member (with a follower), a destructive key set refused.
 fn cluster_situations() -> Vec<Scrape> {
     let mut all = Vec::new();
     let secs = Duration::from_secs;
 
-    // Healthy, leading; then etcd is gone.
+    // Healthy, leading (sealed, as configured by default); then etcd is gone.
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
     let d = start(&cluster_config(
@@ -958,7 +967,7 @@ fn cluster_situations() -> Vec<Scrape> {
         &etcd,
         "a",
         "schedule = \"1h\"\n",
-        "",
+        &sealed(t.path()),
     ));
     assert!(
         d.wait_log("leading this repository", secs(15)),
@@ -1004,8 +1013,9 @@ fn cluster_situations() -> Vec<Scrape> {
     let t = tempfile::tempdir().unwrap();
     let (tokens, cluster) = (
         "schedule = \"2s\"\nexpiration = \"3s\"\nallow_expired_window = 0\nmargin = 0\n",
-        "gate_deadline = \"3s\"\n",
+        format!("gate_deadline = \"3s\"\n{}", sealed(t.path())),
     );
+    let cluster = cluster.as_str();
     let a = start(&cluster_config(t.path(), &etcd, "a", tokens, cluster));
     assert!(
         a.wait_log("leading this repository", secs(15)),
@@ -1051,6 +1061,7 @@ fn cluster_situations() -> Vec<Scrape> {
     b.stop();
 
     // A key set that replaces every key, newer by its generation: refused, every key kept.
+    // Unsealed (the test writes the forged value itself), which is an exposure of its own.
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
     let d = start(&cluster_config(
@@ -1058,7 +1069,7 @@ fn cluster_situations() -> Vec<Scrape> {
         &etcd,
         "a",
         "schedule = \"1h\"\n",
-        "",
+        "insecure_unsealed = true\n",
     ));
     assert!(d.wait_log("ready", secs(15)), "{}", d.log());
     let held = etcd.with_client(async |c| {
@@ -1086,6 +1097,7 @@ fn cluster_situations() -> Vec<Scrape> {
         "a destructive key set refused",
         std::slice::from_ref(&refused),
         &[
+            ("FernetdClusterExposed", "warning", 1),
             ("FernetdInputRefused", "critical", 1),
             ("FernetdClusterOutOfStep", "warning", 1),
         ],
