@@ -132,6 +132,21 @@ pub async fn run(
                 reason: err.to_string(),
             },
         ));
+        // What etcd holds does not open or validate here (tampered, unsealed where sealed
+        // sets are required, sealed with another key): a refused input, critical until a set
+        // is taken again, not only a lost connection.
+        if matches!(
+            err,
+            SessionError::Cluster(ClusterError::Seal { .. } | ClusterError::KeySet { .. })
+        ) {
+            let _ = reports.send((
+                cfg.index,
+                Report::Refused {
+                    reason: err.to_string(),
+                    republished: false,
+                },
+            ));
+        }
         // A session that lived a lease or more was healthy: the next failure starts afresh.
         if started.elapsed() > cfg.cluster.lease_ttl {
             backoff = Duration::from_millis(250);

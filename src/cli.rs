@@ -484,14 +484,30 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 }
                 Ok::<_, crate::cluster::ClusterError>(out)
             })??;
+            let mut compact_to = None;
             for (kind, revision) in sealed {
                 match revision {
-                    Some(r) => println!(
-                        "{}/{kind}/keyset: sealed at revision {r}; no key changed",
-                        cluster.prefix
-                    ),
+                    Some(r) => {
+                        println!(
+                            "{}/{kind}/keyset: sealed at revision {r}; no key changed",
+                            cluster.prefix
+                        );
+                        compact_to = compact_to.max(Some(r));
+                    }
                     None => println!("{}/{kind}/keyset: already sealed", cluster.prefix),
                 }
+            }
+            if let Some(r) = compact_to {
+                say(
+                    Severity::Warning,
+                    &format!(
+                        "warning: the values stored in the clear stay in etcd's history (below \
+                         revision {r}) and in every etcd backup taken before: remove them from \
+                         etcd with `etcdctl compact {r}` and `etcdctl defrag --cluster` (as \
+                         etcd's root), destroy such backups, and count the keys they held as \
+                         known until rotations have purged them"
+                    ),
+                );
             }
             Ok(0)
         }
@@ -528,13 +544,19 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             let sources = config::Sources::load(&Flags::default(), config)?;
             let cluster = cluster_settings(&sources, config)?;
             let kind = config::Kind::from(a.kind);
+            // A seal key this command made, removed again if the cluster does not start with
+            // it (no node may be left holding a key the cluster's sets are not sealed with).
+            let mut made_seal_key = None;
             match (&cluster.seal_key_file, a.new_seal_key) {
                 (None, true) => anyhow::bail!(
                     "{}: --new-seal-key: set [cluster] seal_key_file (e.g. \"{}\") first",
                     config_name(config),
                     config::DEFAULT_SEAL_KEY_FILE
                 ),
-                (Some(p), true) => make_seal_key(p, &sources.file.keystone)?,
+                (Some(p), true) => {
+                    make_seal_key(p, &sources.file.keystone)?;
+                    made_seal_key = Some(p.clone());
+                }
                 (Some(p), false) if !p.exists() => anyhow::bail!(
                     "{}: [cluster] seal_key_file {} does not exist: `fernetd cluster init \
                      --new-seal-key` makes it, or copy it here from a node of the cluster",
@@ -564,12 +586,30 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     "--members: '{bad}' is not a node name ([cluster] node on that node)"
                 );
             }
-            let (revision, lineage, added) = block_on(async {
+            let imported = block_on(async {
                 let mut c = crate::cluster::Cluster::connect(&cluster).await?;
                 let (revision, lineage) = c.import(kind, &set, a.force, a.force_purge).await?;
                 let added = c.expect_members(kind, &a.members, now).await?;
                 Ok::<_, crate::cluster::ClusterError>((revision, lineage, added))
-            })??;
+            })
+            .and_then(|r| r.map_err(anyhow::Error::from));
+            let (revision, lineage, added) = match imported {
+                Ok(done) => done,
+                Err(e) => {
+                    if let Some(p) = &made_seal_key {
+                        let _ = std::fs::remove_file(p);
+                        say(
+                            Severity::Warning,
+                            &format!(
+                                "warning: removed the seal key made at {}: the cluster did not \
+                                 start with it",
+                                p.display()
+                            ),
+                        );
+                    }
+                    return Err(e);
+                }
+            };
             println!(
                 "{what} into {}/{kind}/keyset at revision {revision}, {lineage}; no key changed",
                 cluster.prefix
@@ -700,6 +740,11 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 .collect();
             let mut views = Vec::new();
             if let Some(cluster) = &d.cluster {
+                // A seal key fernetd refuses is a configuration error here as everywhere.
+                if let Some(p) = &cluster.seal_key_file {
+                    crate::seal::SealKey::load(p, cluster.seal_owner)
+                        .map_err(crate::cluster::ClusterError::SealKey)?;
+                }
                 views = block_on(cluster_views(cluster, &d))?;
                 for (s, v) in sums.iter_mut().zip(&views) {
                     s.add_cluster(v);
@@ -721,7 +766,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     .iter()
                     .map(|v| match v {
                         Ok(v) => serde_json::to_value(v).unwrap_or_default(),
-                        Err(e) => serde_json::json!({ "error": e }),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
                     })
                     .collect();
                 let v = serde_json::json!({ "status": level, "repositories": sums, "cluster": cluster });
@@ -1000,19 +1045,23 @@ fn make_seal_key(path: &std::path::Path, k: &config::KeystoneSection) -> anyhow:
             .map(|u| (u.uid.as_raw(), u.gid.as_raw())),
     };
     crate::seal::SealKey::create(path, owner)?;
-    let whose = match owner {
-        Some((uid, _)) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map_or(format!("uid {uid}"), |u| u.name),
-        None => nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map_or("this user".into(), |u| u.name),
-    };
+    let (uid, gid) = owner.unwrap_or_else(|| {
+        (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    });
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(uid.to_string(), |u| u.name);
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or(gid.to_string(), |g| g.name);
     println!(
-        "made a new seal key at {} (owner {whose}, mode 0600): copy it to every node, same \
-         path, owner and mode (e.g. `install -m 600 -o {whose} -g {whose}`), before their \
+        "made a new seal key at {} (owner {user}, mode 0600): copy it to every node, same \
+         path, owner and mode (e.g. `install -m 600 -o {user} -g {group}`), before their \
          daemons start; keep a copy offline: key sets sealed with it open with nothing else",
         path.display()
     );
@@ -1044,20 +1093,34 @@ fn cluster_settings(
 async fn cluster_views(
     cluster: &config::ClusterSettings,
     d: &DaemonSettings,
-) -> Vec<Result<status::ClusterView, String>> {
+) -> Vec<Result<status::ClusterView, status::ViewError>> {
+    use crate::cluster::ClusterError;
+    use status::ViewError;
+    let unreachable = |e: ClusterError| match e {
+        ClusterError::Seal { .. } | ClusterError::KeySet { .. } => {
+            ViewError::Refused(e.to_string())
+        }
+        _ => ViewError::Unreachable(e.to_string()),
+    };
     let mut c = match crate::cluster::Cluster::connect(cluster).await {
         Ok(c) => c,
-        Err(e) => return d.repositories.iter().map(|_| Err(e.to_string())).collect(),
+        Err(e) => {
+            let e = unreachable(e);
+            return d.repositories.iter().map(|_| Err(e.clone())).collect();
+        }
     };
     let mut out = Vec::new();
     for m in &d.repositories {
         let kind = m.settings.kind;
         let view = async {
-            let (set, revision) = c.fetch(kind).await.map_err(|e| e.to_string())?;
-            let acks = c.acks(kind).await.map_err(|e| e.to_string())?;
-            let leader = c.leader(kind).await.map_err(|e| e.to_string())?;
+            let (set, revision) = c.fetch(kind).await.map_err(unreachable)?;
+            let acks = c.acks(kind).await.map_err(unreachable)?;
+            let leader = c.leader(kind).await.map_err(unreachable)?;
             let repo = Repository::new(&m.settings.key_repository, None);
-            let local = repo.scan().map_err(|e| e.to_string())?.fingerprints();
+            let local = repo
+                .scan()
+                .map_err(|e| ViewError::Unreachable(e.to_string()))?
+                .fingerprints();
             let history = repo.history().unwrap_or_default();
             let clock = Now::read();
             let mut view = status::cluster_view(

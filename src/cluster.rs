@@ -397,10 +397,11 @@ impl Cluster {
                 .kvs()
                 .first()
                 .ok_or_else(|| ClusterError::Missing { key: key.clone() })?;
+            // Sealed already, and with this node's key: opening it proves both.
+            let set = open(&self.seal, &key, kv.value())?;
             if crate::seal::is_sealed(kv.value()) {
                 return Ok(None);
             }
-            let set = open(&self.seal, &key, kv.value())?;
             if self.republish(kind, &set, kv.mod_revision()).await? {
                 return self.fetch(kind).await.map(|(_, revision)| Some(revision));
             }

@@ -127,12 +127,31 @@ pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
 pub const DEFAULT_SEAL_KEY_FILE: &str = "/etc/fernetd/seal.key";
 pub const DEFAULT_GATE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// An endpoint as etcd's client takes it without surprises: `http://` or `https://` (lower
+/// case: anything else is read as a host name, and a missing scheme as plain HTTP), then a
+/// host and port with nothing that could make the URL mean another host.
+fn plain_endpoint(e: &str) -> bool {
+    let rest = e
+        .strip_prefix("https://")
+        .or_else(|| e.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let r = r.strip_suffix('/').unwrap_or(r);
+        !r.is_empty() && !r.contains(|c: char| c.is_whitespace() || "@#?/\\".contains(c))
+    })
+}
+
 impl ClusterSection {
     fn validate(&self) -> Result<(), String> {
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(
                 "endpoints: list at least one etcd URL, e.g. [\"http://127.0.0.1:2379\"]".into(),
             );
+        }
+        if let Some(bad) = self.endpoints.iter().find(|e| !plain_endpoint(e)) {
+            return Err(format!(
+                "endpoints: '{bad}' is not an etcd URL: write https://HOST:PORT (or \
+                 http://HOST:PORT), with no user, path, query or fragment"
+            ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err("cert_file and key_file go together".into());

@@ -33,6 +33,8 @@ const DEBOUNCE_MAX: Duration = Duration::from_millis(800);
 const RETRY: Duration = Duration::from_secs(30);
 /// Longest sleep; bounds the effect of a wall-clock jump on the schedule.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// How often a cluster daemon looks at its configuration's exposures again.
+const EXPOSURE_RECHECK: Duration = Duration::from_secs(60);
 /// Reports from cluster agents are published (metrics, STATUS=, READY=1) together, at most
 /// this long after the first; one rotation brings several reports on every node at once.
 const PUBLISH_DELAY: Duration = Duration::from_millis(100);
@@ -243,6 +245,9 @@ struct Daemon {
     /// Both clocks at the last look: a step of the wall clock against the boot clock since
     /// then is reported (and schedules are planned again).
     clock: Now,
+    /// When the cluster configuration's exposures are looked at again (a seal key or secret
+    /// file whose mode changed while the daemon runs).
+    exposures_at: Instant,
 }
 
 /// Runs until SIGTERM or SIGINT. `reload` re-reads the configuration on SIGHUP; an error keeps
@@ -285,6 +290,7 @@ pub async fn run(
         agent_tx,
         publish_at: None,
         clock: Now::read(),
+        exposures_at: Instant::now() + EXPOSURE_RECHECK,
     };
     d.install(settings);
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
@@ -297,7 +303,7 @@ pub async fn run(
             Some(change) = fs_rx.recv() => d.on_change(change),
             Some((generation, index, ok)) = pre_rx.recv() => d.on_pre_rotate(generation, index, ok),
             Some((index, report)) = agent_rx.recv() => d.on_agent(index, report),
-            _ = tokio::time::sleep_until(wake) => { d.check_clock(); d.on_timer() }
+            _ = tokio::time::sleep_until(wake) => { d.check_clock(); d.check_exposures(); d.on_timer() }
             _ = async { match watchdog.as_mut() { Some(w) => w.tick().await, None => std::future::pending().await } } => systemd::watchdog(),
         }
     }
@@ -327,14 +333,8 @@ impl Daemon {
                 c.endpoints.join(","),
                 c.prefix
             );
-            let exposed = crate::exposure::exposures(c);
-            for p in &exposed {
-                tracing::warn!("{}", p.message);
-            }
-            for slot in &mut self.slots {
-                slot.exposed = exposed.clone();
-            }
         }
+        self.check_exposures();
         let now = Now::read();
         for i in 0..self.slots.len() {
             self.start_slot(i, &now);
@@ -584,6 +584,9 @@ impl Daemon {
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + MAX_SLEEP;
+        if self.cluster.is_some() {
+            wake = wake.min(self.exposures_at);
+        }
         // A validation due publishes anyway; the reports wait for it (at most DEBOUNCE_MAX).
         if !self.slots.iter().any(|s| s.validate_at.is_some()) {
             wake = wake.min(self.publish_at.unwrap_or(wake));
@@ -942,6 +945,32 @@ impl Daemon {
     /// Reports a step of the wall clock against the boot clock since the last look, and plans
     /// the standalone schedules again from the clock as it is now. Retention needs nothing:
     /// it counts by whichever clock says less time has passed.
+    /// Looks at what the cluster configuration exposes (again, every EXPOSURE_RECHECK): each
+    /// new exposure is logged once and said with the repositories' problems.
+    fn check_exposures(&mut self) {
+        let now = Instant::now();
+        self.exposures_at = now + EXPOSURE_RECHECK;
+        let exposed = self
+            .cluster
+            .as_ref()
+            .map(crate::exposure::exposures)
+            .unwrap_or_default();
+        let Some(first) = self.slots.first() else {
+            return;
+        };
+        if first.exposed == exposed {
+            return;
+        }
+        for p in exposed.iter().filter(|p| !first.exposed.contains(p)) {
+            tracing::warn!("{} [{}]", p.message, p.code);
+        }
+        for slot in &mut self.slots {
+            slot.exposed = exposed.clone();
+        }
+        let soon = now + PUBLISH_DELAY;
+        self.publish_at = Some(self.publish_at.map_or(soon, |t| t.min(soon)));
+    }
+
     fn check_clock(&mut self) {
         let now = Now::read();
         if let Some(step) = now.step_since(self.clock.wall, self.clock.boot.as_ref()) {

@@ -39,18 +39,40 @@ pub fn exposures(s: &ClusterSettings) -> Vec<Problem> {
             ),
         ));
     }
+    // The seal key is refused at start and reload when others can get at it; a running
+    // daemon learns of a later chmod here.
+    if let Some(mode) = s
+        .seal_key_file
+        .as_deref()
+        .and_then(|p| accessible(p, 0o077))
+    {
+        out.push(Problem::new(
+            "secret-readable",
+            Level::Warning,
+            format!(
+                "[cluster] seal_key_file {}: mode {mode:04o} lets others than its owner at the \
+                 seal key, which opens every stored key set (chmod 600; a restart or reload \
+                 refuses it as it is)",
+                s.seal_key_file
+                    .as_deref()
+                    .map(Path::display)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            ),
+        ));
+    }
     let secrets = [
         ("password_file", s.password_file.as_deref()),
         ("key_file", s.key_file.as_deref()),
     ];
     for (field, path) in secrets {
-        if let Some(mode) = path.and_then(world_accessible) {
+        if let Some(mode) = path.and_then(|p| accessible(p, 0o007)) {
             let path = path.map(Path::display).map(|d| d.to_string());
             out.push(Problem::new(
                 "secret-readable",
                 Level::Warning,
                 format!(
-                    "[cluster] {field} {}: mode {mode:04o} lets every user of this host read it \
+                    "[cluster] {field} {}: mode {mode:04o} lets every user of this host at it \
                      (chmod o-rwx)",
                     path.unwrap_or_default()
                 ),
@@ -60,11 +82,11 @@ pub fn exposures(s: &ClusterSettings) -> Vec<Problem> {
     out
 }
 
-/// The file's mode when others (neither its owner nor its group) may access it.
-fn world_accessible(path: &Path) -> Option<u32> {
+/// The file's mode when it has any of the permission bits in `mask`.
+fn accessible(path: &Path, mask: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     let mode = std::fs::metadata(path).ok()?.mode() & 0o7777;
-    (mode & 0o007 != 0).then_some(mode)
+    (mode & mask != 0).then_some(mode)
 }
 
 /// True for an `http://` endpoint whose host is not a loopback name or address.
@@ -78,12 +100,13 @@ fn plain_beyond_host(endpoint: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
     };
+    let host = host.strip_suffix('.').unwrap_or(host);
     if host.eq_ignore_ascii_case("localhost") {
         return false;
     }
     !host
         .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 #[cfg(test)]
@@ -97,6 +120,8 @@ mod tests {
             "http://127.3.4.5:2379",
             "http://localhost:2379",
             "http://[::1]:2379",
+            "http://[::ffff:127.0.0.1]:2379",
+            "http://localhost.:2379",
             "http://localhost",
             "https://10.0.0.1:2379",
         ] {

@@ -264,6 +264,23 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Why `status` has no view of the cluster: etcd could not be read, or what it holds does
+/// not open or validate here (a value tampered with, unsealed where sealed sets are
+/// required, sealed with another key): the latter is a refused input, as on the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewError {
+    Unreachable(String),
+    Refused(String),
+}
+
+impl std::fmt::Display for ViewError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ViewError::Unreachable(e) | ViewError::Refused(e) => f.write_str(e),
+        }
+    }
+}
+
 /// A running daemon's live view of one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Live {
@@ -684,12 +701,16 @@ impl ClusterView {
 
 impl Summary {
     /// Folds the cluster view (or why there is none) into the level and problems.
-    pub fn add_cluster(&mut self, view: &Result<ClusterView, String>) {
+    pub fn add_cluster(&mut self, view: &Result<ClusterView, ViewError>) {
         match view {
-            Err(e) => self.raise(
+            Err(ViewError::Unreachable(e)) => self.raise(
                 "cluster-unreachable",
                 Level::Warning,
                 format!("cluster: {e}"),
+            ),
+            Err(ViewError::Refused(e)) => self.refuse(
+                "input-refused",
+                format!("the cluster's key set is refused here, every key stays: {e}"),
             ),
             Ok(v) => {
                 if let Some(why) = &v.refused {

@@ -192,6 +192,7 @@ fn seal_keys_are_made_private_and_one_others_can_read_is_refused_by_every_comman
             &["check-config"][..],
             &["cluster", "init", "--from", from],
             &["sync"],
+            &["status"],
             &["daemon"],
         ] {
             let out = run(&cfg, args);
@@ -247,6 +248,43 @@ fn seal_keys_are_made_private_and_one_others_can_read_is_refused_by_every_comman
     assert!(stored.starts_with(b"fernetd-sealed-v1:"));
     let key = fernetd::seal::SealKey::load(&fresh, None).unwrap();
     fernetd::seal::open_value(Some(&key), false, &stored, b"/sec/tokens/keyset").unwrap();
+    // A refused init leaves no new seal key behind (a node must never hold a key the
+    // cluster's sets are not sealed with).
+    let late = t.path().join("late.key");
+    let cfg_late = node(
+        t.path(),
+        &etcd.endpoint,
+        "/sec",
+        "late",
+        &format!("seal_key_file = \"{}\"\n", late.display()),
+    );
+    let out = run(
+        &cfg_late,
+        &["cluster", "init", "--from", from, "--new-seal-key"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already holds a key set"),
+        "{}",
+        out.stderr
+    );
+    assert!(!late.exists(), "the refused init left its seal key");
+    // `cluster seal` on a set sealed with another key: an error, not "already sealed".
+    let other = t.path().join("other.key");
+    new_seal_key(&other);
+    let cfg_other = node(
+        t.path(),
+        &etcd.endpoint,
+        "/sec",
+        "other",
+        &format!(
+            "seal_key_file = \"{}\"\ninsecure_unsealed = true\n",
+            other.display()
+        ),
+    );
+    let out = run(&cfg_other, &["cluster", "seal"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("does not open"), "{}", out.stderr);
     // Without seal_key_file, --new-seal-key has nowhere to go.
     let opted = node(
         t.path(),
@@ -317,6 +355,25 @@ fn check_config_and_status_name_plain_http_and_secret_files_others_can_read() {
             pw.display()
         ),
     );
+    // An endpoint etcd's client would read as plain HTTP or as another host is no endpoint.
+    for bad in [
+        "10.0.0.1:2379",
+        "HTTP://10.0.0.1:2379",
+        "ftp://10.0.0.1:2379",
+        "http://127.0.0.1#@10.0.0.1:2379",
+        "http://user@10.0.0.1:2379",
+        "http:10.0.0.1:2379",
+        "https:// 10.0.0.1:2379",
+    ] {
+        let c = node(t.path(), bad, "/sec", "bad", "insecure_unsealed = true\n");
+        let out = run(&c, &["check-config"]);
+        assert_eq!(out.code, 2, "{bad}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("is not an etcd URL"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
     let out = run(&exposed, &["check-config"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let warnings: Vec<&str> = out.stderr.lines().collect();
@@ -375,7 +432,19 @@ fn check_config_and_status_name_plain_http_and_secret_files_others_can_read() {
         "{}",
         d.metrics()
     );
+    // A seal key made readable while the daemon runs is noticed (within a minute; here at
+    // the next 2 s rotation), said with the file and its mode.
+    chmod(&seal, 0o644);
+    assert!(
+        d.wait_for(secs(70), || d
+            .log()
+            .lines()
+            .any(|l| l.contains("seal_key_file") && l.contains("mode 0644"))),
+        "{}",
+        d.log()
+    );
     d.stop();
+    chmod(&seal, 0o600);
     chmod(&key, 0o600);
     let (code, problems) = problem_codes(&tls);
     assert_eq!((code, problems), (0, vec![]));
@@ -623,8 +692,38 @@ fn a_running_cluster_moves_from_unsealed_to_sealed_and_every_token_keeps_decrypt
         let (code, problems) = problem_codes(c);
         assert_eq!((code, &problems), (0, &vec![]), "{}", c.display());
     }
+    // Now an unsealed value in the prefix (the real set, written back in the clear) is a
+    // refused input: critical in `status` and on the daemons, every key kept.
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (samples, tokens, failures) = sampler.join().unwrap();
+    let sealed_value = raw(&etcd, "/up/tokens/keyset");
+    let key = fernetd::seal::SealKey::load(&seal, None).unwrap();
+    let clear =
+        fernetd::seal::open_value(Some(&key), false, &sealed_value, b"/up/tokens/keyset").unwrap();
+    let before: Vec<_> = dirs.iter().map(|d| snapshot(d)).collect();
+    let clear = clear.to_vec();
+    etcd.with_client(async move |c| {
+        c.put("/up/tokens/keyset", clear, None).await.unwrap();
+    });
+    let (code, problems) = problem_codes(&configs[0]);
+    assert_eq!(code, 2, "{problems:?}");
+    assert!(
+        problems.contains(&("input-refused".into(), "critical".into())),
+        "{problems:?}"
+    );
+    assert!(
+        daemons[1].wait_for(secs(15), || daemons[1]
+            .metrics()
+            .contains("code=\"input-refused\",severity=\"critical\"")),
+        "{}",
+        daemons[1].log()
+    );
+    let after: Vec<_> = dirs.iter().map(|d| snapshot(d)).collect();
+    for (b, a) in before.iter().zip(&after) {
+        for (name, content) in b.iter().filter(|(n, _)| n.parse::<u64>().is_ok()) {
+            assert_eq!(a.get(name), Some(content), "key {name} changed");
+        }
+    }
     assert!(
         samples >= 20 && tokens >= 60,
         "{samples} samples, {tokens} tokens"
