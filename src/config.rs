@@ -191,18 +191,8 @@ impl ClusterSection {
     /// The settings, with defaults; `keystone` names the user whose seal key file a command
     /// run as root may read (see [`ClusterSettings::seal_owner`]).
     pub fn settings(&self, keystone: &KeystoneSection) -> ClusterSettings {
-        let seal_owner =
-            keystone
-                .user
-                .as_deref()
-                .or(Some("keystone"))
-                .and_then(|u| match u.parse::<u32>() {
-                    Ok(id) => Some(id),
-                    Err(_) => nix::unistd::User::from_name(u)
-                        .ok()
-                        .flatten()
-                        .map(|u| u.uid.as_raw()),
-                });
+        let user = keystone.user.as_deref().unwrap_or("keystone");
+        let seal_owner = crate::repository::resolve_user(user).ok();
         ClusterSettings {
             endpoints: self.endpoints.clone(),
             prefix: self

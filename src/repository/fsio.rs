@@ -38,7 +38,8 @@ impl Owner {
     }
 }
 
-fn resolve_user(u: &str) -> Result<u32> {
+/// A user's id from a name or a number.
+pub(crate) fn resolve_user(u: &str) -> Result<u32> {
     if let Ok(id) = u.parse::<u32>() {
         return Ok(id);
     }

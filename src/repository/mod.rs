@@ -20,6 +20,7 @@ mod fsio;
 pub mod scan;
 mod state;
 
+pub(crate) use fsio::resolve_user;
 pub use fsio::Owner;
 pub use scan::{EntryKind, Scan, INTERNAL_DIR};
 
