@@ -101,7 +101,7 @@ pub fn plan(
             let r = r.as_secs().max(1);
             let required = t.div_ceil(r) + 2;
             let n = max_active_keys.unwrap_or(required);
-            let window = Duration::from_secs(r.saturating_mul(n - 2));
+            let window = Duration::from_secs(r.saturating_mul(n.saturating_sub(2)));
             let mut next = Vec::with_capacity(NEXT_ROTATIONS);
             let mut at = last_rotation
                 .and_then(|l| schedule.next_after(l))
@@ -129,7 +129,9 @@ pub fn plan(
         Schedule::Cron { source, .. } => {
             let until = now
                 + chrono::Duration::from_std(HORIZON + retention).unwrap_or(chrono::Duration::MAX);
-            let min_count = max_active_keys.unwrap_or(0).max(3) as usize + 1;
+            let min_count = usize::try_from(max_active_keys.unwrap_or(0).max(3))
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
             let firings = schedule.firings(now, until, min_count, FIRING_CAP);
             let times = &firings.times;
             if times.len() < 2 {
@@ -144,13 +146,15 @@ pub fn plan(
             })?;
             let required = k as u64 + 2;
             let n = max_active_keys.unwrap_or(required);
-            let span = (n - 2) as usize;
+            let span = usize::try_from(n.saturating_sub(2)).unwrap_or(usize::MAX);
             let (window, start) = min_window(&gaps, span.min(gaps.len())).unwrap_or((0, 0));
-            let end = (start + span).min(times.len() - 1);
+            let end = start.saturating_add(span).min(times.len() - 1);
             Ok(Plan {
                 required_max_active_keys: required,
                 max_active_keys,
-                safe: max_active_keys.map(|_| span <= gaps.len() && window >= t),
+                // Windows grow with the number of gaps they span, so N keys are safe exactly
+                // when N reaches the required count, however far beyond the firings analysed.
+                safe: max_active_keys.map(|n| n >= required),
                 shortest_window: Duration::from_secs(window),
                 shortest_window_between: Some((times[start], times[end])),
                 retention,

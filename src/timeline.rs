@@ -117,7 +117,10 @@ pub fn project(input: &Input) -> Projection {
     }
     rotations.sort_by_key(|r| r.at);
     rotations.dedup();
-    let manual = (input.on_disk && h.keys.contains_key(&0)).then(|| {
+    // No rotation can follow a primary numbered u64::MAX (`key-number-too-large`): neither a
+    // manual one nor a planned one is drawn.
+    let last_number = |h: &History| h.primary() == Some(u64::MAX);
+    let manual = (input.on_disk && h.keys.contains_key(&0) && !last_number(h)).then(|| {
         let numbers: Vec<u64> = h.keys.keys().copied().collect();
         let d = rotation::decide(
             &numbers,
@@ -146,7 +149,7 @@ pub fn project(input: &Input) -> Projection {
     let mut next = input.first;
     let mut count = 0;
     while let Some(due) = next {
-        if count >= MAX_ROTATIONS || done(&lives) {
+        if count >= MAX_ROTATIONS || done(&lives) || last_number(&sim) {
             break;
         }
         let t = due.max(now);

@@ -114,7 +114,18 @@ pub fn envelope(text: &str) -> Result<Envelope, TokenError> {
     if text.len() > MAX_TOKEN_LEN {
         return Err(TokenError::TooLong(text.len()));
     }
-    let mut padded = Zeroizing::new(text.to_string());
+    // As Python's urlsafe_b64decode reads it (cryptography's Fernet uses it): the standard
+    // alphabet's `+` and `/` too, and any padding (Keystone strips it, clients may add it).
+    let mut padded: Zeroizing<String> = Zeroizing::new(
+        text.trim_end_matches('=')
+            .chars()
+            .map(|c| match c {
+                '+' => '-',
+                '/' => '_',
+                c => c,
+            })
+            .collect(),
+    );
     while padded.len() % 4 != 0 {
         padded.push('=');
     }

@@ -532,3 +532,35 @@ fn status_chart_of_a_missing_repository_draws_no_key() {
     let c = &charts(&out.stdout)[0];
     assert!(c.rows.is_empty() && c.planned.is_empty(), "{c:#?}");
 }
+
+/// No rotation can follow a primary numbered u64::MAX (`rotate` refuses it): the chart plans
+/// none and draws no manual rotation.
+#[test]
+fn no_rotation_is_planned_after_the_last_key_number() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    std::fs::rename(repo.join("1"), repo.join("18446744073709551614")).unwrap();
+    std::fs::remove_dir_all(repo.join(".fernetd")).unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    fernetd_ok(&["rotate", "--key-repository", r]);
+    let out = fernetd_ok(&["plan", "--key-repository", r, "--chart"]);
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("key "))
+        .collect();
+    assert_eq!(rows.len(), 3, "{}", out.stdout);
+    let rotations = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("rotations"))
+        .unwrap();
+    assert!(
+        !rotations.contains('^'),
+        "a rotation planned: {}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("manual"), "{}", out.stdout);
+}

@@ -880,3 +880,19 @@ fn the_readme_exit_statuses_are_the_codes() {
         "{every}"
     );
 }
+
+/// A huge max_active_keys (set to "never purge") is safe, never a panic or "unsafe".
+#[test]
+fn a_huge_max_active_keys_is_safe() {
+    for n in ["18446744073709551615", "10000000"] {
+        let out = fernetd(&[
+            "plan",
+            "--key-repository",
+            "/nonexistent/keys",
+            "--max-active-keys",
+            n,
+        ]);
+        assert_eq!(out.code, 0, "{n}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains(&format!("{n}: safe")), "{}", out.stdout);
+    }
+}

@@ -873,3 +873,46 @@ fn in_cluster_mode_it_says_which_nodes_hold_the_key() {
         out.stdout
     );
 }
+
+#[test]
+fn spellings_keystone_reads_are_read_and_a_key_it_may_not_read_stops_the_verdict() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("keys");
+    let r = repo.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let token = one_token(&repo, &from_now(3600));
+    // Padding added back (more than needed) and the standard alphabet: Python's
+    // urlsafe_b64decode, which Keystone's Fernet uses, reads both.
+    let padded = format!("{token}====");
+    let standard = token.replace('-', "+").replace('_', "/");
+    for spelling in [&padded, &standard] {
+        let (code, v, run) = token_json(&[spelling, "--key-repository", r]);
+        assert_eq!(code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(v["key"]["number"], json!(1));
+    }
+    // Key 1, the token's, replaced by other material: said as replaced, not as missing.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    rotate_ok(r, &[]);
+    let other = fernetd_ok(&["cluster", "new-seal-key"]).stdout;
+    std::fs::write(repo.join("1"), other.trim()).unwrap();
+    let out = fernetd(&["token", &token, "--key-repository", r]);
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("replaced outside fernetd by other material"),
+        "{}",
+        out.stdout
+    );
+    // A key file Keystone may fail on, or read otherwise: no verdict, one line naming it.
+    std::fs::write(repo.join("2"), "AAAA").unwrap();
+    let out = fernetd(&["token", &token, "--key-repository", r]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.error_lines(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("{}: not a usable key", repo.join("2").display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}

@@ -50,6 +50,26 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
     let envelope = token::envelope(&text)?;
     let repo = Repository::new(&s.key_repository, None);
     let scan = repo.scan()?;
+    // Keystone builds one Fernet per key file: a file it may not read as fernetd does fails
+    // every token there, or is read leniently; either way no verdict here would be true.
+    // (An empty file Keystone skips, as fernetd does.)
+    if let Some(bad) = scan.key_entries().find(|e| match &e.kind {
+        crate::repository::EntryKind::Key { content, .. } => !matches!(
+            content,
+            Ok(_)
+                | Err(crate::repository::scan::ContentProblem::Format(
+                    crate::key::KeyFormatError::Empty
+                ))
+        ),
+        _ => false,
+    }) {
+        anyhow::bail!(
+            "{}: not a usable key (`fernetd check` says why): Keystone fails every token of \
+             this repository or reads the file otherwise; fix the repository before judging a \
+             token",
+            bad.path.display()
+        );
+    }
     let keys = scan.keys();
     let disk = scan.fingerprints();
     let history = repo.history().unwrap_or_else(|e| {
@@ -98,7 +118,8 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
-            let row = |k: &str, v: String| println!("{k:<9} {v}");
+            // Payload ids and paths may hold control characters: escaped, so no line is forged.
+            let row = |k: &str, v: String| println!("{k:<9} {}", crate::hooks::printable(&v));
             row(
                 name(kind),
                 format!(
@@ -115,7 +136,7 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
                     numbers(&disk)
                 ),
             );
-            row("origin", describe_origin(&origin, envelope.created));
+            row("origin", describe_origin(&origin, envelope.created, &disk));
             let lifetime = match kind {
                 Kind::Token => format!(
                     "expiration {} + allow_expired_window {}",
@@ -216,7 +237,8 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(code);
     }
-    let row = |k: &str, v: String| println!("{k:<9} {v}");
+    // Payload ids and paths may hold control characters: escaped, so no line is forged.
+    let row = |k: &str, v: String| println!("{k:<9} {}", crate::hooks::printable(&v));
     let version = payload
         .version
         .map_or(String::new(), |v| format!(" (payload version {v})"));
@@ -357,7 +379,11 @@ fn describe_verdict(kind: Kind, v: &Verdict, window: std::time::Duration) -> Str
     }
 }
 
-fn describe_origin(o: &Origin, created: DateTime<Utc>) -> String {
+fn describe_origin(
+    o: &Origin,
+    created: DateTime<Utc>,
+    disk: &std::collections::BTreeMap<u64, crate::key::Fingerprint>,
+) -> String {
     match o {
         Origin::Purged {
             number,
@@ -388,10 +414,16 @@ fn describe_origin(o: &Origin, created: DateTime<Utc>) -> String {
         Origin::RemovedUnrecorded {
             number,
             fingerprint,
-        } => format!(
-            "key {number} (fingerprint {fingerprint}), primary when it was made: not on disk, \
-             and no fernetd saw it go: removed outside fernetd"
-        ),
+        } => match disk.get(number) {
+            Some(now) => format!(
+                "key {number} (fingerprint {fingerprint}), primary when it was made: replaced \
+                 outside fernetd by other material (fingerprint {now} now)"
+            ),
+            None => format!(
+                "key {number} (fingerprint {fingerprint}), primary when it was made: not on \
+                 disk, and no fernetd saw it go: removed outside fernetd"
+            ),
+        },
         Origin::NotThisRepository { primary_then } => format!(
             "key {primary_then} was primary here at {} and is still here, and it does not \
              decrypt it: never held here: made by another cluster or node",
