@@ -566,6 +566,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_daemon_lock_is_held_until_dropped_and_seen_from_another_descriptor() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap().unwrap();
+        let own = || d.make_own("own", None).unwrap();
+        assert!(!DaemonLock::held(own()).unwrap());
+        let lock = DaemonLock::acquire(own()).unwrap().expect("free");
+        own().write_new(DAEMON_PID, b"1\n", None).unwrap();
+        assert!(DaemonLock::held(own()).unwrap());
+        // A second holder, even in this process, is refused (after the short retry).
+        assert!(DaemonLock::acquire(own()).unwrap().is_none());
+        // The probe did not take it away.
+        assert!(DaemonLock::held(own()).unwrap());
+        drop(lock);
+        assert!(!DaemonLock::held(own()).unwrap());
+        assert!(
+            !own().exists(DAEMON_PID).unwrap(),
+            "the pid goes with the lock"
+        );
+        assert!(DaemonLock::acquire(own()).unwrap().is_some());
+    }
+
+    #[test]
     fn names_never_leave_the_directory_and_links_are_never_followed() {
         let t = tempfile::tempdir().unwrap();
         let inner = t.path().join("inner");
