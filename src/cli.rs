@@ -299,6 +299,12 @@ pub struct RotateArgs {
     /// Purge by count only, as keystone-manage does, even keys that may still decrypt tokens.
     #[arg(long)]
     pub force_purge: bool,
+    /// Rotate even while a daemon runs for the repository: an extra rotation an operator asks
+    /// for (the daemon keeps its own schedule). Without it, a
+    /// repository a running daemon manages is left to that daemon (exit 0, said on stdout),
+    /// so the timer and the daemon never both rotate one slot.
+    #[arg(long)]
+    pub manual: bool,
     /// How long to wait for another fernetd holding the repository lock.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse, allow_hyphen_values = true)]
     pub lock_timeout: Option<Duration>,
@@ -729,11 +735,29 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                     let mut sum = status::summarize(m, &repo, &clock);
                     // A running daemon knows what the disk cannot show (a failing rotation,
                     // a refused input, a lost etcd): the same words and levels as its STATUS=.
-                    if let Some(live) = status::Live::read(&repo) {
-                        for p in &live.problems {
-                            sum.add(p);
+                    // A daemon is found by its lock, so one in another pid namespace (a
+                    // container) counts too; one whose view cannot be read is a problem.
+                    match status::Live::read(&repo, now) {
+                        status::Seen::Nothing => {}
+                        status::Seen::Live { live, visible } => {
+                            for p in &live.problems {
+                                sum.add(p);
+                            }
+                            sum.view = match visible {
+                                true => format!("disk and daemon (pid {})", live.pid),
+                                false => format!(
+                                    "disk and daemon (pid {} in its own pid namespace: not \
+                                     visible here; found by its lock)",
+                                    live.pid
+                                ),
+                            };
                         }
-                        sum.view = format!("disk and daemon (pid {})", live.pid);
+                        status::Seen::Unseen(p) => {
+                            sum.add(&p);
+                            sum.view = "disk only: a daemon runs (it holds the repository's \
+                                        daemon lock) but its live view cannot be read"
+                                .into();
+                        }
                     }
                     sum
                 })
@@ -855,7 +879,9 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 if named {
                     println!("{kind}: {}", s.key_repository.display());
                 }
-                if let Err(e) = rotate_kind(&sources, &s, a.force_purge, config, now, &clock) {
+                if let Err(e) =
+                    rotate_kind(&sources, &s, (a.force_purge, a.manual), config, now, &clock)
+                {
                     if a.kind != Some(KindsArg::All) {
                         return Err(e);
                     }
@@ -1205,12 +1231,26 @@ fn repository(s: &Settings) -> anyhow::Result<Repository> {
 fn rotate_kind(
     sources: &config::Sources,
     s: &Settings,
-    force_purge: bool,
+    (force_purge, manual): (bool, bool),
     config: Option<&std::path::Path>,
     now: DateTime<Utc>,
     clock: &Now,
 ) -> anyhow::Result<()> {
     let kind = s.kind;
+    // One rotation per slot: a daemon running for the repository rotates it on its schedule,
+    // and a timer's `rotate` next to it leaves it alone. Looked at first when a pre_rotate
+    // hook would run for nothing; the rotation itself looks again under the write lock.
+    let defer = sources.file.cluster.is_none() && !manual;
+    let deferred = |repo: &Repository| {
+        let pid = repo
+            .daemon_pid()
+            .map_or_else(String::new, |p| format!(" (pid {p})"));
+        println!(
+            "{kind}: not rotated: a fernetd daemon{pid} runs for {} and rotates it on its \
+             schedule (`fernetd rotate --manual` for an extra rotation now)",
+            s.key_repository.display()
+        );
+    };
     // One N everywhere: unset, it is the planner's, as for the daemon and `status`.
     let m = config::manage(s.clone(), now)?;
     let params = RotateParams {
@@ -1218,6 +1258,13 @@ fn rotate_kind(
         retention: s.lifetime.retention(),
         force_purge,
     };
+    if defer && s.hooks.pre_rotate.is_some() {
+        let repo = Repository::new(&s.key_repository, None);
+        if repo.daemon_running().unwrap_or(false) {
+            deferred(&repo);
+            return Ok(());
+        }
+    }
     if let Some(argv) = &s.hooks.pre_rotate {
         let repo = Repository::new(&s.key_repository, None);
         let keys: Vec<u64> = repo
@@ -1241,8 +1288,19 @@ fn rotate_kind(
         }
     }
     if sources.file.cluster.is_none() {
-        let out = repository(s)?.rotate(params, clock)?;
-        print_outcome(&out);
+        let repo = repository(s)?.deferring_to_daemon(defer);
+        let out = repo.rotate(params, clock)?;
+        if out.deferred {
+            for w in &out.warnings {
+                say(Severity::Warning, &format!("warning: {w}"));
+            }
+            for n in &out.notes {
+                println!("{n}");
+            }
+            deferred(&repo);
+        } else {
+            print_outcome(&out);
+        }
         return Ok(());
     }
     // Cluster mode: rotate the cluster's key set; every node applies it.

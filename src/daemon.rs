@@ -13,12 +13,13 @@ use crate::clock::Now;
 use crate::config::{ClusterSettings, ConfigError, DaemonSettings, Managed};
 use crate::hooks::{self, Context, Event};
 use crate::metrics::{self, Metrics};
-use crate::repository::{Repository, RetentionViolation, RotateParams};
+use crate::repository::{DaemonLock, Repository, RetentionViolation, RotateParams};
 use crate::status::{self, Level};
 use crate::systemd;
 use crate::watcher::{self, Change, Watcher};
 use chrono::{DateTime, Utc};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -76,8 +77,14 @@ struct Slot {
     /// Rotations failing since, and the last error: retried, and said everywhere until one
     /// succeeds.
     failing: Option<(DateTime<Utc>, String)>,
-    /// The live view last written to `.fernetd/daemon.json`, so that it is written on change.
+    /// The live view last written to `.fernetd/daemon.json`, so that it is written on change
+    /// (and refreshed at least every `status::LIVE_REFRESH`, so a reader can tell it is live).
     live: Option<status::Live>,
+    /// Why `status` cannot see this daemon's findings: the daemon lock could not be taken, or
+    /// the live view could not be written (a read-only repository). A problem of its own,
+    /// said in the log, `STATUS=`, metrics and hooks; never in the live view itself.
+    lock_error: Option<String>,
+    live_error: Option<String>,
     /// What the cluster configuration exposes (unsealed, plain HTTP, readable secrets): said
     /// with every other problem for as long as the configuration stays so.
     exposed: Vec<status::Problem>,
@@ -137,6 +144,8 @@ impl Slot {
             skewed: Vec::new(),
             failing: None,
             live: None,
+            lock_error: None,
+            live_error: None,
             exposed: Vec::new(),
         }
     }
@@ -146,10 +155,24 @@ impl Slot {
     fn judge(&self, now: &Now) -> (status::Summary, Vec<status::Problem>) {
         let mut sum = status::summarize(&self.m, &self.repo, now);
         let live = self.live_problems(now.wall);
-        for p in &live {
+        for p in live.iter().chain(&self.unseen()) {
             sum.add(p);
         }
         (sum, live)
+    }
+
+    /// The problem of `status` not seeing this daemon, if it cannot.
+    fn unseen(&self) -> Option<status::Problem> {
+        let why: Vec<&str> = [&self.lock_error, &self.live_error]
+            .into_iter()
+            .filter_map(|w| w.as_deref())
+            .collect();
+        (!why.is_empty()).then(|| {
+            status::unseen(format!(
+                "`fernetd status` cannot see this daemon's findings: {}",
+                why.join("; ")
+            ))
+        })
     }
 
     /// What this daemon knows of the repository's health beyond the disk, judged at `now`.
@@ -229,6 +252,9 @@ impl Slot {
 
 struct Daemon {
     slots: Vec<Slot>,
+    /// Each managed repository's daemon lock, held from start (or the reload that added it)
+    /// until the daemon stops managing it: one daemon per repository.
+    locks: BTreeMap<PathBuf, DaemonLock>,
     /// Bumped on reload; results of hooks started before it are ignored.
     generation: u64,
     watcher: Option<Watcher>,
@@ -262,6 +288,9 @@ pub async fn run(
     let (fs_tx, mut fs_rx) = unbounded_channel();
     let (pre_tx, mut pre_rx) = unbounded_channel();
     let (agent_tx, mut agent_rx) = unbounded_channel();
+    // Before anything listens or writes: a second daemon on a repository refuses to start.
+    let mut locks = BTreeMap::new();
+    let lock_errors = take_locks(&mut locks, &settings)?;
     let metrics = Metrics::new();
     if let Some(addr) = settings.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -278,6 +307,7 @@ pub async fn run(
     }
     let mut d = Daemon {
         slots: Vec::new(),
+        locks,
         generation: 0,
         watcher: None,
         fs_tx,
@@ -292,7 +322,7 @@ pub async fn run(
         clock: Now::read(),
         exposures_at: Instant::now() + EXPOSURE_RECHECK,
     };
-    d.install(settings);
+    d.install(settings, lock_errors);
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
     loop {
         let wake = d.next_wake();
@@ -322,9 +352,26 @@ fn instant_of(t: DateTime<Utc>) -> Instant {
 impl Daemon {
     /// Takes a configuration into use: sets up and validates every repository, (re)starts the
     /// watcher.
-    fn install(&mut self, settings: DaemonSettings) {
+    fn install(&mut self, settings: DaemonSettings, lock_errors: BTreeMap<PathBuf, String>) {
         self.generation += 1;
         self.slots = settings.repositories.into_iter().map(Slot::new).collect();
+        for s in &mut self.slots {
+            s.lock_error = lock_errors.get(&s.m.settings.key_repository).cloned();
+            if let Some(e) = &s.lock_error {
+                tracing::error!(
+                    "{}: cannot hold the daemon lock: {e}; `fernetd status` cannot see this \
+                     daemon, and another daemon could start on it [live-view-unwritable]",
+                    s.kind
+                );
+            }
+        }
+        // Repositories no longer managed are another daemon's to take.
+        let managed: BTreeSet<PathBuf> = self
+            .slots
+            .iter()
+            .map(|s| s.m.settings.key_repository.clone())
+            .collect();
+        self.locks.retain(|p, _| managed.contains(p));
         self.cluster = settings.cluster;
         if let Some(c) = &self.cluster {
             tracing::info!(
@@ -384,6 +431,7 @@ impl Daemon {
             // the cluster's), but an interrupted local write is still completed.
             let has_keys = s.repo.scan().map(|sc| sc.key_entries().next().is_some());
             if has_keys.unwrap_or(false) {
+                // The agent's reports say what keeps this node from the cluster's keys.
                 match s.repo.setup(now) {
                     Ok(out) => log_outcome(s.kind, &out),
                     Err(e) => tracing::error!("{}: {e}", s.kind),
@@ -393,9 +441,14 @@ impl Daemon {
             return;
         }
         // Creates an empty repository, completes an interrupted rotation, adopts found keys.
+        // A start that cannot write the repository is said as the failing write it is, not
+        // only logged: `STATUS=` (READY=1's too), metrics, `status` and the hooks carry it.
         match s.repo.setup(now) {
             Ok(out) => log_outcome(s.kind, &out),
-            Err(e) => tracing::error!("{}: {e}", s.kind),
+            Err(e) => {
+                tracing::error!("{}: {e} [rotation-failing]", s.kind);
+                s.failed(format!("setup at start failed: {e}"));
+            }
         }
         self.plan_next(i, now);
         self.validate(i);
@@ -858,21 +911,43 @@ impl Daemon {
         let mut sums = Vec::with_capacity(self.slots.len());
         let clustered = self.cluster.is_some();
         for s in &mut self.slots {
-            let (mut sum, problems) = s.judge(&now);
             let live = status::Live {
                 pid: std::process::id(),
-                problems,
+                problems: s.live_problems(now.wall),
+                refreshed: Some(now.wall),
             };
-            if s.live.as_ref() != Some(&live) {
+            let stale = s
+                .live
+                .as_ref()
+                .and_then(|l| l.refreshed)
+                .is_none_or(|t| now.wall - t > status::LIVE_REFRESH);
+            if stale || s.live.as_ref().map(|l| &l.problems) != Some(&live.problems) {
                 // Remembered once written, so a failed write is tried again.
                 match live.write(&s.repo) {
-                    Ok(true) => s.live = Some(live),
+                    Ok(true) => {
+                        s.live = Some(live);
+                        if s.live_error.take().is_some() {
+                            tracing::info!(
+                                "{}: the live view for `status` is written again",
+                                s.kind
+                            );
+                        }
+                    }
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::debug!("{}: cannot write the live view for `status`: {e}", s.kind)
+                        let why = format!("cannot write its live view: {e}");
+                        if s.live_error.as_deref() != Some(why.as_str()) {
+                            tracing::error!(
+                                "{}: {why}; `fernetd status` cannot see what this daemon finds \
+                                 [live-view-unwritable]",
+                                s.kind
+                            );
+                        }
+                        s.live_error = Some(why);
                     }
                 }
             }
+            let (mut sum, _) = s.judge(&now);
             if clustered {
                 // The leader rotates on the schedule from the cluster's history, which this
                 // node holds: summarize's next rotation is the cluster's.
@@ -1000,8 +1075,17 @@ impl Daemon {
                         "SIGHUP: metrics_listen cannot change at runtime; restart fernetd to use it"
                     );
                 }
+                let lock_errors = match take_locks(&mut self.locks, &settings) {
+                    Ok(errors) => errors,
+                    Err(e) => {
+                        tracing::error!(
+                            "SIGHUP: reload rejected, keeping the running configuration: {e}"
+                        );
+                        return;
+                    }
+                };
                 self.ready_sent = false;
-                self.install(settings);
+                self.install(settings, lock_errors);
                 tracing::info!(
                     "SIGHUP: configuration reloaded ({} repositories)",
                     self.slots.len()
@@ -1009,6 +1093,34 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Takes the daemon lock of every repository in `settings` not held yet. Another daemon
+/// holding one is the error (and no lock is added); any other failure (a repository that
+/// cannot be created or read) is returned by path, to be said as that repository's problem.
+fn take_locks(
+    held: &mut BTreeMap<PathBuf, DaemonLock>,
+    settings: &DaemonSettings,
+) -> Result<BTreeMap<PathBuf, String>, crate::Error> {
+    let mut taken = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for m in &settings.repositories {
+        let path = &m.settings.key_repository;
+        if held.contains_key(path) || taken.contains_key(path) {
+            continue;
+        }
+        match Repository::new(path, m.owner).hold_daemon_lock() {
+            Ok(lock) => {
+                taken.insert(path.clone(), lock);
+            }
+            Err(e @ crate::Error::DaemonRunning { .. }) => return Err(e),
+            Err(e) => {
+                errors.insert(path.clone(), e.to_string());
+            }
+        }
+    }
+    held.extend(taken);
+    Ok(errors)
 }
 
 fn log_outcome(kind: &str, out: &crate::repository::Outcome) {

@@ -25,6 +25,13 @@ pub enum Error {
         holder: String,
         waited: Duration,
     },
+    /// Another daemon holds the repository's daemon lock: one daemon per repository.
+    #[error(
+        "{}: another fernetd daemon{holder} holds this repository's daemon lock \
+         (.fernetd): one daemon per repository; not started",
+        dir.display()
+    )]
+    DaemonRunning { dir: PathBuf, holder: String },
     /// The keys were rotated (and are complete on disk: Keystone uses them) but the history
     /// was not saved. Nothing was purged; the next run records the rotation from the disk.
     /// Its own exit status (4), and the daemon does not rotate again for it.

@@ -198,6 +198,11 @@ pub const CODES: &[(&str, &str, &str)] = &[
         "rotations fail and are retried every 30 s",
     ),
     (
+        "live-view-unwritable",
+        "warning",
+        "a daemon runs but `status` cannot see its findings (it cannot write `.fernetd/daemon.json`, or hold its lock)",
+    ),
+    (
         "rotation-overdue",
         "warning",
         "no rotation 5 minutes past its slot",
@@ -284,8 +289,37 @@ impl std::fmt::Display for ViewError {
 /// A running daemon's live view of one repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Live {
+    /// The daemon's pid as its own pid namespace sees it (a container's may differ).
     pub pid: u32,
     pub problems: Vec<Problem>,
+    /// When the daemon last wrote the view: at least every [`LIVE_REFRESH`] while it runs,
+    /// so a view older than [`LIVE_STALE`] is one it could no longer replace.
+    #[serde(default)]
+    pub refreshed: Option<DateTime<Utc>>,
+}
+
+/// The daemon writes its live view again at least this often, even unchanged.
+pub const LIVE_REFRESH: chrono::Duration = chrono::Duration::minutes(50);
+/// A live view older than this, under a held daemon lock, is stale (the daemon wakes at least
+/// hourly and refreshes it then).
+pub const LIVE_STALE: chrono::Duration = chrono::Duration::hours(2);
+
+/// What `status` can tell of the daemon running for a repository.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// No daemon holds the repository's daemon lock: the disk alone.
+    Nothing,
+    /// The running daemon's view; `visible` when its pid is a fernetd in this pid namespace
+    /// (a daemon in a container is seen by its lock, not by its pid).
+    Live { live: Live, visible: bool },
+    /// A daemon holds the lock but its view is missing, unreadable or stale: what it finds
+    /// cannot be judged here, which is itself a problem.
+    Unseen(Problem),
+}
+
+/// The problem of a daemon whose findings `status` cannot see.
+pub fn unseen(why: impl Into<String>) -> Problem {
+    Problem::new("live-view-unwritable", Level::Warning, why)
 }
 
 impl Live {
@@ -302,16 +336,56 @@ impl Live {
         repo.unpublish(Self::FILE)
     }
 
-    /// The view of the daemon that still runs, if one does: a file left by a daemon that has
-    /// stopped (its pid gone, or now another program's) says nothing.
-    pub fn read(repo: &Repository) -> Option<Live> {
-        let text = repo.published(Self::FILE).ok().flatten()?;
-        let live: Live = serde_json::from_slice(&text).ok()?;
-        if live.pid == std::process::id() {
-            return None;
+    /// What a running daemon knows of `repo`. A daemon runs exactly when the repository's
+    /// daemon lock is held, whatever pid namespace it runs in; a view left by a daemon that
+    /// has stopped says nothing. Where the lock cannot be looked at (no access to `.fernetd`),
+    /// neither can the view: the disk alone.
+    pub fn read(repo: &Repository, now: DateTime<Utc>) -> Seen {
+        if !repo.daemon_running().unwrap_or(false) {
+            return Seen::Nothing;
         }
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", live.pid)).ok()?;
-        (comm.trim_end() == "fernetd").then_some(live)
+        let file = repo
+            .dir()
+            .join(crate::repository::INTERNAL_DIR)
+            .join(Self::FILE);
+        let live = match repo.published(Self::FILE) {
+            Ok(Some(text)) => match serde_json::from_slice::<Live>(&text) {
+                Ok(live) => live,
+                Err(e) => {
+                    return Seen::Unseen(unseen(format!(
+                        "a daemon runs (it holds the daemon lock) but its live view {} is \
+                         unreadable: {e}; what it finds cannot be judged here",
+                        file.display()
+                    )))
+                }
+            },
+            Ok(None) => {
+                return Seen::Unseen(unseen(format!(
+                    "a daemon runs (it holds the daemon lock) but has written no live view \
+                     ({}): it cannot write there (a read-only repository? the unit's \
+                     ReadWritePaths=); what it finds cannot be judged here",
+                    file.display()
+                )))
+            }
+            Err(e) => {
+                return Seen::Unseen(unseen(format!(
+                    "a daemon runs (it holds the daemon lock) but its live view cannot be \
+                     read: {e}"
+                )))
+            }
+        };
+        if let Some(t) = live.refreshed.filter(|t| now - *t > LIVE_STALE) {
+            return Seen::Unseen(unseen(format!(
+                "a daemon runs (it holds the daemon lock) but its live view {} was last \
+                 written at {}: it can no longer write there; what it finds cannot be judged \
+                 here",
+                file.display(),
+                t.to_rfc3339_opts(SecondsFormat::Secs, true)
+            )));
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", live.pid));
+        let visible = comm.is_ok_and(|c| c.trim_end() == "fernetd");
+        Seen::Live { live, visible }
     }
 }
 

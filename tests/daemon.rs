@@ -1473,3 +1473,256 @@ fn fifos_and_devices_planted_in_a_repository_never_block_the_daemon() {
     );
     assert!(rss < 30 * 1024, "peak RSS {rss} KiB");
 }
+
+/// Rotations the daemon made, as its log says them.
+fn rotations_logged(d: &Daemon) -> usize {
+    d.log().matches("rotated: key 0 promoted").count()
+}
+
+/// One daemon per repository: a second one refuses at once, naming the first (its pid and
+/// the lock it holds), in one line and exit 2, and leaves the first's files alone; the timer's
+/// `fernetd rotate` defers to the running daemon (exit 0, said on stdout), so every slot gets
+/// one rotation; `--manual` still rotates; once the daemon stops, both work again.
+#[test]
+fn a_second_daemon_refuses_and_the_timer_defers_so_each_slot_rotates_once() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let a = Daemon::start(&args(r, "2s", &[]), &[]);
+    assert!(a.wait_log("ready", Duration::from_secs(5)), "{}", a.log());
+    let pid = a.pid();
+    let started = Instant::now();
+    let b = fernetd(&args(r, "2s", &[]));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.code, 2, "{}{}", b.stdout, b.stderr);
+    assert_eq!(b.error_lines(), 1, "{}", b.stderr);
+    assert!(
+        b.stderr
+            .contains(&format!("another fernetd daemon (pid {pid}) holds"))
+            && b.stderr.contains("daemon lock")
+            && b.stderr.contains(r),
+        "{}",
+        b.stderr
+    );
+    // The refused daemon removed nothing of the running one's.
+    let recorded = std::fs::read_to_string(dir.join(".fernetd/daemon.pid")).unwrap();
+    assert_eq!(recorded.trim(), pid.to_string());
+    assert!(dir.join(".fernetd/daemon.json").exists());
+
+    // The timer next to the daemon, over several slots: it never rotates.
+    let (p0, n0, since) = (primary(&dir), rotations_logged(&a), Instant::now());
+    for _ in 0..4 {
+        let out = fernetd_ok(&["rotate", "--key-repository", r]);
+        assert!(
+            out.stdout.contains(&format!(
+                "tokens: not rotated: a fernetd daemon (pid {pid}) runs for {r}"
+            )),
+            "{}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let (p1, n1) = (primary(&dir), rotations_logged(&a));
+    let slots = since.elapsed().as_secs() / 2 + 1;
+    assert!(n1 > n0, "the daemon kept rotating: {}", a.log());
+    assert_eq!(
+        p1 - p0,
+        (n1 - n0) as u64,
+        "a rotation the daemon did not make: {}",
+        a.log()
+    );
+    assert!(
+        p1 - p0 <= slots,
+        "{} rotations in {slots} slots: {}",
+        p1 - p0,
+        a.log()
+    );
+    assert!(!a.log().contains("outside fernetd"), "{}", a.log());
+    // An extra rotation an operator asks for explicitly still happens.
+    let before = primary(&dir);
+    let out = fernetd_ok(&["rotate", "--key-repository", r, "--manual"]);
+    assert!(
+        out.stdout.contains("rotated: key 0 promoted"),
+        "{}",
+        out.stdout
+    );
+    assert!(primary(&dir) > before);
+    assert_eq!(a.stop().code(), Some(0));
+    assert!(!dir.join(".fernetd/daemon.pid").exists());
+    // No daemon: the timer rotates, and a daemon starts again.
+    let out = fernetd_ok(&["rotate", "--key-repository", r]);
+    assert!(
+        out.stdout.contains("rotated: key 0 promoted"),
+        "{}",
+        out.stdout
+    );
+    let c = Daemon::start(&args(r, "1h", &[]), &[]);
+    assert!(c.wait_log("ready", Duration::from_secs(5)), "{}", c.log());
+    c.stop();
+}
+
+/// `status` finds the daemon by its lock, not by its pid: a live view recording a pid this
+/// pid namespace does not have (a daemon in a container) is still taken while the lock is
+/// held; a held lock without a live view (or with a stale one) is a problem of its own; and
+/// once the daemon is gone, a view left behind says nothing.
+#[test]
+fn status_finds_the_daemon_by_its_lock_whatever_its_pid() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let d = Daemon::start(&args(r, "1h", &[]), &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(5)), "{}", d.log());
+    let live = dir.join(".fernetd/daemon.json");
+    assert!(d.wait_for(Duration::from_secs(2), || live.exists()));
+    let plant = |refreshed: chrono::DateTime<chrono::Utc>| {
+        let view = serde_json::json!({
+            "pid": 2_147_483_000u32,
+            "problems": [{
+                "code": "rotation-failing",
+                "level": "critical",
+                "message": "rotation failing since 2026-01-01T00:00:00Z: seen in the container"
+            }],
+            "refreshed": refreshed,
+        });
+        std::fs::write(&live, view.to_string()).unwrap();
+    };
+    plant(chrono::Utc::now());
+    let s = fernetd(&["status", "--key-repository", r]);
+    assert_eq!(s.code, 2, "{}", s.stdout);
+    assert!(
+        s.stdout.contains("seen in the container")
+            && s.stdout
+                .contains("judged from: disk and daemon (pid 2147483000 in its own pid namespace"),
+        "{}",
+        s.stdout
+    );
+    // A view the daemon could not refresh for hours is not taken as live.
+    plant(chrono::Utc::now() - chrono::Duration::hours(3));
+    let s = fernetd(&["status", "--key-repository", r]);
+    assert_eq!(s.code, 1, "{}", s.stdout);
+    assert!(
+        s.stdout.contains("[live-view-unwritable]")
+            && s.stdout.contains("was last written at")
+            && !s.stdout.contains("seen in the container"),
+        "{}",
+        s.stdout
+    );
+    // The lock held and no view at all: not OK either.
+    std::fs::remove_file(&live).unwrap();
+    let s = fernetd(&["status", "--key-repository", r, "--json"]);
+    assert_eq!(s.code, 1, "{}", s.stdout);
+    let json: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    let problems = json["repositories"][0]["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["code"] == "live-view-unwritable" && p["level"] == "warning"),
+        "{}",
+        s.stdout
+    );
+    assert_eq!(d.stop().code(), Some(0));
+    // No daemon holds the lock: a view left behind says nothing, whatever pid it names.
+    plant(chrono::Utc::now());
+    let s = fernetd(&["status", "--key-repository", r]);
+    assert_eq!(s.code, 0, "{}", s.stdout);
+    assert!(s.stdout.contains("judged from: disk\n"), "{}", s.stdout);
+}
+
+/// A daemon that cannot write its repository (as the unit without its `ReadWritePaths=`
+/// drop-in: here an unprivileged daemon under a root-owned `.fernetd`) says so everywhere:
+/// an ERROR line, `STATUS=` (READY=1's too: never `ok`), the metrics, and `fernetd status`,
+/// which finds it by its lock although it wrote no live view.
+#[test]
+fn a_daemon_on_a_read_only_repository_is_never_ok() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not run: needs root (an unprivileged daemon under a root-owned .fernetd)");
+        return;
+    }
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let sh = |cmd: String| {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd}");
+    };
+    sh(format!("chown -R 65534:65534 {r} && chown -R 0:0 {r}/.fernetd && chmod 0755 {r}/.fernetd && chmod 0644 {r}/.fernetd/*"));
+    let notify = Notify::bind(t.path());
+    std::fs::set_permissions(&notify.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = Daemon::start_with(
+        &[
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+        ],
+        &args(r, "2s", &["--metrics-listen", "127.0.0.1:0"]),
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    assert!(
+        d.wait_for(Duration::from_secs(10), || notify
+            .text()
+            .contains("READY=1")),
+        "{}\n{}",
+        notify.text(),
+        d.log()
+    );
+    let got = notify.text();
+    let ready = got
+        .split("READY=1\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ready.starts_with("STATUS=tokens: warning (") && ready.contains("live-view-unwritable"),
+        "READY=1 came with {ready:?}: {got}"
+    );
+    assert!(!got.contains("STATUS=tokens: ok"), "{got}");
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("cannot write its live view")
+            && l.contains("[live-view-unwritable]")),
+        "{log}"
+    );
+    assert!(!dir.join(".fernetd/daemon.json").exists());
+    let metrics = d.metrics();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("fernetd_problem{")
+            && l.contains("code=\"live-view-unwritable\"")
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let s = fernetd(&["status", "--key-repository", r]);
+    assert_ne!(s.code, 0, "{}", s.stdout);
+    assert!(
+        s.stdout.contains("[live-view-unwritable]")
+            && s.stdout
+                .contains("a daemon runs (it holds the daemon lock) but has written no live view"),
+        "{}",
+        s.stdout
+    );
+    // Its rotations fail, and are said to fail.
+    assert!(
+        d.wait_log("rotation failed", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.stop().code(), Some(0));
+}

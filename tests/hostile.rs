@@ -326,3 +326,44 @@ fn as_root_a_directory_swapped_in_the_middle_of_a_rotation_redirects_nothing() {
         check.stdout
     );
 }
+
+/// The daemon's own records (its pid beside the daemon lock, its live view) as links planted
+/// by the key owner: root's daemon replaces the links, never writes through them, still holds
+/// the lock (a second daemon refuses, naming it), and removes only its own entries.
+#[test]
+fn as_root_the_daemons_pid_and_live_view_never_follow_planted_links() {
+    let s = Scene::new();
+    let before = inventory(&s.victim);
+    let (r, v) = (s.r(), s.victim.to_str().unwrap());
+    as_nobody(&format!(
+        "cd {r}/.fernetd && for f in daemon.pid daemon.pid.tmp daemon.json daemon.json.tmp; do ln -s {v}/secret $f; done"
+    ));
+    let config = s.config.to_str().unwrap();
+    let d = Daemon::start(&["--config", config, "daemon"], &[]);
+    assert!(d.wait_log("ready", Duration::from_secs(10)), "{}", d.log());
+    let pid_file = s.repo.join(".fernetd/daemon.pid");
+    assert!(!std::fs::symlink_metadata(&pid_file)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        d.pid().to_string()
+    );
+    let second = fernetd(&["--config", config, "daemon"]);
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains(&format!("another fernetd daemon (pid {}) holds", d.pid())),
+        "{}",
+        second.stderr
+    );
+    d.stop();
+    assert!(std::fs::symlink_metadata(&pid_file).is_err());
+    assert_eq!(
+        inventory(&s.victim),
+        before,
+        "written through a planted link"
+    );
+}

@@ -169,6 +169,14 @@ impl Dir {
         &self.path
     }
 
+    /// The same directory on a second descriptor (`dup`): no name is resolved again.
+    pub fn try_clone(&self) -> Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone().at(&self.path)?,
+            path: self.path.clone(),
+        })
+    }
+
     /// The path of `name` in this directory, for messages.
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
@@ -475,6 +483,64 @@ impl RepoLock {
     }
 }
 
+/// A daemon's lifetime lock on one repository: an flock on the `.fernetd` directory itself
+/// (its descriptor, opened without following a link), apart from [`RepoLock`], which each
+/// write takes. Nothing is created for it, so a daemon holds it on a repository it cannot
+/// write; the kernel releases it when the daemon dies, and every process sees it whatever its
+/// pid namespace, so "held" means "a daemon runs for this repository".
+pub struct DaemonLock {
+    lock: Flock<OwnedFd>,
+}
+
+/// The file in which the daemon holding the lock records its pid (as its namespace sees it),
+/// for the message of a second daemon refused for it. Best effort: a daemon that cannot
+/// write it still holds the lock.
+pub const DAEMON_PID: &str = "daemon.pid";
+
+impl Drop for DaemonLock {
+    fn drop(&mut self) {
+        // Removed before the kernel lets the lock go: a later holder's pid is never removed.
+        let _ = nix::unistd::unlinkat(&*self.lock, DAEMON_PID, UnlinkatFlags::NoRemoveDir);
+    }
+}
+
+/// How long a starting daemon retries a held lock: a `status` or `rotate` probing it holds it
+/// for an instant, another daemon for its lifetime.
+const DAEMON_LOCK_RETRY: Duration = Duration::from_millis(500);
+
+impl DaemonLock {
+    /// Takes the lock on `internal` (`.fernetd`); `Ok(None)` when another process holds it.
+    pub fn acquire(internal: Dir) -> Result<Option<DaemonLock>> {
+        let started = Instant::now();
+        let path = internal.path;
+        let mut fd = internal.fd;
+        loop {
+            match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Some(DaemonLock { lock })),
+                Err((f, Errno::EWOULDBLOCK)) => {
+                    if started.elapsed() >= DAEMON_LOCK_RETRY {
+                        return Ok(None);
+                    }
+                    fd = f;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((_, e)) => return Err(io_at(&path, e)),
+            }
+        }
+    }
+
+    /// Whether a daemon holds the lock on `internal`: a non-blocking shared lock is tried
+    /// and, when granted, let go at once.
+    pub fn held(internal: Dir) -> Result<bool> {
+        let path = internal.path;
+        match Flock::lock(internal.fd, FlockArg::LockSharedNonblock) {
+            Ok(_probe) => Ok(false),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(true),
+            Err((_, e)) => Err(io_at(&path, e)),
+        }
+    }
+}
+
 fn holder_pid(dir: &Dir, name: &str) -> String {
     let s = dir
         .read_small(name)
@@ -499,6 +565,28 @@ pub fn key_path(dir: &Path, number: u64) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_daemon_lock_is_held_until_dropped_and_seen_from_another_descriptor() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dir::open(t.path()).unwrap().unwrap();
+        let own = || d.make_own("own", None).unwrap();
+        assert!(!DaemonLock::held(own()).unwrap());
+        let lock = DaemonLock::acquire(own()).unwrap().expect("free");
+        own().write_new(DAEMON_PID, b"1\n", None).unwrap();
+        assert!(DaemonLock::held(own()).unwrap());
+        // A second holder, even in this process, is refused (after the short retry).
+        assert!(DaemonLock::acquire(own()).unwrap().is_none());
+        // The probe did not take it away.
+        assert!(DaemonLock::held(own()).unwrap());
+        drop(lock);
+        assert!(!DaemonLock::held(own()).unwrap());
+        assert!(
+            !own().exists(DAEMON_PID).unwrap(),
+            "the pid goes with the lock"
+        );
+        assert!(DaemonLock::acquire(own()).unwrap().is_some());
+    }
 
     #[test]
     fn names_never_leave_the_directory_and_links_are_never_followed() {

@@ -21,7 +21,7 @@ pub mod scan;
 mod state;
 
 pub(crate) use fsio::resolve_user;
-pub use fsio::Owner;
+pub use fsio::{DaemonLock, Owner};
 pub use scan::{EntryKind, Scan, INTERNAL_DIR};
 
 use crate::clock::Now;
@@ -78,6 +78,9 @@ pub struct Repository {
     /// `repair = true`: keep a copy of every live key in `.fernetd/copies/` and restore a
     /// deleted or corrupted key from it.
     repair: bool,
+    /// `fernetd rotate` without `--manual`: a rotation finding a running daemon (its daemon
+    /// lock held) leaves the repository to it.
+    defer_to_daemon: bool,
     state: state::StateFile,
 }
 
@@ -104,6 +107,10 @@ pub struct Outcome {
     /// Recovery staged a key 0 that was missing: no reader has held it yet, so it is not
     /// promoted in the same call.
     pub staged_fresh: bool,
+    /// Not rotated: a daemon runs for the repository (it holds the daemon lock) and rotates
+    /// it on its schedule. Judged under the write lock, so no daemon's rotation can come
+    /// between the look and this one.
+    pub deferred: bool,
 }
 
 impl Repository {
@@ -113,12 +120,19 @@ impl Repository {
             owner,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             repair: false,
+            defer_to_daemon: false,
             state: state::StateFile::default(),
         }
     }
 
     pub fn with_repair(mut self, repair: bool) -> Repository {
         self.repair = repair;
+        self
+    }
+
+    /// Rotations leave the repository to a running daemon (see [`Outcome::deferred`]).
+    pub fn deferring_to_daemon(mut self, defer: bool) -> Repository {
+        self.defer_to_daemon = defer;
         self
     }
 
@@ -210,6 +224,58 @@ impl Repository {
             d.remove(name)?;
         }
         Ok(())
+    }
+
+    /// Takes this repository's daemon lock for as long as the returned guard lives (one
+    /// daemon per repository), creating the repository and `.fernetd` when missing (as
+    /// `setup` would) and recording this process's pid next to it. Another daemon holding it
+    /// is [`Error::DaemonRunning`], naming that daemon's pid as it recorded it.
+    pub fn hold_daemon_lock(&self) -> Result<DaemonLock> {
+        if Dir::open(&self.dir)?.is_none() {
+            self.check_owner_permitted()?;
+            fsio::create_private_dir(&self.dir, self.owner)?;
+        }
+        let internal = match self.open_internal()? {
+            Some(d) => d,
+            None => {
+                let repo = self.require_dir()?;
+                let owner = self.file_owner(&repo)?;
+                repo.make_own(INTERNAL_DIR, owner)?
+            }
+        };
+        match DaemonLock::acquire(internal)? {
+            Some(lock) => {
+                let pid = format!("{}\n", std::process::id());
+                if let Err(e) = self.publish(fsio::DAEMON_PID, pid.as_bytes()) {
+                    tracing::debug!(
+                        "{}: cannot record the daemon's pid: {e}",
+                        self.dir.display()
+                    );
+                }
+                Ok(lock)
+            }
+            None => Err(Error::DaemonRunning {
+                dir: self.dir.clone(),
+                holder: self
+                    .daemon_pid()
+                    .map_or_else(String::new, |pid| format!(" (pid {pid})")),
+            }),
+        }
+    }
+
+    /// Whether a daemon holds this repository's daemon lock (whatever its pid namespace):
+    /// false when there is no `.fernetd` to lock.
+    pub fn daemon_running(&self) -> Result<bool> {
+        match self.open_internal()? {
+            Some(d) => DaemonLock::held(d),
+            None => Ok(false),
+        }
+    }
+
+    /// The pid the daemon holding the lock recorded, if it could.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let text = self.published(fsio::DAEMON_PID).ok().flatten()?;
+        String::from_utf8_lossy(&text).trim().parse().ok()
     }
 
     /// A read-only snapshot (what `check` judges).
@@ -480,6 +546,12 @@ impl Repository {
         // Refuse early, before the lock creates anything; checked again under the lock.
         ensure_writable(&self.scan()?)?;
         let (w, now) = self.begin_timed_write(&mut out, now)?;
+        // On the `.fernetd` this writer holds (its descriptor, never the name again).
+        if self.defer_to_daemon && DaemonLock::held(w.internal.try_clone()?)? {
+            out.deferred = true;
+            finish(&w, &mut out)?;
+            return Ok(out);
+        }
         let now = &now;
         let scan = w.scan()?;
         ensure_writable(&scan)?;

@@ -158,10 +158,23 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(&[], args, env)
+    }
+
+    /// [`Daemon::start`] through `wrapper` (e.g. `setpriv --reuid 65534 ...`), which runs the
+    /// binary with `args`.
+    pub fn start_with(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("daemon.log");
         let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
         cmd.args(args)
             .env_remove("FERNETD_CONFIG")
             .env_remove("NOTIFY_SOCKET")
