@@ -731,7 +731,48 @@ impl Daemon {
         self.publish();
     }
 
+    /// Whether this daemon still holds repository `i`'s lifetime lock, taking it again when
+    /// `.fernetd` was made anew under it (deleted, or the directory replaced). False, and the
+    /// repository refused, when another daemon took it meanwhile: two daemons would rotate
+    /// every slot twice.
+    fn still_own(&mut self, i: usize) -> bool {
+        let s = &self.slots[i];
+        let path = s.m.settings.key_repository.clone();
+        let Some(lock) = self.locks.get(&path) else {
+            return true;
+        };
+        match s.repo.daemon_lock_is_current(lock) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            // Judged by the rotation itself, which reads the same directory.
+            Err(_) => return true,
+        }
+        match s.repo.hold_daemon_lock() {
+            Ok(lock) => {
+                tracing::warn!(
+                    "{}: {} was made anew while this daemon ran; took its daemon lock again",
+                    s.kind,
+                    path.join(crate::repository::INTERNAL_DIR).display()
+                );
+                self.locks.insert(path, lock);
+                true
+            }
+            Err(e) => {
+                let why = format!(
+                    "{e}; its .fernetd was made anew while this daemon ran: this daemon rotates \
+                     it no more (stop one of the two daemons, then restart this one)"
+                );
+                self.slots[i].retry_at = Some(Instant::now() + RETRY);
+                self.refuse(i, why, true);
+                false
+            }
+        }
+    }
+
     fn rotate(&mut self, i: usize) {
+        if !self.still_own(i) {
+            return;
+        }
         let s = &mut self.slots[i];
         let params = RotateParams {
             max_active_keys: s.m.max_active_keys,

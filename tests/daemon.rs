@@ -1726,3 +1726,38 @@ fn a_daemon_on_a_read_only_repository_is_never_ok() {
     );
     assert_eq!(d.stop().code(), Some(0));
 }
+
+/// `.fernetd` deleted under a running daemon: its lock stayed on the deleted directory, and a
+/// second daemon could start on the new one. The first takes its lock again before its next
+/// rotation (or, when the second was quicker, stops rotating and says so): never two
+/// rotations in a slot.
+#[test]
+fn a_fernetd_made_anew_under_a_running_daemon_never_lets_two_rotate() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let r = dir.to_str().unwrap();
+    let a = Daemon::start(&args(r, "2s", &[]), &[]);
+    assert!(a.wait_log("ready", Duration::from_secs(5)), "{}", a.log());
+    std::fs::remove_dir_all(dir.join(".fernetd")).unwrap();
+    // A second daemon at once, and another after the first's next rotation.
+    let b = Daemon::start(&args(r, "2s", &[]), &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let c = fernetd(&args(r, "2s", &[]));
+    assert_eq!(c.code, 2, "{}{}", c.stdout, c.stderr);
+    let (p0, since) = (primary(&dir), Instant::now());
+    std::thread::sleep(Duration::from_secs(8));
+    let p1 = primary(&dir);
+    let slots = since.elapsed().as_secs() / 2 + 1;
+    assert!(
+        p1 > p0 && p1 - p0 <= slots,
+        "{} rotations in {slots} slots\na: {}\nb: {}",
+        p1 - p0,
+        a.log(),
+        b.log()
+    );
+    // Whichever daemon lost says so, and only one of them rotated after the deletion.
+    let a_rotates = !a.log().contains("rotates it no more");
+    let b_running = !b.log().contains("holds this repository's daemon lock");
+    assert!(a_rotates != b_running, "a: {}\nb: {}", a.log(), b.log());
+}

@@ -529,6 +529,15 @@ impl DaemonLock {
         }
     }
 
+    /// Whether this lock is still on `internal`, the `.fernetd` the repository holds now: a
+    /// `.fernetd` deleted and made again (or a repository directory replaced) while the daemon
+    /// runs leaves the lock on the old one, and another daemon free to start.
+    pub fn is_on(&self, internal: &Dir) -> Result<bool> {
+        let locked = nix::sys::stat::fstat(&*self.lock).map_err(|e| io_at(&internal.path, e))?;
+        let now = nix::sys::stat::fstat(&internal.fd).map_err(|e| io_at(&internal.path, e))?;
+        Ok((locked.st_dev, locked.st_ino) == (now.st_dev, now.st_ino))
+    }
+
     /// Whether a daemon holds the lock on `internal`: a non-blocking shared lock is tried
     /// and, when granted, let go at once.
     pub fn held(internal: Dir) -> Result<bool> {

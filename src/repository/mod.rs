@@ -263,6 +263,15 @@ impl Repository {
         }
     }
 
+    /// Whether `lock` is still this repository's daemon lock (see [`DaemonLock::is_on`]);
+    /// false when the repository has no `.fernetd` now.
+    pub fn daemon_lock_is_current(&self, lock: &DaemonLock) -> Result<bool> {
+        match self.open_internal()? {
+            Some(d) => lock.is_on(&d),
+            None => Ok(false),
+        }
+    }
+
     /// Whether a daemon holds this repository's daemon lock (whatever its pid namespace):
     /// false when there is no `.fernetd` to lock.
     pub fn daemon_running(&self) -> Result<bool> {
