@@ -160,6 +160,125 @@ pub fn admit(
     Ok(lost)
 }
 
+/// A key whose material left the disk without fernetd purging it (removed, or its file
+/// overwritten with other material) while it may still decrypt a live token: tokens made
+/// with it fail until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub number: u64,
+    pub fingerprint: Fingerprint,
+    pub until: DateTime<Utc>,
+}
+
+/// The keys `history` records whose material `disk` (number -> fingerprint) holds under no
+/// number, and that may still decrypt a live token at `now`: the primary, and any key above
+/// every recorded key still on disk (Keystone made tokens with the highest key left, up to
+/// the moment it went, which is dated now), or a key inside its retention. The staged
+/// key 0 encrypted nothing, unless the disk shows a rotation fernetd did not make (a key
+/// numbered above the recorded primary): then it was promoted, to the primary's number + 1,
+/// and may have made tokens until it went. Pure: the one judgement `setup`, `rotate`, the
+/// daemon, `status` and `check` make of a disk that changed outside fernetd.
+pub fn lost(
+    history: &History,
+    disk: &BTreeMap<u64, Fingerprint>,
+    retention: Duration,
+    now: &Now,
+) -> Vec<Lost> {
+    let present: std::collections::BTreeSet<Fingerprint> = disk.values().copied().collect();
+    let primary = history.primary();
+    let top = primary.unwrap_or(0);
+    let rotated_elsewhere = disk.keys().any(|&n| n > top);
+    let top_present = history
+        .keys
+        .iter()
+        .filter(|(&n, r)| n > 0 && present.contains(&r.fingerprint))
+        .map(|(&n, _)| n)
+        .max();
+    history
+        .keys
+        .iter()
+        .filter(|(&n, r)| (n != 0 || rotated_elsewhere) && !present.contains(&r.fingerprint))
+        .filter_map(|(&n, r)| {
+            let (number, until) = if n == 0 {
+                (top.saturating_add(1), from_now(retention, now))
+            } else if top_present.is_none_or(|t| n > t) {
+                (n, from_now(retention, now))
+            } else {
+                (n, r.retained_until(retention, now))
+            };
+            (until > now.wall).then_some(Lost {
+                number,
+                fingerprint: r.fingerprint,
+                until,
+            })
+        })
+        .collect()
+}
+
+/// Every loss still open at `now`: those `history` recorded (`purged[].lost_until`), and
+/// those `disk` shows that it has not recorded yet ([`lost`]). What `status`, `check`,
+/// `rotate` and the daemon report, critical until each one's `until`.
+pub fn open_losses(
+    history: &History,
+    disk: &BTreeMap<u64, Fingerprint>,
+    retention: Duration,
+    now: &Now,
+) -> Vec<Lost> {
+    let mut out: Vec<Lost> = history
+        .purged
+        .iter()
+        .filter_map(|p| {
+            let until = p.lost_until.filter(|u| *u > now.wall)?;
+            Some(Lost {
+                number: p.number,
+                fingerprint: p.fingerprint,
+                until,
+            })
+        })
+        .collect();
+    out.extend(lost(history, disk, retention, now));
+    out
+}
+
+/// The key Keystone made tokens with while the keys above it were missing from `disk`: the
+/// highest key `history` records that `disk` holds, when the recorded primary is not there.
+/// Restoring the keys above it (repair) makes it a secondary again, demoted then. Pure.
+pub fn stood_in(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Option<u64> {
+    let holds = |n: u64| {
+        history
+            .keys
+            .get(&n)
+            .is_some_and(|r| disk.get(&n) == Some(&r.fingerprint))
+    };
+    let primary = history.primary()?;
+    if holds(primary) {
+        return None;
+    }
+    history
+        .keys
+        .keys()
+        .copied()
+        .filter(|&n| n > 0 && n < primary && holds(n))
+        .max()
+}
+
+/// Brings `history` in line with `disk` ([`History::reconcile`]) and records, with each
+/// removal, the keys lost inside their retention ([`lost`]) so that the state file alone
+/// says it until then. Returns what changed and what was lost. Pure.
+pub fn reconcile(
+    history: &mut History,
+    disk: &BTreeMap<u64, Fingerprint>,
+    retention: Duration,
+    now: &Now,
+) -> (Vec<crate::history::Observation>, Vec<Lost>) {
+    let lost = lost(history, disk, retention, now);
+    let notes = history.reconcile(disk, now.clone());
+    for l in &lost {
+        history.record_loss(l.number, l.fingerprint, l.until);
+    }
+    (notes, lost)
+}
+
 /// The end of a retention that starts now (for a key this very change demotes).
 pub fn from_now(retention: Duration, now: &Now) -> DateTime<Utc> {
     crate::history::later(now.wall, retention)

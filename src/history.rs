@@ -418,6 +418,24 @@ impl History {
         });
         let maybe_primary_since: Vec<u64> =
             old_primary.into_iter().chain(moved_from_zero).collect();
+        // The primary went outside fernetd: Keystone made tokens with the highest key below it
+        // from then on, a moment up to now. A key demoted earlier counts again from now (its
+        // next demotion, when it is the primary now).
+        let gone = old_primary.filter(|p| {
+            old.get(p)
+                .is_some_and(|r| !disk.values().any(|&f| f == r.fingerprint))
+        });
+        let fallback =
+            gone.and_then(|g| self.keys.keys().copied().filter(|&n| n > 0 && n < g).max());
+        if let Some(r) = fallback.and_then(|f| self.keys.get_mut(&f)) {
+            if r.demoted.is_some() {
+                r.promoted = Some(now.wall);
+                match fallback == primary {
+                    true => r.demoted = None,
+                    false => r.demote(&now),
+                }
+            }
+        }
         for n in maybe_primary_since {
             if let Some(r) = self.keys.get_mut(&n) {
                 if n > 0 && r.promoted.is_none() {
@@ -513,6 +531,50 @@ impl History {
             r.demote(now);
         }
         self.keys.insert(number, r);
+    }
+
+    /// Key `number` may have made tokens until now (the keys above it were missing, then
+    /// restored): unless it is the primary, its retention counts from now.
+    pub fn stood_in(&mut self, number: u64, now: &Now) {
+        if Some(number) == self.primary() {
+            return;
+        }
+        if let Some(r) = self.keys.get_mut(&number) {
+            r.promoted.get_or_insert(now.wall);
+            r.demote(now);
+        }
+    }
+
+    /// Marks the newest removal of `fingerprint` fernetd did not make as the loss of key
+    /// `number` (a staged key promoted unseen is lost under its new number) while tokens it
+    /// encrypted are still valid, until `until`.
+    pub fn record_loss(&mut self, number: u64, fingerprint: Fingerprint, until: DateTime<Utc>) {
+        if let Some(p) = self
+            .purged
+            .iter_mut()
+            .rev()
+            .find(|p| p.fingerprint == fingerprint && !p.by_fernetd)
+        {
+            p.number = number;
+            p.lost_until = Some(until);
+        }
+    }
+
+    /// The fingerprints whose repair copies (`repair = true`) must stay: every key this
+    /// history holds, and every key found gone or replaced outside fernetd whose tokens are
+    /// still valid at `now` (`lost_until`). Only fernetd's own purge, or the end of a lost
+    /// key's window, lets a copy go. Pure.
+    pub fn copies_kept(&self, now: DateTime<Utc>) -> std::collections::BTreeSet<Fingerprint> {
+        self.keys
+            .values()
+            .map(|r| r.fingerprint)
+            .chain(
+                self.purged
+                    .iter()
+                    .filter(|p| !p.by_fernetd && p.lost_until.is_some_and(|u| u > now))
+                    .map(|p| p.fingerprint),
+            )
+            .collect()
     }
 
     /// Records that fernetd purged `number` on purpose.
