@@ -420,6 +420,10 @@ pub const EXIT_ERROR: i32 = 2;
 pub const EXIT_UNSAFE: i32 = 3;
 /// Exit code of `rotate` when the keys rotated but the history could not be saved.
 pub const EXIT_ROTATED_UNSAVED: i32 = 4;
+/// Exit code of `setup` and `rotate` when they did their work but a key is lost inside its
+/// retention window (found now, or recorded earlier and still open): tokens made with it
+/// fail until the time the `error:` line says. A timer's unit fails on it.
+pub const EXIT_KEY_LOST: i32 = 3;
 
 /// Exit code of `token`: expired, accepted only where a service asks for allow_expired.
 pub const EXIT_TOKEN_ALLOW_EXPIRED: i32 = 1;
@@ -783,9 +787,13 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 ..flags(&a.repo, &a.owner)
             };
             let s = Settings::resolve(&flags, config)?;
-            let out = repository(&s)?.setup(&clock)?;
+            let out = repository(&s)?.setup(s.lifetime.retention(), &clock)?;
             print_outcome(&out);
-            Ok(0)
+            Ok(if out.lost.is_empty() {
+                0
+            } else {
+                EXIT_KEY_LOST
+            })
         }
         Command::Rotate(a) => {
             let flags = Flags {
@@ -805,29 +813,43 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             };
             let named = a.kind.is_some();
             let mut failed = Vec::new();
+            let mut lost = false;
             for kind in kinds {
                 let s = configured(&sources, kind, &flags, config)?;
                 if named {
                     println!("{kind}: {}", s.key_repository.display());
                 }
-                if let Err(e) = rotate_kind(&sources, &s, a.force_purge, config, now, &clock) {
-                    if a.kind != Some(KindsArg::All) {
-                        return Err(e);
+                match rotate_kind(&sources, &s, a.force_purge, config, now, &clock) {
+                    Ok(l) => lost |= l,
+                    Err(e) => {
+                        if a.kind != Some(KindsArg::All) {
+                            return Err(e);
+                        }
+                        say(Severity::Error, &format!("error: {kind}: {e:#}"));
+                        failed.push(kind.name());
                     }
-                    say(Severity::Error, &format!("error: {kind}: {e:#}"));
-                    failed.push(kind.name());
                 }
             }
             if !failed.is_empty() {
                 anyhow::bail!("not rotated: {}", failed.join(", "));
             }
-            Ok(0)
+            Ok(if lost { EXIT_KEY_LOST } else { 0 })
         }
         Command::Check(a) => {
             let s = Settings::resolve(&flags(&a.repo, &a.owner), config)?;
             let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
-            let scan = Repository::new(&s.key_repository, owner).scan()?;
-            let report = check::check(&scan, owner);
+            let repo = Repository::new(&s.key_repository, owner);
+            let scan = repo.scan()?;
+            let mut report = check::check(&scan, owner);
+            let (history, lost) = match repo.history() {
+                Ok(h) => {
+                    let judged = repo.judging_clock(&clock);
+                    let lost = repo.lost_keys(&scan, &h, s.lifetime.retention(), &judged);
+                    (Ok(()), lost)
+                }
+                Err(e) => (Err(e.to_string()), Vec::new()),
+            };
+            check::judge_history(&mut report, &repo.state_path(), history, &lost);
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -1130,7 +1152,7 @@ fn with_lifetime(f: Flags, l: &LifetimeArgs) -> Flags {
 
 fn repository(s: &Settings) -> anyhow::Result<Repository> {
     let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
-    let mut r = Repository::new(&s.key_repository, owner);
+    let mut r = Repository::new(&s.key_repository, owner).with_repair(s.repair);
     if let Some(t) = s.lock_timeout {
         r = r.with_lock_timeout(t);
     }
@@ -1138,7 +1160,8 @@ fn repository(s: &Settings) -> anyhow::Result<Repository> {
 }
 
 /// `fernetd rotate` for one repository: its `pre_rotate` first (credentials), then the
-/// cluster's key set in cluster mode, else the local repository.
+/// cluster's key set in cluster mode, else the local repository. True when a key of the
+/// repository is lost inside its retention window (said on stderr).
 fn rotate_kind(
     sources: &config::Sources,
     s: &Settings,
@@ -1146,7 +1169,7 @@ fn rotate_kind(
     config: Option<&std::path::Path>,
     now: DateTime<Utc>,
     clock: &Now,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let kind = s.kind;
     // One N everywhere: unset, it is the planner's, as for the daemon and `status`.
     let m = config::manage(s.clone(), now)?;
@@ -1180,7 +1203,7 @@ fn rotate_kind(
     if sources.file.cluster.is_none() {
         let out = repository(s)?.rotate(params, clock)?;
         print_outcome(&out);
-        return Ok(());
+        return Ok(!out.lost.is_empty());
     }
     // Cluster mode: rotate the cluster's key set; every node applies it.
     let cluster = cluster_settings(sources, config)?;
@@ -1231,7 +1254,7 @@ fn rotate_kind(
         keys.join(" "),
         r.decision.new_primary
     );
-    Ok(())
+    Ok(false)
 }
 
 /// What `cluster init` put into etcd: the keys, the history every node will assume, and the
@@ -1314,6 +1337,12 @@ fn print_outcome(out: &crate::repository::Outcome) {
         keys.join(" "),
         out.primary.map_or("none".into(), |p| p.to_string())
     );
+    for v in &out.lost {
+        say(
+            Severity::Error,
+            &format!("error: {v} [key-lost-in-retention]"),
+        );
+    }
 }
 
 fn print_status(sums: &[status::Summary], now: DateTime<Utc>) {

@@ -384,7 +384,7 @@ impl Daemon {
             // the cluster's), but an interrupted local write is still completed.
             let has_keys = s.repo.scan().map(|sc| sc.key_entries().next().is_some());
             if has_keys.unwrap_or(false) {
-                match s.repo.setup(now) {
+                match s.repo.setup(m.settings.lifetime.retention(), now) {
                     Ok(out) => log_outcome(s.kind, &out),
                     Err(e) => tracing::error!("{}: {e}", s.kind),
                 }
@@ -393,7 +393,7 @@ impl Daemon {
             return;
         }
         // Creates an empty repository, completes an interrupted rotation, adopts found keys.
-        match s.repo.setup(now) {
+        match s.repo.setup(m.settings.lifetime.retention(), now) {
             Ok(out) => log_outcome(s.kind, &out),
             Err(e) => tracing::error!("{}: {e}", s.kind),
         }
@@ -795,7 +795,9 @@ impl Daemon {
                         s.m.schedule
                             .next_rotation(obs.history.schedule_basis(), &clock);
                 }
-                s.lost.extend(obs.retention_violations.iter().cloned());
+                // Every loss still open, found now or recorded earlier (by `setup` at start,
+                // a `fernetd rotate`, or this daemon before a restart).
+                s.lost = obs.retention_violations.clone();
                 let (errors, warnings) = split(&obs.report);
                 problems.extend(errors);
                 s.note_warnings(warnings);
