@@ -310,6 +310,93 @@ mod tests {
         (disk, h)
     }
 
+    /// What `lost` says, as (number, until).
+    fn said(
+        h: &History,
+        disk: &BTreeMap<u64, Fingerprint>,
+        now: DateTime<Utc>,
+    ) -> Vec<(u64, DateTime<Utc>)> {
+        lost(h, disk, RET, &Now::from(now))
+            .into_iter()
+            .map(|l| (l.number, l.until))
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_key_counts_until_its_window_closes_and_the_highest_left_from_now() {
+        let (disk, h) = repo();
+        // Nothing gone: nothing lost.
+        assert!(said(&h, &disk, t(6)).is_empty());
+        // Key 2, demoted at t(5): lost until t(15). Key 1, demoted at t(0): until t(10).
+        let mut d = disk.clone();
+        d.remove(&2);
+        assert_eq!(said(&h, &d, t(6)), vec![(2, t(15))]);
+        d.remove(&1);
+        assert_eq!(said(&h, &d, t(6)), vec![(1, t(10)), (2, t(15))]);
+        // After its window: no loss.
+        assert_eq!(said(&h, &d, t(12)), vec![(2, t(15))]);
+        assert!(said(&h, &d, t(16)).is_empty());
+        // Replaced by other material: the same loss.
+        let mut d = disk.clone();
+        d.insert(2, Key::generate().unwrap().fingerprint());
+        assert_eq!(said(&h, &d, t(6)), vec![(2, t(15))]);
+        // The primary, and the keys above every recorded key still on disk, count from now.
+        let mut d = disk.clone();
+        d.remove(&3);
+        d.remove(&2);
+        assert_eq!(said(&h, &d, t(30)), vec![(2, t(40)), (3, t(40))]);
+        // Renumbered (promoted elsewhere) is not lost.
+        let mut d = disk.clone();
+        let staged = d.remove(&0).unwrap();
+        d.insert(4, staged);
+        d.insert(0, Key::generate().unwrap().fingerprint());
+        assert!(said(&h, &d, t(6)).is_empty());
+    }
+
+    #[test]
+    fn a_staged_key_is_lost_only_when_a_rotation_elsewhere_promoted_it() {
+        let (disk, h) = repo();
+        let mut d = disk.clone();
+        d.insert(0, Key::generate().unwrap().fingerprint());
+        assert!(
+            said(&h, &d, t(6)).is_empty(),
+            "a staged key encrypted nothing"
+        );
+        // Key 4 appeared above the primary: the old key 0 became 4 and then went.
+        d.insert(4, Key::generate().unwrap().fingerprint());
+        assert_eq!(said(&h, &d, t(6)), vec![(4, t(16))]);
+    }
+
+    #[test]
+    fn reconcile_records_each_loss_and_status_reads_it_back() {
+        let (disk, mut h) = repo();
+        let mut d = disk.clone();
+        d.remove(&2);
+        let now = Now::from(t(6));
+        let (_, lost) = reconcile(&mut h, &d, RET, &now);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(h.purged.last().unwrap().lost_until, Some(t(15)));
+        // Recorded: the history matches the disk and still says it, until then.
+        let open = |at| open_losses(&h, &h.fingerprints(), RET, &Now::from(at));
+        assert_eq!(open(t(14)).len(), 1);
+        assert!(open(t(15)).is_empty());
+        // Its copy stays while its tokens live, then goes.
+        let fp = lost[0].fingerprint;
+        assert!(h.copies_kept(t(14)).contains(&fp));
+        assert!(!h.copies_kept(t(15)).contains(&fp));
+    }
+
+    #[test]
+    fn the_key_that_stood_in_for_a_missing_primary_is_named() {
+        let (disk, h) = repo();
+        assert_eq!(stood_in(&h, &disk), None);
+        let mut d = disk.clone();
+        d.remove(&3);
+        assert_eq!(stood_in(&h, &d), Some(2));
+        d.remove(&2);
+        assert_eq!(stood_in(&h, &d), Some(1));
+    }
+
     #[test]
     fn the_primary_and_keys_inside_retention_never_leave() {
         let (disk, h) = repo();

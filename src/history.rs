@@ -710,6 +710,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_left_highest_by_a_vanished_primary_counts_from_now() {
+        let f = fps(4);
+        let mut h = History::new();
+        h.record_created(1, f[1], t(0));
+        h.record_created(0, f[0], t(0));
+        h.record_rotation(2, f[2], t(1));
+        h.record_rotation(3, f[3], t(2));
+        assert_eq!(h.keys[&2].demoted, Some(t(2)));
+        // Key 3 (the primary) went: Keystone used key 2 from then on, a moment up to now.
+        let mut disk = h.fingerprints();
+        let primary = disk.remove(&3).unwrap();
+        h.reconcile(&disk, t(5));
+        assert_eq!(h.primary(), Some(2));
+        assert_eq!(h.keys[&2].demoted, None);
+        assert_eq!(h.keys[&2].promoted, Some(t(5)));
+        // A restored primary makes key 2 a secondary again, demoted now.
+        h.keys.insert(3, h.keys[&2].clone());
+        h.keys.get_mut(&3).unwrap().fingerprint = primary;
+        h.stood_in(2, &Now::from(t(7)));
+        assert_eq!(h.keys[&2].demoted, Some(t(7)));
+    }
+
+    #[test]
     fn vanished_and_replaced_keys_are_reported_and_remembered() {
         let f = fps(4);
         let mut h = History::new();
