@@ -236,8 +236,9 @@ impl Repository {
 
     /// The recorded history, refused when the keys on disk contradict it: nothing is ever
     /// removed or re-dated on the word of a state file that is wrong about the disk (edited,
-    /// or copied from another node or a backup). A key file that is there but unreadable counts as the key history knows it by
-    /// ([`present`]): a corrupted primary does not make the disk's primary a lower key.
+    /// or copied from another node or a backup). A key file that is there but unreadable
+    /// counts as the key history knows it by ([`present`]): a corrupted primary does not make
+    /// the disk's primary a lower key.
     fn trusted_history(&self, w: &Writer, scan: &Scan) -> Result<History> {
         let h = self.written_history(w)?;
         let disk = present(scan, &h);
@@ -447,10 +448,12 @@ impl Repository {
     pub fn setup(&self, retention: Duration, now: &Now) -> Result<Outcome> {
         let mut out = Outcome::default();
         self.check_owner_permitted()?;
-        // With repair, an unreadable key may be one a copy restores: judged under the lock.
-        if self.dir.exists() && !self.repair {
-            // Refuse early, before the lock creates anything; checked again under the lock.
-            ensure_writable(&self.scan()?)?;
+        if self.dir.exists() {
+            // Refuse early, before the lock creates anything; checked again under the lock
+            // (with repair, only there: an unreadable key may be one a copy restores).
+            if !self.repair {
+                ensure_writable(&self.scan()?)?;
+            }
         } else {
             if self.owner.is_none() && nix::unistd::geteuid().is_root() {
                 out.warnings.push(format!(
