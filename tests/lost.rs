@@ -212,6 +212,8 @@ fn repair_restores_a_key_deleted_while_the_daemon_was_stopped() {
         "{}",
         d.log()
     );
+    // It repaired the repository it found, and created nothing.
+    assert!(!d.log().contains(": created "), "{}", d.log());
     let st = with(&cfg, &["status"]);
     assert_eq!(st.code, 0, "{}", st.stdout);
     d.stop();
