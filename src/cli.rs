@@ -2,8 +2,9 @@
 //!
 //! Exit codes: 0 success; `check` 1 = warnings only, 2 = invalid; `plan` 3 = the configured
 //! max_active_keys is unsafe; `token` 1 = accepted only with allow_expired, 3 = past its
-//! window, 4 = not decryptable here; 2 for any error (one line on stderr naming what is at
-//! fault).
+//! window, 4 = not decryptable here; `setup` and `rotate` 3 = done, but a key is lost inside
+//! its retention, `rotate` 4 = rotated but not recorded; 2 for any error (one line on stderr
+//! naming what is at fault).
 
 use crate::check;
 use crate::clock::Now;
@@ -55,9 +56,17 @@ pub enum Command {
     Status(StatusArgs),
     /// Create and initialize a key repository (like `keystone-manage fernet_setup`). On an
     /// initialized repository it changes no key, completes an interrupted rotation, exits 0.
+    ///
+    /// With repair = true it first restores lost keys from fernetd's copies. Exit 3 when a
+    /// key is lost inside its retention (deleted or replaced outside fernetd while its tokens
+    /// live): the error line names it and until when.
     Setup(SetupArgs),
     /// Rotate once: promote key 0, stage a new key 0, purge old keys that can no longer
     /// decrypt a live token.
+    ///
+    /// With repair = true it first restores lost keys from fernetd's copies. Exit 3 when it
+    /// rotated but a key is lost inside its retention (deleted or replaced outside fernetd
+    /// while its tokens live): the error line names it and until when, every run until then.
     Rotate(RotateArgs),
     /// Report every problem of a repository, by file. Exit 0 healthy, 1 warnings, 2 invalid.
     Check(CheckArgs),
