@@ -240,26 +240,33 @@ pub fn open_losses(
     out
 }
 
-/// The key Keystone made tokens with while the keys above it were missing from `disk`: the
-/// highest key `history` records that `disk` holds, when the recorded primary is not there.
-/// Restoring the keys above it (repair) makes it a secondary again, demoted then. Pure.
-pub fn stood_in(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Option<u64> {
+/// The keys Keystone may have made tokens with since fernetd last looked, the recorded
+/// primary being gone from `disk`: every key below the primary down to the highest key
+/// `disk` still holds (Keystone took the highest key left each time one went). Restoring
+/// keys above them (repair) makes them secondaries again, demoted then; repair restores those
+/// that are gone too. Pure.
+pub fn stood_in(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64> {
     let holds = |n: u64| {
         history
             .keys
             .get(&n)
             .is_some_and(|r| disk.get(&n) == Some(&r.fingerprint))
     };
-    let primary = history.primary()?;
-    if holds(primary) {
-        return None;
-    }
-    history
+    let Some(primary) = history.primary().filter(|&p| !holds(p)) else {
+        return Vec::new();
+    };
+    let top = history
         .keys
         .keys()
         .copied()
         .filter(|&n| n > 0 && n < primary && holds(n))
-        .max()
+        .max();
+    history
+        .keys
+        .keys()
+        .copied()
+        .filter(|&n| n > 0 && n < primary && top.is_none_or(|t| n >= t))
+        .collect()
 }
 
 /// Brings `history` in line with `disk` ([`History::reconcile`]) and records, with each
@@ -389,12 +396,13 @@ mod tests {
     #[test]
     fn the_key_that_stood_in_for_a_missing_primary_is_named() {
         let (disk, h) = repo();
-        assert_eq!(stood_in(&h, &disk), None);
+        assert!(stood_in(&h, &disk).is_empty());
         let mut d = disk.clone();
         d.remove(&3);
-        assert_eq!(stood_in(&h, &d), Some(2));
+        assert_eq!(stood_in(&h, &d), vec![2]);
+        // Key 2 went too: it stood in, then key 1.
         d.remove(&2);
-        assert_eq!(stood_in(&h, &d), Some(1));
+        assert_eq!(stood_in(&h, &d), vec![1, 2]);
     }
 
     #[test]

@@ -211,7 +211,10 @@ impl World {
         let p = World::primary(dir);
         if p != self.primary_token.0 {
             let (old, tok) = std::mem::replace(&mut self.primary_token, (p.clone(), token_for(&p)));
-            self.demoted.insert(old, (self.now, tok));
+            // A primary lost outside fernetd stays an obligation of its own (`lost`).
+            if !self.lost.contains_key(&old) {
+                self.demoted.insert(old, (self.now, tok));
+            }
         }
     }
 
@@ -440,8 +443,8 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
                     // The daemon starts with the system: it records the new boot at once.
                     fix_corrupt(&repo, &mut w, dir, ret);
                     repo.setup(ret, &w.clock()).unwrap();
-                    w.take_back(dir);
                     w.observe_primary(dir);
+                    w.take_back(dir);
                 }
                 continue;
             }
@@ -508,6 +511,9 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
                     restored(before, &out, dir, &w),
                     "{ctx}: setup changed a key"
                 );
+                // A restored primary is Keystone's primary again: the one that stood in for
+                // it is demoted now.
+                w.observe_primary(dir);
                 w.take_back(dir);
                 w.check_reported(&reported(&out), &ctx);
                 check_copies(&w, dir, repair, &copies_before, &ctx);

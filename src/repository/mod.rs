@@ -322,11 +322,15 @@ impl Repository {
         };
         let copies = self.copies(w)?;
         let mut restored = Vec::new();
+        // Keys that may have been Keystone's primary since the last look are needed too.
+        let stood = guard::stood_in(history, &present(scan, history));
         // Keys the history holds, and keys recorded lost inside their window (by a `setup`,
         // `rotate` or `status` that ran without repair) whose number is still free.
         let recorded = history.keys.iter().map(|(&n, r)| {
-            let needed =
-                n == 0 || Some(n) == primary || r.retained_until(retention, now) > now.wall;
+            let needed = n == 0
+                || Some(n) == primary
+                || stood.contains(&n)
+                || r.retained_until(retention, now) > now.wall;
             (n, r.fingerprint, needed)
         });
         let lost = history
@@ -482,8 +486,10 @@ impl Repository {
         } else {
             let stood = guard::stood_in(&history, &present(&scan, &history));
             let scan = self.repair_now(&w, scan, &history, retention, now, &mut out)?;
-            if let Some(n) = stood.filter(|_| !out.repaired.is_empty()) {
-                history.stood_in(n, now);
+            if !out.repaired.is_empty() {
+                for &n in &stood {
+                    history.stood_in(n, now);
+                }
             }
             ensure_writable(&scan)?;
             describe_clock(
@@ -529,9 +535,12 @@ impl Repository {
                 let history = self.trusted_history(&w, &scan)?;
                 let stood = guard::stood_in(&history, &present(&scan, &history));
                 let scan = self.repair_now(&w, scan, &history, params.retention, now, &mut out)?;
-                (scan, stood.filter(|_| !out.repaired.is_empty()))
+                match out.repaired.is_empty() {
+                    true => (scan, Vec::new()),
+                    false => (scan, stood),
+                }
             }
-            false => (scan, None),
+            false => (scan, Vec::new()),
         };
         ensure_writable(&scan)?;
         if out.staged_fresh {
@@ -540,7 +549,7 @@ impl Repository {
             // and waits for the next rotation.
             let disk = scan.fingerprints();
             let mut history = self.trusted_history(&w, &scan)?;
-            if let Some(n) = stood {
+            for &n in &stood {
                 history.stood_in(n, now);
             }
             let (notes, _) = guard::reconcile(&mut history, &disk, params.retention, now);
@@ -579,7 +588,7 @@ impl Repository {
         };
         let disk = scan.fingerprints();
         let mut history = self.trusted_history(&w, &scan)?;
-        if let Some(n) = stood {
+        for &n in &stood {
             history.stood_in(n, now);
         }
         describe_clock(&history, &disk, now, &self.state_path(), &mut out);
@@ -755,7 +764,7 @@ impl Repository {
             repaired = self.repair_from_copies(&w, &scan, &history, retention, now)?;
             if !repaired.is_empty() {
                 scan = w.scan()?;
-                if let Some(n) = stood {
+                for &n in &stood {
                     history.stood_in(n, now);
                 }
             }
