@@ -255,8 +255,13 @@ impl History {
                         p.number
                     ),
                 });
-            } else if p.by_fernetd && primary.is_some_and(|top| p.number >= top) {
-                // Numbers only grow, and fernetd purges only keys below the primary.
+            } else if p.by_fernetd
+                && primary.is_some_and(|top| p.number >= top)
+                && self.primary().is_none_or(|recorded| p.number >= recorded)
+            {
+                // Numbers only grow, and fernetd purges only keys below the primary. A file
+                // whose own primary is above the purge is consistent: the disk lost its top
+                // keys outside fernetd (reported as lost, not refused).
                 out.push(Contradiction {
                     field,
                     problem: format!(
@@ -425,12 +430,20 @@ impl History {
             old.get(p)
                 .is_some_and(|r| !disk.values().any(|&f| f == r.fingerprint))
         });
-        let fallback =
-            gone.and_then(|g| self.keys.keys().copied().filter(|&n| n > 0 && n < g).max());
-        if let Some(r) = fallback.and_then(|f| self.keys.get_mut(&f)) {
-            if r.demoted.is_some() {
+        // Judged in the numbers the history knew (a rotation elsewhere may reuse the numbers
+        // of the keys that went): the highest recorded key below the primary still on disk.
+        let on_disk = |fp: &Fingerprint| disk.values().any(|d| d == fp);
+        let fallback = gone.and_then(|g| {
+            old.iter()
+                .filter(|(&n, r)| n > 0 && n < g && on_disk(&r.fingerprint))
+                .max_by_key(|(&n, _)| n)
+                .map(|(_, r)| r.fingerprint)
+        });
+        let fallback = fallback.and_then(|fp| self.keys.iter().find(|(_, r)| r.fingerprint == fp));
+        if let Some(n) = fallback.map(|(&n, _)| n) {
+            if let Some(r) = self.keys.get_mut(&n).filter(|r| r.demoted.is_some()) {
                 r.promoted = Some(now.wall);
-                match fallback == primary {
+                match Some(n) == primary {
                     true => r.demoted = None,
                     false => r.demote(&now),
                 }
@@ -789,6 +802,12 @@ mod tests {
         assert!(forged.contradictions(&disk)[0]
             .problem
             .contains("only purges keys below"));
+        // The disk lost its top keys outside fernetd: below a purge the file, whose primary
+        // is above it, explains.
+        let mut fell = h.clone();
+        fell.record_purge(2, t(3));
+        let low = BTreeMap::from([(0, disk[&0]), (1, disk[&1])]);
+        assert!(fell.contradictions(&low).is_empty());
         // A secondary still on disk: an interrupted purge, adopted again, not a contradiction.
         forged.purged = vec![purged(1, disk[&1])];
         forged.keys.remove(&1);

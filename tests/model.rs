@@ -660,7 +660,11 @@ fn check_copies(w: &World, dir: &Path, repair: bool, before: &[String], ctx: &st
         if before.contains(&fp) {
             assert!(
                 after.contains(&fp),
-                "{ctx}: the copy of live key {fp} was removed"
+                "{ctx}: the copy of live key {fp} was removed (demoted {:?}, lost {:?}, primary {}); state {}",
+                w.demoted.get(&k).map(|d| d.0),
+                w.lost.get(&k).map(|l| (l.0, l.1, l.2)),
+                w.primary_token.0 == k,
+                std::fs::read_to_string(dir.join(".fernetd/state.json")).unwrap_or_default()
             );
         }
     }

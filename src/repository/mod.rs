@@ -322,8 +322,9 @@ impl Repository {
         };
         let copies = self.copies(w)?;
         let mut restored = Vec::new();
-        // Keys that may have been Keystone's primary since the last look are needed too.
-        let stood = guard::stood_in(history, &present(scan, history));
+        // Keys that may have been Keystone's primary since the last look are needed too (an
+        // unreadable primary counts as gone here: what was under it is not known).
+        let stood = guard::stood_in(history, &scan.fingerprints());
         // Keys the history holds, and keys recorded lost inside their window (by a `setup`,
         // `rotate` or `status` that ran without repair) whose number is still free.
         let recorded = history.keys.iter().map(|(&n, r)| {
@@ -484,7 +485,7 @@ impl Repository {
             out.notes
                 .push("initialized: key 1 (primary) and key 0 (staged)".into());
         } else {
-            let stood = guard::stood_in(&history, &present(&scan, &history));
+            let stood = guard::stood_in(&history, &scan.fingerprints());
             let scan = self.repair_now(&w, scan, &history, retention, now, &mut out)?;
             if !out.repaired.is_empty() {
                 for &n in &stood {
@@ -533,7 +534,7 @@ impl Repository {
         let (scan, stood) = match self.repair {
             true => {
                 let history = self.trusted_history(&w, &scan)?;
-                let stood = guard::stood_in(&history, &present(&scan, &history));
+                let stood = guard::stood_in(&history, &scan.fingerprints());
                 let scan = self.repair_now(&w, scan, &history, params.retention, now, &mut out)?;
                 match out.repaired.is_empty() {
                     true => (scan, Vec::new()),
@@ -760,7 +761,7 @@ impl Repository {
         let mut repaired = Vec::new();
         let before = history.clone();
         if self.repair {
-            let stood = guard::stood_in(&history, &present(&scan, &history));
+            let stood = guard::stood_in(&history, &scan.fingerprints());
             repaired = self.repair_from_copies(&w, &scan, &history, retention, now)?;
             if !repaired.is_empty() {
                 scan = w.scan()?;
