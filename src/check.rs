@@ -53,6 +53,15 @@ impl Finding {
 }
 
 impl Report {
+    /// Sets `status` from the findings.
+    fn settle(&mut self) {
+        self.status = match self.exit_code() {
+            0 => "healthy",
+            1 => "warning",
+            _ => "invalid",
+        };
+    }
+
     pub fn violations(&self) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(|f| f.is_violation())
     }
@@ -280,12 +289,44 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
             .collect(),
         findings: f,
     };
-    r.status = match r.exit_code() {
-        0 => "healthy",
-        1 => "warning",
-        _ => "invalid",
-    };
+    r.settle();
     r
+}
+
+/// What fernetd's history adds to a report, for `check` as for `status`: a state file that
+/// cannot be read (`state-unreadable`: a FIFO, a device, too large, not fernetd's JSON), and
+/// every key lost inside its retention (`key-lost-in-retention`), recorded or judged from the
+/// disk. Both errors.
+pub fn judge_history(
+    report: &mut Report,
+    state: &std::path::Path,
+    history: Result<(), String>,
+    lost: &[crate::repository::RetentionViolation],
+) {
+    if let Err(e) = history {
+        report.findings.push(Finding {
+            severity: Severity::Error,
+            path: state.display().to_string(),
+            code: "state-unreadable",
+            message: e,
+        });
+    }
+    for v in lost {
+        report.findings.push(Finding {
+            severity: Severity::Error,
+            path: v.path.display().to_string(),
+            code: "key-lost-in-retention",
+            message: format!(
+                "key {} vanished or changed while tokens it encrypted are still valid (until {})",
+                v.number,
+                v.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        });
+    }
+    report
+        .findings
+        .sort_by(|a, b| b.severity.cmp(&a.severity).then(a.path.cmp(&b.path)));
+    report.settle();
 }
 
 /// The 16 hex digits of SHA-256 over "number fingerprint" lines, in number order.

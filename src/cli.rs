@@ -2,8 +2,9 @@
 //!
 //! Exit codes: 0 success; `check` 1 = warnings only, 2 = invalid; `plan` 3 = the configured
 //! max_active_keys is unsafe; `token` 1 = accepted only with allow_expired, 3 = past its
-//! window, 4 = not decryptable here; 2 for any error (one line on stderr naming what is at
-//! fault).
+//! window, 4 = not decryptable here; `setup` and `rotate` 3 = done, but a key is lost inside
+//! its retention, `rotate` 4 = rotated but not recorded; 2 for any error (one line on stderr
+//! naming what is at fault).
 
 use crate::check;
 use crate::clock::Now;
@@ -55,9 +56,17 @@ pub enum Command {
     Status(StatusArgs),
     /// Create and initialize a key repository (like `keystone-manage fernet_setup`). On an
     /// initialized repository it changes no key, completes an interrupted rotation, exits 0.
+    ///
+    /// With repair = true it first restores lost keys from fernetd's copies. Exit 3 when a
+    /// key is lost inside its retention (deleted or replaced outside fernetd while its tokens
+    /// live): the error line names it and until when.
     Setup(SetupArgs),
     /// Rotate once: promote key 0, stage a new key 0, purge old keys that can no longer
     /// decrypt a live token.
+    ///
+    /// With repair = true it first restores lost keys from fernetd's copies. Exit 3 when it
+    /// rotated but a key is lost inside its retention (deleted or replaced outside fernetd
+    /// while its tokens live): the error line names it and until when, every run until then.
     Rotate(RotateArgs),
     /// Report every problem of a repository, by file. Exit 0 healthy, 1 warnings, 2 invalid.
     Check(CheckArgs),
@@ -426,6 +435,10 @@ pub const EXIT_ERROR: i32 = 2;
 pub const EXIT_UNSAFE: i32 = 3;
 /// Exit code of `rotate` when the keys rotated but the history could not be saved.
 pub const EXIT_ROTATED_UNSAVED: i32 = 4;
+/// Exit code of `setup` and `rotate` when they did their work but a key is lost inside its
+/// retention window (found now, or recorded earlier and still open): tokens made with it
+/// fail until the time the `error:` line says. A timer's unit fails on it.
+pub const EXIT_KEY_LOST: i32 = 3;
 
 /// Exit code of `token`: expired, accepted only where a service asks for allow_expired.
 pub const EXIT_TOKEN_ALLOW_EXPIRED: i32 = 1;
@@ -852,9 +865,13 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 ..flags(&a.repo, &a.owner)
             };
             let s = Settings::resolve(&flags, config)?;
-            let out = repository(&s)?.setup(&clock)?;
+            let out = repository(&s)?.setup(s.lifetime.retention(), &clock)?;
             print_outcome(&out);
-            Ok(0)
+            Ok(if out.lost.is_empty() {
+                0
+            } else {
+                EXIT_KEY_LOST
+            })
         }
         Command::Rotate(a) => {
             let flags = Flags {
@@ -874,31 +891,43 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
             };
             let named = a.kind.is_some();
             let mut failed = Vec::new();
+            let mut lost = false;
             for kind in kinds {
                 let s = configured(&sources, kind, &flags, config)?;
                 if named {
                     println!("{kind}: {}", s.key_repository.display());
                 }
-                if let Err(e) =
-                    rotate_kind(&sources, &s, (a.force_purge, a.manual), config, now, &clock)
-                {
-                    if a.kind != Some(KindsArg::All) {
-                        return Err(e);
+                match rotate_kind(&sources, &s, (a.force_purge, a.manual), config, now, &clock) {
+                    Ok(l) => lost |= l,
+                    Err(e) => {
+                        if a.kind != Some(KindsArg::All) {
+                            return Err(e);
+                        }
+                        say(Severity::Error, &format!("error: {kind}: {e:#}"));
+                        failed.push(kind.name());
                     }
-                    say(Severity::Error, &format!("error: {kind}: {e:#}"));
-                    failed.push(kind.name());
                 }
             }
             if !failed.is_empty() {
                 anyhow::bail!("not rotated: {}", failed.join(", "));
             }
-            Ok(0)
+            Ok(if lost { EXIT_KEY_LOST } else { 0 })
         }
         Command::Check(a) => {
             let s = Settings::resolve(&flags(&a.repo, &a.owner), config)?;
             let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
-            let scan = Repository::new(&s.key_repository, owner).scan()?;
-            let report = check::check(&scan, owner);
+            let repo = Repository::new(&s.key_repository, owner);
+            let scan = repo.scan()?;
+            let mut report = check::check(&scan, owner);
+            let (history, lost) = match repo.history() {
+                Ok(h) => {
+                    let judged = repo.judging_clock(&clock);
+                    let lost = repo.lost_keys(&scan, &h, s.lifetime.retention(), &judged);
+                    (Ok(()), lost)
+                }
+                Err(e) => (Err(e.to_string()), Vec::new()),
+            };
+            check::judge_history(&mut report, &repo.state_path(), history, &lost);
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -1219,7 +1248,7 @@ fn with_lifetime(f: Flags, l: &LifetimeArgs) -> Flags {
 
 fn repository(s: &Settings) -> anyhow::Result<Repository> {
     let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
-    let mut r = Repository::new(&s.key_repository, owner);
+    let mut r = Repository::new(&s.key_repository, owner).with_repair(s.repair);
     if let Some(t) = s.lock_timeout {
         r = r.with_lock_timeout(t);
     }
@@ -1227,7 +1256,8 @@ fn repository(s: &Settings) -> anyhow::Result<Repository> {
 }
 
 /// `fernetd rotate` for one repository: its `pre_rotate` first (credentials), then the
-/// cluster's key set in cluster mode, else the local repository.
+/// cluster's key set in cluster mode, else the local repository. True when a key of the
+/// repository is lost inside its retention window (said on stderr).
 fn rotate_kind(
     sources: &config::Sources,
     s: &Settings,
@@ -1235,7 +1265,7 @@ fn rotate_kind(
     config: Option<&std::path::Path>,
     now: DateTime<Utc>,
     clock: &Now,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let kind = s.kind;
     // One rotation per slot: a daemon running for the repository rotates it on its schedule,
     // and a timer's `rotate` next to it leaves it alone. Looked at first when a pre_rotate
@@ -1261,8 +1291,9 @@ fn rotate_kind(
     if defer && s.hooks.pre_rotate.is_some() {
         let repo = Repository::new(&s.key_repository, None);
         if repo.daemon_running().unwrap_or(false) {
+            // The running daemon says any lost key (its status, STATUS=, metrics).
             deferred(&repo);
-            return Ok(());
+            return Ok(false);
         }
     }
     if let Some(argv) = &s.hooks.pre_rotate {
@@ -1301,7 +1332,7 @@ fn rotate_kind(
         } else {
             print_outcome(&out);
         }
-        return Ok(());
+        return Ok(!out.lost.is_empty());
     }
     // Cluster mode: rotate the cluster's key set; every node applies it.
     let cluster = cluster_settings(sources, config)?;
@@ -1352,7 +1383,7 @@ fn rotate_kind(
         keys.join(" "),
         r.decision.new_primary
     );
-    Ok(())
+    Ok(false)
 }
 
 /// What `cluster init` put into etcd: the keys, the history every node will assume, and the
@@ -1435,6 +1466,12 @@ fn print_outcome(out: &crate::repository::Outcome) {
         keys.join(" "),
         out.primary.map_or("none".into(), |p| p.to_string())
     );
+    for v in &out.lost {
+        say(
+            Severity::Error,
+            &format!("error: {v} [key-lost-in-retention]"),
+        );
+    }
 }
 
 fn print_status(sums: &[status::Summary], now: DateTime<Utc>) {

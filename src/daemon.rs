@@ -432,7 +432,7 @@ impl Daemon {
             let has_keys = s.repo.scan().map(|sc| sc.key_entries().next().is_some());
             if has_keys.unwrap_or(false) {
                 // The agent's reports say what keeps this node from the cluster's keys.
-                match s.repo.setup(now) {
+                match s.repo.setup(m.settings.lifetime.retention(), now) {
                     Ok(out) => log_outcome(s.kind, &out),
                     Err(e) => tracing::error!("{}: {e}", s.kind),
                 }
@@ -443,7 +443,7 @@ impl Daemon {
         // Creates an empty repository, completes an interrupted rotation, adopts found keys.
         // A start that cannot write the repository is said as the failing write it is, not
         // only logged: `STATUS=` (READY=1's too), metrics, `status` and the hooks carry it.
-        match s.repo.setup(now) {
+        match s.repo.setup(m.settings.lifetime.retention(), now) {
             Ok(out) => log_outcome(s.kind, &out),
             Err(e) => {
                 tracing::error!("{}: {e} [rotation-failing]", s.kind);
@@ -892,7 +892,9 @@ impl Daemon {
                         s.m.schedule
                             .next_rotation(obs.history.schedule_basis(), &clock);
                 }
-                s.lost.extend(obs.retention_violations.iter().cloned());
+                // Every loss still open, found now or recorded earlier (by `setup` at start,
+                // a `fernetd rotate`, or this daemon before a restart).
+                s.lost = obs.retention_violations.clone();
                 let (errors, warnings) = split(&obs.report);
                 problems.extend(errors);
                 s.note_warnings(warnings);

@@ -160,6 +160,132 @@ pub fn admit(
     Ok(lost)
 }
 
+/// A key whose material left the disk without fernetd purging it (removed, or its file
+/// overwritten with other material) while it may still decrypt a live token: tokens made
+/// with it fail until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub number: u64,
+    pub fingerprint: Fingerprint,
+    pub until: DateTime<Utc>,
+}
+
+/// The keys `history` records whose material `disk` (number -> fingerprint) holds under no
+/// number, and that may still decrypt a live token at `now`: the primary, and any key above
+/// every recorded key still on disk (Keystone made tokens with the highest key left, up to
+/// the moment it went, which is dated now), or a key inside its retention. The staged
+/// key 0 encrypted nothing, unless the disk shows a rotation fernetd did not make (a key
+/// numbered above the recorded primary): then it was promoted, to the primary's number + 1,
+/// and may have made tokens until it went. Pure: the one judgement `setup`, `rotate`, the
+/// daemon, `status` and `check` make of a disk that changed outside fernetd.
+pub fn lost(
+    history: &History,
+    disk: &BTreeMap<u64, Fingerprint>,
+    retention: Duration,
+    now: &Now,
+) -> Vec<Lost> {
+    let present: std::collections::BTreeSet<Fingerprint> = disk.values().copied().collect();
+    let primary = history.primary();
+    let top = primary.unwrap_or(0);
+    let rotated_elsewhere = disk.keys().any(|&n| n > top);
+    let top_present = history
+        .keys
+        .iter()
+        .filter(|(&n, r)| n > 0 && present.contains(&r.fingerprint))
+        .map(|(&n, _)| n)
+        .max();
+    history
+        .keys
+        .iter()
+        .filter(|(&n, r)| (n != 0 || rotated_elsewhere) && !present.contains(&r.fingerprint))
+        .filter_map(|(&n, r)| {
+            let (number, until) = if n == 0 {
+                (top.saturating_add(1), from_now(retention, now))
+            } else if top_present.is_none_or(|t| n > t) {
+                (n, from_now(retention, now))
+            } else {
+                (n, r.retained_until(retention, now))
+            };
+            (until > now.wall).then_some(Lost {
+                number,
+                fingerprint: r.fingerprint,
+                until,
+            })
+        })
+        .collect()
+}
+
+/// Every loss still open at `now`: those `history` recorded (`purged[].lost_until`), and
+/// those `disk` shows that it has not recorded yet ([`lost`]). What `status`, `check`,
+/// `rotate` and the daemon report, critical until each one's `until`.
+pub fn open_losses(
+    history: &History,
+    disk: &BTreeMap<u64, Fingerprint>,
+    retention: Duration,
+    now: &Now,
+) -> Vec<Lost> {
+    let mut out: Vec<Lost> = history
+        .purged
+        .iter()
+        .filter_map(|p| {
+            let until = p.lost_until.filter(|u| *u > now.wall)?;
+            Some(Lost {
+                number: p.number,
+                fingerprint: p.fingerprint,
+                until,
+            })
+        })
+        .collect();
+    out.extend(lost(history, disk, retention, now));
+    out
+}
+
+/// The keys Keystone may have made tokens with since fernetd last looked, the recorded
+/// primary being gone from `disk`: every key below the primary down to the highest key
+/// `disk` still holds (Keystone took the highest key left each time one went). Restoring
+/// keys above them (repair) makes them secondaries again, demoted then; repair restores those
+/// that are gone too. Pure.
+pub fn stood_in(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64> {
+    let holds = |n: u64| {
+        history
+            .keys
+            .get(&n)
+            .is_some_and(|r| disk.get(&n) == Some(&r.fingerprint))
+    };
+    let Some(primary) = history.primary().filter(|&p| !holds(p)) else {
+        return Vec::new();
+    };
+    let top = history
+        .keys
+        .keys()
+        .copied()
+        .filter(|&n| n > 0 && n < primary && holds(n))
+        .max();
+    history
+        .keys
+        .keys()
+        .copied()
+        .filter(|&n| n > 0 && n < primary && top.is_none_or(|t| n >= t))
+        .collect()
+}
+
+/// Brings `history` in line with `disk` ([`History::reconcile`]) and records, with each
+/// removal, the keys lost inside their retention ([`lost`]) so that the state file alone
+/// says it until then. Returns what changed and what was lost. Pure.
+pub fn reconcile(
+    history: &mut History,
+    disk: &BTreeMap<u64, Fingerprint>,
+    retention: Duration,
+    now: &Now,
+) -> (Vec<crate::history::Observation>, Vec<Lost>) {
+    let lost = lost(history, disk, retention, now);
+    let notes = history.reconcile(disk, now.clone());
+    for l in &lost {
+        history.record_loss(l.number, l.fingerprint, l.until);
+    }
+    (notes, lost)
+}
+
 /// The end of a retention that starts now (for a key this very change demotes).
 pub fn from_now(retention: Duration, now: &Now) -> DateTime<Utc> {
     crate::history::later(now.wall, retention)
@@ -189,6 +315,94 @@ mod tests {
         h.record_rotation(3, fps[3], t(5));
         let disk = h.fingerprints();
         (disk, h)
+    }
+
+    /// What `lost` says, as (number, until).
+    fn said(
+        h: &History,
+        disk: &BTreeMap<u64, Fingerprint>,
+        now: DateTime<Utc>,
+    ) -> Vec<(u64, DateTime<Utc>)> {
+        lost(h, disk, RET, &Now::from(now))
+            .into_iter()
+            .map(|l| (l.number, l.until))
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_key_counts_until_its_window_closes_and_the_highest_left_from_now() {
+        let (disk, h) = repo();
+        // Nothing gone: nothing lost.
+        assert!(said(&h, &disk, t(6)).is_empty());
+        // Key 2, demoted at t(5): lost until t(15). Key 1, demoted at t(0): until t(10).
+        let mut d = disk.clone();
+        d.remove(&2);
+        assert_eq!(said(&h, &d, t(6)), vec![(2, t(15))]);
+        d.remove(&1);
+        assert_eq!(said(&h, &d, t(6)), vec![(1, t(10)), (2, t(15))]);
+        // After its window: no loss.
+        assert_eq!(said(&h, &d, t(12)), vec![(2, t(15))]);
+        assert!(said(&h, &d, t(16)).is_empty());
+        // Replaced by other material: the same loss.
+        let mut d = disk.clone();
+        d.insert(2, Key::generate().unwrap().fingerprint());
+        assert_eq!(said(&h, &d, t(6)), vec![(2, t(15))]);
+        // The primary, and the keys above every recorded key still on disk, count from now.
+        let mut d = disk.clone();
+        d.remove(&3);
+        d.remove(&2);
+        assert_eq!(said(&h, &d, t(30)), vec![(2, t(40)), (3, t(40))]);
+        // Renumbered (promoted elsewhere) is not lost.
+        let mut d = disk.clone();
+        let staged = d.remove(&0).unwrap();
+        d.insert(4, staged);
+        d.insert(0, Key::generate().unwrap().fingerprint());
+        assert!(said(&h, &d, t(6)).is_empty());
+    }
+
+    #[test]
+    fn a_staged_key_is_lost_only_when_a_rotation_elsewhere_promoted_it() {
+        let (disk, h) = repo();
+        let mut d = disk.clone();
+        d.insert(0, Key::generate().unwrap().fingerprint());
+        assert!(
+            said(&h, &d, t(6)).is_empty(),
+            "a staged key encrypted nothing"
+        );
+        // Key 4 appeared above the primary: the old key 0 became 4 and then went.
+        d.insert(4, Key::generate().unwrap().fingerprint());
+        assert_eq!(said(&h, &d, t(6)), vec![(4, t(16))]);
+    }
+
+    #[test]
+    fn reconcile_records_each_loss_and_status_reads_it_back() {
+        let (disk, mut h) = repo();
+        let mut d = disk.clone();
+        d.remove(&2);
+        let now = Now::from(t(6));
+        let (_, lost) = reconcile(&mut h, &d, RET, &now);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(h.purged.last().unwrap().lost_until, Some(t(15)));
+        // Recorded: the history matches the disk and still says it, until then.
+        let open = |at| open_losses(&h, &h.fingerprints(), RET, &Now::from(at));
+        assert_eq!(open(t(14)).len(), 1);
+        assert!(open(t(15)).is_empty());
+        // Its copy stays while its tokens live, then goes.
+        let fp = lost[0].fingerprint;
+        assert!(h.copies_kept(t(14)).contains(&fp));
+        assert!(!h.copies_kept(t(15)).contains(&fp));
+    }
+
+    #[test]
+    fn the_key_that_stood_in_for_a_missing_primary_is_named() {
+        let (disk, h) = repo();
+        assert!(stood_in(&h, &disk).is_empty());
+        let mut d = disk.clone();
+        d.remove(&3);
+        assert_eq!(stood_in(&h, &d), vec![2]);
+        // Key 2 went too: it stood in, then key 1.
+        d.remove(&2);
+        assert_eq!(stood_in(&h, &d), vec![1, 2]);
     }
 
     #[test]

@@ -255,8 +255,13 @@ impl History {
                         p.number
                     ),
                 });
-            } else if p.by_fernetd && primary.is_some_and(|top| p.number >= top) {
-                // Numbers only grow, and fernetd purges only keys below the primary.
+            } else if p.by_fernetd
+                && primary.is_some_and(|top| p.number >= top)
+                && self.primary().is_none_or(|recorded| p.number >= recorded)
+            {
+                // Numbers only grow, and fernetd purges only keys below the primary. A file
+                // whose own primary is above the purge is consistent: the disk lost its top
+                // keys outside fernetd (reported as lost, not refused).
                 out.push(Contradiction {
                     field,
                     problem: format!(
@@ -418,6 +423,32 @@ impl History {
         });
         let maybe_primary_since: Vec<u64> =
             old_primary.into_iter().chain(moved_from_zero).collect();
+        // The primary went outside fernetd: Keystone made tokens with the highest key below it
+        // from then on, a moment up to now. A key demoted earlier counts again from now (its
+        // next demotion, when it is the primary now).
+        let gone = old_primary.filter(|p| {
+            old.get(p)
+                .is_some_and(|r| !disk.values().any(|&f| f == r.fingerprint))
+        });
+        // Judged in the numbers the history knew (a rotation elsewhere may reuse the numbers
+        // of the keys that went): the highest recorded key below the primary still on disk.
+        let on_disk = |fp: &Fingerprint| disk.values().any(|d| d == fp);
+        let fallback = gone.and_then(|g| {
+            old.iter()
+                .filter(|(&n, r)| n > 0 && n < g && on_disk(&r.fingerprint))
+                .max_by_key(|(&n, _)| n)
+                .map(|(_, r)| r.fingerprint)
+        });
+        let fallback = fallback.and_then(|fp| self.keys.iter().find(|(_, r)| r.fingerprint == fp));
+        if let Some(n) = fallback.map(|(&n, _)| n) {
+            if let Some(r) = self.keys.get_mut(&n).filter(|r| r.demoted.is_some()) {
+                r.promoted = Some(now.wall);
+                match Some(n) == primary {
+                    true => r.demoted = None,
+                    false => r.demote(&now),
+                }
+            }
+        }
         for n in maybe_primary_since {
             if let Some(r) = self.keys.get_mut(&n) {
                 if n > 0 && r.promoted.is_none() {
@@ -513,6 +544,50 @@ impl History {
             r.demote(now);
         }
         self.keys.insert(number, r);
+    }
+
+    /// Key `number` may have made tokens until now (the keys above it were missing, then
+    /// restored): unless it is the primary, its retention counts from now.
+    pub fn stood_in(&mut self, number: u64, now: &Now) {
+        if Some(number) == self.primary() {
+            return;
+        }
+        if let Some(r) = self.keys.get_mut(&number) {
+            r.promoted.get_or_insert(now.wall);
+            r.demote(now);
+        }
+    }
+
+    /// Marks the newest removal of `fingerprint` fernetd did not make as the loss of key
+    /// `number` (a staged key promoted unseen is lost under its new number) while tokens it
+    /// encrypted are still valid, until `until`.
+    pub fn record_loss(&mut self, number: u64, fingerprint: Fingerprint, until: DateTime<Utc>) {
+        if let Some(p) = self
+            .purged
+            .iter_mut()
+            .rev()
+            .find(|p| p.fingerprint == fingerprint && !p.by_fernetd)
+        {
+            p.number = number;
+            p.lost_until = Some(until);
+        }
+    }
+
+    /// The fingerprints whose repair copies (`repair = true`) must stay: every key this
+    /// history holds, and every key found gone or replaced outside fernetd whose tokens are
+    /// still valid at `now` (`lost_until`). Only fernetd's own purge, or the end of a lost
+    /// key's window, lets a copy go. Pure.
+    pub fn copies_kept(&self, now: DateTime<Utc>) -> std::collections::BTreeSet<Fingerprint> {
+        self.keys
+            .values()
+            .map(|r| r.fingerprint)
+            .chain(
+                self.purged
+                    .iter()
+                    .filter(|p| !p.by_fernetd && p.lost_until.is_some_and(|u| u > now))
+                    .map(|p| p.fingerprint),
+            )
+            .collect()
     }
 
     /// Records that fernetd purged `number` on purpose.
@@ -648,6 +723,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_left_highest_by_a_vanished_primary_counts_from_now() {
+        let f = fps(4);
+        let mut h = History::new();
+        h.record_created(1, f[1], t(0));
+        h.record_created(0, f[0], t(0));
+        h.record_rotation(2, f[2], t(1));
+        h.record_rotation(3, f[3], t(2));
+        assert_eq!(h.keys[&2].demoted, Some(t(2)));
+        // Key 3 (the primary) went: Keystone used key 2 from then on, a moment up to now.
+        let mut disk = h.fingerprints();
+        let primary = disk.remove(&3).unwrap();
+        h.reconcile(&disk, t(5));
+        assert_eq!(h.primary(), Some(2));
+        assert_eq!(h.keys[&2].demoted, None);
+        assert_eq!(h.keys[&2].promoted, Some(t(5)));
+        // A restored primary makes key 2 a secondary again, demoted now.
+        h.keys.insert(3, h.keys[&2].clone());
+        h.keys.get_mut(&3).unwrap().fingerprint = primary;
+        h.stood_in(2, &Now::from(t(7)));
+        assert_eq!(h.keys[&2].demoted, Some(t(7)));
+    }
+
+    #[test]
     fn vanished_and_replaced_keys_are_reported_and_remembered() {
         let f = fps(4);
         let mut h = History::new();
@@ -704,6 +802,12 @@ mod tests {
         assert!(forged.contradictions(&disk)[0]
             .problem
             .contains("only purges keys below"));
+        // The disk lost its top keys outside fernetd: below a purge the file, whose primary
+        // is above it, explains.
+        let mut fell = h.clone();
+        fell.record_purge(2, t(3));
+        let low = BTreeMap::from([(0, disk[&0]), (1, disk[&1])]);
+        assert!(fell.contradictions(&low).is_empty());
         // A secondary still on disk: an interrupted purge, adopted again, not a contradiction.
         forged.purged = vec![purged(1, disk[&1])];
         forged.keys.remove(&1);

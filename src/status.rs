@@ -527,7 +527,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     };
     // The same findings, in the same words, as `setup` and `rotate` give.
     let state = repo.state_path();
-    for c in history.contradictions(&scan.fingerprints()) {
+    for c in history.contradictions(&crate::repository::present(&scan, &history)) {
         let e = crate::Error::StateContradicts {
             path: state.clone(),
             field: c.field,
@@ -535,17 +535,12 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
         };
         sum.refuse("state-contradicts", e.to_string());
     }
-    // A key found gone while its tokens could still be presented: critical until then, in
-    // the words the daemon used when it saw it go.
-    for p in &history.purged {
-        if let Some(until) = p.lost_until.filter(|u| *u > now) {
-            let v = crate::repository::RetentionViolation {
-                path: s.key_repository.join(p.number.to_string()),
-                number: p.number,
-                until,
-            };
-            sum.raise("key-lost-in-retention", Level::Critical, v.to_string());
-        }
+    // A key found gone or changed while its tokens could still be presented: critical until
+    // then, in the words the daemon used when it saw it go. Recorded by whoever saw it (the
+    // daemon, `setup`, `rotate`), or judged here from the disk, as they would record it,
+    // when nothing has looked since (this writes nothing).
+    for v in repo.lost_keys(&scan, &history, s.lifetime.retention(), &judged) {
+        sum.raise("key-lost-in-retention", Level::Critical, v.to_string());
     }
     for w in history.future_warnings(clock, &state) {
         sum.clock("clock-in-future", w);

@@ -870,6 +870,14 @@ fn the_readme_exit_statuses_are_the_codes() {
         fernetd::cli::EXIT_ROTATED_UNSAVED
     )));
     assert!(row("rotate").contains(&format!("{} not rotated", fernetd::cli::EXIT_ERROR)));
+    assert!(row("rotate").contains(&format!(
+        "{} rotated (or deferred) but a key is lost",
+        fernetd::cli::EXIT_KEY_LOST
+    )));
+    assert!(row("setup").contains(&format!(
+        "{} done but a key is lost",
+        fernetd::cli::EXIT_KEY_LOST
+    )));
     assert!(row("check-config").contains(&format!("{} invalid", fernetd::cli::EXIT_ERROR)));
     let every = readme
         .lines()

@@ -154,12 +154,33 @@ fn keystone_manage_rotates_a_fernetd_repository() {
         repo.join(".fernetd/state.json").exists(),
         "keystone-manage removed fernetd's state"
     );
-    assert_eq!(fernetd(&["check", "--key-repository", r]).code, 0);
+    // keystone-manage purged key 1 by count (max_active_keys 3), seconds after it was the
+    // primary: its tokens still live, and that is the one problem `check` finds.
+    let check = fernetd(&["check", "--key-repository", r]);
+    assert_eq!(check.code, 2, "{}", check.stdout);
+    let problems: Vec<&str> = check
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("error:") || l.starts_with("warning:"))
+        .collect();
+    assert_eq!(problems.len(), 1, "{}", check.stdout);
+    assert!(
+        problems[0].contains("key 1 vanished or changed")
+            && problems[0].ends_with("[key-lost-in-retention]"),
+        "{}",
+        check.stdout
+    );
 
-    // fernetd notices the rotation it did not make.
-    let rot = rotate_ok(r, &["--max-active-keys", "5"]);
+    // fernetd notices the rotation it did not make, rotates, and says the loss (exit 3).
+    let rot = fernetd(&["rotate", "--key-repository", r, "--max-active-keys", "5"]);
+    assert_eq!(rot.code, fernetd::cli::EXIT_KEY_LOST, "{}", rot.stderr);
     assert!(
         rot.stderr.contains("became primary 3 outside fernetd"),
+        "{}",
+        rot.stderr
+    );
+    assert!(
+        rot.stderr.contains("key 1 vanished or changed"),
         "{}",
         rot.stderr
     );

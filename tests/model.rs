@@ -9,19 +9,28 @@
 //! fernetd cannot know is not modelled: a wall clock that is wrong before fernetd first records
 //! a moment of the boot (it runs `setup` when the daemon starts with the system), or one that
 //! stepped back while it recorded, and was corrected by a reboot.
+//! Outside damage while no daemon runs: a key deleted, replaced by another valid key, or
+//! corrupted (an operator then moves a corrupted file aside when fernetd refuses it), and a
+//! repair copy corrupted; each run has `repair` on or off. `status` is an operation too (the
+//! judgement `fernetd status` and `check` make, which writes nothing).
 //! After every fernetd operation:
 //! - Keystone semantics hold: key 0 became `max + 1` with the same content, a new key 0 exists,
 //!   no surviving key changed; with force_purge the key numbers are exactly Keystone's;
 //! - safety: every key demoted less than the retention ago is on disk, and the token issued
 //!   with it still decrypts (keys Keystone itself purged are Keystone's doing and excluded);
 //! - after a quiet period longer than the retention, a guarded rotation purges exactly as
-//!   Keystone would (the guard never keeps keys forever).
+//!   Keystone would (the guard never keeps keys forever);
+//! - a key fernetd knew that was lost outside it inside its window (and not restored) is
+//!   reported critical, by setup, rotate and status alike, until no earlier than the model's
+//!   end of its window (except across a wall-clock step or a rolled-back state file, which
+//!   no record can survive);
+//! - with repair, a copy of live material is never removed.
 
 mod common;
 use chrono::{DateTime, TimeZone, Utc};
 use common::{keys, multifernet};
 use fernetd::clock::{BootStamp, Now};
-use fernetd::repository::{Repository, RotateParams};
+use fernetd::repository::{Outcome, Repository, RotateParams};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,6 +63,25 @@ enum Op {
     RestoreState {
         back: usize,
     },
+    /// What `fernetd status` (and `check`) judge: writes nothing.
+    Status,
+    /// An operator deletes a non-zero key (the `pick`th, modulo), replaces it with another
+    /// valid key, or corrupts it.
+    Damage {
+        pick: usize,
+        how: Damage,
+    },
+    /// A repair copy is overwritten with garbage.
+    CorruptCopy {
+        pick: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    Delete,
+    Replace,
+    Corrupt,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -65,6 +93,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![(1i64..100), (-5i64..0)].prop_map(|hours| Op::ClockStep { hours }),
         1 => Just(Op::Reboot),
         1 => (1usize..4).prop_map(|back| Op::RestoreState { back }),
+        2 => Just(Op::Status),
+        2 => (any::<usize>(), prop_oneof![Just(Damage::Delete), Just(Damage::Replace), Just(Damage::Corrupt)])
+            .prop_map(|(pick, how)| Op::Damage { pick, how }),
+        1 => any::<usize>().prop_map(|pick| Op::CorruptCopy { pick }),
     ]
 }
 
@@ -124,6 +156,34 @@ struct World {
     demoted: BTreeMap<String, (DateTime<Utc>, String)>,
     /// Token issued with the current primary.
     primary_token: (String, String),
+    /// Material lost outside fernetd while its tokens live: content -> (real end of its
+    /// window, its number, fernetd knew it and nothing since can have hidden the loss).
+    lost: BTreeMap<String, (DateTime<Utc>, u64, bool)>,
+    /// Keys on disk after fernetd's last operation that fernetd holds as ones that may have
+    /// made tokens (numbered above 0), empty after a rolled-back state file. A staged key
+    /// promoted and lost while fernetd did not look, with no trace of the promotion left on
+    /// disk, looks to it like a staged key replaced: no token lost.
+    seen: Vec<String>,
+    /// A corrupted key file on disk, by number.
+    corrupt: Option<u64>,
+}
+
+fn fingerprint(content: &str) -> String {
+    fernetd::key::Key::parse(content.as_bytes())
+        .unwrap()
+        .fingerprint()
+        .to_string()
+}
+
+/// The names in `.fernetd/copies`.
+fn copies(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join(".fernetd/copies"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn token_for(key: &str) -> String {
@@ -151,7 +211,110 @@ impl World {
         let p = World::primary(dir);
         if p != self.primary_token.0 {
             let (old, tok) = std::mem::replace(&mut self.primary_token, (p.clone(), token_for(&p)));
-            self.demoted.insert(old, (self.now, tok));
+            // A primary lost outside fernetd stays an obligation of its own (`lost`).
+            if !self.lost.contains_key(&old) {
+                self.demoted.insert(old, (self.now, tok));
+            }
+        }
+    }
+
+    /// The material whose tokens may still be presented: demoted inside the retention, the
+    /// primary, and lost material inside its window.
+    fn live(&self) -> Vec<String> {
+        let retention = chrono::Duration::seconds(RETENTION_H * HOUR);
+        let mut v: Vec<String> = self
+            .demoted
+            .iter()
+            .filter(|(_, (at, _))| *at + retention > self.now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.push(self.primary_token.0.clone());
+        v.extend(
+            self.lost
+                .iter()
+                .filter(|(_, (until, _, _))| *until > self.now)
+                .map(|(k, _)| k.clone()),
+        );
+        v
+    }
+
+    /// An operator's damage to key `pick` (a non-zero key, while another one remains).
+    fn damage(&mut self, dir: &Path, pick: usize, how: Damage) {
+        let ks = keys(dir);
+        let nonzero: Vec<u64> = ks.keys().copied().filter(|&n| n > 0).collect();
+        if nonzero.len() < 2 || self.corrupt.is_some() {
+            return;
+        }
+        let n = nonzero[pick % nonzero.len()];
+        let content = ks[&n].clone();
+        let retention = chrono::Duration::seconds(RETENTION_H * HOUR);
+        let is_primary = content == self.primary_token.0;
+        let until = match self.demoted.remove(&content) {
+            _ if is_primary => Some(self.now + retention),
+            Some((at, _)) => Some(at + retention),
+            None => None,
+        };
+        let known = self.seen.contains(&content);
+        if let Some(until) = until.filter(|u| *u > self.now) {
+            self.lost.insert(content, (until, n, known));
+        }
+        let path = dir.join(n.to_string());
+        match how {
+            Damage::Delete => std::fs::remove_file(&path).unwrap(),
+            Damage::Replace => std::fs::write(&path, fernet::Fernet::generate_key()).unwrap(),
+            Damage::Corrupt => {
+                std::fs::write(&path, "corrupted").unwrap();
+                self.corrupt = Some(n);
+            }
+        }
+        if self.corrupt.is_none() {
+            // Keystone's primary is the highest key now.
+            let p = World::primary(dir);
+            if p != self.primary_token.0 {
+                self.primary_token = (p.clone(), token_for(&p));
+            }
+        }
+        self.unobserved_external = true;
+    }
+
+    /// Lost material fernetd put back (repair) is an obligation again.
+    fn take_back(&mut self, dir: &Path) {
+        let on_disk: Vec<String> = keys(dir).into_values().collect();
+        let retention = chrono::Duration::seconds(RETENTION_H * HOUR);
+        let back: Vec<String> = self
+            .lost
+            .keys()
+            .filter(|k| on_disk.contains(k))
+            .cloned()
+            .collect();
+        for k in back {
+            if let Some((until, _, _)) = self.lost.remove(&k) {
+                if k != self.primary_token.0 {
+                    self.demoted
+                        .insert(k.clone(), (until - retention, token_for(&k)));
+                }
+            }
+        }
+    }
+
+    /// A lost key fernetd knew is reported (by number) until no earlier than the end of its
+    /// window, while it is not back on disk. While the wall clock is off, fernetd's times are
+    /// judged by its boot clock, so only the number is compared then.
+    fn check_reported(&self, reported: &[(u64, DateTime<Utc>)], ctx: &str) {
+        for (content, (until, n, known)) in &self.lost {
+            // A corrupted key is said as what it is (`malformed-key`, critical: asserted
+            // where it is judged).
+            if !*known || *until <= self.now || self.corrupt == Some(*n) {
+                continue;
+            }
+            let said = reported.iter().find(|(m, u)| {
+                m == n && (!self.offset.is_zero() || *u + chrono::Duration::seconds(1) >= *until)
+            });
+            assert!(
+                said.is_some(),
+                "{ctx}: key {n} ({}) lost inside its window (until {until}) not reported: {reported:?}",
+                fingerprint(content)
+            );
         }
     }
 
@@ -177,10 +340,49 @@ impl World {
     }
 }
 
-fn run(ops: Vec<Op>, max_active_keys: usize) {
+/// What `fernetd status` and `check` judge of a repository: every lost key they report
+/// (number, until), and whether a check finding is critical.
+fn status(repo: &Repository, retention: Duration, now: &Now) -> (Vec<(u64, DateTime<Utc>)>, bool) {
+    let scan = repo.scan().unwrap();
+    let report = fernetd::check::check(&scan, None);
+    let history = repo.history().unwrap();
+    let judged = repo.judging_clock(now);
+    let lost = repo
+        .lost_keys(&scan, &history, retention, &judged)
+        .into_iter()
+        .map(|v| (v.number, v.until))
+        .collect();
+    let critical = report.violations().next().is_some();
+    (lost, critical)
+}
+
+fn reported(out: &Outcome) -> Vec<(u64, DateTime<Utc>)> {
+    out.lost.iter().map(|v| (v.number, v.until)).collect()
+}
+
+/// `before` as fernetd saw it once it had restored keys from its copies (a restored key may
+/// be purged again by the same rotation: its content is then the one the model lost).
+fn restored(
+    mut before: BTreeMap<u64, String>,
+    out: &Outcome,
+    dir: &Path,
+    w: &World,
+) -> BTreeMap<u64, String> {
+    let now = keys(dir);
+    for n in &out.repaired {
+        let lost = w.lost.iter().find(|(_, (_, m, _))| m == n).map(|(k, _)| k);
+        if let Some(k) = now.get(n).or(lost) {
+            before.insert(*n, k.clone());
+        }
+    }
+    before
+}
+
+fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let repo = Repository::new(dir, None);
+    let repo = Repository::new(dir, None).with_repair(repair);
+    let ret = Duration::from_secs((RETENTION_H * HOUR) as u64);
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     let state = dir.join(".fernetd/state.json");
     let p_boot = ("boot-0".to_string(), start - chrono::Duration::hours(1));
@@ -196,14 +398,17 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
         unobserved_external: false,
         demoted: BTreeMap::new(),
         primary_token: (String::new(), String::new()),
+        lost: BTreeMap::new(),
+        seen: Vec::new(),
+        corrupt: None,
     };
-    repo.setup(&w.clock()).unwrap();
+    repo.setup(ret, &w.clock()).unwrap();
     let p = World::primary(dir);
     w.primary_token = (p.clone(), token_for(&p));
     w.states.push(std::fs::read(&state).ok());
     let params = |force| RotateParams {
         max_active_keys: max_active_keys as u64,
-        retention: Duration::from_secs((RETENTION_H * HOUR) as u64),
+        retention: ret,
         force_purge: force,
     };
     let retention = chrono::Duration::seconds(RETENTION_H * HOUR);
@@ -215,6 +420,10 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
                 continue;
             }
             Op::ClockStep { hours } => {
+                // A recorded loss ends at a wall-clock time: a step moves it.
+                for l in w.lost.values_mut() {
+                    l.2 = false;
+                }
                 w.offset += chrono::Duration::hours(*hours);
                 w.stepped_back |= *hours < 0;
                 let late =
@@ -224,10 +433,18 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
             }
             Op::Reboot => {
                 if !w.stepped_back {
+                    if !w.offset.is_zero() {
+                        for l in w.lost.values_mut() {
+                            l.2 = false;
+                        }
+                    }
                     w.boot = (format!("reboot-{i}"), w.now);
                     w.offset = chrono::Duration::zero();
                     // The daemon starts with the system: it records the new boot at once.
-                    repo.setup(&w.clock()).unwrap();
+                    fix_corrupt(&repo, &mut w, dir, ret);
+                    repo.setup(ret, &w.clock()).unwrap();
+                    w.observe_primary(dir);
+                    w.take_back(dir);
                 }
                 continue;
             }
@@ -243,9 +460,17 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
                 }
                 // Keys the old copy does not know are adopted, dated when fernetd next looks.
                 w.restored = true;
+                w.seen.clear();
+                for l in w.lost.values_mut() {
+                    l.2 = false;
+                }
                 continue;
             }
             Op::KeystoneRotate { times } => {
+                // An operator does not rotate over a key Keystone cannot load.
+                if w.corrupt.is_some() {
+                    continue;
+                }
                 for _ in 0..*times {
                     keystone_rotate(dir, max_active_keys);
                     w.observe_primary(dir);
@@ -256,12 +481,46 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
                 w.unobserved_external = true;
                 continue;
             }
+            Op::Damage { pick, how } => {
+                w.damage(dir, *pick, *how);
+                continue;
+            }
+            Op::CorruptCopy { pick } => {
+                let names = copies(dir);
+                if !names.is_empty() {
+                    let name = &names[pick % names.len()];
+                    std::fs::write(dir.join(".fernetd/copies").join(name), "garbage").unwrap();
+                }
+                continue;
+            }
+            Op::Status => {
+                let (lost, critical) = status(&repo, ret, &w.clock());
+                w.check_reported(&lost, &ctx);
+                if w.corrupt.is_some() {
+                    assert!(critical, "{ctx}: a corrupted key is not critical");
+                }
+                continue;
+            }
             Op::Setup => {
+                fix_corrupt(&repo, &mut w, dir, ret);
                 let before = keys(dir);
-                repo.setup(&w.clock()).unwrap();
-                assert_eq!(keys(dir), before, "{ctx}: setup changed a key");
+                let copies_before = copies(dir);
+                let out = repo.setup(ret, &w.clock()).unwrap();
+                assert_eq!(
+                    keys(dir),
+                    restored(before, &out, dir, &w),
+                    "{ctx}: setup changed a key"
+                );
+                // A restored primary is Keystone's primary again: the one that stood in for
+                // it is demoted now.
+                w.observe_primary(dir);
+                w.take_back(dir);
+                w.check_reported(&reported(&out), &ctx);
+                check_copies(&w, dir, repair, &copies_before, &ctx);
             }
             Op::Rotate { force } => {
+                fix_corrupt(&repo, &mut w, dir, ret);
+                let copies_before = copies(dir);
                 let before = keys(dir);
                 let quiet = !w.unobserved_external
                     && !w.restored
@@ -270,6 +529,7 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
                     // after the rotation began: the boundary itself is not yet quiet.
                     && w.now - w.last_fernetd_op > retention;
                 let out = repo.rotate(params(*force), &w.clock()).unwrap();
+                let before = restored(before, &out, dir, &w);
                 let after = keys(dir);
                 let max = *before.keys().max().unwrap();
                 assert_eq!(
@@ -321,14 +581,30 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
                         .collect();
                     assert_eq!(extra, kept, "{ctx}: extra keys not explained by the guard");
                 }
+                w.take_back(dir);
+                if !*force {
+                    w.check_reported(&reported(&out), &ctx);
+                }
                 w.observe_primary(dir);
                 if *force {
                     // A forced purge is the operator's choice; drop the obligations it broke.
                     let on_disk: Vec<String> = keys(dir).into_values().collect();
                     w.demoted.retain(|k, _| on_disk.contains(k));
+                    // So does the forced purge of a key repair had just put back.
+                    w.lost.retain(|_, (_, n, _)| !out.repaired.contains(n));
+                } else {
+                    check_copies(&w, dir, repair, &copies_before, &ctx);
                 }
             }
         }
+        w.seen = keys(dir)
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(_, k)| k)
+            .collect();
+        // status after every fernetd operation says what it said.
+        let (lost, _) = status(&repo, ret, &w.clock());
+        w.check_reported(&lost, &ctx);
         w.last_fernetd_op = w.now;
         w.unobserved_external = false;
         if !w.offset.is_zero() || w.restored {
@@ -341,6 +617,59 @@ fn run(ops: Vec<Op>, max_active_keys: usize) {
     }
 }
 
+/// A corrupted key fernetd refuses (or, with repair, restores): the operator moves it aside
+/// when fernetd refuses it, which makes it a deletion.
+fn fix_corrupt(repo: &Repository, w: &mut World, dir: &Path, retention: Duration) {
+    let Some(n) = w.corrupt else { return };
+    let (_, critical) = status(repo, retention, &w.clock());
+    assert!(critical, "a corrupted key {n} is not critical");
+    let probe = repo.setup(retention, &w.clock());
+    match probe {
+        Ok(out) => assert!(
+            out.repaired.contains(&n),
+            "corrupted key {n} accepted unrepaired"
+        ),
+        Err(fernetd::Error::Invalid { .. }) => {
+            std::fs::remove_file(dir.join(n.to_string())).unwrap();
+        }
+        Err(e) => panic!("corrupted key {n}: {e}"),
+    }
+    w.corrupt = None;
+    // Keystone's primary is the highest key now (a restored one, or the one below).
+    let p = World::primary(dir);
+    if p != w.primary_token.0 {
+        w.primary_token = (p.clone(), token_for(&p));
+    }
+    w.take_back(dir);
+}
+
+/// With repair, no copy of live material that existed before a fernetd operation is gone
+/// after it.
+fn check_copies(w: &World, dir: &Path, repair: bool, before: &[String], ctx: &str) {
+    if !repair {
+        return;
+    }
+    let after = copies(dir);
+    let on_disk: Vec<String> = keys(dir).into_values().collect();
+    for k in w
+        .live()
+        .into_iter()
+        .filter(|k| w.seen.contains(k) || on_disk.contains(k))
+    {
+        let fp = fingerprint(&k);
+        if before.contains(&fp) {
+            assert!(
+                after.contains(&fp),
+                "{ctx}: the copy of live key {fp} was removed (demoted {:?}, lost {:?}, primary {}); state {}",
+                w.demoted.get(&k).map(|d| d.0),
+                w.lost.get(&k).map(|l| (l.0, l.1, l.2)),
+                w.primary_token.0 == k,
+                std::fs::read_to_string(dir.join(".fernetd/state.json")).unwrap_or_default()
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -348,7 +677,8 @@ proptest! {
     fn random_sequences_keep_keystone_semantics_and_safety(
         ops in proptest::collection::vec(op(), 1..24),
         max_active_keys in 2usize..6,
+        repair in any::<bool>(),
     ) {
-        run(ops, max_active_keys);
+        run(ops, max_active_keys, repair);
     }
 }

@@ -644,7 +644,14 @@ fn a_token_whose_key_was_deleted_outside_fernetd_says_so() {
     );
 
     // Once fernetd has seen it gone (setup records what it finds), the record says when.
-    fernetd_ok(&["setup", "--key-repository", r]);
+    // Its tokens still live: setup says the loss (exit 3).
+    let setup = fernetd(&["setup", "--key-repository", r]);
+    assert_eq!(setup.code, fernetd::cli::EXIT_KEY_LOST, "{}", setup.stderr);
+    assert!(
+        setup.stderr.contains("[key-lost-in-retention]"),
+        "{}",
+        setup.stderr
+    );
     let (code, v, _) = token_json(&[&token, "--key-repository", r]);
     assert_eq!(code, 4);
     let o = &v["origin"];

@@ -111,6 +111,11 @@ pub struct Outcome {
     /// it on its schedule. Judged under the write lock, so no daemon's rotation can come
     /// between the look and this one.
     pub deferred: bool,
+    /// Keys lost inside their retention window, found now or recorded earlier and still
+    /// open: tokens made with them fail until then (`key-lost-in-retention`).
+    pub lost: Vec<RetentionViolation>,
+    /// Keys restored from fernetd's copies (`repair = true`).
+    pub repaired: Vec<u64>,
 }
 
 impl Repository {
@@ -307,15 +312,19 @@ impl Repository {
 
     /// The recorded history, refused when the keys on disk contradict it: nothing is ever
     /// removed or re-dated on the word of a state file that is wrong about the disk (edited,
-    /// or copied from another node or a backup).
-    fn trusted_history(&self, w: &Writer, disk: &BTreeMap<u64, Fingerprint>) -> Result<History> {
-        trusted(self.written_history(w)?, disk, self.state_path())
+    /// or copied from another node or a backup). A key file that is there but unreadable
+    /// counts as the key history knows it by ([`present`]): a corrupted primary does not make
+    /// the disk's primary a lower key.
+    fn trusted_history(&self, w: &Writer, scan: &Scan) -> Result<History> {
+        let h = self.written_history(w)?;
+        let disk = present(scan, &h);
+        trusted(h, &disk, self.state_path())
     }
 
-    fn save_history(&self, w: &Writer, h: &History) -> Result<()> {
+    fn save_history(&self, w: &Writer, h: &History, now: &Now) -> Result<()> {
         self.state.save(&w.internal, STATE, STATE_TMP, h, w.owner)?;
         if self.repair {
-            self.sync_copies(w, h)?;
+            self.sync_copies(w, h, now.wall)?;
         }
         Ok(())
     }
@@ -325,19 +334,24 @@ impl Repository {
         w.internal.make_own(COPIES, w.owner)
     }
 
-    /// Keeps exactly one copy per key in the history: new keys are copied from the disk, the
-    /// copies of keys no longer in the history (purged) are deleted, so a key purged on purpose
-    /// can never be restored.
-    fn sync_copies(&self, w: &Writer, h: &History) -> Result<()> {
+    /// Keeps one copy per key in the history, and the copies of keys lost inside their
+    /// retention ([`History::copies_kept`]): new keys are copied from the disk (and a copy
+    /// that no longer holds its key is written again while the key is on disk); only the
+    /// copies of keys fernetd purged, or whose lost window closed, are deleted, so a key
+    /// purged on purpose can never be restored and one lost outside fernetd always can.
+    fn sync_copies(&self, w: &Writer, h: &History, now: DateTime<Utc>) -> Result<()> {
         let dir = self.copies(w)?;
-        let wanted: std::collections::BTreeSet<String> =
-            h.keys.values().map(|r| r.fingerprint.to_string()).collect();
+        let wanted: std::collections::BTreeSet<String> = h
+            .copies_kept(now)
+            .into_iter()
+            .map(|fp| fp.to_string())
+            .collect();
         let mut present = std::collections::BTreeSet::new();
         for name in dir.names()? {
-            if wanted.contains(&name) {
-                present.insert(name);
-            } else {
+            if !wanted.contains(&name) {
                 dir.remove(&name)?;
+            } else if own_key(&dir, &name)?.is_some_and(|k| k.fingerprint().to_string() == name) {
+                present.insert(name);
             }
         }
         let scan = w.scan()?;
@@ -384,15 +398,35 @@ impl Repository {
         };
         let copies = self.copies(w)?;
         let mut restored = Vec::new();
-        for (&n, r) in &history.keys {
+        // Keys that may have been Keystone's primary since the last look are needed too (an
+        // unreadable primary counts as gone here: what was under it is not known).
+        let stood = guard::stood_in(history, &scan.fingerprints());
+        // Keys the history holds, and keys recorded lost inside their window (by a `setup`,
+        // `rotate` or `status` that ran without repair) whose number is still free.
+        let recorded = history.keys.iter().map(|(&n, r)| {
+            let needed = n == 0
+                || Some(n) == primary
+                || stood.contains(&n)
+                || r.retained_until(retention, now) > now.wall;
+            (n, r.fingerprint, needed)
+        });
+        let lost = history
+            .purged
+            .iter()
+            .filter(|p| !p.by_fernetd && p.lost_until.is_some_and(|u| u > now.wall))
+            .filter(|p| !history.keys.contains_key(&p.number))
+            .map(|p| (p.number, p.fingerprint, true));
+        let candidates: Vec<(u64, Fingerprint, bool)> = recorded.chain(lost).collect();
+        for (n, fingerprint, needed) in candidates {
+            if !needed || restored.contains(&n) {
+                continue;
+            }
             let missing = !disk.contains_key(&n) && !w.repo.exists(&n.to_string())?;
             if !(missing || unusable(n)) {
                 continue;
             }
-            let needed =
-                n == 0 || Some(n) == primary || r.retained_until(retention, now) > now.wall;
-            match own_key(&copies, &r.fingerprint.to_string())? {
-                Some(k) if needed && k.fingerprint() == r.fingerprint => {
+            match own_key(&copies, &fingerprint.to_string())? {
+                Some(k) if k.fingerprint() == fingerprint => {
                     install_copy(w, n, &k)?;
                     restored.push(n);
                 }
@@ -489,13 +523,18 @@ impl Repository {
     }
 
     /// `fernetd setup`: creates and initializes the repository (`{0, 1}`), or, when it is
-    /// initialized, changes no key: it completes an interrupted rotation and records history.
-    pub fn setup(&self, now: &Now) -> Result<Outcome> {
+    /// initialized, changes no key: it completes an interrupted rotation, restores lost keys
+    /// from their copies (`repair = true`) and records history, with every key lost inside
+    /// its `retention` ([`Outcome::lost`]).
+    pub fn setup(&self, retention: Duration, now: &Now) -> Result<Outcome> {
         let mut out = Outcome::default();
         self.check_owner_permitted()?;
         if self.dir.exists() {
-            // Refuse early, before the lock creates anything; checked again under the lock.
-            ensure_writable(&self.scan()?)?;
+            // Refuse early, before the lock creates anything; checked again under the lock
+            // (with repair, only there: an unreadable key may be one a copy restores).
+            if !self.repair {
+                ensure_writable(&self.scan()?)?;
+            }
         } else {
             if self.owner.is_none() && nix::unistd::geteuid().is_root() {
                 out.warnings.push(format!(
@@ -510,7 +549,7 @@ impl Repository {
         let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
         let scan = w.scan()?;
-        let mut history = self.trusted_history(&w, &scan.fingerprints())?;
+        let mut history = self.trusted_history(&w, &scan)?;
         if scan.key_entries().next().is_none() {
             for number in [1, 0] {
                 let key = generate()?;
@@ -518,10 +557,17 @@ impl Repository {
                 history.record_created(number, key.fingerprint(), now);
             }
             history.last_rotation = Some(now.wall);
-            self.save_history(&w, &history)?;
+            self.save_history(&w, &history, now)?;
             out.notes
                 .push("initialized: key 1 (primary) and key 0 (staged)".into());
         } else {
+            let stood = guard::stood_in(&history, &scan.fingerprints());
+            let scan = self.repair_now(&w, scan, &history, retention, now, &mut out)?;
+            if !out.repaired.is_empty() {
+                for &n in &stood {
+                    history.stood_in(n, now);
+                }
+            }
             ensure_writable(&scan)?;
             describe_clock(
                 &history,
@@ -530,9 +576,10 @@ impl Repository {
                 &self.state_path(),
                 &mut out,
             );
-            let notes = history.reconcile(&scan.fingerprints(), now);
+            let (notes, _) = guard::reconcile(&mut history, &scan.fingerprints(), retention, now);
             describe_observations(&notes, &mut out);
-            self.save_history(&w, &history)?;
+            self.save_history(&w, &history, now)?;
+            out.lost = self.still_lost(&history, retention, now);
             let keys = scan.keys();
             out.notes.push(format!(
                 "already initialized: {} keys, primary {}; no key changed",
@@ -552,8 +599,11 @@ impl Repository {
         let mut out = Outcome::default();
         self.require_dir()?;
         self.check_owner_permitted()?;
-        // Refuse early, before the lock creates anything; checked again under the lock.
-        ensure_writable(&self.scan()?)?;
+        // Refuse early, before the lock creates anything; checked again under the lock (with
+        // repair, only there: an unreadable key may be one a copy restores).
+        if !self.repair {
+            ensure_writable(&self.scan()?)?;
+        }
         let (w, now) = self.begin_timed_write(&mut out, now)?;
         // On the `.fernetd` this writer holds (its descriptor, never the name again).
         if self.defer_to_daemon && DaemonLock::held(w.internal.try_clone()?)? {
@@ -563,16 +613,32 @@ impl Repository {
         }
         let now = &now;
         let scan = w.scan()?;
+        let (scan, stood) = match self.repair {
+            true => {
+                let history = self.trusted_history(&w, &scan)?;
+                let stood = guard::stood_in(&history, &scan.fingerprints());
+                let scan = self.repair_now(&w, scan, &history, params.retention, now, &mut out)?;
+                match out.repaired.is_empty() {
+                    true => (scan, Vec::new()),
+                    false => (scan, stood),
+                }
+            }
+            false => (scan, Vec::new()),
+        };
         ensure_writable(&scan)?;
         if out.staged_fresh {
             // A key 0 staged this instant has been read by no Keystone process and no peer:
             // promoting it now would make a primary that readers do not hold. It is recorded
             // and waits for the next rotation.
             let disk = scan.fingerprints();
-            let mut history = self.trusted_history(&w, &disk)?;
-            let notes = history.reconcile(&disk, now);
+            let mut history = self.trusted_history(&w, &scan)?;
+            for &n in &stood {
+                history.stood_in(n, now);
+            }
+            let (notes, _) = guard::reconcile(&mut history, &disk, params.retention, now);
             describe_observations(&notes, &mut out);
-            self.save_history(&w, &history)?;
+            self.save_history(&w, &history, now)?;
+            out.lost = self.still_lost(&history, params.retention, now);
             out.notes.push(
                 "not rotated: key 0 was missing; the new key 0 becomes primary at the next \
                  rotation, once every reader holds it"
@@ -604,9 +670,12 @@ impl Repository {
             }
         };
         let disk = scan.fingerprints();
-        let mut history = self.trusted_history(&w, &disk)?;
+        let mut history = self.trusted_history(&w, &scan)?;
+        for &n in &stood {
+            history.stood_in(n, now);
+        }
         describe_clock(&history, &disk, now, &self.state_path(), &mut out);
-        let notes = history.reconcile(&disk, now);
+        let (notes, _) = guard::reconcile(&mut history, &disk, params.retention, now);
         describe_observations(&notes, &mut out);
 
         let numbers: Vec<u64> = keys.keys().copied().collect();
@@ -649,7 +718,7 @@ impl Repository {
         for &n in &decision.purge {
             history.record_purge(n, now.wall);
         }
-        self.save_history(&w, &history)
+        self.save_history(&w, &history, now)
             .map_err(|e| Error::RotatedUnsaved {
                 new_primary: decision.new_primary,
                 source: Box::new(e),
@@ -679,8 +748,73 @@ impl Repository {
             ));
         }
         out.rotation = Some(decision);
+        out.lost = self.still_lost(&history, params.retention, now);
         finish(&w, &mut out)?;
         Ok(out)
+    }
+
+    /// `repair = true`: restores from fernetd's copies the keys `history` says are missing or
+    /// unreadable and still needed, says so in `out`, and returns the disk as it is then.
+    fn repair_now(
+        &self,
+        w: &Writer,
+        scan: Scan,
+        history: &History,
+        retention: Duration,
+        now: &Now,
+        out: &mut Outcome,
+    ) -> Result<Scan> {
+        if !self.repair {
+            return Ok(scan);
+        }
+        let restored = self.repair_from_copies(w, &scan, history, retention, now)?;
+        if restored.is_empty() {
+            return Ok(scan);
+        }
+        for n in &restored {
+            out.warnings.push(format!(
+                "repaired: restored key {n} from fernetd's copy (repair = true)"
+            ));
+        }
+        out.repaired = restored;
+        w.scan()
+    }
+
+    /// The losses still open in a history that matches the disk (each recorded with its
+    /// removal), as what is reported.
+    fn still_lost(
+        &self,
+        history: &History,
+        retention: Duration,
+        now: &Now,
+    ) -> Vec<RetentionViolation> {
+        let lost = guard::open_losses(history, &history.fingerprints(), retention, now);
+        self.violations(lost)
+    }
+
+    /// Every key lost inside its `retention` at `now` as `scan` and `history` show it:
+    /// recorded, or judged from the disk when nothing has recorded it yet. Reads and writes
+    /// nothing (`status`, `check`).
+    pub fn lost_keys(
+        &self,
+        scan: &Scan,
+        history: &History,
+        retention: Duration,
+        now: &Now,
+    ) -> Vec<RetentionViolation> {
+        let disk = present(scan, history);
+        self.violations(guard::open_losses(history, &disk, retention, now))
+    }
+
+    /// `lost` as reported, with each key's path.
+    pub fn violations(&self, lost: Vec<guard::Lost>) -> Vec<RetentionViolation> {
+        lost.into_iter()
+            .map(|l| RetentionViolation {
+                path: key_path(&self.dir, l.number),
+                number: l.number,
+                until: l.until,
+            })
+            .collect()
     }
 
     /// What the watcher calls after a file event: compares the disk with the recorded history
@@ -692,10 +826,12 @@ impl Repository {
         // A corrupted key drops out of the fingerprints, so this also catches corruption
         // (which repair may undo; history never records it as a removal).
         if same_keys(&scan.fingerprints(), &history) {
+            let judged = self.judging_clock(now);
+            let lost = guard::open_losses(&history, &history.fingerprints(), retention, &judged);
             return Ok(Observed {
                 report: crate::check::check(&scan, self.owner),
                 changes: Vec::new(),
-                retention_violations: Vec::new(),
+                retention_violations: self.violations(lost),
                 repaired: Vec::new(),
                 history,
             });
@@ -703,53 +839,27 @@ impl Repository {
         let w = self.lock()?;
         let now = &self.anchor(&w, now)?;
         let mut scan = w.scan()?;
-        let mut history = self.trusted_history(&w, &scan.fingerprints())?;
+        let mut history = self.trusted_history(&w, &scan)?;
         let mut repaired = Vec::new();
+        let before = history.clone();
         if self.repair {
+            let stood = guard::stood_in(&history, &scan.fingerprints());
             repaired = self.repair_from_copies(&w, &scan, &history, retention, now)?;
             if !repaired.is_empty() {
                 scan = w.scan()?;
+                for &n in &stood {
+                    history.stood_in(n, now);
+                }
             }
         }
-        let before = history.clone();
-        let changes = history.reconcile(&present(&scan, &history), now);
-        let retention_violations = changes
-            .iter()
-            .filter_map(|c| match c {
-                // The staged key 0 encrypted nothing: replacing or removing it loses no token.
-                Observation::Vanished { number: 0, .. } | Observation::Replaced { number: 0 } => {
-                    None
-                }
-                Observation::Vanished { number, .. } | Observation::Replaced { number } => {
-                    // The primary encrypted tokens until the moment it vanished.
-                    let until = if Some(*number) == before.primary() {
-                        guard::from_now(retention, now)
-                    } else {
-                        before.keys.get(number)?.retained_until(retention, now)
-                    };
-                    (until > now.wall).then(|| RetentionViolation {
-                        path: key_path(&self.dir, *number),
-                        number: *number,
-                        until,
-                    })
-                }
-                _ => None,
-            })
-            .collect::<Vec<RetentionViolation>>();
-        // Recorded with the removal, so that `status` (and a restarted daemon) say it too.
-        for v in &retention_violations {
-            if let Some(p) = history
-                .purged
-                .iter_mut()
-                .rev()
-                .find(|p| p.number == v.number && !p.by_fernetd)
-            {
-                p.lost_until = Some(v.until);
-            }
-        }
+        let disk = present(&scan, &history);
+        // Each loss is recorded with its removal, so that `status` (and a restarted daemon)
+        // say it too.
+        let (changes, _) = guard::reconcile(&mut history, &disk, retention, now);
         if history != before {
-            self.save_history(&w, &history)?;
+            self.save_history(&w, &history, now)?;
         }
+        let retention_violations = self.still_lost(&history, retention, now);
         Ok(Observed {
             report: crate::check::check(&scan, self.owner),
             changes,
@@ -772,9 +882,9 @@ impl Repository {
         }
         let scan = w.scan()?;
         ensure_writable(&scan)?;
-        let mut history = self.trusted_history(&w, &scan.fingerprints())?;
+        let mut history = self.trusted_history(&w, &scan)?;
         history.reconcile(&scan.fingerprints(), now);
-        self.save_history(&w, &history)?;
+        self.save_history(&w, &history, now)?;
         self.key_set(&scan, history)
     }
 
@@ -907,7 +1017,7 @@ impl Repository {
             .copied()
             .filter(|n| !set.keys.contains_key(n) && !lost.iter().any(|l| l.number == *n))
             .collect();
-        self.save_history(&w, &history)?;
+        self.save_history(&w, &history, now)?;
         let mut last_step = !removed.is_empty();
         if let Some(k) = set.keys.get(&0).filter(|k| differs(0, k)) {
             place_copy(&w, 0, k)?;
@@ -1192,7 +1302,7 @@ fn describe_clock(
 /// The keys on disk as history should see them: every readable key, and a key file that is
 /// still there but unreadable or malformed under the key history knows it by. Such a file is
 /// reported as what it is (`malformed-key`, critical), never recorded as removed.
-fn present(scan: &Scan, history: &History) -> BTreeMap<u64, Fingerprint> {
+pub fn present(scan: &Scan, history: &History) -> BTreeMap<u64, Fingerprint> {
     let mut disk = scan.fingerprints();
     for e in &scan.entries {
         if let EntryKind::Key {
