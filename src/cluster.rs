@@ -389,20 +389,13 @@ impl Cluster {
     pub async fn seal_in_place(&mut self, kind: Kind) -> Result<Option<i64>, ClusterError> {
         let key = self.keyset_key(kind);
         for _ in 0..MAX_ATTEMPTS {
-            let mut client = self.client.clone();
-            let resp = self
-                .bounded(&format!("read {key}"), client.get(key.clone(), None))
-                .await?;
-            let kv = resp
-                .kvs()
-                .first()
-                .ok_or_else(|| ClusterError::Missing { key: key.clone() })?;
+            let stored = self.stored(&key).await?;
             // Sealed already, and with this node's key: opening it proves both.
-            let set = open(&self.seal, &key, kv.value())?;
-            if crate::seal::is_sealed(kv.value()) {
+            let set = open(&self.seal, &key, &stored.value)?;
+            if crate::seal::is_sealed(&stored.value) {
                 return Ok(None);
             }
-            if self.republish(kind, &set, kv.mod_revision()).await? {
+            if self.republish(kind, &set, stored.revision).await? {
                 return self.fetch(kind).await.map(|(_, revision)| Some(revision));
             }
         }
@@ -731,18 +724,38 @@ impl Cluster {
     /// watch from the one after it sees every later change and nothing older.
     pub async fn snapshot(&mut self, kind: Kind) -> Result<(KeySet, i64, i64), ClusterError> {
         let key = self.keyset_key(kind);
+        let stored = self.stored(&key).await?;
+        let set = open(&self.seal, &key, &stored.value)?;
+        Ok((
+            set,
+            stored.revision,
+            stored.store_revision.max(stored.revision),
+        ))
+    }
+
+    /// The value stored under a key set's etcd `key`, as it is (sealed or not).
+    async fn stored(&self, key: &str) -> Result<Stored, ClusterError> {
         let mut client = self.client.clone();
         let resp = self
-            .bounded(&format!("read {key}"), client.get(key.clone(), None))
+            .bounded(&format!("read {key}"), client.get(key, None))
             .await?;
-        let kv = resp
-            .kvs()
-            .first()
-            .ok_or_else(|| ClusterError::Missing { key: key.clone() })?;
-        let store = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let set = open(&self.seal, &key, kv.value())?;
-        Ok((set, kv.mod_revision(), store.max(kv.mod_revision())))
+        let kv = resp.kvs().first().ok_or_else(|| ClusterError::Missing {
+            key: key.to_string(),
+        })?;
+        Ok(Stored {
+            value: zeroize::Zeroizing::new(kv.value().to_vec()),
+            revision: kv.mod_revision(),
+            store_revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+        })
     }
+}
+
+/// A key set's value as etcd holds it, its revision, and the store's at the time of the read.
+struct Stored {
+    /// Key material when the set is not sealed: zeroized.
+    value: zeroize::Zeroizing<Vec<u8>>,
+    revision: i64,
+    store_revision: i64,
 }
 
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
