@@ -848,13 +848,7 @@ fn standalone_situations() -> Vec<Scrape> {
         (
             "a recorded time in the future",
             "schedule = \"1h\"\n",
-            |d| {
-                let p = d.join(".fernetd/state.json");
-                let mut v: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-                v["last_rotation"] = serde_json::json!("2099-01-01T00:00:00Z");
-                std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-            },
+            |d| last_rotation_in_the_future(d),
             |_| {},
             &["code=\"clock-in-future\""],
             vec![("FernetdClockUntrusted", "warning", 1)],

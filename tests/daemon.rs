@@ -1200,13 +1200,7 @@ fn every_problem_is_said_the_same_way_everywhere() {
             "clock-in-future",
             "warning",
             "",
-            |d| {
-                let p = d.join(".fernetd/state.json");
-                let mut v: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-                v["last_rotation"] = serde_json::json!("2099-01-01T00:00:00Z");
-                std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-            },
+            |d| last_rotation_in_the_future(d),
             |_| {},
         ),
     ];

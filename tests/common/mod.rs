@@ -82,6 +82,15 @@ pub fn cluster_lines(extra: &str) -> String {
     }
 }
 
+/// Dates the repository's recorded last rotation in 2099 (a state file written by a clock
+/// that ran ahead): `clock-in-future`.
+pub fn last_rotation_in_the_future(dir: &Path) {
+    let p = dir.join(".fernetd/state.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["last_rotation"] = serde_json::json!("2099-01-01T00:00:00Z");
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
 /// A new seal key at `path`, made as an operator makes one (mode 0600).
 pub fn new_seal_key(path: &Path) {
     fernetd_ok(&["cluster", "new-seal-key", "--out", path.to_str().unwrap()]);
