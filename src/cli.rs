@@ -777,12 +777,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
                 .collect();
             let mut views = Vec::new();
             if let Some(cluster) = &d.cluster {
-                // A seal key fernetd refuses is a configuration error here as everywhere.
-                if let Some(p) = &cluster.seal_key_file {
-                    crate::seal::SealKey::load(p, cluster.seal_owner)
-                        .map_err(crate::cluster::ClusterError::SealKey)?;
-                }
-                views = block_on(cluster_views(cluster, &d))?;
+                views = block_on(cluster_views(cluster, &d))??;
                 for (s, v) in sums.iter_mut().zip(&views) {
                     s.add_cluster(v);
                 }
@@ -1144,11 +1139,12 @@ fn cluster_settings(
     Ok(s)
 }
 
-/// For each managed repository: the cluster's view of it, or why there is none.
+/// For each managed repository: the cluster's view of it, or why there is none. A seal key
+/// fernetd refuses is a configuration error here as everywhere, not a view missing.
 async fn cluster_views(
     cluster: &config::ClusterSettings,
     d: &DaemonSettings,
-) -> Vec<Result<status::ClusterView, status::ViewError>> {
+) -> Result<Vec<Result<status::ClusterView, status::ViewError>>, crate::cluster::ClusterError> {
     use crate::cluster::ClusterError;
     use status::ViewError;
     let unreachable = |e: ClusterError| match e {
@@ -1159,9 +1155,10 @@ async fn cluster_views(
     };
     let mut c = match crate::cluster::Cluster::connect(cluster).await {
         Ok(c) => c,
+        Err(e @ (ClusterError::SealKey(_) | ClusterError::Unsealed)) => return Err(e),
         Err(e) => {
             let e = unreachable(e);
-            return d.repositories.iter().map(|_| Err(e.clone())).collect();
+            return Ok(d.repositories.iter().map(|_| Err(e.clone())).collect());
         }
     };
     let mut out = Vec::new();
@@ -1204,7 +1201,7 @@ async fn cluster_views(
         .await;
         out.push(view);
     }
-    out
+    Ok(out)
 }
 
 /// Runs `f` on a runtime of its own. While it runs, SIGPIPE is ignored: one-shot commands
