@@ -406,23 +406,18 @@ fn glyphs(line: &str) -> String {
 fn chart_text_has_a_row_per_key_in_phase_order() {
     let t = tempfile::tempdir().unwrap();
     let (r, ks) = repository(&t);
-    let status = fernetd(&[
-        "status",
-        "--key-repository",
-        &r,
-        "--keystone-config",
-        &ks,
-        "--chart",
-    ]);
+    // Daily, counted from the last rotation (not @daily): the next rotation is a day away
+    // whatever the time of day, so key 3's time as a secondary always spans whole columns.
+    let cfg = t.path().join("fernetd.toml");
+    std::fs::write(
+        &cfg,
+        format!("[keystone]\nconfig = \"{ks}\"\n[tokens]\nkey_repository = \"{r}\"\nschedule = \"1d\"\n"),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let status = fernetd(&["--config", c, "status", "--chart"]);
     assert_eq!(status.code, 1, "{}", status.stderr);
-    let plan = fernetd(&[
-        "plan",
-        "--key-repository",
-        &r,
-        "--keystone-config",
-        &ks,
-        "--chart=text",
-    ]);
+    let plan = fernetd(&["--config", c, "plan", "--chart=text"]);
     assert_eq!(plan.code, 3, "{}", plan.stderr);
     for (out, manual) in [(&status.stdout, false), (&plan.stdout, true)] {
         let lines: Vec<&str> = out.lines().collect();
