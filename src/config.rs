@@ -26,7 +26,6 @@ pub const KEYSTONE_KEY_REPOSITORY: &str = "/etc/keystone/fernet-keys/";
 pub const KEYSTONE_CREDENTIAL_REPOSITORY: &str = "/etc/keystone/credential-keys/";
 /// Keystone's credential repository always has exactly three keys.
 pub const CREDENTIAL_KEYS: u64 = 3;
-pub const KEYSTONE_CONFIG: &str = "/etc/keystone/keystone.conf";
 /// Read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG: &str = "/etc/fernetd/fernetd.toml";
 /// The daemon's schedule when none is configured.
@@ -435,94 +434,7 @@ pub fn check_max_keys(n: u64) -> Result<(), String> {
     }
 }
 
-/// The options fernetd reads from keystone.conf.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct KeystoneConf {
-    pub expiration: Option<Duration>,
-    pub allow_expired_window: Option<Duration>,
-    pub max_active_keys: Option<u64>,
-    pub key_repository: Option<PathBuf>,
-    pub receipt_expiration: Option<Duration>,
-    pub receipt_max_active_keys: Option<u64>,
-    pub receipt_key_repository: Option<PathBuf>,
-    pub credential_key_repository: Option<PathBuf>,
-    /// `[auth] methods`: their order gives each method its bit in a token's payload.
-    pub auth_methods: Option<Vec<String>>,
-}
-
-impl KeystoneConf {
-    /// Reads oslo.config INI: `[token] expiration`, `[token] allow_expired_window`,
-    /// `[fernet_tokens] max_active_keys|key_repository`, `[receipt] expiration`,
-    /// `[fernet_receipts] max_active_keys|key_repository`, `[credential] key_repository`,
-    /// `[auth] methods`.
-    /// For a repeated option the last value wins, as in oslo.config.
-    pub fn load(path: &Path) -> Result<KeystoneConf, ConfigError> {
-        let opts = ini::ParseOption {
-            enabled_quote: false,
-            enabled_escape: false,
-            enabled_indented_mutiline_value: true,
-            ..ini::ParseOption::default()
-        };
-        let ini = ini::Ini::load_from_file_opt(path, opts)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let get = |section: &str, key: &str| -> Option<String> {
-            ini.section_all(Some(section))
-                .flat_map(|p| p.get_all(key))
-                .last()
-                .map(|v| v.trim().to_string())
-        };
-        let int = |section: &str, key: &str| -> Result<Option<u64>, ConfigError> {
-            match get(section, key) {
-                None => Ok(None),
-                Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-                    ConfigError(format!(
-                        "{}: [{section}] {key} = '{v}' is not a non-negative integer",
-                        path.display()
-                    ))
-                }),
-            }
-        };
-        let keys = |section: &str| -> Result<Option<u64>, ConfigError> {
-            let n = int(section, "max_active_keys")?;
-            if let Some(n) = n {
-                check_max_keys(n).map_err(|m| {
-                    ConfigError(format!(
-                        "{}: [{section}] max_active_keys: {m}",
-                        path.display()
-                    ))
-                })?;
-            }
-            Ok(n)
-        };
-        let secs = |section: &str, key: &str| -> Result<Option<Duration>, ConfigError> {
-            int(section, key)?
-                .map(|n| crate::duration::from_secs(n, &n.to_string()))
-                .transpose()
-                .map_err(|m| ConfigError(format!("{}: [{section}] {key}: {m}", path.display())))
-        };
-        let dir = |section: &str| {
-            get(section, "key_repository")
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from)
-        };
-        Ok(KeystoneConf {
-            expiration: secs("token", "expiration")?,
-            allow_expired_window: secs("token", "allow_expired_window")?,
-            max_active_keys: keys("fernet_tokens")?,
-            key_repository: dir("fernet_tokens"),
-            receipt_expiration: secs("receipt", "expiration")?,
-            receipt_max_active_keys: keys("fernet_receipts")?,
-            receipt_key_repository: dir("fernet_receipts"),
-            credential_key_repository: dir("credential"),
-            auth_methods: get("auth", "methods").map(|v| {
-                v.split(',')
-                    .map(|m| m.trim().to_string())
-                    .filter(|m| !m.is_empty())
-                    .collect()
-            }),
-        })
-    }
-}
+pub use crate::keystone_conf::KeystoneConf;
 
 /// Values given on the command line (all optional). They apply to the token repository.
 #[derive(Debug, Default, Clone)]
@@ -588,19 +500,20 @@ impl Sources {
             }
             None => FileConfig::default(),
         };
-        let ks_path = flags
+        let explicit = flags
             .keystone_config
             .clone()
-            .or_else(|| file.keystone.config.clone())
-            .or_else(|| Some(PathBuf::from(KEYSTONE_CONFIG)).filter(|p| p.exists()));
-        let keystone = match &ks_path {
-            Some(p) => KeystoneConf::load(p)?,
-            None => KeystoneConf::default(),
-        };
+            .or_else(|| file.keystone.config.clone());
+        let env = |name: &str| std::env::var(name).ok();
+        let keystone = KeystoneConf::discover(&crate::keystone_conf::Discovery {
+            root: Path::new("/"),
+            explicit: explicit.as_deref(),
+            env: &env,
+        })?;
         Ok(Sources {
+            keystone_path: keystone.files.first().cloned(),
             file,
             keystone,
-            keystone_path: ks_path,
         })
     }
 
@@ -906,8 +819,15 @@ mod tests {
         assert_eq!(k.allow_expired_window, Some(Duration::from_secs(3600)));
         assert_eq!(k.max_active_keys, Some(6));
         assert_eq!(k.key_repository, Some(PathBuf::from("/srv/keys")));
-        let empty = KeystoneConf::load(file("").path()).unwrap();
-        assert_eq!(empty, KeystoneConf::default());
+        let f = file("");
+        let empty = KeystoneConf::load(f.path()).unwrap();
+        assert_eq!(
+            empty,
+            KeystoneConf {
+                files: vec![f.path().to_path_buf()],
+                ..KeystoneConf::default()
+            }
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub mod history;
 pub mod hooks;
 pub mod key;
 pub mod keyset;
+pub mod keystone_conf;
 pub mod metrics;
 pub mod planner;
 pub mod repository;

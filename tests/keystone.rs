@@ -465,3 +465,173 @@ fn key_names_are_read_as_pythons_int_reads_them() {
         rotate.stdout
     );
 }
+
+/// The token lifetimes fernetd reads are the ones Keystone's own oslo.config reads from the same
+/// files and variables: `keystone.conf` and the `keystone.conf.d/` beside it (later files and
+/// repeated sections win, `*.conf` only, in name order), `OS_KEYSTONE_CONFIG_FILES` and
+/// `OS_KEYSTONE_CONFIG_DIR` as Keystone's WSGI services read them, and oslo.config's
+/// `OS_<GROUP>__<OPTION>` overrides. 40 seeded random layouts; any disagreement fails.
+#[test]
+fn lifetimes_are_read_as_oslo_config_reads_them() {
+    let t = tempfile::tempdir().unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let names = [
+        "10-a.conf",
+        "20-b.conf",
+        "5.conf",
+        "Z.conf",
+        "a.conf.off",
+        ".hidden.conf",
+    ];
+    let mut cases = Vec::new();
+    for i in 0..40 {
+        let ks = t.path().join(format!("case{i}/ks"));
+        let d = ks.join("keystone.conf.d");
+        std::fs::create_dir_all(&ks).unwrap();
+        let section = |next: &mut dyn FnMut(u64) -> u64| {
+            let mut s = String::new();
+            if next(3) > 0 {
+                s.push_str(&format!("[token]\nexpiration = {}\n", 60 + next(200_000)));
+            }
+            if next(2) > 0 {
+                s.push_str(&format!(
+                    "[DEFAULT]\ndebug = true\n[token]\nallow_expired_window = {}\n",
+                    next(400_000)
+                ));
+            }
+            s
+        };
+        std::fs::write(ks.join("keystone.conf"), section(&mut next)).unwrap();
+        std::fs::write(ks.join("extra.conf"), section(&mut next)).unwrap();
+        if next(3) > 0 {
+            std::fs::create_dir(&d).unwrap();
+            for _ in 0..next(4) {
+                let name = names[next(names.len() as u64) as usize];
+                std::fs::write(d.join(name), section(&mut next)).unwrap();
+            }
+        }
+        let mut env = serde_json::Map::new();
+        if next(4) == 0 {
+            env.insert(
+                "OS_TOKEN__EXPIRATION".into(),
+                (60 + next(90_000)).to_string().into(),
+            );
+        }
+        if next(4) == 0 {
+            env.insert(
+                "OS_TOKEN__ALLOW_EXPIRED_WINDOW".into(),
+                next(90_000).to_string().into(),
+            );
+        }
+        let conf = ks.join("keystone.conf");
+        let (args, flag) = if next(2) == 0 {
+            let mut a = vec!["--config-file".to_string(), conf.display().to_string()];
+            if d.is_dir() {
+                a.extend(["--config-dir".to_string(), d.display().to_string()]);
+            }
+            (serde_json::json!(a), Some(conf.clone()))
+        } else {
+            env.insert(
+                "OS_KEYSTONE_CONFIG_DIR".into(),
+                ks.display().to_string().into(),
+            );
+            match next(4) {
+                0 => {}
+                1 => {
+                    env.insert(
+                        "OS_KEYSTONE_CONFIG_FILES".into(),
+                        "keystone.conf; extra.conf".into(),
+                    );
+                }
+                2 => {
+                    let abs = ks.join("extra.conf").display().to_string();
+                    env.insert("OS_KEYSTONE_CONFIG_FILES".into(), abs.into());
+                }
+                _ => {
+                    env.insert(
+                        "OS_KEYSTONE_CONFIG_FILES".into(),
+                        "keystone.conf;missing.conf".into(),
+                    );
+                }
+            }
+            (serde_json::Value::Null, None)
+        };
+        cases.push((serde_json::json!({ "args": args, "env": env }), flag, env));
+    }
+    let input: Vec<&serde_json::Value> = cases.iter().map(|c| &c.0).collect();
+    let mut child = Command::new(venv().join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
+        .args(["lifetimes", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&input).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let oslo: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let (mut agreed, mut errors) = (0, 0);
+    for ((case, flag, env), oslo) in cases.iter().zip(&oslo) {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "plan",
+            "--json",
+            "--margin",
+            "0",
+            "--schedule",
+            "1h",
+            "--config",
+            "/dev/null",
+        ]);
+        if let Some(f) = flag {
+            cmd.arg("--keystone-config").arg(f);
+        }
+        for (k, v) in env {
+            cmd.env(k, v.as_str().unwrap());
+        }
+        let out = cmd.output().unwrap();
+        if oslo.get("error").is_some() {
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{case}: oslo.config refused it, fernetd did not"
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("missing.conf") && err.lines().count() == 1,
+                "{case}: {err}"
+            );
+            errors += 1;
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(ours["expiration_seconds"], oslo["expiration"], "{case}");
+        assert_eq!(
+            ours["allow_expired_window_seconds"], oslo["allow_expired_window"],
+            "{case}"
+        );
+        agreed += 1;
+    }
+    // The generator must reach both outcomes, or the test proves less than it says.
+    assert!(
+        agreed >= 25 && errors >= 2,
+        "agreed {agreed}, errors {errors}"
+    );
+}

@@ -7,6 +7,10 @@
                                      exit 0 when it unpacks every one
     helper.py key-files DIR       -> JSON: {file name: key number} as Keystone's loader reads
     helper.py ints -              -> JSON list on stdin of names; out: str(int(name)) or null
+    helper.py lifetimes -         -> JSON list on stdin of cases {args, env}; out: per case the
+                                     [token]/[receipt] lifetimes oslo.config reads, as Keystone's
+                                     WSGI services configure it (files from OS_KEYSTONE_CONFIG_*
+                                     when args is null), or the error
 
 Only hashes of keys are printed, never the keys.
 """
@@ -29,6 +33,34 @@ def conf(directory):
     return CONF
 
 
+def lifetimes(case):
+    import os
+
+    import keystone.conf
+    from keystone.server.flask import core
+
+    for name in [n for n in os.environ if n.startswith("OS_")]:
+        del os.environ[name]
+    os.environ.update(case["env"])
+    CONF = keystone.conf.CONF
+    CONF.reset()
+    CONF.clear()
+    keystone.conf.configure(CONF)
+    try:
+        if case["args"] is None:
+            # keystone/server/__init__.py: configure(config_files=_get_config_files() or None)
+            CONF(args=[], project="keystone", default_config_files=core._get_config_files() or None)
+        else:
+            CONF(args=case["args"], project="keystone", default_config_files=[])
+        return {
+            "expiration": CONF.token.expiration,
+            "allow_expired_window": CONF.token.allow_expired_window,
+            "receipt_expiration": CONF.receipt.expiration,
+        }
+    except Exception as e:  # noqa: BLE001 - the error is the answer
+        return {"error": type(e).__name__}
+
+
 def main():
     cmd, directory = sys.argv[1], sys.argv[2]
     if cmd == "ints":
@@ -39,6 +71,9 @@ def main():
             except ValueError:
                 out.append(None)
         print(json.dumps(out))
+        return
+    if cmd == "lifetimes":
+        print(json.dumps([lifetimes(c) for c in json.load(sys.stdin)]))
         return
     CONF = conf(directory)
     if cmd == "load":
