@@ -13,6 +13,7 @@ use crate::clock::Now;
 use crate::config::{ClusterSettings, ConfigError, DaemonSettings, Managed};
 use crate::hooks::{self, Context, Event};
 use crate::metrics::{self, Metrics};
+use crate::problem::Code;
 use crate::repository::{DaemonLock, Repository, RetentionViolation, RotateParams};
 use crate::status::{self, Level};
 use crate::systemd;
@@ -180,12 +181,11 @@ impl Slot {
         use status::Problem;
         let mut out = self.exposed.clone();
         if let Some(why) = &self.refused {
-            out.push(Problem::new("input-refused", Level::Critical, why.clone()));
+            out.push(Problem::new(Code::InputRefused, why.clone()));
         }
         if !self.skewed.is_empty() {
             out.push(Problem::new(
-                "clock-skew",
-                Level::Warning,
+                Code::ClockSkew,
                 format!(
                     "purges held: clocks off by more than the margin: {}",
                     crate::cluster::describe_skew(&self.skewed)
@@ -193,11 +193,7 @@ impl Slot {
             ));
         }
         if let Some(reason) = &self.degraded {
-            out.push(Problem::new(
-                "degraded",
-                Level::Warning,
-                format!("degraded: {reason}"),
-            ));
+            out.push(Problem::new(Code::Degraded, format!("degraded: {reason}")));
         }
         if let Some((since, reason)) = &self.failing {
             let margin = self.m.settings.lifetime.margin;
@@ -360,8 +356,9 @@ impl Daemon {
             if let Some(e) = &s.lock_error {
                 tracing::error!(
                     "{}: cannot hold the daemon lock: {e}; `fernetd status` cannot see this \
-                     daemon, and another daemon could start on it [live-view-unwritable]",
-                    s.kind
+                     daemon, and another daemon could start on it [{}]",
+                    s.kind,
+                    Code::LiveViewUnwritable
                 );
             }
         }
@@ -446,7 +443,7 @@ impl Daemon {
         match s.repo.setup(m.settings.lifetime.retention(), now) {
             Ok(out) => log_outcome(s.kind, &out),
             Err(e) => {
-                tracing::error!("{}: {e} [rotation-failing]", s.kind);
+                tracing::error!("{}: {e} [{}]", s.kind, Code::RotationFailing);
                 s.failed(format!("setup at start failed: {e}"));
             }
         }
@@ -806,9 +803,10 @@ impl Daemon {
             Err(e) => {
                 let s = &mut self.slots[i];
                 tracing::error!(
-                    "{}: rotation failed: {e}; retrying in {} [rotation-failing]",
+                    "{}: rotation failed: {e}; retrying in {} [{}]",
                     s.kind,
-                    crate::duration::format(RETRY)
+                    crate::duration::format(RETRY),
+                    Code::RotationFailing
                 );
                 s.retry_at = Some(Instant::now() + RETRY);
                 if e.is_refusal() {
@@ -907,7 +905,7 @@ impl Daemon {
         problems.extend(
             s.lost
                 .iter()
-                .map(|v| format!("{v} [key-lost-in-retention]")),
+                .map(|v| format!("{v} [{}]", Code::KeyLostInRetention)),
         );
         let was = s.healthy;
         s.healthy = Some(problems.is_empty());
@@ -982,8 +980,9 @@ impl Daemon {
                         if s.live_error.as_deref() != Some(why.as_str()) {
                             tracing::error!(
                                 "{}: {why}; `fernetd status` cannot see what this daemon finds \
-                                 [live-view-unwritable]",
-                                s.kind
+                                 [{}]",
+                                s.kind,
+                                Code::LiveViewUnwritable
                             );
                         }
                         s.live_error = Some(why);
