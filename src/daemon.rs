@@ -13,6 +13,7 @@ use crate::clock::Now;
 use crate::config::{ClusterSettings, ConfigError, DaemonSettings, Managed};
 use crate::hooks::{self, Context, Event};
 use crate::metrics::{self, Metrics};
+use crate::problem::Code;
 use crate::repository::{DaemonLock, Repository, RetentionViolation, RotateParams};
 use crate::status::{self, Level};
 use crate::systemd;
@@ -42,41 +43,24 @@ const PUBLISH_DELAY: Duration = Duration::from_millis(100);
 /// The daemon waits at most this long for another fernetd's lock, then retries later.
 const LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One managed repository and what the loop knows about it.
+/// One managed repository and what the loop knows about it: what every mode shares, and what
+/// only its mode has ([`Mode`]).
 struct Slot {
     m: Managed,
     repo: Repository,
     kind: &'static str,
-    next_rotation: Option<DateTime<Utc>>,
     /// Debounced validation deadline, and the first event of the burst.
     validate_at: Option<Instant>,
     burst_start: Option<Instant>,
-    retry_at: Option<Instant>,
-    pre_rotating: bool,
     /// `None` until the first validation.
     healthy: Option<bool>,
     /// The violations last reported, so each is logged (and on_invalid run) once.
     problems: BTreeSet<String>,
     /// The warnings last reported (check's warning findings), so each is logged once.
     warnings: BTreeSet<String>,
-    /// Keys lost inside their retention window: unhealthy until the window has passed.
-    lost: Vec<RetentionViolation>,
-    /// Cluster mode: the agent task, the channel that tells it about local changes, and what
-    /// it last reported.
-    agent: Option<tokio::task::AbortHandle>,
-    drift: Option<UnboundedSender<()>>,
-    in_step: bool,
-    leading: bool,
-    degraded: Option<String>,
-    gate: Gate,
     /// An input refused to keep live keys (a cluster key set, a state file, a rotation the
     /// gate stopped), and why: critical until a later one is taken.
     refused: Option<String>,
-    /// Cluster nodes whose clocks are off by more than the margin (the leader purges nothing).
-    skewed: Vec<(String, chrono::Duration)>,
-    /// Rotations failing since, and the last error: retried, and said everywhere until one
-    /// succeeds.
-    failing: Option<(DateTime<Utc>, String)>,
     /// The live view last written to `.fernetd/daemon.json`, so that it is written on change
     /// (and refreshed at least every `status::LIVE_REFRESH`, so a reader can tell it is live).
     live: Option<status::Live>,
@@ -88,6 +72,57 @@ struct Slot {
     /// What the cluster configuration exposes (unsealed, plain HTTP, readable secrets): said
     /// with every other problem for as long as the configuration stays so.
     exposed: Vec<status::Problem>,
+    mode: Mode,
+}
+
+/// Who decides the repository's keys: this daemon on its own schedule, or the cluster through
+/// an agent task. A slot starts standalone and becomes a cluster slot when its agent starts.
+enum Mode {
+    Standalone(Standalone),
+    Cluster(Cluster),
+}
+
+/// A repository this daemon rotates on its own schedule.
+#[derive(Default)]
+struct Standalone {
+    next_rotation: Option<DateTime<Utc>>,
+    /// When a failed rotation (or pre_rotate hook) is tried again.
+    retry_at: Option<Instant>,
+    /// The pre_rotate hook runs; the rotation waits for its verdict.
+    pre_rotating: bool,
+    /// Keys lost inside their retention window: unhealthy until the window has passed.
+    lost: Vec<RetentionViolation>,
+    /// Rotations failing since, and the last error: retried, and said everywhere until one
+    /// succeeds.
+    failing: Option<(DateTime<Utc>, String)>,
+}
+
+/// A repository whose keys the cluster decides: the agent task, the channel that tells it
+/// about local changes, and what it last reported.
+struct Cluster {
+    agent: tokio::task::AbortHandle,
+    drift: UnboundedSender<()>,
+    in_step: bool,
+    leading: bool,
+    degraded: Option<String>,
+    gate: Gate,
+    /// Cluster nodes whose clocks are off by more than the margin (the leader purges nothing).
+    skewed: Vec<(String, chrono::Duration)>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A replaced configuration's agent must not go on acting for it.
+        self.agent.abort();
+    }
+}
+
+impl Standalone {
+    /// A rotation failed with `reason`: failing since the first of a run of failures.
+    fn failed(&mut self, reason: String) {
+        let since = self.failing.take().map_or_else(Utc::now, |(t, _)| t);
+        self.failing = Some((since, reason));
+    }
 }
 
 /// The nodes a due rotation waits for, and whether they block it (past the gate deadline).
@@ -100,10 +135,6 @@ struct Gate {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        // A replaced configuration's agent must not go on acting for it.
-        if let Some(a) = &self.agent {
-            a.abort();
-        }
         // A stopped daemon has no live view; `status` then judges the disk alone.
         if self.live.is_some() {
             let _ = status::Live::remove(&self.repo);
@@ -125,28 +156,17 @@ impl Slot {
             kind: m.settings.kind.name(),
             m,
             repo,
-            next_rotation: None,
             validate_at: None,
             burst_start: None,
-            retry_at: None,
-            pre_rotating: false,
             healthy: None,
             problems: BTreeSet::new(),
             warnings: BTreeSet::new(),
-            lost: Vec::new(),
-            agent: None,
-            drift: None,
-            in_step: false,
-            leading: false,
-            degraded: None,
-            gate: Gate::default(),
             refused: None,
-            skewed: Vec::new(),
-            failing: None,
             live: None,
             lock_error: None,
             live_error: None,
             exposed: Vec::new(),
+            mode: Mode::Standalone(Standalone::default()),
         }
     }
 
@@ -180,50 +200,54 @@ impl Slot {
         use status::Problem;
         let mut out = self.exposed.clone();
         if let Some(why) = &self.refused {
-            out.push(Problem::new("input-refused", Level::Critical, why.clone()));
+            out.push(Problem::new(Code::InputRefused, why.clone()));
         }
-        if !self.skewed.is_empty() {
-            out.push(Problem::new(
-                "clock-skew",
-                Level::Warning,
-                format!(
-                    "purges held: clocks off by more than the margin: {}",
-                    crate::cluster::describe_skew(&self.skewed)
-                ),
-            ));
-        }
-        if let Some(reason) = &self.degraded {
-            out.push(Problem::new(
-                "degraded",
-                Level::Warning,
-                format!("degraded: {reason}"),
-            ));
-        }
-        if let Some((since, reason)) = &self.failing {
-            let margin = self.m.settings.lifetime.margin;
-            out.push(status::rotation_failing(
-                *since,
-                self.next_rotation,
-                margin,
-                reason,
-                now,
-            ));
+        match &self.mode {
+            Mode::Cluster(c) => {
+                if !c.skewed.is_empty() {
+                    out.push(Problem::new(
+                        Code::ClockSkew,
+                        format!(
+                            "purges held: clocks off by more than the margin: {}",
+                            crate::cluster::describe_skew(&c.skewed)
+                        ),
+                    ));
+                }
+                if let Some(reason) = &c.degraded {
+                    out.push(Problem::new(Code::Degraded, format!("degraded: {reason}")));
+                }
+            }
+            Mode::Standalone(st) => {
+                if let Some((since, reason)) = &st.failing {
+                    let margin = self.m.settings.lifetime.margin;
+                    out.push(status::rotation_failing(
+                        *since,
+                        st.next_rotation,
+                        margin,
+                        reason,
+                        now,
+                    ));
+                }
+            }
         }
         out
     }
 
-    /// Logs each warning not logged before, once.
-    fn note_warnings(&mut self, warnings: BTreeSet<String>) {
-        for w in warnings.difference(&self.warnings) {
-            tracing::warn!("{}: {w}", self.kind);
+    /// Whether the repository may count as ready: standalone always, a cluster node once it
+    /// holds the cluster's key set.
+    fn in_step(&self) -> bool {
+        match &self.mode {
+            Mode::Standalone(_) => true,
+            Mode::Cluster(c) => c.in_step,
         }
-        self.warnings = warnings;
     }
 
-    /// A rotation failed with `reason`: failing since the first of a run of failures.
-    fn failed(&mut self, reason: String) {
-        let since = self.failing.take().map_or_else(Utc::now, |(t, _)| t);
-        self.failing = Some((since, reason));
+    /// The standalone part, unless the cluster decides this repository's keys.
+    fn standalone(&self) -> Option<&Standalone> {
+        match &self.mode {
+            Mode::Standalone(st) => Some(st),
+            Mode::Cluster(_) => None,
+        }
     }
 
     fn repo_owner(&self) -> Option<crate::repository::Owner> {
@@ -360,8 +384,9 @@ impl Daemon {
             if let Some(e) = &s.lock_error {
                 tracing::error!(
                     "{}: cannot hold the daemon lock: {e}; `fernetd status` cannot see this \
-                     daemon, and another daemon could start on it [live-view-unwritable]",
-                    s.kind
+                     daemon, and another daemon could start on it [{}]",
+                    s.kind,
+                    Code::LiveViewUnwritable
                 );
             }
         }
@@ -446,8 +471,10 @@ impl Daemon {
         match s.repo.setup(m.settings.lifetime.retention(), now) {
             Ok(out) => log_outcome(s.kind, &out),
             Err(e) => {
-                tracing::error!("{}: {e} [rotation-failing]", s.kind);
-                s.failed(format!("setup at start failed: {e}"));
+                tracing::error!("{}: {e} [{}]", s.kind, Code::RotationFailing);
+                if let Mode::Standalone(st) = &mut s.mode {
+                    st.failed(format!("setup at start failed: {e}"));
+                }
             }
         }
         self.plan_next(i, now);
@@ -483,25 +510,37 @@ impl Daemon {
                 }),
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
-        s.agent = Some(task.abort_handle());
-        s.drift = Some(drift_tx);
+        s.mode = Mode::Cluster(Cluster {
+            agent: task.abort_handle(),
+            drift: drift_tx,
+            in_step: false,
+            leading: false,
+            degraded: None,
+            gate: Gate::default(),
+            skewed: Vec::new(),
+        });
     }
 
     fn on_agent(&mut self, index: usize, r: Report) {
+        // A report from a replaced configuration's agent for a slot now standalone says
+        // nothing of it.
         let Some(s) = self.slots.get_mut(index) else {
+            return;
+        };
+        let Mode::Cluster(c) = &mut s.mode else {
             return;
         };
         let kind = s.kind;
         match r {
             Report::InStep { revision, .. } => {
-                if !s.in_step || s.degraded.is_some() {
+                if !c.in_step || c.degraded.is_some() {
                     tracing::info!(
                         "{kind}: in step with the cluster's key set (revision {revision})"
                     );
                 }
-                s.in_step = true;
-                s.degraded = None;
-                s.gate = Gate::default();
+                c.in_step = true;
+                c.degraded = None;
+                c.gate = Gate::default();
                 if s.refused.take().is_some() {
                     tracing::info!("{kind}: the cluster's key set is taken again");
                 }
@@ -510,7 +549,7 @@ impl Daemon {
                 reason,
                 republished,
             } => {
-                s.in_step = false;
+                c.in_step = false;
                 let line = match republished {
                     true => format!("{reason}; published this node's newer set over it"),
                     false => reason,
@@ -518,15 +557,15 @@ impl Daemon {
                 self.refuse(index, line, true);
             }
             Report::ClockSkew { nodes } => {
-                if !nodes.is_empty() && nodes.len() != s.skewed.len() {
+                if !nodes.is_empty() && nodes.len() != c.skewed.len() {
                     tracing::warn!(
                         "{kind}: rotated but purged nothing: clocks off by more than the margin: {}",
                         crate::cluster::describe_skew(&nodes)
                     );
-                } else if nodes.is_empty() && !s.skewed.is_empty() {
+                } else if nodes.is_empty() && !c.skewed.is_empty() {
                     tracing::info!("{kind}: every node's clock agrees again; purges resume");
                 }
-                s.skewed = nodes;
+                c.skewed = nodes;
             }
             Report::Applied {
                 changes,
@@ -549,8 +588,8 @@ impl Daemon {
                 }
             }
             Report::Leading { leading, .. } => {
-                s.leading = leading;
-                s.gate = Gate::default();
+                c.leading = leading;
+                c.gate = Gate::default();
                 if leading {
                     tracing::info!("{kind}: leading this repository's rotations");
                 } else {
@@ -567,7 +606,7 @@ impl Daemon {
                     sent = %sent.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     "{kind}: rotated the cluster's key set at revision {revision}: primary {primary}"
                 );
-                s.gate = Gate::default();
+                c.gate = Gate::default();
                 self.metrics.rotated(kind);
                 if let Some(argv) = self.slots[index].m.settings.hooks.on_rotate.clone() {
                     self.spawn_hook(index, argv, Event::Rotate);
@@ -583,32 +622,33 @@ impl Daemon {
                     waiting: nodes,
                     blocking,
                 };
-                if blocking && next != s.gate {
+                if blocking && next != c.gate {
                     tracing::warn!(
                         "{kind}: rotation {} overdue, blocked past gate_deadline: {who} not \
                          applied the staged key; it goes ahead once they do, or once they are \
                          removed (fernetd cluster remove-node)",
                         crate::duration::format(Duration::from_secs(overdue.as_secs()))
                     );
-                } else if !blocking && next.waiting != s.gate.waiting {
+                } else if !blocking && next.waiting != c.gate.waiting {
                     tracing::info!("{kind}: rotation due, held until {who} applied the staged key");
                 }
-                s.gate = next;
+                c.gate = next;
             }
             Report::Degraded { reason, .. } => {
-                if s.degraded.as_deref() != Some(reason.as_str()) {
+                if c.degraded.as_deref() != Some(reason.as_str()) {
                     tracing::error!(
                         "{kind}: degraded: {reason}; serving the current keys, never rotating alone, retrying"
                     );
                 }
-                s.in_step = false;
-                s.leading = false;
-                s.gate = Gate::default();
-                s.degraded = Some(reason);
+                c.in_step = false;
+                c.leading = false;
+                c.gate = Gate::default();
+                c.degraded = Some(reason);
             }
         }
         // A repository that just received the cluster's keys is validated now.
-        if self.slots[index].healthy.is_none() && self.slots[index].in_step {
+        let s = &self.slots[index];
+        if s.healthy.is_none() && matches!(&s.mode, Mode::Cluster(c) if c.in_step) {
             self.validate(index);
         }
         // Published with the other reports of the same moment (a rotation brings an applied
@@ -622,9 +662,12 @@ impl Daemon {
     fn plan_next(&mut self, i: usize, clock: &Now) {
         let now = clock.wall;
         let s = &mut self.slots[i];
+        let Mode::Standalone(st) = &mut s.mode else {
+            return;
+        };
         let basis = s.repo.history().ok().and_then(|h| h.schedule_basis());
-        s.next_rotation = s.m.schedule.next_rotation(basis, clock);
-        if let Some(next) = s.next_rotation {
+        st.next_rotation = s.m.schedule.next_rotation(basis, clock);
+        if let Some(next) = st.next_rotation {
             if next <= now {
                 tracing::warn!(
                     "{}: the rotation due at {} was missed; rotating once now",
@@ -645,14 +688,20 @@ impl Daemon {
             wake = wake.min(self.publish_at.unwrap_or(wake));
         }
         for s in &self.slots {
-            for t in [s.validate_at, s.retry_at].into_iter().flatten() {
+            if let Some(t) = s.validate_at {
+                wake = wake.min(t);
+            }
+            let Mode::Standalone(st) = &s.mode else {
+                continue;
+            };
+            if let Some(t) = st.retry_at {
                 wake = wake.min(t);
             }
             // Re-validate when a lost key's retention window closes: healthy again then.
-            if let Some(until) = s.lost.iter().map(|v| v.until).min() {
+            if let Some(until) = st.lost.iter().map(|v| v.until).min() {
                 wake = wake.min(instant_of(until));
             }
-            if let (Some(next), false, None) = (s.next_rotation, s.pre_rotating, s.retry_at) {
+            if let (Some(next), false, None) = (st.next_rotation, st.pre_rotating, st.retry_at) {
                 wake = wake.min(instant_of(next));
             }
         }
@@ -676,14 +725,18 @@ impl Daemon {
     fn on_timer(&mut self) {
         let now = Instant::now();
         for i in 0..self.slots.len() {
-            let lost_expired = self.slots[i].lost.iter().any(|v| v.until <= Utc::now());
+            let lost_expired = self.slots[i]
+                .standalone()
+                .is_some_and(|st| st.lost.iter().any(|v| v.until <= Utc::now()));
             if lost_expired || self.slots[i].validate_at.is_some_and(|t| t <= now) {
                 self.validate(i);
             }
-            let s = &self.slots[i];
-            let retry_due = s.retry_at.is_none_or(|t| t <= now);
-            let due = s.next_rotation.is_some_and(|t| t <= Utc::now());
-            if due && retry_due && !s.pre_rotating {
+            let Some(st) = self.slots[i].standalone() else {
+                continue;
+            };
+            let retry_due = st.retry_at.is_none_or(|t| t <= now);
+            let due = st.next_rotation.is_some_and(|t| t <= Utc::now());
+            if due && retry_due && !st.pre_rotating {
                 self.begin_rotation(i);
             }
         }
@@ -692,12 +745,15 @@ impl Daemon {
 
     fn begin_rotation(&mut self, i: usize) {
         let s = &mut self.slots[i];
-        s.retry_at = None;
+        let Mode::Standalone(st) = &mut s.mode else {
+            return;
+        };
+        st.retry_at = None;
         let Some(argv) = s.m.settings.hooks.pre_rotate.clone() else {
             self.rotate(i);
             return;
         };
-        s.pre_rotating = true;
+        st.pre_rotating = true;
         tracing::info!("{}: rotation due; running pre_rotate first", s.kind);
         let (ctx, timeout, metrics) = (
             s.context(),
@@ -715,18 +771,21 @@ impl Daemon {
         if generation != self.generation || i >= self.slots.len() {
             return;
         }
-        self.slots[i].pre_rotating = false;
+        let s = &mut self.slots[i];
+        let Mode::Standalone(st) = &mut s.mode else {
+            return;
+        };
+        st.pre_rotating = false;
         if ok {
             self.rotate(i);
         } else {
-            let s = &mut self.slots[i];
             tracing::error!(
                 "{}: rotation held: pre_rotate failed; retrying in {}",
                 s.kind,
                 crate::duration::format(RETRY)
             );
-            s.retry_at = Some(Instant::now() + RETRY);
-            s.failed("pre_rotate failed".into());
+            st.retry_at = Some(Instant::now() + RETRY);
+            st.failed("pre_rotate failed".into());
         }
         self.publish();
     }
@@ -762,7 +821,9 @@ impl Daemon {
                     "{e}; its .fernetd was made anew while this daemon ran: this daemon rotates \
                      it no more (stop one of the two daemons, then restart this one)"
                 );
-                self.slots[i].retry_at = Some(Instant::now() + RETRY);
+                if let Mode::Standalone(st) = &mut self.slots[i].mode {
+                    st.retry_at = Some(Instant::now() + RETRY);
+                }
                 self.refuse(i, why, true);
                 false
             }
@@ -774,6 +835,9 @@ impl Daemon {
             return;
         }
         let s = &mut self.slots[i];
+        let Mode::Standalone(st) = &mut s.mode else {
+            return;
+        };
         let params = RotateParams {
             max_active_keys: s.m.max_active_keys,
             retention: s.m.settings.lifetime.retention(),
@@ -785,8 +849,8 @@ impl Daemon {
             Ok(out) => {
                 log_outcome(s.kind, &out);
                 s.refused = None;
-                s.failing = None;
-                s.next_rotation = s.m.schedule.next_after(now);
+                st.failing = None;
+                st.next_rotation = s.m.schedule.next_after(now);
                 // Deferred (a missing key 0 was staged instead): nothing rotated.
                 if out.rotation.is_some() {
                     self.metrics.rotated(s.kind);
@@ -799,23 +863,23 @@ impl Daemon {
             // next validation records it from the disk), and the next slot is the schedule's.
             Err(e @ crate::Error::RotatedUnsaved { .. }) => {
                 tracing::error!("{}: {e}", s.kind);
-                s.next_rotation = s.m.schedule.next_after(now);
-                s.failed(e.to_string());
+                st.next_rotation = s.m.schedule.next_after(now);
+                st.failed(e.to_string());
                 self.metrics.rotated(s.kind);
             }
             Err(e) => {
-                let s = &mut self.slots[i];
                 tracing::error!(
-                    "{}: rotation failed: {e}; retrying in {} [rotation-failing]",
+                    "{}: rotation failed: {e}; retrying in {} [{}]",
                     s.kind,
-                    crate::duration::format(RETRY)
+                    crate::duration::format(RETRY),
+                    Code::RotationFailing
                 );
-                s.retry_at = Some(Instant::now() + RETRY);
+                st.retry_at = Some(Instant::now() + RETRY);
                 if e.is_refusal() {
                     // Logged just above, as the failed rotation it is; said once, as refused.
                     self.refuse(i, e.to_string(), false);
                 } else {
-                    s.failed(e.to_string());
+                    st.failed(e.to_string());
                 }
             }
         }
@@ -829,25 +893,28 @@ impl Daemon {
         let s = &mut self.slots[i];
         s.validate_at = None;
         s.burst_start = None;
-        if let Some(drift) = &s.drift {
-            // Cluster mode: the agent makes the disk match the cluster again; here only the
-            // repository's validity is judged (its history belongs to the cluster).
-            let _ = drift.send(());
-            if !s.in_step {
+        let st = match &mut s.mode {
+            Mode::Standalone(st) => st,
+            Mode::Cluster(c) => {
+                // The agent makes the disk match the cluster again; here only the
+                // repository's validity is judged (its history belongs to the cluster).
+                let _ = c.drift.send(());
+                if !c.in_step {
+                    return;
+                }
+                let (problems, warnings) = match s.repo.scan() {
+                    Ok(scan) => split(&crate::check::check(&scan, s.repo_owner())),
+                    Err(e) => (BTreeSet::from([e.to_string()]), BTreeSet::new()),
+                };
+                note_warnings(s.kind, &mut s.warnings, warnings);
+                for p in problems.difference(&s.problems) {
+                    tracing::error!("{}: {p}", s.kind);
+                }
+                s.healthy = Some(problems.is_empty());
+                s.problems = problems;
                 return;
             }
-            let (problems, warnings) = match s.repo.scan() {
-                Ok(scan) => split(&crate::check::check(&scan, s.repo_owner())),
-                Err(e) => (BTreeSet::from([e.to_string()]), BTreeSet::new()),
-            };
-            s.note_warnings(warnings);
-            for p in problems.difference(&s.problems) {
-                tracing::error!("{}: {p}", s.kind);
-            }
-            s.healthy = Some(problems.is_empty());
-            s.problems = problems;
-            return;
-        }
+        };
         let retention = s.m.settings.lifetime.retention();
         let mut problems = BTreeSet::new();
         let mut changed = false;
@@ -888,26 +955,26 @@ impl Daemon {
                     .iter()
                     .any(|c| matches!(c, crate::history::Observation::Promoted { .. }))
                 {
-                    s.next_rotation =
+                    st.next_rotation =
                         s.m.schedule
                             .next_rotation(obs.history.schedule_basis(), &clock);
                 }
                 // Every loss still open, found now or recorded earlier (by `setup` at start,
                 // a `fernetd rotate`, or this daemon before a restart).
-                s.lost = obs.retention_violations.clone();
+                st.lost = obs.retention_violations.clone();
                 let (errors, warnings) = split(&obs.report);
                 problems.extend(errors);
-                s.note_warnings(warnings);
+                note_warnings(s.kind, &mut s.warnings, warnings);
             }
             Err(e) => {
                 problems.insert(e.to_string());
             }
         }
-        s.lost.retain(|v| v.until > now);
+        st.lost.retain(|v| v.until > now);
         problems.extend(
-            s.lost
+            st.lost
                 .iter()
-                .map(|v| format!("{v} [key-lost-in-retention]")),
+                .map(|v| format!("{v} [{}]", Code::KeyLostInRetention)),
         );
         let was = s.healthy;
         s.healthy = Some(problems.is_empty());
@@ -918,7 +985,7 @@ impl Daemon {
         if problems.is_empty() && was == Some(false) {
             tracing::info!("{}: valid again", s.kind);
             // A rotation held by the problem is retried now, not after the retry delay.
-            s.retry_at = None;
+            st.retry_at = None;
         }
         s.problems = problems;
         if new_problems {
@@ -982,8 +1049,9 @@ impl Daemon {
                         if s.live_error.as_deref() != Some(why.as_str()) {
                             tracing::error!(
                                 "{}: {why}; `fernetd status` cannot see what this daemon finds \
-                                 [live-view-unwritable]",
-                                s.kind
+                                 [{}]",
+                                s.kind,
+                                Code::LiveViewUnwritable
                             );
                         }
                         s.live_error = Some(why);
@@ -991,13 +1059,14 @@ impl Daemon {
                 }
             }
             let (mut sum, _) = s.judge(&now);
-            if clustered {
+            match &s.mode {
                 // The leader rotates on the schedule from the cluster's history, which this
                 // node holds: summarize's next rotation is the cluster's.
-                self.metrics
-                    .cluster(s.kind, s.in_step, s.leading, s.gate.blocking);
-            } else {
-                sum.next_rotation = s.next_rotation;
+                Mode::Cluster(c) => {
+                    self.metrics
+                        .cluster(s.kind, c.in_step, c.leading, c.gate.blocking)
+                }
+                Mode::Standalone(st) => sum.next_rotation = st.next_rotation,
             }
             let healthy = s.healthy == Some(true) && sum.level != Level::Critical;
             self.metrics.update(&sum, healthy);
@@ -1008,21 +1077,25 @@ impl Daemon {
             let parts: Vec<String> = self
                 .slots
                 .iter()
-                .map(|s| {
-                    let role = if s.degraded.is_some() {
+                .filter_map(|s| match &s.mode {
+                    Mode::Cluster(c) => Some((s.kind, c)),
+                    Mode::Standalone(_) => None,
+                })
+                .map(|(kind, c)| {
+                    let role = if c.degraded.is_some() {
                         "DEGRADED"
-                    } else if s.leading {
+                    } else if c.leading {
                         "leader"
-                    } else if s.in_step {
+                    } else if c.in_step {
                         "follower"
                     } else {
                         "joining"
                     };
-                    if s.gate.blocking {
-                        let nodes = s.gate.waiting.join(", ");
-                        format!("{} {role}, rotation blocked by {nodes}", s.kind)
+                    if c.gate.blocking {
+                        let nodes = c.gate.waiting.join(", ");
+                        format!("{kind} {role}, rotation blocked by {nodes}")
                     } else {
-                        format!("{} {role}", s.kind)
+                        format!("{kind} {role}")
                     }
                 })
                 .collect();
@@ -1031,7 +1104,7 @@ impl Daemon {
         let all_valid = self
             .slots
             .iter()
-            .all(|s| s.healthy == Some(true) && (!clustered || s.in_step));
+            .all(|s| s.healthy == Some(true) && s.in_step());
         if !self.ready_sent && all_valid {
             systemd::ready(&line);
             tracing::info!("ready: {line}");
@@ -1098,7 +1171,10 @@ impl Daemon {
                 crate::clock::describe_step(step)
             );
             for i in 0..self.slots.len() {
-                if self.slots[i].agent.is_none() && !self.slots[i].pre_rotating {
+                if self.slots[i]
+                    .standalone()
+                    .is_some_and(|st| !st.pre_rotating)
+                {
                     self.plan_next(i, &now);
                 }
             }
@@ -1173,6 +1249,14 @@ fn log_outcome(kind: &str, out: &crate::repository::Outcome) {
     for n in &out.notes {
         tracing::info!("{kind}: {n}");
     }
+}
+
+/// Logs each of `warnings` not in `logged` (those last reported), once.
+fn note_warnings(kind: &str, logged: &mut BTreeSet<String>, warnings: BTreeSet<String>) {
+    for w in warnings.difference(logged) {
+        tracing::warn!("{kind}: {w}");
+    }
+    *logged = warnings;
 }
 
 /// A check report's findings as the daemon says them: errors (unhealthy) and warnings.

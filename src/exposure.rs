@@ -9,7 +9,7 @@
 //! others can read.)
 
 use crate::config::ClusterSettings;
-use crate::status::{Level, Problem};
+use crate::problem::{Code, Problem};
 use std::path::Path;
 
 /// Every warning `s` deserves, in a stable order.
@@ -27,12 +27,11 @@ pub fn exposures(s: &ClusterSettings) -> Vec<Problem> {
                         cluster's key sets)"
                 .to_string(),
         };
-        out.push(Problem::new("cluster-unsealed", Level::Warning, why));
+        out.push(Problem::new(Code::ClusterUnsealed, why));
     }
     for e in s.endpoints.iter().filter(|e| plain_beyond_host(e)) {
         out.push(Problem::new(
-            "etcd-plaintext",
-            Level::Warning,
+            Code::EtcdPlaintext,
             format!(
                 "[cluster] endpoint {e} is plain HTTP beyond this host: the etcd password and \
                  every value cross the network unencrypted (use https:// and ca_file)"
@@ -47,8 +46,7 @@ pub fn exposures(s: &ClusterSettings) -> Vec<Problem> {
         .and_then(|p| accessible(p, 0o077))
     {
         out.push(Problem::new(
-            "secret-readable",
-            Level::Warning,
+            Code::SecretReadable,
             format!(
                 "[cluster] seal_key_file {}: mode {mode:04o} lets others than its owner at the \
                  seal key, which opens every stored key set (chmod 600; a restart or reload \
@@ -69,8 +67,7 @@ pub fn exposures(s: &ClusterSettings) -> Vec<Problem> {
         if let Some(mode) = path.and_then(|p| accessible(p, 0o007)) {
             let path = path.map(Path::display).map(|d| d.to_string());
             out.push(Problem::new(
-                "secret-readable",
-                Level::Warning,
+                Code::SecretReadable,
                 format!(
                     "[cluster] {field} {}: mode {mode:04o} lets every user of this host at it \
                      (chmod o-rwx)",
@@ -152,10 +149,14 @@ mod tests {
         ))
         .unwrap();
         let found = exposures(&section.settings(&Default::default()));
-        let codes: Vec<&str> = found.iter().map(|p| p.code.as_str()).collect();
+        let codes: Vec<&Code> = found.iter().map(|p| &p.code).collect();
         assert_eq!(
             codes,
-            ["cluster-unsealed", "etcd-plaintext", "secret-readable"]
+            [
+                &Code::ClusterUnsealed,
+                &Code::EtcdPlaintext,
+                &Code::SecretReadable
+            ]
         );
         assert!(found[1].message.contains("http://10.0.0.1:2379"));
         assert!(

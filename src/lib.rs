@@ -6,6 +6,7 @@
 //! - [`clock`]: wall + boot clock readings; elapsed time that clock steps cannot shorten.
 //! - [`schedule`]: crontab and interval schedules, their firing times.
 //! - [`planner`]: pure safety math: the max_active_keys a schedule needs.
+//! - [`problem`]: problem codes (wire string, severity, meaning) and levels (pure).
 //! - [`history`]: when each key was created, promoted, demoted, purged (pure).
 //! - [`rotation`]: pure decision of one rotation, with the retention guard.
 //! - [`guard`]: the one gate every key removal passes: live key material never leaves.
@@ -66,6 +67,7 @@ pub mod keyset;
 pub mod keystone_conf;
 pub mod metrics;
 pub mod planner;
+pub mod problem;
 pub mod repository;
 pub mod rotation;
 pub mod schedule;

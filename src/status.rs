@@ -6,6 +6,7 @@
 use crate::check::{Finding, Severity};
 use crate::clock::Now;
 use crate::config::{Kind, Managed};
+pub use crate::problem::{Code, Level, Problem};
 use crate::repository::Repository;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,33 +14,6 @@ use std::path::PathBuf;
 
 /// A rotation this late past its slot makes the repository a warning (daemon down or failing).
 const OVERDUE_GRACE: chrono::Duration = chrono::Duration::minutes(5);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    Warning,
-    Critical,
-}
-
-impl Level {
-    /// As JSON, the metrics and the hooks spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Ok => "ok",
-            Level::Warning => "warning",
-            Level::Critical => "critical",
-        }
-    }
-
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Level::Ok => 0,
-            Level::Warning => 1,
-            Level::Critical => 2,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Retained {
@@ -79,195 +53,6 @@ pub struct Summary {
     /// added to the disk's, else `disk`.
     pub view: String,
 }
-
-/// One problem, said the same way everywhere: `status` (text, JSON, exit code), `STATUS=`,
-/// the metrics (`fernetd_problem`), the log and the hooks (`FERNETD_PROBLEMS`). `code` is one
-/// of [`CODES`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    pub code: String,
-    pub level: Level,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(code: &str, level: Level, message: impl Into<String>) -> Problem {
-        Problem {
-            code: code.to_string(),
-            level,
-            message: message.into(),
-        }
-    }
-}
-
-/// Every code a problem can carry, its severity, and what it means: the one list the README's
-/// table is checked against. `check`'s codes come first (an error there is critical here).
-pub const CODES: &[(&str, &str, &str)] = &[
-    (
-        "malformed-key",
-        "critical",
-        "not 32 bytes of url-safe base64",
-    ),
-    (
-        "empty-key",
-        "critical",
-        "an empty key file (Keystone skips it: that key is gone)",
-    ),
-    (
-        "unreadable-key",
-        "critical",
-        "named like a key but unreadable",
-    ),
-    (
-        "not-a-file",
-        "critical",
-        "named like a key but not a regular file",
-    ),
-    (
-        "non-canonical-name",
-        "critical",
-        "a name Keystone's `int()` loads as another key number",
-    ),
-    (
-        "missing-staged-key",
-        "critical",
-        "no key 0: the next `keystone-manage fernet_rotate` fails",
-    ),
-    ("too-few-keys", "critical", "fewer than 2 valid keys"),
-    (
-        "key-number-too-large",
-        "critical",
-        "a key numbered 18446744073709551615: no rotation can follow it",
-    ),
-    (
-        "internal-not-a-directory",
-        "critical",
-        "`.fernetd` or `.fernetd/copies` is a link, a file or another user's: fernetd writes nothing through it",
-    ),
-    ("key-mode", "warning", "a key is group or world accessible"),
-    (
-        "world-readable-directory",
-        "warning",
-        "the repository directory is world readable",
-    ),
-    (
-        "writable-directory",
-        "warning",
-        "the repository directory is group or world writable",
-    ),
-    (
-        "wrong-owner",
-        "warning",
-        "not owned by the Keystone user and group",
-    ),
-    (
-        "stray-file",
-        "warning",
-        "a file Keystone ignores (`0.tmp`, `1.bak`)",
-    ),
-    ("symlink", "warning", "a key that is a symbolic link"),
-    ("duplicate-key", "warning", "two numbers hold the same key"),
-    (
-        "repository-unreadable",
-        "critical",
-        "the repository cannot be read",
-    ),
-    (
-        "state-unreadable",
-        "critical",
-        "the state file cannot be read",
-    ),
-    (
-        "state-contradicts",
-        "critical",
-        "the state file contradicts the keys on disk: refused",
-    ),
-    (
-        "key-lost-in-retention",
-        "critical",
-        "a key vanished or changed while tokens it encrypted are still valid (until then)",
-    ),
-    (
-        "input-refused",
-        "critical",
-        "an input (a cluster key set, a rotation) was refused to keep live keys",
-    ),
-    (
-        "rotation-failing",
-        "warning; critical once overdue by more than the margin",
-        "rotations fail and are retried every 30 s",
-    ),
-    (
-        "live-view-unwritable",
-        "warning",
-        "a daemon runs but `status` cannot see its findings (it cannot write `.fernetd/daemon.json`, or hold its lock)",
-    ),
-    (
-        "rotation-overdue",
-        "warning",
-        "no rotation 5 minutes past its slot",
-    ),
-    (
-        "unsafe-schedule",
-        "warning",
-        "`max_active_keys` below the planner's, allowed by `allow_unsafe_schedule`",
-    ),
-    (
-        "clock-in-future",
-        "warning",
-        "a recorded time lies in the future",
-    ),
-    (
-        "clock-step",
-        "warning",
-        "the wall clock stepped against the boot clock",
-    ),
-    (
-        "clock-skew",
-        "warning",
-        "a cluster node's clock is off by more than the margin: purges held",
-    ),
-    (
-        "degraded",
-        "warning",
-        "cluster mode: etcd lost; serving the current keys, not rotating",
-    ),
-    (
-        "cluster-unreachable",
-        "warning",
-        "`status` could not read the cluster",
-    ),
-    (
-        "cluster-differs",
-        "warning",
-        "this node does not hold the cluster's key set",
-    ),
-    (
-        "gate-blocked",
-        "warning",
-        "a due rotation held past `gate_deadline` by members without the staged key",
-    ),
-    (
-        "cluster-unsealed",
-        "warning",
-        "`insecure_unsealed`: key sets may sit in etcd in the clear",
-    ),
-    (
-        "etcd-plaintext",
-        "warning",
-        "an etcd endpoint beyond this host is plain HTTP",
-    ),
-    (
-        "secret-readable",
-        "warning",
-        "the etcd password or TLS key file is readable by every user",
-    ),
-    (
-        "gate-waiting",
-        "ok",
-        "a note: the next promotion waits on these members",
-    ),
-];
 
 /// Why `status` has no view of the cluster: etcd could not be read, or what it holds does
 /// not open or validate here (a value tampered with, unsealed where sealed sets are
@@ -319,7 +104,7 @@ pub enum Seen {
 
 /// The problem of a daemon whose findings `status` cannot see.
 pub fn unseen(why: impl Into<String>) -> Problem {
-    Problem::new("live-view-unwritable", Level::Warning, why)
+    Problem::new(Code::LiveViewUnwritable, why)
 }
 
 impl Live {
@@ -415,30 +200,23 @@ impl Summary {
         }
     }
 
-    /// Adds a problem (once: the same message from two sources is one problem) and sets the
-    /// flags the metrics show.
-    pub fn raise(&mut self, code: &str, level: Level, why: impl Into<String>) {
-        self.add(&Problem::new(code, level, why));
-    }
-
-    /// An input refused to keep live keys: critical, and said in every rendering.
-    pub fn refuse(&mut self, code: &str, why: String) {
-        self.raise(code, Level::Critical, why);
-    }
-
-    /// A clock that cannot be trusted: a warning (retention never shrinks for it).
-    pub fn clock(&mut self, code: &str, why: String) {
-        self.raise(code, Level::Warning, why);
+    /// Adds a problem at its code's level (once: the same message from two sources is one
+    /// problem) and sets the flags the metrics show.
+    pub fn raise(&mut self, code: Code, why: impl Into<String>) {
+        self.add(&Problem::new(code, why));
     }
 
     /// Adds `p` (what a running daemon knows, or a finding of the disk's).
     pub fn add(&mut self, p: &Problem) {
         self.level = self.level.max(p.level);
-        match p.code.as_str() {
-            "input-refused" | "state-contradicts" => self.refused = true,
-            "clock-in-future" | "clock-step" | "clock-skew" => self.clock_problem = true,
-            "rotation-failing" => self.rotation_failing = true,
-            _ => {}
+        if p.code.is_refusal() {
+            self.refused = true;
+        }
+        if p.code.is_clock() {
+            self.clock_problem = true;
+        }
+        if p.code == Code::RotationFailing {
+            self.rotation_failing = true;
         }
         if !self.problems.iter().any(|q| q.message == p.message) {
             self.problems.push(p.clone());
@@ -464,18 +242,17 @@ pub fn rotation_failing(
     now: DateTime<Utc>,
 ) -> Problem {
     let overdue = due.is_some_and(|d| now - d > crate::history::to_chrono(margin));
-    Problem::new(
-        "rotation-failing",
-        if overdue {
-            Level::Critical
-        } else {
-            Level::Warning
-        },
+    let p = Problem::new(
+        Code::RotationFailing,
         format!(
             "rotation failing since {}: {reason}",
             since.to_rfc3339_opts(SecondsFormat::Secs, true)
         ),
-    )
+    );
+    match overdue {
+        true => p.at(Level::Critical),
+        false => p,
+    }
 }
 
 /// Reads `m`'s repository through `repo` (no lock, no write) and judges it.
@@ -492,8 +269,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     };
     if m.plan.safe == Some(false) {
         sum.raise(
-            "unsafe-schedule",
-            Level::Warning,
+            Code::UnsafeSchedule,
             format!(
                 "max_active_keys = {} is unsafe for '{}' (needs {}); allowed by allow_unsafe_schedule",
                 m.max_active_keys, m.schedule, m.plan.required_max_active_keys
@@ -503,7 +279,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     let scan = match repo.scan() {
         Ok(scan) => scan,
         Err(e) => {
-            sum.raise("repository-unreadable", Level::Critical, e.to_string());
+            sum.raise(Code::RepositoryUnreadable, e.to_string());
             return sum;
         }
     };
@@ -513,7 +289,8 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             Severity::Error => Level::Critical,
             Severity::Warning => Level::Warning,
         };
-        sum.raise(f.code, level, format!("{}: {}", f.path, f.message));
+        let why = format!("{}: {}", f.path, f.message);
+        sum.add(&Problem::new(Code::parse(f.code), why).at(level));
     }
     sum.findings = report.findings;
     sum.keys = report.keys;
@@ -521,7 +298,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     let history = match repo.history() {
         Ok(h) => h,
         Err(e) => {
-            sum.raise("state-unreadable", Level::Critical, e.to_string());
+            sum.raise(Code::StateUnreadable, e.to_string());
             return sum;
         }
     };
@@ -533,20 +310,20 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             field: c.field,
             problem: c.problem,
         };
-        sum.refuse("state-contradicts", e.to_string());
+        sum.raise(Code::StateContradicts, e.to_string());
     }
     // A key found gone or changed while its tokens could still be presented: critical until
     // then, in the words the daemon used when it saw it go. Recorded by whoever saw it (the
     // daemon, `setup`, `rotate`), or judged here from the disk, as they would record it,
     // when nothing has looked since (this writes nothing).
     for v in repo.lost_keys(&scan, &history, s.lifetime.retention(), &judged) {
-        sum.raise("key-lost-in-retention", Level::Critical, v.to_string());
+        sum.raise(Code::KeyLostInRetention, v.to_string());
     }
     for w in history.future_warnings(clock, &state) {
-        sum.clock("clock-in-future", w);
+        sum.raise(Code::ClockInFuture, w);
     }
     if let Some(w) = crate::clock::step_warning(clock, &judged) {
-        sum.clock("clock-step", w);
+        sum.raise(Code::ClockStep, w);
     }
     if let Some(p) = sum.primary {
         sum.primary_since = history
@@ -560,8 +337,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     if let Some(next) = next {
         if next + OVERDUE_GRACE < now {
             sum.raise(
-                "rotation-overdue",
-                Level::Warning,
+                Code::RotationOverdue,
                 format!(
                     "rotation overdue since {} (is the daemon running?)",
                     next.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -772,19 +548,17 @@ impl Summary {
     /// Folds the cluster view (or why there is none) into the level and problems.
     pub fn add_cluster(&mut self, view: &Result<ClusterView, ViewError>) {
         match view {
-            Err(ViewError::Unreachable(e)) => self.raise(
-                "cluster-unreachable",
-                Level::Warning,
-                format!("cluster: {e}"),
-            ),
-            Err(ViewError::Refused(e)) => self.refuse(
-                "input-refused",
+            Err(ViewError::Unreachable(e)) => {
+                self.raise(Code::ClusterUnreachable, format!("cluster: {e}"))
+            }
+            Err(ViewError::Refused(e)) => self.raise(
+                Code::InputRefused,
                 format!("the cluster's key set is refused here, every key stays: {e}"),
             ),
             Ok(v) => {
                 if let Some(why) = &v.refused {
-                    self.refuse(
-                        "input-refused",
+                    self.raise(
+                        Code::InputRefused,
                         format!(
                             "the cluster's key set at revision {} is refused here, every key stays: {why}",
                             v.revision
@@ -797,8 +571,8 @@ impl Summary {
                         .iter()
                         .map(|(n, s)| (n.clone(), chrono::Duration::seconds(*s)))
                         .collect();
-                    self.clock(
-                        "clock-skew",
+                    self.raise(
+                        Code::ClockSkew,
                         format!(
                             "purges held: clocks off by more than the margin: {}",
                             crate::cluster::describe_skew(&nodes)
@@ -807,8 +581,7 @@ impl Summary {
                 }
                 if !v.in_sync && v.refused.is_none() {
                     self.raise(
-                        "cluster-differs",
-                        Level::Warning,
+                        Code::ClusterDiffers,
                         format!(
                             "differs from the cluster's key set (revision {}): run fernetd sync",
                             v.revision
@@ -822,8 +595,7 @@ impl Summary {
                         .map(|d| d.to_rfc3339_opts(SecondsFormat::Secs, true))
                         .unwrap_or_default();
                     self.raise(
-                        "gate-blocked",
-                        Level::Warning,
+                        Code::GateBlocked,
                         format!(
                             "rotation due since {since} blocked past gate_deadline {}: {} not \
                          applied the staged key",
@@ -835,8 +607,7 @@ impl Summary {
                     );
                 } else if !nodes.is_empty() {
                     self.raise(
-                        "gate-waiting",
-                        Level::Ok,
+                        Code::GateWaiting,
                         format!("next promotion waits on {nodes}"),
                     );
                 }
@@ -876,6 +647,29 @@ mod tests {
             Duration::ZERO,
             &now.into(),
         )
+    }
+
+    /// A live view another version of the daemon wrote may carry a code this one does not
+    /// know: `status` still reads it, at the level written, and says it as written.
+    #[test]
+    fn a_live_view_with_an_unknown_code_still_reads() {
+        let json = r#"{"pid":7,"problems":[
+            {"code":"retired-code","level":"critical","message":"from an older daemon"},
+            {"code":"clock-skew","level":"warning","message":"purges held"}],
+            "refreshed":"2026-01-01T00:00:00Z"}"#;
+        let live: Live = serde_json::from_str(json).unwrap();
+        assert_eq!(live.problems[0].code, Code::Other("retired-code".into()));
+        let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+        for p in &live.problems {
+            sum.add(p);
+        }
+        assert_eq!(sum.level, Level::Critical);
+        assert!(sum.clock_problem && !sum.refused);
+        let line = status_line(&[sum]);
+        assert!(
+            line.contains("(retired-code: from an older daemon; also clock-skew)"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -664,7 +664,7 @@ fn a_missing_key_0_is_staged_and_promoted_only_by_the_next_rotation() {
     assert_eq!(keys(&repo)[&2], staged);
 }
 
-/// The README's table of problem codes is the code's own list (`status::CODES`), row for row,
+/// The README's table of problem codes is the code's own list (`problem::Code::ALL`), row for row,
 /// each code linked to a section of docs/runbooks.md (tests/alerts.rs checks it is the right
 /// one).
 #[test]
@@ -697,14 +697,14 @@ fn the_readme_lists_every_problem_code_the_code_has() {
         );
         rows.push(format!("| `{code}` |{rest}"));
     }
-    let want: Vec<String> = fernetd::status::CODES
+    let want: Vec<String> = fernetd::problem::Code::ALL
         .iter()
-        .map(|(code, level, what)| format!("| `{code}` | {level} | {what} |"))
+        .map(|c| format!("| `{c}` | {} | {} |", c.severity(), c.meaning()))
         .collect();
     assert_eq!(
         rows,
         want,
-        "README.md's codes table differs from status::CODES; the table should read (each code \
+        "README.md's codes table differs from problem::Code::ALL; the table should read (each code \
          as [`code`](docs/runbooks.md#its-runbook)):\n{}",
         want.join("\n")
     );
