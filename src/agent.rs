@@ -14,12 +14,12 @@
 //! The agent reports to the daemon loop through a channel; it never touches the loop's state.
 
 use crate::clock::Now;
-use crate::cluster::{Ack, Change, Cluster, ClusterError};
+use crate::cluster::{Ack, Change, Cluster, ClusterError, Lease, Watch};
 use crate::config::{ClusterSettings, Kind};
 use crate::keyset::KeySet;
 use crate::repository::{Repository, RotateParams};
 use crate::schedule::Schedule;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
@@ -158,36 +158,6 @@ pub async fn run(
     }
 }
 
-/// Runs the `pre_rotate` hook while keeping the leadership's lease alive (a migration may take
-/// longer than a lease); whether it succeeded.
-async fn pre_rotate(
-    cfg: &AgentConfig,
-    set: &crate::keyset::KeySet,
-    lease: &mut crate::cluster::Lease,
-    keepalive: &mut tokio::time::Interval,
-) -> Result<bool, SessionError> {
-    let Some(p) = &cfg.pre_rotate else {
-        return Ok(true);
-    };
-    let keys: Vec<u64> = set.keys.keys().copied().collect();
-    let ctx = crate::hooks::Context::of(cfg.kind.name(), cfg.repo.dir(), &keys);
-    tracing::info!("{}: rotation due; running pre_rotate first", cfg.kind);
-    let hook = crate::hooks::run(
-        &p.argv,
-        crate::hooks::Event::PreRotate,
-        &ctx,
-        p.timeout,
-        &p.metrics,
-    );
-    tokio::pin!(hook);
-    loop {
-        tokio::select! {
-            ok = &mut hook => return Ok(ok),
-            _ = keepalive.tick() => lease.refresh().await?,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error(transparent)]
@@ -213,233 +183,454 @@ async fn session(
 
 enum Never {}
 
+/// A session, step by step (ARCHITECTURE.md, "Cluster mode"); it ends only with an error.
 async fn session_inner(
     cfg: &AgentConfig,
     drift: &mut UnboundedReceiver<()>,
     reports: &UnboundedSender<(usize, Report)>,
 ) -> Result<Never, SessionError> {
-    let (index, kind, node) = (cfg.index, cfg.kind, cfg.cluster.node.as_str());
-    let mut c = Cluster::connect(&cfg.cluster).await?;
-    let mut lease = c.grant_lease(cfg.cluster.lease_ttl).await?;
-    // The lease carries only the leadership. Membership is the acknowledgement, which has no
-    // lease: a node that was a member stays one (and holds promotions back) while etcd cannot
-    // hear from it; a new node becomes one with its first acknowledgement, once it has applied
-    // the current set, and holds nothing back before.
-    bootstrap(cfg, &mut c).await?;
-    // From here on the watch brings every later key set, in order: a node reads the set once
-    // per session, not once per change (every node would otherwise ask etcd at the same
-    // moment, right after each rotation).
-    let (set, revision, store) = c.snapshot(kind).await?;
-    let mut watch = c.watch(kind, store + 1).await?;
-    let mut view = View::new(set, revision);
-    let mut keepalive = tokio::time::interval(cfg.cluster.lease_ttl / 3);
-    let mut acked: Option<(i64, crate::key::Fingerprint)> = None;
-    // When the last acknowledgement was written: a step of the wall clock since then is
-    // acknowledged again, so the leader sees this node's clock as it is.
-    let mut acked_at: Option<Now> = None;
-    // A key set this node refused (by revision): never acknowledged, never rotated on.
-    let mut refused: Option<i64> = None;
-    let keyset_key = c.keyset_key(kind);
-    let source = |revision: i64| format!("{keyset_key} at revision {revision}");
-    // What the disk holds: the revision it was written for (0, no revision, when it was read
-    // instead) and its keys. The disk is read again only when the file watcher reports a
-    // change, so keep-alives, gate retries and new key sets cost no extra reading (apply
-    // reads it under its lock anyway).
-    let mut on_disk: (i64, Fingerprints) = (0, Fingerprints::new());
-    let mut drifted = true;
-    // The primary `pre_rotate` last succeeded under: every credential is encrypted with it, so
-    // the hook need not run again until a rotation changes it (gate retries do not).
-    let mut prepared_for: Option<u64> = None;
-    // After a failed `pre_rotate`: not before this instant again.
-    let mut held_until: Option<Instant> = None;
+    let mut s = Session::open(cfg, drift, reports).await?;
     loop {
-        let View {
-            set,
-            revision,
-            received,
-            ..
-        } = &view;
-        let revision = *revision;
-        if drifted {
-            drifted = false;
-            let local = cfg
-                .repo
-                .scan()
-                .map(|s| s.fingerprints())
-                .unwrap_or_default();
-            on_disk = (0, local);
-        }
-        if on_disk.0 != revision {
-            let wanted = set.fingerprints();
-            if on_disk.1 != wanted {
-                match cfg
-                    .repo
-                    .apply(set, &source(revision), cfg.decryptable, &Now::read())
-                {
-                    Ok(out) => {
-                        refused = None;
-                        let mut changes = out.warnings;
-                        changes.extend(out.notes);
-                        // Same revision as already acknowledged: someone changed the files.
-                        let undone = acked.is_some_and(|(r, _)| r == revision);
-                        let report = Report::Applied {
-                            changes,
-                            undone,
-                            received: *received,
-                        };
-                        let _ = reports.send((index, report));
-                    }
-                    Err(e @ crate::Error::Refused { .. }) => {
-                        refused = Some(revision);
-                        let republished = heal_forward(cfg, &mut c, set, revision).await?;
-                        let report = Report::Refused {
-                            reason: e.to_string(),
-                            republished,
-                        };
-                        let _ = reports.send((index, report));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            on_disk = (revision, wanted);
-        }
+        s.apply().await?;
         // Far enough that only the watch, a keep-alive or drift wakes the loop.
-        let mut wake = Instant::now() + Duration::from_secs(3600);
+        let idle = Instant::now() + IDLE;
         // Nothing is acknowledged, campaigned for or rotated on a refused set: the watch
         // brings the next one.
-        let taken = refused != Some(revision);
-        let staged = match set.keys.get(&0) {
+        let wake = if s.taken() {
+            s.acknowledge().await?;
+            s.campaign().await?;
+            match s.rotate_if_due().await? {
+                Turn::Committed => continue,
+                Turn::Wait(wake) => wake,
+            }
+        } else {
+            None
+        };
+        s.wait(wake.unwrap_or(idle)).await?;
+    }
+}
+
+/// How long the loop waits when nothing but an event can wake it.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// One session: its connection to etcd and what its loop carries from one turn to the next.
+/// Each method is one step of the loop; an error from any of them ends the session.
+struct Session<'a> {
+    cfg: &'a AgentConfig,
+    drift: &'a mut UnboundedReceiver<()>,
+    reports: &'a UnboundedSender<(usize, Report)>,
+    c: Cluster,
+    /// Carries only the leadership (membership is the acknowledgement, which has no lease).
+    lease: Lease,
+    watch: Watch,
+    view: View,
+    keepalive: tokio::time::Interval,
+    disk: Disk,
+    acked: Acked,
+    /// A key set this node refused (by revision): never acknowledged, never rotated on.
+    refused: Option<i64>,
+    /// The primary `pre_rotate` last succeeded under: every credential is encrypted with it, so
+    /// the hook need not run again until a rotation changes it (gate retries do not).
+    prepared_for: Option<u64>,
+    /// After a failed `pre_rotate`: not before this instant again.
+    held_until: Option<Instant>,
+}
+
+/// What the leader's turn leaves the loop to do.
+enum Turn {
+    /// It committed a new key set: go round again at once (apply and acknowledge it).
+    Committed,
+    /// Wait for the next event, and until this instant at the latest when there is one.
+    Wait(Option<Instant>),
+}
+
+impl<'a> Session<'a> {
+    /// Connect → lease → bootstrap → snapshot → watch from the store revision after it.
+    async fn open(
+        cfg: &'a AgentConfig,
+        drift: &'a mut UnboundedReceiver<()>,
+        reports: &'a UnboundedSender<(usize, Report)>,
+    ) -> Result<Session<'a>, SessionError> {
+        let mut c = Cluster::connect(&cfg.cluster).await?;
+        let lease = c.grant_lease(cfg.cluster.lease_ttl).await?;
+        // The lease carries only the leadership. Membership is the acknowledgement, which has
+        // no lease: a node that was a member stays one (and holds promotions back) while etcd
+        // cannot hear from it; a new node becomes one with its first acknowledgement, once it
+        // has applied the current set, and holds nothing back before.
+        bootstrap(cfg, &mut c).await?;
+        // From here on the watch brings every later key set, in order: a node reads the set
+        // once per session, not once per change (every node would otherwise ask etcd at the
+        // same moment, right after each rotation).
+        let (set, revision, store) = c.snapshot(cfg.kind).await?;
+        let watch = c.watch(cfg.kind, store + 1).await?;
+        Ok(Session {
+            cfg,
+            drift,
+            reports,
+            c,
+            lease,
+            watch,
+            view: View::new(set, revision),
+            keepalive: tokio::time::interval(cfg.cluster.lease_ttl / 3),
+            disk: Disk::new(),
+            acked: Acked::default(),
+            refused: None,
+            prepared_for: None,
+            held_until: None,
+        })
+    }
+
+    fn report(&self, report: Report) {
+        let _ = self.reports.send((self.cfg.index, report));
+    }
+
+    fn report_leading(&self, leading: Option<bool>) {
+        if let Some(leading) = leading {
+            self.report(Report::Leading { leading });
+        }
+    }
+
+    /// `Repository::apply` when the disk differs from the set held; a refused set is reported
+    /// (and published over when this node holds a newer one), never applied.
+    async fn apply(&mut self) -> Result<(), SessionError> {
+        let cfg = self.cfg;
+        self.disk.read_if_drifted(|| {
+            cfg.repo
+                .scan()
+                .map(|s| s.fingerprints())
+                .unwrap_or_default()
+        });
+        let revision = self.view.revision;
+        if !self.disk.must_write(revision, &self.view.set) {
+            return Ok(());
+        }
+        let source = format!("{} at revision {revision}", self.c.keyset_key(cfg.kind));
+        match cfg
+            .repo
+            .apply(&self.view.set, &source, cfg.decryptable, &Now::read())
+        {
+            Ok(out) => {
+                self.refused = None;
+                let mut changes = out.warnings;
+                changes.extend(out.notes);
+                self.report(Report::Applied {
+                    changes,
+                    undone: self.acked.undone(revision),
+                    received: self.view.received,
+                });
+            }
+            Err(e @ crate::Error::Refused { .. }) => {
+                self.refused = Some(revision);
+                let republished = heal_forward(cfg, &mut self.c, &self.view.set, revision).await?;
+                self.report(Report::Refused {
+                    reason: e.to_string(),
+                    republished,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Whether the set held was taken (not refused): only such a set is acknowledged,
+    /// campaigned for or rotated on.
+    fn taken(&self) -> bool {
+        self.refused != Some(self.view.revision)
+    }
+
+    /// `Cluster::acknowledge` the set held, unless it already was (and is not stale).
+    async fn acknowledge(&mut self) -> Result<(), SessionError> {
+        let revision = self.view.revision;
+        let staged = match self.view.set.keys.get(&0) {
             Some(k) => k.fingerprint(),
             None => unreachable!("a validated key set has key 0"),
         };
-        if taken && acked != Some((revision, staged)) {
-            let at = Now::read();
-            let ack = Ack {
-                node: node.to_string(),
-                revision,
-                staged,
-                clock: Some(at.wall),
-            };
-            c.acknowledge(kind, &ack).await?;
-            acked = Some((revision, staged));
-            acked_at = Some(at);
-            let _ = reports.send((index, Report::InStep { revision }));
+        if !self.acked.due(revision, staged) {
+            return Ok(());
         }
-        if taken && view.campaign {
-            view.campaign = false;
-            let won = c.campaign(kind, node, lease.id).await?;
-            if let Some(leading) = view.lead(won) {
-                let _ = reports.send((index, Report::Leading { leading }));
+        let at = Now::read();
+        let ack = Ack {
+            node: self.cfg.cluster.node.clone(),
+            revision,
+            staged,
+            clock: Some(at.wall),
+        };
+        self.c.acknowledge(self.cfg.kind, &ack).await?;
+        self.acked.wrote(revision, staged, at);
+        self.report(Report::InStep { revision });
+        Ok(())
+    }
+
+    /// `Cluster::campaign`, only at the start or after the watch saw the leader key vanish.
+    async fn campaign(&mut self) -> Result<(), SessionError> {
+        if !self.view.campaign {
+            return Ok(());
+        }
+        self.view.campaign = false;
+        let won = self
+            .c
+            .campaign(self.cfg.kind, &self.cfg.cluster.node, self.lease.id)
+            .await?;
+        let leading = self.view.lead(won);
+        self.report_leading(leading);
+        Ok(())
+    }
+
+    /// If leading and due: `pre_rotate` (credentials, once per primary), then
+    /// `Cluster::rotate` behind the gate.
+    async fn rotate_if_due(&mut self) -> Result<Turn, SessionError> {
+        if !self.view.leading {
+            return Ok(Turn::Wait(None));
+        }
+        let cfg = self.cfg;
+        // Judged by the boot clock since this boot's first recorded moment, as on disk.
+        let clock = cfg.repo.judging_clock(&Now::read());
+        let basis = self.view.set.history.schedule_basis();
+        let Some(due) = cfg.schedule.next_rotation(basis, &clock) else {
+            return Ok(Turn::Wait(None));
+        };
+        // Credentials: every credential re-encrypted with the primary first, once per primary
+        // (a gate retry does not run it again).
+        let primary = self.view.set.primary();
+        let prepared = cfg.pre_rotate.is_none() || self.prepared_for == primary;
+        let held = self.held_until.filter(|t| *t > Instant::now());
+        match plan(due, clock.wall, prepared, held) {
+            Plan::Wait(until) => return Ok(Turn::Wait(Some(Instant::now() + until))),
+            Plan::Held(t) => return Ok(Turn::Wait(Some(t))),
+            Plan::Prepare => {
+                if !self.pre_rotate().await? {
+                    tracing::error!(
+                        "{}: rotation held: pre_rotate failed; retrying in {}",
+                        cfg.kind,
+                        crate::duration::format(PRE_ROTATE_RETRY)
+                    );
+                    let wake = Instant::now() + PRE_ROTATE_RETRY;
+                    self.held_until = Some(wake);
+                    return Ok(Turn::Wait(Some(wake)));
+                }
+                self.prepared_for = primary;
+            }
+            Plan::Rotate => {}
+        }
+        self.rotate(&clock, due).await
+    }
+
+    /// Runs the `pre_rotate` hook while keeping the leadership's lease alive (a migration may
+    /// take longer than a lease); whether it succeeded.
+    async fn pre_rotate(&mut self) -> Result<bool, SessionError> {
+        let cfg = self.cfg;
+        let Some(p) = &cfg.pre_rotate else {
+            return Ok(true);
+        };
+        let keys: Vec<u64> = self.view.set.keys.keys().copied().collect();
+        let ctx = crate::hooks::Context::of(cfg.kind.name(), cfg.repo.dir(), &keys);
+        tracing::info!("{}: rotation due; running pre_rotate first", cfg.kind);
+        let hook = crate::hooks::run(
+            &p.argv,
+            crate::hooks::Event::PreRotate,
+            &ctx,
+            p.timeout,
+            &p.metrics,
+        );
+        tokio::pin!(hook);
+        loop {
+            tokio::select! {
+                ok = &mut hook => return Ok(ok),
+                _ = self.keepalive.tick() => self.lease.refresh().await?,
             }
         }
-        if taken && view.leading {
-            // Judged by the boot clock since this boot's first recorded moment, as on disk.
-            let clock = cfg.repo.judging_clock(&Now::read());
-            let now = clock.wall;
-            let basis = view.set.history.schedule_basis();
-            if let Some(due) = cfg.schedule.next_rotation(basis, &clock) {
-                // Credentials: every credential re-encrypted with the primary first, once per
-                // primary (a gate retry does not run it again).
-                let primary = view.set.primary();
-                let mut prepared = cfg.pre_rotate.is_none() || prepared_for == primary;
-                let held = held_until.filter(|t| *t > Instant::now());
-                if let (true, false, Some(t)) = (due <= now, prepared, held) {
-                    wake = t;
-                } else if due <= now && !prepared {
-                    prepared = pre_rotate(cfg, &view.set, &mut lease, &mut keepalive).await?;
-                    if prepared {
-                        prepared_for = primary;
-                    } else {
-                        tracing::error!(
-                            "{kind}: rotation held: pre_rotate failed; retrying in {}",
-                            crate::duration::format(PRE_ROTATE_RETRY)
-                        );
-                        wake = Instant::now() + PRE_ROTATE_RETRY;
-                        held_until = Some(wake);
-                    }
-                }
-                if due <= now && prepared {
-                    let local = cfg.repo.history()?;
-                    let request = crate::cluster::Rotation {
-                        params: &cfg.params,
-                        now: &clock,
-                        held: Some(&local),
-                        skew_tolerance: cfg.margin,
-                        fence: Some((node, lease.id)),
-                        schedule: Some(&cfg.schedule),
-                        member_timeout: cfg.cluster.member_timeout,
-                    };
-                    match c.rotate(kind, &request).await {
-                        Ok(r) => {
-                            let skew = Report::ClockSkew {
-                                nodes: r.skewed.clone(),
-                            };
-                            let _ = reports.send((index, skew));
-                            let _ = reports.send((
-                                index,
-                                Report::Rotated {
-                                    revision: r.revision,
-                                    primary: r.decision.new_primary,
-                                    sent: r.sent,
-                                },
-                            ));
-                            view.committed(r.set, r.revision);
-                            continue;
-                        }
-                        Err(ClusterError::GateWaiting { nodes, .. }) => {
-                            let overdue = (now - due).to_std().unwrap_or_default();
-                            let blocking = overdue >= cfg.cluster.gate_deadline;
-                            let report = Report::GateWaiting {
-                                nodes,
-                                overdue,
-                                blocking,
-                            };
-                            let _ = reports.send((index, report));
-                            wake = Instant::now() + GATE_RETRY;
-                        }
-                        // Fenced: this node's claim is gone (a pause past its lease); the
-                        // watch tells who leads now.
-                        Err(ClusterError::NotLeader { .. }) => {
-                            if let Some(leading) = view.lead(false) {
-                                let _ = reports.send((index, Report::Leading { leading }));
-                            }
-                        }
-                        // Someone rotated in this slot already: the watch brings that set.
-                        Err(ClusterError::NotDue { due }) => {
-                            if let Some(until) = due.and_then(|d| (d - Utc::now()).to_std().ok()) {
-                                wake = Instant::now() + until;
-                            }
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                } else if due > now {
-                    let until = (due - now).to_std().unwrap_or_default();
-                    wake = Instant::now() + until;
-                }
+    }
+
+    /// `Cluster::rotate`, due at `due` by `clock`: a rotation committed, held at the gate,
+    /// fenced off, or made by someone else in this slot already.
+    async fn rotate(&mut self, clock: &Now, due: DateTime<Utc>) -> Result<Turn, SessionError> {
+        let cfg = self.cfg;
+        let local = cfg.repo.history()?;
+        let request = crate::cluster::Rotation {
+            params: &cfg.params,
+            now: clock,
+            held: Some(&local),
+            skew_tolerance: cfg.margin,
+            fence: Some((cfg.cluster.node.as_str(), self.lease.id)),
+            schedule: Some(&cfg.schedule),
+            member_timeout: cfg.cluster.member_timeout,
+        };
+        match self.c.rotate(cfg.kind, &request).await {
+            Ok(r) => {
+                self.report(Report::ClockSkew {
+                    nodes: r.skewed.clone(),
+                });
+                self.report(Report::Rotated {
+                    revision: r.revision,
+                    primary: r.decision.new_primary,
+                    sent: r.sent,
+                });
+                self.view.committed(r.set, r.revision);
+                Ok(Turn::Committed)
             }
+            Err(ClusterError::GateWaiting { nodes, .. }) => {
+                let gate_deadline = cfg.cluster.gate_deadline;
+                self.report(gate_waiting(nodes, due, clock.wall, gate_deadline));
+                Ok(Turn::Wait(Some(Instant::now() + GATE_RETRY)))
+            }
+            // Fenced: this node's claim is gone (a pause past its lease); the watch tells who
+            // leads now.
+            Err(ClusterError::NotLeader { .. }) => {
+                let leading = self.view.lead(false);
+                self.report_leading(leading);
+                Ok(Turn::Wait(None))
+            }
+            // Someone rotated in this slot already: the watch brings that set.
+            Err(ClusterError::NotDue { due }) => {
+                let until = due.and_then(|d| (d - Utc::now()).to_std().ok());
+                Ok(Turn::Wait(until.map(|until| Instant::now() + until)))
+            }
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Waits for the watch (new key sets, leader changes), the deadline `wake`, a keep-alive
+    /// or drift from the file watcher.
+    async fn wait(&mut self, wake: Instant) -> Result<(), SessionError> {
         tokio::select! {
-            r = watch.changes() => {
+            r = self.watch.changes() => {
                 for change in r? {
-                    if let Some(leading) = view.absorb(change, node, lease.id) {
-                        let _ = reports.send((index, Report::Leading { leading }));
-                    }
+                    let leading = self.view.absorb(change, &self.cfg.cluster.node, self.lease.id);
+                    self.report_leading(leading);
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
-            _ = keepalive.tick() => {
-                lease.refresh().await?;
-                let now = Now::read();
-                let stale = acked_at.as_ref().is_some_and(|t| {
-                    now.step_since(t.wall, t.boot.as_ref()).is_some()
-                        || now.since(t.wall, t.boot.as_ref()) >= MEMBER_REFRESH
-                });
-                if stale {
-                    acked = None;
-                }
+            _ = self.keepalive.tick() => {
+                self.lease.refresh().await?;
+                self.acked.expire(&Now::read());
             }
-            Some(()) = drift.recv() => drifted = true,
+            Some(()) = self.drift.recv() => self.disk.drifted = true,
         }
+        Ok(())
+    }
+}
+
+/// What the disk holds, as the session knows it: the revision it was written for (0, no
+/// revision, when it was read instead) and its keys. The disk is read again only when the file
+/// watcher reports a change, so keep-alives, gate retries and new key sets cost no extra
+/// reading (apply reads it under its lock anyway).
+struct Disk {
+    revision: i64,
+    keys: Fingerprints,
+    /// The file watcher reported a change (or nothing was read yet): read before comparing.
+    drifted: bool,
+}
+
+impl Disk {
+    fn new() -> Disk {
+        Disk {
+            revision: 0,
+            keys: Fingerprints::new(),
+            drifted: true,
+        }
+    }
+
+    /// After drift: the keys `scan` finds, written for no revision.
+    fn read_if_drifted(&mut self, scan: impl FnOnce() -> Fingerprints) {
+        if self.drifted {
+            self.drifted = false;
+            (self.revision, self.keys) = (0, scan());
+        }
+    }
+
+    /// Whether `set` at `revision` must be written: the disk was not written for that revision
+    /// and holds other keys. Either way the disk counts as holding `set` from here on, so a
+    /// set refused is not judged again before the next change.
+    fn must_write(&mut self, revision: i64, set: &KeySet) -> bool {
+        if self.revision == revision {
+            return false;
+        }
+        let wanted = set.fingerprints();
+        let differs = self.keys != wanted;
+        (self.revision, self.keys) = (revision, wanted);
+        differs
+    }
+}
+
+/// This node's acknowledgement, as last written.
+#[derive(Default)]
+struct Acked {
+    /// The revision and staged key acknowledged; `None` to write it again.
+    last: Option<(i64, crate::key::Fingerprint)>,
+    /// When it was written: a step of the wall clock since then is acknowledged again, so the
+    /// leader sees this node's clock as it is.
+    at: Option<Now>,
+}
+
+impl Acked {
+    /// Whether the set at `revision` staging `staged` is still to be acknowledged.
+    fn due(&self, revision: i64, staged: crate::key::Fingerprint) -> bool {
+        self.last != Some((revision, staged))
+    }
+
+    fn wrote(&mut self, revision: i64, staged: crate::key::Fingerprint, at: Now) {
+        self.last = Some((revision, staged));
+        self.at = Some(at);
+    }
+
+    /// Whether applying the set at `revision` undid a local change: it was acknowledged
+    /// already, so someone changed the files since.
+    fn undone(&self, revision: i64) -> bool {
+        self.last.is_some_and(|(r, _)| r == revision)
+    }
+
+    /// At a keep-alive: the acknowledgement is written again after a step of the wall clock or
+    /// [`MEMBER_REFRESH`] since it was.
+    fn expire(&mut self, now: &Now) {
+        let stale = self.at.as_ref().is_some_and(|t| {
+            now.step_since(t.wall, t.boot.as_ref()).is_some()
+                || now.since(t.wall, t.boot.as_ref()) >= MEMBER_REFRESH
+        });
+        if stale {
+            self.last = None;
+        }
+    }
+}
+
+/// What a leader does about a rotation due at `due`, judged at `now`.
+#[derive(Debug, PartialEq)]
+enum Plan {
+    /// Not due yet: wait this long.
+    Wait(Duration),
+    /// Due, but `pre_rotate` failed lately: not again before this instant.
+    Held(Instant),
+    /// Due, and the credentials are not yet encrypted with the primary: `pre_rotate` first.
+    Prepare,
+    /// Due and prepared.
+    Rotate,
+}
+
+/// Decides the leader's step purely: `prepared` when `pre_rotate` need not run (none is
+/// configured, or it succeeded under this primary), `held` until when a failed one waits.
+fn plan(due: DateTime<Utc>, now: DateTime<Utc>, prepared: bool, held: Option<Instant>) -> Plan {
+    if due > now {
+        return Plan::Wait((due - now).to_std().unwrap_or_default());
+    }
+    match (prepared, held) {
+        (true, _) => Plan::Rotate,
+        (false, Some(t)) => Plan::Held(t),
+        (false, None) => Plan::Prepare,
+    }
+}
+
+/// The report of a rotation due at `due` held at the gate for `nodes` at `now`: blocking once
+/// `gate_deadline` overdue.
+fn gate_waiting(
+    nodes: Vec<String>,
+    due: DateTime<Utc>,
+    now: DateTime<Utc>,
+    gate_deadline: Duration,
+) -> Report {
+    let overdue = (now - due).to_std().unwrap_or_default();
+    Report::GateWaiting {
+        nodes,
+        overdue,
+        blocking: overdue >= gate_deadline,
     }
 }
 
@@ -666,5 +857,97 @@ mod tests {
         );
         assert_eq!(v.absorb(Change::NoLeader, "a", 7), None);
         assert!(v.campaign);
+    }
+
+    #[test]
+    fn the_disk_is_written_only_for_a_new_revision_holding_other_keys() {
+        let (a, b) = (set(), set());
+        let mut disk = Disk::new();
+        let mut scans = 0;
+        disk.read_if_drifted(|| {
+            scans += 1;
+            a.fingerprints()
+        });
+        // The disk already holds the cluster's keys (read, not written): nothing to write.
+        assert!(!disk.must_write(5, &a));
+        assert!(!disk.must_write(5, &a));
+        // Read only after drift.
+        disk.read_if_drifted(|| unreachable!("no drift"));
+        assert!(disk.must_write(6, &b));
+        // Judged once per revision: a set refused at 6 is not tried again before a change.
+        assert!(!disk.must_write(6, &b));
+        disk.drifted = true;
+        disk.read_if_drifted(|| {
+            scans += 1;
+            a.fingerprints()
+        });
+        // Drift undid the set at 6: written again.
+        assert!(disk.must_write(6, &b));
+        assert_eq!(scans, 2);
+    }
+
+    #[test]
+    fn an_acknowledgement_is_written_again_after_an_hour_or_a_clock_step() {
+        let s = set();
+        let staged = s.keys[&0].fingerprint();
+        let t0 = Utc::now();
+        let mut acked = Acked::default();
+        assert!(acked.due(3, staged));
+        assert!(!acked.undone(3));
+        acked.wrote(3, staged, Now::from(t0));
+        assert!(!acked.due(3, staged));
+        assert!(acked.undone(3));
+        assert!(acked.due(4, staged));
+        acked.expire(&Now::from(t0 + chrono::Duration::minutes(59)));
+        assert!(!acked.due(3, staged));
+        acked.expire(&Now::from(t0 + chrono::Duration::minutes(60)));
+        assert!(acked.due(3, staged));
+        // The wall clock stepped a minute ahead of the boot clock: written again at once.
+        let at = |wall, ms| Now {
+            wall,
+            boot: Some(crate::clock::BootStamp {
+                boot: "b".into(),
+                ms,
+            }),
+        };
+        acked.wrote(3, staged, at(t0, 1_000));
+        acked.expire(&at(t0 + chrono::Duration::seconds(2), 3_000));
+        assert!(!acked.due(3, staged));
+        acked.expire(&at(t0 + chrono::Duration::seconds(62), 3_000));
+        assert!(acked.due(3, staged));
+    }
+
+    #[test]
+    fn a_due_rotation_runs_pre_rotate_first_unless_it_failed_lately() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(90);
+        let until = Instant::now() + PRE_ROTATE_RETRY;
+        let held = Some(until);
+        assert_eq!(
+            plan(later, now, false, held),
+            Plan::Wait(Duration::from_secs(90))
+        );
+        assert_eq!(plan(now, now, true, held), Plan::Rotate);
+        assert_eq!(plan(now, later, false, None), Plan::Prepare);
+        assert_eq!(plan(now, later, false, held), Plan::Held(until));
+    }
+
+    #[test]
+    fn a_held_rotation_blocks_once_the_gate_deadline_is_overdue() {
+        let due = Utc::now();
+        let deadline = Duration::from_secs(60);
+        let at = |s| due + chrono::Duration::seconds(s);
+        let report = |now| match gate_waiting(vec!["b".into()], due, now, deadline) {
+            Report::GateWaiting {
+                nodes,
+                overdue,
+                blocking,
+            } => (nodes, overdue.as_secs(), blocking),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(report(at(59)), (vec!["b".to_string()], 59, false));
+        assert_eq!(report(at(60)), (vec!["b".to_string()], 60, true));
+        // A clock read before the due moment is not overdue.
+        assert_eq!(report(at(-5)), (vec!["b".to_string()], 0, false));
     }
 }
