@@ -1,10 +1,14 @@
 //! fernetd keeps OpenStack Keystone's Fernet key repositories safe.
 //!
-//! Modules, from the bottom up:
+//! Modules, from the bottom up. Those that decide form the [`core`] (pure: no I/O, no path out
+//! of it): key, duration, clock, schedule, planner, history, rotation, check, keyset, token,
+//! timeline, chart. The others read the world into the core's types and act on its decisions.
+//!
 //! - [`key`]: one Fernet key; zeroized, never shown (fingerprints only).
 //! - [`duration`]: `90s`/`6h`/`2d` durations.
 //! - [`clock`]: wall + boot clock readings; elapsed time that clock steps cannot shorten.
 //! - [`schedule`]: crontab and interval schedules, their firing times.
+//! - [`system`]: reads the clocks (`Now::read`) for the core.
 //! - [`planner`]: pure safety math: the max_active_keys a schedule needs.
 //! - [`problem`]: problem codes (wire string, severity, meaning) and levels (pure).
 //! - [`history`]: when each key was created, promoted, demoted, purged (pure).
@@ -49,33 +53,29 @@
 //! ```
 
 pub mod agent;
-pub mod chart;
-pub mod check;
 pub mod cli;
-pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod core;
 pub mod daemon;
-pub mod duration;
 pub mod error;
 pub mod exposure;
 pub mod guard;
-pub mod history;
 pub mod hooks;
-pub mod key;
-pub mod keyset;
 pub mod keystone_conf;
 pub mod metrics;
-pub mod planner;
 pub mod problem;
 pub mod repository;
-pub mod rotation;
-pub mod schedule;
 pub mod seal;
 pub mod status;
+pub mod system;
 pub mod systemd;
-pub mod timeline;
-pub mod token;
 pub mod watcher;
+
+// The core's modules under their old paths, while other branches still name them there.
+pub use crate::core::{
+    chart, check, clock, duration, history, key, keyset, planner, rotation, schedule, timeline,
+    token,
+};
 
 pub use error::{Error, Result};

@@ -15,12 +15,8 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Owner for files fernetd creates (the Keystone user and group).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
-    pub uid: u32,
-    pub gid: u32,
-}
+// The plain owner is the core's (a check judges by it); resolving names is I/O, here.
+pub use crate::core::scan::Owner;
 
 impl Owner {
     /// Resolves `--keystone-user/--keystone-group`, each a name or a numeric id.

@@ -20,6 +20,8 @@ mod fsio;
 pub mod scan;
 mod state;
 
+pub use crate::core::check::RetentionViolation;
+pub use crate::core::rotation::RotateParams;
 pub(crate) use fsio::resolve_user;
 pub use fsio::{DaemonLock, Owner};
 pub use scan::{EntryKind, Scan, INTERNAL_DIR};
@@ -82,15 +84,6 @@ pub struct Repository {
     /// lock held) leaves the repository to it.
     defer_to_daemon: bool,
     state: state::StateFile,
-}
-
-/// Parameters of one rotation.
-#[derive(Debug, Clone, Copy)]
-pub struct RotateParams {
-    pub max_active_keys: u64,
-    /// E + W + M: how long a demoted key must stay.
-    pub retention: Duration,
-    pub force_purge: bool,
 }
 
 /// What a command did, for the CLI to print.
@@ -1220,26 +1213,6 @@ pub struct Observed {
     /// Keys restored from fernetd's copies (`repair = true`).
     pub repaired: Vec<u64>,
     pub history: History,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionViolation {
-    pub path: PathBuf,
-    pub number: u64,
-    pub until: DateTime<Utc>,
-}
-
-impl std::fmt::Display for RetentionViolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: key {} vanished or changed while tokens it encrypted are still valid (until {})",
-            self.path.display(),
-            self.number,
-            self.until
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )
-    }
 }
 
 impl Observed {

@@ -7,10 +7,11 @@
 //! writer can refuse to act on an invalid repository.
 
 use super::fsio::Dir;
+use crate::core::scan::MAX_READ;
+pub use crate::core::scan::{ContentProblem, Entry, EntryKind, FileMeta, Scan};
 use crate::error::{Error, IoContext, Result};
-use crate::key::{Key, KeyFormatError};
+use crate::key::Key;
 use nix::sys::stat::FileStat;
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -18,21 +19,6 @@ use std::path::{Path, PathBuf};
 /// is ever opened by Keystone's loader (an unreadable file in the repository itself would be,
 /// and would fail every token request).
 pub const INTERNAL_DIR: &str = ".fernetd";
-
-/// Files larger than this are not keys; reading stops there.
-const MAX_READ: u64 = 4096;
-
-/// lstat facts about one directory entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileMeta {
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub is_symlink: bool,
-    /// What `os.path.isfile` says (follows symlinks).
-    pub is_file: bool,
-    pub is_dir: bool,
-}
 
 impl FileMeta {
     /// Of `name` in `dir` (`None` when it vanished), or of `dir` itself.
@@ -72,57 +58,6 @@ const S_IFLNK: u32 = nix::libc::S_IFLNK;
 const S_IFREG: u32 = nix::libc::S_IFREG;
 const S_IFDIR: u32 = nix::libc::S_IFDIR;
 
-/// What Keystone would do with an entry.
-#[derive(Debug)]
-pub enum EntryKind {
-    /// Canonical decimal name (`0`, `7`); the content as fernetd judges it.
-    Key {
-        number: u64,
-        content: Result<Key, ContentProblem>,
-    },
-    /// A name Python's `int()` accepts but that is not canonical (`01`, `-1`, `+1`, ` 1`,
-    /// `1_0`): Keystone loads it, possibly over another key with the same number.
-    NonCanonical { number: i128 },
-    /// fernetd's internal directory, and what is wrong with it or with `copies` in it (a
-    /// link, a file, another user's directory): the path at fault and why.
-    Internal { problem: Option<(PathBuf, String)> },
-    /// Anything else: Keystone ignores it.
-    Other,
-}
-
-/// Why a key file's content is unusable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContentProblem {
-    Format(KeyFormatError),
-    TooLarge,
-    Unreadable(String),
-}
-
-impl std::fmt::Display for ContentProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ContentProblem::Format(e) => write!(f, "{e}"),
-            ContentProblem::TooLarge => write!(f, "larger than {MAX_READ} bytes, not a key"),
-            ContentProblem::Unreadable(e) => write!(f, "unreadable: {e}"),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct Entry {
-    pub name: String,
-    pub path: PathBuf,
-    pub meta: FileMeta,
-    pub kind: EntryKind,
-}
-
-#[derive(Debug)]
-pub struct Scan {
-    pub dir: PathBuf,
-    pub dir_meta: FileMeta,
-    pub entries: Vec<Entry>,
-}
-
 impl Scan {
     /// Reads `dir` without changing anything.
     pub fn take(dir: &Path) -> Result<Scan> {
@@ -158,39 +93,6 @@ impl Scan {
             dir: dir.path().to_path_buf(),
             dir_meta,
             entries,
-        })
-    }
-
-    /// Valid keys by number.
-    pub fn keys(&self) -> BTreeMap<u64, &Key> {
-        self.entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EntryKind::Key {
-                    number,
-                    content: Ok(k),
-                } if e.meta.is_file => Some((*number, k)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Valid keys by number, as fingerprints: what is compared with history or a key set.
-    pub fn fingerprints(&self) -> BTreeMap<u64, crate::key::Fingerprint> {
-        self.keys()
-            .into_iter()
-            .map(|(n, k)| (n, k.fingerprint()))
-            .collect()
-    }
-
-    /// Entries Keystone would load as keys (any `int()`-accepted regular file).
-    pub fn key_entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| {
-            e.meta.is_file
-                && matches!(
-                    e.kind,
-                    EntryKind::Key { .. } | EntryKind::NonCanonical { .. }
-                )
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Key history: when each key was created, promoted and demoted, and which keys were purged.
+//! Key history: when each key was created, promoted and demoted, and which keys were purged,
+//! and the cluster [`Lineage`] the history belongs to.
 //!
 //! This is the memory behind the retention guard. It survives restarts (the repository module
 //! stores it as JSON in `.fernetd/state.json`). Keys fernetd finds without history count from
@@ -6,10 +7,13 @@
 //! no later than now.
 //!
 //! Invariant: pure. `reconcile` and `record_rotation` take the time as an argument and touch no
-//! file; they never hold key material, only fingerprints.
+//! file; they never hold key material, only fingerprints. `Lineage::new` draws a random
+//! cluster id (the one effect the core allows, see [`crate::core`]).
 
-use crate::clock::{BootStamp, Now};
-use crate::key::Fingerprint;
+// `later` and `to_chrono` are the clock's: re-exported for the paths that name them here.
+pub use crate::core::clock::{later, to_chrono};
+use crate::core::clock::{BootStamp, Now};
+use crate::core::key::Fingerprint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -41,7 +45,56 @@ pub struct History {
     /// Cluster mode: which cluster's key set this is, and how far it has moved forward. A node
     /// keeps the lineage of the newest set it applied here, and refuses any older one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lineage: Option<crate::keyset::Lineage>,
+    pub lineage: Option<Lineage>,
+}
+
+/// Which cluster a key set belongs to and how far it has moved forward. It travels inside the
+/// key set's history, so it is sealed with the keys when a seal key is set, and every node
+/// keeps the lineage of the newest set it applied in its own state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    /// Random, made when the cluster's key set is first created (`cluster init`).
+    pub cluster: String,
+    /// How many key sets the cluster has committed since: every rotation and every forced
+    /// import moves it up by one. A node never takes a lower one.
+    pub generation: u64,
+    /// The operator allowed this set to remove keys that may still decrypt live tokens
+    /// (`--force-purge`). Only this generation; the next rotation clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+}
+
+impl Lineage {
+    /// A new cluster's first generation.
+    pub fn new() -> Result<Lineage, getrandom::Error> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id)?;
+        Ok(Lineage {
+            cluster: id.iter().map(|b| format!("{b:02x}")).collect(),
+            generation: 1,
+            forced: false,
+        })
+    }
+
+    /// The generation after this one, in the same cluster.
+    pub fn next(&self) -> Lineage {
+        Lineage {
+            cluster: self.cluster.clone(),
+            generation: self.generation.saturating_add(1),
+            forced: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Lineage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "generation {} of cluster {}",
+            self.generation, self.cluster
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,7 +242,7 @@ impl KeyRecord {
     /// Until when this key may still decrypt a live token, for a given retention
     /// (E + W + M): counted from its demotion, or from the first sighting when the demotion
     /// was not observed, by the clock that says the least time has passed (see
-    /// [`crate::clock`]). At or before `now.wall` once the retention is over.
+    /// [`crate::core::clock`]). At or before `now.wall` once the retention is over.
     pub fn retained_until(&self, retention: Duration, now: &Now) -> DateTime<Utc> {
         let from = self.demoted.unwrap_or(self.first_seen);
         let elapsed = now.since(from, self.since_boot.as_ref());
@@ -198,17 +251,6 @@ impl KeyRecord {
             _ => later(from, retention).min(now.wall),
         }
     }
-}
-
-/// `t + d`, saturating at the latest time chrono can hold.
-pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    t.checked_add_signed(to_chrono(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// A std duration as chrono's, saturating (a retention of centuries is still "kept").
-pub fn to_chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Something the state file says that the keys on disk contradict.
@@ -607,7 +649,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Key;
+    use crate::core::key::Key;
     use chrono::TimeZone;
 
     /// Whether a key with this fingerprint was removed at some point.

@@ -7,8 +7,10 @@
 //!
 //! Invariant: pure. Encoding, decoding and validation touch neither disk nor network.
 
-use crate::history::History;
-use crate::key::{Fingerprint, Key};
+// Lineage lives with the history that carries it; re-exported for the paths that name it here.
+use crate::core::history::History;
+pub use crate::core::history::Lineage;
+use crate::core::key::{Fingerprint, Key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use zeroize::{Zeroize, Zeroizing};
@@ -20,55 +22,6 @@ const VERSION: u32 = 1;
 pub struct KeySet {
     pub keys: BTreeMap<u64, Key>,
     pub history: History,
-}
-
-/// Which cluster a key set belongs to and how far it has moved forward. It travels inside the
-/// key set's history, so it is sealed with the keys when a seal key is set, and every node
-/// keeps the lineage of the newest set it applied in its own state file.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Lineage {
-    /// Random, made when the cluster's key set is first created (`cluster init`).
-    pub cluster: String,
-    /// How many key sets the cluster has committed since: every rotation and every forced
-    /// import moves it up by one. A node never takes a lower one.
-    pub generation: u64,
-    /// The operator allowed this set to remove keys that may still decrypt live tokens
-    /// (`--force-purge`). Only this generation; the next rotation clears it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub forced: bool,
-}
-
-impl Lineage {
-    /// A new cluster's first generation.
-    pub fn new() -> Result<Lineage, getrandom::Error> {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id)?;
-        Ok(Lineage {
-            cluster: id.iter().map(|b| format!("{b:02x}")).collect(),
-            generation: 1,
-            forced: false,
-        })
-    }
-
-    /// The generation after this one, in the same cluster.
-    pub fn next(&self) -> Lineage {
-        Lineage {
-            cluster: self.cluster.clone(),
-            generation: self.generation.saturating_add(1),
-            forced: false,
-        }
-    }
-}
-
-impl std::fmt::Display for Lineage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "generation {} of cluster {}",
-            self.generation, self.cluster
-        )
-    }
 }
 
 /// How an offered key set relates to the one a node holds: only a successor may be applied.
@@ -190,7 +143,7 @@ struct Wire {
 
 impl KeySet {
     /// A new repository's keys, in memory: 1 (primary) and 0 (staged), as `setup` writes.
-    pub fn fresh(now: &crate::clock::Now) -> Result<KeySet, getrandom::Error> {
+    pub fn fresh(now: &crate::core::clock::Now) -> Result<KeySet, getrandom::Error> {
         let mut history = History::new();
         let mut keys = BTreeMap::new();
         for n in [1, 0] {
@@ -209,7 +162,10 @@ impl KeySet {
         if !self.keys.contains_key(&0) || self.keys.len() < 2 {
             return Err(KeySetError::Incomplete(self.keys.len()));
         }
-        if let Some(n) = self.primary().filter(|&p| p == crate::rotation::MAX_KEY) {
+        if let Some(n) = self
+            .primary()
+            .filter(|&p| p == crate::core::rotation::MAX_KEY)
+        {
             return Err(KeySetError::TooLarge(n));
         }
         if self.history.keys.len() != self.keys.len() {
@@ -252,11 +208,11 @@ impl KeySet {
     pub fn rotate(
         &self,
         new_staged: Key,
-        params: &crate::repository::RotateParams,
-        now: &crate::clock::Now,
-    ) -> Result<(KeySet, crate::rotation::Decision), getrandom::Error> {
+        params: &crate::core::rotation::RotateParams,
+        now: &crate::core::clock::Now,
+    ) -> Result<(KeySet, crate::core::rotation::Decision), getrandom::Error> {
         let numbers: Vec<u64> = self.keys.keys().copied().collect();
-        let decision = crate::rotation::decide(
+        let decision = crate::core::rotation::decide(
             &numbers,
             &self.history,
             now,
@@ -364,7 +320,7 @@ mod tests {
     #[test]
     fn rotation_matches_keystone_and_keeps_history_consistent() {
         let s = sample();
-        let params = crate::repository::RotateParams {
+        let params = crate::core::rotation::RotateParams {
             max_active_keys: 3,
             retention: std::time::Duration::ZERO,
             force_purge: false,
@@ -379,7 +335,7 @@ mod tests {
         next.validate().unwrap();
         assert_eq!(next.history.last_rotation, Some(now));
         // With a retention, the demoted keys stay.
-        let keep = crate::repository::RotateParams {
+        let keep = crate::core::rotation::RotateParams {
             retention: std::time::Duration::from_secs(86_400 * 3),
             ..params
         };
@@ -393,8 +349,10 @@ mod tests {
 
     #[test]
     fn only_a_successor_of_the_set_held_is_taken() {
-        let now = crate::clock::Now::read();
-        let params = crate::repository::RotateParams {
+        let now = crate::core::clock::Now::from(
+            chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        );
+        let params = crate::core::rotation::RotateParams {
             max_active_keys: 3,
             retention: std::time::Duration::ZERO,
             force_purge: false,

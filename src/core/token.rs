@@ -11,8 +11,8 @@
 //! Invariant: never touches the disk, and never puts key material (nor the token itself) into
 //! an answer, an error or `Debug`: keys are named by number and fingerprint only.
 
-use crate::history::History;
-use crate::key::{Fingerprint, Key};
+use crate::core::history::History;
+use crate::core::key::{Fingerprint, Key};
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -601,7 +601,7 @@ pub fn judge(
         Kind::Token => allow_expired_window,
         Kind::Receipt => Duration::ZERO,
     };
-    let until = crate::history::later(expires_at, window);
+    let until = crate::core::history::later(expires_at, window);
     if now < until {
         Verdict::AllowExpired {
             expired: expires_at,
@@ -680,7 +680,7 @@ pub fn origin(
     // Fernet dates a token in whole seconds: it was made in [created, created + 1 s).
     let upto = created + chrono::Duration::seconds(1);
     // Recorded keys that were primary at some moment of that second.
-    let primary_then: Vec<(u64, &crate::history::KeyRecord)> = history
+    let primary_then: Vec<(u64, &crate::core::history::KeyRecord)> = history
         .keys
         .iter()
         .filter(|(n, r)| {
@@ -766,7 +766,7 @@ pub fn origin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{KeyRecord, PurgedKey};
+    use crate::core::history::{KeyRecord, PurgedKey};
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap()

@@ -7,7 +7,7 @@
 //! from a repository's history and schedule); it reads no clock, file or key, decides nothing
 //! about keys, and shows key numbers and fingerprints only, never key material.
 
-use crate::key::Fingerprint;
+use crate::core::key::Fingerprint;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::fmt::Write as _;
 
@@ -278,7 +278,7 @@ pub fn text(p: &Picture, columns: usize) -> String {
         rfc3339(axis.to),
         match column.as_secs() {
             0 => "under 1s".to_string(),
-            _ => crate::duration::format(column),
+            _ => crate::core::duration::format(column),
         }
     );
     let blank = || vec![' '; columns];

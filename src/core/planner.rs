@@ -10,7 +10,7 @@
 //! Invariant: pure. No clock, no filesystem; `now` is an argument. Tested exhaustively against
 //! a brute-force model.
 
-use crate::schedule::Schedule;
+use crate::core::schedule::Schedule;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -142,7 +142,7 @@ pub fn plan(
                 .map(|w| (w[1] - w[0]).num_seconds().max(0) as u64)
                 .collect();
             let k = required_gaps(&gaps, t).ok_or_else(|| {
-                PlanError::HorizonTooShort(crate::duration::format(retention), source.clone())
+                PlanError::HorizonTooShort(crate::core::duration::format(retention), source.clone())
             })?;
             let required = k as u64 + 2;
             let n = max_active_keys.unwrap_or(required);

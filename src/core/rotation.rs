@@ -8,10 +8,19 @@
 //!
 //! Invariant: pure. The repository module executes the decision; nothing here touches disk.
 
-use crate::clock::Now;
-use crate::history::History;
+use crate::core::clock::{later, Now};
+use crate::core::history::History;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
+
+/// Parameters of one rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct RotateParams {
+    pub max_active_keys: u64,
+    /// E + W + M: how long a demoted key must stay.
+    pub retention: Duration,
+    pub force_purge: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -49,13 +58,13 @@ pub fn decide(
     for &n in after.iter().skip(keep_count).rev() {
         let until = if n == old_primary {
             // Demoted by this very rotation.
-            crate::guard::from_now(retention, now)
+            later(now.wall, retention)
         } else {
             history
                 .keys
                 .get(&n)
                 .map(|r| r.retained_until(retention, now))
-                .unwrap_or_else(|| crate::guard::from_now(retention, now))
+                .unwrap_or_else(|| later(now.wall, retention))
         };
         if force_purge || until <= now.wall {
             purge.push(n);
@@ -75,7 +84,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Key;
+    use crate::core::key::Key;
     use chrono::TimeZone;
     use proptest::prelude::*;
     use std::collections::BTreeMap;

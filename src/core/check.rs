@@ -7,9 +7,11 @@
 //! Invariant: pure over a [`Scan`]; never prints or returns key material (content problems
 //! are described, never quoted).
 
-use crate::repository::{EntryKind, Owner, Scan};
+use crate::core::scan::{ContentProblem, EntryKind, Owner, Scan};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -186,12 +188,10 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
                         .push(*number),
                     Err(p) => {
                         let code = match p {
-                            crate::repository::scan::ContentProblem::Format(
-                                crate::key::KeyFormatError::Empty,
-                            ) => "empty-key",
-                            crate::repository::scan::ContentProblem::Unreadable(_) => {
-                                "unreadable-key"
+                            ContentProblem::Format(crate::core::key::KeyFormatError::Empty) => {
+                                "empty-key"
                             }
+                            ContentProblem::Unreadable(_) => "unreadable-key",
                             _ => "malformed-key",
                         };
                         push(Severity::Error, &path, code, p.to_string());
@@ -208,7 +208,8 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
                     .into(),
             );
         }
-        if matches!(e.kind, EntryKind::Key { number, .. } if number == crate::rotation::MAX_KEY) {
+        if matches!(e.kind, EntryKind::Key { number, .. } if number == crate::core::rotation::MAX_KEY)
+        {
             push(
                 Severity::Error,
                 &path,
@@ -293,15 +294,36 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
     r
 }
 
+/// A key lost inside its retention: tokens it encrypted fail until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionViolation {
+    pub path: PathBuf,
+    pub number: u64,
+    pub until: DateTime<Utc>,
+}
+
+impl std::fmt::Display for RetentionViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: key {} vanished or changed while tokens it encrypted are still valid (until {})",
+            self.path.display(),
+            self.number,
+            self.until
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
 /// What fernetd's history adds to a report, for `check` as for `status`: a state file that
 /// cannot be read (`state-unreadable`: a FIFO, a device, too large, not fernetd's JSON), and
 /// every key lost inside its retention (`key-lost-in-retention`), recorded or judged from the
 /// disk. Both errors.
 pub fn judge_history(
     report: &mut Report,
-    state: &std::path::Path,
+    state: &Path,
     history: Result<(), String>,
-    lost: &[crate::repository::RetentionViolation],
+    lost: &[RetentionViolation],
 ) {
     if let Err(e) = history {
         report.findings.push(Finding {
@@ -330,7 +352,7 @@ pub fn judge_history(
 }
 
 /// The 16 hex digits of SHA-256 over "number fingerprint" lines, in number order.
-pub fn digest(keys: &std::collections::BTreeMap<u64, crate::key::Fingerprint>) -> String {
+pub fn digest(keys: &std::collections::BTreeMap<u64, crate::core::key::Fingerprint>) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for (n, f) in keys {

@@ -2,17 +2,17 @@
 //! secondary, held beyond max_active_keys by the retention guard) and those the schedule's
 //! next rotations will bring, each rotation decided by [`rotation::decide`] (the decision
 //! `fernetd rotate` and the daemon make, guard included), and what a manual rotation now would
-//! do. This is the description [`crate::chart`] draws.
+//! do. This is the description [`crate::core::chart`] draws.
 //!
 //! Invariant: pure. The history, the clock and the schedule are arguments; it reads no file,
 //! sees no key (numbers and fingerprints only) and changes nothing.
 
-use crate::chart::{Life, Manual, Phase, Rotation, Span, Window};
-use crate::clock::Now;
-use crate::history::History;
-use crate::key::Fingerprint;
-use crate::rotation;
-use crate::schedule::Schedule;
+use crate::core::chart::{Life, Manual, Phase, Rotation, Span, Window};
+use crate::core::clock::Now;
+use crate::core::history::History;
+use crate::core::key::Fingerprint;
+use crate::core::rotation;
+use crate::core::schedule::Schedule;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -39,7 +39,7 @@ pub struct Input<'a> {
     pub retention: Duration,
 }
 
-/// Lives, rotations and the manual rotation, ready for a [`crate::chart::Picture`].
+/// Lives, rotations and the manual rotation, ready for a [`crate::core::chart::Picture`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projection {
     pub lives: Vec<Life>,
@@ -170,7 +170,7 @@ pub fn project(input: &Input) -> Projection {
             enter(&mut lives[i], Phase::Secondary, t);
             lives[i].window = Some(Window {
                 from: t,
-                until: crate::history::later(t, input.retention),
+                until: crate::core::history::later(t, input.retention),
             });
         }
         if let Some(i) = index.remove(&0) {
@@ -249,7 +249,7 @@ fn enter(l: &mut Life, phase: Phase, t: DateTime<Utc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Key;
+    use crate::core::key::Key;
     use chrono::TimeZone;
 
     fn t(h: i64) -> DateTime<Utc> {
@@ -497,7 +497,7 @@ mod tests {
                     proptest::prop_assert!(purged >= t(now) && purged >= w.until, "{:?}", l);
                 }
             }
-            let picture = crate::chart::Picture {
+            let picture = crate::core::chart::Picture {
                 title: "tokens <x>".into(),
                 notes: vec![],
                 now: t(now),
@@ -505,10 +505,10 @@ mod tests {
                 rotations: p.rotations.clone(),
                 manual: p.manual.clone(),
             };
-            let text = crate::chart::text(&picture, crate::chart::TEXT_COLUMNS);
+            let text = crate::core::chart::text(&picture, crate::core::chart::TEXT_COLUMNS);
             let rows = text.lines().filter(|l| l.starts_with("key ")).count();
             proptest::prop_assert_eq!(rows, p.lives.len());
-            let svg = crate::chart::svg(&[picture]);
+            let svg = crate::core::chart::svg(&[picture]);
             let doc = roxmltree::Document::parse(&svg);
             proptest::prop_assert!(doc.is_ok(), "{:?}", doc.err());
         }

@@ -32,7 +32,7 @@ impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Schedule::Cron { source, .. } => write!(f, "{source}"),
-            Schedule::Interval(d) => write!(f, "every {}", crate::duration::format(*d)),
+            Schedule::Interval(d) => write!(f, "every {}", crate::core::duration::format(*d)),
         }
     }
 }
@@ -69,7 +69,7 @@ impl std::str::FromStr for Schedule {
                 cron: Box::new(cron),
             })
         } else {
-            let d = crate::duration::parse(spec).map_err(|e| {
+            let d = crate::core::duration::parse(spec).map_err(|e| {
                 format!(
                     "{e} (a schedule is a cron expression, @daily-style nickname or an interval)"
                 )
@@ -96,11 +96,11 @@ impl Schedule {
     /// in the future (a clock that stepped back, a foreign state file) counts as now, and none
     /// at all as now.
     ///
-    /// [`History::schedule_basis`]: crate::history::History::schedule_basis
+    /// [`History::schedule_basis`]: crate::core::history::History::schedule_basis
     pub fn next_rotation(
         &self,
         basis: Option<DateTime<Utc>>,
-        now: &crate::clock::Now,
+        now: &crate::core::clock::Now,
     ) -> Option<DateTime<Utc>> {
         self.next_after(now.at_most(basis.unwrap_or(now.wall)))
     }
