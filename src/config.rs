@@ -33,9 +33,7 @@ pub const DEFAULT_SCHEDULE: &str = "@daily";
 /// How long a hook may run before it is killed.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use crate::error::ConfigError;
 
 /// fernetd's TOML file. Sections mirror the command-line flags.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -426,13 +424,7 @@ fn listen_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAdd
     }
 }
 
-pub fn check_max_keys(n: u64) -> Result<(), String> {
-    if n < 2 {
-        Err(format!("{n} is below 2 (a staged and a primary key)"))
-    } else {
-        Ok(())
-    }
-}
+pub use crate::core::planner::check_max_keys;
 
 pub use crate::keystone_conf::KeystoneConf;
 

@@ -100,3 +100,9 @@ impl<T> IoContext<T> for std::io::Result<T> {
         })
     }
 }
+
+/// A configuration that cannot be used: one line naming the file (or variable), the field and
+/// what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);

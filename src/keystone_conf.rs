@@ -21,7 +21,8 @@
 //! Every value remembers where it came from (a file, or a variable), for `plan` and for
 //! errors, which name it.
 
-use crate::config::{check_max_keys, ConfigError};
+use crate::core::planner::check_max_keys;
+use crate::error::ConfigError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

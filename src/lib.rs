@@ -64,7 +64,6 @@ pub mod guard;
 pub mod hooks;
 pub mod keystone_conf;
 pub mod metrics;
-pub mod problem;
 pub mod repository;
 pub mod seal;
 pub mod status;
@@ -74,8 +73,8 @@ pub mod watcher;
 
 // The core's modules under their old paths, while other branches still name them there.
 pub use crate::core::{
-    chart, check, clock, duration, history, key, keyset, planner, rotation, schedule, timeline,
-    token,
+    chart, check, clock, duration, history, key, keyset, planner, problem, rotation, schedule,
+    timeline, token,
 };
 
 pub use error::{Error, Result};

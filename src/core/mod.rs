@@ -32,6 +32,7 @@ pub mod history;
 pub mod key;
 pub mod keyset;
 pub mod planner;
+pub mod problem;
 pub mod rotation;
 pub mod scan;
 pub mod schedule;

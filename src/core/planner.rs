@@ -206,6 +206,15 @@ pub fn required_gaps(gaps: &[u64], target: u64) -> Option<usize> {
     Some(lo)
 }
 
+/// `max_active_keys` below 2 leaves no room for a staged and a primary key.
+pub fn check_max_keys(n: u64) -> Result<(), String> {
+    if n < 2 {
+        Err(format!("{n} is below 2 (a staged and a primary key)"))
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -249,8 +249,8 @@ mod tests {
     /// says (a cluster view it could not read or that differs, the promotion gate).
     #[test]
     fn the_runbooks_and_alerts_name_the_codes() {
-        let runbooks = include_str!("../docs/runbooks.md");
-        let alerts = include_str!("../packaging/prometheus/fernetd-alerts.yml");
+        let runbooks = include_str!("../../docs/runbooks.md");
+        let alerts = include_str!("../../packaging/prometheus/fernetd-alerts.yml");
         let unalerted = [
             Code::ClusterUnreachable,
             Code::ClusterDiffers,
