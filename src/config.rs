@@ -471,6 +471,19 @@ pub struct Settings {
     pub hooks: Hooks,
     pub repair: bool,
     pub allow_unsafe_schedule: bool,
+    /// Where each lifetime came from, for `plan`.
+    pub origins: Origins,
+}
+
+/// Where each value of a [`Lifetime`] came from: a flag, fernetd's file, a Keystone file or
+/// variable, or a default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins {
+    pub expiration: String,
+    pub allow_expired_window: String,
+    pub margin: String,
+    /// Set when receipts share the repository.
+    pub receipts: Option<String>,
 }
 
 /// The loaded files, ready to merge with flags.
@@ -479,17 +492,20 @@ pub struct Sources {
     pub file: FileConfig,
     pub keystone: KeystoneConf,
     pub keystone_path: Option<PathBuf>,
+    /// fernetd's TOML file, when one was read.
+    pub config_path: Option<PathBuf>,
 }
 
 impl Sources {
     /// Loads `config` (or the default file when present) and the keystone.conf it or the
     /// flags name (or the default one when present).
     pub fn load(flags: &Flags, config: Option<&Path>) -> Result<Sources, ConfigError> {
-        let file = match config {
+        let config_path = match config {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+        };
+        let file = match &config_path {
             Some(p) => FileConfig::load(p)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => {
-                FileConfig::load(Path::new(DEFAULT_CONFIG))?
-            }
             None => FileConfig::default(),
         };
         let explicit = flags
@@ -503,6 +519,7 @@ impl Sources {
             env: &env,
         })?;
         Ok(Sources {
+            config_path,
             keystone_path: keystone.files.first().cloned(),
             file,
             keystone,
@@ -559,11 +576,12 @@ impl Sources {
             ),
         };
         // Credentials do not expire: no lifetime, and always Keystone's fixed key count.
-        let lifetime = if kind == Kind::Credentials {
+        let mut lifetime = if kind == Kind::Credentials {
             Lifetime {
                 expiration: Duration::ZERO,
                 allow_expired_window: Duration::ZERO,
                 margin: Duration::ZERO,
+                receipts: Duration::ZERO,
             }
         } else {
             Lifetime {
@@ -582,6 +600,7 @@ impl Sources {
                         .unwrap_or(KEYSTONE_ALLOW_EXPIRED_WINDOW)
                 },
                 margin: f.margin.or(t.margin).unwrap_or(DEFAULT_MARGIN),
+                receipts: Duration::ZERO,
             }
         };
         let max_active_keys = match kind {
@@ -612,7 +631,16 @@ impl Sources {
             },
             None => PathBuf::from(default_dir),
         };
+        let mut origins = self.origins(kind, f, t);
+        if kind == Kind::Tokens && self.receipts_share(&key_repository) {
+            lifetime.receipts = ks.receipt_expiration.unwrap_or(KEYSTONE_RECEIPT_EXPIRATION);
+            origins.receipts = Some(ks.origin("receipt", "expiration").map_or_else(
+                || "Keystone's default".to_string(),
+                |o| format!("{o} [receipt] expiration"),
+            ));
+        }
         Ok(Some(Settings {
+            origins,
             kind,
             key_repository,
             max_active_keys,
@@ -632,6 +660,76 @@ impl Sources {
             repair: t.repair,
             allow_unsafe_schedule: t.allow_unsafe_schedule,
         }))
+    }
+}
+
+impl Sources {
+    /// Whether Keystone's receipts use the token repository `dir`: `[fernet_receipts]
+    /// key_repository` (fernetd's `[receipts]` section, else keystone.conf's) names it, or
+    /// names nothing (Keystone's default is the token directory's default: counted as shared,
+    /// the safe side).
+    fn receipts_share(&self, dir: &Path) -> bool {
+        let receipts = self
+            .file
+            .receipts
+            .as_ref()
+            .and_then(|r| r.key_repository.clone())
+            .or_else(|| self.keystone.receipt_key_repository.clone());
+        receipts.is_none_or(|r| same_dir(&r, dir))
+    }
+
+    /// Where `kind`'s lifetimes come from, by the merge's own order.
+    fn origins(&self, kind: Kind, f: &Flags, t: &RepositorySection) -> Origins {
+        let toml = |field: &str| {
+            let file = self
+                .config_path
+                .as_ref()
+                .map_or_else(|| DEFAULT_CONFIG.to_string(), |p| p.display().to_string());
+            format!("{file} [{kind}] {field}")
+        };
+        let keystone = |group: &str, option: &str, default: &str| {
+            self.keystone.origin(group, option).map_or_else(
+                || default.to_string(),
+                |o| format!("{o} [{group}] {option}"),
+            )
+        };
+        let group = if kind == Kind::Receipts {
+            "receipt"
+        } else {
+            "token"
+        };
+        let pick = |flag: bool, file: bool, field: &str, otherwise: String| match (flag, file) {
+            (true, _) => format!("--{}", field.replace('_', "-")),
+            (false, true) => toml(field),
+            (false, false) => otherwise,
+        };
+        if kind == Kind::Credentials {
+            return Origins::default();
+        }
+        Origins {
+            expiration: pick(
+                f.expiration.is_some(),
+                t.expiration.is_some(),
+                "expiration",
+                keystone(group, "expiration", "Keystone's default"),
+            ),
+            allow_expired_window: match kind {
+                Kind::Receipts => "Keystone never accepts an expired receipt".into(),
+                _ => pick(
+                    f.allow_expired_window.is_some(),
+                    t.allow_expired_window.is_some(),
+                    "allow_expired_window",
+                    keystone("token", "allow_expired_window", "Keystone's default"),
+                ),
+            },
+            margin: pick(
+                f.margin.is_some(),
+                t.margin.is_some(),
+                "margin",
+                "fernetd's default".into(),
+            ),
+            receipts: None,
+        }
     }
 }
 
@@ -819,6 +917,40 @@ mod tests {
                 files: vec![f.path().to_path_buf()],
                 ..KeystoneConf::default()
             }
+        );
+    }
+
+    #[test]
+    fn receipts_sharing_the_token_repository_are_planned_for_too() {
+        // Keystone's default layout: receipts use the token directory; their expiration (1 d
+        // here) outlasts the tokens' 1 h + 1 h, so the token repository keeps keys for 1 d.
+        let ks = file("[token]\nexpiration = 3600\nallow_expired_window = 3600\n[receipt]\nexpiration = 86400\n");
+        let toml = file(&format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"/srv/k\"\nmargin = 0\n",
+            ks.path().display()
+        ));
+        let s = Settings::resolve(&Flags::default(), Some(toml.path())).unwrap();
+        assert_eq!(s.lifetime.retention(), Duration::from_secs(86400));
+        assert!(s.lifetime.receipts_decide());
+        let origin = s.origins.receipts.unwrap();
+        assert!(origin.contains("[receipt] expiration"), "{origin}");
+        // Receipts elsewhere: the tokens' own lifetime.
+        let ks = file("[token]\nexpiration = 3600\nallow_expired_window = 3600\n[receipt]\nexpiration = 86400\n[fernet_receipts]\nkey_repository = /srv/r\n");
+        let toml = file(&format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"/srv/k\"\nmargin = 0\n",
+            ks.path().display()
+        ));
+        let s = Settings::resolve(&Flags::default(), Some(toml.path())).unwrap();
+        assert_eq!(s.lifetime.retention(), Duration::from_secs(7200));
+        assert_eq!(s.origins.receipts, None);
+        assert!(
+            s.origins.expiration.ends_with("[token] expiration"),
+            "{:?}",
+            s.origins
+        );
+        assert_eq!(
+            s.origins.margin,
+            format!("{} [tokens] margin", toml.path().display())
         );
     }
 

@@ -44,6 +44,7 @@
 //!     expiration: Duration::from_secs(3600),
 //!     allow_expired_window: Duration::from_secs(48 * 3600),
 //!     margin: Duration::ZERO,
+//!     receipts: Duration::ZERO,
 //! };
 //! let daily = "@daily".parse().unwrap();
 //! let p = plan(&daily, &lifetime, Some(3), chrono::Utc::now(), None).unwrap();

@@ -35,18 +35,29 @@ pub struct Lifetime {
     pub allow_expired_window: Duration,
     /// Extra time for distribution delay and clock skew.
     pub margin: Duration,
+    /// `[receipt] expiration` when Keystone's receipts share this repository (its default
+    /// layout: `[fernet_receipts] key_repository` is the token directory), zero otherwise: a
+    /// receipt made with a key must stay decryptable as long as a token made with it.
+    pub receipts: Duration,
 }
 
 impl Lifetime {
-    /// `E + W`: how long a token may still be presented after it was issued; what a node judges
-    /// a cluster key set's purges by (the leader purged with the margin on top).
+    /// `E + W` (or the receipts' expiration when longer): how long a token may still be
+    /// presented after it was issued; what a node judges a cluster key set's purges by (the
+    /// leader purged with the margin on top).
     pub fn decryptable(&self) -> Duration {
-        self.expiration + self.allow_expired_window
+        (self.expiration + self.allow_expired_window).max(self.receipts)
     }
 
-    /// `E + W + M`: how long after its demotion a key must still be on disk.
+    /// `E + W + M` (receipts' expiration + M when longer): how long after its demotion a key
+    /// must still be on disk.
     pub fn retention(&self) -> Duration {
-        self.expiration + self.allow_expired_window + self.margin
+        self.decryptable() + self.margin
+    }
+
+    /// Whether the receipts sharing the repository, not the tokens, set the retention.
+    pub fn receipts_decide(&self) -> bool {
+        self.receipts > self.expiration + self.allow_expired_window
     }
 }
 
@@ -225,6 +236,7 @@ mod tests {
 
     fn lifetime(e: u64, w: u64, m: u64) -> Lifetime {
         Lifetime {
+            receipts: Duration::ZERO,
             expiration: Duration::from_secs(e),
             allow_expired_window: Duration::from_secs(w),
             margin: Duration::from_secs(m),
