@@ -64,10 +64,10 @@ pub(super) fn run(a: StatusArgs, config: Option<&Path>, clock: &Now) -> anyhow::
 fn summarize(m: &config::Managed, clock: &Now) -> status::Summary {
     let repo = Repository::new(&m.settings.key_repository, None);
     let mut sum = status::summarize(m, &repo, clock);
-    // A running daemon knows what the disk cannot show (a failing rotation,
-    // a refused input, a lost etcd): the same words and levels as its STATUS=.
-    // A daemon is found by its lock, so one in another pid namespace (a
-    // container) counts too; one whose view cannot be read is a problem.
+    // A running daemon knows what the disk cannot show (a failing rotation, a refused input, a
+    // lost etcd): the same words and levels as its STATUS=. A daemon is found by its lock, so
+    // one in another pid namespace (a container) counts too; one whose view cannot be read is a
+    // problem.
     match status::Live::read(&repo, clock.wall) {
         status::Seen::Nothing => {}
         status::Seen::Live { live, visible } => {
