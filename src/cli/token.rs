@@ -4,9 +4,11 @@
 //! Reads only: no lock, nothing written (in cluster mode it reads the key set and the
 //! acknowledgements from etcd). Never prints the token or key material.
 
+use super::render::{rfc3339, say, Severity};
+use super::settings::{cluster_settings, configured};
 use super::{
-    block_on, cluster_settings, configured, rfc3339, say, Severity, TokenArgs, TokenKindArg,
-    EXIT_TOKEN_ALLOW_EXPIRED, EXIT_TOKEN_NOT_DECRYPTABLE, EXIT_TOKEN_PAST_WINDOW,
+    block_on, TokenArgs, TokenKindArg, EXIT_TOKEN_ALLOW_EXPIRED, EXIT_TOKEN_NOT_DECRYPTABLE,
+    EXIT_TOKEN_PAST_WINDOW,
 };
 use crate::clock::Now;
 use crate::config::{self, Flags};

@@ -1,0 +1,51 @@
+//! `fernetd check`: every problem of a repository, by file (lines or a JSON report).
+
+use super::settings::flags;
+use super::CheckArgs;
+use crate::check;
+use crate::clock::Now;
+use crate::config::Settings;
+use crate::repository::{Owner, Repository};
+use std::path::Path;
+
+pub(super) fn run(a: CheckArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
+    let s = Settings::resolve(&flags(&a.repo, &a.owner), config)?;
+    let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
+    let repo = Repository::new(&s.key_repository, owner);
+    let scan = repo.scan()?;
+    let mut report = check::check(&scan, owner);
+    let (history, lost) = match repo.history() {
+        Ok(h) => {
+            let judged = repo.judging_clock(clock);
+            let lost = repo.lost_keys(&scan, &h, s.lifetime.retention(), &judged);
+            (Ok(()), lost)
+        }
+        Err(e) => (Err(e.to_string()), Vec::new()),
+    };
+    check::judge_history(&mut report, &repo.state_path(), history, &lost);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(report.exit_code())
+}
+
+/// One line per finding, then the repository's verdict.
+fn print_report(report: &check::Report) {
+    for f in &report.findings {
+        let sev = match f.severity {
+            check::Severity::Error => "error",
+            check::Severity::Warning => "warning",
+        };
+        println!("{sev}: {}: {} [{}]", f.path, f.message, f.code);
+    }
+    println!(
+        "{}: {} ({} keys, primary {}, digest {})",
+        report.repository,
+        report.status,
+        report.keys.len(),
+        report.primary.map_or("none".into(), |p| p.to_string()),
+        report.digest
+    );
+}

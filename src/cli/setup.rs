@@ -1,0 +1,24 @@
+//! `fernetd setup`: create and initialize a key repository, or complete one.
+
+use super::render::print_outcome;
+use super::settings::{flags, repository};
+use super::{SetupArgs, EXIT_KEY_LOST};
+use crate::clock::Now;
+use crate::config::{Flags, Settings};
+use std::path::Path;
+
+pub(super) fn run(a: SetupArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
+    let flags = Flags {
+        max_active_keys: a.max_active_keys,
+        lock_timeout: a.lock_timeout,
+        ..flags(&a.repo, &a.owner)
+    };
+    let s = Settings::resolve(&flags, config)?;
+    let out = repository(&s)?.setup(s.lifetime.retention(), clock)?;
+    print_outcome(&out);
+    Ok(if out.lost.is_empty() {
+        0
+    } else {
+        EXIT_KEY_LOST
+    })
+}
