@@ -632,12 +632,16 @@ impl Sources {
             None => PathBuf::from(default_dir),
         };
         let mut origins = self.origins(kind, f, t);
-        if kind == Kind::Tokens && self.receipts_share(&key_repository) {
-            lifetime.receipts = ks.receipt_expiration.unwrap_or(KEYSTONE_RECEIPT_EXPIRATION);
-            origins.receipts = Some(ks.origin("receipt", "expiration").map_or_else(
-                || "Keystone's default".to_string(),
-                |o| format!("{o} [receipt] expiration"),
-            ));
+        // Only a configured receipt expiration counts: Keystone's default (5 minutes) is below
+        // every token lifetime but a demo's, and counting it would keep keys that lifetimes
+        // given as flags (`--expiration 30s`) mean to purge.
+        if let (Kind::Tokens, Some(receipts)) = (kind, ks.receipt_expiration) {
+            if self.receipts_share(&key_repository) {
+                lifetime.receipts = receipts;
+                origins.receipts = ks
+                    .origin("receipt", "expiration")
+                    .map(|o| origin_text(o, "receipt", "expiration"));
+            }
         }
         Ok(Some(Settings {
             origins,
@@ -688,10 +692,9 @@ impl Sources {
             format!("{file} [{kind}] {field}")
         };
         let keystone = |group: &str, option: &str, default: &str| {
-            self.keystone.origin(group, option).map_or_else(
-                || default.to_string(),
-                |o| format!("{o} [{group}] {option}"),
-            )
+            self.keystone
+                .origin(group, option)
+                .map_or_else(|| default.to_string(), |o| origin_text(o, group, option))
         };
         let group = if kind == Kind::Receipts {
             "receipt"
@@ -841,6 +844,15 @@ impl DaemonSettings {
                 .as_ref()
                 .map(|c| c.settings(&sources.file.keystone)),
         })
+    }
+}
+
+/// A Keystone value's origin as `plan` says it: the variable alone, or the file and option.
+fn origin_text(origin: &str, group: &str, option: &str) -> String {
+    if origin.starts_with("OS_") {
+        origin.to_string()
+    } else {
+        format!("{origin} [{group}] {option}")
     }
 }
 

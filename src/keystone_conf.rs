@@ -32,6 +32,9 @@ const DEFAULT_FILES: [&str; 2] = ["etc/keystone/keystone.conf", "etc/keystone.co
 /// The configuration directories it searches, in order; the first that exists is read.
 const DEFAULT_DIRS: [&str; 2] = ["etc/keystone/keystone.conf.d", "etc/keystone.conf.d"];
 
+/// `[receipt] expiration`'s upper bound in Keystone's option definition.
+const RECEIPT_EXPIRATION_MAX: u64 = 86_400;
+
 /// The options fernetd reads, as (group, option).
 const OPTIONS: [(&str, &str); 9] = [
     ("token", "expiration"),
@@ -159,7 +162,18 @@ impl KeystoneConf {
             allow_expired_window: secs("token", "allow_expired_window")?,
             max_active_keys: keys("fernet_tokens")?,
             key_repository: dir("fernet_tokens"),
-            receipt_expiration: secs("receipt", "expiration")?,
+            receipt_expiration: match secs("receipt", "expiration")? {
+                // keystone/conf/receipt.py: IntOpt(min=0, max=86400); Keystone refuses more.
+                Some(d) if d.as_secs() > RECEIPT_EXPIRATION_MAX => {
+                    let r = get("receipt", "expiration").map_or("", |r| r.origin.as_str());
+                    return Err(ConfigError(format!(
+                        "{r}: [receipt] expiration = {} is above Keystone's maximum \
+                         {RECEIPT_EXPIRATION_MAX} (Keystone refuses it too)",
+                        d.as_secs()
+                    )));
+                }
+                other => other,
+            },
             receipt_max_active_keys: keys("fernet_receipts")?,
             receipt_key_repository: dir("fernet_receipts"),
             credential_key_repository: dir("credential"),

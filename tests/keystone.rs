@@ -470,7 +470,8 @@ fn key_names_are_read_as_pythons_int_reads_them() {
 /// files and variables: `keystone.conf` and the `keystone.conf.d/` beside it (later files and
 /// repeated sections win, `*.conf` only, in name order), `OS_KEYSTONE_CONFIG_FILES` and
 /// `OS_KEYSTONE_CONFIG_DIR` as Keystone's WSGI services read them, and oslo.config's
-/// `OS_<GROUP>__<OPTION>` overrides. 40 seeded random layouts; any disagreement fails.
+/// `OS_<GROUP>__<OPTION>` overrides, and a `[receipt] expiration` that outlasts the tokens in
+/// the repository receipts share. 40 seeded random layouts; any disagreement fails.
 #[test]
 fn lifetimes_are_read_as_oslo_config_reads_them() {
     let t = tempfile::tempdir().unwrap();
@@ -505,6 +506,12 @@ fn lifetimes_are_read_as_oslo_config_reads_them() {
                     next(400_000)
                 ));
             }
+            if next(4) == 0 {
+                s.push_str(&format!(
+                    "[receipt]\nexpiration = {}\n",
+                    1000 + next(100_000)
+                ));
+            }
             s
         };
         std::fs::write(ks.join("keystone.conf"), section(&mut next)).unwrap();
@@ -528,6 +535,10 @@ fn lifetimes_are_read_as_oslo_config_reads_them() {
                 "OS_TOKEN__ALLOW_EXPIRED_WINDOW".into(),
                 next(90_000).to_string().into(),
             );
+        }
+        if next(6) == 0 {
+            let r = (1000 + next(100_000)).to_string();
+            env.insert("OS_RECEIPT__EXPIRATION".into(), r.into());
         }
         let conf = ks.join("keystone.conf");
         let (args, flag) = if next(2) == 0 {
@@ -582,7 +593,7 @@ fn lifetimes_are_read_as_oslo_config_reads_them() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let oslo: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let (mut agreed, mut errors) = (0, 0);
+    let (mut agreed, mut errors, mut receipts) = (0, 0, 0);
     for ((case, flag, env), oslo) in cases.iter().zip(&oslo) {
         let mut cmd = Command::new(bin());
         cmd.args([
@@ -609,10 +620,8 @@ fn lifetimes_are_read_as_oslo_config_reads_them() {
                 "{case}: oslo.config refused it, fernetd did not"
             );
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                err.contains("missing.conf") && err.lines().count() == 1,
-                "{case}: {err}"
-            );
+            let named = err.contains("missing.conf") || err.contains("[receipt] expiration = ");
+            assert!(named && err.lines().count() == 1, "{case}: {err}");
             errors += 1;
             continue;
         }
@@ -627,11 +636,31 @@ fn lifetimes_are_read_as_oslo_config_reads_them() {
             ours["allow_expired_window_seconds"], oslo["allow_expired_window"],
             "{case}"
         );
+        // The token repository is Keystone's receipt repository too (no [fernet_receipts]
+        // key_repository): a configured receipt expiration counts when it is the longer.
+        let tokens =
+            oslo["expiration"].as_u64().unwrap() + oslo["allow_expired_window"].as_u64().unwrap();
+        match ours["receipt_expiration_seconds"].as_u64() {
+            Some(r) => {
+                assert_eq!(Some(r), oslo["receipt_expiration"].as_u64(), "{case}");
+                assert_eq!(
+                    ours["retention_seconds"].as_u64(),
+                    Some(tokens.max(r)),
+                    "{case}"
+                );
+                receipts += 1;
+            }
+            None => {
+                // Keystone's default, which fernetd does not count (generated values are >= 1000).
+                assert_eq!(oslo["receipt_expiration"], 300, "{case}");
+                assert_eq!(ours["retention_seconds"].as_u64(), Some(tokens), "{case}");
+            }
+        }
         agreed += 1;
     }
     // The generator must reach both outcomes, or the test proves less than it says.
     assert!(
-        agreed >= 25 && errors >= 2,
-        "agreed {agreed}, errors {errors}"
+        agreed >= 25 && errors >= 2 && receipts >= 4,
+        "agreed {agreed}, errors {errors}, receipts {receipts}"
     );
 }

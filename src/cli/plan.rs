@@ -140,6 +140,13 @@ fn plan_json(schedule: &Schedule, s: &Settings, p: &planner::Plan) -> serde_json
         "firings_analysed": p.firings_analysed,
         "horizon_truncated": p.horizon_truncated,
         "keystone_config": s.keystone_config.as_ref().map(|p| p.display().to_string()),
+        "receipt_expiration_seconds": s.origins.receipts.as_ref().map(|_| s.lifetime.receipts.as_secs()),
+        "origins": {
+            "expiration": s.origins.expiration,
+            "allow_expired_window": s.origins.allow_expired_window,
+            "margin": s.origins.margin,
+            "receipt_expiration": s.origins.receipts,
+        },
     })
 }
 
@@ -154,6 +161,23 @@ fn print_plan(schedule: &Schedule, s: &Settings, p: &planner::Plan) {
     }
     row("schedule", format!("{schedule} (UTC)"));
     row("retention needed", retention_needed(s, p));
+    if s.kind != config::Kind::Credentials {
+        let o = &s.origins;
+        row("expiration from", o.expiration.clone());
+        if s.kind == config::Kind::Tokens {
+            row("allow_expired_window from", o.allow_expired_window.clone());
+        }
+        row("margin from", o.margin.clone());
+        if let Some(r) = &o.receipts {
+            row(
+                "receipts share this dir",
+                format!(
+                    "expiration {} from {r}",
+                    duration::format(s.lifetime.receipts)
+                ),
+            );
+        }
+    }
     row(
         "required max_active_keys",
         p.required_max_active_keys.to_string(),
@@ -210,6 +234,15 @@ fn retention_needed(s: &Settings, p: &planner::Plan) -> String {
     // receipts never past their expiration (keystone/receipt/handlers.py), credentials until
     // pre_rotate re-encrypted them.
     match s.kind {
+        config::Kind::Tokens if l.receipts_decide() => format!(
+            "{} = receipt expiration {} (receipts share this repository; tokens need \
+             expiration {} + allow_expired_window {}) + margin {}",
+            duration::format(p.retention),
+            duration::format(l.receipts),
+            duration::format(l.expiration),
+            duration::format(l.allow_expired_window),
+            duration::format(l.margin)
+        ),
         config::Kind::Tokens => format!(
             "{} = expiration {} + allow_expired_window {} + margin {}",
             duration::format(p.retention),
