@@ -32,11 +32,37 @@ struct Found {
     demoted: Option<DateTime<Utc>>,
 }
 
+/// What a judgement reads: the repository's keys and history, the lifetimes, the cluster.
+struct Look {
+    kind: Kind,
+    settings: config::Settings,
+    envelope: token::Envelope,
+    keys: BTreeMap<u64, crate::key::Key>,
+    disk: BTreeMap<u64, Fingerprint>,
+    history: History,
+    methods: Vec<String>,
+    cluster: Option<Result<ClusterLook, String>>,
+    dir: String,
+    now: DateTime<Utc>,
+    window: std::time::Duration,
+}
+
 pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
     let text = read_token(a.token.as_deref())?;
     if let Some(t) = a.token.as_mut() {
         zeroize::Zeroize::zeroize(t);
     }
+    let look = look(&a, &text, config, clock)?;
+    let keys: BTreeMap<u64, &crate::key::Key> = look.keys.iter().map(|(&n, k)| (n, k)).collect();
+    match look.envelope.decrypt(&keys) {
+        None => not_decryptable(&look, a.json),
+        Some((number, plain)) => decrypted(&look, number, plain, a.json),
+    }
+}
+
+/// Reads everything a judgement needs; refuses a repository with a key file Keystone cannot
+/// use as fernetd does.
+fn look(a: &TokenArgs, text: &str, config: Option<&Path>, clock: &Now) -> anyhow::Result<Look> {
     let flags = Flags {
         key_repository: a.repo.key_repository.clone(),
         keystone_config: a.repo.keystone_config.clone(),
@@ -49,7 +75,7 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
         TokenKindArg::Receipts => (Kind::Receipt, config::Kind::Receipts),
     };
     let s = configured(&sources, repo_kind, &flags, config)?;
-    let envelope = token::envelope(&text)?;
+    let envelope = token::envelope(text)?;
     let repo = Repository::new(&s.key_repository, None);
     let scan = repo.scan()?;
     // Keystone builds one Fernet per key file: a file it may not read as fernetd does fails
@@ -72,7 +98,11 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
             bad.path.display()
         );
     }
-    let keys = scan.keys();
+    let keys = scan
+        .keys()
+        .into_iter()
+        .map(|(n, k)| (n, k.clone()))
+        .collect();
     let disk = scan.fingerprints();
     let history = repo.history().unwrap_or_else(|e| {
         say(
@@ -88,116 +118,142 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
             .collect()
     });
     let cluster = cluster_look(&sources, config, repo_kind, &envelope);
-    let dir = s.key_repository.display().to_string();
-    let now = clock.wall;
-    let window = s.lifetime.allow_expired_window;
+    Ok(Look {
+        kind,
+        dir: s.key_repository.display().to_string(),
+        window: s.lifetime.allow_expired_window,
+        settings: s,
+        envelope,
+        keys,
+        disk,
+        history,
+        methods,
+        cluster,
+        now: clock.wall,
+    })
+}
 
-    let Some((number, plain)) = envelope.decrypt(&keys) else {
-        let origin = token::origin(envelope.created, &history, &disk);
-        let code = EXIT_TOKEN_NOT_DECRYPTABLE;
-        // Its payload is unreadable, but no token outlives the configured lifetime: made
-        // then, it could be presented until created + expiration (+ allow_expired_window).
-        let presentable = crate::history::later(envelope.created, s.lifetime.expiration + window);
-        let early = match &origin {
-            Origin::Purged { at, .. } => *at < presentable,
-            _ => false,
-        };
-        if a.json {
-            let v = serde_json::json!({
-                "kind": kind,
-                "repository": dir,
-                "created": rfc3339(envelope.created),
-                "decrypted": false,
-                "keys_tried": disk.keys().collect::<Vec<_>>(),
-                "key": null,
-                "origin": origin,
-                "payload": null,
-                "verdict": "not-decryptable",
-                "presentable_until": rfc3339(presentable),
-                "key_left_early": early,
-                "cluster": cluster_json(&cluster),
-                "exit": code,
-            });
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        } else {
-            // Payload ids and paths may hold control characters: escaped, so no line is forged.
-            let row = |k: &str, v: String| println!("{k:<9} {}", crate::hooks::printable(&v));
-            row(
-                name(kind),
-                format!(
-                    "made {} (read in clear; the rest is encrypted)",
-                    rfc3339(envelope.created)
-                ),
-            );
-            future_note(envelope.created, now);
-            row(
-                "key",
-                format!(
-                    "none of the {} keys in {dir} decrypts it ({})",
-                    disk.len(),
-                    numbers(&disk)
-                ),
-            );
-            row("origin", describe_origin(&origin, envelope.created, &disk));
-            let lifetime = match kind {
-                Kind::Token => format!(
-                    "expiration {} + allow_expired_window {}",
-                    duration::format(s.lifetime.expiration),
-                    duration::format(window)
-                ),
-                Kind::Receipt => format!("expiration {}", duration::format(s.lifetime.expiration)),
-            };
-            if now >= presentable {
-                row(
-                    "note",
-                    format!(
-                        "with {lifetime}, a {} made then is refused anyway since {}: a new one is the answer",
-                        name(kind),
-                        rfc3339(presentable)
-                    ),
-                );
-            } else if early {
-                row(
-                    "note",
-                    format!(
-                        "with {lifetime}, a {} made then may be presented until {}, but its key \
-                         left before that: the rotation schedule is too fast for these lifetimes \
-                         (fernetd plan), or keys were purged by force (--force-purge, \
-                         keystone-manage)",
-                        name(kind),
-                        rfc3339(presentable)
-                    ),
-                );
-            }
-            if let Some(c) = &cluster {
-                row("cluster", describe_cluster(c, false));
-            }
-            row(
-                "verdict",
-                format!(
-                    "refused here (Keystone answers 401): {}",
-                    short_origin(&origin)
-                ),
-            );
-        }
-        return Ok(code);
+/// No key here decrypts the token: where its key went, and whether it left early.
+fn not_decryptable(l: &Look, json: bool) -> anyhow::Result<i32> {
+    let (kind, created) = (l.kind, l.envelope.created);
+    let origin = token::origin(created, &l.history, &l.disk);
+    let code = EXIT_TOKEN_NOT_DECRYPTABLE;
+    // Its payload is unreadable, but no token outlives the configured lifetime: made
+    // then, it could be presented until created + expiration (+ allow_expired_window).
+    let presentable = crate::history::later(created, l.settings.lifetime.expiration + l.window);
+    let early = match &origin {
+        Origin::Purged { at, .. } => *at < presentable,
+        _ => false,
     };
+    if json {
+        let v = serde_json::json!({
+            "kind": kind,
+            "repository": l.dir,
+            "created": rfc3339(created),
+            "decrypted": false,
+            "keys_tried": l.disk.keys().collect::<Vec<_>>(),
+            "key": null,
+            "origin": origin,
+            "payload": null,
+            "verdict": "not-decryptable",
+            "presentable_until": rfc3339(presentable),
+            "key_left_early": early,
+            "cluster": cluster_json(&l.cluster),
+            "exit": code,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(code);
+    }
+    // Payload ids and paths may hold control characters: escaped, so no line is forged.
+    let row = |k: &str, v: String| println!("{k:<9} {}", crate::hooks::printable(&v));
+    row(
+        name(kind),
+        format!(
+            "made {} (read in clear; the rest is encrypted)",
+            rfc3339(created)
+        ),
+    );
+    future_note(created, l.now);
+    row(
+        "key",
+        format!(
+            "none of the {} keys in {} decrypts it ({})",
+            l.disk.len(),
+            l.dir,
+            numbers(&l.disk)
+        ),
+    );
+    row("origin", describe_origin(&origin, created, &l.disk));
+    if let Some(note) = lifetime_note(l, presentable, early) {
+        row("note", note);
+    }
+    if let Some(c) = &l.cluster {
+        row("cluster", describe_cluster(c, false));
+    }
+    row(
+        "verdict",
+        format!(
+            "refused here (Keystone answers 401): {}",
+            short_origin(&origin)
+        ),
+    );
+    Ok(code)
+}
 
-    let fingerprint = disk.get(&number).copied().unwrap_or(Fingerprint::NONE);
-    let record = history
+/// For a token no key decrypts: refused anyway (past its lifetime), or its key left before
+/// its lifetime ended.
+fn lifetime_note(l: &Look, presentable: DateTime<Utc>, early: bool) -> Option<String> {
+    let kind = l.kind;
+    let lifetime = match kind {
+        Kind::Token => format!(
+            "expiration {} + allow_expired_window {}",
+            duration::format(l.settings.lifetime.expiration),
+            duration::format(l.window)
+        ),
+        Kind::Receipt => format!(
+            "expiration {}",
+            duration::format(l.settings.lifetime.expiration)
+        ),
+    };
+    if l.now >= presentable {
+        Some(format!(
+            "with {lifetime}, a {} made then is refused anyway since {}: a new one is the answer",
+            name(kind),
+            rfc3339(presentable)
+        ))
+    } else if early {
+        Some(format!(
+            "with {lifetime}, a {} made then may be presented until {}, but its key \
+             left before that: the rotation schedule is too fast for these lifetimes \
+             (fernetd plan), or keys were purged by force (--force-purge, \
+             keystone-manage)",
+            name(kind),
+            rfc3339(presentable)
+        ))
+    } else {
+        None
+    }
+}
+
+/// Key `number` decrypts the token: its payload, the key's life, the verdict.
+fn decrypted(l: &Look, number: u64, plain: Zeroizing<Vec<u8>>, json: bool) -> anyhow::Result<i32> {
+    let (kind, dir) = (l.kind, &l.dir);
+    let fingerprint = l.disk.get(&number).copied().unwrap_or(Fingerprint::NONE);
+    let record = l
+        .history
         .keys
         .get(&number)
         .filter(|r| r.fingerprint == fingerprint);
     let found = Found {
         number,
         fingerprint,
-        role: token::role(number, &disk),
+        role: token::role(number, &l.disk),
         promoted: record.and_then(|r| r.promoted),
         demoted: record.and_then(|r| r.demoted),
     };
     let payload = match kind {
-        Kind::Token => token::token_payload(&plain, &methods),
-        Kind::Receipt => token::receipt_payload(&plain, &methods),
+        Kind::Token => token::token_payload(&plain, &l.methods),
+        Kind::Receipt => token::receipt_payload(&plain, &l.methods),
     }
     .map_err(|e| {
         anyhow::anyhow!(
@@ -206,17 +262,17 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
         )
     })?;
     drop(plain);
-    let verdict = token::judge(kind, payload.expires_at, window, now);
+    let verdict = token::judge(kind, payload.expires_at, l.window, l.now);
     let code = match verdict {
         Verdict::Valid { .. } => 0,
         Verdict::AllowExpired { .. } => EXIT_TOKEN_ALLOW_EXPIRED,
         Verdict::PastWindow { .. } => EXIT_TOKEN_PAST_WINDOW,
     };
-    if a.json {
+    if json {
         let mut v = serde_json::json!({
             "kind": kind,
             "repository": dir,
-            "created": rfc3339(envelope.created),
+            "created": rfc3339(l.envelope.created),
             "decrypted": true,
             "key": {
                 "number": found.number,
@@ -227,8 +283,8 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
             },
             "origin": null,
             "payload": payload,
-            "allow_expired_window_seconds": window.as_secs(),
-            "cluster": cluster_json(&cluster),
+            "allow_expired_window_seconds": l.window.as_secs(),
+            "cluster": cluster_json(&l.cluster),
             "exit": code,
         });
         if let (Some(obj), Ok(serde_json::Value::Object(verdict))) =
@@ -249,16 +305,16 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
         format!(
             "{}{version}, made {}",
             payload.kind,
-            rfc3339(envelope.created)
+            rfc3339(l.envelope.created)
         ),
     );
-    future_note(envelope.created, now);
+    future_note(l.envelope.created, l.now);
     row("key", describe_key(&found));
     print_payload(&payload, &row);
-    if let Some(c) = &cluster {
+    if let Some(c) = &l.cluster {
         row("cluster", describe_cluster(c, true));
     }
-    row("verdict", describe_verdict(kind, &verdict, window));
+    row("verdict", describe_verdict(kind, &verdict, l.window));
     Ok(code)
 }
 
