@@ -290,7 +290,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             Severity::Warning => Level::Warning,
         };
         let why = format!("{}: {}", f.path, f.message);
-        sum.add(&Problem::new(Code::parse(f.code), why).at(level));
+        sum.add(&Problem::new(f.code.clone(), why).at(level));
     }
     sum.findings = report.findings;
     sum.keys = report.keys;

@@ -7,7 +7,9 @@
 //! Invariant: pure over a [`Scan`]; never prints or returns key material (content problems
 //! are described, never quoted).
 
-use crate::core::scan::{ContentProblem, EntryKind, Owner, Scan};
+use crate::core::key::Fingerprint;
+use crate::core::problem::Code;
+use crate::core::scan::{ContentProblem, Entry, EntryKind, Owner, Scan};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -26,7 +28,7 @@ pub struct Finding {
     /// The file at fault (or the directory itself).
     pub path: String,
     /// Stable machine-readable code.
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
 }
 
@@ -81,206 +83,55 @@ impl Report {
 /// Judges `scan`. `expected_owner` is the Keystone user/group when known; otherwise key files
 /// are expected to share the directory's owner.
 pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
-    let mut f = Vec::new();
+    let mut f = Findings::default();
     let dir = scan.dir.display().to_string();
-    let mut push = |severity, path: &str, code, message: String| {
-        f.push(Finding {
-            severity,
-            path: path.to_string(),
-            code,
-            message,
-        })
-    };
     let owner = expected_owner.unwrap_or(Owner {
         uid: scan.dir_meta.uid,
         gid: scan.dir_meta.gid,
     });
-
-    if scan.dir_meta.mode & 0o005 != 0 {
-        push(
-            Severity::Warning,
-            &dir,
-            "world-readable-directory",
-            format!(
-                "directory mode {:04o} is world readable (want 0700)",
-                scan.dir_meta.mode
-            ),
-        );
-    } else if scan.dir_meta.mode & 0o022 != 0 {
-        push(
-            Severity::Warning,
-            &dir,
-            "writable-directory",
-            format!(
-                "directory mode {:04o} is group or world writable",
-                scan.dir_meta.mode
-            ),
-        );
-    }
-    if expected_owner.is_some()
-        && (scan.dir_meta.uid != owner.uid || scan.dir_meta.gid != owner.gid)
-    {
-        push(
-            Severity::Warning,
-            &dir,
-            "wrong-owner",
-            format!(
-                "directory owned by {}:{}, expected {}:{}",
-                scan.dir_meta.uid, scan.dir_meta.gid, owner.uid, owner.gid
-            ),
-        );
-    }
-
+    directory(scan, expected_owner.is_some(), owner, &mut f);
     let mut by_fingerprint: BTreeMap<_, Vec<u64>> = BTreeMap::new();
     for e in &scan.entries {
-        let path = e.path.display().to_string();
-        match &e.kind {
-            EntryKind::Internal { problem } => {
-                // fernetd's own directory (or `copies` in it): a link, a file or another
-                // user's directory there would send fernetd's writes elsewhere (it refuses to
-                // write through one).
-                if let Some((at, why)) = problem {
-                    push(
-                        Severity::Error,
-                        &at.display().to_string(),
-                        "internal-not-a-directory",
-                        why.clone(),
-                    );
-                }
-                continue;
-            }
-            EntryKind::Other => {
-                if e.meta.is_file {
-                    push(
-                        Severity::Warning,
-                        &path,
-                        "stray-file",
-                        "not a key (Keystone ignores it); a leftover temp file?".into(),
-                    );
-                }
-                continue;
-            }
-            EntryKind::NonCanonical { number } => {
-                if e.meta.is_file {
-                    push(
-                        Severity::Error,
-                        &path,
-                        "non-canonical-name",
-                        format!("Keystone loads this as key {number}, possibly over another key with that number; rename or remove it"),
-                    );
-                }
-                continue;
-            }
-            EntryKind::Key { number, content } => {
-                if !e.meta.is_file {
-                    push(
-                        Severity::Error,
-                        &path,
-                        "not-a-file",
-                        "named like a key but not a regular file; Keystone skips it".into(),
-                    );
-                    continue;
-                }
-                match content {
-                    Ok(k) => by_fingerprint
-                        .entry(k.fingerprint())
-                        .or_default()
-                        .push(*number),
-                    Err(p) => {
-                        let code = match p {
-                            ContentProblem::Format(crate::core::key::KeyFormatError::Empty) => {
-                                "empty-key"
-                            }
-                            ContentProblem::Unreadable(_) => "unreadable-key",
-                            _ => "malformed-key",
-                        };
-                        push(Severity::Error, &path, code, p.to_string());
-                    }
-                }
-            }
-        }
-        if e.meta.is_symlink {
-            push(
-                Severity::Warning,
-                &path,
-                "symlink",
-                "a symbolic link; Keystone follows it, fernetd replaces it with a file on rotation"
-                    .into(),
-            );
-        }
-        if matches!(e.kind, EntryKind::Key { number, .. } if number == crate::core::rotation::MAX_KEY)
-        {
-            push(
-                Severity::Error,
-                &path,
-                "key-number-too-large",
-                "the largest number a key can have: no rotation can follow it (the next \
-                 number would wrap); renumber the keys by hand"
-                    .into(),
-            );
-        }
-        if e.meta.mode & 0o077 != 0 {
-            push(
-                Severity::Warning,
-                &path,
-                "key-mode",
-                format!(
-                    "mode {:04o} is group or world accessible (want 0600)",
-                    e.meta.mode
-                ),
-            );
-        }
-        if e.meta.uid != owner.uid || e.meta.gid != owner.gid {
-            push(
-                Severity::Warning,
-                &path,
-                "wrong-owner",
-                format!(
-                    "owned by {}:{}, expected {}:{}",
-                    e.meta.uid, e.meta.gid, owner.uid, owner.gid
-                ),
-            );
-        }
+        entry(e, owner, &mut by_fingerprint, &mut f);
     }
     for numbers in by_fingerprint.values().filter(|v| v.len() > 1) {
         let names: Vec<String> = numbers.iter().map(u64::to_string).collect();
-        push(
+        f.push(
             Severity::Warning,
             &dir,
-            "duplicate-key",
+            Code::DuplicateKey,
             format!("keys {} hold the same key", names.join(", ")),
         );
     }
-
     let keys = scan.keys();
     let numbers: Vec<u64> = keys.keys().copied().collect();
-    let primary = numbers.iter().copied().filter(|&n| n > 0).max();
     if !keys.contains_key(&0) {
-        push(
+        f.push(
             Severity::Error,
             &scan.dir.join("0").display().to_string(),
-            "missing-staged-key",
+            Code::MissingStagedKey,
             "no staged key 0: the next keystone-manage fernet_rotate fails (fernetd setup restores it)"
                 .into(),
         );
     }
     if keys.len() < 2 {
-        push(
+        f.push(
             Severity::Error,
             &dir,
-            "too-few-keys",
+            Code::TooFewKeys,
             format!(
                 "{} valid key(s); a repository needs a staged and a primary key",
                 keys.len()
             ),
         );
     }
-    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.path.cmp(&b.path)));
+    let mut findings = f.0;
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.path.cmp(&b.path)));
     let fingerprints = scan.fingerprints();
     let mut r = Report {
         repository: dir,
         status: "",
-        primary,
+        primary: numbers.iter().copied().filter(|&n| n > 0).max(),
         staged: keys.contains_key(&0),
         keys: numbers,
         digest: digest(&fingerprints),
@@ -288,10 +139,179 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
             .iter()
             .map(|(n, f)| (*n, f.to_string()))
             .collect(),
-        findings: f,
+        findings,
     };
     r.settle();
     r
+}
+
+/// The findings of one judgement, in the order found.
+#[derive(Default)]
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn push(&mut self, severity: Severity, path: &str, code: Code, message: String) {
+        self.0.push(Finding {
+            severity,
+            path: path.to_string(),
+            code,
+            message,
+        })
+    }
+}
+
+/// The repository directory's own mode and owner.
+fn directory(scan: &Scan, owner_known: bool, owner: Owner, f: &mut Findings) {
+    let dir = scan.dir.display().to_string();
+    let m = &scan.dir_meta;
+    if m.mode & 0o005 != 0 {
+        f.push(
+            Severity::Warning,
+            &dir,
+            Code::WorldReadableDirectory,
+            format!(
+                "directory mode {:04o} is world readable (want 0700)",
+                m.mode
+            ),
+        );
+    } else if m.mode & 0o022 != 0 {
+        f.push(
+            Severity::Warning,
+            &dir,
+            Code::WritableDirectory,
+            format!("directory mode {:04o} is group or world writable", m.mode),
+        );
+    }
+    if owner_known && (m.uid != owner.uid || m.gid != owner.gid) {
+        f.push(
+            Severity::Warning,
+            &dir,
+            Code::WrongOwner,
+            format!(
+                "directory owned by {}:{}, expected {}:{}",
+                m.uid, m.gid, owner.uid, owner.gid
+            ),
+        );
+    }
+}
+
+/// One directory entry: what it is (fernetd's own directory, a stray file, a name Keystone
+/// reads as another number, a key), then a key's content, link, number, mode and owner.
+fn entry(
+    e: &Entry,
+    owner: Owner,
+    by_fingerprint: &mut BTreeMap<Fingerprint, Vec<u64>>,
+    f: &mut Findings,
+) {
+    let path = e.path.display().to_string();
+    let (number, content) = match &e.kind {
+        EntryKind::Internal { problem } => {
+            // fernetd's own directory (or `copies` in it): a link, a file or another
+            // user's directory there would send fernetd's writes elsewhere (it refuses to
+            // write through one).
+            if let Some((at, why)) = problem {
+                f.push(
+                    Severity::Error,
+                    &at.display().to_string(),
+                    Code::InternalNotADirectory,
+                    why.clone(),
+                );
+            }
+            return;
+        }
+        EntryKind::Other => {
+            if e.meta.is_file {
+                f.push(
+                    Severity::Warning,
+                    &path,
+                    Code::StrayFile,
+                    "not a key (Keystone ignores it); a leftover temp file?".into(),
+                );
+            }
+            return;
+        }
+        EntryKind::NonCanonical { number } => {
+            if e.meta.is_file {
+                f.push(
+                    Severity::Error,
+                    &path,
+                    Code::NonCanonicalName,
+                    format!("Keystone loads this as key {number}, possibly over another key with that number; rename or remove it"),
+                );
+            }
+            return;
+        }
+        EntryKind::Key { number, content } => (*number, content),
+    };
+    if !e.meta.is_file {
+        f.push(
+            Severity::Error,
+            &path,
+            Code::NotAFile,
+            "named like a key but not a regular file; Keystone skips it".into(),
+        );
+        return;
+    }
+    match content {
+        Ok(k) => by_fingerprint
+            .entry(k.fingerprint())
+            .or_default()
+            .push(number),
+        Err(p) => {
+            let code = match p {
+                ContentProblem::Format(crate::core::key::KeyFormatError::Empty) => Code::EmptyKey,
+                ContentProblem::Unreadable(_) => Code::UnreadableKey,
+                _ => Code::MalformedKey,
+            };
+            f.push(Severity::Error, &path, code, p.to_string());
+        }
+    }
+    key_file(e, &path, number, owner, f);
+}
+
+/// A key file's link, number, mode and owner.
+fn key_file(e: &Entry, path: &str, number: u64, owner: Owner, f: &mut Findings) {
+    if e.meta.is_symlink {
+        f.push(
+            Severity::Warning,
+            path,
+            Code::Symlink,
+            "a symbolic link; Keystone follows it, fernetd replaces it with a file on rotation"
+                .into(),
+        );
+    }
+    if number == crate::core::rotation::MAX_KEY {
+        f.push(
+            Severity::Error,
+            path,
+            Code::KeyNumberTooLarge,
+            "the largest number a key can have: no rotation can follow it (the next \
+             number would wrap); renumber the keys by hand"
+                .into(),
+        );
+    }
+    if e.meta.mode & 0o077 != 0 {
+        f.push(
+            Severity::Warning,
+            path,
+            Code::KeyMode,
+            format!(
+                "mode {:04o} is group or world accessible (want 0600)",
+                e.meta.mode
+            ),
+        );
+    }
+    if e.meta.uid != owner.uid || e.meta.gid != owner.gid {
+        f.push(
+            Severity::Warning,
+            path,
+            Code::WrongOwner,
+            format!(
+                "owned by {}:{}, expected {}:{}",
+                e.meta.uid, e.meta.gid, owner.uid, owner.gid
+            ),
+        );
+    }
 }
 
 /// A key lost inside its retention: tokens it encrypted fail until `until`.
@@ -329,7 +349,7 @@ pub fn judge_history(
         report.findings.push(Finding {
             severity: Severity::Error,
             path: state.display().to_string(),
-            code: "state-unreadable",
+            code: Code::StateUnreadable,
             message: e,
         });
     }
@@ -337,7 +357,7 @@ pub fn judge_history(
         report.findings.push(Finding {
             severity: Severity::Error,
             path: v.path.display().to_string(),
-            code: "key-lost-in-retention",
+            code: Code::KeyLostInRetention,
             message: format!(
                 "key {} vanished or changed while tokens it encrypted are still valid (until {})",
                 v.number,
