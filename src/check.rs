@@ -253,7 +253,7 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
 
     let keys = scan.keys();
     let numbers: Vec<u64> = keys.keys().copied().collect();
-    let primary = numbers.iter().copied().filter(|&n| n > 0).max();
+    let primary = crate::history::primary(numbers.iter().copied());
     if !keys.contains_key(&0) {
         push(
             Severity::Error,

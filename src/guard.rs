@@ -302,12 +302,14 @@ pub fn lost(
     let primary = history.primary();
     let top = primary.unwrap_or(0);
     let rotated_elsewhere = disk.keys().any(|&n| n > top);
-    let top_present = history
-        .keys
-        .iter()
-        .filter(|(&n, r)| n > 0 && present.contains(&r.fingerprint))
-        .map(|(&n, _)| n)
-        .max();
+    // The highest recorded key still on disk: Keystone's primary among them.
+    let top_present = crate::history::primary(
+        history
+            .keys
+            .iter()
+            .filter(|(_, r)| present.contains(&r.fingerprint))
+            .map(|(&n, _)| n),
+    );
     history
         .keys
         .iter()
@@ -369,12 +371,14 @@ pub fn stood_in(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64
     let Some(primary) = history.primary().filter(|&p| !holds(p)) else {
         return Vec::new();
     };
-    let top = history
-        .keys
-        .keys()
-        .copied()
-        .filter(|&n| n > 0 && n < primary && holds(n))
-        .max();
+    // Keystone's primary among the keys below it still held.
+    let top = crate::history::primary(
+        history
+            .keys
+            .keys()
+            .copied()
+            .filter(|&n| n < primary && holds(n)),
+    );
     history
         .keys
         .keys()

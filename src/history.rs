@@ -441,10 +441,13 @@ impl History {
         // of the keys that went): the highest recorded key below the primary still on disk.
         let on_disk = |fp: &Fingerprint| disk.values().any(|d| d == fp);
         let fallback = gone.and_then(|g| {
-            old.iter()
-                .filter(|(&n, r)| n > 0 && n < g && on_disk(&r.fingerprint))
-                .max_by_key(|(&n, _)| n)
-                .map(|(_, r)| r.fingerprint)
+            let held = old
+                .iter()
+                .filter(|(&n, r)| n < g && on_disk(&r.fingerprint))
+                .map(|(&n, _)| n);
+            self::primary(held)
+                .and_then(|n| old.get(&n))
+                .map(|r| r.fingerprint)
         });
         let fallback = fallback.and_then(|fp| self.keys.iter().find(|(_, r)| r.fingerprint == fp));
         if let Some(n) = fallback.map(|(&n, _)| n) {
