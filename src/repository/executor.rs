@@ -299,3 +299,89 @@ fn install_key(w: &Writer, number: u64, key: &Key) -> Result<()> {
     w.internal
         .rename_durable(STAGED_TMP, &w.repo, &number.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{self, Change};
+    use crate::clock::Now;
+    use crate::history::History;
+    use std::time::Duration;
+
+    fn approve(c: Change) -> Approval {
+        crate::guard::approve(c, &History::new(), Duration::ZERO, &Now::read(), false).unwrap()
+    }
+
+    #[test]
+    fn only_the_approved_material_and_names_are_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = super::super::Repository::new(d.path().join("keys"), None);
+        fsio::create_private_dir(repo.dir(), None).unwrap();
+        let w = repo.lock().unwrap();
+        let key_names = || {
+            let mut names = w.repo.names().unwrap();
+            names.retain(|n| n != super::super::INTERNAL_DIR);
+            names.sort();
+            names
+        };
+        let (a, b) = (Key::generate().unwrap(), Key::generate().unwrap());
+        let mut first = Change::default();
+        first.put(1, a.fingerprint());
+        // Other material, or another number, than the approved: refused, nothing written.
+        let e = create(&w, approve(first.clone()), &[(1, &b)]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not in the change the gate approved"),
+            "{e}"
+        );
+        assert!(create(&w, approve(first.clone()), &[(2, &a)]).is_err());
+        assert!(key_names().is_empty());
+        create(&w, approve(first), &[(1, &a)]).unwrap();
+        assert_eq!(key_names(), vec!["1"]);
+
+        // A rotation purging a key the approval keeps: refused before the first write.
+        let on_disk = change::slots(&BTreeMap::from([(1, a.fingerprint())]), []);
+        let mut promote = Change::from(on_disk);
+        promote.put(2, a.fingerprint());
+        promote.put(0, b.fingerprint());
+        let saved = std::cell::Cell::new(false);
+        let e = rotate(&w, approve(promote.clone()), &a, &b, 2, &[1], || {
+            saved.set(true);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("removing this key"), "{e}");
+        assert!(!saved.get());
+        assert_eq!(key_names(), vec!["1"]);
+        assert!(w
+            .internal
+            .names()
+            .unwrap()
+            .iter()
+            .all(|n| !n.ends_with(".tmp")));
+        rotate(&w, approve(promote), &a, &b, 2, &[], || {
+            saved.set(true);
+            Ok(())
+        })
+        .unwrap();
+        assert!(saved.get());
+        assert_eq!(key_names(), vec!["0", "1", "2"]);
+
+        // A copy the change does not drop stays.
+        let copies = w.internal.make_own("copies", None).unwrap();
+        let mut keep = Change::default();
+        keep.copies_written.insert(a.fingerprint());
+        sync_copies(&w, &copies, approve(keep), &[], &[&a]).unwrap();
+        let name = a.fingerprint().to_string();
+        let e = sync_copies(
+            &w,
+            &copies,
+            approve(Change::default()),
+            std::slice::from_ref(&name),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("repair copy"), "{e}");
+        assert_eq!(copies.names().unwrap(), vec![name]);
+    }
+}
