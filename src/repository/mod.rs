@@ -1362,6 +1362,44 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_set_over_a_corrupted_live_key_is_refused_as_over_a_readable_one() {
+        let now = Now::read();
+        let params = RotateParams {
+            max_active_keys: 3,
+            retention: Duration::ZERO,
+            force_purge: false,
+        };
+        for corrupted in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let repo = Repository::new(d.path().join("keys"), None);
+            let set = KeySet::fresh(&now).unwrap();
+            repo.apply(&set, "test", Duration::ZERO, &now).unwrap();
+            // A newer set that puts other material under key 1, the primary on disk.
+            let (mut next, _) = set.rotate(Key::generate().unwrap(), &params, &now).unwrap();
+            let other = Key::generate().unwrap();
+            next.history.keys.get_mut(&1).unwrap().fingerprint = other.fingerprint();
+            next.keys.insert(1, other);
+            let one = key_path(repo.dir(), 1);
+            if corrupted {
+                std::fs::write(&one, "not a key").unwrap();
+            }
+            let before = std::fs::read(&one).unwrap();
+            let e = repo
+                .apply(&next, "test", Duration::ZERO, &now)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(
+                    "refused, every key stays: applying it would remove keys that may \
+                            still decrypt live tokens: key 1 (the primary)"
+                ),
+                "{corrupted}: {e}"
+            );
+            assert_eq!(std::fs::read(&one).unwrap(), before, "{corrupted}");
+        }
+    }
+
+    #[test]
     fn a_promoted_key_gets_its_new_name_without_being_written_again() {
         let d = tempfile::tempdir().unwrap();
         let repo = Repository::new(d.path().join("keys"), None);
