@@ -15,6 +15,7 @@
 //! Invariant: pure. The repository asks before it touches a file; what to do with a refusal
 //! (keep the keys, refuse the input, say so) is the caller's.
 
+use crate::change::{Change, Slot};
 use crate::clock::Now;
 use crate::history::History;
 use crate::key::Fingerprint;
@@ -102,9 +103,11 @@ pub fn losses(
     retention: Duration,
     now: &Now,
 ) -> Vec<Loss> {
-    let Some(&primary) = disk.keys().max() else {
+    if disk.is_empty() {
         return Vec::new();
-    };
+    }
+    // Keystone encrypts with the highest key, key 0 when it is alone.
+    let primary = crate::history::primary(disk.keys().copied()).unwrap_or(0);
     let kept: std::collections::BTreeSet<Fingerprint> = after.values().copied().collect();
     disk.iter()
         .filter(|(_, fp)| !kept.contains(fp))
@@ -136,6 +139,31 @@ pub fn describe(losses: &[Loss]) -> String {
 /// (a node that was cut off catches up, and keeps such keys beyond the set until their
 /// retention ends) and it does not put other material under that key's number. A set the
 /// operator forced ([`Lineage::forced`](crate::keyset::Lineage)) removes what it drops.
+pub fn admission(
+    set: &crate::keyset::KeySet,
+    disk: &BTreeMap<u64, Fingerprint>,
+    local: &History,
+    retention: Duration,
+    now: &Now,
+) -> Result<Vec<Loss>, Refusal> {
+    let succession = crate::keyset::succession(local, set);
+    if !succession.acceptable() {
+        return Err(Refusal::NotSuccessor(succession.to_string()));
+    }
+    if set.history.lineage.as_ref().is_some_and(|l| l.forced) {
+        return Ok(Vec::new());
+    }
+    let wanted = set.fingerprints();
+    let lost = losses(disk, &wanted, local, retention, now);
+    let disk_primary = crate::history::primary(disk.keys().copied()).unwrap_or(0);
+    let newer = set.primary().is_some_and(|p| p > disk_primary);
+    if !lost.is_empty() && (!newer || lost.iter().any(|l| wanted.contains_key(&l.number))) {
+        return Err(Refusal::Losses(lost));
+    }
+    Ok(lost)
+}
+
+/// [`admission`], its refusal worded as a node and `status` say it.
 pub fn admit(
     set: &crate::keyset::KeySet,
     disk: &BTreeMap<u64, Fingerprint>,
@@ -143,21 +171,107 @@ pub fn admit(
     retention: Duration,
     now: &Now,
 ) -> Result<Vec<Loss>, String> {
-    let succession = crate::keyset::succession(local, set);
-    if !succession.acceptable() {
-        return Err(succession.to_string());
+    admission(set, disk, local, retention, now).map_err(|r| r.applying())
+}
+
+/// Why the gate refused a change. Worded by the caller; nothing in it is key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Keys that may still decrypt a live token would leave the repository.
+    Losses(Vec<Loss>),
+    /// Repair copies of material that may still be needed would be dropped (the key is in
+    /// the history, or was lost outside fernetd inside its retention).
+    LiveCopies(Vec<Fingerprint>),
+    /// A cluster key set that does not succeed the one applied here (its reason).
+    NotSuccessor(String),
+}
+
+impl Refusal {
+    /// "it would remove keys that may still decrypt live tokens: …" (a rotation, a repair).
+    pub fn would(&self) -> String {
+        match self {
+            Refusal::Losses(l) => format!("it would remove {}", describe(l)),
+            Refusal::LiveCopies(fps) => {
+                let parts: Vec<String> = fps.iter().map(Fingerprint::to_string).collect();
+                format!(
+                    "it would delete the repair copies of keys that may still be needed: {}",
+                    parts.join(", ")
+                )
+            }
+            Refusal::NotSuccessor(reason) => reason.clone(),
+        }
     }
-    if set.history.lineage.as_ref().is_some_and(|l| l.forced) {
-        return Ok(Vec::new());
+
+    /// "applying it would remove …" (a cluster key set).
+    pub fn applying(&self) -> String {
+        match self {
+            Refusal::Losses(l) => format!("applying it would remove {}", describe(l)),
+            other => other.would(),
+        }
     }
-    let wanted = set.fingerprints();
-    let lost = losses(disk, &wanted, local, retention, now);
-    let disk_primary = disk.keys().copied().max().unwrap_or(0);
-    let newer = set.primary().is_some_and(|p| p > disk_primary);
-    if !lost.is_empty() && (!newer || lost.iter().any(|l| wanted.contains_key(&l.number))) {
-        return Err(format!("applying it would remove {}", describe(&lost)));
+}
+
+/// A change the gate approved: the only thing the repository's executor makes. Only
+/// [`approve`] builds one, and it is used once (not `Clone`).
+#[derive(Debug)]
+pub struct Approval {
+    change: Change,
+}
+
+impl Approval {
+    /// The approved change.
+    pub fn change(&self) -> &Change {
+        &self.change
     }
-    Ok(lost)
+}
+
+/// Judges `change` against `history`: refused when a key that may still decrypt a live token
+/// (the primary, a key inside its `retention`, a key without history) leaves the repository
+/// (its material under no name afterwards) unless `force` (a purge the operator forced, a
+/// cluster set the operator forced), or when a repair copy the history still keeps
+/// ([`History::copies_kept`]) would be dropped, forced or not.
+///
+/// An unreadable file counts as the material the history knows under its number: writing
+/// over it loses that material unless the change puts it under some name. An unreadable file
+/// the history knows nothing of holds nothing the gate can judge. The staged key 0 that was
+/// never primary encrypted nothing: replacing it loses nothing.
+pub fn approve(
+    change: Change,
+    history: &History,
+    retention: Duration,
+    now: &Now,
+    force: bool,
+) -> Result<Approval, Refusal> {
+    let kept = history.copies_kept(now.wall);
+    let live_copies: Vec<Fingerprint> = change
+        .copies_dropped
+        .iter()
+        .filter(|fp| kept.contains(fp))
+        .copied()
+        .collect();
+    if !live_copies.is_empty() {
+        return Err(Refusal::LiveCopies(live_copies));
+    }
+    let material = |slots: &BTreeMap<u64, Slot>| -> BTreeMap<u64, Fingerprint> {
+        slots
+            .iter()
+            .filter_map(|(&n, slot)| match slot {
+                Slot::Key(fp) => Some((n, *fp)),
+                Slot::Unreadable => history.keys.get(&n).map(|r| (n, r.fingerprint)),
+            })
+            .collect()
+    };
+    let lost = losses(
+        &material(&change.before),
+        &material(&change.after),
+        history,
+        retention,
+        now,
+    );
+    if !lost.is_empty() && !force {
+        return Err(Refusal::Losses(lost));
+    }
+    Ok(Approval { change })
 }
 
 /// A key whose material left the disk without fernetd purging it (removed, or its file
@@ -188,12 +302,14 @@ pub fn lost(
     let primary = history.primary();
     let top = primary.unwrap_or(0);
     let rotated_elsewhere = disk.keys().any(|&n| n > top);
-    let top_present = history
-        .keys
-        .iter()
-        .filter(|(&n, r)| n > 0 && present.contains(&r.fingerprint))
-        .map(|(&n, _)| n)
-        .max();
+    // The highest recorded key still on disk: Keystone's primary among them.
+    let top_present = crate::history::primary(
+        history
+            .keys
+            .iter()
+            .filter(|(_, r)| present.contains(&r.fingerprint))
+            .map(|(&n, _)| n),
+    );
     history
         .keys
         .iter()
@@ -255,12 +371,14 @@ pub fn stood_in(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64
     let Some(primary) = history.primary().filter(|&p| !holds(p)) else {
         return Vec::new();
     };
-    let top = history
-        .keys
-        .keys()
-        .copied()
-        .filter(|&n| n > 0 && n < primary && holds(n))
-        .max();
+    // Keystone's primary among the keys below it still held.
+    let top = crate::history::primary(
+        history
+            .keys
+            .keys()
+            .copied()
+            .filter(|&n| n < primary && holds(n)),
+    );
     history
         .keys
         .keys()
@@ -492,6 +610,110 @@ mod tests {
             }),
         };
         assert!(losses(&disk, &after, &h, RET, &rebooted).is_empty());
+    }
+
+    /// The change from `disk` to `after` (both readable keys).
+    fn change(disk: &BTreeMap<u64, Fingerprint>, after: &BTreeMap<u64, Fingerprint>) -> Change {
+        let mut c = Change::from(crate::change::slots(disk, []));
+        c.after = crate::change::slots(after, []);
+        c
+    }
+
+    #[test]
+    fn writing_over_an_unreadable_live_key_is_refused_unless_its_material_stays() {
+        let (disk, h) = repo();
+        let now: Now = t(6).into();
+        // Key 2 (demoted at t(5)) is unreadable on disk: the history knows its material.
+        let mut readable = disk.clone();
+        readable.remove(&2);
+        let before = crate::change::slots(&readable, [2]);
+        let mut over = Change::from(before.clone());
+        over.put(2, Key::generate().unwrap().fingerprint());
+        match approve(over, &h, RET, &now, false) {
+            Err(Refusal::Losses(l)) => {
+                assert_eq!(l.len(), 1);
+                assert_eq!((l[0].number, l[0].why.clone()), (2, Live::Until(t(15))));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Its own material written back (repair) loses nothing.
+        let mut back = Change::from(before.clone());
+        back.put(2, h.keys[&2].fingerprint);
+        assert!(approve(back, &h, RET, &now, false).is_ok());
+        // Left as it is, it is not lost either; removed, it is.
+        assert!(approve(Change::from(before.clone()), &h, RET, &now, false).is_ok());
+        let mut gone = Change::from(before);
+        gone.remove_key(2);
+        assert!(approve(gone, &h, RET, &now, false).is_err());
+        // An unreadable file the history does not know holds nothing to judge.
+        let mut unknown = Change::from(crate::change::slots(&disk, [7]));
+        unknown.put(7, Key::generate().unwrap().fingerprint());
+        assert!(approve(unknown, &h, RET, &now, false).is_ok());
+    }
+
+    #[test]
+    fn a_copy_of_live_material_is_never_dropped_forced_or_not() {
+        let (disk, mut h) = repo();
+        let now: Now = t(6).into();
+        for fp in disk.values() {
+            let mut c = Change::from(crate::change::slots(&disk, []));
+            c.drop_copy(&fp.to_string());
+            for force in [false, true] {
+                match approve(c.clone(), &h, RET, &now, force) {
+                    Err(Refusal::LiveCopies(fps)) => assert_eq!(fps, vec![*fp]),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        // Purged by fernetd: its copy may go. A stray temp file may go too.
+        let purged = h.keys[&1].fingerprint;
+        h.record_purge(1, t(6));
+        let mut c = Change::default();
+        c.drop_copy(&purged.to_string());
+        c.drop_copy(&format!("{purged}.tmp"));
+        assert!(approve(c, &h, RET, &now, false).is_ok());
+        // Lost outside fernetd: kept until its window closes, then it may go.
+        let mut d = h.fingerprints();
+        d.remove(&2);
+        let lost_fp = h.keys[&2].fingerprint;
+        let (_, lost) = reconcile(&mut h, &d, RET, &now);
+        assert_eq!(lost.len(), 1);
+        let mut c = Change::default();
+        c.drop_copy(&lost_fp.to_string());
+        assert!(approve(c.clone(), &h, RET, &t(14).into(), false).is_err());
+        assert!(approve(c, &h, RET, &t(15).into(), false).is_ok());
+    }
+
+    #[test]
+    fn a_never_primary_staged_key_is_replaceable_and_force_removes_live_keys() {
+        let (disk, h) = repo();
+        let now: Now = t(6).into();
+        let mut swapped = disk.clone();
+        swapped.insert(0, Key::generate().unwrap().fingerprint());
+        let approval = approve(change(&disk, &swapped), &h, RET, &now, false).unwrap();
+        assert!(approval.change().writes(0, swapped[&0]));
+        // A purge of key 2 (inside its retention) and key 3 (the primary): refused, named.
+        let mut purged = disk.clone();
+        purged.remove(&2);
+        purged.remove(&3);
+        match approve(change(&disk, &purged), &h, RET, &now, false) {
+            Err(r @ Refusal::Losses(_)) => assert_eq!(
+                r.would(),
+                format!(
+                    "it would remove keys that may still decrypt live tokens: key 2 (until {}), \
+                     key 3 (the primary)",
+                    t(15).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Forced (--force-purge, a forced cluster set): approved as it is.
+        let forced = approve(change(&disk, &purged), &h, RET, &now, true).unwrap();
+        assert_eq!(forced.change().removals(), vec![2, 3]);
+        // After key 2's retention, only the primary would be lost.
+        let mut old = disk.clone();
+        old.remove(&1);
+        assert!(approve(change(&disk, &old), &h, RET, &t(11).into(), false).is_ok());
     }
 
     proptest! {

@@ -51,7 +51,7 @@ impl Context {
         Context {
             kind,
             repository: dir.display().to_string(),
-            primary: keys.iter().copied().filter(|&n| n > 0).max(),
+            primary: crate::history::primary(keys.iter().copied()),
             keys: keys.to_vec(),
             level: "",
             problems: Vec::new(),

@@ -13,8 +13,11 @@
 //! - [`problem`]: problem codes (wire string, severity, meaning) and levels (pure).
 //! - [`history`]: when each key was created, promoted, demoted, purged (pure).
 //! - [`rotation`]: pure decision of one rotation, with the retention guard.
-//! - [`guard`]: the one gate every key removal passes: live key material never leaves.
-//! - [`repository`]: the directory on disk: scan, lock, crash-safe setup/rotate/recover.
+//! - [`change`]: a change of the key files and repair copies, described before it is made.
+//! - [`guard`]: the one gate every key change passes (it approves a [`change`]): live key
+//!   material never leaves.
+//! - [`repository`]: the directory on disk: scan, lock, crash-safe setup/rotate/recover; its
+//!   executor alone writes key files, and only what the gate approved.
 //! - [`check`]: judges a repository snapshot, problem by problem.
 //! - [`keyset`]: keys + history as one value, as cluster mode stores it (pure).
 //! - [`seal`]: authenticated encryption of stored key sets under a key-encryption key.
@@ -54,6 +57,7 @@
 //! ```
 
 pub mod agent;
+pub mod change;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -131,7 +131,7 @@ pub fn check(scan: &Scan, expected_owner: Option<Owner>) -> Report {
     let mut r = Report {
         repository: dir,
         status: "",
-        primary: numbers.iter().copied().filter(|&n| n > 0).max(),
+        primary: crate::core::history::primary(numbers.iter().copied()),
         staged: keys.contains_key(&0),
         keys: numbers,
         digest: digest(&fingerprints),

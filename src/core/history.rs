@@ -265,6 +265,13 @@ pub struct Contradiction {
 /// nodes differ by a little; the leader dates what every node records).
 const FUTURE_TOLERANCE: chrono::Duration = chrono::Duration::seconds(60);
 
+/// The primary among key numbers: the highest non-zero one (Keystone encrypts with it; key 0
+/// is staged). `None` when only key 0, or nothing, is there. The one definition every module
+/// uses, whatever holds the numbers (a disk, a history, a key set).
+pub fn primary(numbers: impl IntoIterator<Item = u64>) -> Option<u64> {
+    numbers.into_iter().filter(|&n| n > 0).max()
+}
+
 impl History {
     pub fn new() -> History {
         History {
@@ -277,7 +284,7 @@ impl History {
     /// recorded as purged that is the primary or the staged key on disk. (A purged key still on
     /// disk as a secondary is an interrupted purge: `reconcile` adopts it again.)
     pub fn contradictions(&self, disk: &BTreeMap<u64, Fingerprint>) -> Vec<Contradiction> {
-        let primary = disk.keys().copied().filter(|&n| n > 0).max();
+        let primary = primary(disk.keys().copied());
         let mut out = Vec::new();
         for (i, p) in self.purged.iter().enumerate() {
             let field = format!("purged[{i}]");
@@ -388,9 +395,9 @@ impl History {
         self.keys.iter().map(|(n, r)| (*n, r.fingerprint)).collect()
     }
 
-    /// The primary as history knows it: the highest non-zero number.
+    /// The primary as history knows it: the highest non-zero number ([`primary`]).
     pub fn primary(&self) -> Option<u64> {
-        self.keys.keys().copied().filter(|&n| n > 0).max()
+        primary(self.keys.keys().copied())
     }
 
     /// Brings history in line with the keys on disk (number -> fingerprint), conservatively:
@@ -476,10 +483,13 @@ impl History {
         // of the keys that went): the highest recorded key below the primary still on disk.
         let on_disk = |fp: &Fingerprint| disk.values().any(|d| d == fp);
         let fallback = gone.and_then(|g| {
-            old.iter()
-                .filter(|(&n, r)| n > 0 && n < g && on_disk(&r.fingerprint))
-                .max_by_key(|(&n, _)| n)
-                .map(|(_, r)| r.fingerprint)
+            let held = old
+                .iter()
+                .filter(|(&n, r)| n < g && on_disk(&r.fingerprint))
+                .map(|(&n, _)| n);
+            self::primary(held)
+                .and_then(|n| old.get(&n))
+                .map(|r| r.fingerprint)
         });
         let fallback = fallback.and_then(|fp| self.keys.iter().find(|(_, r)| r.fingerprint == fp));
         if let Some(n) = fallback.map(|(&n, _)| n) {

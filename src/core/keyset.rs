@@ -190,7 +190,7 @@ impl KeySet {
     }
 
     pub fn primary(&self) -> Option<u64> {
-        self.keys.keys().copied().filter(|&n| n > 0).max()
+        crate::history::primary(self.keys.keys().copied())
     }
 
     /// Number -> fingerprint: what acknowledgements and logs may show.

@@ -360,10 +360,51 @@ impl Dir {
         Ok(Some(bytes))
     }
 
+    /// Replaces fernetd's own file `name` here (the state, the clock, a published view; never
+    /// a key name) with `content`: written to `tmp` ([`Dir::write_new`]), renamed over it,
+    /// and the directory fsynced when `durable`. Key files and repair copies are written by
+    /// the repository's executor alone.
+    pub fn replace_own(
+        &self,
+        tmp: &str,
+        name: &str,
+        content: &[u8],
+        owner: Option<Owner>,
+        durable: bool,
+    ) -> Result<()> {
+        self.not_a_key(name)?;
+        self.not_a_key(tmp)?;
+        self.write_new(tmp, content, owner)?;
+        match durable {
+            true => self.rename_durable(tmp, self, name),
+            false => self.rename(tmp, self, name),
+        }
+    }
+
+    /// Removes fernetd's own file `name` (never a key name) if present, not synced.
+    pub fn remove_own(&self, name: &str) -> Result<bool> {
+        self.not_a_key(name)?;
+        self.remove(name)
+    }
+
+    /// A key's name (`0`..`N`) is the executor's alone.
+    fn not_a_key(&self, name: &str) -> Result<()> {
+        if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::Io {
+                path: self.join(name),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a key's name: only the repository's executor writes it",
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Creates `name` exclusively with mode 0600, gives it to `owner`, writes `content` and
     /// fsyncs it. A stale file of that name (a link included) is removed first: callers only
     /// use it for fernetd's own temp files.
-    pub fn write_new(&self, name: &str, content: &[u8], owner: Option<Owner>) -> Result<()> {
+    pub(super) fn write_new(&self, name: &str, content: &[u8], owner: Option<Owner>) -> Result<()> {
         self.remove(name)?;
         let path = self.join(name);
         let flags =
@@ -378,14 +419,14 @@ impl Dir {
 
     /// Renames `from` in this directory to `to` in `dest` (one filesystem), not synced: the
     /// caller fsyncs the directories whose entries must be durable.
-    pub fn rename(&self, from: &str, dest: &Dir, to: &str) -> Result<()> {
+    pub(super) fn rename(&self, from: &str, dest: &Dir, to: &str) -> Result<()> {
         let (from, to) = (self.component(from)?, dest.component(to)?);
         nix::fcntl::renameat(&self.fd, from, &dest.fd, to).map_err(|e| io_at(&dest.join(to), e))
     }
 
     /// [`Dir::rename`], then fsyncs `dest` (and this directory when it is another), so the
     /// new name is durable when this returns.
-    pub fn rename_durable(&self, from: &str, dest: &Dir, to: &str) -> Result<()> {
+    pub(super) fn rename_durable(&self, from: &str, dest: &Dir, to: &str) -> Result<()> {
         self.rename(from, dest, to)?;
         dest.sync()?;
         if self.path != dest.path {
@@ -397,13 +438,13 @@ impl Dir {
     /// Gives the file `from` the name `to` as well (a hard link; a link at `from` is linked
     /// itself, never followed). False when that cannot be done (a file named `to` exists, the
     /// filesystem has no hard links).
-    pub fn link(&self, from: &str, to: &str) -> Result<bool> {
+    pub(super) fn link(&self, from: &str, to: &str) -> Result<bool> {
         let (from, to) = (self.component(from)?, self.component(to)?);
         Ok(nix::unistd::linkat(&self.fd, from, &self.fd, to, AtFlags::empty()).is_ok())
     }
 
     /// Removes a file if present; returns whether it existed. Not synced (callers batch).
-    pub fn remove(&self, name: &str) -> Result<bool> {
+    pub(super) fn remove(&self, name: &str) -> Result<bool> {
         let name = self.component(name)?;
         match nix::unistd::unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) => Ok(true),

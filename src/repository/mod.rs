@@ -16,6 +16,7 @@
 //! is removed before step 4 made the decision durable. Killed anywhere, the next writer
 //! (`recover`) rolls back (before step 2) or forward (after it) and says which.
 
+mod executor;
 mod fsio;
 pub mod scan;
 mod state;
@@ -26,8 +27,9 @@ pub(crate) use fsio::resolve_user;
 pub use fsio::{DaemonLock, Owner};
 pub use scan::{EntryKind, Scan, INTERNAL_DIR};
 
+use crate::change::{Change, Slot};
 use crate::clock::Now;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::guard;
 use crate::history::{History, Observation};
 use crate::key::{Fingerprint, Key};
@@ -35,7 +37,6 @@ use crate::rotation::{self, Decision};
 use chrono::{DateTime, Utc};
 use fsio::{key_path, Dir, RepoLock};
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -175,8 +176,8 @@ impl Repository {
             None => {
                 if let Some(m) = now.moment() {
                     let text = serde_json::to_vec(&m).unwrap_or_default();
-                    w.internal.write_new(CLOCK_TMP, &text, w.owner)?;
-                    w.internal.rename(CLOCK_TMP, &w.internal, CLOCK)?;
+                    w.internal
+                        .replace_own(CLOCK_TMP, CLOCK, &text, w.owner, false)?;
                 }
                 Ok(now.clone())
             }
@@ -203,8 +204,7 @@ impl Repository {
         let owner = self.file_owner(&repo)?;
         let internal = repo.make_own(INTERNAL_DIR, owner)?;
         let tmp = format!("{name}.tmp");
-        internal.write_new(&tmp, bytes, owner)?;
-        internal.rename(&tmp, &internal, name)?;
+        internal.replace_own(&tmp, name, bytes, owner, false)?;
         Ok(true)
     }
 
@@ -219,7 +219,7 @@ impl Repository {
     /// Removes what [`Repository::publish`] wrote as `name`.
     pub fn unpublish(&self, name: &str) -> Result<()> {
         if let Some(d) = self.open_internal()? {
-            d.remove(name)?;
+            d.remove_own(name)?;
         }
         Ok(())
     }
@@ -340,14 +340,19 @@ impl Repository {
             .map(|fp| fp.to_string())
             .collect();
         let mut present = std::collections::BTreeSet::new();
+        // The key names stay as they are: the change is the copies'.
+        let mut change = Change::default();
+        let mut drop = Vec::new();
         for name in dir.names()? {
             if !wanted.contains(&name) {
-                dir.remove(&name)?;
+                change.drop_copy(&name);
+                drop.push(name);
             } else if own_key(&dir, &name)?.is_some_and(|k| k.fingerprint().to_string() == name) {
                 present.insert(name);
             }
         }
         let scan = w.scan()?;
+        let mut write = Vec::new();
         for (n, k) in scan.keys() {
             let fp = k.fingerprint().to_string();
             let recorded = h
@@ -355,12 +360,21 @@ impl Repository {
                 .get(&n)
                 .is_some_and(|r| r.fingerprint == k.fingerprint());
             if recorded && !present.contains(&fp) {
-                let tmp = format!("{fp}.tmp");
-                dir.write_new(&tmp, k.to_text().as_bytes(), w.owner)?;
-                dir.rename_durable(&tmp, &dir, &fp)?;
+                change.copies_written.insert(k.fingerprint());
+                write.push(k);
             }
         }
-        dir.sync()
+        let approval = guard::approve(change, h, Duration::ZERO, &now.into(), false)
+            .map_err(|r| self.refused("keeping the repair copies", &r))?;
+        executor::sync_copies(w, &dir, approval, &drop, &write)
+    }
+
+    /// A change the gate refused, as the error that says so: every key stays.
+    fn refused(&self, what: &str, r: &guard::Refusal) -> Error {
+        Error::Refused {
+            input: format!("{}: {what}", self.dir.display()),
+            reason: r.would(),
+        }
     }
 
     /// Restores keys of the history that are missing or unreadable on disk and still needed
@@ -410,6 +424,8 @@ impl Repository {
             .filter(|p| !history.keys.contains_key(&p.number))
             .map(|p| (p.number, p.fingerprint, true));
         let candidates: Vec<(u64, Fingerprint, bool)> = recorded.chain(lost).collect();
+        // The disk as each restore finds it: each is its own change, approved, then made.
+        let mut disk_now = slots(scan);
         for (n, fingerprint, needed) in candidates {
             if !needed || restored.contains(&n) {
                 continue;
@@ -420,7 +436,12 @@ impl Repository {
             }
             match own_key(&copies, &fingerprint.to_string())? {
                 Some(k) if k.fingerprint() == fingerprint => {
-                    install_copy(w, n, &k)?;
+                    let mut change = Change::from(disk_now.clone());
+                    change.put(n, fingerprint);
+                    let approval = guard::approve(change, history, retention, now, false)
+                        .map_err(|r| self.refused("restoring a key from its copy", &r))?;
+                    executor::restore(w, approval, &[(n, k)])?;
+                    disk_now.insert(n, Slot::Key(fingerprint));
                     restored.push(n);
                 }
                 _ => {}
@@ -544,9 +565,16 @@ impl Repository {
         let scan = w.scan()?;
         let mut history = self.trusted_history(&w, &scan)?;
         if scan.key_entries().next().is_none() {
-            for number in [1, 0] {
-                let key = generate()?;
-                install_key(&w, number, &key)?;
+            let (primary, staged) = (generate()?, generate()?);
+            let first = [(1, &primary), (0, &staged)];
+            let mut change = Change::from(slots(&scan));
+            for (number, key) in first {
+                change.put(number, key.fingerprint());
+            }
+            let approval = guard::approve(change, &history, retention, now, false)
+                .map_err(|r| self.refused("setup", &r))?;
+            executor::create(&w, approval, &first)?;
+            for (number, key) in first {
                 history.record_created(number, key.fingerprint(), now);
             }
             history.last_rotation = Some(now.wall);
@@ -577,7 +605,7 @@ impl Repository {
             out.notes.push(format!(
                 "already initialized: {} keys, primary {}; no key changed",
                 keys.len(),
-                keys.keys().max().copied().unwrap_or(0)
+                crate::history::primary(keys.keys().copied()).unwrap_or(0)
             ));
         }
         finish(&w, &mut out)?;
@@ -682,48 +710,42 @@ impl Repository {
         );
         let new_staged = generate()?;
         // The gate, whatever `decide` said: what the disk will hold must keep every live key.
-        let mut after = disk.clone();
-        after.insert(decision.new_primary, staged.fingerprint());
-        after.insert(0, new_staged.fingerprint());
-        for n in &decision.purge {
-            after.remove(n);
-        }
-        let lost = guard::losses(&disk, &after, &history, params.retention, now);
-        if !lost.is_empty() && !params.force_purge {
-            return Err(Error::Refused {
-                input: format!("{}: this rotation", self.dir.display()),
-                reason: format!("it would remove {}", guard::describe(&lost)),
-            });
-        }
-
-        // Steps 1-3: stage both files durably, then two atomic, durable renames.
-        let (internal, repo) = (&w.internal, &w.repo);
-        internal.write_new(PRIMARY_TMP, staged.to_text().as_bytes(), w.owner)?;
-        internal.write_new(STAGED_TMP, new_staged.to_text().as_bytes(), w.owner)?;
-        internal.rename_durable(PRIMARY_TMP, repo, &decision.new_primary.to_string())?;
-        internal.rename_durable(STAGED_TMP, repo, "0")?;
-
-        // Step 4: the decision is durable before anything is removed. The old primary
-        // encrypted tokens until the new one's rename landed: its demotion (from which its
-        // retention counts) is dated then, not when the rotation began.
-        let landed = now.later_by(began.elapsed());
-        history.record_rotation(decision.new_primary, new_staged.fingerprint(), &landed);
+        let mut change = Change::from(slots(&scan));
+        change.put(decision.new_primary, staged.fingerprint());
+        change.put(0, new_staged.fingerprint());
         for &n in &decision.purge {
-            history.record_purge(n, now.wall);
+            change.remove_key(n);
         }
-        self.save_history(&w, &history, now)
-            .map_err(|e| Error::RotatedUnsaved {
-                new_primary: decision.new_primary,
-                source: Box::new(e),
+        let approval = guard::approve(change, &history, params.retention, now, params.force_purge)
+            .map_err(|r| Error::Refused {
+                input: format!("{}: this rotation", self.dir.display()),
+                reason: r.would(),
             })?;
 
-        // Step 5.
-        for &n in &decision.purge {
-            repo.remove(&n.to_string())?;
-        }
-        if !decision.purge.is_empty() {
-            repo.sync()?;
-        }
+        // Steps 1-3 (the temp files, the two durable renames), step 4, then step 5 (the
+        // purge): the decision is durable before anything is removed. The old primary
+        // encrypted tokens until the new one's rename landed: its demotion (from which its
+        // retention counts) is dated then, not when the rotation began.
+        executor::rotate(
+            &w,
+            approval,
+            &staged,
+            &new_staged,
+            decision.new_primary,
+            &decision.purge,
+            || {
+                let landed = now.later_by(began.elapsed());
+                history.record_rotation(decision.new_primary, new_staged.fingerprint(), &landed);
+                for &n in &decision.purge {
+                    history.record_purge(n, now.wall);
+                }
+                self.save_history(&w, &history, now)
+                    .map_err(|e| Error::RotatedUnsaved {
+                        new_primary: decision.new_primary,
+                        source: Box::new(e),
+                    })
+            },
+        )?;
 
         out.notes.push(format!(
             "rotated: key 0 promoted to primary {}, new key 0 staged",
@@ -971,7 +993,7 @@ impl Repository {
             })?;
         // Keys kept beyond the set: recorded in the local history with the set's, the old
         // primary demoted now.
-        let disk_primary = disk.keys().copied().max().unwrap_or(0);
+        let disk_primary = crate::history::primary(disk.keys().copied()).unwrap_or(0);
         let mut history = set.history.clone();
         for l in &lost {
             history.carry(
@@ -986,43 +1008,30 @@ impl Repository {
                 l.number, l.why
             ));
         }
-        let differs = |n: u64, k: &Key| disk.get(&n) != Some(&k.fingerprint());
-        // Three steps, each made durable by one directory fsync (the key files themselves are
-        // fsynced before their rename): the keys above 0, highest first (a rotation's new
-        // primary is the old key 0, which is still on disk); the history; then key 0
-        // and the removals. A crash between steps leaves every key the cluster may still use
-        // on disk, and the next apply finishes the job.
-        let mut written = Vec::new();
-        for (&n, k) in set.keys.iter().rev().filter(|(n, _)| **n > 0) {
-            if differs(n, k) {
-                let promoted = !differs(0, k);
-                if !(promoted && link_zero(&w, n, k)?) {
-                    place_copy(&w, n, k)?;
-                }
-                written.push(n);
+        // The change: the set's keys, the keys kept beyond it, and the files the disk holds
+        // that are no key fernetd could read and the set does not replace (left as they are).
+        let mut change = Change::from(slots(&scan));
+        for &n in disk.keys() {
+            if !set.keys.contains_key(&n) && !lost.iter().any(|l| l.number == n) {
+                change.remove_key(n);
             }
         }
-        if !written.is_empty() {
-            w.repo.sync()?;
+        for (&n, k) in &set.keys {
+            change.put(n, k.fingerprint());
         }
-        let removed: Vec<u64> = disk
-            .keys()
-            .copied()
-            .filter(|n| !set.keys.contains_key(n) && !lost.iter().any(|l| l.number == *n))
-            .collect();
-        self.save_history(&w, &history, now)?;
-        let mut last_step = !removed.is_empty();
-        if let Some(k) = set.keys.get(&0).filter(|k| differs(0, k)) {
-            place_copy(&w, 0, k)?;
-            written.push(0);
-            last_step = true;
-        }
-        for &n in &removed {
-            w.repo.remove(&n.to_string())?;
-        }
-        if last_step {
-            w.repo.sync()?;
-        }
+        let removed = change.removals();
+        let forced = set.history.lineage.as_ref().is_some_and(|l| l.forced);
+        let approval =
+            guard::approve(change, &local, retention, now, forced).map_err(|r| Error::Refused {
+                input: source.to_string(),
+                reason: r.applying(),
+            })?;
+        // Three steps, each made durable by one directory fsync: the keys above 0, highest
+        // first; the history; then key 0 and the removals. A crash between steps leaves every
+        // key the cluster may still use on disk, and the next apply finishes the job.
+        let written = executor::apply(&w, approval, &set.keys, || {
+            self.save_history(&w, &history, now)
+        })?;
         if written.is_empty() && removed.is_empty() {
             out.notes
                 .push("already identical to the cluster's key set".into());
@@ -1041,12 +1050,22 @@ impl Repository {
     }
 
     /// Completes or rolls back whatever a killed writer left, fernetd's or keystone-manage's.
+    /// What it writes passes the gate judged without history: every key but a staged key 0
+    /// counts as live, the strictest judgement (a roll forward only gives key 0 new material
+    /// once the old one is the primary).
     fn recover(&self, w: &Writer, out: &mut Outcome) -> Result<()> {
         let (repo, internal) = (&w.repo, &w.internal);
+        let gate = |scan: &Scan, key: &Key| {
+            let mut change = Change::from(slots(scan));
+            change.put(0, key.fingerprint());
+            let judged = Now::from(Utc::now());
+            guard::approve(change, &History::new(), Duration::ZERO, &judged, false)
+                .map_err(|r| self.refused("recovering an interrupted rotation", &r))
+        };
         if internal.exists(PRIMARY_TMP)? || internal.exists(STAGED_TMP)? {
             let scan = w.scan()?;
             let keys = scan.keys();
-            let max = keys.keys().copied().filter(|&n| n > 0).max();
+            let max = crate::history::primary(keys.keys().copied());
             // Step 2 happened iff the highest key is a copy of key 0.
             let promoted = match (max.and_then(|m| keys.get(&m)), keys.get(&0)) {
                 (Some(p), Some(s)) => p == s,
@@ -1054,51 +1073,54 @@ impl Repository {
             };
             if promoted {
                 let staged = own_key(internal, STAGED_TMP)?;
-                internal.remove(PRIMARY_TMP)?;
-                match staged {
-                    Some(_) => internal.rename_durable(STAGED_TMP, repo, "0")?,
+                let fresh;
+                let key = match &staged {
+                    Some(k) => k,
                     None => {
-                        internal.remove(STAGED_TMP)?;
-                        install_key(w, 0, &generate()?)?;
+                        fresh = generate()?;
+                        &fresh
                     }
-                }
+                };
+                executor::finish_rotation(w, gate(&scan, key)?, staged.as_ref(), key)?;
                 out.warnings.push(format!(
                     "completed an interrupted rotation: key {} had been promoted; new key 0 staged now",
                     max.unwrap_or(0)
                 ));
             } else {
-                internal.remove(PRIMARY_TMP)?;
-                internal.remove(STAGED_TMP)?;
-                internal.sync()?;
+                executor::roll_back(w)?;
                 out.warnings
                     .push("rolled back an interrupted rotation: it had not changed any key".into());
             }
         }
 
         // A restore (repair) or cluster apply killed before its rename changed nothing.
-        internal.remove(RESTORE_TMP)?;
+        executor::drop_restore_tmp(w)?;
 
         // keystone-manage's own crash window: `0` renamed to max+1, `0.tmp` not yet to `0`.
         let zero = repo.exists("0")?;
-        if !zero && w.scan()?.keys().keys().any(|&n| n > 0) {
+        let scan = match zero {
+            true => None,
+            false => Some(w.scan()?),
+        };
+        if let Some(scan) = scan.filter(|s| s.keys().keys().any(|&n| n > 0)) {
             match own_key(repo, KEYSTONE_TMP)? {
-                Some(_) => {
-                    repo.rename_durable(KEYSTONE_TMP, repo, "0")?;
+                Some(k) => {
+                    executor::finish_keystone_rotation(w, gate(&scan, &k)?, &k)?;
                     out.warnings.push(
                         "completed an interrupted keystone-manage rotation: 0.tmp became key 0"
                             .into(),
                     );
                 }
                 None => {
-                    install_key(w, 0, &generate()?)?;
+                    let key = generate()?;
+                    executor::stage_zero(w, gate(&scan, &key)?, &key)?;
                     out.staged_fresh = true;
                     out.warnings
                         .push("key 0 was missing: staged a new key 0".into());
                 }
             }
         } else if zero && repo.exists(KEYSTONE_TMP)? {
-            repo.remove(KEYSTONE_TMP)?;
-            repo.sync()?;
+            executor::drop_keystone_tmp(w)?;
             out.warnings.push(
                 "removed 0.tmp left by an interrupted keystone-manage rotation (no key had changed)"
                     .into(),
@@ -1143,62 +1165,12 @@ fn recorded_moment(internal: &Dir) -> Result<Option<crate::clock::Moment>> {
         .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok()))
 }
 
-/// Gives key 0's file the name `n` as well (a hard link) if it holds `key`: a rotation's new
-/// primary is the staged key already on disk, so no file is created and written again (what
-/// a node's apply waits on when many nodes share a disk). The new name is durable once the
-/// caller fsyncs the directory. False when that cannot be done (key 0 is a link or not a
-/// regular file, a file named `n` exists, the filesystem has no hard links, key 0 changed
-/// since the scan): the caller writes a copy over it.
-fn link_zero(w: &Writer, n: u64, key: &Key) -> Result<bool> {
-    let Ok(Some(file)) = w.repo.open_regular("0", fsio::SMALL_FILE, false) else {
-        return Ok(false);
-    };
-    if !scan::read_key_from(&file).is_ok_and(|k| k.fingerprint() == key.fingerprint()) {
-        return Ok(false);
-    }
-    // Returns at once when the content is durable (fernetd fsynced it when it wrote it);
-    // makes it durable when another tool wrote key 0 without.
-    let zero = w.repo.join("0");
-    file.sync_all().at(&zero)?;
-    let to = n.to_string();
-    if !w.repo.link("0", &to)? {
-        return Ok(false);
-    }
-    // The new name must be the file just checked, not a key 0 that replaced it meanwhile.
-    let linked = w.repo.stat_at(&to, false)?;
-    let held = file.metadata().at(&zero)?;
-    Ok(linked.is_some_and(|l| l.st_dev == held.dev() && l.st_ino == held.ino()))
-}
-
-/// Writes key `n` durably via `.fernetd/restore.tmp` (repair).
-fn install_copy(w: &Writer, n: u64, key: &Key) -> Result<()> {
-    place_copy(w, n, key)?;
-    w.repo.sync()
-}
-
-/// Writes key `n` via `.fernetd/restore.tmp`: the content is fsynced, the new name is durable
-/// once the caller fsyncs the repository directory. A `restore.tmp` left behind by a crash is
-/// only ever removed (`recover`), so its directory needs no fsync.
-fn place_copy(w: &Writer, n: u64, key: &Key) -> Result<()> {
-    w.internal
-        .write_new(RESTORE_TMP, key.to_text().as_bytes(), w.owner)?;
-    w.internal.rename(RESTORE_TMP, &w.repo, &n.to_string())
-}
-
-/// Writes one key file durably via `.fernetd/staged.tmp`.
-fn install_key(w: &Writer, number: u64, key: &Key) -> Result<()> {
-    w.internal
-        .write_new(STAGED_TMP, key.to_text().as_bytes(), w.owner)?;
-    w.internal
-        .rename_durable(STAGED_TMP, &w.repo, &number.to_string())
-}
-
 /// The keys on disk once a writer is done, for the CLI to print.
 fn finish(w: &Writer, out: &mut Outcome) -> Result<()> {
     let scan = w.scan()?;
     let keys = scan.keys();
     out.keys = keys.keys().copied().collect();
-    out.primary = keys.keys().copied().filter(|&n| n > 0).max();
+    out.primary = crate::history::primary(keys.keys().copied());
     Ok(())
 }
 
@@ -1291,6 +1263,21 @@ pub fn present(scan: &Scan, history: &History) -> BTreeMap<u64, Fingerprint> {
     disk
 }
 
+/// The key names of `scan` as a change sees them: each readable key by its fingerprint, and
+/// each key file that holds no readable key as such.
+fn slots(scan: &Scan) -> BTreeMap<u64, Slot> {
+    let readable = scan.fingerprints();
+    let unreadable: Vec<u64> = scan
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::Key { number, .. } if !readable.contains_key(number) => Some(*number),
+            _ => None,
+        })
+        .collect();
+    crate::change::slots(&readable, unreadable)
+}
+
 fn describe_observations(notes: &[Observation], out: &mut Outcome) {
     let adopted: Vec<u64> = notes
         .iter()
@@ -1340,10 +1327,49 @@ fn join(numbers: &[u64]) -> String {
 mod tests {
     use super::*;
     use crate::keyset::KeySet;
+    use std::os::unix::fs::MetadataExt;
 
     fn inode(p: &Path) -> (u64, u64) {
         let m = std::fs::metadata(p).unwrap();
         (m.ino(), m.nlink())
+    }
+
+    #[test]
+    fn a_cluster_set_over_a_corrupted_live_key_is_refused_as_over_a_readable_one() {
+        let now = Now::read();
+        let params = RotateParams {
+            max_active_keys: 3,
+            retention: Duration::ZERO,
+            force_purge: false,
+        };
+        for corrupted in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let repo = Repository::new(d.path().join("keys"), None);
+            let set = KeySet::fresh(&now).unwrap();
+            repo.apply(&set, "test", Duration::ZERO, &now).unwrap();
+            // A newer set that puts other material under key 1, the primary on disk.
+            let (mut next, _) = set.rotate(Key::generate().unwrap(), &params, &now).unwrap();
+            let other = Key::generate().unwrap();
+            next.history.keys.get_mut(&1).unwrap().fingerprint = other.fingerprint();
+            next.keys.insert(1, other);
+            let one = key_path(repo.dir(), 1);
+            if corrupted {
+                std::fs::write(&one, "not a key").unwrap();
+            }
+            let before = std::fs::read(&one).unwrap();
+            let e = repo
+                .apply(&next, "test", Duration::ZERO, &now)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(
+                    "refused, every key stays: applying it would remove keys that may \
+                            still decrypt live tokens: key 1 (the primary)"
+                ),
+                "{corrupted}: {e}"
+            );
+            assert_eq!(std::fs::read(&one).unwrap(), before, "{corrupted}");
+        }
     }
 
     #[test]

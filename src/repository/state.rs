@@ -87,8 +87,7 @@ impl StateFile {
         })?;
         // Forget the old content first: if anything below fails, the next read parses.
         *self.lock() = None;
-        dir.write_new(tmp, &json, owner)?;
-        dir.rename_durable(tmp, dir, name)?;
+        dir.replace_own(tmp, name, &json, owner, true)?;
         // The caller holds the repository lock: no fernetd writes the file in between, and
         // any other writer changes its identity again.
         if let Some(f) = dir.open_regular(name, MAX_STATE, false).ok().flatten() {

@@ -1,0 +1,387 @@
+//! The one door: the only code that writes, renames, links or removes a key file (`0`..`N`
+//! in the repository) or a repair copy (`.fernetd/copies`). Each entry point takes an
+//! [`Approval`] the gate gave ([`crate::guard::approve`]) and the key material to write,
+//! matched by fingerprint against the approved change before the first system call; a write
+//! or removal the change does not hold is an error and nothing is touched.
+//!
+//! Each operation keeps the crash-safe sequence of system calls the repository's module
+//! documentation describes (tests/crash.rs kills fernetd at every one of them).
+//!
+//! Invariant: nothing here decides what changes (that is the approved change); only how.
+//! Temp files of `.fernetd/` that a killed writer left are removed here too (they are named
+//! next to the keys they were for), without an approval: no key name changes.
+
+use super::fsio::{self, Dir};
+use super::{scan, Writer, KEYSTONE_TMP, PRIMARY_TMP, RESTORE_TMP, STAGED_TMP};
+use crate::error::{Error, IoContext, Result};
+use crate::guard::Approval;
+use crate::key::Key;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+
+/// The error for a write the approval does not hold: a fault in fernetd, said as one.
+fn unapproved(w: &Writer, name: &str, what: &str) -> Error {
+    Error::Refused {
+        input: w.repo.join(name).display().to_string(),
+        reason: format!("{what} is not in the change the gate approved (a fault in fernetd)"),
+    }
+}
+
+/// `key` under `n` must be what the approval writes.
+fn approved_write(w: &Writer, a: &Approval, n: u64, key: &Key) -> Result<()> {
+    match a.change().writes(n, key.fingerprint()) {
+        true => Ok(()),
+        false => Err(unapproved(w, &n.to_string(), "this key")),
+    }
+}
+
+/// `n` must be a name the approval removes.
+fn approved_removal(w: &Writer, a: &Approval, n: u64) -> Result<()> {
+    match a.change().removes(n) {
+        true => Ok(()),
+        false => Err(unapproved(w, &n.to_string(), "removing this key")),
+    }
+}
+
+/// `fernetd setup` on an empty repository: each of `keys` written durably via
+/// `.fernetd/staged.tmp`, in order.
+pub(super) fn create(w: &Writer, approval: Approval, keys: &[(u64, &Key)]) -> Result<()> {
+    for &(n, k) in keys {
+        approved_write(w, &approval, n, k)?;
+    }
+    for &(n, k) in keys {
+        install_key(w, n, k)?;
+    }
+    Ok(())
+}
+
+/// One rotation, steps 1-5 of the repository's module documentation: `staged` (key 0) and
+/// `new_staged` written to temp files, renamed durably to `new_primary` and `0`; then `save`
+/// (step 4: the decision durable before anything is removed); then the `purge`.
+pub(super) fn rotate(
+    w: &Writer,
+    approval: Approval,
+    staged: &Key,
+    new_staged: &Key,
+    new_primary: u64,
+    purge: &[u64],
+    save: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    approved_write(w, &approval, new_primary, staged)?;
+    approved_write(w, &approval, 0, new_staged)?;
+    for &n in purge {
+        approved_removal(w, &approval, n)?;
+    }
+    // Steps 1-3: stage both files durably, then two atomic, durable renames.
+    let (internal, repo) = (&w.internal, &w.repo);
+    internal.write_new(PRIMARY_TMP, staged.to_text().as_bytes(), w.owner)?;
+    internal.write_new(STAGED_TMP, new_staged.to_text().as_bytes(), w.owner)?;
+    internal.rename_durable(PRIMARY_TMP, repo, &new_primary.to_string())?;
+    internal.rename_durable(STAGED_TMP, repo, "0")?;
+    // Step 4.
+    save()?;
+    // Step 5.
+    for &n in purge {
+        repo.remove(&n.to_string())?;
+    }
+    if !purge.is_empty() {
+        repo.sync()?;
+    }
+    Ok(())
+}
+
+/// A cluster key set made the disk's, in three steps each made durable by one directory
+/// fsync (the key files themselves are fsynced before their rename): the keys above 0 the
+/// change writes, highest first (a rotation's new primary is the old key 0, still on disk:
+/// given its new name by a hard link when it can be); `save` (the history); then key 0 and
+/// the removals. `keys` holds the material (the set's keys). Returns the numbers written, in
+/// the order written.
+pub(super) fn apply(
+    w: &Writer,
+    approval: Approval,
+    keys: &BTreeMap<u64, Key>,
+    save: impl FnOnce() -> Result<()>,
+) -> Result<Vec<u64>> {
+    let change = approval.change();
+    let writes: Vec<(u64, &Key)> = keys
+        .iter()
+        .filter(|(&n, k)| change.writes(n, k.fingerprint()))
+        .map(|(&n, k)| (n, k))
+        .collect();
+    let removed = change.removals();
+    // Every write and removal of the change, and nothing else: its material is in `keys`.
+    let held = |n: u64| writes.iter().any(|&(m, _)| m == n);
+    if let Some(n) = change
+        .after
+        .keys()
+        .copied()
+        .find(|&n| change.before.get(&n) != change.after.get(&n) && !held(n))
+    {
+        return Err(unapproved(w, &n.to_string(), "a key without its material"));
+    }
+    let staged_on_disk = change.before.get(&0).copied();
+    let mut written = Vec::new();
+    for &(n, k) in writes.iter().rev().filter(|(n, _)| *n > 0) {
+        let promoted = staged_on_disk == Some(crate::change::Slot::Key(k.fingerprint()));
+        if !(promoted && link_zero(w, n, k)?) {
+            place_copy(w, n, k)?;
+        }
+        written.push(n);
+    }
+    if !written.is_empty() {
+        w.repo.sync()?;
+    }
+    save()?;
+    let mut last_step = !removed.is_empty();
+    if let Some(&(_, k)) = writes.iter().find(|(n, _)| *n == 0) {
+        place_copy(w, 0, k)?;
+        written.push(0);
+        last_step = true;
+    }
+    for &n in &removed {
+        w.repo.remove(&n.to_string())?;
+    }
+    if last_step {
+        w.repo.sync()?;
+    }
+    Ok(written)
+}
+
+/// Repair: each of `keys` (read from its copy) written durably under its number via
+/// `.fernetd/restore.tmp`, in order.
+pub(super) fn restore(w: &Writer, approval: Approval, keys: &[(u64, Key)]) -> Result<()> {
+    for (n, k) in keys {
+        approved_write(w, &approval, *n, k)?;
+    }
+    for (n, k) in keys {
+        place_copy(w, *n, k)?;
+        w.repo.sync()?;
+    }
+    Ok(())
+}
+
+/// The repair copies made what the change says: `drop` (names in `copies`, in the order
+/// found) removed, then each of `write` copied (`<fingerprint>.tmp`, renamed durably to its
+/// fingerprint), then `copies` fsynced.
+pub(super) fn sync_copies(
+    w: &Writer,
+    copies: &Dir,
+    approval: Approval,
+    drop: &[String],
+    write: &[&Key],
+) -> Result<()> {
+    let change = approval.change();
+    if let Some(name) = drop.iter().find(|n| !change.drops_copy(n)) {
+        return Err(unapproved(w, name, "removing this repair copy"));
+    }
+    if let Some(k) = write
+        .iter()
+        .find(|k| !change.copies_written.contains(&k.fingerprint()))
+    {
+        return Err(unapproved(
+            w,
+            &k.fingerprint().to_string(),
+            "this repair copy",
+        ));
+    }
+    for name in drop {
+        copies.remove(name)?;
+    }
+    for k in write {
+        let fp = k.fingerprint().to_string();
+        let tmp = format!("{fp}.tmp");
+        copies.write_new(&tmp, k.to_text().as_bytes(), w.owner)?;
+        copies.rename_durable(&tmp, copies, &fp)?;
+    }
+    copies.sync()
+}
+
+/// Recovery rolls a rotation killed after step 2 forward: `primary.tmp` removed, the staged
+/// temp file renamed to `0` when it holds a key (`staged`, then `key` is it), else `key` (a
+/// fresh one) written as key 0.
+pub(super) fn finish_rotation(
+    w: &Writer,
+    approval: Approval,
+    staged: Option<&Key>,
+    key: &Key,
+) -> Result<()> {
+    approved_write(w, &approval, 0, key)?;
+    if staged.is_some_and(|s| s.fingerprint() != key.fingerprint()) {
+        return Err(unapproved(
+            w,
+            "0",
+            "a key other than the staged temp file's",
+        ));
+    }
+    let (repo, internal) = (&w.repo, &w.internal);
+    internal.remove(PRIMARY_TMP)?;
+    match staged {
+        Some(_) => internal.rename_durable(STAGED_TMP, repo, "0"),
+        None => {
+            internal.remove(STAGED_TMP)?;
+            install_key(w, 0, key)
+        }
+    }
+}
+
+/// Recovery rolls a rotation killed before step 2 back: its temp files removed (no key name
+/// had changed).
+pub(super) fn roll_back(w: &Writer) -> Result<()> {
+    w.internal.remove(PRIMARY_TMP)?;
+    w.internal.remove(STAGED_TMP)?;
+    w.internal.sync()
+}
+
+/// A restore or cluster apply killed before its rename changed nothing: its temp file goes.
+pub(super) fn drop_restore_tmp(w: &Writer) -> Result<()> {
+    w.internal.remove(RESTORE_TMP).map(|_| ())
+}
+
+/// keystone-manage's rotation killed between its renames: its `0.tmp` (holding `key`)
+/// becomes key 0.
+pub(super) fn finish_keystone_rotation(w: &Writer, approval: Approval, key: &Key) -> Result<()> {
+    approved_write(w, &approval, 0, key)?;
+    w.repo.rename_durable(KEYSTONE_TMP, &w.repo, "0")
+}
+
+/// A missing key 0 staged: `key` written durably as `0`.
+pub(super) fn stage_zero(w: &Writer, approval: Approval, key: &Key) -> Result<()> {
+    approved_write(w, &approval, 0, key)?;
+    install_key(w, 0, key)
+}
+
+/// keystone-manage's `0.tmp` left while key 0 exists (no key had changed): removed.
+pub(super) fn drop_keystone_tmp(w: &Writer) -> Result<()> {
+    w.repo.remove(KEYSTONE_TMP)?;
+    w.repo.sync()
+}
+
+/// Gives key 0's file the name `n` as well (a hard link) if it holds `key`: a rotation's new
+/// primary is the staged key already on disk, so no file is created and written again (what
+/// a node's apply waits on when many nodes share a disk). The new name is durable once the
+/// caller fsyncs the directory. False when that cannot be done (key 0 is a link or not a
+/// regular file, a file named `n` exists, the filesystem has no hard links, key 0 changed
+/// since the scan): the caller writes a copy over it.
+fn link_zero(w: &Writer, n: u64, key: &Key) -> Result<bool> {
+    let Ok(Some(file)) = w.repo.open_regular("0", fsio::SMALL_FILE, false) else {
+        return Ok(false);
+    };
+    if !scan::read_key_from(&file).is_ok_and(|k| k.fingerprint() == key.fingerprint()) {
+        return Ok(false);
+    }
+    // Returns at once when the content is durable (fernetd fsynced it when it wrote it);
+    // makes it durable when another tool wrote key 0 without.
+    let zero = w.repo.join("0");
+    file.sync_all().at(&zero)?;
+    let to = n.to_string();
+    if !w.repo.link("0", &to)? {
+        return Ok(false);
+    }
+    // The new name must be the file just checked, not a key 0 that replaced it meanwhile.
+    let linked = w.repo.stat_at(&to, false)?;
+    let held = file.metadata().at(&zero)?;
+    Ok(linked.is_some_and(|l| l.st_dev == held.dev() && l.st_ino == held.ino()))
+}
+
+/// Writes key `n` via `.fernetd/restore.tmp`: the content is fsynced, the new name is durable
+/// once the caller fsyncs the repository directory. A `restore.tmp` left behind by a crash is
+/// only ever removed (`recover`), so its directory needs no fsync.
+fn place_copy(w: &Writer, n: u64, key: &Key) -> Result<()> {
+    w.internal
+        .write_new(RESTORE_TMP, key.to_text().as_bytes(), w.owner)?;
+    w.internal.rename(RESTORE_TMP, &w.repo, &n.to_string())
+}
+
+/// Writes one key file durably via `.fernetd/staged.tmp`.
+fn install_key(w: &Writer, number: u64, key: &Key) -> Result<()> {
+    w.internal
+        .write_new(STAGED_TMP, key.to_text().as_bytes(), w.owner)?;
+    w.internal
+        .rename_durable(STAGED_TMP, &w.repo, &number.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{self, Change};
+    use crate::clock::Now;
+    use crate::history::History;
+    use std::time::Duration;
+
+    fn approve(c: Change) -> Approval {
+        crate::guard::approve(c, &History::new(), Duration::ZERO, &Now::read(), false).unwrap()
+    }
+
+    #[test]
+    fn only_the_approved_material_and_names_are_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = super::super::Repository::new(d.path().join("keys"), None);
+        fsio::create_private_dir(repo.dir(), None).unwrap();
+        let w = repo.lock().unwrap();
+        let key_names = || {
+            let mut names = w.repo.names().unwrap();
+            names.retain(|n| n != super::super::INTERNAL_DIR);
+            names.sort();
+            names
+        };
+        let (a, b) = (Key::generate().unwrap(), Key::generate().unwrap());
+        let mut first = Change::default();
+        first.put(1, a.fingerprint());
+        // Other material, or another number, than the approved: refused, nothing written.
+        let e = create(&w, approve(first.clone()), &[(1, &b)]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not in the change the gate approved"),
+            "{e}"
+        );
+        assert!(create(&w, approve(first.clone()), &[(2, &a)]).is_err());
+        assert!(key_names().is_empty());
+        create(&w, approve(first), &[(1, &a)]).unwrap();
+        assert_eq!(key_names(), vec!["1"]);
+
+        // A rotation purging a key the approval keeps: refused before the first write.
+        let on_disk = change::slots(&BTreeMap::from([(1, a.fingerprint())]), []);
+        let mut promote = Change::from(on_disk);
+        promote.put(2, a.fingerprint());
+        promote.put(0, b.fingerprint());
+        let saved = std::cell::Cell::new(false);
+        let e = rotate(&w, approve(promote.clone()), &a, &b, 2, &[1], || {
+            saved.set(true);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("removing this key"), "{e}");
+        assert!(!saved.get());
+        assert_eq!(key_names(), vec!["1"]);
+        assert!(w
+            .internal
+            .names()
+            .unwrap()
+            .iter()
+            .all(|n| !n.ends_with(".tmp")));
+        rotate(&w, approve(promote), &a, &b, 2, &[], || {
+            saved.set(true);
+            Ok(())
+        })
+        .unwrap();
+        assert!(saved.get());
+        assert_eq!(key_names(), vec!["0", "1", "2"]);
+
+        // A copy the change does not drop stays.
+        let copies = w.internal.make_own("copies", None).unwrap();
+        let mut keep = Change::default();
+        keep.copies_written.insert(a.fingerprint());
+        sync_copies(&w, &copies, approve(keep), &[], &[&a]).unwrap();
+        let name = a.fingerprint().to_string();
+        let e = sync_copies(
+            &w,
+            &copies,
+            approve(Change::default()),
+            std::slice::from_ref(&name),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("repair copy"), "{e}");
+        assert_eq!(copies.names().unwrap(), vec![name]);
+    }
+}
