@@ -13,18 +13,18 @@
 //!
 //! The agent reports to the daemon loop through a channel; it never touches the loop's state.
 
-use crate::clock::Now;
 use crate::cluster::{Ack, Change, Cluster, ClusterError, Lease, Watch};
 use crate::config::{ClusterSettings, Kind};
-use crate::keyset::KeySet;
+use crate::core::clock::Now;
+use crate::core::keyset::KeySet;
+use crate::core::schedule::Schedule;
 use crate::repository::{Repository, RotateParams};
-use crate::schedule::Schedule;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::time::Instant;
 
-type Fingerprints = std::collections::BTreeMap<u64, crate::key::Fingerprint>;
+type Fingerprints = std::collections::BTreeMap<u64, crate::core::key::Fingerprint>;
 
 /// How soon a held rotation asks the gate again (acknowledgements are not watched).
 const GATE_RETRY: Duration = Duration::from_millis(200);
@@ -402,7 +402,7 @@ impl<'a> Session<'a> {
                     tracing::error!(
                         "{}: rotation held: pre_rotate failed; retrying in {}",
                         cfg.kind,
-                        crate::duration::format(PRE_ROTATE_RETRY)
+                        crate::core::duration::format(PRE_ROTATE_RETRY)
                     );
                     let wake = Instant::now() + PRE_ROTATE_RETRY;
                     self.held_until = Some(wake);
@@ -556,7 +556,7 @@ impl Disk {
 #[derive(Default)]
 struct Acked {
     /// The revision and staged key acknowledged; `None` to write it again.
-    last: Option<(i64, crate::key::Fingerprint)>,
+    last: Option<(i64, crate::core::key::Fingerprint)>,
     /// When it was written: a step of the wall clock since then is acknowledged again, so the
     /// leader sees this node's clock as it is.
     at: Option<Now>,
@@ -564,11 +564,11 @@ struct Acked {
 
 impl Acked {
     /// Whether the set at `revision` staging `staged` is still to be acknowledged.
-    fn due(&self, revision: i64, staged: crate::key::Fingerprint) -> bool {
+    fn due(&self, revision: i64, staged: crate::core::key::Fingerprint) -> bool {
         self.last != Some((revision, staged))
     }
 
-    fn wrote(&mut self, revision: i64, staged: crate::key::Fingerprint, at: Now) {
+    fn wrote(&mut self, revision: i64, staged: crate::core::key::Fingerprint, at: Now) {
         self.last = Some((revision, staged));
         self.at = Some(at);
     }
@@ -645,7 +645,7 @@ async fn heal_forward(
     revision: i64,
 ) -> Result<bool, SessionError> {
     let local = cfg.repo.history()?;
-    let verdict = crate::keyset::succession(&local, offered);
+    let verdict = crate::core::keyset::succession(&local, offered);
     if !verdict.behind_us() {
         return Ok(false);
     }
@@ -746,7 +746,7 @@ async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionErro
         Some(l) => format!("this node's key set again ({l}): etcd held none"),
         None => {
             proposal.history.lineage =
-                Some(crate::keyset::Lineage::new().map_err(|_| SessionError::Random)?);
+                Some(crate::core::keyset::Lineage::new().map_err(|_| SessionError::Random)?);
             "this node's repository".to_string()
         }
     };
@@ -905,7 +905,7 @@ mod tests {
         // The wall clock stepped a minute ahead of the boot clock: written again at once.
         let at = |wall, ms| Now {
             wall,
-            boot: Some(crate::clock::BootStamp {
+            boot: Some(crate::core::clock::BootStamp {
                 boot: "b".into(),
                 ms,
             }),

@@ -6,7 +6,7 @@
 //! sees an etcd type. It decides nothing about rotations.
 
 use crate::config::{ClusterSettings, Kind};
-use crate::keyset::{KeySet, KeySetError};
+use crate::core::keyset::{KeySet, KeySetError};
 use crate::seal::{SealError, SealKey, Sealing};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
@@ -25,7 +25,7 @@ pub enum ClusterError {
     Unsealed,
     #[error("etcd {what}: {reason}")]
     Request { what: String, reason: String },
-    #[error("etcd {what}: no answer within {}", crate::duration::format(*.timeout))]
+    #[error("etcd {what}: no answer within {}", crate::core::duration::format(*.timeout))]
     Timeout { what: String, timeout: Duration },
     #[error("{key} already holds a key set (revision {revision}); refusing to overwrite it (--force replaces it)")]
     Exists { key: String, revision: i64 },
@@ -39,7 +39,7 @@ pub enum ClusterError {
     GateWaiting {
         key: String,
         nodes: Vec<String>,
-        staged: crate::key::Fingerprint,
+        staged: crate::core::key::Fingerprint,
     },
     #[error("{key}: other writers changed the key set under this rotation {attempts} times in a row; nothing changed, try again")]
     Contention { key: String, attempts: u32 },
@@ -75,7 +75,7 @@ pub fn nodes_have(nodes: &[String]) -> String {
 pub struct Ack {
     pub node: String,
     pub revision: i64,
-    pub staged: crate::key::Fingerprint,
+    pub staged: crate::core::key::Fingerprint,
     /// The node's wall clock when it wrote this: the leader holds purges while a node's
     /// clock is off by more than the margin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +89,7 @@ impl Ack {
         Ack {
             node: node.to_string(),
             revision: 0,
-            staged: crate::key::Fingerprint::NONE,
+            staged: crate::core::key::Fingerprint::NONE,
             clock,
         }
     }
@@ -108,7 +108,7 @@ pub fn skewed(
     now: chrono::DateTime<chrono::Utc>,
     tolerance: Duration,
 ) -> Vec<(String, chrono::Duration)> {
-    let tolerance = crate::history::to_chrono(tolerance);
+    let tolerance = crate::core::history::to_chrono(tolerance);
     acks.iter()
         .filter_map(|a| {
             let c = a.clock?;
@@ -128,14 +128,14 @@ pub fn skewed(
 /// hold it, except members not heard from for `member_timeout` (when one is configured). Pure.
 pub fn waiting_on(
     acks: &[Ack],
-    staged: crate::key::Fingerprint,
+    staged: crate::core::key::Fingerprint,
     now: chrono::DateTime<chrono::Utc>,
     member_timeout: Option<Duration>,
 ) -> Vec<String> {
     let gone = |a: &Ack| {
         member_timeout.is_some_and(|t| {
             a.clock
-                .is_some_and(|c| now - c > crate::history::to_chrono(t))
+                .is_some_and(|c| now - c > crate::core::history::to_chrono(t))
         })
     };
     acks.iter()
@@ -149,7 +149,7 @@ pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
     let parts: Vec<String> = skewed
         .iter()
         .map(|(n, off)| {
-            let size = crate::duration::format(Duration::from_secs(
+            let size = crate::core::duration::format(Duration::from_secs(
                 off.num_seconds().unsigned_abs().max(1),
             ));
             let way = if *off > chrono::Duration::zero() {
@@ -167,7 +167,7 @@ pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
 #[derive(Debug, Clone)]
 pub struct Rotated {
     pub revision: i64,
-    pub decision: crate::rotation::Decision,
+    pub decision: crate::core::rotation::Decision,
     /// Nodes whose clocks are off by more than the margin: this rotation purged nothing.
     pub skewed: Vec<(String, chrono::Duration)>,
     /// The key set as committed.
@@ -179,17 +179,17 @@ pub struct Rotated {
 /// What a rotation of the cluster's key set needs besides the set in etcd.
 pub struct Rotation<'a> {
     pub params: &'a crate::repository::RotateParams,
-    pub now: &'a crate::clock::Now,
+    pub now: &'a crate::core::clock::Now,
     /// This node's history (the lineage and keys of the set it applied): a set in etcd that
     /// is not a successor of it (a restored backup, another cluster's) is never rotated on.
-    pub held: Option<&'a crate::history::History>,
+    pub held: Option<&'a crate::core::history::History>,
     /// A node clock off by more than this holds every purge.
     pub skew_tolerance: Duration,
     /// The leader's claim (its name and lease): the commit is fenced on it, so a leader that
     /// was paused past its lease rotates nothing when it resumes.
     pub fence: Option<(&'a str, i64)>,
     /// The leader's schedule: "due" is judged on the set read for this rotation.
-    pub schedule: Option<&'a crate::schedule::Schedule>,
+    pub schedule: Option<&'a crate::core::schedule::Schedule>,
     /// See [`waiting_on`].
     pub member_timeout: Option<Duration>,
 }
@@ -300,7 +300,7 @@ impl Cluster {
         set: &KeySet,
         force: bool,
         force_purge: bool,
-    ) -> Result<(i64, crate::keyset::Lineage), ClusterError> {
+    ) -> Result<(i64, crate::core::keyset::Lineage), ClusterError> {
         let key = self.keyset_key(kind);
         let replaced = match force {
             true => self.fetch(kind).await.ok(),
@@ -308,9 +308,8 @@ impl Cluster {
         };
         let mut lineage = match replaced.and_then(|(s, _)| s.history.lineage) {
             Some(l) => l.next(),
-            None => {
-                crate::keyset::Lineage::new().map_err(|e| ClusterError::Random(e.to_string()))?
-            }
+            None => crate::core::keyset::Lineage::new()
+                .map_err(|e| ClusterError::Random(e.to_string()))?,
         };
         lineage.forced = force_purge;
         let mut set = set.clone();
@@ -442,7 +441,7 @@ impl Cluster {
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
             if let Some(local) = r.held {
-                let s = crate::keyset::succession(local, &set);
+                let s = crate::core::keyset::succession(local, &set);
                 if !s.acceptable() {
                     return Err(ClusterError::Refused {
                         key,
@@ -478,8 +477,8 @@ impl Cluster {
                     staged,
                 });
             }
-            let new_key =
-                crate::key::Key::generate().map_err(|e| ClusterError::Random(e.to_string()))?;
+            let new_key = crate::core::key::Key::generate()
+                .map_err(|e| ClusterError::Random(e.to_string()))?;
             // A node with a wrong clock would judge retention wrongly: purge nothing.
             let held_params = crate::repository::RotateParams {
                 retention: Duration::MAX,
@@ -928,7 +927,7 @@ async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<Client, Stri
         Ok(r) => r,
         Err(_) => Err(format!(
             "no answer within {}",
-            crate::duration::format(s.dial_timeout)
+            crate::core::duration::format(s.dial_timeout)
         )),
     }
 }
@@ -947,7 +946,7 @@ mod tests {
         let ack = |node: &str, revision: i64, clock: Option<i64>| Ack {
             node: node.into(),
             revision,
-            staged: crate::key::Fingerprint::NONE,
+            staged: crate::core::key::Fingerprint::NONE,
             clock: clock.map(t),
         };
         let acks = [

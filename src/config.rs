@@ -7,9 +7,9 @@
 //! verdict on each schedule. Every error names the file and the field (and the line, for
 //! TOML), in one line.
 
-use crate::duration;
-use crate::planner::{self, Lifetime, Plan, DEFAULT_MARGIN};
-use crate::schedule::Schedule;
+use crate::core::duration;
+use crate::core::planner::{self, Lifetime, Plan, DEFAULT_MARGIN};
+use crate::core::schedule::Schedule;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::fmt;

@@ -9,11 +9,11 @@
 //! in-flight write completes.
 
 use crate::agent::{self, Report};
-use crate::clock::Now;
 use crate::config::{ClusterSettings, ConfigError, DaemonSettings, Managed};
+use crate::core::clock::Now;
+use crate::core::problem::Code;
 use crate::hooks::{self, Context, Event};
 use crate::metrics::{self, Metrics};
-use crate::problem::Code;
 use crate::repository::{DaemonLock, Repository, RetentionViolation, RotateParams};
 use crate::status::{self, Level};
 use crate::systemd;
@@ -440,7 +440,7 @@ impl Daemon {
             s.repo.dir().display(),
             m.schedule,
             m.max_active_keys,
-            crate::duration::format(m.settings.lifetime.retention())
+            crate::core::duration::format(m.settings.lifetime.retention())
         );
         if m.plan.safe == Some(false) {
             tracing::error!(
@@ -627,7 +627,7 @@ impl Daemon {
                         "{kind}: rotation {} overdue, blocked past gate_deadline: {who} not \
                          applied the staged key; it goes ahead once they do, or once they are \
                          removed (fernetd cluster remove-node)",
-                        crate::duration::format(Duration::from_secs(overdue.as_secs()))
+                        crate::core::duration::format(Duration::from_secs(overdue.as_secs()))
                     );
                 } else if !blocking && next.waiting != c.gate.waiting {
                     tracing::info!("{kind}: rotation due, held until {who} applied the staged key");
@@ -782,7 +782,7 @@ impl Daemon {
             tracing::error!(
                 "{}: rotation held: pre_rotate failed; retrying in {}",
                 s.kind,
-                crate::duration::format(RETRY)
+                crate::core::duration::format(RETRY)
             );
             st.retry_at = Some(Instant::now() + RETRY);
             st.failed("pre_rotate failed".into());
@@ -871,7 +871,7 @@ impl Daemon {
                 tracing::error!(
                     "{}: rotation failed: {e}; retrying in {} [{}]",
                     s.kind,
-                    crate::duration::format(RETRY),
+                    crate::core::duration::format(RETRY),
                     Code::RotationFailing
                 );
                 st.retry_at = Some(Instant::now() + RETRY);
@@ -903,7 +903,7 @@ impl Daemon {
                     return;
                 }
                 let (problems, warnings) = match s.repo.scan() {
-                    Ok(scan) => split(&crate::check::check(&scan, s.repo_owner())),
+                    Ok(scan) => split(&crate::core::check::check(&scan, s.repo_owner())),
                     Err(e) => (BTreeSet::from([e.to_string()]), BTreeSet::new()),
                 };
                 note_warnings(s.kind, &mut s.warnings, warnings);
@@ -929,23 +929,25 @@ impl Daemon {
                 for c in &obs.changes {
                     changed = true;
                     match c {
-                        crate::history::Observation::Promoted { from, to } => tracing::warn!(
+                        crate::core::history::Observation::Promoted { from, to } => tracing::warn!(
                             "{}: key {from} became primary {to} outside fernetd: this extra \
                              rotation shortens the retention window; re-planning from it",
                             s.kind
                         ),
-                        crate::history::Observation::Adopted { number } => {
+                        crate::core::history::Observation::Adopted { number } => {
                             tracing::info!("{}: key {number} appeared outside fernetd", s.kind)
                         }
-                        crate::history::Observation::Vanished { number, .. } => {
+                        crate::core::history::Observation::Vanished { number, .. } => {
                             tracing::warn!("{}: key {number} was removed outside fernetd", s.kind)
                         }
-                        crate::history::Observation::Replaced { number: 0 } => tracing::warn!(
-                            "{}: the staged key 0 was replaced outside fernetd (no token was \
+                        crate::core::history::Observation::Replaced { number: 0 } => {
+                            tracing::warn!(
+                                "{}: the staged key 0 was replaced outside fernetd (no token was \
                              encrypted with it)",
-                            s.kind
-                        ),
-                        crate::history::Observation::Replaced { number } => {
+                                s.kind
+                            )
+                        }
+                        crate::core::history::Observation::Replaced { number } => {
                             tracing::warn!("{}: key {number} was replaced outside fernetd", s.kind)
                         }
                     }
@@ -953,7 +955,7 @@ impl Daemon {
                 if obs
                     .changes
                     .iter()
-                    .any(|c| matches!(c, crate::history::Observation::Promoted { .. }))
+                    .any(|c| matches!(c, crate::core::history::Observation::Promoted { .. }))
                 {
                     st.next_rotation =
                         s.m.schedule
@@ -1168,7 +1170,7 @@ impl Daemon {
             tracing::warn!(
                 "the wall clock stepped {}: retention keeps counting by the boot clock; \
                  schedules are planned again from the new time",
-                crate::clock::describe_step(step)
+                crate::core::clock::describe_step(step)
             );
             for i in 0..self.slots.len() {
                 if self.slots[i]
@@ -1260,9 +1262,9 @@ fn note_warnings(kind: &str, logged: &mut BTreeSet<String>, warnings: BTreeSet<S
 }
 
 /// A check report's findings as the daemon says them: errors (unhealthy) and warnings.
-fn split(report: &crate::check::Report) -> (BTreeSet<String>, BTreeSet<String>) {
+fn split(report: &crate::core::check::Report) -> (BTreeSet<String>, BTreeSet<String>) {
     // File names come from whoever can write the directory: escaped, they cannot forge lines.
-    let line = |f: &crate::check::Finding| {
+    let line = |f: &crate::core::check::Finding| {
         hooks::printable(&format!("{}: {} [{}]", f.path, f.message, f.code))
     };
     let errors = report.violations().map(line).collect();

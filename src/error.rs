@@ -18,7 +18,7 @@ pub enum Error {
     Invalid { path: PathBuf, problem: String },
     #[error(
         "{lock}: another fernetd{holder} holds the repository lock; gave up after {}",
-        crate::duration::format(*waited)
+        crate::core::duration::format(*waited)
     )]
     Locked {
         lock: PathBuf,

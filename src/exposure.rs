@@ -9,7 +9,7 @@
 //! others can read.)
 
 use crate::config::ClusterSettings;
-use crate::problem::{Code, Problem};
+use crate::core::problem::{Code, Problem};
 use std::path::Path;
 
 /// Every warning `s` deserves, in a stable order.

@@ -51,7 +51,7 @@ impl Context {
         Context {
             kind,
             repository: dir.display().to_string(),
-            primary: crate::history::primary(keys.iter().copied()),
+            primary: crate::core::history::primary(keys.iter().copied()),
             keys: keys.to_vec(),
             level: "",
             problems: Vec::new(),
@@ -118,7 +118,7 @@ pub async fn run(
             let _ = child.kill().await;
             tracing::error!(
                 repository = %repository,
-                "{hook}: killed after {}", crate::duration::format(timeout)
+                "{hook}: killed after {}", crate::core::duration::format(timeout)
             );
             false
         }

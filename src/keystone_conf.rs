@@ -147,7 +147,7 @@ impl KeystoneConf {
         let secs = |group: &str, option: &str| -> Result<Option<Duration>, ConfigError> {
             let origin = get(group, option).map_or("", |r| r.origin.as_str());
             int(group, option)?
-                .map(|n| crate::duration::from_secs(n, &n.to_string()))
+                .map(|n| crate::core::duration::from_secs(n, &n.to_string()))
                 .transpose()
                 .map_err(|m| ConfigError(format!("{origin}: [{group}] {option}: {m}")))
         };

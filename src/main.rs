@@ -26,7 +26,7 @@ fn main() {
     if !matches!(cli.command, cli::Command::Daemon(_)) {
         restore_default_sigpipe();
     }
-    match cli::run(cli, fernetd::clock::Now::read()) {
+    match cli::run(cli, fernetd::core::clock::Now::read()) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // Our error variants already include their cause; print the top level only.

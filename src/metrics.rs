@@ -41,7 +41,7 @@ struct Repo {
     /// Rotations fail and are retried (see `Summary::rotation_failing`).
     rotation_failing: bool,
     /// The current problems' codes and levels (see `status::Problem`).
-    problems: Vec<(crate::problem::Code, &'static str)>,
+    problems: Vec<(crate::core::problem::Code, &'static str)>,
     /// Cluster mode only.
     cluster: Option<ClusterGauges>,
 }

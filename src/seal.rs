@@ -20,7 +20,7 @@ const NONCE: usize = 24;
 /// The key-encryption key: 32 bytes, stored as 44 characters of url-safe base64 (the format
 /// of a Fernet key, so the same tools generate it).
 pub struct SealKey {
-    key: crate::key::Key,
+    key: crate::core::key::Key,
 }
 
 impl std::fmt::Debug for SealKey {
@@ -83,7 +83,7 @@ impl SealKey {
         file.take(MAX_FILE + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| fail(e.to_string()))?;
-        let key = crate::key::Key::parse(&bytes).map_err(|e| {
+        let key = crate::core::key::Key::parse(&bytes).map_err(|e| {
             fail(format!(
                 "{e}; expected 32 random bytes as url-safe base64 (fernetd cluster new-seal-key)"
             ))
@@ -97,7 +97,7 @@ impl SealKey {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let fail = |why: String| SealError::KeyFile(path.display().to_string(), why);
-        let key = crate::key::Key::generate().map_err(|e| fail(format!("random: {e}")))?;
+        let key = crate::core::key::Key::generate().map_err(|e| fail(format!("random: {e}")))?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -132,7 +132,7 @@ impl SealKey {
         Ok(SealKey { key })
     }
 
-    pub fn from_key(key: crate::key::Key) -> SealKey {
+    pub fn from_key(key: crate::core::key::Key) -> SealKey {
         SealKey { key }
     }
 
@@ -244,7 +244,7 @@ mod tests {
     use super::*;
 
     fn key() -> SealKey {
-        SealKey::from_key(crate::key::Key::generate().unwrap())
+        SealKey::from_key(crate::core::key::Key::generate().unwrap())
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! OK / warning / critical, shared by `fernetd status` (exit 0/1/2), the daemon's systemd
 //! `STATUS=` line and its metrics.
 
-use crate::check::{Finding, Severity};
-use crate::clock::Now;
 use crate::config::{Kind, Managed};
-pub use crate::problem::{Code, Level, Problem};
+use crate::core::check::{Finding, Severity};
+use crate::core::clock::Now;
+pub use crate::core::problem::{Code, Level, Problem};
 use crate::repository::Repository;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -241,7 +241,7 @@ pub fn rotation_failing(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Problem {
-    let overdue = due.is_some_and(|d| now - d > crate::history::to_chrono(margin));
+    let overdue = due.is_some_and(|d| now - d > crate::core::history::to_chrono(margin));
     let p = Problem::new(
         Code::RotationFailing,
         format!(
@@ -283,7 +283,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             return sum;
         }
     };
-    let report = crate::check::check(&scan, None);
+    let report = crate::core::check::check(&scan, None);
     for f in &report.findings {
         let level = match f.severity {
             Severity::Error => Level::Critical,
@@ -322,7 +322,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     for w in history.future_warnings(clock, &state) {
         sum.raise(Code::ClockInFuture, w);
     }
-    if let Some(w) = crate::clock::step_warning(clock, &judged) {
+    if let Some(w) = crate::core::clock::step_warning(clock, &judged) {
         sum.raise(Code::ClockStep, w);
     }
     if let Some(p) = sum.primary {
@@ -453,9 +453,9 @@ pub struct NodeView {
 /// this node's recorded history (with the lineage it last applied).
 #[allow(clippy::too_many_arguments)]
 pub fn cluster_view(
-    local: &std::collections::BTreeMap<u64, crate::key::Fingerprint>,
-    history: &crate::history::History,
-    set: &crate::keyset::KeySet,
+    local: &std::collections::BTreeMap<u64, crate::core::key::Fingerprint>,
+    history: &crate::core::history::History,
+    set: &crate::core::keyset::KeySet,
     revision: i64,
     acks: &[crate::cluster::Ack],
     leader: Option<String>,
@@ -463,7 +463,7 @@ pub fn cluster_view(
     now: &Now,
 ) -> ClusterView {
     // The same judgement the node's apply makes (its retention, E + W; its clock).
-    let refused = crate::guard::admit(set, local, history, retention, now).err();
+    let refused = crate::core::guard::admit(set, local, history, retention, now).err();
     let staged = set.keys.get(&0).map(|k| k.fingerprint());
     let nodes: Vec<NodeView> = acks
         .iter()
@@ -530,7 +530,7 @@ impl ClusterView {
         let gone = |n: &NodeView| {
             member_timeout.is_some_and(|t| {
                 n.last_ack
-                    .is_some_and(|c| now - c > crate::history::to_chrono(t))
+                    .is_some_and(|c| now - c > crate::core::history::to_chrono(t))
             })
         };
         let nodes = &self.nodes;
@@ -600,7 +600,7 @@ impl Summary {
                             "rotation due since {since} blocked past gate_deadline {}: {} not \
                          applied the staged key",
                             v.gate_deadline
-                                .map(crate::duration::format)
+                                .map(crate::core::duration::format)
                                 .unwrap_or_default(),
                             crate::cluster::nodes_have(&v.gate_waiting_on)
                         ),
@@ -620,7 +620,7 @@ impl Summary {
 mod tests {
     use super::*;
     use crate::cluster::Ack;
-    use crate::keyset::KeySet;
+    use crate::core::keyset::KeySet;
     use std::time::Duration;
 
     fn view(lagging: bool) -> ClusterView {
@@ -635,7 +635,7 @@ mod tests {
         };
         let mut acks = vec![ack("a", staged)];
         if lagging {
-            acks.push(ack("b", crate::key::Fingerprint::NONE));
+            acks.push(ack("b", crate::core::key::Fingerprint::NONE));
         }
         cluster_view(
             &set.fingerprints(),

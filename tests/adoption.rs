@@ -121,10 +121,10 @@ fn logs(daemons: &[Daemon]) -> String {
         .collect()
 }
 
-fn keyset(etcd: &Etcd, kind: &str) -> fernetd::keyset::KeySet {
+fn keyset(etcd: &Etcd, kind: &str) -> fernetd::core::keyset::KeySet {
     let key = format!("/keystone/{kind}/keyset");
     let raw = etcd.with_client(async |c| c.get(key, None).await.unwrap().kvs()[0].value().to_vec());
-    fernetd::keyset::KeySet::decode(&raw).unwrap()
+    fernetd::core::keyset::KeySet::decode(&raw).unwrap()
 }
 
 #[test]

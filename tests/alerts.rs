@@ -487,7 +487,7 @@ fn every_problem_code_has_one_runbook_and_the_readme_links_it() {
         }
     }
     let readme = read("README.md");
-    for code in fernetd::problem::Code::ALL.iter().map(|c| c.as_str()) {
+    for code in fernetd::core::problem::Code::ALL.iter().map(|c| c.as_str()) {
         let section = owner
             .get(code)
             .unwrap_or_else(|| panic!("{RUNBOOKS}: no section names code {code}"));
@@ -497,7 +497,7 @@ fn every_problem_code_has_one_runbook_and_the_readme_links_it() {
             "README.md: the row of {code} should start {link}"
         );
     }
-    let known: BTreeSet<&str> = fernetd::problem::Code::ALL
+    let known: BTreeSet<&str> = fernetd::core::problem::Code::ALL
         .iter()
         .map(|c| c.as_str())
         .collect();
@@ -505,7 +505,7 @@ fn every_problem_code_has_one_runbook_and_the_readme_links_it() {
         assert!(known.contains(c.as_str()), "{RUNBOOKS}: unknown code {c}");
     }
     for a in alerts() {
-        let severity_of = |code: &str| fernetd::problem::Code::parse(code).severity();
+        let severity_of = |code: &str| fernetd::core::problem::Code::parse(code).severity();
         for code in selected_codes(&a.expr) {
             assert!(
                 known.contains(code.as_str()),
@@ -1071,10 +1071,11 @@ fn cluster_situations() -> Vec<Scrape> {
             .map(|kv| kv.value().to_vec())
             .unwrap()
     });
-    let held = fernetd::keyset::KeySet::decode(&held).unwrap();
+    let held = fernetd::core::keyset::KeySet::decode(&held).unwrap();
     let lineage = held.history.lineage.clone().unwrap();
-    let mut forged = fernetd::keyset::KeySet::fresh(&fernetd::clock::Now::read()).unwrap();
-    forged.history.lineage = Some(fernetd::keyset::Lineage {
+    let mut forged =
+        fernetd::core::keyset::KeySet::fresh(&fernetd::core::clock::Now::read()).unwrap();
+    forged.history.lineage = Some(fernetd::core::keyset::Lineage {
         generation: lineage.generation + 5,
         ..lineage
     });

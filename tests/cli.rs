@@ -697,7 +697,7 @@ fn the_readme_lists_every_problem_code_the_code_has() {
         );
         rows.push(format!("| `{code}` |{rest}"));
     }
-    let want: Vec<String> = fernetd::problem::Code::ALL
+    let want: Vec<String> = fernetd::core::problem::Code::ALL
         .iter()
         .map(|c| format!("| `{c}` | {} | {} |", c.severity(), c.meaning()))
         .collect();

@@ -323,13 +323,13 @@ fn cluster_errors_are_one_line() {
     assert!(out.stderr.contains("[cluster] endpoints"), "{}", out.stderr);
 }
 
-fn keyset_of(etcd: &Etcd) -> fernetd::keyset::KeySet {
+fn keyset_of(etcd: &Etcd) -> fernetd::core::keyset::KeySet {
     let raw = etcd.with_client(async |c| {
         c.get("/test/tokens/keyset", None).await.unwrap().kvs()[0]
             .value()
             .to_vec()
     });
-    fernetd::keyset::KeySet::decode(&raw).unwrap()
+    fernetd::core::keyset::KeySet::decode(&raw).unwrap()
 }
 
 #[test]
@@ -1262,7 +1262,7 @@ fn promotions(etcd: &Etcd, seal: &Path) -> Vec<chrono::DateTime<chrono::Utc>> {
             .to_vec()
     });
     let plain = fernetd::seal::open_value(Some(&key), false, &raw, b"/test/tokens/keyset").unwrap();
-    let set = fernetd::keyset::KeySet::decode(&plain).unwrap();
+    let set = fernetd::core::keyset::KeySet::decode(&plain).unwrap();
     set.history
         .keys
         .iter()
@@ -1494,9 +1494,9 @@ fn a_rotation_is_fenced_on_the_leader_claim_and_judged_due_on_the_set_it_reads()
         .build()
         .unwrap();
     rt.block_on(async {
-        let now = fernetd::clock::Now::read();
+        let now = fernetd::core::clock::Now::read();
         let mut c = Cluster::connect(&settings).await.unwrap();
-        let set = fernetd::keyset::KeySet::fresh(&now).unwrap();
+        let set = fernetd::core::keyset::KeySet::fresh(&now).unwrap();
         c.import(Kind::Tokens, &set, false, false).await.unwrap();
         let params = fernetd::repository::RotateParams {
             max_active_keys: 3,
@@ -1545,7 +1545,7 @@ fn a_rotation_is_fenced_on_the_leader_claim_and_judged_due_on_the_set_it_reads()
             .unwrap();
         assert_eq!(ok.decision.new_primary, 2);
         // Hourly, and the set read says it was rotated just now: not due, nothing changes.
-        let hourly: fernetd::schedule::Schedule = "1h".parse().unwrap();
+        let hourly: fernetd::core::schedule::Schedule = "1h".parse().unwrap();
         let early = c
             .rotate(
                 Kind::Tokens,
@@ -1678,7 +1678,9 @@ fn the_leader_runs_pre_rotate_before_each_credentials_rotation() {
                 .value()
                 .to_vec()
         });
-        fernetd::keyset::KeySet::decode(&raw).unwrap().primary()
+        fernetd::core::keyset::KeySet::decode(&raw)
+            .unwrap()
+            .primary()
     };
     let d = Daemon::start(&["--config", c, "daemon"], &[]);
     assert!(

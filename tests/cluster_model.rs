@@ -14,10 +14,10 @@
 
 mod common;
 use common::etcd::Etcd;
-use fernetd::clock::Now;
 use fernetd::cluster::{Ack, Cluster, ClusterError, Rotation};
 use fernetd::config::{ClusterSection, Kind};
-use fernetd::keyset::KeySet;
+use fernetd::core::clock::Now;
+use fernetd::core::keyset::KeySet;
 use fernetd::repository::{Repository, RotateParams};
 use proptest::prelude::*;
 use std::time::Duration;
@@ -72,7 +72,7 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
     ))
     .unwrap();
     let settings = section.settings(&Default::default());
-    let hourly: fernetd::schedule::Schedule = format!("{}m", SLOT_MIN).parse().unwrap();
+    let hourly: fernetd::core::schedule::Schedule = format!("{}m", SLOT_MIN).parse().unwrap();
     let params = RotateParams {
         max_active_keys: 3,
         // Nothing is purged within a case: every key a node ever held stays in the set.

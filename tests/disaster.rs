@@ -10,7 +10,7 @@ mod common;
 use common::etcd::Etcd;
 use common::keystone::{pack, unpack_failures};
 use common::*;
-use fernetd::keyset::KeySet;
+use fernetd::core::keyset::KeySet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -297,8 +297,8 @@ fn a_destructive_key_set_is_refused_loudly_and_every_key_stays() {
     let lineage = held.history.lineage.clone().unwrap();
 
     // Valid, newer by its generation, unsealed, and every key replaced.
-    let mut forged = KeySet::fresh(&fernetd::clock::Now::read()).unwrap();
-    forged.history.lineage = Some(fernetd::keyset::Lineage {
+    let mut forged = KeySet::fresh(&fernetd::core::clock::Now::read()).unwrap();
+    forged.history.lineage = Some(fernetd::core::keyset::Lineage {
         generation: lineage.generation + 5,
         ..lineage.clone()
     });
@@ -360,7 +360,7 @@ fn a_destructive_key_set_is_refused_loudly_and_every_key_stays() {
     let primary = dropped.primary().unwrap();
     dropped.keys.remove(&primary);
     dropped.history.keys.remove(&primary);
-    dropped.history.lineage = Some(fernetd::keyset::Lineage {
+    dropped.history.lineage = Some(fernetd::core::keyset::Lineage {
         generation: lineage.generation + 9,
         ..lineage
     });

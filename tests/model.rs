@@ -29,7 +29,7 @@
 mod common;
 use chrono::{DateTime, TimeZone, Utc};
 use common::{keys, multifernet};
-use fernetd::clock::{BootStamp, Now};
+use fernetd::core::clock::{BootStamp, Now};
 use fernetd::repository::{Outcome, Repository, RotateParams};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -169,7 +169,7 @@ struct World {
 }
 
 fn fingerprint(content: &str) -> String {
-    fernetd::key::Key::parse(content.as_bytes())
+    fernetd::core::key::Key::parse(content.as_bytes())
         .unwrap()
         .fingerprint()
         .to_string()
@@ -344,7 +344,7 @@ impl World {
 /// (number, until), and whether a check finding is critical.
 fn status(repo: &Repository, retention: Duration, now: &Now) -> (Vec<(u64, DateTime<Utc>)>, bool) {
     let scan = repo.scan().unwrap();
-    let report = fernetd::check::check(&scan, None);
+    let report = fernetd::core::check::check(&scan, None);
     let history = repo.history().unwrap();
     let judged = repo.judging_clock(now);
     let lost = repo

@@ -4,7 +4,7 @@
 //! fernetd uses it (planned, judged, rotated). A bounded number of cases each.
 
 mod common;
-use fernetd::clock::Now;
+use fernetd::core::clock::Now;
 use proptest::prelude::*;
 use std::path::Path;
 
@@ -21,10 +21,10 @@ proptest! {
 
     #[test]
     fn text_parsers_never_panic(s in any::<String>()) {
-        let _ = fernetd::duration::parse(&s);
+        let _ = fernetd::core::duration::parse(&s);
         let _ = fernetd::config::parse_listen(&s);
         let _ = fernetd::repository::scan::python_int(&s);
-        if let Ok(schedule) = s.parse::<fernetd::schedule::Schedule>() {
+        if let Ok(schedule) = s.parse::<fernetd::core::schedule::Schedule>() {
             let now = Now::read();
             let _ = schedule.next_rotation(None, &now);
         }
@@ -41,10 +41,10 @@ proptest! {
         keys in prop::option::of(2u64..1000),
     ) {
         let text = format!("{n}{unit}");
-        let parsed = fernetd::duration::parse(&text);
+        let parsed = fernetd::core::duration::parse(&text);
         if let Ok(d) = parsed {
-            prop_assert!(d <= fernetd::duration::MAX);
-            let _ = fernetd::duration::format(d);
+            prop_assert!(d <= fernetd::core::duration::MAX);
+            let _ = fernetd::core::duration::format(d);
         }
         // A configuration with those lifetimes and an interval schedule: it loads (bounded)
         // or is refused in one line, and what loads can be planned.
@@ -76,7 +76,7 @@ proptest! {
 
     #[test]
     fn key_set_encodings_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
-        let _ = fernetd::keyset::KeySet::decode(&bytes);
+        let _ = fernetd::core::keyset::KeySet::decode(&bytes);
     }
 
     /// `state.json` with any bytes, then with well-formed records holding any timestamps and

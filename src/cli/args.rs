@@ -4,7 +4,7 @@
 //! these same definitions. The code that runs a command lives in its own module beside this one.
 
 use crate::config;
-use crate::duration;
+use crate::core::duration;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;

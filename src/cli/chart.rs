@@ -2,19 +2,19 @@
 //! printing (text or SVG).
 
 use super::ChartFormat;
-use crate::clock::Now;
 use crate::config::{self, Settings};
-use crate::duration;
+use crate::core::clock::Now;
+use crate::core::duration;
 use crate::repository::Repository;
 
 /// Prints pictures: each as text, or all as one SVG.
-pub(super) fn print_chart(format: ChartFormat, pictures: &[crate::chart::Picture]) {
+pub(super) fn print_chart(format: ChartFormat, pictures: &[crate::core::chart::Picture]) {
     match format {
-        ChartFormat::Svg => print!("{}", crate::chart::svg(pictures)),
+        ChartFormat::Svg => print!("{}", crate::core::chart::svg(pictures)),
         ChartFormat::Text => {
             let texts: Vec<String> = pictures
                 .iter()
-                .map(|p| crate::chart::text(p, crate::chart::TEXT_COLUMNS))
+                .map(|p| crate::core::chart::text(p, crate::core::chart::TEXT_COLUMNS))
                 .collect();
             print!("{}", texts.join("\n"));
         }
@@ -26,7 +26,7 @@ pub(super) fn print_chart(format: ChartFormat, pictures: &[crate::chart::Picture
 pub(super) fn charted_history(
     repo: &Repository,
     clock: &Now,
-) -> (crate::history::History, bool, Now) {
+) -> (crate::core::history::History, bool, Now) {
     let judged = repo.judging_clock(clock);
     match repo.scan().map(|sc| sc.fingerprints()) {
         Ok(disk) if !disk.is_empty() => {
@@ -35,8 +35,8 @@ pub(super) fn charted_history(
             (h, true, judged)
         }
         _ => {
-            let mut h = crate::history::History::new();
-            let none = crate::key::Fingerprint::NONE;
+            let mut h = crate::core::history::History::new();
+            let none = crate::core::key::Fingerprint::NONE;
             h.record_created(1, none, judged.wall);
             h.record_created(0, none, judged.wall);
             (h, false, judged)

@@ -2,9 +2,9 @@
 
 use super::settings::flags;
 use super::CheckArgs;
-use crate::check;
-use crate::clock::Now;
 use crate::config::Settings;
+use crate::core::check;
+use crate::core::clock::Now;
 use crate::repository::{Owner, Repository};
 use std::path::Path;
 

@@ -3,8 +3,8 @@
 
 use super::render::{say, Severity};
 use super::CheckConfigArgs;
-use crate::clock::Now;
 use crate::config::{self, DaemonSettings, Flags};
+use crate::core::clock::Now;
 use std::path::Path;
 
 pub(super) fn run(a: CheckConfigArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {

@@ -4,10 +4,10 @@ use super::block_on;
 use super::render::{print_keys, rfc3339, say, Severity};
 use super::settings::{cluster_settings, config_name, configured_kinds};
 use super::{ClusterInitArgs, NewSealKeyArgs, RemoveNodeArgs, SealArgs};
-use crate::clock::Now;
 use crate::config::{self, Flags};
-use crate::duration;
-use crate::keyset::KeySet;
+use crate::core::clock::Now;
+use crate::core::duration;
+use crate::core::keyset::KeySet;
 use crate::repository::{Owner, Repository};
 use std::path::{Path, PathBuf};
 
@@ -124,7 +124,8 @@ pub(super) fn new_seal_key(a: NewSealKeyArgs, config: Option<&Path>) -> anyhow::
             make_seal_key(out, &keystone)?;
         }
         None => {
-            let k = crate::key::Key::generate().map_err(|e| anyhow::anyhow!("random: {e}"))?;
+            let k =
+                crate::core::key::Key::generate().map_err(|e| anyhow::anyhow!("random: {e}"))?;
             println!("{}", &*k.to_text());
         }
     }

@@ -3,8 +3,8 @@
 
 use super::settings::{flags, with_lifetime};
 use super::{block_on, DaemonArgs};
-use crate::clock::Now;
 use crate::config::{DaemonSettings, Flags};
+use crate::core::clock::Now;
 use std::path::Path;
 
 pub(super) fn run(a: DaemonArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {

@@ -9,7 +9,7 @@
 //! its retention, `rotate` 4 = rotated but not recorded; 2 for any error (one line on stderr
 //! naming what is at fault).
 
-use crate::clock::Now;
+use crate::core::clock::Now;
 
 mod args;
 mod chart;

@@ -4,12 +4,12 @@ use super::chart::{charted_history, print_chart, window_note};
 use super::render::rfc3339;
 use super::settings::{configured, with_lifetime};
 use super::{PlanArgs, EXIT_UNSAFE};
-use crate::clock::Now;
 use crate::config::{self, Flags, Settings};
-use crate::duration;
-use crate::planner;
+use crate::core::clock::Now;
+use crate::core::duration;
+use crate::core::planner;
+use crate::core::schedule::Schedule;
 use crate::repository::Repository;
-use crate::schedule::Schedule;
 use std::path::Path;
 
 pub(super) fn run(a: PlanArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
@@ -75,11 +75,11 @@ fn plan_picture(
     s: &Settings,
     plan: &planner::Plan,
     clock: &Now,
-) -> crate::chart::Picture {
+) -> crate::core::chart::Picture {
     let repo = Repository::new(&s.key_repository, None);
     let (history, on_disk, judged) = charted_history(&repo, clock);
     let n = s.max_active_keys.unwrap_or(plan.required_max_active_keys);
-    let p = crate::timeline::project(&crate::timeline::Input {
+    let p = crate::core::timeline::project(&crate::core::timeline::Input {
         history: &history,
         on_disk,
         now: &judged,
@@ -112,7 +112,7 @@ fn plan_picture(
             s.key_repository.display()
         ));
     }
-    crate::chart::Picture {
+    crate::core::chart::Picture {
         title: format!("plan: {} {}", s.kind, s.key_repository.display()),
         notes,
         now: judged.wall,

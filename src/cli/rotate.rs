@@ -6,8 +6,8 @@ use super::block_on;
 use super::render::{print_keys, print_outcome, say, Severity};
 use super::settings::{cluster_settings, configured, flags, repository, with_lifetime};
 use super::{KindsArg, RotateArgs, EXIT_KEY_LOST};
-use crate::clock::Now;
 use crate::config::{self, Flags, Settings};
+use crate::core::clock::Now;
 use crate::repository::{Repository, RotateParams};
 use std::path::Path;
 
@@ -176,7 +176,7 @@ fn rotate_cluster(
             Severity::Warning,
             &format!(
                 "warning: purged nothing: clocks off by more than the margin ({}): {}",
-                crate::duration::format(margin),
+                crate::core::duration::format(margin),
                 crate::cluster::describe_skew(&r.skewed)
             ),
         );

@@ -3,8 +3,8 @@
 use super::render::print_outcome;
 use super::settings::{flags, repository};
 use super::{SetupArgs, EXIT_KEY_LOST};
-use crate::clock::Now;
 use crate::config::{Flags, Settings};
+use crate::core::clock::Now;
 use std::path::Path;
 
 pub(super) fn run(a: SetupArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {

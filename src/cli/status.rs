@@ -5,9 +5,9 @@ use super::block_on;
 use super::chart::{charted_history, print_chart, window_note};
 use super::render::rfc3339;
 use super::StatusArgs;
-use crate::clock::Now;
 use crate::config::{self, DaemonSettings, Flags};
-use crate::duration;
+use crate::core::clock::Now;
+use crate::core::duration;
 use crate::repository::Repository;
 use crate::status;
 use chrono::{DateTime, Utc};
@@ -46,7 +46,7 @@ pub(super) fn run(a: StatusArgs, config: Option<&Path>, clock: &Now) -> anyhow::
     if a.json {
         print_json(level, &sums, &views)?;
     } else if let Some(format) = a.chart {
-        let pictures: Vec<crate::chart::Picture> = d
+        let pictures: Vec<crate::core::chart::Picture> = d
             .repositories
             .iter()
             .zip(&sums)
@@ -267,7 +267,7 @@ fn status_picture(
     m: &config::Managed,
     sum: &status::Summary,
     clock: &Now,
-) -> crate::chart::Picture {
+) -> crate::core::chart::Picture {
     let s = &m.settings;
     let repo = Repository::new(&s.key_repository, None);
     let (history, on_disk, judged) = charted_history(&repo, clock);
@@ -275,9 +275,9 @@ fn status_picture(
     let history = if on_disk {
         history
     } else {
-        crate::history::History::new()
+        crate::core::history::History::new()
     };
-    let p = crate::timeline::project(&crate::timeline::Input {
+    let p = crate::core::timeline::project(&crate::core::timeline::Input {
         history: &history,
         on_disk,
         now: &judged,
@@ -315,7 +315,7 @@ fn status_picture(
     if !codes.is_empty() {
         notes.push(format!("problems: {} (fernetd status)", codes.join(", ")));
     }
-    crate::chart::Picture {
+    crate::core::chart::Picture {
         title: format!("{} {}: {level}", s.kind, s.key_repository.display()),
         notes,
         now: judged.wall,

@@ -4,8 +4,8 @@
 use super::render::print_outcome;
 use super::settings::{cluster_settings, flags, repository};
 use super::{block_on, SyncArgs};
-use crate::clock::Now;
 use crate::config::{self, Settings};
+use crate::core::clock::Now;
 use std::path::Path;
 
 pub(super) fn run(a: SyncArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {

@@ -1,5 +1,5 @@
 //! `fernetd token`: reads the token, gathers the repository's keys and history, asks
-//! [`crate::token`] and renders its answer (lines or JSON) with an exit code scripts can use.
+//! [`crate::core::token`] and renders its answer (lines or JSON) with an exit code scripts can use.
 //!
 //! Reads only: no lock, nothing written (in cluster mode it reads the key set and the
 //! acknowledgements from etcd). Never prints the token or key material.
@@ -10,13 +10,13 @@ use super::{
     block_on, TokenArgs, TokenKindArg, EXIT_TOKEN_ALLOW_EXPIRED, EXIT_TOKEN_NOT_DECRYPTABLE,
     EXIT_TOKEN_PAST_WINDOW,
 };
-use crate::clock::Now;
 use crate::config::{self, Flags};
-use crate::duration;
-use crate::history::History;
-use crate::key::Fingerprint;
+use crate::core::clock::Now;
+use crate::core::duration;
+use crate::core::history::History;
+use crate::core::key::Fingerprint;
+use crate::core::token::{self, Kind, Origin, Payload, Role, Verdict};
 use crate::repository::Repository;
-use crate::token::{self, Kind, Origin, Payload, Role, Verdict};
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -37,7 +37,7 @@ struct Look {
     kind: Kind,
     settings: config::Settings,
     envelope: token::Envelope,
-    keys: BTreeMap<u64, crate::key::Key>,
+    keys: BTreeMap<u64, crate::core::key::Key>,
     disk: BTreeMap<u64, Fingerprint>,
     history: History,
     methods: Vec<String>,
@@ -53,7 +53,8 @@ pub(super) fn run(mut a: TokenArgs, config: Option<&Path>, clock: &Now) -> anyho
         zeroize::Zeroize::zeroize(t);
     }
     let look = look(&a, &text, config, clock)?;
-    let keys: BTreeMap<u64, &crate::key::Key> = look.keys.iter().map(|(&n, k)| (n, k)).collect();
+    let keys: BTreeMap<u64, &crate::core::key::Key> =
+        look.keys.iter().map(|(&n, k)| (n, k)).collect();
     match look.envelope.decrypt(&keys) {
         None => not_decryptable(&look, a.json),
         Some((number, plain)) => decrypted(&look, number, plain, a.json),
@@ -86,7 +87,7 @@ fn look(a: &TokenArgs, text: &str, config: Option<&Path>, clock: &Now) -> anyhow
             content,
             Ok(_)
                 | Err(crate::repository::scan::ContentProblem::Format(
-                    crate::key::KeyFormatError::Empty
+                    crate::core::key::KeyFormatError::Empty
                 ))
         ),
         _ => false,
@@ -140,7 +141,8 @@ fn not_decryptable(l: &Look, json: bool) -> anyhow::Result<i32> {
     let code = EXIT_TOKEN_NOT_DECRYPTABLE;
     // Its payload is unreadable, but no token outlives the configured lifetime: made
     // then, it could be presented until created + expiration (+ allow_expired_window).
-    let presentable = crate::history::later(created, l.settings.lifetime.expiration + l.window);
+    let presentable =
+        crate::core::history::later(created, l.settings.lifetime.expiration + l.window);
     let early = match &origin {
         Origin::Purged { at, .. } => *at < presentable,
         _ => false,
@@ -440,7 +442,7 @@ fn describe_verdict(kind: Kind, v: &Verdict, window: std::time::Duration) -> Str
 fn describe_origin(
     o: &Origin,
     created: DateTime<Utc>,
-    disk: &std::collections::BTreeMap<u64, crate::key::Fingerprint>,
+    disk: &std::collections::BTreeMap<u64, crate::core::key::Fingerprint>,
 ) -> String {
     match o {
         Origin::Purged {

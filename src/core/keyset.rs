@@ -190,7 +190,7 @@ impl KeySet {
     }
 
     pub fn primary(&self) -> Option<u64> {
-        crate::history::primary(self.keys.keys().copied())
+        crate::core::history::primary(self.keys.keys().copied())
     }
 
     /// Number -> fingerprint: what acknowledgements and logs may show.

@@ -24,10 +24,12 @@
 //! - [`timeline`]: each key's life, recorded and planned, for a chart.
 //! - [`chart`]: draws key lives on a time axis, as SVG and as text.
 
+pub mod change;
 pub mod chart;
 pub mod check;
 pub mod clock;
 pub mod duration;
+pub mod guard;
 pub mod history;
 pub mod key;
 pub mod keyset;

@@ -45,7 +45,7 @@ pub fn decide(
     retention: Duration,
     force_purge: bool,
 ) -> Decision {
-    let old_primary = crate::history::primary(numbers.iter().copied()).unwrap_or(0);
+    let old_primary = crate::core::history::primary(numbers.iter().copied()).unwrap_or(0);
     // Callers refuse a repository holding MAX_KEY first; saturating keeps this total anyway.
     let new_primary = old_primary.saturating_add(1);
     // Non-zero keys after promotion, highest first.

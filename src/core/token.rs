@@ -623,7 +623,7 @@ pub enum Role {
 
 /// The role of key `number` among the keys on disk.
 pub fn role(number: u64, on_disk: &BTreeMap<u64, Fingerprint>) -> Role {
-    let primary = crate::history::primary(on_disk.keys().copied());
+    let primary = crate::core::history::primary(on_disk.keys().copied());
     match number {
         0 => Role::Staged,
         n if Some(n) == primary => Role::Primary,

@@ -1,6 +1,6 @@
 //! The one door: the only code that writes, renames, links or removes a key file (`0`..`N`
 //! in the repository) or a repair copy (`.fernetd/copies`). Each entry point takes an
-//! [`Approval`] the gate gave ([`crate::guard::approve`]) and the key material to write,
+//! [`Approval`] the gate gave ([`crate::core::guard::approve`]) and the key material to write,
 //! matched by fingerprint against the approved change before the first system call; a write
 //! or removal the change does not hold is an error and nothing is touched.
 //!
@@ -13,9 +13,9 @@
 
 use super::fsio::{self, Dir};
 use super::{scan, Writer, KEYSTONE_TMP, PRIMARY_TMP, RESTORE_TMP, STAGED_TMP};
+use crate::core::guard::Approval;
+use crate::core::key::Key;
 use crate::error::{Error, IoContext, Result};
-use crate::guard::Approval;
-use crate::key::Key;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 
@@ -122,7 +122,7 @@ pub(super) fn apply(
     let staged_on_disk = change.before.get(&0).copied();
     let mut written = Vec::new();
     for &(n, k) in writes.iter().rev().filter(|(n, _)| *n > 0) {
-        let promoted = staged_on_disk == Some(crate::change::Slot::Key(k.fingerprint()));
+        let promoted = staged_on_disk == Some(crate::core::change::Slot::Key(k.fingerprint()));
         if !(promoted && link_zero(w, n, k)?) {
             place_copy(w, n, k)?;
         }
@@ -303,13 +303,14 @@ fn install_key(w: &Writer, number: u64, key: &Key) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{self, Change};
-    use crate::clock::Now;
-    use crate::history::History;
+    use crate::core::change::{self, Change};
+    use crate::core::clock::Now;
+    use crate::core::history::History;
     use std::time::Duration;
 
     fn approve(c: Change) -> Approval {
-        crate::guard::approve(c, &History::new(), Duration::ZERO, &Now::read(), false).unwrap()
+        crate::core::guard::approve(c, &History::new(), Duration::ZERO, &Now::read(), false)
+            .unwrap()
     }
 
     #[test]

@@ -27,13 +27,13 @@ pub(crate) use fsio::resolve_user;
 pub use fsio::{DaemonLock, Owner};
 pub use scan::{EntryKind, Scan, INTERNAL_DIR};
 
-use crate::change::{Change, Slot};
-use crate::clock::Now;
+use crate::core::change::{Change, Slot};
+use crate::core::clock::Now;
+use crate::core::guard;
+use crate::core::history::{History, Observation};
+use crate::core::key::{Fingerprint, Key};
+use crate::core::rotation::{self, Decision};
 use crate::error::{Error, Result};
-use crate::guard;
-use crate::history::{History, Observation};
-use crate::key::{Fingerprint, Key};
-use crate::rotation::{self, Decision};
 use chrono::{DateTime, Utc};
 use fsio::{key_path, Dir, RepoLock};
 use std::collections::BTreeMap;
@@ -169,8 +169,9 @@ impl Repository {
     /// a boot records the moment. Caller holds the lock.
     fn anchor(&self, w: &Writer, now: &Now) -> Result<Now> {
         let recorded = recorded_moment(&w.internal)?;
-        let same_boot =
-            |m: &crate::clock::Moment| now.boot.as_ref().is_some_and(|b| b.boot == m.boot.boot);
+        let same_boot = |m: &crate::core::clock::Moment| {
+            now.boot.as_ref().is_some_and(|b| b.boot == m.boot.boot)
+        };
         match recorded.filter(same_boot) {
             Some(m) => Ok(now.anchored(Some(&m))),
             None => {
@@ -515,7 +516,7 @@ impl Repository {
         let w = self.begin_write(out)?;
         let judged = self.anchor(&w, now)?;
         out.warnings
-            .extend(crate::clock::step_warning(now, &judged));
+            .extend(crate::core::clock::step_warning(now, &judged));
         Ok((w, judged))
     }
 
@@ -605,7 +606,7 @@ impl Repository {
             out.notes.push(format!(
                 "already initialized: {} keys, primary {}; no key changed",
                 keys.len(),
-                crate::history::primary(keys.keys().copied()).unwrap_or(0)
+                crate::core::history::primary(keys.keys().copied()).unwrap_or(0)
             ));
         }
         finish(&w, &mut out)?;
@@ -669,9 +670,9 @@ impl Repository {
             return Ok(out);
         }
         let keys = scan.keys();
-        if keys.contains_key(&crate::rotation::MAX_KEY) {
+        if keys.contains_key(&crate::core::rotation::MAX_KEY) {
             return Err(Error::Invalid {
-                path: key_path(&self.dir, crate::rotation::MAX_KEY),
+                path: key_path(&self.dir, crate::core::rotation::MAX_KEY),
                 problem: "the largest number a key can have: no rotation can follow it (the \
                           next number would wrap); renumber the keys by hand"
                     .into(),
@@ -844,7 +845,7 @@ impl Repository {
             let judged = self.judging_clock(now);
             let lost = guard::open_losses(&history, &history.fingerprints(), retention, &judged);
             return Ok(Observed {
-                report: crate::check::check(&scan, self.owner),
+                report: crate::core::check::check(&scan, self.owner),
                 changes: Vec::new(),
                 retention_violations: self.violations(lost),
                 repaired: Vec::new(),
@@ -876,7 +877,7 @@ impl Repository {
         }
         let retention_violations = self.still_lost(&history, retention, now);
         Ok(Observed {
-            report: crate::check::check(&scan, self.owner),
+            report: crate::core::check::check(&scan, self.owner),
             changes,
             retention_violations,
             repaired,
@@ -886,7 +887,7 @@ impl Repository {
 
     /// The repository as a key set (cluster import): completes an interrupted rotation,
     /// refuses an invalid repository, records keys without history, changes no key.
-    pub fn export(&self, now: &Now) -> Result<crate::keyset::KeySet> {
+    pub fn export(&self, now: &Now) -> Result<crate::core::keyset::KeySet> {
         self.require_dir()?;
         ensure_writable(&self.scan()?)?;
         let mut out = Outcome::default();
@@ -904,8 +905,8 @@ impl Repository {
     }
 
     /// The keys of `scan` with `history`, as a validated key set.
-    fn key_set(&self, scan: &Scan, history: History) -> Result<crate::keyset::KeySet> {
-        let set = crate::keyset::KeySet {
+    fn key_set(&self, scan: &Scan, history: History) -> Result<crate::core::keyset::KeySet> {
+        let set = crate::core::keyset::KeySet {
             keys: scan
                 .keys()
                 .into_iter()
@@ -924,7 +925,7 @@ impl Repository {
     /// file written, so a source it may read but not write imports too. Keys without history
     /// are dated `now`. Refused while a rotation is interrupted there (its temp files remain):
     /// `fernetd setup` on it completes it first.
-    pub fn read_set(&self, now: &Now) -> Result<crate::keyset::KeySet> {
+    pub fn read_set(&self, now: &Now) -> Result<crate::core::keyset::KeySet> {
         let repo = self.require_dir()?;
         let scan = Scan::of(&repo)?;
         ensure_writable(&scan)?;
@@ -964,10 +965,10 @@ impl Repository {
     /// its margin is `E + W`) without being newer than the disk. A newer set is applied but
     /// such keys stay, recorded, until their retention ends (a node that was cut off and used
     /// its primary longer than the cluster did). Sets the operator forced
-    /// ([`Lineage::forced`](crate::keyset::Lineage)) pass the gate.
+    /// ([`Lineage::forced`](crate::core::keyset::Lineage)) pass the gate.
     pub fn apply(
         &self,
-        set: &crate::keyset::KeySet,
+        set: &crate::core::keyset::KeySet,
         source: &str,
         retention: Duration,
         now: &Now,
@@ -993,7 +994,7 @@ impl Repository {
             })?;
         // Keys kept beyond the set: recorded in the local history with the set's, the old
         // primary demoted now.
-        let disk_primary = crate::history::primary(disk.keys().copied()).unwrap_or(0);
+        let disk_primary = crate::core::history::primary(disk.keys().copied()).unwrap_or(0);
         let mut history = set.history.clone();
         for l in &lost {
             history.carry(
@@ -1065,7 +1066,7 @@ impl Repository {
         if internal.exists(PRIMARY_TMP)? || internal.exists(STAGED_TMP)? {
             let scan = w.scan()?;
             let keys = scan.keys();
-            let max = crate::history::primary(keys.keys().copied());
+            let max = crate::core::history::primary(keys.keys().copied());
             // Step 2 happened iff the highest key is a copy of key 0.
             let promoted = match (max.and_then(|m| keys.get(&m)), keys.get(&0)) {
                 (Some(p), Some(s)) => p == s,
@@ -1159,10 +1160,10 @@ fn own_key(dir: &Dir, name: &str) -> Result<Option<Key>> {
 }
 
 /// The moment `.fernetd/clock` records, if it holds a readable one.
-fn recorded_moment(internal: &Dir) -> Result<Option<crate::clock::Moment>> {
+fn recorded_moment(internal: &Dir) -> Result<Option<crate::core::clock::Moment>> {
     Ok(internal
         .read_small(CLOCK)?
-        .and_then(|b| serde_json::from_slice::<crate::clock::Moment>(&b).ok()))
+        .and_then(|b| serde_json::from_slice::<crate::core::clock::Moment>(&b).ok()))
 }
 
 /// The keys on disk once a writer is done, for the CLI to print.
@@ -1170,14 +1171,14 @@ fn finish(w: &Writer, out: &mut Outcome) -> Result<()> {
     let scan = w.scan()?;
     let keys = scan.keys();
     out.keys = keys.keys().copied().collect();
-    out.primary = crate::history::primary(keys.keys().copied());
+    out.primary = crate::core::history::primary(keys.keys().copied());
     Ok(())
 }
 
 /// What [`Repository::observe`] found.
 #[derive(Debug)]
 pub struct Observed {
-    pub report: crate::check::Report,
+    pub report: crate::core::check::Report,
     /// Changes fernetd did not make (empty when the disk matches the history).
     pub changes: Vec<Observation>,
     /// Keys that disappeared or changed while they could still decrypt a live token.
@@ -1275,7 +1276,7 @@ fn slots(scan: &Scan) -> BTreeMap<u64, Slot> {
             _ => None,
         })
         .collect();
-    crate::change::slots(&readable, unreadable)
+    crate::core::change::slots(&readable, unreadable)
 }
 
 fn describe_observations(notes: &[Observation], out: &mut Outcome) {
@@ -1326,7 +1327,7 @@ fn join(numbers: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyset::KeySet;
+    use crate::core::keyset::KeySet;
     use std::os::unix::fs::MetadataExt;
 
     fn inode(p: &Path) -> (u64, u64) {

@@ -7,10 +7,10 @@
 //! writer can refuse to act on an invalid repository.
 
 use super::fsio::Dir;
+use crate::core::key::Key;
 use crate::core::scan::MAX_READ;
 pub use crate::core::scan::{ContentProblem, Entry, EntryKind, FileMeta, Scan};
 use crate::error::{Error, IoContext, Result};
-use crate::key::Key;
 use nix::sys::stat::FileStat;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -7,8 +7,8 @@
 //! and the file is parsed again. Clones of a [`Repository`](super::Repository) share it.
 
 use super::fsio::{Dir, Owner};
+use crate::core::history::History;
 use crate::error::{Error, IoContext, Result};
-use crate::history::History;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -114,7 +114,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<History> {
             "{e}; move the file away to re-adopt the keys (retention then counts from now)"
         ))
     })?;
-    if h.version != crate::history::VERSION {
+    if h.version != crate::core::history::VERSION {
         return Err(state_error(format!(
             "format version {} is not supported",
             h.version
@@ -126,8 +126,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<History> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::PurgedKey;
-    use crate::key::Fingerprint;
+    use crate::core::history::PurgedKey;
+    use crate::core::key::Fingerprint;
 
     fn history(number: u64) -> History {
         let mut h = History::new();

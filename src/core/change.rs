@@ -1,10 +1,10 @@
 //! A change to a key repository, described before it is made: what every key name holds
 //! before and after, and which repair copies are written or dropped. The gate
-//! ([`crate::guard::approve`]) judges it; the repository's executor makes exactly it.
+//! ([`crate::core::guard::approve`]) judges it; the repository's executor makes exactly it.
 //!
 //! Invariant: pure. No I/O, no system call, nothing of the repository: a description only.
 
-use crate::key::Fingerprint;
+use crate::core::key::Fingerprint;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a key name (`0`..`N`) holds.
@@ -118,7 +118,7 @@ pub fn slots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Key;
+    use crate::core::key::Key;
 
     #[test]
     fn a_change_says_what_it_writes_and_removes() {

@@ -7,7 +7,7 @@
 //! key may still decrypt a live token when it is
 //! - the primary (it encrypts new tokens now),
 //! - a key that was ever primary and was demoted less than the retention ago, by the clock
-//!   that says the least time has passed ([`crate::clock`]),
+//!   that says the least time has passed ([`crate::core::clock`]),
 //! - or a key fernetd knows nothing about (its demotion is unknown, so it counts from now).
 //!
 //! The staged key 0 that was never primary encrypted nothing: replacing it loses no token.
@@ -15,10 +15,10 @@
 //! Invariant: pure. The repository asks before it touches a file; what to do with a refusal
 //! (keep the keys, refuse the input, say so) is the caller's.
 
-use crate::change::{Change, Slot};
-use crate::clock::Now;
-use crate::history::History;
-use crate::key::Fingerprint;
+use crate::core::change::{Change, Slot};
+use crate::core::clock::Now;
+use crate::core::history::History;
+use crate::core::key::Fingerprint;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -107,7 +107,7 @@ pub fn losses(
         return Vec::new();
     }
     // Keystone encrypts with the highest key, key 0 when it is alone.
-    let primary = crate::history::primary(disk.keys().copied()).unwrap_or(0);
+    let primary = crate::core::history::primary(disk.keys().copied()).unwrap_or(0);
     let kept: std::collections::BTreeSet<Fingerprint> = after.values().copied().collect();
     disk.iter()
         .filter(|(_, fp)| !kept.contains(fp))
@@ -138,15 +138,15 @@ pub fn describe(losses: &[Loss]) -> String {
 /// decrypt a live token (judged with `retention`) unless its primary is newer than the disk's
 /// (a node that was cut off catches up, and keeps such keys beyond the set until their
 /// retention ends) and it does not put other material under that key's number. A set the
-/// operator forced ([`Lineage::forced`](crate::keyset::Lineage)) removes what it drops.
+/// operator forced ([`Lineage::forced`](crate::core::keyset::Lineage)) removes what it drops.
 pub fn admission(
-    set: &crate::keyset::KeySet,
+    set: &crate::core::keyset::KeySet,
     disk: &BTreeMap<u64, Fingerprint>,
     local: &History,
     retention: Duration,
     now: &Now,
 ) -> Result<Vec<Loss>, Refusal> {
-    let succession = crate::keyset::succession(local, set);
+    let succession = crate::core::keyset::succession(local, set);
     if !succession.acceptable() {
         return Err(Refusal::NotSuccessor(succession.to_string()));
     }
@@ -155,7 +155,7 @@ pub fn admission(
     }
     let wanted = set.fingerprints();
     let lost = losses(disk, &wanted, local, retention, now);
-    let disk_primary = crate::history::primary(disk.keys().copied()).unwrap_or(0);
+    let disk_primary = crate::core::history::primary(disk.keys().copied()).unwrap_or(0);
     let newer = set.primary().is_some_and(|p| p > disk_primary);
     if !lost.is_empty() && (!newer || lost.iter().any(|l| wanted.contains_key(&l.number))) {
         return Err(Refusal::Losses(lost));
@@ -165,7 +165,7 @@ pub fn admission(
 
 /// [`admission`], its refusal worded as a node and `status` say it.
 pub fn admit(
-    set: &crate::keyset::KeySet,
+    set: &crate::core::keyset::KeySet,
     disk: &BTreeMap<u64, Fingerprint>,
     local: &History,
     retention: Duration,
@@ -303,7 +303,7 @@ pub fn lost(
     let top = primary.unwrap_or(0);
     let rotated_elsewhere = disk.keys().any(|&n| n > top);
     // The highest recorded key still on disk: Keystone's primary among them.
-    let top_present = crate::history::primary(
+    let top_present = crate::core::history::primary(
         history
             .keys
             .iter()
@@ -372,7 +372,7 @@ pub fn stood_in(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64
         return Vec::new();
     };
     // Keystone's primary among the keys below it still held.
-    let top = crate::history::primary(
+    let top = crate::core::history::primary(
         history
             .keys
             .keys()
@@ -395,7 +395,7 @@ pub fn reconcile(
     disk: &BTreeMap<u64, Fingerprint>,
     retention: Duration,
     now: &Now,
-) -> (Vec<crate::history::Observation>, Vec<Lost>) {
+) -> (Vec<crate::core::history::Observation>, Vec<Lost>) {
     let lost = lost(history, disk, retention, now);
     let notes = history.reconcile(disk, now.clone());
     for l in &lost {
@@ -406,13 +406,13 @@ pub fn reconcile(
 
 /// The end of a retention that starts now (for a key this very change demotes).
 pub fn from_now(retention: Duration, now: &Now) -> DateTime<Utc> {
-    crate::history::later(now.wall, retention)
+    crate::core::history::later(now.wall, retention)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Key;
+    use crate::core::key::Key;
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -578,7 +578,7 @@ mod tests {
 
     #[test]
     fn a_wall_clock_step_does_not_end_a_retention() {
-        use crate::clock::BootStamp;
+        use crate::core::clock::BootStamp;
         let stamp = |h: u64| {
             Some(BootStamp {
                 boot: "b".into(),
@@ -614,8 +614,8 @@ mod tests {
 
     /// The change from `disk` to `after` (both readable keys).
     fn change(disk: &BTreeMap<u64, Fingerprint>, after: &BTreeMap<u64, Fingerprint>) -> Change {
-        let mut c = Change::from(crate::change::slots(disk, []));
-        c.after = crate::change::slots(after, []);
+        let mut c = Change::from(crate::core::change::slots(disk, []));
+        c.after = crate::core::change::slots(after, []);
         c
     }
 
@@ -626,7 +626,7 @@ mod tests {
         // Key 2 (demoted at t(5)) is unreadable on disk: the history knows its material.
         let mut readable = disk.clone();
         readable.remove(&2);
-        let before = crate::change::slots(&readable, [2]);
+        let before = crate::core::change::slots(&readable, [2]);
         let mut over = Change::from(before.clone());
         over.put(2, Key::generate().unwrap().fingerprint());
         match approve(over, &h, RET, &now, false) {
@@ -646,7 +646,7 @@ mod tests {
         gone.remove_key(2);
         assert!(approve(gone, &h, RET, &now, false).is_err());
         // An unreadable file the history does not know holds nothing to judge.
-        let mut unknown = Change::from(crate::change::slots(&disk, [7]));
+        let mut unknown = Change::from(crate::core::change::slots(&disk, [7]));
         unknown.put(7, Key::generate().unwrap().fingerprint());
         assert!(approve(unknown, &h, RET, &now, false).is_ok());
     }
@@ -656,7 +656,7 @@ mod tests {
         let (disk, mut h) = repo();
         let now: Now = t(6).into();
         for fp in disk.values() {
-            let mut c = Change::from(crate::change::slots(&disk, []));
+            let mut c = Change::from(crate::core::change::slots(&disk, []));
             c.drop_copy(&fp.to_string());
             for force in [false, true] {
                 match approve(c.clone(), &h, RET, &now, force) {
