@@ -311,8 +311,12 @@ impl<'a> Session<'a> {
         {
             Ok(out) => {
                 self.refused = None;
-                let mut changes = out.warnings;
-                changes.extend(out.notes);
+                let changes = out
+                    .warnings
+                    .iter()
+                    .chain(&out.notes)
+                    .map(|s| s.to_string())
+                    .collect();
                 self.report(Report::Applied {
                     changes,
                     undone: self.acked.undone(revision),

@@ -33,6 +33,7 @@ pub mod guard;
 pub mod history;
 pub mod key;
 pub mod keyset;
+pub mod outcome;
 pub mod planner;
 pub mod problem;
 pub mod rotation;

@@ -32,6 +32,7 @@ use crate::core::clock::Now;
 use crate::core::guard;
 use crate::core::history::{History, Observation};
 use crate::core::key::{Fingerprint, Key};
+use crate::core::outcome::Said;
 use crate::core::rotation::{self, Decision};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -91,9 +92,9 @@ pub struct Repository {
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Human sentences, in order: recoveries, observations, actions.
-    pub notes: Vec<String>,
+    pub notes: Vec<Said>,
     /// Warnings worth a `warning:` prefix (e.g. a kept key, an external change).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Said>,
     pub rotation: Option<Decision>,
     /// Key numbers on disk afterwards.
     pub keys: Vec<u64>,
@@ -516,7 +517,7 @@ impl Repository {
         let w = self.begin_write(out)?;
         let judged = self.anchor(&w, now)?;
         out.warnings
-            .extend(crate::core::clock::step_warning(now, &judged));
+            .extend(crate::core::clock::step_warning(now, &judged).map(Said::Clock));
         Ok((w, judged))
     }
 
@@ -552,14 +553,14 @@ impl Repository {
             }
         } else {
             if self.owner.is_none() && nix::unistd::geteuid().is_root() {
-                out.warnings.push(format!(
-                    "{}: created owned by root; Keystone running as another user cannot read \
-                     it (pass --keystone-user and --keystone-group)",
-                    self.dir.display()
-                ));
+                out.warnings.push(Said::CreatedOwnedByRoot {
+                    dir: self.dir.clone(),
+                });
             }
             fsio::create_private_dir(&self.dir, self.owner)?;
-            out.notes.push(format!("created {}", self.dir.display()));
+            out.notes.push(Said::Created {
+                dir: self.dir.clone(),
+            });
         }
         let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
@@ -580,8 +581,7 @@ impl Repository {
             }
             history.last_rotation = Some(now.wall);
             self.save_history(&w, &history, now)?;
-            out.notes
-                .push("initialized: key 1 (primary) and key 0 (staged)".into());
+            out.notes.push(Said::Initialized);
         } else {
             let stood = guard::stood_in(&history, &scan.fingerprints());
             let scan = self.repair_now(&w, scan, &history, retention, now, &mut out)?;
@@ -603,11 +603,10 @@ impl Repository {
             self.save_history(&w, &history, now)?;
             out.lost = self.still_lost(&history, retention, now);
             let keys = scan.keys();
-            out.notes.push(format!(
-                "already initialized: {} keys, primary {}; no key changed",
-                keys.len(),
-                crate::core::history::primary(keys.keys().copied()).unwrap_or(0)
-            ));
+            out.notes.push(Said::AlreadyInitialized {
+                keys: keys.len(),
+                primary: crate::core::history::primary(keys.keys().copied()).unwrap_or(0),
+            });
         }
         finish(&w, &mut out)?;
         Ok(out)
@@ -661,11 +660,7 @@ impl Repository {
             describe_observations(&notes, &mut out);
             self.save_history(&w, &history, now)?;
             out.lost = self.still_lost(&history, params.retention, now);
-            out.notes.push(
-                "not rotated: key 0 was missing; the new key 0 becomes primary at the next \
-                 rotation, once every reader holds it"
-                    .into(),
-            );
+            out.notes.push(Said::NotRotatedFreshZero);
             finish(&w, &mut out)?;
             return Ok(out);
         }
@@ -748,20 +743,20 @@ impl Repository {
             },
         )?;
 
-        out.notes.push(format!(
-            "rotated: key 0 promoted to primary {}, new key 0 staged",
-            decision.new_primary
-        ));
+        out.notes.push(Said::Rotated {
+            new_primary: decision.new_primary,
+        });
         if !decision.purge.is_empty() {
-            out.notes.push(format!("purged {}", join(&decision.purge)));
+            out.notes.push(Said::Purged {
+                numbers: decision.purge.clone(),
+            });
         }
         for (n, until) in &decision.kept {
-            out.warnings.push(format!(
-                "kept key {n} beyond max_active_keys = {} until {}: it may still decrypt \
-                 tokens until then (--force-purge to purge by count only)",
-                params.max_active_keys,
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
+            out.warnings.push(Said::KeptBeyondMax {
+                number: *n,
+                max_active_keys: params.max_active_keys,
+                until: *until,
+            });
         }
         out.rotation = Some(decision);
         out.lost = self.still_lost(&history, params.retention, now);
@@ -788,9 +783,7 @@ impl Repository {
             return Ok(scan);
         }
         for n in &restored {
-            out.warnings.push(format!(
-                "repaired: restored key {n} from fernetd's copy (repair = true)"
-            ));
+            out.warnings.push(Said::Repaired { number: *n });
         }
         out.repaired = restored;
         w.scan()
@@ -980,7 +973,9 @@ impl Repository {
         let mut out = Outcome::default();
         if !self.dir.exists() {
             fsio::create_private_dir(&self.dir, self.owner)?;
-            out.notes.push(format!("created {}", self.dir.display()));
+            out.notes.push(Said::Created {
+                dir: self.dir.clone(),
+            });
         }
         let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
@@ -1004,10 +999,10 @@ impl Repository {
                 l.number == disk_primary,
                 now,
             );
-            out.warnings.push(format!(
-                "kept key {} beyond the cluster's key set: it may still decrypt live tokens ({})",
-                l.number, l.why
-            ));
+            out.warnings.push(Said::KeptBeyondSet {
+                number: l.number,
+                why: l.why.clone(),
+            });
         }
         // The change: the set's keys, the keys kept beyond it, and the files the disk holds
         // that are no key fernetd could read and the set does not replace (left as they are).
@@ -1034,14 +1029,13 @@ impl Repository {
             self.save_history(&w, &history, now)
         })?;
         if written.is_empty() && removed.is_empty() {
-            out.notes
-                .push("already identical to the cluster's key set".into());
+            out.notes.push(Said::AlreadyApplied);
         } else {
             if !written.is_empty() {
-                out.notes.push(format!("wrote {}", join(&written)));
+                out.notes.push(Said::Wrote { numbers: written });
             }
             if !removed.is_empty() {
-                out.notes.push(format!("removed {}", join(&removed)));
+                out.notes.push(Said::Removed { numbers: removed });
             }
         }
         // The disk now holds the set, and the keys kept beyond it.
@@ -1083,14 +1077,12 @@ impl Repository {
                     }
                 };
                 executor::finish_rotation(w, gate(&scan, key)?, staged.as_ref(), key)?;
-                out.warnings.push(format!(
-                    "completed an interrupted rotation: key {} had been promoted; new key 0 staged now",
-                    max.unwrap_or(0)
-                ));
+                out.warnings.push(Said::CompletedRotation {
+                    promoted: max.unwrap_or(0),
+                });
             } else {
                 executor::roll_back(w)?;
-                out.warnings
-                    .push("rolled back an interrupted rotation: it had not changed any key".into());
+                out.warnings.push(Said::RolledBack);
             }
         }
 
@@ -1107,25 +1099,18 @@ impl Repository {
             match own_key(repo, KEYSTONE_TMP)? {
                 Some(k) => {
                     executor::finish_keystone_rotation(w, gate(&scan, &k)?, &k)?;
-                    out.warnings.push(
-                        "completed an interrupted keystone-manage rotation: 0.tmp became key 0"
-                            .into(),
-                    );
+                    out.warnings.push(Said::CompletedKeystoneRotation);
                 }
                 None => {
                     let key = generate()?;
                     executor::stage_zero(w, gate(&scan, &key)?, &key)?;
                     out.staged_fresh = true;
-                    out.warnings
-                        .push("key 0 was missing: staged a new key 0".into());
+                    out.warnings.push(Said::StagedMissingZero);
                 }
             }
         } else if zero && repo.exists(KEYSTONE_TMP)? {
             executor::drop_keystone_tmp(w)?;
-            out.warnings.push(
-                "removed 0.tmp left by an interrupted keystone-manage rotation (no key had changed)"
-                    .into(),
-            );
+            out.warnings.push(Said::RemovedKeystoneTmp);
         }
 
         // Purges that step 4 recorded but step 5 did not finish are not finished here: a state
@@ -1234,14 +1219,16 @@ fn describe_clock(
     state: &Path,
     out: &mut Outcome,
 ) {
-    out.warnings.extend(history.future_warnings(now, state));
+    out.warnings.extend(
+        history
+            .future_warnings(now, state)
+            .into_iter()
+            .map(Said::Clock),
+    );
     let unpurged = history.purged_on_disk(disk);
     if !unpurged.is_empty() {
-        out.warnings.push(format!(
-            "{} recorded as purged but still on disk (an interrupted purge): kept, dated now; a \
-             later rotation purges it once its retention is over",
-            join(&unpurged)
-        ));
+        out.warnings
+            .push(Said::InterruptedPurge { numbers: unpurged });
     }
 }
 
@@ -1288,40 +1275,13 @@ fn describe_observations(notes: &[Observation], out: &mut Outcome) {
         })
         .collect();
     if !adopted.is_empty() {
-        out.notes.push(format!(
-            "adopted {} without history: retention counts from now",
-            join(&adopted)
-        ));
+        out.notes.push(Said::Adopted { numbers: adopted });
     }
     for o in notes {
-        match o {
-            Observation::Adopted { .. } => {}
-            Observation::Promoted { from, to } => out.warnings.push(format!(
-                "key {from} became primary {to} outside fernetd (an interrupted rotation or \
-                 keystone-manage fernet_rotate); recorded as a rotation now"
-            )),
-            Observation::Vanished {
-                number,
-                fingerprint,
-            } => out.warnings.push(format!(
-                "key {number} (fingerprint {fingerprint}) disappeared outside fernetd"
-            )),
-            Observation::Replaced { number: 0 } => out.warnings.push(
-                "the staged key 0 was replaced by a different key outside fernetd (no token \
-                 was encrypted with a staged key)"
-                    .into(),
-            ),
-            Observation::Replaced { number } => out.warnings.push(format!(
-                "key {number} was replaced by a different key outside fernetd; tokens made \
-                 with the old one no longer decrypt"
-            )),
+        if !matches!(o, Observation::Adopted { .. }) {
+            out.warnings.push(Said::Observed(o.clone()));
         }
     }
-}
-
-fn join(numbers: &[u64]) -> String {
-    let parts: Vec<String> = numbers.iter().map(|n| format!("key {n}")).collect();
-    parts.join(", ")
 }
 
 #[cfg(test)]
