@@ -368,23 +368,7 @@ fn key_names_are_read_as_pythons_int_reads_them() {
         }
         names.push(name);
     }
-    let mut child = std::process::Command::new(common::keystone::venv().join("bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
-        .args(["ints", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(serde_json::to_string(&names).unwrap().as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let python: Vec<Option<String>> = serde_json::from_slice(&out.stdout).unwrap();
+    let python: Vec<Option<String>> = common::keystone::helper_json("ints", &names);
     let mut disagree = Vec::new();
     for (name, py) in names.iter().zip(&python) {
         let ours = fernetd::repository::scan::python_int(name);
@@ -576,23 +560,7 @@ fn lifetimes_are_read_as_oslo_config_reads_them() {
         cases.push((serde_json::json!({ "args": args, "env": env }), flag, env));
     }
     let input: Vec<&serde_json::Value> = cases.iter().map(|c| &c.0).collect();
-    let mut child = Command::new(venv().join("bin/python"))
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
-        .args(["lifetimes", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(serde_json::to_string(&input).unwrap().as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let oslo: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let oslo: Vec<serde_json::Value> = common::keystone::helper_json("lifetimes", &input);
     let (mut agreed, mut errors, mut receipts) = (0, 0, 0);
     for ((case, flag, env), oslo) in cases.iter().zip(&oslo) {
         let mut cmd = Command::new(bin());

@@ -53,3 +53,25 @@ pub fn unpack_failures(dir: &Path, tokens: &[String]) -> Vec<String> {
     );
     text.lines().map(str::to_string).collect()
 }
+
+/// `helper.py CMD -` with `input` as JSON on stdin; its JSON answer.
+pub fn helper_json<T: serde::de::DeserializeOwned>(cmd: &str, input: &impl serde::Serialize) -> T {
+    use std::io::Write;
+    let mut child = Command::new(venv().join("bin/python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
+        .args([cmd, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = serde_json::to_string(input).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "helper.py {cmd} failed");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
