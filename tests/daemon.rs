@@ -224,7 +224,7 @@ fn tampering_is_reported_within_a_second_naming_the_file() {
         (
             "malformed",
             |d| std::fs::write(d.join("1"), "not a key").unwrap(),
-            "/1: not 32 bytes",
+            "/1: not base64",
             0,
         ),
         (
@@ -312,7 +312,7 @@ fn a_replaced_repository_directory_is_watched_again() {
     std::fs::rename(&dir, t.path().join("keys.old")).unwrap();
     std::fs::rename(&new, &dir).unwrap();
     assert!(
-        d.wait_log("/1: not 32 bytes", Duration::from_secs(3)),
+        d.wait_log("/1: not base64", Duration::from_secs(3)),
         "{}",
         d.log()
     );
@@ -333,7 +333,7 @@ fn a_replaced_repository_directory_is_watched_again() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("7"), "not a key").unwrap();
     assert!(
-        d.wait_log("/7: not 32 bytes", Duration::from_secs(3)),
+        d.wait_log("/7: not base64", Duration::from_secs(3)),
         "{}",
         d.log()
     );
@@ -690,7 +690,7 @@ fn status_reports_each_repository_with_exit_codes() {
     let crit = fernetd(&["--config", c, "status"]);
     assert_eq!(crit.code, 2, "{}", crit.stdout);
     assert!(
-        crit.stdout.contains("CRITICAL") && crit.stdout.contains("/1: not 32 bytes"),
+        crit.stdout.contains("CRITICAL") && crit.stdout.contains("/1: not base64"),
         "{}",
         crit.stdout
     );
@@ -1002,7 +1002,7 @@ fn outside_changes_are_named_for_what_they_are() {
     // Key 1 malformed: said as malformed, on_invalid (not on_change), never recorded purged.
     std::fs::write(dir.join("1"), "not a key").unwrap();
     assert!(
-        d.wait_log("/1: not 32 bytes", Duration::from_secs(3)),
+        d.wait_log("/1: not base64", Duration::from_secs(3)),
         "{}",
         d.log()
     );

@@ -367,3 +367,73 @@ fn as_root_the_daemons_pid_and_live_view_never_follow_planted_links() {
         "written through a planted link"
     );
 }
+
+/// fernetd run as the key owner (nobody), as its units run it.
+fn fernetd_as_nobody(args: &[&str]) -> Run {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    Run::from(out)
+}
+
+/// A new key whose text uses the standard base64 alphabet (`+` or `/`): Keystone's Fernet
+/// reads it as a key.
+fn standard_alphabet_key() -> String {
+    loop {
+        let k = fernetd::core::key::Key::generate().unwrap();
+        let text = k.to_text().to_string();
+        if text.contains('-') || text.contains('_') {
+            return text.replace('-', "+").replace('_', "/");
+        }
+    }
+}
+
+/// With `repair = true`, a key file that Keystone reads (the primary replaced by material
+/// spelled in the standard alphabet) or that fernetd cannot read (mode 000 for the key
+/// owner fernetd runs as) is never overwritten from a copy: the first is a replacement,
+/// said critical; the second is unknown content, refused. Both files keep their bytes.
+#[test]
+fn as_nobody_repair_never_writes_over_what_keystone_may_read() {
+    let s = Scene::new();
+    let config = s.t.path().join("keep.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             repair = true\nexpiration = \"1h\"\nallow_expired_window = 0\nmargin = 0\n",
+            s.r()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    for _ in 0..2 {
+        let out = fernetd_as_nobody(&["rotate", "--manual", "--config", c]);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    }
+    // Keys 0..3, primary 3. Keystone's next tokens are made with whatever key 3 holds.
+    let other = standard_alphabet_key();
+    std::fs::write(s.repo.join("3"), &other).unwrap();
+    let setup = fernetd_as_nobody(&["setup", "--config", c]);
+    assert_eq!(setup.code, 3, "{}{}", setup.stdout, setup.stderr);
+    assert!(setup.stderr.contains("key 3"), "{}", setup.stderr);
+    assert_eq!(std::fs::read_to_string(s.repo.join("3")).unwrap(), other);
+    let status = fernetd_as_nobody(&["status", "--config", c]);
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+
+    // Key 2, unreadable to nobody: whatever it holds stays.
+    let hidden = fernetd::core::key::Key::generate()
+        .unwrap()
+        .to_text()
+        .to_string();
+    std::fs::write(s.repo.join("2"), &hidden).unwrap();
+    std::fs::set_permissions(s.repo.join("2"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let setup = fernetd_as_nobody(&["setup", "--config", c]);
+    assert_eq!(setup.code, 2, "{}{}", setup.stdout, setup.stderr);
+    assert!(setup.stderr.contains("keys/2"), "{}", setup.stderr);
+    assert_eq!(std::fs::read_to_string(s.repo.join("2")).unwrap(), hidden);
+    let status = fernetd_as_nobody(&["status", "--config", c]);
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+}

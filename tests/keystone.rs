@@ -632,3 +632,95 @@ fn lifetimes_are_read_as_oslo_config_reads_them() {
         "agreed {agreed}, errors {errors}, receipts {receipts}"
     );
 }
+
+/// Key files are read as Keystone reads them: Keystone's loader and cryptography's `Fernet`
+/// against `Key::parse` on 4000 seeded contents (a real key respelled: line endings anywhere,
+/// the standard alphabet, padding dropped or doubled, characters outside the alphabet, bytes
+/// flipped, truncated or repeated). Same key (by fingerprint), same refusals.
+#[test]
+fn key_files_are_read_as_keystone_reads_them() {
+    use base64::Engine as _;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let noise: &[&[u8]] = &[
+        b"\n",
+        b"\r\n",
+        b" ",
+        b"=",
+        b"==",
+        b"+",
+        b"/",
+        b"-",
+        b"_",
+        b"*",
+        b"\t",
+        "é".as_bytes(),
+        b"\xff",
+        b"A",
+    ];
+    let mut contents: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..4000 {
+        let k = fernetd::core::key::Key::generate().unwrap();
+        let mut c = k.to_text().as_bytes().to_vec();
+        for _ in 0..next(4) {
+            if c.is_empty() {
+                break;
+            }
+            match next(6) {
+                0 => {
+                    let at = next(c.len() as u64 + 1) as usize;
+                    let n = noise[next(noise.len() as u64) as usize];
+                    c.splice(at..at, n.iter().copied());
+                }
+                1 => {
+                    let at = next(c.len() as u64) as usize;
+                    c[at] = match c[at] {
+                        b'-' => b'+',
+                        b'_' => b'/',
+                        b => b,
+                    };
+                }
+                2 => c.truncate(next(c.len() as u64 + 1) as usize),
+                3 => {
+                    while c.last() == Some(&b'=') {
+                        c.pop();
+                    }
+                }
+                4 => {
+                    let at = next(c.len() as u64) as usize;
+                    c[at] ^= 1 << next(8);
+                }
+                _ => c.extend_from_slice(b"\n"),
+            }
+        }
+        contents.push(c);
+    }
+    let input: Vec<String> = contents
+        .iter()
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+        .collect();
+    let python: Vec<Option<String>> = common::keystone::helper_json("fernet-keys", &input);
+    let (mut keys, mut refused) = (0, 0);
+    for (c, py) in contents.iter().zip(&python) {
+        let ours = match fernetd::core::key::Key::parse(c) {
+            Ok(k) => Some(k.fingerprint().to_string()),
+            Err(fernetd::core::key::KeyFormatError::Empty) => Some("empty".to_string()),
+            Err(_) => None,
+        };
+        assert_eq!(&ours, py, "content {:?}", String::from_utf8_lossy(c).len());
+        if ours.is_some() {
+            keys += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        keys > 1000 && refused > 500,
+        "keys {keys}, refused {refused}"
+    );
+}

@@ -28,11 +28,11 @@ pub struct Key {
 pub enum KeyFormatError {
     #[error("empty file")]
     Empty,
-    #[error("not UTF-8 text (Keystone's loader raises on it)")]
+    #[error("not ASCII text (Keystone's loader raises on it)")]
     NotText,
-    #[error("not 32 bytes of url-safe base64 ({0} characters, expected 44)")]
+    #[error("decodes to {0} bytes; a Fernet key is 32 bytes of url-safe base64")]
     WrongLength(usize),
-    #[error("not url-safe base64 (Fernet key must be 32 url-safe base64-encoded bytes)")]
+    #[error("not base64: incomplete padding or a dangling character (Keystone raises on it)")]
     NotBase64,
 }
 
@@ -44,29 +44,25 @@ impl Key {
         Ok(Key { bytes })
     }
 
-    /// Parses file content the way fernetd accepts it: exactly one 44-character url-safe
-    /// base64 string, optionally followed by a line ending. Stricter than Keystone, which
-    /// accepts anything its lenient decoder swallows and fails later on every request.
+    /// Parses file content exactly as Keystone reads a key file: the text (UTF-8, ASCII
+    /// only) given to `cryptography`'s `Fernet`, which decodes it with Python's
+    /// `base64.urlsafe_b64decode` (`-`/`_` and `+`/`/` both accepted, every other character
+    /// outside the alphabet skipped, decoding stopped at complete padding) and wants 32 bytes.
+    /// A file Keystone reads as a key is a key here, with the same fingerprint however it is
+    /// spelled; one it refuses is refused here.
     pub fn parse(content: &[u8]) -> Result<Key, KeyFormatError> {
         if content.is_empty() {
             return Err(KeyFormatError::Empty);
         }
         let text = std::str::from_utf8(content).map_err(|_| KeyFormatError::NotText)?;
-        let trimmed = text
-            .strip_suffix("\r\n")
-            .or_else(|| text.strip_suffix('\n'))
-            .unwrap_or(text);
-        if trimmed.len() != KEY_TEXT_LEN {
-            return Err(KeyFormatError::WrongLength(trimmed.chars().count()));
+        if !text.is_ascii() {
+            return Err(KeyFormatError::NotText);
         }
-        let mut decoded = Zeroizing::new(Vec::with_capacity(KEY_BYTES + 3));
-        URL_SAFE
-            .decode_vec(trimmed, &mut decoded)
-            .map_err(|_| KeyFormatError::NotBase64)?;
-        let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
+        let decoded = python_b64decode(text.as_bytes()).ok_or(KeyFormatError::NotBase64)?;
         if decoded.len() != KEY_BYTES {
-            return Err(KeyFormatError::NotBase64);
+            return Err(KeyFormatError::WrongLength(decoded.len()));
         }
+        let mut bytes = Zeroizing::new([0u8; KEY_BYTES]);
         bytes.copy_from_slice(&decoded);
         Ok(Key { bytes })
     }
@@ -100,6 +96,60 @@ impl Key {
             None => unreachable!("a Key always encodes to a valid Fernet key"),
         }
     }
+}
+
+/// CPython's `binascii.a2b_base64(strict_mode=False)` after `urlsafe_b64decode`'s translation
+/// of `-` and `_`: characters outside the alphabet are skipped, a `=` completing a quantum ends
+/// the input, and a quantum left incomplete is an error (`None`). The result is zeroized.
+fn python_b64decode(input: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let value = |c: u8| -> Option<u8> {
+        match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'+' | b'-' => Some(62),
+            b'/' | b'_' => Some(63),
+            _ => None,
+        }
+    };
+    let mut out = Zeroizing::new(Vec::with_capacity(KEY_BYTES + 3));
+    let (mut quad, mut left, mut pads) = (0u8, 0u8, 0u8);
+    for &c in input {
+        if c == b'=' {
+            if quad >= 2 {
+                pads += 1;
+                if quad + pads >= 4 {
+                    return Some(out);
+                }
+            }
+            continue;
+        }
+        let Some(v) = value(c) else { continue };
+        pads = 0;
+        match quad {
+            0 => {
+                left = v;
+                quad = 1;
+            }
+            1 => {
+                out.push((left << 2) | (v >> 4));
+                left = v & 0x0f;
+                quad = 2;
+            }
+            2 => {
+                out.push((left << 4) | (v >> 2));
+                left = v & 0x03;
+                quad = 3;
+            }
+            _ => {
+                out.push((left << 6) | v);
+                left = 0;
+                quad = 0;
+            }
+        }
+    }
+    left.zeroize();
+    (quad == 0).then_some(out)
 }
 
 impl fmt::Debug for Key {
@@ -200,23 +250,33 @@ mod tests {
     }
 
     #[test]
-    fn trailing_newline_is_accepted_other_noise_is_not() {
+    fn keys_are_read_as_keystone_reads_them() {
         let k = Key::generate().unwrap();
-        let mut t = k.to_text().to_string();
-        t.push('\n');
-        assert_eq!(Key::parse(t.as_bytes()).unwrap(), k);
-        t.push('\n');
-        assert!(matches!(
-            Key::parse(t.as_bytes()),
-            Err(KeyFormatError::WrongLength(45))
-        ));
+        let text = k.to_text().to_string();
+        // Line endings, a newline in the middle, the standard alphabet, missing padding
+        // after a complete key: Keystone's Fernet takes them all as the same key.
+        let std = text.replace('-', "+").replace('_', "/");
+        for spelled in [
+            format!("{text}\n"),
+            format!("{text}\n\n"),
+            format!("{}\n{}", &text[..20], &text[20..]),
+            std,
+            format!("{text}trailing after the padding"),
+        ] {
+            assert_eq!(Key::parse(spelled.as_bytes()).unwrap(), k, "{spelled:?}");
+        }
         assert_eq!(Key::parse(b""), Err(KeyFormatError::Empty));
         assert_eq!(Key::parse(&[0xff, 0xfe]), Err(KeyFormatError::NotText));
-        let std_alphabet = "+".repeat(43) + "=";
         assert_eq!(
-            Key::parse(std_alphabet.as_bytes()),
+            Key::parse("é".repeat(44).as_bytes()),
+            Err(KeyFormatError::NotText)
+        );
+        // 43 characters with the padding dropped: an incomplete quantum.
+        assert_eq!(
+            Key::parse(&text.as_bytes()[..43]),
             Err(KeyFormatError::NotBase64)
         );
+        assert_eq!(Key::parse(b"aGVsbG8="), Err(KeyFormatError::WrongLength(5)));
     }
 
     #[test]

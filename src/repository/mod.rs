@@ -400,10 +400,14 @@ impl Repository {
             return Ok(Vec::new());
         }
         let primary = history.primary();
+        // A file that is not a key Keystone could read (garbage, empty) is replaced by its
+        // copy; one fernetd cannot open is left alone: what it holds is not known (it may be
+        // material Keystone reads as another user), and no copy may overwrite the unknown.
         let unusable = |n: u64| {
-            scan.entries.iter().any(
-                |e| matches!(&e.kind, EntryKind::Key { number, content: Err(_) } if *number == n),
-            )
+            scan.entries.iter().any(|e| {
+                matches!(&e.kind, EntryKind::Key { number, content: Err(p) }
+                    if *number == n && !matches!(p, crate::core::scan::ContentProblem::Unreadable(_)))
+            })
         };
         let copies = self.copies(w)?;
         let mut restored = Vec::new();

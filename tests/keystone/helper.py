@@ -7,6 +7,10 @@
                                      exit 0 when it unpacks every one
     helper.py key-files DIR       -> JSON: {file name: key number} as Keystone's loader reads
     helper.py ints -              -> JSON list on stdin of names; out: str(int(name)) or null
+    helper.py fernet-keys -       -> JSON list on stdin of base64 file contents; out: per file the
+                                     fingerprint of the key Keystone's loader + cryptography's
+                                     Fernet read from it (sha256 of the 32 bytes, first 8, hex),
+                                     "empty" for a file the loader skips, or null when refused
     helper.py lifetimes -         -> JSON list on stdin of cases {args, env}; out: per case the
                                      [token]/[receipt] lifetimes oslo.config reads, as Keystone's
                                      WSGI services configure it (files from OS_KEYSTONE_CONFIG_*
@@ -31,6 +35,26 @@ def conf(directory):
     CONF.set_override("key_repository", directory, group="fernet_tokens")
     CONF.set_override("max_active_keys", 100, group="fernet_tokens")
     return CONF
+
+
+def fernet_key(content_b64):
+    import base64
+
+    from cryptography.fernet import Fernet
+
+    raw = base64.b64decode(content_b64)
+    try:
+        # fernet_utils._get_key_files: open(path).read(), text mode (UTF-8, universal newlines)
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError:
+        return None
+    if len(text) == 0:
+        return "empty"
+    try:
+        Fernet(text)
+    except Exception:  # noqa: BLE001 - refused is the answer
+        return None
+    return hashlib.sha256(base64.urlsafe_b64decode(text)).hexdigest()[:16]
 
 
 def lifetimes(case):
@@ -71,6 +95,9 @@ def main():
             except ValueError:
                 out.append(None)
         print(json.dumps(out))
+        return
+    if cmd == "fernet-keys":
+        print(json.dumps([fernet_key(c) for c in json.load(sys.stdin)]))
         return
     if cmd == "lifetimes":
         print(json.dumps([lifetimes(c) for c in json.load(sys.stdin)]))
