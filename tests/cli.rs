@@ -904,3 +904,44 @@ fn a_huge_max_active_keys_is_safe() {
         assert!(out.stdout.contains(&format!("{n}: safe")), "{}", out.stdout);
     }
 }
+
+/// A state file edited to date every key years back (and stripped of the boot clock's
+/// stamps) does not make a rotation purge keys demoted seconds ago: no recorded time of a
+/// key on disk is earlier than its file's last change (`st_ctime`, set by the kernel only).
+#[test]
+fn an_edited_state_file_cannot_age_keys_past_their_files() {
+    let t = tmp();
+    let r = t.path().to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", r]);
+    let hour = [
+        "--expiration",
+        "1h",
+        "--allow-expired-window",
+        "0",
+        "--margin",
+        "0",
+    ];
+    for _ in 0..2 {
+        rotate_ok(r, &hour);
+    }
+    let state = t.path().join(".fernetd/state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    for (n, rec) in v["keys"].as_object_mut().unwrap() {
+        let rec = rec.as_object_mut().unwrap();
+        rec.remove("since_boot");
+        for field in ["created", "promoted", "demoted", "first_seen"] {
+            if rec.contains_key(field) && !(n == "0" && field != "first_seen") {
+                rec.insert(field.into(), "2020-01-01T00:00:00Z".into());
+            }
+        }
+    }
+    std::fs::write(&state, serde_json::to_string(&v).unwrap()).unwrap();
+    let out = rotate_ok(r, &[["--max-active-keys", "3"].as_slice(), &hour].concat());
+    assert_eq!(numbers(t.path()), vec![0, 1, 2, 3, 4], "{}", out.stderr);
+    assert!(
+        out.stderr.contains("kept key 1") && out.stderr.contains("kept key 2"),
+        "{}",
+        out.stderr
+    );
+}

@@ -396,6 +396,37 @@ impl History {
     }
 
     /// The primary as history knows it: the highest non-zero number ([`primary`]).
+    /// No key on disk was demoted (or, never primary, first seen) before its file last
+    /// changed (`changed`: number -> fingerprint and the file's `st_ctime`, which only the
+    /// kernel sets): a state file edited to date a key years back is corrected to the disk's
+    /// evidence, later, never earlier (history errs late). A change time later than `now`
+    /// is no evidence (this clock, or the one that stamped the file, is off: the boot clock
+    /// judges elapsed time then). Returns the numbers re-dated.
+    pub fn not_before_files(
+        &mut self,
+        changed: &BTreeMap<u64, (Fingerprint, DateTime<Utc>)>,
+        now: &Now,
+    ) -> Vec<u64> {
+        let mut moved = Vec::new();
+        for (n, r) in self.keys.iter_mut() {
+            let Some(&(fingerprint, at)) = changed.get(n).filter(|(_, at)| *at <= now.wall) else {
+                continue;
+            };
+            if r.fingerprint != fingerprint || r.demoted.is_none() && n == &0 {
+                continue;
+            }
+            let field = match r.demoted.as_mut() {
+                Some(d) => d,
+                None => &mut r.first_seen,
+            };
+            if *field < at {
+                *field = at;
+                moved.push(*n);
+            }
+        }
+        moved
+    }
+
     pub fn primary(&self) -> Option<u64> {
         primary(self.keys.keys().copied())
     }

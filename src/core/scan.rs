@@ -4,7 +4,8 @@
 //!
 //! Invariant: pure. Nothing here reads a file: these are the facts a scan found.
 
-use crate::core::key::{Key, KeyFormatError};
+use crate::core::key::{Fingerprint, Key, KeyFormatError};
+use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -28,6 +29,9 @@ pub struct FileMeta {
     /// What `os.path.isfile` says (follows symlinks).
     pub is_file: bool,
     pub is_dir: bool,
+    /// When the inode last changed (`st_ctime`: a link, a rename, a chmod, a write): nothing
+    /// but the kernel sets it, so no time recorded for a key can be earlier.
+    pub changed: Option<DateTime<Utc>>,
 }
 
 /// What Keystone would do with an entry.
@@ -82,6 +86,23 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// When each readable key's file last changed, with its fingerprint.
+    pub fn changed(&self) -> BTreeMap<u64, (Fingerprint, DateTime<Utc>)> {
+        self.entries
+            .iter()
+            .filter_map(|e| match (&e.kind, e.meta.changed) {
+                (
+                    EntryKind::Key {
+                        number,
+                        content: Ok(k),
+                    },
+                    Some(t),
+                ) => Some((*number, (k.fingerprint(), t))),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Valid keys by number.
     pub fn keys(&self) -> BTreeMap<u64, &Key> {
         self.entries

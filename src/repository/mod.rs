@@ -310,10 +310,12 @@ impl Repository {
     /// or copied from another node or a backup). A key file that is there but unreadable
     /// counts as the key history knows it by ([`present`]): a corrupted primary does not make
     /// the disk's primary a lower key.
-    fn trusted_history(&self, w: &Writer, scan: &Scan) -> Result<History> {
+    fn trusted_history(&self, w: &Writer, scan: &Scan, now: &Now) -> Result<History> {
         let h = self.written_history(w)?;
         let disk = present(scan, &h);
-        trusted(h, &disk, self.state_path())
+        let mut h = trusted(h, &disk, self.state_path())?;
+        h.not_before_files(&scan.changed(), now);
+        Ok(h)
     }
 
     fn save_history(&self, w: &Writer, h: &History, now: &Now) -> Result<()> {
@@ -569,7 +571,7 @@ impl Repository {
         let (w, now) = self.begin_timed_write(&mut out, now)?;
         let now = &now;
         let scan = w.scan()?;
-        let mut history = self.trusted_history(&w, &scan)?;
+        let mut history = self.trusted_history(&w, &scan, now)?;
         if scan.key_entries().next().is_none() {
             let (primary, staged) = (generate()?, generate()?);
             let first = [(1, &primary), (0, &staged)];
@@ -640,7 +642,7 @@ impl Repository {
         let scan = w.scan()?;
         let (scan, stood) = match self.repair {
             true => {
-                let history = self.trusted_history(&w, &scan)?;
+                let history = self.trusted_history(&w, &scan, now)?;
                 let stood = guard::stood_in(&history, &scan.fingerprints());
                 let scan = self.repair_now(&w, scan, &history, params.retention, now, &mut out)?;
                 match out.repaired.is_empty() {
@@ -656,7 +658,7 @@ impl Repository {
             // promoting it now would make a primary that readers do not hold. It is recorded
             // and waits for the next rotation.
             let disk = scan.fingerprints();
-            let mut history = self.trusted_history(&w, &scan)?;
+            let mut history = self.trusted_history(&w, &scan, now)?;
             for &n in &stood {
                 history.stood_in(n, now);
             }
@@ -691,7 +693,7 @@ impl Repository {
             }
         };
         let disk = scan.fingerprints();
-        let mut history = self.trusted_history(&w, &scan)?;
+        let mut history = self.trusted_history(&w, &scan, now)?;
         for &n in &stood {
             history.stood_in(n, now);
         }
@@ -852,7 +854,7 @@ impl Repository {
         let w = self.lock()?;
         let now = &self.anchor(&w, now)?;
         let mut scan = w.scan()?;
-        let mut history = self.trusted_history(&w, &scan)?;
+        let mut history = self.trusted_history(&w, &scan, now)?;
         let mut repaired = Vec::new();
         let before = history.clone();
         if self.repair {
@@ -895,7 +897,7 @@ impl Repository {
         }
         let scan = w.scan()?;
         ensure_writable(&scan)?;
-        let mut history = self.trusted_history(&w, &scan)?;
+        let mut history = self.trusted_history(&w, &scan, now)?;
         history.reconcile(&scan.fingerprints(), now);
         self.save_history(&w, &history, now)?;
         self.key_set(&scan, history)
@@ -945,6 +947,7 @@ impl Repository {
             None => History::new(),
         };
         let mut history = trusted(h, &disk, self.state_path())?;
+        history.not_before_files(&scan.changed(), now);
         history.reconcile(&disk, now);
         self.key_set(&scan, history)
     }

@@ -48,6 +48,10 @@ impl FileMeta {
             gid: m.st_gid,
             is_symlink: l.st_mode & S_IFMT == S_IFLNK,
             is_file: kind(&followed, S_IFREG),
+            changed: chrono::DateTime::from_timestamp(
+                m.st_ctime,
+                u32::try_from(m.st_ctime_nsec).unwrap_or(0),
+            ),
             is_dir: kind(&followed, S_IFDIR),
         }))
     }
