@@ -22,6 +22,7 @@
 //! - [`cluster`]: the key sets in etcd: import, fetch, acknowledgements, leadership, rotation.
 //! - [`agent`]: the daemon's cluster agent: follow, acknowledge, lead, rotate.
 //! - [`config`]: flags over TOML over keystone.conf.
+//! - [`credentials`]: the credentials' migration and its verification before a rotation.
 //! - [`status`]: a repository's state for operators: OK / warning / critical.
 //! - [`token`]: one Keystone token or receipt: its key, payload and verdict (pure).
 //! - [`timeline`]: each key's life, recorded and planned, for a chart (pure).
@@ -58,6 +59,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod credentials;
 pub mod daemon;
 pub mod error;
 pub mod exposure;

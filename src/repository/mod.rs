@@ -663,6 +663,14 @@ impl Repository {
             }
         };
         let disk = scan.fingerprints();
+        if let Some(expected) = params.expected_primary {
+            crate::core::credentials::still_primary(expected, &disk).map_err(|reason| {
+                Error::Refused {
+                    input: format!("{}: this rotation", self.dir.display()),
+                    reason,
+                }
+            })?;
+        }
         let mut history = self.trusted_history(&w, &scan)?;
         for &n in &stood {
             history.stood_in(n, now);
@@ -1355,6 +1363,7 @@ mod tests {
             max_active_keys: 3,
             retention: Duration::ZERO,
             force_purge: false,
+            expected_primary: None,
         };
         let set = KeySet::fresh(&now).unwrap();
         repo.apply(&set, "test", Duration::ZERO, &now).unwrap();
