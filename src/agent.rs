@@ -453,6 +453,10 @@ impl<'a> Session<'a> {
         // Credentials: only while the set's primary is the one the migration was verified on.
         let params = RotateParams {
             expected_primary: self.prepared_for.filter(|_| cfg.pre_rotate.is_some()),
+            // Verified: the count rule's purges hold no credential; the set says so (its
+            // lineage is marked forced), and followers take the purge.
+            force_purge: cfg.params.force_purge
+                || (cfg.pre_rotate.is_some() && self.prepared_for.is_some()),
             ..cfg.params
         };
         let request = crate::cluster::Rotation {

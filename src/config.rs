@@ -783,7 +783,30 @@ impl Sources {
     }
 }
 
+/// How long fernetd counts a demoted credential key as live: for ever, in practice. A
+/// credential key stays needed while a stored credential is encrypted with it, which no time
+/// tells; only a verified migration lets a rotation purge it (see [`crate::credentials`]).
+pub const CREDENTIAL_KEY_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 impl Settings {
+    /// How long a demoted key counts as live for the gate, repair, `key-lost-in-retention`,
+    /// `status` and the cluster's input refusal: the retention (`E + W + M`), and for
+    /// credentials [`CREDENTIAL_KEY_RETENTION`] (the planner and the charts keep the lifetime).
+    pub fn key_retention(&self) -> Duration {
+        match self.kind {
+            Kind::Credentials => CREDENTIAL_KEY_RETENTION,
+            _ => self.lifetime.retention(),
+        }
+    }
+
+    /// As [`Settings::key_retention`], for judging a cluster key set's purges (`E + W`).
+    pub fn key_decryptable(&self) -> Duration {
+        match self.kind {
+            Kind::Credentials => CREDENTIAL_KEY_RETENTION,
+            _ => self.lifetime.decryptable(),
+        }
+    }
+
     /// The token repository's settings: flags over the TOML file over keystone.conf.
     /// `config` is `--config` (the default file is read when absent and present on disk).
     pub fn resolve(flags: &Flags, config: Option<&Path>) -> Result<Settings, ConfigError> {

@@ -441,13 +441,21 @@ impl Daemon {
         } else {
             ""
         };
+        let kept = match m.settings.kind {
+            crate::config::Kind::Credentials => {
+                "until a verified migration moved every credential off them".to_string()
+            }
+            _ => format!(
+                "{} after demotion",
+                crate::duration::format(m.settings.lifetime.retention())
+            ),
+        };
         tracing::info!(
-            "{}: {} schedule '{}', max_active_keys {}{derived}, keys kept {} after demotion",
+            "{}: {} schedule '{}', max_active_keys {}{derived}, keys kept {kept}",
             s.kind,
             s.repo.dir().display(),
             m.schedule,
             m.max_active_keys,
-            crate::duration::format(m.settings.lifetime.retention())
         );
         if m.plan.safe == Some(false) {
             tracing::error!(
@@ -464,7 +472,7 @@ impl Daemon {
             let has_keys = s.repo.scan().map(|sc| sc.key_entries().next().is_some());
             if has_keys.unwrap_or(false) {
                 // The agent's reports say what keeps this node from the cluster's keys.
-                match s.repo.setup(m.settings.lifetime.retention(), now) {
+                match s.repo.setup(m.settings.key_retention(), now) {
                     Ok(out) => log_outcome(s.kind, &out),
                     Err(e) => tracing::error!("{}: {e}", s.kind),
                 }
@@ -475,7 +483,7 @@ impl Daemon {
         // Creates an empty repository, completes an interrupted rotation, adopts found keys.
         // A start that cannot write the repository is said as the failing write it is, not
         // only logged: `STATUS=` (READY=1's too), metrics, `status` and the hooks carry it.
-        match s.repo.setup(m.settings.lifetime.retention(), now) {
+        match s.repo.setup(m.settings.key_retention(), now) {
             Ok(out) => log_outcome(s.kind, &out),
             Err(e) => {
                 tracing::error!("{}: {e} [{}]", s.kind, Code::RotationFailing);
@@ -499,11 +507,11 @@ impl Daemon {
             schedule: s.m.schedule.clone(),
             params: RotateParams {
                 max_active_keys: s.m.max_active_keys,
-                retention: s.m.settings.lifetime.retention(),
+                retention: s.m.settings.key_retention(),
                 force_purge: false,
                 expected_primary: None,
             },
-            decryptable: s.m.settings.lifetime.decryptable(),
+            decryptable: s.m.settings.key_decryptable(),
             margin: s.m.settings.lifetime.margin,
             pre_rotate: s
                 .m
@@ -857,8 +865,9 @@ impl Daemon {
         };
         let params = RotateParams {
             max_active_keys: s.m.max_active_keys,
-            retention: s.m.settings.lifetime.retention(),
-            force_purge: false,
+            retention: s.m.settings.key_retention(),
+            // Verified: every credential is on the primary; the count rule's purges hold none.
+            force_purge: verified.is_some(),
             expected_primary: verified,
         };
         let clock = Now::read();
@@ -934,7 +943,7 @@ impl Daemon {
                 return;
             }
         };
-        let retention = s.m.settings.lifetime.retention();
+        let retention = s.m.settings.key_retention();
         let mut problems = BTreeSet::new();
         let mut changed = false;
         match s.repo.observe(retention, &clock) {

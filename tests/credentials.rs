@@ -321,3 +321,123 @@ fn stop(s: Started) -> String {
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     finish(s).1
 }
+
+/// The credential secondary counts as live until a verified migration moved everything off
+/// it: deleted behind fernetd's back it is `key-lost-in-retention` (status critical) and
+/// `repair` restores it, while a verified rotation purges the key below it as Keystone does.
+#[test]
+fn the_credential_secondary_is_live_until_a_verified_rotation() {
+    let t = tempfile::tempdir().unwrap();
+    let (creds, tokens) = (t.path().join("c"), t.path().join("t"));
+    for dir in [&creds, &tokens] {
+        fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+    }
+    let cfg = t.path().join("f.toml");
+    // repair keeps fernetd's own copy of each key.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+             repair = true\npre_rotate = [\"true\"]\n{VERIFY_PRIMARY}",
+            tokens.display(),
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for _ in 0..2 {
+        fernetd_ok(&["--config", c, "rotate", "--kind", "credentials"]);
+    }
+    // Verified rotations purge what Keystone's count rule purges: key 1.
+    assert_eq!(numbers(&creds), vec![0, 2, 3]);
+    std::fs::remove_file(creds.join("2")).unwrap();
+    let status = fernetd(&["--config", c, "status"]);
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+    assert!(
+        status.stdout.contains("key 2 vanished") && status.stdout.contains("key-lost-in-retention"),
+        "{}",
+        status.stdout
+    );
+    let out = fernetd_ok(&["--config", c, "rotate", "--kind", "credentials"]);
+    assert!(out.stderr.contains("restored key 2"), "{}", out.stderr);
+    assert_eq!(numbers(&creds), vec![0, 3, 4]);
+}
+
+/// `cluster init --kind credentials --force` from a node missing the credential secondary:
+/// a node holding it neither drops it nor takes the set without `--force-purge` (the key the
+/// stored credentials may be on is live for the cluster's input refusal too).
+#[test]
+fn a_forced_import_missing_the_secondary_removes_it_nowhere() {
+    let etcd = common::etcd::Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let config = |node: &str| {
+        let p = t.path().join(format!("{node}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                 [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+                 pre_rotate = [\"true\"]\n{VERIFY_PRIMARY}\
+                 [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\n\
+                 node = \"{node}\"\n",
+                t.path().join(node).join("tokens").display(),
+                t.path().join(node).join("credentials").display(),
+                etcd.endpoint
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let (ca, cb) = (config("a"), config("b"));
+    let (ca, cb) = (ca.to_str().unwrap(), cb.to_str().unwrap());
+    let b = t.path().join("b/credentials");
+    fernetd_ok(&["setup", "--key-repository", b.to_str().unwrap()]);
+    fernetd_ok(&["--config", cb, "cluster", "init"]);
+    fernetd_ok(&[
+        "--config",
+        cb,
+        "cluster",
+        "init",
+        "--kind",
+        "credentials",
+        "--from",
+        b.to_str().unwrap(),
+    ]);
+    fernetd_ok(&["--config", cb, "sync"]);
+    // A verified rotation of the cluster's credential keys: key 1 becomes the secondary.
+    fernetd_ok(&["--config", cb, "rotate", "--kind", "credentials"]);
+    fernetd_ok(&["--config", cb, "sync"]);
+    assert_eq!(numbers(&b), vec![0, 1, 2]);
+
+    // Node a holds the primary and the staged key, not the secondary, and forces its set in.
+    let a = t.path().join("a/credentials");
+    std::fs::create_dir_all(&a).unwrap();
+    for n in ["0", "2"] {
+        std::fs::copy(b.join(n), a.join(n)).unwrap();
+    }
+    fernetd_ok(&[
+        "--config",
+        ca,
+        "cluster",
+        "init",
+        "--kind",
+        "credentials",
+        "--from",
+        a.to_str().unwrap(),
+        "--force",
+    ]);
+    let out = fernetd(&["--config", cb, "sync"]);
+    assert!(
+        numbers(&b).contains(&1),
+        "node b dropped the credential secondary: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("would remove keys") && out.stderr.contains("key 1 (until"),
+        "{}",
+        out.stderr
+    );
+}

@@ -70,7 +70,7 @@ fn rotate_kind(
     let m = config::manage(s.clone(), clock.wall)?;
     let mut params = RotateParams {
         max_active_keys: m.max_active_keys,
-        retention: s.lifetime.retention(),
+        retention: s.key_retention(),
         force_purge,
         expected_primary: None,
     };
@@ -84,6 +84,9 @@ fn rotate_kind(
     }
     if let Some(argv) = &s.hooks.pre_rotate {
         params.expected_primary = Some(migrate_and_verify(s, argv)?);
+        // Verified: every credential is on the primary, so the keys Keystone's count rule
+        // drops (older than the secondary) hold none.
+        params.force_purge = true;
     }
     if sources.file.cluster.is_none() {
         let repo = repository(s)?.deferring_to_daemon(defer);
