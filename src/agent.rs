@@ -484,10 +484,16 @@ impl<'a> Session<'a> {
             Err(ClusterError::GateWaiting { nodes, .. }) => {
                 // A lagging node's Keystone keeps encrypting with the old primary: migrate
                 // and verify again once the gate opens.
+                // Each retry migrates the whole table again: not more often than a failed
+                // pre_rotate is retried.
                 self.prepared_for = None;
                 let gate_deadline = cfg.cluster.gate_deadline;
                 self.report(gate_waiting(nodes, due, clock.wall, gate_deadline));
-                Ok(Turn::Wait(Some(Instant::now() + GATE_RETRY)))
+                let retry = match cfg.pre_rotate {
+                    Some(_) => PRE_ROTATE_RETRY,
+                    None => GATE_RETRY,
+                };
+                Ok(Turn::Wait(Some(Instant::now() + retry)))
             }
             // Fenced: this node's claim is gone (a pause past its lease); the watch tells who
             // leads now.
