@@ -8,6 +8,15 @@
 //! repository (under its lock) or the cluster (in its transaction) checks once more. Anything
 //! else keeps every key: a credential encrypted with a purged key is lost for good.
 //!
+//! Why this order and not Keystone's (`credential_rotate`, then `credential_migrate`, purging
+//! at the next rotation): both keep the key the credentials were migrated to (the demoted
+//! primary becomes the secondary, which the count rule keeps) and purge only the key below it,
+//! which the verification proved empty. Tying the purge to the verified primary under the
+//! lock also closes what Keystone's order leaves open: another rotation between the check and
+//! the purge (two operators, two timers, a daemon and keystone-manage) makes the purge refuse.
+//! A credential written after the verification is encrypted with the primary or the new key,
+//! both kept.
+//!
 //! Never logs key material: fingerprints and Keystone's SHA-1 hashes only.
 
 use crate::core::credentials::{judge, keystone_hash, Verdict};
