@@ -60,6 +60,8 @@ pub struct AgentConfig {
 /// A `pre_rotate` hook as the leader runs it.
 pub struct PreRotate {
     pub argv: Vec<String>,
+    /// Keystone's check after the migration (see [`crate::credentials`]).
+    pub verify: Vec<String>,
     pub timeout: Duration,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -229,9 +231,10 @@ struct Session<'a> {
     acked: Acked,
     /// A key set this node refused (by revision): never acknowledged, never rotated on.
     refused: Option<i64>,
-    /// The primary `pre_rotate` last succeeded under: every credential is encrypted with it, so
-    /// the hook need not run again until a rotation changes it (gate retries do not).
-    prepared_for: Option<u64>,
+    /// The primary (fingerprint) the credentials were last migrated to and verified on: the
+    /// rotation may run, only while it is still the set's primary. Forgotten at every gate
+    /// hold (a lagging node's Keystone keeps encrypting with its own primary meanwhile).
+    prepared_for: Option<crate::core::key::Fingerprint>,
     /// After a failed `pre_rotate`: not before this instant again.
     held_until: Option<Instant>,
 }
@@ -395,16 +398,18 @@ impl<'a> Session<'a> {
         };
         // Credentials: every credential re-encrypted with the primary first, once per primary
         // (a gate retry does not run it again).
-        let primary = self.view.set.primary();
-        let prepared = cfg.pre_rotate.is_none() || self.prepared_for == primary;
+        let primary = crate::core::credentials::primary(&self.view.set.fingerprints()).map(|p| p.1);
+        let prepared =
+            cfg.pre_rotate.is_none() || (primary.is_some() && self.prepared_for == primary);
         let held = self.held_until.filter(|t| *t > Instant::now());
         match plan(due, clock.wall, prepared, held) {
             Plan::Wait(until) => return Ok(Turn::Wait(Some(Instant::now() + until))),
             Plan::Held(t) => return Ok(Turn::Wait(Some(t))),
-            Plan::Prepare => {
-                if !self.pre_rotate().await? {
+            Plan::Prepare => match self.pre_rotate().await? {
+                Ok(verified) => self.prepared_for = Some(verified),
+                Err(held) => {
                     tracing::error!(
-                        "{}: rotation held: pre_rotate failed; retrying in {}",
+                        "{}: rotation held: {held}; retrying in {}",
                         cfg.kind,
                         crate::core::duration::format(PRE_ROTATE_RETRY)
                     );
@@ -412,30 +417,29 @@ impl<'a> Session<'a> {
                     self.held_until = Some(wake);
                     return Ok(Turn::Wait(Some(wake)));
                 }
-                self.prepared_for = primary;
-            }
+            },
             Plan::Rotate => {}
         }
         self.rotate(&clock, due).await
     }
 
-    /// Runs the `pre_rotate` hook while keeping the leadership's lease alive (a migration may
-    /// take longer than a lease); whether it succeeded.
-    async fn pre_rotate(&mut self) -> Result<bool, SessionError> {
+    /// Runs the `pre_rotate` hook and the verification while keeping the leadership's lease
+    /// alive (a migration may take longer than a lease); the primary they were verified on.
+    async fn pre_rotate(&mut self) -> Result<crate::credentials::PreRotated, SessionError> {
         let cfg = self.cfg;
         let Some(p) = &cfg.pre_rotate else {
-            return Ok(true);
+            return Ok(Err(crate::credentials::Held::Migrate));
         };
         let keys: Vec<u64> = self.view.set.keys.keys().copied().collect();
         let ctx = crate::hooks::Context::of(cfg.kind.name(), cfg.repo.dir(), &keys);
         tracing::info!("{}: rotation due; running pre_rotate first", cfg.kind);
-        let hook = crate::hooks::run(
-            &p.argv,
-            crate::hooks::Event::PreRotate,
-            &ctx,
-            p.timeout,
-            &p.metrics,
-        );
+        let migration = crate::credentials::Migration {
+            dir: cfg.repo.dir().to_path_buf(),
+            pre_rotate: p.argv.clone(),
+            verify: p.verify.clone(),
+            timeout: p.timeout,
+        };
+        let hook = crate::credentials::migrate_and_verify(&migration, &ctx, &p.metrics);
         tokio::pin!(hook);
         loop {
             tokio::select! {
@@ -450,8 +454,17 @@ impl<'a> Session<'a> {
     async fn rotate(&mut self, clock: &Now, due: DateTime<Utc>) -> Result<Turn, SessionError> {
         let cfg = self.cfg;
         let local = cfg.repo.history()?;
+        // Credentials: only while the set's primary is the one the migration was verified on.
+        let params = RotateParams {
+            expected_primary: self.prepared_for.filter(|_| cfg.pre_rotate.is_some()),
+            // Verified: the count rule's purges hold no credential; the set says so (its
+            // lineage is marked forced), and followers take the purge.
+            force_purge: cfg.params.force_purge
+                || (cfg.pre_rotate.is_some() && self.prepared_for.is_some()),
+            ..cfg.params
+        };
         let request = crate::cluster::Rotation {
-            params: &cfg.params,
+            params: &params,
             now: clock,
             held: Some(&local),
             skew_tolerance: cfg.margin,
@@ -473,9 +486,18 @@ impl<'a> Session<'a> {
                 Ok(Turn::Committed)
             }
             Err(ClusterError::GateWaiting { nodes, .. }) => {
+                // A lagging node's Keystone keeps encrypting with the old primary: migrate
+                // and verify again once the gate opens.
+                // Each retry migrates the whole table again: not more often than a failed
+                // pre_rotate is retried.
+                self.prepared_for = None;
                 let gate_deadline = cfg.cluster.gate_deadline;
                 self.report(gate_waiting(nodes, due, clock.wall, gate_deadline));
-                Ok(Turn::Wait(Some(Instant::now() + GATE_RETRY)))
+                let retry = match cfg.pre_rotate {
+                    Some(_) => PRE_ROTATE_RETRY,
+                    None => GATE_RETRY,
+                };
+                Ok(Turn::Wait(Some(Instant::now() + retry)))
             }
             // Fenced: this node's claim is gone (a pause past its lease); the watch tells who
             // leads now.

@@ -457,6 +457,16 @@ impl Cluster {
                     due => return Err(ClusterError::NotDue { due }),
                 }
             }
+            if let Some(expected) = r.params.expected_primary {
+                let fps = set.fingerprints();
+                crate::core::credentials::still_primary(expected, &fps).map_err(|reason| {
+                    ClusterError::Refused {
+                        key: key.clone(),
+                        revision,
+                        reason,
+                    }
+                })?;
+            }
             let staged = match set.keys.get(&0) {
                 Some(k) => k.fingerprint(),
                 None => unreachable!("a validated key set has key 0"),

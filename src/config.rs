@@ -24,14 +24,30 @@ pub const KEYSTONE_ALLOW_EXPIRED_WINDOW: Duration = Duration::from_secs(172_800)
 pub const KEYSTONE_MAX_ACTIVE_KEYS: u64 = 3;
 pub const KEYSTONE_KEY_REPOSITORY: &str = "/etc/keystone/fernet-keys/";
 pub const KEYSTONE_CREDENTIAL_REPOSITORY: &str = "/etc/keystone/credential-keys/";
-/// Keystone's credential repository always has exactly three keys.
+/// Keystone's credential repository keeps three keys: the staged key, the primary, and the
+/// secondary that credentials not yet migrated are encrypted with.
 pub const CREDENTIAL_KEYS: u64 = 3;
+
+/// A credential repository's max_active_keys: at least Keystone's 3 (fewer would purge the
+/// secondary at once); more keeps older keys as a buffer (Keystone loads every key file).
+pub fn check_credential_keys(n: u64) -> Result<(), String> {
+    if n < CREDENTIAL_KEYS {
+        return Err(format!(
+            "Keystone keeps {CREDENTIAL_KEYS} credential keys (staged, primary, and the \
+             secondary unmigrated credentials are encrypted with); at least {CREDENTIAL_KEYS}"
+        ));
+    }
+    Ok(())
+}
 /// Read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG: &str = "/etc/fernetd/fernetd.toml";
 /// The daemon's schedule when none is configured.
 pub const DEFAULT_SCHEDULE: &str = "@daily";
 /// How long a hook may run before it is killed.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The credentials' hooks (`pre_rotate`, `verify`): a migration of a large credential table
+/// through Keystone takes minutes, not seconds.
+pub const DEFAULT_CREDENTIAL_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub use crate::error::ConfigError;
 
@@ -262,6 +278,10 @@ pub struct RepositorySection {
     pub on_invalid: Option<Vec<String>>,
     /// Credentials only: must succeed before each rotation (keystone-manage credential_migrate).
     pub pre_rotate: Option<Vec<String>>,
+    /// Credentials only: Keystone's own check after `pre_rotate` (every credential on the
+    /// primary); its stdout must carry `primary_key_hash=` of this repository's primary before
+    /// any key is purged. Default: [`crate::core::credentials::DEFAULT_VERIFY`].
+    pub verify: Option<Vec<String>>,
     #[serde(default, with = "duration::serde_opt")]
     pub hook_timeout: Option<Duration>,
 }
@@ -343,10 +363,8 @@ impl RepositorySection {
     fn validate(&self, kind: Kind) -> Result<(), String> {
         if let Some(n) = self.max_active_keys {
             check_max_keys(n).map_err(|m| format!("max_active_keys: {m}"))?;
-            if kind == Kind::Credentials && n != CREDENTIAL_KEYS {
-                return Err(format!(
-                    "max_active_keys: Keystone's credential repository has exactly {CREDENTIAL_KEYS} keys"
-                ));
+            if kind == Kind::Credentials {
+                check_credential_keys(n).map_err(|m| format!("max_active_keys: {m}"))?;
             }
         }
         if let Some(s) = &self.schedule {
@@ -358,6 +376,7 @@ impl RepositorySection {
             ("on_change", &self.on_change),
             ("on_invalid", &self.on_invalid),
             ("pre_rotate", &self.pre_rotate),
+            ("verify", &self.verify),
         ] {
             if argv
                 .as_ref()
@@ -370,6 +389,9 @@ impl RepositorySection {
         }
         if kind != Kind::Credentials && self.pre_rotate.is_some() {
             return Err("pre_rotate: only [credentials] runs a command before rotating".into());
+        }
+        if kind != Kind::Credentials && self.verify.is_some() {
+            return Err("verify: only [credentials] verifies a migration before rotating".into());
         }
         if kind == Kind::Receipts && self.allow_expired_window.is_some() {
             // keystone/receipt/handlers.py validates with window_seconds=0: an expired receipt
@@ -451,6 +473,9 @@ pub struct Hooks {
     pub on_change: Option<Vec<String>>,
     pub on_invalid: Option<Vec<String>>,
     pub pre_rotate: Option<Vec<String>>,
+    /// Credentials: Keystone's check run after `pre_rotate` (always set for credentials: the
+    /// configured one or [`crate::core::credentials::DEFAULT_VERIFY`]).
+    pub verify: Option<Vec<String>>,
     pub timeout: Duration,
 }
 
@@ -604,7 +629,17 @@ impl Sources {
             }
         };
         let max_active_keys = match kind {
-            Kind::Credentials => Some(CREDENTIAL_KEYS),
+            // Keystone keeps 3 (staged, primary, and the secondary credentials may still be
+            // encrypted with); more is a buffer Keystone loads too.
+            Kind::Credentials => {
+                let n = f
+                    .max_active_keys
+                    .or(t.max_active_keys)
+                    .unwrap_or(CREDENTIAL_KEYS);
+                check_credential_keys(n)
+                    .map_err(|m| ConfigError(format!("[credentials] max_active_keys {n}: {m}")))?;
+                Some(n)
+            }
             _ => f.max_active_keys.or(t.max_active_keys).or(ks_keys),
         };
         // A schedule from the file was validated (and named) by FileConfig::parse.
@@ -659,7 +694,19 @@ impl Sources {
                 on_change: t.on_change.clone(),
                 on_invalid: t.on_invalid.clone(),
                 pre_rotate: t.pre_rotate.clone(),
-                timeout: t.hook_timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT),
+                verify: (kind == Kind::Credentials).then(|| {
+                    t.verify.clone().unwrap_or_else(|| {
+                        crate::core::credentials::DEFAULT_VERIFY
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect()
+                    })
+                }),
+                // A migration re-encrypts every stored credential: a big table takes minutes.
+                timeout: t.hook_timeout.unwrap_or(match kind {
+                    Kind::Credentials => DEFAULT_CREDENTIAL_HOOK_TIMEOUT,
+                    _ => DEFAULT_HOOK_TIMEOUT,
+                }),
             },
             repair: t.repair,
             allow_unsafe_schedule: t.allow_unsafe_schedule,
@@ -736,7 +783,30 @@ impl Sources {
     }
 }
 
+/// How long fernetd counts a demoted credential key as live: for ever, in practice. A
+/// credential key stays needed while a stored credential is encrypted with it, which no time
+/// tells; only a verified migration lets a rotation purge it (see [`crate::credentials`]).
+pub const CREDENTIAL_KEY_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 impl Settings {
+    /// How long a demoted key counts as live for the gate, repair, `key-lost-in-retention`,
+    /// `status` and the cluster's input refusal: the retention (`E + W + M`), and for
+    /// credentials [`CREDENTIAL_KEY_RETENTION`] (the planner and the charts keep the lifetime).
+    pub fn key_retention(&self) -> Duration {
+        match self.kind {
+            Kind::Credentials => CREDENTIAL_KEY_RETENTION,
+            _ => self.lifetime.retention(),
+        }
+    }
+
+    /// As [`Settings::key_retention`], for judging a cluster key set's purges (`E + W`).
+    pub fn key_decryptable(&self) -> Duration {
+        match self.kind {
+            Kind::Credentials => CREDENTIAL_KEY_RETENTION,
+            _ => self.lifetime.decryptable(),
+        }
+    }
+
     /// The token repository's settings: flags over the TOML file over keystone.conf.
     /// `config` is `--config` (the default file is read when absent and present on disk).
     pub fn resolve(flags: &Flags, config: Option<&Path>) -> Result<Settings, ConfigError> {

@@ -33,6 +33,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 const DEBOUNCE_MAX: Duration = Duration::from_millis(800);
 /// Retry delay after a failed rotation or pre-rotate hook.
 const RETRY: Duration = Duration::from_secs(30);
+use crate::credentials::PreRotated;
 /// Longest sleep; bounds the effect of a wall-clock jump on the schedule.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// How often a cluster daemon looks at its configuration's exposures again.
@@ -95,6 +96,9 @@ struct Standalone {
     /// Rotations failing since, and the last error: retried, and said everywhere until one
     /// succeeds.
     failing: Option<(DateTime<Utc>, String)>,
+    /// Credentials: why the last migration was not verified on the primary (every key kept);
+    /// said as `credentials-unverified` until a verified rotation.
+    unverified: Option<String>,
 }
 
 /// A repository whose keys the cluster decides: the agent task, the channel that tells it
@@ -228,6 +232,9 @@ impl Slot {
                         now,
                     ));
                 }
+                if let Some(why) = &st.unverified {
+                    out.push(Problem::new(Code::CredentialsUnverified, why.clone()));
+                }
             }
         }
         out
@@ -283,7 +290,7 @@ struct Daemon {
     generation: u64,
     watcher: Option<Watcher>,
     fs_tx: UnboundedSender<Change>,
-    pre_tx: UnboundedSender<(u64, usize, bool)>,
+    pre_tx: UnboundedSender<(u64, usize, PreRotated)>,
     metrics: Arc<Metrics>,
     metrics_listen: Option<std::net::SocketAddr>,
     ready_sent: bool,
@@ -434,13 +441,21 @@ impl Daemon {
         } else {
             ""
         };
+        let kept = match m.settings.kind {
+            crate::config::Kind::Credentials => {
+                "until a verified migration moved every credential off them".to_string()
+            }
+            _ => format!(
+                "{} after demotion",
+                crate::core::duration::format(m.settings.lifetime.retention())
+            ),
+        };
         tracing::info!(
-            "{}: {} schedule '{}', max_active_keys {}{derived}, keys kept {} after demotion",
+            "{}: {} schedule '{}', max_active_keys {}{derived}, keys kept {kept}",
             s.kind,
             s.repo.dir().display(),
             m.schedule,
             m.max_active_keys,
-            crate::core::duration::format(m.settings.lifetime.retention())
         );
         if m.plan.safe == Some(false) {
             tracing::error!(
@@ -457,7 +472,7 @@ impl Daemon {
             let has_keys = s.repo.scan().map(|sc| sc.key_entries().next().is_some());
             if has_keys.unwrap_or(false) {
                 // The agent's reports say what keeps this node from the cluster's keys.
-                match s.repo.setup(m.settings.lifetime.retention(), now) {
+                match s.repo.setup(m.settings.key_retention(), now) {
                     Ok(out) => log_outcome(s.kind, &out),
                     Err(e) => tracing::error!("{}: {e}", s.kind),
                 }
@@ -468,7 +483,7 @@ impl Daemon {
         // Creates an empty repository, completes an interrupted rotation, adopts found keys.
         // A start that cannot write the repository is said as the failing write it is, not
         // only logged: `STATUS=` (READY=1's too), metrics, `status` and the hooks carry it.
-        match s.repo.setup(m.settings.lifetime.retention(), now) {
+        match s.repo.setup(m.settings.key_retention(), now) {
             Ok(out) => log_outcome(s.kind, &out),
             Err(e) => {
                 tracing::error!("{}: {e} [{}]", s.kind, Code::RotationFailing);
@@ -492,10 +507,11 @@ impl Daemon {
             schedule: s.m.schedule.clone(),
             params: RotateParams {
                 max_active_keys: s.m.max_active_keys,
-                retention: s.m.settings.lifetime.retention(),
+                retention: s.m.settings.key_retention(),
                 force_purge: false,
+                expected_primary: None,
             },
-            decryptable: s.m.settings.lifetime.decryptable(),
+            decryptable: s.m.settings.key_decryptable(),
             margin: s.m.settings.lifetime.margin,
             pre_rotate: s
                 .m
@@ -505,6 +521,7 @@ impl Daemon {
                 .clone()
                 .map(|argv| agent::PreRotate {
                     argv,
+                    verify: s.m.settings.hooks.verify.clone().unwrap_or_default(),
                     timeout: s.m.settings.hooks.timeout,
                     metrics: self.metrics.clone(),
                 }),
@@ -750,24 +767,26 @@ impl Daemon {
         };
         st.retry_at = None;
         let Some(argv) = s.m.settings.hooks.pre_rotate.clone() else {
-            self.rotate(i);
+            self.rotate(i, None);
             return;
+        };
+        let migration = crate::credentials::Migration {
+            dir: s.m.settings.key_repository.clone(),
+            pre_rotate: argv,
+            verify: s.m.settings.hooks.verify.clone().unwrap_or_default(),
+            timeout: s.m.settings.hooks.timeout,
         };
         st.pre_rotating = true;
         tracing::info!("{}: rotation due; running pre_rotate first", s.kind);
-        let (ctx, timeout, metrics) = (
-            s.context(),
-            s.m.settings.hooks.timeout,
-            self.metrics.clone(),
-        );
+        let (ctx, metrics) = (s.context(), self.metrics.clone());
         let (tx, generation) = (self.pre_tx.clone(), self.generation);
         tokio::spawn(async move {
-            let ok = hooks::run(&argv, Event::PreRotate, &ctx, timeout, &metrics).await;
-            let _ = tx.send((generation, i, ok));
+            let done = crate::credentials::migrate_and_verify(&migration, &ctx, &metrics).await;
+            let _ = tx.send((generation, i, done));
         });
     }
 
-    fn on_pre_rotate(&mut self, generation: u64, i: usize, ok: bool) {
+    fn on_pre_rotate(&mut self, generation: u64, i: usize, done: PreRotated) {
         if generation != self.generation || i >= self.slots.len() {
             return;
         }
@@ -776,16 +795,20 @@ impl Daemon {
             return;
         };
         st.pre_rotating = false;
-        if ok {
-            self.rotate(i);
-        } else {
-            tracing::error!(
-                "{}: rotation held: pre_rotate failed; retrying in {}",
-                s.kind,
-                crate::core::duration::format(RETRY)
-            );
-            st.retry_at = Some(Instant::now() + RETRY);
-            st.failed("pre_rotate failed".into());
+        match done {
+            Ok(verified) => self.rotate(i, Some(verified)),
+            Err(held) => {
+                tracing::error!(
+                    "{}: rotation held: {held}; retrying in {}",
+                    s.kind,
+                    crate::core::duration::format(RETRY)
+                );
+                st.retry_at = Some(Instant::now() + RETRY);
+                if let crate::credentials::Held::Unverified(why) = &held {
+                    st.unverified = Some(why.clone());
+                }
+                st.failed(held.to_string());
+            }
         }
         self.publish();
     }
@@ -830,7 +853,9 @@ impl Daemon {
         }
     }
 
-    fn rotate(&mut self, i: usize) {
+    /// One rotation of repository `i`; credentials pass the primary their migration was
+    /// verified on (the rotation runs only while it is still the primary).
+    fn rotate(&mut self, i: usize, verified: Option<crate::core::key::Fingerprint>) {
         if !self.still_own(i) {
             return;
         }
@@ -840,8 +865,10 @@ impl Daemon {
         };
         let params = RotateParams {
             max_active_keys: s.m.max_active_keys,
-            retention: s.m.settings.lifetime.retention(),
-            force_purge: false,
+            retention: s.m.settings.key_retention(),
+            // Verified: every credential is on the primary; the count rule's purges hold none.
+            force_purge: verified.is_some(),
+            expected_primary: verified,
         };
         let clock = Now::read();
         let now = clock.wall;
@@ -850,6 +877,7 @@ impl Daemon {
                 log_outcome(s.kind, &out);
                 s.refused = None;
                 st.failing = None;
+                st.unverified = None;
                 st.next_rotation = s.m.schedule.next_after(now);
                 // Deferred (a missing key 0 was staged instead): nothing rotated.
                 if out.rotation.is_some() {
@@ -915,7 +943,7 @@ impl Daemon {
                 return;
             }
         };
-        let retention = s.m.settings.lifetime.retention();
+        let retention = s.m.settings.key_retention();
         let mut problems = BTreeSet::new();
         let mut changed = false;
         match s.repo.observe(retention, &clock) {

@@ -18,6 +18,7 @@
 //! - [`exposure`]: what a cluster configuration exposes (unsealed, plain HTTP, readable secrets).
 //! - [`cluster`]: the key sets in etcd: import, fetch, acknowledgements, leadership, rotation.
 //! - [`agent`]: the daemon's cluster agent: a session that follows, acknowledges, leads, rotates.
+//! - [`credentials`]: the credentials' migration and its verification before a rotation.
 //! - [`status`]: a repository's state for operators: OK / warning / critical.
 //! - [`hooks`]: operator commands run on events, bounded and never blocking.
 //! - [`watcher`]: reports file changes in the repositories (inotify), decides nothing.
@@ -52,6 +53,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod core;
+pub mod credentials;
 pub mod daemon;
 pub mod error;
 pub mod exposure;

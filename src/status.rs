@@ -316,7 +316,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     // then, in the words the daemon used when it saw it go. Recorded by whoever saw it (the
     // daemon, `setup`, `rotate`), or judged here from the disk, as they would record it,
     // when nothing has looked since (this writes nothing).
-    for v in repo.lost_keys(&scan, &history, s.lifetime.retention(), &judged) {
+    for v in repo.lost_keys(&scan, &history, s.key_retention(), &judged) {
         sum.raise(Code::KeyLostInRetention, v.to_string());
     }
     for w in history.future_warnings(clock, &state) {

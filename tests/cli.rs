@@ -561,7 +561,7 @@ fn rotate_and_plan_take_each_kind() {
              [tokens]\nkey_repository = \"{}\"\nexpiration = \"1h\"\nallow_expired_window = \"2d\"\n\
              [receipts]\nkey_repository = \"{}\"\nexpiration = \"5m\"\nmargin = \"1m\"\nschedule = \"1m\"\n\
              [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
-             pre_rotate = [\"sh\", \"-c\", \"test -z \\\"$FAIL\\\" && echo $FERNETD_KIND >> {}\"]\n",
+             pre_rotate = [\"sh\", \"-c\", \"test -z \\\"$FAIL\\\" && echo $FERNETD_KIND >> {}\"]\n{VERIFY_PRIMARY}",
             dir("t").display(),
             dir("r").display(),
             dir("c").display(),

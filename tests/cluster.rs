@@ -1502,6 +1502,7 @@ fn a_rotation_is_fenced_on_the_leader_claim_and_judged_due_on_the_set_it_reads()
             max_active_keys: 3,
             retention: std::time::Duration::ZERO,
             force_purge: false,
+            expected_primary: None,
         };
         let x = c
             .grant_lease(std::time::Duration::from_secs(5))
@@ -1658,6 +1659,7 @@ fn the_leader_runs_pre_rotate_before_each_credentials_rotation() {
              schedule = \"@daily\"\n\
              [credentials]\nkey_repository = \"{}\"\nschedule = \"2s\"\n\
              pre_rotate = [\"sh\", \"-c\", \"test ! -e {} && echo $FERNETD_PRIMARY >> {}\"]\n\
+             {VERIFY_PRIMARY}\
              [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"a\"\nlease_ttl = \"2s\"\n\
              dial_timeout = \"10s\"\n",
             t.path().join("tokens").display(),

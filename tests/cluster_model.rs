@@ -78,6 +78,7 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
         // Nothing is purged within a case: every key a node ever held stays in the set.
         retention: Duration::from_secs(365 * 86_400),
         force_purge: false,
+        expected_primary: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -556,7 +556,7 @@ fn unsafe_and_bad_configs_are_refused_in_one_line() {
         ("[tokens]\nexpiration = -5\n", "negative"),
         ("[tokens]\non_rotate = []\n", "on_rotate"),
         ("[credentials]\nschedule = \"@monthly\"\n", "pre_rotate: required"),
-        ("[credentials]\nschedule = \"@monthly\"\npre_rotate = [\"true\"]\nmax_active_keys = 5\n", "exactly 3 keys"),
+        ("[credentials]\nschedule = \"@monthly\"\npre_rotate = [\"true\"]\nmax_active_keys = 2\n", "at least 3"),
         ("[receipts]\nschedule = \"@daily\"\n", "also the tokens repository"),
         ("[daemon]\nmetrics_listen = \"nowhere\"\n", "metrics_listen"),
         ("[keystone]\nuser = \"no-such-user-xyz\"\ngroup = \"0\"\n", "no such user 'no-such-user-xyz'"),
@@ -624,7 +624,7 @@ fn credentials_rotate_only_after_pre_rotate_succeeds() {
         format!(
             "[tokens]\nkey_repository = \"{}\"\nschedule = \"1h\"\n\
          [credentials]\nkey_repository = \"{}\"\nschedule = \"1s\"\n\
-         pre_rotate = [\"test\", \"-e\", \"{}\"]\n",
+         pre_rotate = [\"test\", \"-e\", \"{}\"]\n{VERIFY_PRIMARY}",
             tokens.display(),
             creds.display(),
             gate.display()

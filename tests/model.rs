@@ -410,6 +410,7 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
         max_active_keys: max_active_keys as u64,
         retention: ret,
         force_purge: force,
+        expected_primary: None,
     };
     let retention = chrono::Duration::seconds(RETENTION_H * HOUR);
     for (i, op) in ops.iter().enumerate() {

@@ -65,6 +65,7 @@ fn deb_installs_cleanly_and_ships_hardened_units() {
         "/usr/share/doc/fernetd/runbooks.md",
         "/usr/share/fernetd/prometheus/fernetd-alerts.yml",
         "/usr/share/fernetd/grafana/fernetd-dashboard.json",
+        "/usr/lib/fernetd/verify-credentials",
     ] {
         assert!(
             rpm_list.contains(path),
@@ -105,6 +106,7 @@ fn deb_installs_cleanly_and_ships_hardened_units() {
         "./usr/share/doc/fernetd/runbooks.md",
         "./usr/share/fernetd/prometheus/fernetd-alerts.yml",
         "./usr/share/fernetd/grafana/fernetd-dashboard.json",
+        "./usr/lib/fernetd/verify-credentials",
     ] {
         assert!(list.contains(path), "{path} missing from the .deb:\n{list}");
     }

@@ -17,7 +17,7 @@ pub(super) fn run(a: CheckArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
     let (history, lost) = match repo.history() {
         Ok(h) => {
             let judged = repo.judging_clock(clock);
-            let lost = repo.lost_keys(&scan, &h, s.lifetime.retention(), &judged);
+            let lost = repo.lost_keys(&scan, &h, s.key_retention(), &judged);
             (Ok(()), lost)
         }
         Err(e) => (Err(e.to_string()), Vec::new()),

@@ -37,7 +37,11 @@ pub(super) fn run(a: PlanArgs, config: Option<&Path>, clock: &Now) -> anyhow::Re
         .history()
         .ok()
         .and_then(|h| h.schedule_basis());
-    let plan = planner::plan(&schedule, &s.lifetime, s.max_active_keys, clock.wall, last)?;
+    let mut plan = planner::plan(&schedule, &s.lifetime, s.max_active_keys, clock.wall, last)?;
+    if kind == config::Kind::Credentials {
+        // No token window: what Keystone keeps (the secondary stays until a verified migration).
+        plan.required_max_active_keys = plan.required_max_active_keys.max(config::CREDENTIAL_KEYS);
+    }
     if a.json {
         println!(
             "{}",
@@ -256,8 +260,10 @@ fn retention_needed(s: &Settings, p: &planner::Plan) -> String {
             duration::format(l.expiration),
             duration::format(l.margin)
         ),
-        config::Kind::Credentials => "none: pre_rotate re-encrypts every credential with the \
-             primary before each rotation; Keystone's fixed 3 keys"
+        config::Kind::Credentials => "no time window: a credential key stays while a stored \
+             credential may be encrypted with it; pre_rotate migrates them to the primary, \
+             verify (Keystone's own check) confirms it, and only then is the old secondary \
+             purged; Keystone keeps 3 keys (more is a buffer)"
             .to_string(),
     }
 }

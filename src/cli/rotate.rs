@@ -68,10 +68,11 @@ fn rotate_kind(
     let defer = sources.file.cluster.is_none() && !manual;
     // One N everywhere: unset, it is the planner's, as for the daemon and `status`.
     let m = config::manage(s.clone(), clock.wall)?;
-    let params = RotateParams {
+    let mut params = RotateParams {
         max_active_keys: m.max_active_keys,
-        retention: s.lifetime.retention(),
+        retention: s.key_retention(),
         force_purge,
+        expected_primary: None,
     };
     if defer && s.hooks.pre_rotate.is_some() {
         let repo = Repository::new(&s.key_repository, None);
@@ -82,7 +83,10 @@ fn rotate_kind(
         }
     }
     if let Some(argv) = &s.hooks.pre_rotate {
-        pre_rotate(s, argv)?;
+        params.expected_primary = Some(migrate_and_verify(s, argv)?);
+        // Verified: every credential is on the primary, so the keys Keystone's count rule
+        // drops (older than the secondary) hold none.
+        params.force_purge = true;
     }
     if sources.file.cluster.is_none() {
         let repo = repository(s)?.deferring_to_daemon(defer);
@@ -117,8 +121,12 @@ fn say_deferred(s: &Settings, repo: &Repository) {
     );
 }
 
-/// Runs the repository's `pre_rotate` hook; an error when it did not succeed.
-fn pre_rotate(s: &Settings, argv: &[String]) -> anyhow::Result<()> {
+/// Runs the repository's `pre_rotate` hook, then Keystone's check; the primary the
+/// credentials are verified on, or an error (every key kept) when they are not.
+fn migrate_and_verify(
+    s: &Settings,
+    argv: &[String],
+) -> anyhow::Result<crate::core::key::Fingerprint> {
     let kind = s.kind;
     let repo = Repository::new(&s.key_repository, None);
     let keys: Vec<u64> = repo
@@ -127,20 +135,22 @@ fn pre_rotate(s: &Settings, argv: &[String]) -> anyhow::Result<()> {
         .unwrap_or_default();
     let ctx = crate::hooks::Context::of(kind.name(), &s.key_repository, &keys);
     let metrics = crate::metrics::Metrics::new();
-    let event = crate::hooks::Event::PreRotate;
-    if !block_on(crate::hooks::run(
-        argv,
-        event,
-        &ctx,
-        s.hooks.timeout,
-        &metrics,
+    let migration = crate::credentials::Migration {
+        dir: s.key_repository.clone(),
+        pre_rotate: argv.to_vec(),
+        verify: s.hooks.verify.clone().unwrap_or_default(),
+        timeout: s.hooks.timeout,
+    };
+    match block_on(crate::credentials::migrate_and_verify(
+        &migration, &ctx, &metrics,
     ))? {
-        anyhow::bail!(
+        Ok(primary) => Ok(primary),
+        Err(crate::credentials::Held::Migrate) => anyhow::bail!(
             "{kind}: pre_rotate `{}` did not succeed (the line above says why); nothing rotated",
             argv.join(" ")
-        );
+        ),
+        Err(held) => anyhow::bail!("{kind}: {held}"),
     }
-    Ok(())
 }
 
 /// Cluster mode: rotate the cluster's key set; every node applies it.

@@ -14,7 +14,7 @@ pub(super) fn run(a: SetupArgs, config: Option<&Path>, clock: &Now) -> anyhow::R
         ..flags(&a.repo, &a.owner)
     };
     let s = Settings::resolve(&flags, config)?;
-    let out = repository(&s)?.setup(s.lifetime.retention(), clock)?;
+    let out = repository(&s)?.setup(s.key_retention(), clock)?;
     print_outcome(&out);
     Ok(if out.lost.is_empty() {
         0

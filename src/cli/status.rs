@@ -240,7 +240,7 @@ async fn cluster_views(
                 revision,
                 &acks,
                 leader,
-                m.settings.lifetime.decryptable(),
+                m.settings.key_decryptable(),
                 &repo.judging_clock(&clock),
             );
             let due = m

@@ -24,7 +24,7 @@ pub(super) fn run(a: SyncArgs, config: Option<&Path>, clock: &Now) -> anyhow::Re
         for s in &repos {
             let (set, revision) = c.fetch(s.kind).await?;
             let source = format!("{} at revision {revision}", c.keyset_key(s.kind));
-            let out = repository(s)?.apply(&set, &source, s.lifetime.decryptable(), clock)?;
+            let out = repository(s)?.apply(&set, &source, s.key_decryptable(), clock)?;
             println!("{}: cluster revision {revision}", s.kind);
             print_outcome(&out);
         }

@@ -324,6 +324,7 @@ mod tests {
             max_active_keys: 3,
             retention: std::time::Duration::ZERO,
             force_purge: false,
+            expected_primary: None,
         };
         let now = chrono::Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap();
         let staged = Key::generate().unwrap();
@@ -356,6 +357,7 @@ mod tests {
             max_active_keys: 3,
             retention: std::time::Duration::ZERO,
             force_purge: false,
+            expected_primary: None,
         };
         let first = KeySet::fresh(&now).unwrap();
         let rotate = |s: &KeySet| s.rotate(Key::generate().unwrap(), &params, &now).unwrap().0;

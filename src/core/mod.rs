@@ -3,7 +3,7 @@
 //! Rule: nothing under `core/` acts. No file, process, network or OS call (`std::fs`,
 //! `std::process`, `std::net`, `std::os`, `nix`, `libc`), no runtime or etcd (`tokio`,
 //! `etcd_client`), and no path out of the core: a core module imports only other core modules
-//! and plain crates (chrono, serde, sha2, base64, croner, rmpv, zeroize). The modules around
+//! and plain crates (chrono, serde, sha1, sha2, base64, croner, rmpv, zeroize). The modules around
 //! it read the disk, the clocks and etcd into the core's plain types, ask it, and carry out
 //! what it decided. The one effect allowed is drawing fresh randomness (`getrandom`) for a new
 //! key or cluster id: it reads no state a decision depends on. `tests/layering.rs` holds the
@@ -17,6 +17,7 @@
 //! - [`planner`]: the max_active_keys a schedule needs.
 //! - [`history`]: when each key was created, promoted, demoted, purged; the cluster lineage.
 //! - [`rotation`]: the decision of one rotation, with the retention guard.
+//! - [`credentials`]: whether a credential migration was verified against the primary.
 //! - [`scan`]: a repository snapshot as plain data (what Keystone's loader would see).
 //! - [`check`]: judges a snapshot, problem by problem.
 //! - [`keyset`]: keys + history as one value, as cluster mode stores it.
@@ -28,6 +29,7 @@ pub mod change;
 pub mod chart;
 pub mod check;
 pub mod clock;
+pub mod credentials;
 pub mod duration;
 pub mod guard;
 pub mod history;

@@ -132,6 +132,8 @@ codes! {
     RotationFailing = "rotation-failing",
         Warning("warning; critical once overdue by more than the margin"),
         "rotations fail and are retried every 30 s";
+    CredentialsUnverified = "credentials-unverified", Warning,
+        "credentials' migration not verified on the primary key: every key kept, nothing rotated";
     LiveViewUnwritable = "live-view-unwritable", Warning,
         "a daemon runs but `status` cannot see its findings (it cannot write `.fernetd/daemon.json`, or hold its lock)";
     RotationOverdue = "rotation-overdue", Warning, "no rotation 5 minutes past its slot";

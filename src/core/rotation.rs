@@ -10,6 +10,7 @@
 
 use crate::core::clock::{later, Now};
 use crate::core::history::History;
+use crate::core::key::Fingerprint;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -20,6 +21,11 @@ pub struct RotateParams {
     /// E + W + M: how long a demoted key must stay.
     pub retention: Duration,
     pub force_purge: bool,
+    /// Credentials: the primary the migration ran under and the verification confirmed. The
+    /// rotation runs only while it is still the primary (checked under the lock, or in the
+    /// cluster's transaction): a rotation in between means the credentials are on another
+    /// key's predecessor, and purging would lose them. `None` for tokens and receipts.
+    pub expected_primary: Option<Fingerprint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

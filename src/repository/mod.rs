@@ -693,6 +693,14 @@ impl Repository {
             }
         };
         let disk = scan.fingerprints();
+        if let Some(expected) = params.expected_primary {
+            crate::core::credentials::still_primary(expected, &disk).map_err(|reason| {
+                Error::Refused {
+                    input: format!("{}: this rotation", self.dir.display()),
+                    reason,
+                }
+            })?;
+        }
         let mut history = self.trusted_history(&w, &scan, now)?;
         for &n in &stood {
             history.stood_in(n, now);
@@ -1309,6 +1317,7 @@ mod tests {
             max_active_keys: 3,
             retention: Duration::ZERO,
             force_purge: false,
+            expected_primary: None,
         };
         for corrupted in [false, true] {
             let d = tempfile::tempdir().unwrap();
@@ -1349,6 +1358,7 @@ mod tests {
             max_active_keys: 3,
             retention: Duration::ZERO,
             force_purge: false,
+            expected_primary: None,
         };
         let set = KeySet::fresh(&now).unwrap();
         repo.apply(&set, "test", Duration::ZERO, &now).unwrap();

@@ -410,3 +410,9 @@ impl Notify {
         self.got.lock().unwrap().clone()
     }
 }
+
+/// A `[credentials] verify` line for tests without Keystone: it vouches, as Keystone's check
+/// does when every credential is on the primary, with the primary key's `primary_key_hash`
+/// (SHA-1 of the key file's text).
+pub const VERIFY_PRIMARY: &str = r#"verify = ["sh", "-c", 'printf "primary_key_hash=%s\n" "$(sha1sum < "$FERNETD_REPOSITORY/$FERNETD_PRIMARY" | cut -d" " -f1)"']
+"#;

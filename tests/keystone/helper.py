@@ -15,6 +15,12 @@
                                      [token]/[receipt] lifetimes oslo.config reads, as Keystone's
                                      WSGI services configure it (files from OS_KEYSTONE_CONFIG_*
                                      when args is null), or the error
+    helper.py creds-make CONF N   -> N EC2 credentials made through Keystone's credential
+                                     manager (encrypted with the primary credential key) in
+                                     the database keystone.conf CONF names (tables made first)
+    helper.py creds-check CONF    -> `ok N` when Keystone decrypts every stored credential and
+                                     lists them all through its credential API; else `lost M
+                                     of N` (exit 1), and whether the API listing failed
 
 Only hashes of keys are printed, never the keys.
 """
@@ -85,8 +91,73 @@ def lifetimes(case):
         return {"error": type(e).__name__}
 
 
+def keystone_from(conf_file):
+    """Keystone's backends loaded as keystone-manage loads them, from keystone.conf."""
+    import keystone.conf
+    from keystone.common import sql
+    from keystone.server import backends
+
+    CONF = keystone.conf.CONF
+    keystone.conf.configure()
+    sql.initialize()
+    keystone.conf.set_config_defaults()
+    CONF(args=["--config-file", conf_file], project="keystone", default_config_files=[])
+    return backends.load_backends()
+
+
+def creds_make(conf_file, n):
+    import uuid
+
+    from keystone.common import sql
+
+    drivers = keystone_from(conf_file)
+    with sql.session_for_write() as session:
+        # Every table Keystone's backends know (what db_sync makes, without its migrations).
+        sql.ModelBase.metadata.create_all(session.get_bind())
+    api = drivers["credential_api"]
+    for i in range(n):
+        # [credential] user_limit (500 by default) counts credentials per user.
+        user = "user%d" % (i // 100)
+        cid = uuid.uuid4().hex
+        blob = json.dumps({"access": cid, "secret": uuid.uuid4().hex})
+        api.create_credential(
+            cid,
+            {"id": cid, "user_id": user, "project_id": "p", "type": "ec2", "blob": blob},
+        )
+    print("made", n)
+
+
+def creds_check(conf_file):
+    from keystone.common import driver_hints
+
+    drivers = keystone_from(conf_file)
+    api = drivers["credential_api"]
+    stored = api.driver.list_credentials(driver_hints.Hints())
+    lost = 0
+    for ref in stored:
+        try:
+            api._decrypt_credential(ref)
+        except Exception:  # noqa: BLE001 - a credential Keystone cannot decrypt is lost
+            lost += 1
+    try:
+        listed = len(api.list_credentials())
+    except Exception as e:  # noqa: BLE001 - GET /v3/credentials fails the same way
+        listed = "failed (%s)" % type(e).__name__
+    if lost:
+        print("lost %d of %d; listing through Keystone: %s" % (lost, len(stored), listed))
+        sys.exit(1)
+    assert listed == len(stored), listed
+    print("ok", len(stored))
+
+
 def main():
     cmd, directory = sys.argv[1], sys.argv[2]
+    if cmd == "creds-make":
+        creds_make(directory, int(sys.argv[3]))
+        return
+    if cmd == "creds-check":
+        creds_check(directory)
+        return
     if cmd == "ints":
         out = []
         for name in json.load(sys.stdin):

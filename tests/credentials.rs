@@ -1,0 +1,443 @@
+//! Keystone's credentials through credential key rotations, with Keystone's own code on SQLite:
+//! hundreds of credentials made by Keystone's credential manager, then the races that lost them
+//! (issue 24), each followed by listing every credential through Keystone. Zero may be lost.
+//!
+//! `FERNETD_UNDER_TEST=/path/to/fernetd` runs the same races against another build (one
+//! without `[credentials] verify` gets a configuration without it): the figures an older
+//! fernetd loses are what these tests exist for.
+
+mod common;
+use common::keystone::venv;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How many credentials each test makes.
+const CREDENTIALS: usize = 300;
+
+/// The fernetd these races run: this build, or `FERNETD_UNDER_TEST`.
+fn under_test() -> (PathBuf, bool) {
+    match std::env::var_os("FERNETD_UNDER_TEST") {
+        Some(p) => (PathBuf::from(p), false),
+        None => (bin(), true),
+    }
+}
+
+/// One Keystone: its keystone.conf on SQLite, token and credential repositories set up by
+/// fernetd, the credentials made, and fernetd's configuration for it.
+struct Site {
+    _t: tempfile::TempDir,
+    conf: PathBuf,
+    cfg: PathBuf,
+    creds: PathBuf,
+}
+
+fn keystone_manage(conf: &Path) -> String {
+    format!(
+        "{} --config-file {}",
+        venv().join("bin/keystone-manage").display(),
+        conf.display()
+    )
+}
+
+impl Site {
+    /// `pre_rotate` is the hook's shell command (`{migrate}` stands for Keystone's
+    /// credential_migrate as this user); `schedule` the credentials' schedule.
+    fn new(pre_rotate: &str, schedule: &str) -> Site {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let (creds, tokens) = (root.join("credential-keys"), root.join("fernet-keys"));
+        let conf = root.join("keystone.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[database]\nconnection = sqlite:///{}\n[credential]\nkey_repository = {}\n\
+                 [fernet_tokens]\nkey_repository = {}\n",
+                root.join("keystone.db").display(),
+                creds.display(),
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        for dir in [&creds, &tokens] {
+            fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+        }
+        let migrate = format!(
+            "{} credential_migrate --keystone-user \"$(id -un)\" --keystone-group \"$(id -gn)\" \
+             2>/dev/null",
+            keystone_manage(&conf)
+        );
+        let hook = pre_rotate.replace("{migrate}", &migrate);
+        let verify = format!(
+            "verify = [\"{}\", \"{}\", \"--config-file\", \"{}\"]\n",
+            venv().join("bin/python").display(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("packaging/keystone/verify-credentials")
+                .display(),
+            conf.display()
+        );
+        let cfg = root.join("fernetd.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[tokens]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+                 [credentials]\nkey_repository = \"{}\"\nschedule = \"{schedule}\"\n\
+                 pre_rotate = [\"sh\", \"-c\", {}]\n{}",
+                tokens.display(),
+                creds.display(),
+                toml_string(&hook),
+                if under_test().1 {
+                    verify
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .unwrap();
+        let made = common::keystone::helper(&[
+            "creds-make",
+            conf.to_str().unwrap(),
+            &CREDENTIALS.to_string(),
+        ]);
+        assert!(
+            made.status.success(),
+            "creds-make: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let s = Site {
+            _t: t,
+            conf,
+            cfg,
+            creds,
+        };
+        assert_eq!(s.lost(), (0, CREDENTIALS), "before any rotation");
+        s
+    }
+
+    /// (lost, total): the credentials Keystone cannot decrypt, listed through its credential
+    /// API.
+    fn lost(&self) -> (usize, usize) {
+        let out = common::keystone::helper(&["creds-check", self.conf.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            ["ok", n, ..] => (0, n.parse().unwrap()),
+            ["lost", m, "of", n, ..] => {
+                (m.parse().unwrap(), n.trim_end_matches(';').parse().unwrap())
+            }
+            _ => panic!(
+                "creds-check: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// `fernetd ARGS` with this site's configuration, started (not waited for); its output
+    /// goes to a file (a daemon's log is long, and read at the end).
+    fn spawn(&self, args: &[&str]) -> Started {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(under_test().0)
+            .arg("--config")
+            .arg(&self.cfg)
+            .args(args)
+            .env_remove("FERNETD_CONFIG")
+            .env("FERNETD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Started { child, log }
+    }
+
+    fn rotate(&self) -> Started {
+        self.spawn(&["rotate", "--kind", "credentials", "--manual"])
+    }
+
+    fn primary(&self) -> u64 {
+        *keys(&self.creds).keys().next_back().unwrap_or(&0)
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A fernetd process and the file its output goes to.
+struct Started {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+/// Waits for the process (at most 3 minutes, then kills it); its exit code and output.
+fn finish(mut s: Started) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = s.child.kill();
+            break s.child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(s.log.path()).unwrap_or_default();
+    (status.code().unwrap_or(-1), text)
+}
+
+/// Two `fernetd rotate --kind credentials` seconds apart: the second one's migration ran
+/// under the primary the first one demoted. It must not purge that key.
+#[test]
+fn two_manual_rotations_seconds_apart_lose_no_credential() {
+    let _s = serial();
+    // A migration that takes a few seconds, as a large table does.
+    let site = Site::new("{migrate} && sleep 4", "@monthly");
+    let first = site.rotate();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = site.rotate();
+    let (a, b) = (finish(first), finish(second));
+    let lost = site.lost();
+    eprintln!(
+        "first: {} {}\nsecond: {} {}\nkeys {:?}\nlost {lost:?}",
+        a.0,
+        tail(&a.1),
+        b.0,
+        tail(&b.1),
+        keys(&site.creds).keys()
+    );
+    assert_eq!(lost, (0, CREDENTIALS), "credentials lost");
+    assert!(site.primary() >= 2, "nothing rotated: {a:?} {b:?}");
+    if under_test().1 {
+        assert!(
+            a.0 != 0 || b.0 != 0,
+            "both rotations ran on one migration: {a:?} {b:?}"
+        );
+    }
+}
+
+/// A `pre_rotate` that migrates nothing: the exit status says success, Keystone's check does
+/// not. Five rotations: the first is verified (every credential is on the primary), the others
+/// must keep every key.
+#[test]
+fn a_pre_rotate_that_migrates_nothing_purges_nothing() {
+    let _s = serial();
+    let site = Site::new("true", "@monthly");
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let (code, text) = finish(site.rotate());
+        if under_test().1 && code != 0 {
+            assert!(text.contains("credentials-unverified"), "{text}");
+        }
+        codes.push(code);
+    }
+    let lost = site.lost();
+    eprintln!(
+        "exit codes {codes:?}, keys {:?}, lost {lost:?}",
+        keys(&site.creds).keys()
+    );
+    assert_eq!(lost, (0, CREDENTIALS), "credentials lost");
+    if under_test().1 {
+        assert_eq!(codes[0], 0, "the first rotation is verified");
+        assert!(codes[1..].iter().all(|&c| c != 0), "{codes:?}");
+    }
+}
+
+/// The daemon rotates on its schedule while an operator runs `fernetd rotate --manual`.
+#[test]
+fn the_daemon_and_a_manual_rotation_lose_no_credential() {
+    let _s = serial();
+    let site = Site::new("{migrate} && sleep 3", "1s");
+    let daemon = site.spawn(&["daemon"]);
+    let mut manual = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(2500));
+        manual.push(finish(site.rotate()));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let log = stop(daemon);
+    let lost = site.lost();
+    eprintln!(
+        "lost {lost:?}\nmanual: {:?}\nkeys {:?}\ndaemon: {}",
+        manual.iter().map(|(c, t)| (c, tail(t))).collect::<Vec<_>>(),
+        keys(&site.creds).keys(),
+        tail(&log)
+    );
+    assert_eq!(lost, (0, CREDENTIALS), "credentials lost");
+    assert!(site.primary() >= 2, "nothing rotated");
+}
+
+/// The daemon's migration is done and it is about to rotate when an operator runs Keystone's
+/// own `keystone-manage credential_rotate` (its check passes: everything is on the primary).
+/// The daemon's rotation would purge the key every credential is on: it must not.
+#[test]
+fn the_daemon_and_keystone_manage_credential_rotate_lose_no_credential() {
+    let _s = serial();
+    let site = Site::new("{migrate} && sleep 8", "1s");
+    let daemon = site.spawn(&["daemon"]);
+    // The daemon's first migration is over (its hook sleeps on): Keystone rotates now.
+    std::thread::sleep(Duration::from_secs(6));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} credential_rotate --keystone-user \"$(id -un)\" --keystone-group \"$(id -gn)\"",
+            keystone_manage(&site.conf)
+        ))
+        .output()
+        .unwrap();
+    let km = String::from_utf8_lossy(&out.stderr).into_owned();
+    std::thread::sleep(Duration::from_secs(10));
+    let log = stop(daemon);
+    let lost = site.lost();
+    eprintln!(
+        "keystone-manage credential_rotate: {:?} {}\nkeys {:?}\ndaemon: {}\nlost {lost:?}",
+        out.status.code(),
+        tail(&km),
+        keys(&site.creds).keys(),
+        tail(&log)
+    );
+    assert!(out.status.success(), "keystone-manage: {}", tail(&km));
+    assert_eq!(lost, (0, CREDENTIALS), "credentials lost");
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s
+        .lines()
+        .filter(|l| !l.contains("hook sh: ") && !l.to_lowercase().contains("eventlet"))
+        .collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+/// SIGTERM, then the daemon's log.
+fn stop(s: Started) -> String {
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    finish(s).1
+}
+
+/// The credential secondary counts as live until a verified migration moved everything off
+/// it: deleted behind fernetd's back it is `key-lost-in-retention` (status critical) and
+/// `repair` restores it, while a verified rotation purges the key below it as Keystone does.
+#[test]
+fn the_credential_secondary_is_live_until_a_verified_rotation() {
+    let t = tempfile::tempdir().unwrap();
+    let (creds, tokens) = (t.path().join("c"), t.path().join("t"));
+    for dir in [&creds, &tokens] {
+        fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+    }
+    let cfg = t.path().join("f.toml");
+    // repair keeps fernetd's own copy of each key.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+             repair = true\npre_rotate = [\"true\"]\n{VERIFY_PRIMARY}",
+            tokens.display(),
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for _ in 0..2 {
+        fernetd_ok(&["--config", c, "rotate", "--kind", "credentials"]);
+    }
+    // Verified rotations purge what Keystone's count rule purges: key 1.
+    assert_eq!(numbers(&creds), vec![0, 2, 3]);
+    std::fs::remove_file(creds.join("2")).unwrap();
+    let status = fernetd(&["--config", c, "status"]);
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+    assert!(
+        status.stdout.contains("key 2 vanished") && status.stdout.contains("key-lost-in-retention"),
+        "{}",
+        status.stdout
+    );
+    let out = fernetd_ok(&["--config", c, "rotate", "--kind", "credentials"]);
+    assert!(out.stderr.contains("restored key 2"), "{}", out.stderr);
+    assert_eq!(numbers(&creds), vec![0, 3, 4]);
+}
+
+/// `cluster init --kind credentials --force` from a node missing the credential secondary:
+/// a node holding it neither drops it nor takes the set without `--force-purge` (the key the
+/// stored credentials may be on is live for the cluster's input refusal too).
+#[test]
+fn a_forced_import_missing_the_secondary_removes_it_nowhere() {
+    let etcd = common::etcd::Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let config = |node: &str| {
+        let p = t.path().join(format!("{node}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                 [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+                 pre_rotate = [\"true\"]\n{VERIFY_PRIMARY}\
+                 [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\n\
+                 node = \"{node}\"\n",
+                t.path().join(node).join("tokens").display(),
+                t.path().join(node).join("credentials").display(),
+                etcd.endpoint
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let (ca, cb) = (config("a"), config("b"));
+    let (ca, cb) = (ca.to_str().unwrap(), cb.to_str().unwrap());
+    let b = t.path().join("b/credentials");
+    fernetd_ok(&["setup", "--key-repository", b.to_str().unwrap()]);
+    fernetd_ok(&["--config", cb, "cluster", "init"]);
+    fernetd_ok(&[
+        "--config",
+        cb,
+        "cluster",
+        "init",
+        "--kind",
+        "credentials",
+        "--from",
+        b.to_str().unwrap(),
+    ]);
+    fernetd_ok(&["--config", cb, "sync"]);
+    // A verified rotation of the cluster's credential keys: key 1 becomes the secondary.
+    fernetd_ok(&["--config", cb, "rotate", "--kind", "credentials"]);
+    fernetd_ok(&["--config", cb, "sync"]);
+    assert_eq!(numbers(&b), vec![0, 1, 2]);
+
+    // Node a holds the primary and the staged key, not the secondary, and forces its set in.
+    let a = t.path().join("a/credentials");
+    std::fs::create_dir_all(&a).unwrap();
+    for n in ["0", "2"] {
+        std::fs::copy(b.join(n), a.join(n)).unwrap();
+    }
+    fernetd_ok(&[
+        "--config",
+        ca,
+        "cluster",
+        "init",
+        "--kind",
+        "credentials",
+        "--from",
+        a.to_str().unwrap(),
+        "--force",
+    ]);
+    let out = fernetd(&["--config", cb, "sync"]);
+    assert!(
+        numbers(&b).contains(&1),
+        "node b dropped the credential secondary: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("would remove keys") && out.stderr.contains("key 1 (until"),
+        "{}",
+        out.stderr
+    );
+}
