@@ -108,10 +108,15 @@ pub enum Report {
         reason: String,
         republished: bool,
     },
-    /// The leader rotated but purged nothing: these nodes' clocks are off by more than the
-    /// margin. Empty once every clock agrees again.
+    /// What the leader's last rotation (or paused one) found of the clocks: nodes off by more
+    /// than the margin (empty once fresh readings agree again), connected nodes that did not
+    /// answer, the hold on purges that outlives the skew, and whether rotations pause at the
+    /// key bound ([`crate::cluster::key_bound`]).
     ClockSkew {
         nodes: Vec<(String, chrono::Duration)>,
+        unanswered: Vec<String>,
+        hold: Option<crate::cluster::SkewHold>,
+        paused: bool,
     },
 }
 
@@ -210,6 +215,15 @@ async fn session_inner(
     }
 }
 
+/// How soon a rotation paused at the key bound is tried again.
+const SKEW_BOUND_RETRY: Duration = Duration::from_secs(5);
+
+/// How long the leader waits for the other nodes' clock readings: a third of its lease (its
+/// keep-alive must not wait longer), at most [`crate::cluster::PROBE_WAIT`].
+fn probe_wait(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 3).clamp(Duration::from_millis(200), crate::cluster::PROBE_WAIT)
+}
+
 /// How long the loop waits when nothing but an event can wake it.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -263,6 +277,9 @@ impl<'a> Session<'a> {
         // same moment, right after each rotation).
         let (set, revision, store) = c.snapshot(cfg.kind).await?;
         let watch = c.watch(cfg.kind, store + 1).await?;
+        // This node's clock reading under its lease: the leader asks every node holding one
+        // for a fresh reading before it purges.
+        c.answer(cfg.kind, &cfg.cluster.node, 0, lease.id).await?;
         Ok(Session {
             cfg,
             drift,
@@ -454,11 +471,15 @@ impl<'a> Session<'a> {
             fence: Some((cfg.cluster.node.as_str(), self.lease.id)),
             schedule: Some(&cfg.schedule),
             member_timeout: cfg.cluster.member_timeout,
+            probe_wait: probe_wait(cfg.cluster.lease_ttl),
         };
         match self.c.rotate(cfg.kind, &request).await {
             Ok(r) => {
                 self.report(Report::ClockSkew {
                     nodes: r.skewed.clone(),
+                    unanswered: r.unanswered.clone(),
+                    hold: r.hold.clone(),
+                    paused: false,
                 });
                 self.report(Report::Rotated {
                     revision: r.revision,
@@ -472,6 +493,32 @@ impl<'a> Session<'a> {
                 let gate_deadline = cfg.cluster.gate_deadline;
                 self.report(gate_waiting(nodes, due, clock.wall, gate_deadline));
                 Ok(Turn::Wait(Some(Instant::now() + GATE_RETRY)))
+            }
+            // At the key bound while purges are held: keys kept, no rotation, asked again.
+            Err(ClusterError::SkewBound {
+                hold,
+                skewed,
+                key,
+                keys,
+                held,
+            }) => {
+                tracing::error!(
+                    "{}",
+                    ClusterError::SkewBound {
+                        key,
+                        keys,
+                        held,
+                        hold: Box::new(None),
+                        skewed: Vec::new(),
+                    }
+                );
+                self.report(Report::ClockSkew {
+                    nodes: skewed,
+                    unanswered: Vec::new(),
+                    hold: *hold,
+                    paused: true,
+                });
+                Ok(Turn::Wait(Some(Instant::now() + SKEW_BOUND_RETRY)))
             }
             // Fenced: this node's claim is gone (a pause past its lease); the watch tells who
             // leads now.
@@ -495,6 +542,11 @@ impl<'a> Session<'a> {
         tokio::select! {
             r = self.watch.changes() => {
                 for change in r? {
+                    if let Change::Probe { probe } = change {
+                        let node = &self.cfg.cluster.node;
+                        self.c.answer(self.cfg.kind, node, probe, self.lease.id).await?;
+                        continue;
+                    }
                     let leading = self.view.absorb(change, &self.cfg.cluster.node, self.lease.id);
                     self.report_leading(leading);
                 }
@@ -717,6 +769,7 @@ impl View {
                 self.campaign = true;
                 self.lead(false)
             }
+            Change::Probe { .. } => None,
         }
     }
 }
