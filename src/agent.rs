@@ -215,6 +215,11 @@ async fn session_inner(
     }
 }
 
+/// A step of the wall clock within this of one found in agreement is the same step.
+const STEP_SAME: chrono::Duration = chrono::Duration::seconds(5);
+/// How often a step not (yet) in agreement is put to the other nodes' clocks again.
+const STEP_RECHECK: Duration = Duration::from_secs(5);
+
 /// How soon a rotation paused at the key bound is tried again.
 const SKEW_BOUND_RETRY: Duration = Duration::from_secs(5);
 
@@ -248,6 +253,13 @@ struct Session<'a> {
     prepared_for: Option<u64>,
     /// After a failed `pre_rotate`: not before this instant again.
     held_until: Option<Instant>,
+    /// A forward step of the wall clock since this boot's anchor that fresh readings showed in
+    /// agreement with the other nodes (a clock corrected after fernetd started): the leader
+    /// follows the wall clock, not the anchor's timeline, while the step stays this size.
+    agreed_step: Option<chrono::Duration>,
+    /// When the step was last put to the other nodes' clocks (not more often than
+    /// [`STEP_RECHECK`]).
+    step_checked: Option<Instant>,
 }
 
 /// What the leader's turn leaves the loop to do.
@@ -294,6 +306,8 @@ impl<'a> Session<'a> {
             refused: None,
             prepared_for: None,
             held_until: None,
+            agreed_step: None,
+            step_checked: None,
         })
     }
 
@@ -400,8 +414,7 @@ impl<'a> Session<'a> {
             return Ok(Turn::Wait(None));
         }
         let cfg = self.cfg;
-        // Judged by the boot clock since this boot's first recorded moment, as on disk.
-        let clock = cfg.repo.judging_clock(&Now::read());
+        let clock = self.leading_clock().await?;
         let basis = self.view.set.history.schedule_basis();
         let Some(due) = cfg.schedule.next_rotation(basis, &clock) else {
             return Ok(Turn::Wait(None));
@@ -430,6 +443,52 @@ impl<'a> Session<'a> {
             Plan::Rotate => {}
         }
         self.rotate(&clock, due).await
+    }
+
+    /// The clock the leader judges "due" by and stamps key sets with: the boot clock since
+    /// this boot's first recorded moment, as on disk (a forward step of the wall clock ages no
+    /// key), unless the wall clock stepped forward since and the other nodes' clocks, read now,
+    /// agree with it: then the anchor was the wrong one (fernetd started before the clock was
+    /// set) and the leader follows the wall clock, on the timeline its acknowledgements and
+    /// every other node carry, instead of skipping slots for the rest of the boot.
+    async fn leading_clock(&mut self) -> Result<Now, SessionError> {
+        let cfg = self.cfg;
+        let raw = Now::read();
+        let judged = cfg.repo.judging_clock(&raw);
+        let Some(step) = crate::clock::step_ahead(&raw, &judged) else {
+            self.agreed_step = None;
+            return Ok(judged);
+        };
+        let same = |s: chrono::Duration| (s - step).abs() < STEP_SAME;
+        if self.agreed_step.is_some_and(same) {
+            return Ok(raw);
+        }
+        if self
+            .step_checked
+            .is_some_and(|t| t.elapsed() < STEP_RECHECK)
+        {
+            return Ok(judged);
+        }
+        self.step_checked = Some(Instant::now());
+        let node = cfg.cluster.node.as_str();
+        let evidence = self
+            .c
+            .probe_clocks(cfg.kind, Some(node), probe_wait(cfg.cluster.lease_ttl))
+            .await?;
+        if !crate::cluster::agrees(&evidence, cfg.margin) {
+            self.agreed_step = None;
+            return Ok(judged);
+        }
+        let nodes: Vec<&str> = evidence.fresh.iter().map(|o| o.node.as_str()).collect();
+        tracing::warn!(
+            "{}: the wall clock stepped {} since this boot's first recorded moment and agrees              with node{} {}: rotations follow the wall clock",
+            cfg.kind,
+            crate::clock::describe_step(step),
+            if nodes.len() == 1 { "" } else { "s" },
+            nodes.join(", ")
+        );
+        self.agreed_step = Some(step);
+        Ok(raw)
     }
 
     /// Runs the `pre_rotate` hook while keeping the leadership's lease alive (a migration may

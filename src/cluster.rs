@@ -235,6 +235,13 @@ pub struct ClockEvidence {
     pub unanswered: Vec<String>,
 }
 
+/// Whether fresh readings show this node's clock in agreement with the others': at least one
+/// node answered and every answer is within `tolerance` whatever the round trip hid. Pure.
+pub fn agrees(evidence: &ClockEvidence, tolerance: Duration) -> bool {
+    let tol = crate::history::to_chrono(tolerance);
+    !evidence.fresh.is_empty() && evidence.fresh.iter().all(|o| o.bound() <= tol)
+}
+
 /// Purges held for a skewed clock, as the leader records it under `{prefix}/{kind}/skew-hold`
 /// (written in the rotation's own transaction). A node ahead by `size` stamps its tokens'
 /// expiry `size` late, and one behind by `size` takes them as valid `size` longer: every key
@@ -253,6 +260,16 @@ pub struct SkewHold {
     /// Rotations in a row that saw a clock off by more than the margin (0 once every clock
     /// agrees again while the window is still open).
     pub rotations: u32,
+}
+
+/// The clock difference a repository's purges tolerate: its margin, and for credentials
+/// (which have no lifetime, so no margin of their own: 0 held every purge of theirs for the
+/// slightest difference while protecting nothing) the tokens' default margin.
+pub fn skew_tolerance(kind: Kind, margin: Duration) -> Duration {
+    match kind {
+        Kind::Credentials => margin.max(crate::planner::DEFAULT_MARGIN),
+        _ => margin,
+    }
 }
 
 /// Held rotations in a row after which a lasting skew is critical rather than a warning.
@@ -1496,6 +1513,8 @@ mod tests {
             judge_skew(&fresh(0), &[], Some(&h3), tol, ret, at(220)).hold,
             None
         );
+        assert!(agrees(&fresh(4), tol) && !agrees(&fresh(6), tol));
+        assert!(!agrees(&ClockEvidence::default(), tol));
         // A connected node that did not answer: nothing purged.
         let silent = ClockEvidence {
             fresh: vec![],
@@ -1504,6 +1523,19 @@ mod tests {
         assert_eq!(
             judge_skew(&silent, &[], None, tol, ret, at(100)).extra(),
             Some(Duration::MAX)
+        );
+    }
+
+    #[test]
+    fn credentials_tolerate_the_default_margin_not_zero() {
+        assert_eq!(
+            skew_tolerance(Kind::Credentials, Duration::ZERO),
+            crate::planner::DEFAULT_MARGIN
+        );
+        assert_eq!(skew_tolerance(Kind::Tokens, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            skew_tolerance(Kind::Tokens, Duration::from_secs(5)),
+            Duration::from_secs(5)
         );
     }
 

@@ -536,7 +536,7 @@ impl Daemon {
                 force_purge: false,
             },
             decryptable: s.m.settings.lifetime.decryptable(),
-            margin: s.m.settings.lifetime.margin,
+            margin: crate::cluster::skew_tolerance(s.m.settings.kind, s.m.settings.lifetime.margin),
             pre_rotate: s
                 .m
                 .settings

@@ -157,7 +157,7 @@ fn rotate_cluster(
     let repo = Repository::new(&s.key_repository, None);
     let local = repo.history().unwrap_or_default();
     let clock = repo.judging_clock(clock);
-    let margin = s.lifetime.margin;
+    let margin = crate::cluster::skew_tolerance(kind, s.lifetime.margin);
     let request = crate::cluster::Rotation {
         params,
         now: &clock,

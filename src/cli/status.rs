@@ -252,7 +252,8 @@ async fn cluster_views(
                 cluster.member_timeout,
                 clock.wall,
             );
-            let margin = m.settings.lifetime.margin;
+            let margin =
+                crate::cluster::skew_tolerance(m.settings.kind, m.settings.lifetime.margin);
             view.judge_clocks(&acks, set.history.last_rotation, margin, clock.wall);
             Ok(view)
         }
