@@ -246,7 +246,7 @@ pub fn agrees(evidence: &ClockEvidence, tolerance: Duration) -> bool {
 /// (written in the rotation's own transaction). A node ahead by `size` stamps its tokens'
 /// expiry `size` late, and one behind by `size` takes them as valid `size` longer: every key
 /// it may have used then stays `size` longer than the retention, until the window of the last
-/// moment it was seen off closes (`last_seen + retention + size`).
+/// moment it may have been off closes (`last_seen + retention + size`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SkewHold {
     /// The node off by the most (the one the keys are held for).
@@ -255,7 +255,8 @@ pub struct SkewHold {
     pub size_ms: i64,
     /// Whether it was ahead.
     pub ahead: bool,
-    /// The last rotation that saw it off, by the leader's clock.
+    /// The last rotation that saw it off, or the first that found it agreeing again after
+    /// (it may have been off right up to that reading), by the leader's clock.
     pub last_seen: chrono::DateTime<chrono::Utc>,
     /// Rotations in a row that saw a clock off by more than the margin (0 once every clock
     /// agrees again while the window is still open).
@@ -381,8 +382,11 @@ pub fn judge_skew(
             rotations: p.rotations.saturating_add(1),
             ..p.clone()
         }),
+        // Agreeing again: the node may have been off right up to this reading (it was at the
+        // last one), so the window counts from now.
         (None, Some(p)) => Some(SkewHold {
             rotations: 0,
+            last_seen: if p.rotations > 0 { now } else { p.last_seen },
             ..p.clone()
         }),
         (None, None) => None,
@@ -650,7 +654,7 @@ impl Cluster {
     }
 
     /// The hold on purges the last rotation recorded, if any (an unreadable one counts as none).
-    async fn skew_hold(&mut self, kind: Kind) -> Result<Option<SkewHold>, ClusterError> {
+    pub async fn skew_hold(&mut self, kind: Kind) -> Result<Option<SkewHold>, ClusterError> {
         let key = self.hold_key(kind);
         let mut client = self.client.clone();
         let resp = self
@@ -831,6 +835,7 @@ impl Cluster {
     pub async fn rotate(&mut self, kind: Kind, r: &Rotation<'_>) -> Result<Rotated, ClusterError> {
         let key = self.keyset_key(kind);
         let leader_key = self.leader_key(kind);
+        let mut evidence: Option<ClockEvidence> = None;
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
             if let Some(local) = r.held {
@@ -866,7 +871,13 @@ impl Cluster {
             // Clocks judged on readings taken now, not on acknowledgements of any age: only a
             // member whose daemon is not connected is judged by its last acknowledgement.
             let me = r.fence.map(|(node, _)| node);
-            let evidence = self.probe_clocks(kind, me, r.probe_wait).await?;
+            // Once per rotation, not per attempt: a retry after contention is milliseconds
+            // later.
+            let evidence_now = match evidence.take() {
+                Some(e) => e,
+                None => self.probe_clocks(kind, me, r.probe_wait).await?,
+            };
+            let evidence: &ClockEvidence = evidence.insert(evidence_now);
             let answered = |n: &str| {
                 evidence.fresh.iter().any(|o| o.node == n)
                     || evidence.unanswered.iter().any(|u| u == n)
@@ -891,7 +902,7 @@ impl Cluster {
             );
             let prior = self.skew_hold(kind).await?;
             let judged = judge_skew(
-                &evidence,
+                evidence,
                 &stale,
                 prior.as_ref(),
                 r.skew_tolerance,
@@ -1507,10 +1518,15 @@ mod tests {
         let j4 = judge_skew(&fresh(0), &[], Some(&h3), tol, ret, at(130));
         assert!(j4.skewed.is_empty());
         let h4 = j4.hold.clone().unwrap();
-        assert_eq!((h4.rotations, h4.last_seen), (0, at(120)));
+        // It may have been off until this reading: the window counts from it.
+        assert_eq!((h4.rotations, h4.last_seen), (0, at(130)));
         assert_eq!(j4.extra(), Some(Duration::from_secs(40)));
+        let h5 = judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(140))
+            .hold
+            .unwrap();
+        assert_eq!(h5.last_seen, at(130));
         assert_eq!(
-            judge_skew(&fresh(0), &[], Some(&h3), tol, ret, at(220)).hold,
+            judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(230)).hold,
             None
         );
         assert!(agrees(&fresh(4), tol) && !agrees(&fresh(6), tol));

@@ -210,9 +210,9 @@ fn check(nodes: &[&Node], tokens: &Tokens, until: Instant) -> Tally {
     tally
 }
 
-/// Three daemons, a leading; b's clock `offset` seconds off while tokens are made on a and b
-/// for `run`; every token checked on the other node.
-fn skewed_run(offset: i64, run: Duration) -> (Tally, String) {
+/// Three daemons, a leading; b's clock `offset` seconds off (set right after `corrected`, if
+/// given) while tokens are made on a and b for `run`; every token checked on the other node.
+fn skewed_run(offset: i64, run: Duration, corrected: Option<Duration>) -> (Tally, String) {
     assert!(Path::new(FAKETIME).exists(), "libfaketime is required");
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
@@ -233,10 +233,18 @@ fn skewed_run(offset: i64, run: Duration) -> (Tally, String) {
         nodes[0].issue(run, tokens.clone()),
         nodes[1].issue(run, tokens.clone()),
     ];
+    let fix = corrected.map(|after| {
+        let (file, shared) = (nodes[1].offset_file.clone(), nodes[1].offset.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            std::fs::write(file, "+0\n").unwrap();
+            *shared.lock().unwrap() = 0;
+        })
+    });
     // Every token lives E (plus the skew) beyond the run.
     let until = Instant::now() + run + secs((E + offset.abs() + 2) as u64);
     let tally = check(&[&nodes[0], &nodes[1]], &tokens, until);
-    for i in issuers {
+    for i in issuers.into_iter().chain(fix) {
         i.join().unwrap();
     }
     let log = a.log();
@@ -244,9 +252,13 @@ fn skewed_run(offset: i64, run: Duration) -> (Tally, String) {
 }
 
 fn assert_no_token_lost(offset: i64) {
-    let (tally, log) = skewed_run(offset, secs(20));
+    assert_no_token_lost_with(offset, None);
+}
+
+fn assert_no_token_lost_with(offset: i64, corrected: Option<Duration>) {
+    let (tally, log) = skewed_run(offset, secs(20), corrected);
     eprintln!(
-        "offset {offset:+}s: {} tokens made, {} checked, {} failed, at most {} keys",
+        "offset {offset:+}s (set right after {corrected:?}): {} tokens made, {} checked, {} failed, at most {} keys",
         tally.made,
         tally.checked,
         tally.failed.len(),
@@ -279,6 +291,13 @@ fn a_node_ahead_just_over_the_margin_costs_no_token() {
 #[test]
 fn a_node_ahead_far_over_the_margin_costs_no_token() {
     assert_no_token_lost(30);
+}
+
+/// The issue's case: 15 s ahead with a 5 s margin, then set right. The tokens it made while
+/// ahead live 15 s past their keys' usual window: "agrees again" must not purge those keys.
+#[test]
+fn a_node_set_right_after_running_ahead_costs_no_token() {
+    assert_no_token_lost_with(15, Some(secs(10)));
 }
 
 #[test]
@@ -381,6 +400,13 @@ fn a_lasting_skew_reaches_critical_and_the_key_set_stops_growing() {
     assert!(
         out.stdout.contains("rotations paused at the key bound")
             && out.stdout.contains("node b (1h ahead)"),
+        "{}",
+        out.stdout
+    );
+    let out = fernetd(&["--config", nodes[0].cfg.to_str().unwrap(), "status"]);
+    assert!(
+        out.stdout
+            .contains("kept beyond max_active_keys: held for skew of node b (1h ahead) until"),
         "{}",
         out.stdout
     );
