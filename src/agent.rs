@@ -204,9 +204,10 @@ async fn session_inner(
         let wake = if s.taken() {
             s.acknowledge().await?;
             s.campaign().await?;
+            s.watch_clocks().await?;
             match s.rotate_if_due().await? {
                 Turn::Committed => continue,
-                Turn::Wait(wake) => wake,
+                Turn::Wait(wake) => earliest(wake, s.next_watch),
             }
         } else {
             None
@@ -227,6 +228,21 @@ const SKEW_BOUND_RETRY: Duration = Duration::from_secs(5);
 /// keep-alive must not wait longer), at most [`crate::cluster::PROBE_WAIT`].
 fn probe_wait(lease_ttl: Duration) -> Duration {
     (lease_ttl / 3).clamp(Duration::from_millis(200), crate::cluster::PROBE_WAIT)
+}
+
+/// How often a leader reads the other nodes' clocks between rotations: half the margin
+/// (a skew that comes and goes between two rotations is seen all the same), at least every
+/// second, at most every minute.
+fn clock_watch(margin: Duration) -> Duration {
+    (margin / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The earlier of two deadlines, either of which may be unset.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// How long the loop waits when nothing but an event can wake it.
@@ -260,6 +276,11 @@ struct Session<'a> {
     /// When the step was last put to the other nodes' clocks (not more often than
     /// [`STEP_RECHECK`]).
     step_checked: Option<Instant>,
+    /// While leading: when the other nodes' clocks are read next between rotations
+    /// ([`Session::watch_clocks`]).
+    next_watch: Option<Instant>,
+    /// Rotations pause at the key bound (reported again with each reading).
+    paused: bool,
 }
 
 /// What the leader's turn leaves the loop to do.
@@ -308,6 +329,8 @@ impl<'a> Session<'a> {
             held_until: None,
             agreed_step: None,
             step_checked: None,
+            next_watch: None,
+            paused: false,
         })
     }
 
@@ -481,7 +504,8 @@ impl<'a> Session<'a> {
         }
         let nodes: Vec<&str> = evidence.fresh.iter().map(|o| o.node.as_str()).collect();
         tracing::warn!(
-            "{}: the wall clock stepped {} since this boot's first recorded moment and agrees              with node{} {}: rotations follow the wall clock",
+            "{}: the wall clock stepped {} since this boot's first recorded moment and agrees \
+             with node{} {}: rotations follow the wall clock",
             cfg.kind,
             crate::clock::describe_step(step),
             if nodes.len() == 1 { "" } else { "s" },
@@ -489,6 +513,51 @@ impl<'a> Session<'a> {
         );
         self.agreed_step = Some(step);
         Ok(raw)
+    }
+
+    /// While leading, every [`clock_watch`]: reads the other nodes' clocks and records the
+    /// hold on purges a skew calls for, so that a node off for a while between two rotations
+    /// (fewer than the purge's own reading would see) still keeps the keys it used.
+    async fn watch_clocks(&mut self) -> Result<(), SessionError> {
+        if !self.view.leading {
+            self.next_watch = None;
+            return Ok(());
+        }
+        let cfg = self.cfg;
+        if self.next_watch.is_some_and(|t| t > Instant::now()) {
+            return Ok(());
+        }
+        self.next_watch = Some(Instant::now() + clock_watch(cfg.margin));
+        let raw = Now::read();
+        let now = match self.agreed_step {
+            Some(_) => raw.wall,
+            None => cfg.repo.judging_clock(&raw).wall,
+        };
+        let node = cfg.cluster.node.as_str();
+        let wait = probe_wait(cfg.cluster.lease_ttl);
+        let evidence = self.c.probe_clocks(cfg.kind, Some(node), wait).await?;
+        let prior = self.c.skew_hold(cfg.kind).await?;
+        let judged = crate::cluster::judge_skew(
+            &evidence,
+            &[],
+            prior.as_ref(),
+            cfg.margin,
+            cfg.params.retention,
+            now,
+            false,
+        );
+        if judged.hold != prior {
+            self.c.record_hold(cfg.kind, judged.hold.as_ref()).await?;
+        }
+        if prior.is_some() || judged.hold.is_some() {
+            self.report(Report::ClockSkew {
+                nodes: judged.skewed,
+                unanswered: Vec::new(),
+                hold: judged.hold,
+                paused: self.paused,
+            });
+        }
+        Ok(())
     }
 
     /// Runs the `pre_rotate` hook while keeping the leadership's lease alive (a migration may
@@ -534,6 +603,7 @@ impl<'a> Session<'a> {
         };
         match self.c.rotate(cfg.kind, &request).await {
             Ok(r) => {
+                self.paused = false;
                 self.report(Report::ClockSkew {
                     nodes: r.skewed.clone(),
                     unanswered: r.unanswered.clone(),
@@ -571,6 +641,7 @@ impl<'a> Session<'a> {
                         skewed: Vec::new(),
                     }
                 );
+                self.paused = true;
                 self.report(Report::ClockSkew {
                     nodes: skewed,
                     unanswered: Vec::new(),

@@ -261,6 +261,10 @@ pub struct SkewHold {
     /// Rotations in a row that saw a clock off by more than the margin (0 once every clock
     /// agrees again while the window is still open).
     pub rotations: u32,
+    /// Whether the last reading found it off (the window then counts from the next reading
+    /// that finds it agreeing).
+    #[serde(default)]
+    pub seen_off: bool,
 }
 
 /// The clock difference a repository's purges tolerate: its margin, and for credentials
@@ -343,7 +347,8 @@ impl SkewJudgement {
 /// Judges the clocks before a purge at `now` (the leader's clock): fresh readings first, a
 /// stale acknowledgement only for a member whose daemon is not connected (`stale`, from
 /// [`skewed`]). A node off by more than `tolerance` extends the hold; the hold's window
-/// (see [`SkewHold`]) outlives the skew. Pure.
+/// (see [`SkewHold`]) outlives the skew. `rotation`: judged for a rotation (counted towards
+/// [`SKEW_CRITICAL_ROTATIONS`]), not for the leader's watch between rotations. Pure.
 pub fn judge_skew(
     evidence: &ClockEvidence,
     stale: &[(String, chrono::Duration)],
@@ -351,7 +356,9 @@ pub fn judge_skew(
     tolerance: Duration,
     retention: Duration,
     now: chrono::DateTime<chrono::Utc>,
+    rotation: bool,
 ) -> SkewJudgement {
+    let counted = u32::from(rotation);
     let tol = crate::history::to_chrono(tolerance);
     let off: Vec<&Offset> = evidence.fresh.iter().filter(|o| o.beyond(tol)).collect();
     let mut skewed: Vec<(String, chrono::Duration)> =
@@ -375,18 +382,20 @@ pub fn judge_skew(
                 size_ms: size.num_milliseconds(),
                 ahead,
                 last_seen: now,
-                rotations: prior.map_or(0, |p| p.rotations).saturating_add(1),
+                rotations: prior.map_or(0, |p| p.rotations).saturating_add(counted),
+                seen_off: true,
             })
         }
         (None, Some(p)) if !stale.is_empty() || !evidence.unanswered.is_empty() => Some(SkewHold {
-            rotations: p.rotations.saturating_add(1),
+            rotations: p.rotations.saturating_add(counted),
             ..p.clone()
         }),
         // Agreeing again: the node may have been off right up to this reading (it was at the
         // last one), so the window counts from now.
         (None, Some(p)) => Some(SkewHold {
             rotations: 0,
-            last_seen: if p.rotations > 0 { now } else { p.last_seen },
+            last_seen: if p.seen_off { now } else { p.last_seen },
+            seen_off: false,
             ..p.clone()
         }),
         (None, None) => None,
@@ -908,6 +917,7 @@ impl Cluster {
                 r.skew_tolerance,
                 r.params.retention,
                 r.now.wall,
+                true,
             );
             let new_key =
                 crate::key::Key::generate().map_err(|e| ClusterError::Random(e.to_string()))?;
@@ -1011,6 +1021,32 @@ impl Cluster {
             key,
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Records the leader's hold on purges (None: removes it), outside a rotation: what the
+    /// leader's watch of the clocks between rotations found.
+    pub async fn record_hold(
+        &mut self,
+        kind: Kind,
+        hold: Option<&SkewHold>,
+    ) -> Result<(), ClusterError> {
+        let key = self.hold_key(kind);
+        let mut client = self.client.clone();
+        match hold {
+            Some(h) => {
+                let value = serde_json::to_vec(h).unwrap_or_default();
+                self.bounded(
+                    &format!("write {key}"),
+                    client.put(key.clone(), value, None),
+                )
+                .await?;
+            }
+            None => {
+                self.bounded(&format!("delete {key}"), client.delete(key.clone(), None))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes `node` from a repository's members (`fernetd cluster remove-node`): the
@@ -1487,10 +1523,10 @@ mod tests {
             unanswered: vec![],
         };
         // Within the margin: nothing held.
-        let j = judge_skew(&fresh(4), &[], None, tol, ret, at(100));
+        let j = judge_skew(&fresh(4), &[], None, tol, ret, at(100), true);
         assert_eq!((j.skewed.len(), j.hold.clone(), j.extra()), (0, None, None));
         // 15 s ahead: keys stay 15 s longer, counted from this rotation.
-        let j = judge_skew(&fresh(15), &[], None, tol, ret, at(100));
+        let j = judge_skew(&fresh(15), &[], None, tol, ret, at(100), true);
         let h = j.hold.clone().unwrap();
         assert_eq!(
             (h.node.as_str(), h.size_ms, h.ahead, h.rotations),
@@ -1503,41 +1539,51 @@ mod tests {
             "held for skew of node b (15s ahead) until 2026-01-01T00:02:55Z"
         );
         // Lasting: the largest size is kept, critical after SKEW_CRITICAL_ROTATIONS.
-        let j2 = judge_skew(&fresh(10), &[], Some(&h), tol, ret, at(110));
+        let j2 = judge_skew(&fresh(10), &[], Some(&h), tol, ret, at(110), true);
         let h2 = j2.hold.clone().unwrap();
         assert_eq!(
             (h2.size_ms, h2.rotations, h2.last_seen),
             (15_000, 2, at(110))
         );
-        let h3 = judge_skew(&fresh(40), &[], Some(&h2), tol, ret, at(120))
+        let h3 = judge_skew(&fresh(40), &[], Some(&h2), tol, ret, at(120), true)
             .hold
             .unwrap();
         assert_eq!((h3.size_ms, h3.rotations), (40_000, 3));
         assert!(h3.lasting() && !h2.lasting());
         // Agreeing again (fresh readings): no skew, but the hold stands until its window closes.
-        let j4 = judge_skew(&fresh(0), &[], Some(&h3), tol, ret, at(130));
+        let j4 = judge_skew(&fresh(0), &[], Some(&h3), tol, ret, at(130), true);
         assert!(j4.skewed.is_empty());
         let h4 = j4.hold.clone().unwrap();
         // It may have been off until this reading: the window counts from it.
         assert_eq!((h4.rotations, h4.last_seen), (0, at(130)));
         assert_eq!(j4.extra(), Some(Duration::from_secs(40)));
-        let h5 = judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(140))
+        let h5 = judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(140), true)
             .hold
             .unwrap();
         assert_eq!(h5.last_seen, at(130));
         assert_eq!(
-            judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(230)).hold,
+            judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(230), true).hold,
             None
         );
         assert!(agrees(&fresh(4), tol) && !agrees(&fresh(6), tol));
         assert!(!agrees(&ClockEvidence::default(), tol));
+        // Seen off by the leader's watch between rotations: held, not counted as a rotation;
+        // the window counts from the first reading that finds it agreeing again.
+        let w = judge_skew(&fresh(15), &[], None, tol, ret, at(100), false)
+            .hold
+            .unwrap();
+        assert_eq!((w.rotations, w.seen_off, w.size_ms), (0, true, 15_000));
+        let w2 = judge_skew(&fresh(0), &[], Some(&w), tol, ret, at(103), false)
+            .hold
+            .unwrap();
+        assert_eq!((w2.seen_off, w2.last_seen), (false, at(103)));
         // A connected node that did not answer: nothing purged.
         let silent = ClockEvidence {
             fresh: vec![],
             unanswered: vec!["c".into()],
         };
         assert_eq!(
-            judge_skew(&silent, &[], None, tol, ret, at(100)).extra(),
+            judge_skew(&silent, &[], None, tol, ret, at(100), true).extra(),
             Some(Duration::MAX)
         );
     }

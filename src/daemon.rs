@@ -668,6 +668,9 @@ impl Daemon {
                     tracing::info!("{kind}: leading this repository's rotations");
                 } else {
                     tracing::info!("{kind}: no longer leading");
+                    // The clocks are the leader's to judge: the new one reports them.
+                    c.skewed.clear();
+                    c.clocks = Clocks::default();
                 }
             }
             Report::Rotated {
