@@ -251,8 +251,12 @@ pub fn agrees(evidence: &ClockEvidence, tolerance: Duration) -> bool {
 pub struct SkewHold {
     /// The node off by the most (the one the keys are held for).
     pub node: String,
-    /// How far off it was at most, in milliseconds (either way).
+    /// How much longer keys stay, in milliseconds: the spread between the fastest and the
+    /// slowest clock (the leader's included) at most.
     pub size_ms: i64,
+    /// How far off `node` itself was at most, in milliseconds (either way; 0: not recorded).
+    #[serde(default)]
+    pub node_ms: i64,
     /// Whether it was ahead.
     pub ahead: bool,
     /// The last rotation that saw it off, or the first that found it agreeing again after
@@ -308,10 +312,17 @@ impl SkewHold {
     /// "held for skew of node b (15s ahead) until 2026-...": the kept keys' reason.
     pub fn describe(&self, retention: Duration) -> String {
         let way = if self.ahead { "ahead" } else { "behind" };
+        // The node's own offset, and the spread when another clock off the other way (beyond
+        // the round trips) makes it larger.
+        let spread = describe_size(self.size());
+        let own = describe_size(chrono::Duration::milliseconds(self.node_ms));
+        let size = match self.node_ms > 0 && own != spread {
+            true => format!("{own} {way}; {spread} between the fastest and slowest clocks"),
+            false => format!("{spread} {way}"),
+        };
         format!(
-            "held for skew of node {} ({} {way}) until {}",
+            "held for skew of node {} ({size}) until {}",
             self.node,
-            describe_size(self.size()),
             self.until(retention)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )
@@ -364,22 +375,36 @@ pub fn judge_skew(
     let mut skewed: Vec<(String, chrono::Duration)> =
         off.iter().map(|o| (o.node.clone(), o.estimate())).collect();
     skewed.extend(stale.iter().cloned());
-    let worst = off.iter().max_by_key(|o| o.bound());
+    // A token made by the fastest clock is checked by the slowest: what the margin must cover
+    // is the spread between them (the leader's own clock counts, at 0), not one node's offset.
+    let zero = chrono::Duration::zero();
+    let most = |f: &dyn Fn(&Offset) -> chrono::Duration| {
+        evidence.fresh.iter().map(f).max().unwrap_or(zero).max(zero)
+    };
+    let certain = most(&|o| o.low) + most(&|o| -o.high);
+    let spread = most(&|o| o.high) + most(&|o| -o.low);
+    let worst = evidence
+        .fresh
+        .iter()
+        .max_by_key(|o| o.bound())
+        .filter(|_| !off.is_empty() || certain > tol);
     let open = prior.filter(|h| h.until(retention) > now);
     let hold = match (worst, open) {
         (Some(w), prior) => {
-            let bigger = prior.is_none_or(|p| w.bound() >= p.size());
-            let (node, size, ahead) = match (bigger, prior) {
-                (false, Some(p)) => (p.node.clone(), p.size(), p.ahead),
+            let bigger = prior.is_none_or(|p| spread >= p.size());
+            let (node, size, node_ms, ahead) = match (bigger, prior) {
+                (false, Some(p)) => (p.node.clone(), p.size(), p.node_ms, p.ahead),
                 _ => (
                     w.node.clone(),
-                    w.bound(),
+                    spread,
+                    w.bound().num_milliseconds(),
                     w.estimate() > chrono::Duration::zero(),
                 ),
             };
             Some(SkewHold {
                 node,
                 size_ms: size.num_milliseconds(),
+                node_ms,
                 ahead,
                 last_seen: now,
                 rotations: prior.map_or(0, |p| p.rotations).saturating_add(counted),
@@ -411,7 +436,7 @@ pub fn judge_skew(
 /// "15s", "1.2s", "3d": a skew's size for humans (to the tenth of a second under a minute).
 pub fn describe_size(d: chrono::Duration) -> String {
     let ms = d.num_milliseconds().unsigned_abs();
-    if ms < 10_000 {
+    if ms < 10_000 && ms % 1000 != 0 {
         return format!("{}.{}s", ms / 1000, (ms % 1000) / 100);
     }
     crate::duration::format(Duration::from_secs(((ms + 500) / 1000).max(1)))
@@ -1577,6 +1602,22 @@ mod tests {
             .hold
             .unwrap();
         assert_eq!((w2.seen_off, w2.last_seen), (false, at(103)));
+        // Two nodes each within the margin of the leader, 8 s apart: the tokens of the one
+        // ahead are checked by the one behind; keys stay 8 s longer.
+        let pair = ClockEvidence {
+            fresh: vec![
+                Offset::measure("b", at(104), at(100), at(100)),
+                Offset::measure("c", at(96), at(100), at(100)),
+            ],
+            unanswered: vec![],
+        };
+        let j = judge_skew(&pair, &[], None, tol, ret, at(100), true);
+        assert!(j.skewed.is_empty());
+        let h = j.hold.unwrap();
+        assert_eq!((h.size_ms, h.node_ms), (8_000, 4_000));
+        assert!(h
+            .describe(ret)
+            .contains("4s behind; 8s between the fastest and slowest clocks)"));
         // A connected node that did not answer: nothing purged.
         let silent = ClockEvidence {
             fresh: vec![],
