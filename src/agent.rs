@@ -110,10 +110,15 @@ pub enum Report {
         reason: String,
         republished: bool,
     },
-    /// The leader rotated but purged nothing: these nodes' clocks are off by more than the
-    /// margin. Empty once every clock agrees again.
+    /// What the leader's last rotation (or paused one) found of the clocks: nodes off by more
+    /// than the margin (empty once fresh readings agree again), connected nodes that did not
+    /// answer, the hold on purges that outlives the skew, and whether rotations pause at the
+    /// key bound ([`crate::cluster::key_bound`]).
     ClockSkew {
         nodes: Vec<(String, chrono::Duration)>,
+        unanswered: Vec<String>,
+        hold: Option<crate::cluster::SkewHold>,
+        paused: bool,
     },
 }
 
@@ -201,14 +206,44 @@ async fn session_inner(
         let wake = if s.taken() {
             s.acknowledge().await?;
             s.campaign().await?;
+            s.watch_clocks().await?;
             match s.rotate_if_due().await? {
                 Turn::Committed => continue,
-                Turn::Wait(wake) => wake,
+                Turn::Wait(wake) => earliest(wake, s.next_watch),
             }
         } else {
             None
         };
         s.wait(wake.unwrap_or(idle)).await?;
+    }
+}
+
+/// A step of the wall clock within this of one found in agreement is the same step.
+const STEP_SAME: chrono::Duration = chrono::Duration::seconds(5);
+/// How often a step not (yet) in agreement is put to the other nodes' clocks again.
+const STEP_RECHECK: Duration = Duration::from_secs(5);
+
+/// How soon a rotation paused at the key bound is tried again.
+const SKEW_BOUND_RETRY: Duration = Duration::from_secs(5);
+
+/// How long the leader waits for the other nodes' clock readings: a third of its lease (its
+/// keep-alive must not wait longer), at most [`crate::cluster::PROBE_WAIT`].
+fn probe_wait(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 3).clamp(Duration::from_millis(200), crate::cluster::PROBE_WAIT)
+}
+
+/// How often a leader reads the other nodes' clocks between rotations: half the margin
+/// (a skew that comes and goes between two rotations is seen all the same), at least every
+/// second, at most every minute.
+fn clock_watch(margin: Duration) -> Duration {
+    (margin / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// The earlier of two deadlines, either of which may be unset.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -237,6 +272,18 @@ struct Session<'a> {
     prepared_for: Option<crate::core::key::Fingerprint>,
     /// After a failed `pre_rotate`: not before this instant again.
     held_until: Option<Instant>,
+    /// A forward step of the wall clock since this boot's anchor that fresh readings showed in
+    /// agreement with the other nodes (a clock corrected after fernetd started): the leader
+    /// follows the wall clock, not the anchor's timeline, while the step stays this size.
+    agreed_step: Option<chrono::Duration>,
+    /// When the step was last put to the other nodes' clocks (not more often than
+    /// [`STEP_RECHECK`]).
+    step_checked: Option<Instant>,
+    /// While leading: when the other nodes' clocks are read next between rotations
+    /// ([`Session::watch_clocks`]).
+    next_watch: Option<Instant>,
+    /// Rotations pause at the key bound (reported again with each reading).
+    paused: bool,
 }
 
 /// What the leader's turn leaves the loop to do.
@@ -266,6 +313,9 @@ impl<'a> Session<'a> {
         // same moment, right after each rotation).
         let (set, revision, store) = c.snapshot(cfg.kind).await?;
         let watch = c.watch(cfg.kind, store + 1).await?;
+        // This node's clock reading under its lease: the leader asks every node holding one
+        // for a fresh reading before it purges.
+        c.answer(cfg.kind, &cfg.cluster.node, 0, lease.id).await?;
         Ok(Session {
             cfg,
             drift,
@@ -280,6 +330,10 @@ impl<'a> Session<'a> {
             refused: None,
             prepared_for: None,
             held_until: None,
+            agreed_step: None,
+            step_checked: None,
+            next_watch: None,
+            paused: false,
         })
     }
 
@@ -390,8 +444,7 @@ impl<'a> Session<'a> {
             return Ok(Turn::Wait(None));
         }
         let cfg = self.cfg;
-        // Judged by the boot clock since this boot's first recorded moment, as on disk.
-        let clock = cfg.repo.judging_clock(&Now::read());
+        let clock = self.leading_clock().await?;
         let basis = self.view.set.history.schedule_basis();
         let Some(due) = cfg.schedule.next_rotation(basis, &clock) else {
             return Ok(Turn::Wait(None));
@@ -421,6 +474,98 @@ impl<'a> Session<'a> {
             Plan::Rotate => {}
         }
         self.rotate(&clock, due).await
+    }
+
+    /// The clock the leader judges "due" by and stamps key sets with: the boot clock since
+    /// this boot's first recorded moment, as on disk (a forward step of the wall clock ages no
+    /// key), unless the wall clock stepped forward since and the other nodes' clocks, read now,
+    /// agree with it: then the anchor was the wrong one (fernetd started before the clock was
+    /// set) and the leader follows the wall clock, on the timeline its acknowledgements and
+    /// every other node carry, instead of skipping slots for the rest of the boot.
+    async fn leading_clock(&mut self) -> Result<Now, SessionError> {
+        let cfg = self.cfg;
+        let raw = Now::read();
+        let judged = cfg.repo.judging_clock(&raw);
+        let Some(step) = crate::core::clock::step_ahead(&raw, &judged) else {
+            self.agreed_step = None;
+            return Ok(judged);
+        };
+        let same = |s: chrono::Duration| (s - step).abs() < STEP_SAME;
+        if self.agreed_step.is_some_and(same) {
+            return Ok(raw);
+        }
+        if self
+            .step_checked
+            .is_some_and(|t| t.elapsed() < STEP_RECHECK)
+        {
+            return Ok(judged);
+        }
+        self.step_checked = Some(Instant::now());
+        let node = cfg.cluster.node.as_str();
+        let evidence = self
+            .c
+            .probe_clocks(cfg.kind, Some(node), probe_wait(cfg.cluster.lease_ttl))
+            .await?;
+        if !crate::cluster::agrees(&evidence, cfg.margin) {
+            self.agreed_step = None;
+            return Ok(judged);
+        }
+        let nodes: Vec<&str> = evidence.fresh.iter().map(|o| o.node.as_str()).collect();
+        tracing::warn!(
+            "{}: the wall clock stepped {} since this boot's first recorded moment and agrees \
+             with node{} {}: rotations follow the wall clock",
+            cfg.kind,
+            crate::core::clock::describe_step(step),
+            if nodes.len() == 1 { "" } else { "s" },
+            nodes.join(", ")
+        );
+        self.agreed_step = Some(step);
+        Ok(raw)
+    }
+
+    /// While leading, every [`clock_watch`]: reads the other nodes' clocks and records the
+    /// hold on purges a skew calls for, so that a node off for a while between two rotations
+    /// (fewer than the purge's own reading would see) still keeps the keys it used.
+    async fn watch_clocks(&mut self) -> Result<(), SessionError> {
+        if !self.view.leading {
+            self.next_watch = None;
+            return Ok(());
+        }
+        let cfg = self.cfg;
+        if self.next_watch.is_some_and(|t| t > Instant::now()) {
+            return Ok(());
+        }
+        self.next_watch = Some(Instant::now() + clock_watch(cfg.margin));
+        let raw = Now::read();
+        let now = match self.agreed_step {
+            Some(_) => raw.wall,
+            None => cfg.repo.judging_clock(&raw).wall,
+        };
+        let node = cfg.cluster.node.as_str();
+        let wait = probe_wait(cfg.cluster.lease_ttl);
+        let evidence = self.c.probe_clocks(cfg.kind, Some(node), wait).await?;
+        let prior = self.c.skew_hold(cfg.kind).await?;
+        let judged = crate::cluster::judge_skew(
+            &evidence,
+            &[],
+            prior.as_ref(),
+            cfg.margin,
+            cfg.params.retention,
+            now,
+            false,
+        );
+        if judged.hold != prior {
+            self.c.record_hold(cfg.kind, judged.hold.as_ref()).await?;
+        }
+        if prior.is_some() || judged.hold.is_some() {
+            self.report(Report::ClockSkew {
+                nodes: judged.skewed,
+                unanswered: Vec::new(),
+                hold: judged.hold,
+                paused: self.paused,
+            });
+        }
+        Ok(())
     }
 
     /// Runs the `pre_rotate` hook and the verification while keeping the leadership's lease
@@ -471,11 +616,16 @@ impl<'a> Session<'a> {
             fence: Some((cfg.cluster.node.as_str(), self.lease.id)),
             schedule: Some(&cfg.schedule),
             member_timeout: cfg.cluster.member_timeout,
+            probe_wait: probe_wait(cfg.cluster.lease_ttl),
         };
         match self.c.rotate(cfg.kind, &request).await {
             Ok(r) => {
+                self.paused = false;
                 self.report(Report::ClockSkew {
                     nodes: r.skewed.clone(),
+                    unanswered: r.unanswered.clone(),
+                    hold: r.hold.clone(),
+                    paused: false,
                 });
                 self.report(Report::Rotated {
                     revision: r.revision,
@@ -499,6 +649,33 @@ impl<'a> Session<'a> {
                 };
                 Ok(Turn::Wait(Some(Instant::now() + retry)))
             }
+            // At the key bound while purges are held: keys kept, no rotation, asked again.
+            Err(ClusterError::SkewBound {
+                hold,
+                skewed,
+                key,
+                keys,
+                held,
+            }) => {
+                tracing::error!(
+                    "{}",
+                    ClusterError::SkewBound {
+                        key,
+                        keys,
+                        held,
+                        hold: Box::new(None),
+                        skewed: Vec::new(),
+                    }
+                );
+                self.paused = true;
+                self.report(Report::ClockSkew {
+                    nodes: skewed,
+                    unanswered: Vec::new(),
+                    hold: *hold,
+                    paused: true,
+                });
+                Ok(Turn::Wait(Some(Instant::now() + SKEW_BOUND_RETRY)))
+            }
             // Fenced: this node's claim is gone (a pause past its lease); the watch tells who
             // leads now.
             Err(ClusterError::NotLeader { .. }) => {
@@ -521,6 +698,11 @@ impl<'a> Session<'a> {
         tokio::select! {
             r = self.watch.changes() => {
                 for change in r? {
+                    if let Change::Probe { probe } = change {
+                        let node = &self.cfg.cluster.node;
+                        self.c.answer(self.cfg.kind, node, probe, self.lease.id).await?;
+                        continue;
+                    }
                     let leading = self.view.absorb(change, &self.cfg.cluster.node, self.lease.id);
                     self.report_leading(leading);
                 }
@@ -743,6 +925,7 @@ impl View {
                 self.campaign = true;
                 self.lead(false)
             }
+            Change::Probe { .. } => None,
         }
     }
 }

@@ -49,6 +49,14 @@ pub enum ClusterError {
     NotDue {
         due: Option<chrono::DateTime<chrono::Utc>>,
     },
+    #[error("{key}: rotation paused: the key set holds {keys} keys, the most it may while purges are held ({held}); every key stays")]
+    SkewBound {
+        key: String,
+        keys: usize,
+        held: String,
+        hold: Box<Option<SkewHold>>,
+        skewed: Vec<(String, chrono::Duration)>,
+    },
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
     #[error("{key} at revision {revision}: refused, every key stays: {reason}")]
@@ -149,9 +157,7 @@ pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
     let parts: Vec<String> = skewed
         .iter()
         .map(|(n, off)| {
-            let size = crate::core::duration::format(Duration::from_secs(
-                off.num_seconds().unsigned_abs().max(1),
-            ));
+            let size = describe_size(*off);
             let way = if *off > chrono::Duration::zero() {
                 "ahead"
             } else {
@@ -163,13 +169,291 @@ pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
     parts.join(", ")
 }
 
+/// A member's clock reading, stored under `{prefix}/{kind}/clocks/{node}` under its session's
+/// lease (so the key exists exactly while the node's daemon is connected: a live member). A
+/// session writes one when it opens (`probe` 0) and again for each probe the leader posts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reading {
+    pub node: String,
+    /// The probe this reading answers (0: none, the session's opening record).
+    pub probe: u64,
+    /// The node's wall clock when it saw the probe.
+    pub clock: chrono::DateTime<chrono::Utc>,
+}
+
+/// A node's clock measured against the leader's: (the node's reading) minus (the leader's clock
+/// at the same moment) lies in `low..=high`. The leader read its clock at `sent` before posting
+/// the probe and at `seen` once it read the answer, so the node read its clock between the two
+/// by the leader's: `high - low` is the round trip, the error bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offset {
+    pub node: String,
+    pub low: chrono::Duration,
+    pub high: chrono::Duration,
+}
+
+impl Offset {
+    /// The offset of a node that read `clock` while the leader's clock went from `sent` to
+    /// `seen`.
+    pub fn measure(
+        node: &str,
+        clock: chrono::DateTime<chrono::Utc>,
+        sent: chrono::DateTime<chrono::Utc>,
+        seen: chrono::DateTime<chrono::Utc>,
+    ) -> Offset {
+        let (a, b) = (clock - seen, clock - sent);
+        Offset {
+            node: node.to_string(),
+            low: a.min(b),
+            high: a.max(b),
+        }
+    }
+
+    /// The middle of the error bar: what is reported as the node's offset.
+    pub fn estimate(&self) -> chrono::Duration {
+        self.low + (self.high - self.low) / 2
+    }
+
+    /// Whether the node's clock is off by more than `tolerance` whatever the round trip hid.
+    pub fn beyond(&self, tolerance: chrono::Duration) -> bool {
+        self.low > tolerance || self.high < -tolerance
+    }
+
+    /// The most the node's clock may be off by.
+    pub fn bound(&self) -> chrono::Duration {
+        self.low.abs().max(self.high.abs())
+    }
+}
+
+/// What the leader knows of the other members' clocks before a purge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClockEvidence {
+    /// Fresh readings, one per node that answered this rotation's probe.
+    pub fresh: Vec<Offset>,
+    /// Nodes whose daemon is connected (their reading key lives) but did not answer in time:
+    /// their clock is unknown.
+    pub unanswered: Vec<String>,
+}
+
+/// Whether fresh readings show this node's clock in agreement with the others': at least one
+/// node answered and every answer is within `tolerance` whatever the round trip hid. Pure.
+pub fn agrees(evidence: &ClockEvidence, tolerance: Duration) -> bool {
+    let tol = crate::core::history::to_chrono(tolerance);
+    !evidence.fresh.is_empty() && evidence.fresh.iter().all(|o| o.bound() <= tol)
+}
+
+/// Purges held for a skewed clock, as the leader records it under `{prefix}/{kind}/skew-hold`
+/// (written in the rotation's own transaction). A node ahead by `size` stamps its tokens'
+/// expiry `size` late, and one behind by `size` takes them as valid `size` longer: every key
+/// it may have used then stays `size` longer than the retention, until the window of the last
+/// moment it may have been off closes (`last_seen + retention + size`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SkewHold {
+    /// The node off by the most (the one the keys are held for).
+    pub node: String,
+    /// How much longer keys stay, in milliseconds: the spread between the fastest and the
+    /// slowest clock (the leader's included) at most.
+    pub size_ms: i64,
+    /// How far off `node` itself was at most, in milliseconds (either way; 0: not recorded).
+    #[serde(default)]
+    pub node_ms: i64,
+    /// Whether it was ahead.
+    pub ahead: bool,
+    /// The last rotation that saw it off, or the first that found it agreeing again after
+    /// (it may have been off right up to that reading), by the leader's clock.
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    /// Rotations in a row that saw a clock off by more than the margin (0 once every clock
+    /// agrees again while the window is still open).
+    pub rotations: u32,
+    /// Whether the last reading found it off (the window then counts from the next reading
+    /// that finds it agreeing).
+    #[serde(default)]
+    pub seen_off: bool,
+}
+
+/// The clock difference a repository's purges tolerate: its margin, and for credentials
+/// (which have no lifetime, so no margin of their own: 0 held every purge of theirs for the
+/// slightest difference while protecting nothing) the tokens' default margin.
+pub fn skew_tolerance(kind: Kind, margin: Duration) -> Duration {
+    match kind {
+        Kind::Credentials => margin.max(crate::core::planner::DEFAULT_MARGIN),
+        _ => margin,
+    }
+}
+
+/// Held rotations in a row after which a lasting skew is critical rather than a warning.
+pub const SKEW_CRITICAL_ROTATIONS: u32 = 3;
+
+/// The most keys a key set holds while purges are held for skew: twice `max_active_keys`
+/// (at least three more). At the bound rotations pause, keys kept, critical: a set that grows
+/// without end outgrows etcd's request limit and takes the leadership with it.
+pub fn key_bound(max_active_keys: u64) -> usize {
+    let n = usize::try_from(max_active_keys).unwrap_or(usize::MAX);
+    n.saturating_mul(2).max(n.saturating_add(3))
+}
+
+impl SkewHold {
+    pub fn size(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(self.size_ms)
+    }
+
+    /// When the window of the keys it holds closes.
+    pub fn until(&self, retention: Duration) -> chrono::DateTime<chrono::Utc> {
+        crate::core::clock::later(self.last_seen, retention)
+            .checked_add_signed(self.size())
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    }
+
+    /// Critical rather than a warning: it lasted [`SKEW_CRITICAL_ROTATIONS`] rotations.
+    pub fn lasting(&self) -> bool {
+        self.rotations >= SKEW_CRITICAL_ROTATIONS
+    }
+
+    /// "held for skew of node b (15s ahead) until 2026-...": the kept keys' reason.
+    pub fn describe(&self, retention: Duration) -> String {
+        let way = if self.ahead { "ahead" } else { "behind" };
+        // The node's own offset, and the spread when another clock off the other way (beyond
+        // the round trips) makes it larger.
+        let spread = describe_size(self.size());
+        let own = describe_size(chrono::Duration::milliseconds(self.node_ms));
+        let size = match self.node_ms > 0 && own != spread {
+            true => format!("{own} {way}; {spread} between the fastest and slowest clocks"),
+            false => format!("{spread} {way}"),
+        };
+        format!(
+            "held for skew of node {} ({size}) until {}",
+            self.node,
+            self.until(retention)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// What the leader's rotation does about clocks: see [`judge_skew`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkewJudgement {
+    /// Nodes off by more than the margin now (estimate; positive: ahead).
+    pub skewed: Vec<(String, chrono::Duration)>,
+    /// Live nodes whose clock could not be read.
+    pub unanswered: Vec<String>,
+    /// Purge nothing at all: a clock is off by an unknown amount (a node that did not answer,
+    /// or one judged only by an old acknowledgement).
+    pub hold_all: bool,
+    /// The hold to record (None: none, or its window closed).
+    pub hold: Option<SkewHold>,
+}
+
+impl SkewJudgement {
+    /// How much longer than the retention keys stay.
+    pub fn extra(&self) -> Option<Duration> {
+        if self.hold_all {
+            return Some(Duration::MAX);
+        }
+        self.hold
+            .as_ref()
+            .map(|h| h.size().to_std().unwrap_or_default())
+    }
+}
+
+/// Judges the clocks before a purge at `now` (the leader's clock): fresh readings first, a
+/// stale acknowledgement only for a member whose daemon is not connected (`stale`, from
+/// [`skewed`]). A node off by more than `tolerance` extends the hold; the hold's window
+/// (see [`SkewHold`]) outlives the skew. `rotation`: judged for a rotation (counted towards
+/// [`SKEW_CRITICAL_ROTATIONS`]), not for the leader's watch between rotations. Pure.
+pub fn judge_skew(
+    evidence: &ClockEvidence,
+    stale: &[(String, chrono::Duration)],
+    prior: Option<&SkewHold>,
+    tolerance: Duration,
+    retention: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+    rotation: bool,
+) -> SkewJudgement {
+    let counted = u32::from(rotation);
+    let tol = crate::core::history::to_chrono(tolerance);
+    let off: Vec<&Offset> = evidence.fresh.iter().filter(|o| o.beyond(tol)).collect();
+    let mut skewed: Vec<(String, chrono::Duration)> =
+        off.iter().map(|o| (o.node.clone(), o.estimate())).collect();
+    skewed.extend(stale.iter().cloned());
+    // A token made by the fastest clock is checked by the slowest: what the margin must cover
+    // is the spread between them (the leader's own clock counts, at 0), not one node's offset.
+    let zero = chrono::Duration::zero();
+    let most = |f: &dyn Fn(&Offset) -> chrono::Duration| {
+        evidence.fresh.iter().map(f).max().unwrap_or(zero).max(zero)
+    };
+    let certain = most(&|o| o.low) + most(&|o| -o.high);
+    let spread = most(&|o| o.high) + most(&|o| -o.low);
+    let worst = evidence
+        .fresh
+        .iter()
+        .max_by_key(|o| o.bound())
+        .filter(|_| !off.is_empty() || certain > tol);
+    let open = prior.filter(|h| h.until(retention) > now);
+    let hold = match (worst, open) {
+        (Some(w), prior) => {
+            let bigger = prior.is_none_or(|p| spread >= p.size());
+            let (node, size, node_ms, ahead) = match (bigger, prior) {
+                (false, Some(p)) => (p.node.clone(), p.size(), p.node_ms, p.ahead),
+                _ => (
+                    w.node.clone(),
+                    spread,
+                    w.bound().num_milliseconds(),
+                    w.estimate() > chrono::Duration::zero(),
+                ),
+            };
+            Some(SkewHold {
+                node,
+                size_ms: size.num_milliseconds(),
+                node_ms,
+                ahead,
+                last_seen: now,
+                rotations: prior.map_or(0, |p| p.rotations).saturating_add(counted),
+                seen_off: true,
+            })
+        }
+        (None, Some(p)) if !stale.is_empty() || !evidence.unanswered.is_empty() => Some(SkewHold {
+            rotations: p.rotations.saturating_add(counted),
+            ..p.clone()
+        }),
+        // Agreeing again: the node may have been off right up to this reading (it was at the
+        // last one), so the window counts from now.
+        (None, Some(p)) => Some(SkewHold {
+            rotations: 0,
+            last_seen: if p.seen_off { now } else { p.last_seen },
+            seen_off: false,
+            ..p.clone()
+        }),
+        (None, None) => None,
+    };
+    SkewJudgement {
+        skewed,
+        unanswered: evidence.unanswered.clone(),
+        hold_all: !stale.is_empty() || !evidence.unanswered.is_empty(),
+        hold,
+    }
+}
+
+/// "15s", "1.2s", "3d": a skew's size for humans (to the tenth of a second under a minute).
+pub fn describe_size(d: chrono::Duration) -> String {
+    let ms = d.num_milliseconds().unsigned_abs();
+    if ms < 10_000 && ms % 1000 != 0 {
+        return format!("{}.{}s", ms / 1000, (ms % 1000) / 100);
+    }
+    crate::core::duration::format(Duration::from_secs(((ms + 500) / 1000).max(1)))
+}
+
 /// What a cluster rotation committed.
 #[derive(Debug, Clone)]
 pub struct Rotated {
     pub revision: i64,
     pub decision: crate::core::rotation::Decision,
-    /// Nodes whose clocks are off by more than the margin: this rotation purged nothing.
+    /// Nodes whose clocks are off by more than the margin (by this rotation's fresh readings,
+    /// or by an old acknowledgement for a node not connected).
     pub skewed: Vec<(String, chrono::Duration)>,
+    /// Connected nodes that did not answer this rotation's clock probe: nothing was purged.
+    pub unanswered: Vec<String>,
+    /// The hold on purges recorded with this rotation (see [`SkewHold`]).
+    pub hold: Option<SkewHold>,
     /// The key set as committed.
     pub set: KeySet,
     /// When the committing transaction was sent: the commit happened after it.
@@ -192,10 +476,34 @@ pub struct Rotation<'a> {
     pub schedule: Option<&'a crate::core::schedule::Schedule>,
     /// See [`waiting_on`].
     pub member_timeout: Option<Duration>,
+    /// How long the leader waits for the members' answers to its clock probe.
+    pub probe_wait: Duration,
 }
+
+/// How long a clock probe waits for answers by default (`fernetd rotate`; the daemon's leader
+/// waits at most a third of its lease, so that its keep-alive stays on time).
+pub const PROBE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a rotation re-reads and retries when another writer committed first.
 const MAX_ATTEMPTS: u32 = 50;
+
+/// How many keys rotating `set` with `params` at `now` would leave.
+fn decision_keys(
+    set: &KeySet,
+    params: &crate::repository::RotateParams,
+    now: &crate::core::clock::Now,
+) -> usize {
+    let numbers: Vec<u64> = set.keys.keys().copied().collect();
+    let d = crate::core::rotation::decide(
+        &numbers,
+        &set.history,
+        now,
+        params.max_active_keys,
+        params.retention,
+        params.force_purge,
+    );
+    (set.keys.len() + 1).saturating_sub(d.purge.len())
+}
 
 /// A connection to the cluster's etcd.
 pub struct Cluster {
@@ -268,6 +576,128 @@ impl Cluster {
     /// Where the nodes' acknowledgements for a repository live, one key per node.
     fn acks_prefix(&self, kind: Kind) -> String {
         format!("{}/{}/acks/", self.prefix, kind.name())
+    }
+
+    /// The key a leader posts a clock probe under. It sorts between the key set and the
+    /// leader key, so the watch every session holds on those two carries it.
+    fn probe_key(&self, kind: Kind) -> String {
+        format!("{}/{}/keyset-clock", self.prefix, kind.name())
+    }
+
+    /// Where the members' clock readings live, one key per connected node.
+    fn clocks_prefix(&self, kind: Kind) -> String {
+        format!("{}/{}/clocks/", self.prefix, kind.name())
+    }
+
+    /// The leader's record of purges held for skew ([`SkewHold`]).
+    fn hold_key(&self, kind: Kind) -> String {
+        format!("{}/{}/skew-hold", self.prefix, kind.name())
+    }
+
+    /// Writes this node's clock reading (answering `probe`, 0 for none) under its session's
+    /// `lease`: the key lives while the session does, so the leader knows who must answer.
+    pub async fn answer(
+        &mut self,
+        kind: Kind,
+        node: &str,
+        probe: u64,
+        lease: i64,
+    ) -> Result<(), ClusterError> {
+        let key = format!("{}{node}", self.clocks_prefix(kind));
+        let reading = Reading {
+            node: node.to_string(),
+            probe,
+            clock: chrono::Utc::now(),
+        };
+        let value = serde_json::to_vec(&reading).unwrap_or_default();
+        let mut client = self.client.clone();
+        self.bounded(
+            &format!("write {key}"),
+            client.put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The connected nodes' clocks, read now: posts a probe, then reads the answers until every
+    /// connected node other than `except` answered or `wait` passed. Each offset is measured
+    /// against this node's clock, with the round trip as its error bar.
+    pub async fn probe_clocks(
+        &mut self,
+        kind: Kind,
+        except: Option<&str>,
+        wait: Duration,
+    ) -> Result<ClockEvidence, ClusterError> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| ClusterError::Random(e.to_string()))?;
+        let probe = u64::from_le_bytes(nonce).max(1);
+        let key = self.probe_key(kind);
+        let prefix = self.clocks_prefix(kind);
+        let mut client = self.client.clone();
+        let started = tokio::time::Instant::now();
+        let sent = chrono::Utc::now();
+        let value = serde_json::to_vec(&serde_json::json!({ "probe": probe })).unwrap_or_default();
+        self.bounded(
+            &format!("write {key}"),
+            client.put(key.clone(), value, None),
+        )
+        .await?;
+        let mut fresh: std::collections::BTreeMap<String, Offset> = Default::default();
+        loop {
+            let resp = self
+                .bounded(
+                    &format!("read {prefix}"),
+                    client.get(
+                        prefix.clone(),
+                        Some(etcd_client::GetOptions::new().with_prefix()),
+                    ),
+                )
+                .await?;
+            let seen = chrono::Utc::now();
+            let mut live = Vec::new();
+            for kv in resp.kvs() {
+                let node = String::from_utf8_lossy(kv.key())
+                    .trim_start_matches(&prefix)
+                    .to_string();
+                if except == Some(node.as_str()) {
+                    continue;
+                }
+                if let Ok(r) = serde_json::from_slice::<Reading>(kv.value()) {
+                    if r.probe == probe && !fresh.contains_key(&node) {
+                        fresh.insert(node.clone(), Offset::measure(&node, r.clock, sent, seen));
+                    }
+                }
+                live.push(node);
+            }
+            let unanswered: Vec<String> = live
+                .into_iter()
+                .filter(|n| !fresh.contains_key(n))
+                .collect();
+            if unanswered.is_empty() || started.elapsed() >= wait {
+                return Ok(ClockEvidence {
+                    fresh: fresh.into_values().collect(),
+                    unanswered,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The hold on purges the last rotation recorded, if any (an unreadable one counts as none).
+    pub async fn skew_hold(&mut self, kind: Kind) -> Result<Option<SkewHold>, ClusterError> {
+        let key = self.hold_key(kind);
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(&format!("read {key}"), client.get(key.clone(), None))
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
     }
 
     async fn bounded<T, E: std::fmt::Display>(
@@ -438,6 +868,7 @@ impl Cluster {
     pub async fn rotate(&mut self, kind: Kind, r: &Rotation<'_>) -> Result<Rotated, ClusterError> {
         let key = self.keyset_key(kind);
         let leader_key = self.leader_key(kind);
+        let mut evidence: Option<ClockEvidence> = None;
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
             if let Some(local) = r.held {
@@ -472,13 +903,6 @@ impl Cluster {
                 None => unreachable!("a validated key set has key 0"),
             };
             let acks = self.acks(kind).await?;
-            let skewed = skewed(
-                &acks,
-                revision,
-                set.history.last_rotation,
-                r.now.wall,
-                r.skew_tolerance,
-            );
             let behind = waiting_on(&acks, staged, r.now.wall, r.member_timeout);
             if !behind.is_empty() {
                 return Err(ClusterError::GateWaiting {
@@ -487,14 +911,59 @@ impl Cluster {
                     staged,
                 });
             }
+            // Clocks judged on readings taken now, not on acknowledgements of any age: only a
+            // member whose daemon is not connected is judged by its last acknowledgement.
+            let me = r.fence.map(|(node, _)| node);
+            // Once per rotation, not per attempt: a retry after contention is milliseconds
+            // later.
+            let evidence_now = match evidence.take() {
+                Some(e) => e,
+                None => self.probe_clocks(kind, me, r.probe_wait).await?,
+            };
+            let evidence: &ClockEvidence = evidence.insert(evidence_now);
+            let answered = |n: &str| {
+                evidence.fresh.iter().any(|o| o.node == n)
+                    || evidence.unanswered.iter().any(|u| u == n)
+            };
+            let gone = |a: &Ack| {
+                r.member_timeout.is_some_and(|t| {
+                    a.clock
+                        .is_some_and(|c| r.now.wall - c > crate::core::history::to_chrono(t))
+                })
+            };
+            let absent: Vec<Ack> = acks
+                .iter()
+                .filter(|a| Some(a.node.as_str()) != me && !answered(&a.node) && !gone(a))
+                .cloned()
+                .collect();
+            let stale = skewed(
+                &absent,
+                revision,
+                set.history.last_rotation,
+                r.now.wall,
+                r.skew_tolerance,
+            );
+            let prior = self.skew_hold(kind).await?;
+            let judged = judge_skew(
+                evidence,
+                &stale,
+                prior.as_ref(),
+                r.skew_tolerance,
+                r.params.retention,
+                r.now.wall,
+                true,
+            );
             let new_key = crate::core::key::Key::generate()
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
-            // A node with a wrong clock would judge retention wrongly: purge nothing.
+            // A key stays until its window closes by the fastest clock that may have issued
+            // (or the slowest that may validate) tokens with it: the retention plus the skew.
             let held_params = crate::repository::RotateParams {
-                retention: Duration::MAX,
+                retention: judged
+                    .extra()
+                    .map_or(r.params.retention, |x| r.params.retention.saturating_add(x)),
                 ..*r.params
             };
-            let params = if skewed.is_empty() || r.params.force_purge {
+            let params = if r.params.force_purge {
                 r.params
             } else {
                 &held_params
@@ -502,6 +971,30 @@ impl Cluster {
             let (next, decision) = set
                 .rotate(new_key, params, r.now)
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
+            // Bounded while held: past the bound (or what the rotation would keep unheld, if
+            // more), the set does not grow.
+            let held = judged.extra().is_some() && !r.params.force_purge;
+            let unheld = match held {
+                true => decision_keys(&set, r.params, r.now),
+                false => 0,
+            };
+            let bound = key_bound(r.params.max_active_keys).max(unheld);
+            if held && next.keys.len() > bound && next.keys.len() > set.keys.len() {
+                let held = match (&judged.hold, judged.unanswered.is_empty()) {
+                    (Some(h), _) => h.describe(r.params.retention),
+                    (None, false) => {
+                        format!("no clock reading from {}", judged.unanswered.join(", "))
+                    }
+                    (None, true) => describe_skew(&judged.skewed),
+                };
+                return Err(ClusterError::SkewBound {
+                    key,
+                    keys: set.keys.len(),
+                    held,
+                    hold: Box::new(judged.hold),
+                    skewed: judged.skewed,
+                });
+            }
             let value = self
                 .seal
                 .seal(&next.encode(), key.as_bytes())
@@ -520,9 +1013,14 @@ impl Cluster {
                 compare.push(Compare::value(leader_key.clone(), CompareOp::Equal, node));
                 compare.push(Compare::lease(leader_key.clone(), CompareOp::Equal, lease));
             }
+            let hold_key = self.hold_key(kind);
+            let hold_op = match &judged.hold {
+                Some(h) => TxnOp::put(hold_key, serde_json::to_vec(h).unwrap_or_default(), None),
+                None => TxnOp::delete(hold_key, None),
+            };
             let txn = Txn::new()
                 .when(compare)
-                .and_then([TxnOp::put(key.clone(), value, None)])
+                .and_then([TxnOp::put(key.clone(), value, None), hold_op])
                 .or_else([TxnOp::get(leader_key.clone(), None)]);
             let mut client = self.client.clone();
             let sent = chrono::Utc::now();
@@ -533,7 +1031,9 @@ impl Cluster {
                 return Ok(Rotated {
                     revision: resp.header().map(|h| h.revision()).unwrap_or(0),
                     decision,
-                    skewed,
+                    skewed: judged.skewed,
+                    unanswered: judged.unanswered,
+                    hold: judged.hold,
                     set: next,
                     sent,
                 });
@@ -555,6 +1055,32 @@ impl Cluster {
             key,
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Records the leader's hold on purges (None: removes it), outside a rotation: what the
+    /// leader's watch of the clocks between rotations found.
+    pub async fn record_hold(
+        &mut self,
+        kind: Kind,
+        hold: Option<&SkewHold>,
+    ) -> Result<(), ClusterError> {
+        let key = self.hold_key(kind);
+        let mut client = self.client.clone();
+        match hold {
+            Some(h) => {
+                let value = serde_json::to_vec(h).unwrap_or_default();
+                self.bounded(
+                    &format!("write {key}"),
+                    client.put(key.clone(), value, None),
+                )
+                .await?;
+            }
+            None => {
+                self.bounded(&format!("delete {key}"), client.delete(key.clone(), None))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes `node` from a repository's members (`fernetd cluster remove-node`): the
@@ -718,6 +1244,7 @@ impl Cluster {
             stream,
             keyset_key: start,
             leader_key: self.leader_key(kind),
+            probe_key: self.probe_key(kind),
             seal: self.seal.clone(),
         })
     }
@@ -823,6 +1350,8 @@ pub enum Change {
     Leader { node: String, lease: i64 },
     /// Nobody leads any more (the leader's lease ended, or the key was deleted).
     NoLeader,
+    /// The leader asks every connected node for a clock reading ([`Cluster::answer`]).
+    Probe { probe: u64 },
 }
 
 /// The stream of a repository's changes.
@@ -830,6 +1359,7 @@ pub struct Watch {
     stream: WatchStream,
     keyset_key: String,
     leader_key: String,
+    probe_key: String,
     seal: Sealing,
 }
 
@@ -879,6 +1409,16 @@ impl Watch {
                     set: open(&self.seal, &self.keyset_key, kv.value())?,
                     revision: kv.mod_revision(),
                 });
+            } else if kv.key() == self.probe_key.as_bytes() {
+                #[derive(serde::Deserialize)]
+                struct Probe {
+                    probe: u64,
+                }
+                if let Ok(p) = serde_json::from_slice::<Probe>(kv.value()) {
+                    if put {
+                        out.push(Change::Probe { probe: p.probe });
+                    }
+                }
             } else if kv.key() == self.leader_key.as_bytes() {
                 out.push(if put {
                     Change::Leader {
@@ -982,5 +1522,139 @@ mod tests {
         );
         // Within the tolerance: nobody.
         assert!(skewed(&acks[..1], 7, Some(t(52)), t(48), tol).is_empty());
+    }
+
+    fn at(s: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(s)
+    }
+
+    #[test]
+    fn an_offset_is_measured_against_the_same_moment_with_the_round_trip_as_error_bar() {
+        // The leader sent at 100, read the answer at 101; the node read 115.
+        let o = Offset::measure("b", at(115), at(100), at(101));
+        assert_eq!(o.low, chrono::Duration::seconds(14));
+        assert_eq!(o.high, chrono::Duration::seconds(15));
+        assert_eq!(o.estimate(), chrono::Duration::milliseconds(14_500));
+        assert!(o.beyond(chrono::Duration::seconds(5)));
+        // The round trip hides whether it is 14 or 15 s: not certainly beyond 14.5 s.
+        assert!(!o.beyond(chrono::Duration::milliseconds(14_500)));
+        assert_eq!(o.bound(), chrono::Duration::seconds(15));
+        let behind = Offset::measure("c", at(60), at(100), at(100));
+        assert!(behind.beyond(chrono::Duration::seconds(5)));
+        assert_eq!(
+            describe_skew(&[("c".into(), behind.estimate())]),
+            "node c (40s behind)"
+        );
+        assert_eq!(describe_size(chrono::Duration::milliseconds(1_250)), "1.2s");
+    }
+
+    #[test]
+    fn a_skew_holds_keys_for_its_size_until_its_window_closes_and_escalates_when_it_lasts() {
+        let tol = Duration::from_secs(5);
+        let ret = Duration::from_secs(60);
+        let fresh = |secs: i64| ClockEvidence {
+            fresh: vec![Offset::measure("b", at(100 + secs), at(100), at(100))],
+            unanswered: vec![],
+        };
+        // Within the margin: nothing held.
+        let j = judge_skew(&fresh(4), &[], None, tol, ret, at(100), true);
+        assert_eq!((j.skewed.len(), j.hold.clone(), j.extra()), (0, None, None));
+        // 15 s ahead: keys stay 15 s longer, counted from this rotation.
+        let j = judge_skew(&fresh(15), &[], None, tol, ret, at(100), true);
+        let h = j.hold.clone().unwrap();
+        assert_eq!(
+            (h.node.as_str(), h.size_ms, h.ahead, h.rotations),
+            ("b", 15_000, true, 1)
+        );
+        assert_eq!(j.extra(), Some(Duration::from_secs(15)));
+        assert_eq!(h.until(ret), at(175));
+        assert_eq!(
+            h.describe(ret),
+            "held for skew of node b (15s ahead) until 2026-01-01T00:02:55Z"
+        );
+        // Lasting: the largest size is kept, critical after SKEW_CRITICAL_ROTATIONS.
+        let j2 = judge_skew(&fresh(10), &[], Some(&h), tol, ret, at(110), true);
+        let h2 = j2.hold.clone().unwrap();
+        assert_eq!(
+            (h2.size_ms, h2.rotations, h2.last_seen),
+            (15_000, 2, at(110))
+        );
+        let h3 = judge_skew(&fresh(40), &[], Some(&h2), tol, ret, at(120), true)
+            .hold
+            .unwrap();
+        assert_eq!((h3.size_ms, h3.rotations), (40_000, 3));
+        assert!(h3.lasting() && !h2.lasting());
+        // Agreeing again (fresh readings): no skew, but the hold stands until its window closes.
+        let j4 = judge_skew(&fresh(0), &[], Some(&h3), tol, ret, at(130), true);
+        assert!(j4.skewed.is_empty());
+        let h4 = j4.hold.clone().unwrap();
+        // It may have been off until this reading: the window counts from it.
+        assert_eq!((h4.rotations, h4.last_seen), (0, at(130)));
+        assert_eq!(j4.extra(), Some(Duration::from_secs(40)));
+        let h5 = judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(140), true)
+            .hold
+            .unwrap();
+        assert_eq!(h5.last_seen, at(130));
+        assert_eq!(
+            judge_skew(&fresh(0), &[], Some(&h4), tol, ret, at(230), true).hold,
+            None
+        );
+        assert!(agrees(&fresh(4), tol) && !agrees(&fresh(6), tol));
+        assert!(!agrees(&ClockEvidence::default(), tol));
+        // Seen off by the leader's watch between rotations: held, not counted as a rotation;
+        // the window counts from the first reading that finds it agreeing again.
+        let w = judge_skew(&fresh(15), &[], None, tol, ret, at(100), false)
+            .hold
+            .unwrap();
+        assert_eq!((w.rotations, w.seen_off, w.size_ms), (0, true, 15_000));
+        let w2 = judge_skew(&fresh(0), &[], Some(&w), tol, ret, at(103), false)
+            .hold
+            .unwrap();
+        assert_eq!((w2.seen_off, w2.last_seen), (false, at(103)));
+        // Two nodes each within the margin of the leader, 8 s apart: the tokens of the one
+        // ahead are checked by the one behind; keys stay 8 s longer.
+        let pair = ClockEvidence {
+            fresh: vec![
+                Offset::measure("b", at(104), at(100), at(100)),
+                Offset::measure("c", at(96), at(100), at(100)),
+            ],
+            unanswered: vec![],
+        };
+        let j = judge_skew(&pair, &[], None, tol, ret, at(100), true);
+        assert!(j.skewed.is_empty());
+        let h = j.hold.unwrap();
+        assert_eq!((h.size_ms, h.node_ms), (8_000, 4_000));
+        assert!(h
+            .describe(ret)
+            .contains("4s behind; 8s between the fastest and slowest clocks)"));
+        // A connected node that did not answer: nothing purged.
+        let silent = ClockEvidence {
+            fresh: vec![],
+            unanswered: vec!["c".into()],
+        };
+        assert_eq!(
+            judge_skew(&silent, &[], None, tol, ret, at(100), true).extra(),
+            Some(Duration::MAX)
+        );
+    }
+
+    #[test]
+    fn credentials_tolerate_the_default_margin_not_zero() {
+        assert_eq!(
+            skew_tolerance(Kind::Credentials, Duration::ZERO),
+            crate::core::planner::DEFAULT_MARGIN
+        );
+        assert_eq!(skew_tolerance(Kind::Tokens, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            skew_tolerance(Kind::Tokens, Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn the_key_bound_is_twice_max_active_keys_and_at_least_three_more() {
+        assert_eq!(key_bound(3), 6);
+        assert_eq!(key_bound(2), 5);
+        assert_eq!(key_bound(10), 20);
     }
 }

@@ -110,8 +110,20 @@ struct Cluster {
     leading: bool,
     degraded: Option<String>,
     gate: Gate,
-    /// Cluster nodes whose clocks are off by more than the margin (the leader purges nothing).
+    /// Cluster nodes whose clocks are off by more than the margin (by the leader's fresh
+    /// readings): keys stay longer by the skew.
     skewed: Vec<(String, chrono::Duration)>,
+    /// What else the leader's last rotation found of the clocks: connected nodes that did not
+    /// answer its probe, the hold on purges, rotations paused at the key bound.
+    clocks: Clocks,
+}
+
+/// See [`Cluster::clocks`].
+#[derive(Default)]
+struct Clocks {
+    unanswered: Vec<String>,
+    hold: Option<crate::cluster::SkewHold>,
+    paused: bool,
 }
 
 impl Drop for Cluster {
@@ -208,14 +220,8 @@ impl Slot {
         }
         match &self.mode {
             Mode::Cluster(c) => {
-                if !c.skewed.is_empty() {
-                    out.push(Problem::new(
-                        Code::ClockSkew,
-                        format!(
-                            "purges held: clocks off by more than the margin: {}",
-                            crate::cluster::describe_skew(&c.skewed)
-                        ),
-                    ));
+                if let Some(p) = skew_problem(c, self.m.settings.lifetime.retention()) {
+                    out.push(p);
                 }
                 if let Some(reason) = &c.degraded {
                     out.push(Problem::new(Code::Degraded, format!("degraded: {reason}")));
@@ -372,6 +378,40 @@ pub async fn run(
     Ok(())
 }
 
+/// The leader's clock findings as a problem: `clock-skew`, a warning, critical once the skew
+/// lasted [`crate::cluster::SKEW_CRITICAL_ROTATIONS`] rotations or rotations paused at the key
+/// bound. Names the node and the size; says why keys are kept and until when.
+fn skew_problem(c: &Cluster, retention: std::time::Duration) -> Option<status::Problem> {
+    let mut parts = Vec::new();
+    if !c.skewed.is_empty() {
+        parts.push(format!(
+            "clocks off by more than the margin: {}",
+            crate::cluster::describe_skew(&c.skewed)
+        ));
+    }
+    if !c.clocks.unanswered.is_empty() {
+        parts.push(format!(
+            "purges held: no clock reading from {}",
+            c.clocks.unanswered.join(", ")
+        ));
+    }
+    if let Some(h) = &c.clocks.hold {
+        parts.push(format!("keys {}", h.describe(retention)));
+    }
+    if c.clocks.paused {
+        parts.push("rotations paused at the key bound".to_string());
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let p = status::Problem::new(Code::ClockSkew, parts.join("; "));
+    let critical = c.clocks.paused || c.clocks.hold.as_ref().is_some_and(|h| h.lasting());
+    Some(match critical {
+        true => p.at(crate::core::problem::Level::Critical),
+        false => p,
+    })
+}
+
 fn instant_of(t: DateTime<Utc>) -> Instant {
     let now = Instant::now();
     match (t - Utc::now()).to_std() {
@@ -512,7 +552,7 @@ impl Daemon {
                 expected_primary: None,
             },
             decryptable: s.m.settings.key_decryptable(),
-            margin: s.m.settings.lifetime.margin,
+            margin: crate::cluster::skew_tolerance(s.m.settings.kind, s.m.settings.lifetime.margin),
             pre_rotate: s
                 .m
                 .settings
@@ -535,6 +575,7 @@ impl Daemon {
             degraded: None,
             gate: Gate::default(),
             skewed: Vec::new(),
+            clocks: Clocks::default(),
         });
     }
 
@@ -573,16 +614,49 @@ impl Daemon {
                 };
                 self.refuse(index, line, true);
             }
-            Report::ClockSkew { nodes } => {
-                if !nodes.is_empty() && nodes.len() != c.skewed.len() {
+            Report::ClockSkew {
+                nodes,
+                unanswered,
+                hold,
+                paused,
+            } => {
+                let retention = s.m.settings.lifetime.retention();
+                let kept = hold.as_ref().map_or("purges resume".to_string(), |h| {
+                    format!("keys {}", h.describe(retention))
+                });
+                let names = |v: &[(String, chrono::Duration)]| {
+                    v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+                };
+                if !nodes.is_empty() && names(&nodes) != names(&c.skewed) {
                     tracing::warn!(
-                        "{kind}: rotated but purged nothing: clocks off by more than the margin: {}",
+                        "{kind}: clocks off by more than the margin: {}; {kept}",
                         crate::cluster::describe_skew(&nodes)
                     );
                 } else if nodes.is_empty() && !c.skewed.is_empty() {
-                    tracing::info!("{kind}: every node's clock agrees again; purges resume");
+                    tracing::info!(
+                        "{kind}: every node's clock agrees again (fresh readings); {kept}"
+                    );
+                }
+                if !unanswered.is_empty() && unanswered != c.clocks.unanswered {
+                    tracing::warn!(
+                        "{kind}: purged nothing: no clock reading from {}",
+                        unanswered.join(", ")
+                    );
+                }
+                let was_lasting = c.clocks.hold.as_ref().is_some_and(|h| h.lasting());
+                if let Some(h) = hold.as_ref().filter(|h| h.lasting() && !was_lasting) {
+                    tracing::error!(
+                        "{kind}: clock skew lasted {} rotations: keys {}",
+                        h.rotations,
+                        h.describe(retention)
+                    );
                 }
                 c.skewed = nodes;
+                c.clocks = Clocks {
+                    unanswered,
+                    hold,
+                    paused,
+                };
             }
             Report::Applied {
                 changes,
@@ -611,6 +685,9 @@ impl Daemon {
                     tracing::info!("{kind}: leading this repository's rotations");
                 } else {
                     tracing::info!("{kind}: no longer leading");
+                    // The clocks are the leader's to judge: the new one reports them.
+                    c.skewed.clear();
+                    c.clocks = Clocks::default();
                 }
             }
             Report::Rotated {

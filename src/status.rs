@@ -19,6 +19,9 @@ const OVERDUE_GRACE: chrono::Duration = chrono::Duration::minutes(5);
 pub struct Retained {
     pub key: u64,
     pub until: DateTime<Utc>,
+    /// Why the key stays past its own window, when the cluster says (a hold for skew).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -353,6 +356,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
     {
         if let Some(r) = history.keys.get(&n) {
             sum.retained.push(Retained {
+                held: None,
                 key: n,
                 until: r.retained_until(retention, &judged),
             });
@@ -438,6 +442,16 @@ pub struct ClusterView {
     pub refused: Option<String>,
     /// Nodes whose clocks are off by more than the margin (purges are held), and by how much.
     pub skewed: Vec<(String, i64)>,
+    /// The hold on purges the leader recorded with its last rotation, from fresh clock
+    /// readings ([`crate::cluster::SkewHold`]), while its window is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skew_hold: Option<crate::cluster::SkewHold>,
+    /// When that hold's window closes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skew_hold_until: Option<DateTime<Utc>>,
+    /// What the hold says ("held for skew of node b (15s ahead) until ...").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skew_hold_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -499,6 +513,9 @@ pub fn cluster_view(
         leader,
         refused,
         skewed: Vec::new(),
+        skew_hold: None,
+        skew_hold_until: None,
+        skew_hold_reason: None,
     }
 }
 
@@ -515,6 +532,20 @@ impl ClusterView {
             .into_iter()
             .map(|(n, d)| (n, d.num_seconds()))
             .collect();
+    }
+
+    /// Notes the leader's hold on purges for skew while its window (by `retention`) is open
+    /// at `now`.
+    pub fn judge_hold(
+        &mut self,
+        hold: Option<crate::cluster::SkewHold>,
+        retention: std::time::Duration,
+        now: DateTime<Utc>,
+    ) {
+        let open = hold.filter(|h| h.until(retention) > now);
+        self.skew_hold_until = open.as_ref().map(|h| h.until(retention));
+        self.skew_hold_reason = open.as_ref().map(|h| h.describe(retention));
+        self.skew_hold = open;
     }
 
     /// Judges the promotion gate as the leader does: a rotation `due` and held by members that
@@ -578,6 +609,20 @@ impl Summary {
                             crate::cluster::describe_skew(&nodes)
                         ),
                     );
+                }
+                if let (Some(h), Some(until), Some(why)) =
+                    (&v.skew_hold, v.skew_hold_until, &v.skew_hold_reason)
+                {
+                    // Kept past its own window for the skew: say so, not a time in the past.
+                    for r in self.retained.iter_mut().filter(|r| r.until < until) {
+                        r.until = until;
+                        r.held = Some(why.clone());
+                    }
+                    let p = Problem::new(Code::ClockSkew, format!("keys {why}"));
+                    self.add(&match h.lasting() {
+                        true => p.at(Level::Critical),
+                        false => p,
+                    });
                 }
                 if !v.in_sync && v.refused.is_none() {
                     self.raise(

@@ -1527,6 +1527,7 @@ fn a_rotation_is_fenced_on_the_leader_claim_and_judged_due_on_the_set_it_reads()
             fence,
             schedule: None,
             member_timeout: None,
+            probe_wait: std::time::Duration::from_millis(200),
         };
         let (before, _) = c.fetch(Kind::Tokens).await.unwrap();
         let stale = c.rotate(Kind::Tokens, &request(Some(("x", x.id)))).await;

@@ -147,6 +147,7 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                         fence: Some((&n.name, n.lease)),
                         schedule: Some(&hourly),
                         member_timeout: None,
+                        probe_wait: Duration::ZERO,
                     };
                     match c.rotate(Kind::Tokens, &request).await {
                         Ok(_) => promotions.push(wall),

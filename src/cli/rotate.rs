@@ -167,7 +167,7 @@ fn rotate_cluster(
     let repo = Repository::new(&s.key_repository, None);
     let local = repo.history().unwrap_or_default();
     let clock = repo.judging_clock(clock);
-    let margin = s.lifetime.margin;
+    let margin = crate::cluster::skew_tolerance(kind, s.lifetime.margin);
     let request = crate::cluster::Rotation {
         params,
         now: &clock,
@@ -176,6 +176,7 @@ fn rotate_cluster(
         fence: None,
         schedule: None,
         member_timeout: cluster.member_timeout,
+        probe_wait: crate::cluster::PROBE_WAIT,
     };
     let r = block_on(async {
         let mut c = crate::cluster::Cluster::connect(&cluster).await?;
@@ -185,10 +186,25 @@ fn rotate_cluster(
         say(
             Severity::Warning,
             &format!(
-                "warning: purged nothing: clocks off by more than the margin ({}): {}",
+                "warning: clocks off by more than the margin ({}): {}",
                 crate::core::duration::format(margin),
                 crate::cluster::describe_skew(&r.skewed)
             ),
+        );
+    }
+    if !r.unanswered.is_empty() {
+        say(
+            Severity::Warning,
+            &format!(
+                "warning: purged nothing: no clock reading from {}",
+                r.unanswered.join(", ")
+            ),
+        );
+    }
+    if let Some(h) = &r.hold {
+        say(
+            Severity::Warning,
+            &format!("warning: keys {}", h.describe(params.retention)),
         );
     }
     println!(

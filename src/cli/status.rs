@@ -145,11 +145,14 @@ fn print_status(sums: &[status::Summary], now: DateTime<Utc>) {
         );
         println!("  judged from: {}", s.view);
         for r in &s.retained {
-            println!(
-                "  key {} kept beyond max_active_keys until {}",
-                r.key,
-                rfc3339(r.until)
-            );
+            match &r.held {
+                Some(why) => println!("  key {} kept beyond max_active_keys: {why}", r.key),
+                None => println!(
+                    "  key {} kept beyond max_active_keys until {}",
+                    r.key,
+                    rfc3339(r.until)
+                ),
+            }
         }
         for p in &s.problems {
             println!("  {} [{}]", p.message, p.code);
@@ -252,8 +255,11 @@ async fn cluster_views(
                 cluster.member_timeout,
                 clock.wall,
             );
-            let margin = m.settings.lifetime.margin;
+            let margin =
+                crate::cluster::skew_tolerance(m.settings.kind, m.settings.lifetime.margin);
             view.judge_clocks(&acks, set.history.last_rotation, margin, clock.wall);
+            let hold = c.skew_hold(kind).await.map_err(unreachable)?;
+            view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
             Ok(view)
         }
         .await;
@@ -302,11 +308,14 @@ fn status_picture(
         ),
     ];
     for r in &sum.retained {
-        notes.push(format!(
-            "key {} kept beyond max_active_keys until {}",
-            r.key,
-            rfc3339(r.until)
-        ));
+        notes.push(match &r.held {
+            Some(why) => format!("key {} kept beyond max_active_keys: {why}", r.key),
+            None => format!(
+                "key {} kept beyond max_active_keys until {}",
+                r.key,
+                rfc3339(r.until)
+            ),
+        });
     }
     if !on_disk {
         notes.push("no keys on disk".into());

@@ -141,8 +141,9 @@ codes! {
         "`max_active_keys` below the planner's, allowed by `allow_unsafe_schedule`";
     ClockInFuture = "clock-in-future", Warning, "a recorded time lies in the future";
     ClockStep = "clock-step", Warning, "the wall clock stepped against the boot clock";
-    ClockSkew = "clock-skew", Warning,
-        "a cluster node's clock is off by more than the margin: purges held";
+    ClockSkew = "clock-skew",
+        Warning("warning; critical once it lasts 3 rotations or rotations pause at the key bound"),
+        "a cluster node's clock is off by more than the margin (fresh readings): keys held for its skew";
     Degraded = "degraded", Warning,
         "cluster mode: etcd lost; serving the current keys, not rotating";
     ClusterUnreachable = "cluster-unreachable", Warning, "`status` could not read the cluster";

@@ -2,6 +2,9 @@
 
     helper.py load DIR            -> JSON list: SHA-256 of each key, in Keystone's load order
     helper.py pack DIR            -> a token packed by Keystone's TokenFormatter
+    helper.py pack-loop DIR SECS INTERVAL -> a token packed by Keystone's TokenFormatter every
+                                     INTERVAL seconds for SECS seconds (keys re-read for each),
+                                     one a line, flushed
     helper.py unpack DIR TOKEN    -> exit 0 if Keystone unpacks it, 1 if it cannot
     helper.py unpack-all DIR TOKEN... -> one line per token Keystone cannot unpack (its index);
                                      exit 0 when it unpacks every one
@@ -186,6 +189,21 @@ def main():
         from keystone.token.token_formatters import TokenFormatter
 
         print(TokenFormatter().pack(b"fernetd interop payload"))
+    elif cmd == "pack-loop":
+        import select
+        import time
+
+        from keystone.token.token_formatters import TokenFormatter
+
+        end = time.monotonic() + float(sys.argv[3])
+        formatter = TokenFormatter()
+        while time.monotonic() < end:
+            try:
+                print(formatter.pack(b"fernetd interop payload"), flush=True)
+            except Exception as e:  # a repository caught mid-write: the next one
+                print("pack:", type(e).__name__, file=sys.stderr, flush=True)
+            # time.sleep fails under libfaketime (EINVAL): a timeout on select instead.
+            select.select([], [], [], float(sys.argv[4]))
     elif cmd == "unpack":
         from keystone.token.token_formatters import TokenFormatter
 
