@@ -106,11 +106,13 @@ pub(super) fn rotate(
 /// change writes, highest first (a rotation's new primary is the old key 0, still on disk:
 /// given its new name by a hard link when it can be); `save` (the history); then key 0 and
 /// the removals. `keys` holds the material (the set's keys). Returns the numbers written, in
-/// the order written.
+/// the order written. `zero_durable`: key 0's content is known to be on disk already (fernetd
+/// wrote it, and fsynced it then), so linking it needs no fsync of it.
 pub(super) fn apply(
     w: &Writer,
     approval: Approval,
     keys: &BTreeMap<u64, Key>,
+    zero_durable: bool,
     save: impl FnOnce() -> Result<()>,
 ) -> Result<Vec<u64>> {
     let change = approval.change();
@@ -134,7 +136,7 @@ pub(super) fn apply(
     let mut written = Vec::new();
     for &(n, k) in writes.iter().rev().filter(|(n, _)| *n > 0) {
         let promoted = staged_on_disk == Some(crate::core::change::Slot::Key(k.fingerprint()));
-        if !(promoted && link_zero(w, n, k, true)?) {
+        if !(promoted && link_zero(w, n, k, !zero_durable)?) {
             place_copy(w, n, k)?;
         }
         written.push(n);

@@ -1033,7 +1033,11 @@ impl Repository {
         // Three steps, each made durable by one directory fsync: the keys above 0, highest
         // first; the history; then key 0 and the removals. A crash between steps leaves every
         // key the cluster may still use on disk, and the next apply finishes the job.
-        let written = executor::apply(&w, approval, &set.keys, || {
+        // A key 0 fernetd wrote here (its history says so) was fsynced when written.
+        let zero_durable = local.keys.get(&0).is_some_and(|r| {
+            r.created.is_some() && disk.get(&0).is_some_and(|&fp| fp == r.fingerprint)
+        });
+        let written = executor::apply(&w, approval, &set.keys, zero_durable, || {
             self.save_history(&w, &history, now)
         })?;
         if written.is_empty() && removed.is_empty() {
