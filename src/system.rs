@@ -5,6 +5,7 @@
 
 use crate::core::clock::{BootStamp, Now};
 use chrono::Utc;
+use std::sync::OnceLock;
 
 impl Now {
     /// Reads both clocks.
@@ -17,12 +18,24 @@ impl Now {
     }
 }
 
+/// The kernel's boot id, read once per process: it cannot change while the process lives
+/// (a reboot ends it), and a node reads the clocks several times per rotation.
+fn boot_id() -> Option<&'static str> {
+    static ID: OnceLock<Option<String>> = OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|id| id.trim().to_string())
+    })
+    .as_deref()
+}
+
 fn boot_stamp() -> Option<BootStamp> {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = boot_id()?;
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
     let ms = u64::try_from(t.tv_sec()).ok()? * 1000 + u64::try_from(t.tv_nsec()).ok()? / 1_000_000;
     Some(BootStamp {
-        boot: id.trim().to_string(),
+        boot: id.to_string(),
         ms,
     })
 }

@@ -66,10 +66,14 @@ fn rotate_kind(
     // and a timer's `rotate` next to it leaves it alone. Looked at first when a pre_rotate
     // hook would run for nothing; the rotation itself looks again under the write lock.
     let defer = sources.file.cluster.is_none() && !manual;
-    // One N everywhere: unset, it is the planner's, as for the daemon and `status`.
-    let m = config::manage(s.clone(), clock.wall)?;
+    // One N everywhere: unset, it is the planner's, as for the daemon and `status`; given,
+    // the schedule's analysis has nothing to add and is not run.
+    let max_active_keys = match s.max_active_keys {
+        Some(n) => n,
+        None => config::manage(s.clone(), clock.wall)?.max_active_keys,
+    };
     let mut params = RotateParams {
-        max_active_keys: m.max_active_keys,
+        max_active_keys,
         retention: s.key_retention(),
         force_purge,
         expected_primary: None,

@@ -19,10 +19,16 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// How many purge records are kept: an audit trail of the recent purges in `state.json` and in
-/// a cluster's key set, and what `recover` needs to finish a purge a crash interrupted (only
-/// the last rotation's records matter for that).
-const PURGED_KEPT: usize = 256;
+/// How many closed purge records are kept (purges by fernetd, and removals outside it whose
+/// lost window is over or never opened). No decision needs an old one: their keys' tokens have
+/// expired, and a purge interrupted by a crash is found by the disk (`reconcile`), not by its
+/// record. The newest few still let `contradictions` refuse a state file that a restored disk
+/// contradicts (its primary or key 0 purged here, or a purge above its primary); a disk older
+/// than these shows every recorded key gone instead, and is reported as losing them. Open
+/// losses (`lost_until` still ahead) are kept whatever their number: repair, the repair
+/// copies and every report of a lost key read them. So the history, `state.json` and a
+/// cluster's key set stop growing with the number of rotations.
+const PURGED_KEPT: usize = 16;
 
 /// Current on-disk format version.
 pub const VERSION: u32 = 1;
@@ -550,19 +556,30 @@ impl History {
     }
 
     fn forget(&mut self, number: u64, fingerprint: Fingerprint, now: DateTime<Utc>) {
-        self.push_purged(PurgedKey {
-            number,
-            fingerprint,
-            at: now,
-            by_fernetd: false,
-            lost_until: None,
-        });
+        self.push_purged(
+            PurgedKey {
+                number,
+                fingerprint,
+                at: now,
+                by_fernetd: false,
+                lost_until: None,
+            },
+            now,
+        );
     }
 
-    fn push_purged(&mut self, p: PurgedKey) {
+    /// Adds `p`, then drops the oldest closed records beyond [`PURGED_KEPT`] (open losses at
+    /// `now` stay).
+    fn push_purged(&mut self, p: PurgedKey, now: DateTime<Utc>) {
         self.purged.push(p);
-        let excess = self.purged.len().saturating_sub(PURGED_KEPT);
-        self.purged.drain(..excess);
+        let open = |p: &PurgedKey| p.lost_until.is_some_and(|u| u > now);
+        let closed = self.purged.iter().filter(|p| !open(p)).count();
+        let mut excess = closed.saturating_sub(PURGED_KEPT);
+        self.purged.retain(|p| {
+            let drop = excess > 0 && !open(p);
+            excess -= usize::from(drop);
+            !drop
+        });
     }
 
     /// Records a completed promotion: old key 0 is now `new_primary`, `staged` is the new 0.
@@ -676,13 +693,16 @@ impl History {
     /// Records that fernetd purged `number` on purpose.
     pub fn record_purge(&mut self, number: u64, now: DateTime<Utc>) {
         if let Some(r) = self.keys.remove(&number) {
-            self.push_purged(PurgedKey {
-                number,
-                fingerprint: r.fingerprint,
-                at: now,
-                by_fernetd: true,
-                lost_until: None,
-            });
+            self.push_purged(
+                PurgedKey {
+                    number,
+                    fingerprint: r.fingerprint,
+                    at: now,
+                    by_fernetd: true,
+                    lost_until: None,
+                },
+                now,
+            );
         }
     }
 }
@@ -855,6 +875,27 @@ mod tests {
         assert_eq!(h.purged.len(), PURGED_KEPT);
         assert!(was_purged(&h, f[f.len() - 1]) && was_purged(&h, f[8]));
         assert!(!was_purged(&h, f[7]));
+    }
+
+    #[test]
+    fn an_open_loss_outlives_any_number_of_purges() {
+        let f = fps(PURGED_KEPT + 9);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(1, f[0])]), t(0));
+        h.reconcile(&BTreeMap::new(), t(0));
+        h.record_loss(1, f[0], t(1000));
+        for (i, fp) in f.iter().enumerate().skip(1) {
+            let n = i as u64 + 1;
+            h.reconcile(&BTreeMap::from([(n, *fp)]), t(i as i64));
+            h.record_purge(n, t(i as i64));
+        }
+        assert_eq!(h.purged.len(), PURGED_KEPT + 1);
+        assert!(h.copies_kept(t(999)).contains(&f[0]));
+        // Once its window closed, it goes with the next purge like any other.
+        h.reconcile(&BTreeMap::from([(99, f[1])]), t(1001));
+        h.record_purge(99, t(1001));
+        assert_eq!(h.purged.len(), PURGED_KEPT);
+        assert!(!was_purged(&h, f[0]));
     }
 
     #[test]

@@ -296,6 +296,38 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    /// What every node receives on every rotation does not grow with the number of
+    /// rotations: the history keeps only the purge records a decision can still need.
+    #[test]
+    fn the_encoded_set_stops_growing() {
+        let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let at = |i: i64| crate::core::clock::Now::from(t0 + chrono::Duration::hours(i));
+        let params = crate::core::rotation::RotateParams {
+            max_active_keys: 3,
+            retention: std::time::Duration::ZERO,
+            force_purge: false,
+            expected_primary: None,
+        };
+        let mut set = KeySet::fresh(&at(0)).unwrap();
+        let mut sizes = Vec::new();
+        for i in 1..=1000 {
+            set = set
+                .rotate(Key::generate().unwrap(), &params, &at(i))
+                .unwrap()
+                .0;
+            if i % 100 == 0 {
+                sizes.push(set.encode().len());
+            }
+        }
+        eprintln!("encoded key set every 100 rotations: {sizes:?} bytes");
+        // Only numbers (keys, the generation, the count of rotations) gain a digit now and then.
+        assert!(
+            sizes.iter().all(|&s| s.abs_diff(sizes[0]) < 32),
+            "{sizes:?}"
+        );
+        assert!(sizes[0] < 4096, "{sizes:?}");
+    }
+
     fn sample() -> KeySet {
         let keys: BTreeMap<u64, Key> = [0, 3, 4]
             .into_iter()

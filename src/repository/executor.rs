@@ -55,9 +55,17 @@ pub(super) fn create(w: &Writer, approval: Approval, keys: &[(u64, &Key)]) -> Re
     Ok(())
 }
 
-/// One rotation, steps 1-5 of the repository's module documentation: `staged` (key 0) and
-/// `new_staged` written to temp files, renamed durably to `new_primary` and `0`; then `save`
-/// (step 4: the decision durable before anything is removed); then the `purge`.
+/// One rotation, the sequence of ARCHITECTURE.md's "The fsync sequence" (four fsyncs, one
+/// more when key 0 was not written by fernetd): `new_staged` written to `.fernetd/staged.tmp`
+/// and fsynced; key 0 (`staged`) given the name `new_primary` by a hard link (a copy through
+/// `.fernetd/primary.tmp` where the filesystem or the file allows no link); `staged.tmp`
+/// renamed to `0`; one fsync of the repository makes both names durable. Then `save` (the
+/// history: its temp file's fsync and one of `.fernetd`, which also makes the temp names'
+/// removal durable), and only then the `purge`, not fsynced: a removal a crash undoes is a
+/// purge interrupted after the save, adopted again and purged by a later rotation.
+/// `zero_durable`: key 0's content is known to be on disk already (fernetd wrote it, and
+/// fsynced it then), so the link needs no fsync of it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn rotate(
     w: &Writer,
     approval: Approval,
@@ -65,6 +73,7 @@ pub(super) fn rotate(
     new_staged: &Key,
     new_primary: u64,
     purge: &[u64],
+    zero_durable: bool,
     save: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     approved_write(w, &approval, new_primary, staged)?;
@@ -72,20 +81,22 @@ pub(super) fn rotate(
     for &n in purge {
         approved_removal(w, &approval, n)?;
     }
-    // Steps 1-3: stage both files durably, then two atomic, durable renames.
     let (internal, repo) = (&w.internal, &w.repo);
-    internal.write_new(PRIMARY_TMP, staged.to_text().as_bytes(), w.owner)?;
+    // Step 1: the new staged key's content durable before any name points at it.
     internal.write_new(STAGED_TMP, new_staged.to_text().as_bytes(), w.owner)?;
-    internal.rename_durable(PRIMARY_TMP, repo, &new_primary.to_string())?;
-    internal.rename_durable(STAGED_TMP, repo, "0")?;
-    // Step 4.
+    // Step 2: the promotion. Recovery tells it happened by the highest key being key 0's.
+    if !link_zero(w, new_primary, staged, !zero_durable)? {
+        internal.write_new(PRIMARY_TMP, staged.to_text().as_bytes(), w.owner)?;
+        internal.rename(PRIMARY_TMP, repo, &new_primary.to_string())?;
+    }
+    // Step 3, then one directory fsync for both names.
+    internal.rename(STAGED_TMP, repo, "0")?;
+    repo.sync()?;
+    // Step 4: the decision durable before anything is removed.
     save()?;
     // Step 5.
     for &n in purge {
         repo.remove(&n.to_string())?;
-    }
-    if !purge.is_empty() {
-        repo.sync()?;
     }
     Ok(())
 }
@@ -95,11 +106,13 @@ pub(super) fn rotate(
 /// change writes, highest first (a rotation's new primary is the old key 0, still on disk:
 /// given its new name by a hard link when it can be); `save` (the history); then key 0 and
 /// the removals. `keys` holds the material (the set's keys). Returns the numbers written, in
-/// the order written.
+/// the order written. `zero_durable`: key 0's content is known to be on disk already (fernetd
+/// wrote it, and fsynced it then), so linking it needs no fsync of it.
 pub(super) fn apply(
     w: &Writer,
     approval: Approval,
     keys: &BTreeMap<u64, Key>,
+    zero_durable: bool,
     save: impl FnOnce() -> Result<()>,
 ) -> Result<Vec<u64>> {
     let change = approval.change();
@@ -123,7 +136,7 @@ pub(super) fn apply(
     let mut written = Vec::new();
     for &(n, k) in writes.iter().rev().filter(|(n, _)| *n > 0) {
         let promoted = staged_on_disk == Some(crate::core::change::Slot::Key(k.fingerprint()));
-        if !(promoted && link_zero(w, n, k)?) {
+        if !(promoted && link_zero(w, n, k, !zero_durable)?) {
             place_copy(w, n, k)?;
         }
         written.push(n);
@@ -259,20 +272,22 @@ pub(super) fn drop_keystone_tmp(w: &Writer) -> Result<()> {
 /// Gives key 0's file the name `n` as well (a hard link) if it holds `key`: a rotation's new
 /// primary is the staged key already on disk, so no file is created and written again (what
 /// a node's apply waits on when many nodes share a disk). The new name is durable once the
-/// caller fsyncs the directory. False when that cannot be done (key 0 is a link or not a
-/// regular file, a file named `n` exists, the filesystem has no hard links, key 0 changed
-/// since the scan): the caller writes a copy over it.
-fn link_zero(w: &Writer, n: u64, key: &Key) -> Result<bool> {
+/// caller fsyncs the directory. With `sync`, key 0's content is fsynced first (another tool
+/// may have written it without; a no-op on the device when it is clean, but still a cache
+/// flush on most). False when that cannot be done (key 0 is a link or not a regular file, a
+/// file named `n` exists, the filesystem has no hard links, key 0 changed since the scan):
+/// the caller writes a copy over it.
+fn link_zero(w: &Writer, n: u64, key: &Key, sync: bool) -> Result<bool> {
     let Ok(Some(file)) = w.repo.open_regular("0", fsio::SMALL_FILE, false) else {
         return Ok(false);
     };
     if !scan::read_key_from(&file).is_ok_and(|k| k.fingerprint() == key.fingerprint()) {
         return Ok(false);
     }
-    // Returns at once when the content is durable (fernetd fsynced it when it wrote it);
-    // makes it durable when another tool wrote key 0 without.
     let zero = w.repo.join("0");
-    file.sync_all().at(&zero)?;
+    if sync {
+        file.sync_all().at(&zero)?;
+    }
     let to = n.to_string();
     if !w.repo.link("0", &to)? {
         return Ok(false);
@@ -346,7 +361,7 @@ mod tests {
         promote.put(2, a.fingerprint());
         promote.put(0, b.fingerprint());
         let saved = std::cell::Cell::new(false);
-        let e = rotate(&w, approve(promote.clone()), &a, &b, 2, &[1], || {
+        let e = rotate(&w, approve(promote.clone()), &a, &b, 2, &[1], false, || {
             saved.set(true);
             Ok(())
         })
@@ -360,7 +375,7 @@ mod tests {
             .unwrap()
             .iter()
             .all(|n| !n.ends_with(".tmp")));
-        rotate(&w, approve(promote), &a, &b, 2, &[], || {
+        rotate(&w, approve(promote), &a, &b, 2, &[], false, || {
             saved.set(true);
             Ok(())
         })

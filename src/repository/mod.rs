@@ -4,12 +4,14 @@
 //! secondary; directory 0700, files 0600. fernetd's own files (lock, state, temp keys) live in
 //! the `.fernetd/` subdirectory, which Keystone's loader skips.
 //!
-//! A rotation, in this order, each step durable (file fsync, rename, directory fsync) before
-//! the next:
-//! 1. write `.fernetd/primary.tmp` (a copy of key 0) and `.fernetd/staged.tmp` (a new key);
-//! 2. rename `primary.tmp` to `max+1`: the staged key is now also the primary;
-//! 3. rename `staged.tmp` to `0`: the new staged key replaces the old name atomically;
-//! 4. save history (promotion, demotion, purge decisions) to `.fernetd/state.json`;
+//! A rotation, in this order (ARCHITECTURE.md, "The fsync sequence", says why each fsync is
+//! there and why there are no more):
+//! 1. write `.fernetd/staged.tmp` (a new key) and fsync it;
+//! 2. link key `0` as `max+1` (a copy via `.fernetd/primary.tmp` where no link can be made):
+//!    the staged key is now also the primary;
+//! 3. rename `staged.tmp` to `0`: the new staged key replaces the old name atomically; one
+//!    fsync of the repository makes 2 and 3 durable;
+//! 4. save history (promotion, demotion, purge decisions) to `.fernetd/state.json`, durably;
 //! 5. unlink the purged keys.
 //!
 //! Invariant: at every instant `0` exists, no key file is ever partially written, and no key
@@ -732,10 +734,15 @@ impl Repository {
                 reason: r.would(),
             })?;
 
-        // Steps 1-3 (the temp files, the two durable renames), step 4, then step 5 (the
-        // purge): the decision is durable before anything is removed. The old primary
-        // encrypted tokens until the new one's rename landed: its demotion (from which its
-        // retention counts) is dated then, not when the rotation began.
+        // Steps 1-3 (the new key 0's file, the promotion, the rename, one directory fsync),
+        // step 4, then step 5 (the purge): the decision is durable before anything is
+        // removed. The old primary encrypted tokens until the new one's name landed: its
+        // demotion (from which its retention counts) is dated then, not when the rotation
+        // began. A key 0 fernetd created was fsynced when written: its link needs no fsync.
+        let zero_durable = history
+            .keys
+            .get(&0)
+            .is_some_and(|r| r.fingerprint == staged.fingerprint() && r.created.is_some());
         executor::rotate(
             &w,
             approval,
@@ -743,6 +750,7 @@ impl Repository {
             &new_staged,
             decision.new_primary,
             &decision.purge,
+            zero_durable,
             || {
                 let landed = now.later_by(began.elapsed());
                 history.record_rotation(decision.new_primary, new_staged.fingerprint(), &landed);
@@ -1040,7 +1048,11 @@ impl Repository {
         // Three steps, each made durable by one directory fsync: the keys above 0, highest
         // first; the history; then key 0 and the removals. A crash between steps leaves every
         // key the cluster may still use on disk, and the next apply finishes the job.
-        let written = executor::apply(&w, approval, &set.keys, || {
+        // A key 0 fernetd wrote here (its history says so) was fsynced when written.
+        let zero_durable = local.keys.get(&0).is_some_and(|r| {
+            r.created.is_some() && disk.get(&0).is_some_and(|&fp| fp == r.fingerprint)
+        });
+        let written = executor::apply(&w, approval, &set.keys, zero_durable, || {
             self.save_history(&w, &history, now)
         })?;
         if written.is_empty() && removed.is_empty() {

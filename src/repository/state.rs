@@ -1,6 +1,6 @@
 //! `.fernetd/state.json`: the repository's history, read and written whole.
 //!
-//! A long-lived repository's history carries the last 256 purges, so parsing it costs far more
+//! A long-lived repository's history carries its recent purges, so parsing it costs more
 //! than everything else a reader does; the daemon reads it after every change. The last file
 //! read or written is therefore kept, parsed, with the identity of the file it came from
 //! (device, inode, size, change time): any write, rename or replacement changes that identity,
