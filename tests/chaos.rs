@@ -586,6 +586,8 @@ struct Run {
     classes: BTreeMap<String, usize>,
     /// Violations per fault class in play (one violation counts under each of its suspects).
     by_fault: BTreeMap<String, usize>,
+    /// (node, fault count) pairs whose excused failures are already in the timeline.
+    noted: BTreeSet<(usize, usize)>,
 }
 
 impl Run {
@@ -636,6 +638,7 @@ impl Run {
             violations: Vec::new(),
             classes: BTreeMap::new(),
             by_fault: BTreeMap::new(),
+            noted: BTreeSet::new(),
         };
         let (code, err) = run_bounded(
             run.nodes[0].command(&["cluster", "init"]),
@@ -755,6 +758,13 @@ impl Run {
             }
             let status = self.status(j);
             if excused {
+                let label = self.nodes[j].label.clone();
+                if self.nodes[j].unrepaired && self.noted.insert((j, self.faults)) {
+                    self.event(format!(
+                        "{label}: {} token(s) fail while its key is lost, `fernetd status` exits {status}",
+                        lost.len()
+                    ));
+                }
                 if self.nodes[j].unrepaired && status != 2 {
                     let k = lost[0];
                     self.tokens[k].failed_on.insert(j);
