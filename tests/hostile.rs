@@ -396,7 +396,7 @@ fn standard_alphabet_key() -> String {
 /// owner fernetd runs as) is never overwritten from a copy: the first is a replacement,
 /// said critical; the second is unknown content, refused. Both files keep their bytes.
 #[test]
-fn as_nobody_repair_never_writes_over_what_keystone_may_read() {
+fn as_root_a_key_owners_repair_never_writes_over_what_keystone_may_read() {
     let s = Scene::new();
     let config = s.t.path().join("keep.toml");
     std::fs::write(
