@@ -41,5 +41,6 @@ pub mod problem;
 pub mod rotation;
 pub mod scan;
 pub mod schedule;
+pub mod skew;
 pub mod timeline;
 pub mod token;

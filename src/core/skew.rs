@@ -1,0 +1,366 @@
+//! Clocks across cluster nodes, judged: a member's acknowledgement and the clock reading it
+//! carries, a fresh reading's offset against the leader's clock with the round trip as its
+//! error bar, and the hold on purges a skew calls for (its size, how long, when it escalates,
+//! the key set's bound meanwhile). The cluster module reads and writes these values in etcd;
+//! the decisions are here.
+//!
+//! Invariant: pure. Nothing here reads a clock or the network; every time is an argument.
+
+use std::time::Duration;
+
+/// A member's acknowledgement, stored under `{prefix}/{kind}/acks/{node}` without a lease: it
+/// applied the key set at `revision`, whose staged key 0 has fingerprint `staged`. The record
+/// is the node's membership: the promotion gate waits for every member, reachable or not,
+/// until an operator removes it (or `member_timeout` passes since it was last heard from).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ack {
+    pub node: String,
+    pub revision: i64,
+    pub staged: crate::core::key::Fingerprint,
+    /// The node's wall clock when it wrote this: the leader holds purges while a node's
+    /// clock is off by more than the margin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Ack {
+    /// A member that has applied nothing: a malformed record, one removed, or one `cluster
+    /// init --members` names before its daemon first acknowledges (`clock`: from when).
+    pub fn holding_nothing(node: &str, clock: Option<chrono::DateTime<chrono::Utc>>) -> Ack {
+        Ack {
+            node: node.to_string(),
+            revision: 0,
+            staged: crate::core::key::Fingerprint::NONE,
+            clock,
+        }
+    }
+}
+
+/// Nodes whose wall clock differs from this one's by more than `tolerance`, as their
+/// acknowledgements show, with how much at least (positive: ahead). Every acknowledgement was
+/// written before `now`, when the leader reads it; one of the key set at `revision` was also
+/// written after that set was committed, so after `committed` (its last rotation, on the clock
+/// of the node that made it). A clock reading outside that span by more than the tolerance is
+/// off by at least that much. Pure.
+pub fn skewed(
+    acks: &[Ack],
+    revision: i64,
+    committed: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    tolerance: Duration,
+) -> Vec<(String, chrono::Duration)> {
+    let tolerance = crate::core::history::to_chrono(tolerance);
+    acks.iter()
+        .filter_map(|a| {
+            let c = a.clock?;
+            let off = if c > now + tolerance {
+                c - now
+            } else if a.revision == revision && committed.is_some_and(|t| c + tolerance < t) {
+                c - committed?
+            } else {
+                return None;
+            };
+            Some((a.node.clone(), off))
+        })
+        .collect()
+}
+
+/// The members the promotion of `staged` waits for: those whose last acknowledgement does not
+/// hold it, except members not heard from for `member_timeout` (when one is configured). Pure.
+pub fn waiting_on(
+    acks: &[Ack],
+    staged: crate::core::key::Fingerprint,
+    now: chrono::DateTime<chrono::Utc>,
+    member_timeout: Option<Duration>,
+) -> Vec<String> {
+    let gone = |a: &Ack| {
+        member_timeout.is_some_and(|t| {
+            a.clock
+                .is_some_and(|c| now - c > crate::core::history::to_chrono(t))
+        })
+    };
+    acks.iter()
+        .filter(|a| a.staged != staged && !gone(a))
+        .map(|a| a.node.clone())
+        .collect()
+}
+
+/// "node b (3d ahead)", for messages about skewed clocks.
+pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
+    let parts: Vec<String> = skewed
+        .iter()
+        .map(|(n, off)| {
+            let size = describe_size(*off);
+            let way = if *off > chrono::Duration::zero() {
+                "ahead"
+            } else {
+                "behind"
+            };
+            format!("node {n} ({size} {way})")
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// A member's clock reading, stored under `{prefix}/{kind}/clocks/{node}` under its session's
+/// lease (so the key exists exactly while the node's daemon is connected: a live member). A
+/// session writes one when it opens (`probe` 0) and again for each probe the leader posts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reading {
+    pub node: String,
+    /// The probe this reading answers (0: none, the session's opening record).
+    pub probe: u64,
+    /// The node's wall clock when it saw the probe.
+    pub clock: chrono::DateTime<chrono::Utc>,
+}
+
+/// A node's clock measured against the leader's: (the node's reading) minus (the leader's clock
+/// at the same moment) lies in `low..=high`. The leader read its clock at `sent` before posting
+/// the probe and at `seen` once it read the answer, so the node read its clock between the two
+/// by the leader's: `high - low` is the round trip, the error bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offset {
+    pub node: String,
+    pub low: chrono::Duration,
+    pub high: chrono::Duration,
+}
+
+impl Offset {
+    /// The offset of a node that read `clock` while the leader's clock went from `sent` to
+    /// `seen`.
+    pub fn measure(
+        node: &str,
+        clock: chrono::DateTime<chrono::Utc>,
+        sent: chrono::DateTime<chrono::Utc>,
+        seen: chrono::DateTime<chrono::Utc>,
+    ) -> Offset {
+        let (a, b) = (clock - seen, clock - sent);
+        Offset {
+            node: node.to_string(),
+            low: a.min(b),
+            high: a.max(b),
+        }
+    }
+
+    /// The middle of the error bar: what is reported as the node's offset.
+    pub fn estimate(&self) -> chrono::Duration {
+        self.low + (self.high - self.low) / 2
+    }
+
+    /// Whether the node's clock is off by more than `tolerance` whatever the round trip hid.
+    pub fn beyond(&self, tolerance: chrono::Duration) -> bool {
+        self.low > tolerance || self.high < -tolerance
+    }
+
+    /// The most the node's clock may be off by.
+    pub fn bound(&self) -> chrono::Duration {
+        self.low.abs().max(self.high.abs())
+    }
+}
+
+/// What the leader knows of the other members' clocks before a purge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClockEvidence {
+    /// Fresh readings, one per node that answered this rotation's probe.
+    pub fresh: Vec<Offset>,
+    /// Nodes whose daemon is connected (their reading key lives) but did not answer in time:
+    /// their clock is unknown.
+    pub unanswered: Vec<String>,
+}
+
+/// Whether fresh readings show this node's clock in agreement with the others': at least one
+/// node answered and every answer is within `tolerance` whatever the round trip hid. Pure.
+pub fn agrees(evidence: &ClockEvidence, tolerance: Duration) -> bool {
+    let tol = crate::core::history::to_chrono(tolerance);
+    !evidence.fresh.is_empty() && evidence.fresh.iter().all(|o| o.bound() <= tol)
+}
+
+/// Purges held for a skewed clock, as the leader records it under `{prefix}/{kind}/skew-hold`
+/// (written in the rotation's own transaction). A node ahead by `size` stamps its tokens'
+/// expiry `size` late, and one behind by `size` takes them as valid `size` longer: every key
+/// it may have used then stays `size` longer than the retention, until the window of the last
+/// moment it may have been off closes (`last_seen + retention + size`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SkewHold {
+    /// The node off by the most (the one the keys are held for).
+    pub node: String,
+    /// How much longer keys stay, in milliseconds: the spread between the fastest and the
+    /// slowest clock (the leader's included) at most.
+    pub size_ms: i64,
+    /// How far off `node` itself was at most, in milliseconds (either way; 0: not recorded).
+    #[serde(default)]
+    pub node_ms: i64,
+    /// Whether it was ahead.
+    pub ahead: bool,
+    /// The last rotation that saw it off, or the first that found it agreeing again after
+    /// (it may have been off right up to that reading), by the leader's clock.
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+    /// Rotations in a row that saw a clock off by more than the margin (0 once every clock
+    /// agrees again while the window is still open).
+    pub rotations: u32,
+    /// Whether the last reading found it off (the window then counts from the next reading
+    /// that finds it agreeing).
+    #[serde(default)]
+    pub seen_off: bool,
+}
+
+/// Held rotations in a row after which a lasting skew is critical rather than a warning.
+pub const SKEW_CRITICAL_ROTATIONS: u32 = 3;
+
+/// The most keys a key set holds while purges are held for skew: twice `max_active_keys`
+/// (at least three more). At the bound rotations pause, keys kept, critical: a set that grows
+/// without end outgrows etcd's request limit and takes the leadership with it.
+pub fn key_bound(max_active_keys: u64) -> usize {
+    let n = usize::try_from(max_active_keys).unwrap_or(usize::MAX);
+    n.saturating_mul(2).max(n.saturating_add(3))
+}
+
+impl SkewHold {
+    pub fn size(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(self.size_ms)
+    }
+
+    /// When the window of the keys it holds closes.
+    pub fn until(&self, retention: Duration) -> chrono::DateTime<chrono::Utc> {
+        crate::core::clock::later(self.last_seen, retention)
+            .checked_add_signed(self.size())
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    }
+
+    /// Critical rather than a warning: it lasted [`SKEW_CRITICAL_ROTATIONS`] rotations.
+    pub fn lasting(&self) -> bool {
+        self.rotations >= SKEW_CRITICAL_ROTATIONS
+    }
+
+    /// "held for skew of node b (15s ahead) until 2026-...": the kept keys' reason.
+    pub fn describe(&self, retention: Duration) -> String {
+        let way = if self.ahead { "ahead" } else { "behind" };
+        // The node's own offset, and the spread when another clock off the other way (beyond
+        // the round trips) makes it larger.
+        let spread = describe_size(self.size());
+        let own = describe_size(chrono::Duration::milliseconds(self.node_ms));
+        let size = match self.node_ms > 0 && own != spread {
+            true => format!("{own} {way}; {spread} between the fastest and slowest clocks"),
+            false => format!("{spread} {way}"),
+        };
+        format!(
+            "held for skew of node {} ({size}) until {}",
+            self.node,
+            self.until(retention)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// What the leader's rotation does about clocks: see [`judge_skew`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkewJudgement {
+    /// Nodes off by more than the margin now (estimate; positive: ahead).
+    pub skewed: Vec<(String, chrono::Duration)>,
+    /// Live nodes whose clock could not be read.
+    pub unanswered: Vec<String>,
+    /// Purge nothing at all: a clock is off by an unknown amount (a node that did not answer,
+    /// or one judged only by an old acknowledgement).
+    pub hold_all: bool,
+    /// The hold to record (None: none, or its window closed).
+    pub hold: Option<SkewHold>,
+}
+
+impl SkewJudgement {
+    /// How much longer than the retention keys stay.
+    pub fn extra(&self) -> Option<Duration> {
+        if self.hold_all {
+            return Some(Duration::MAX);
+        }
+        self.hold
+            .as_ref()
+            .map(|h| h.size().to_std().unwrap_or_default())
+    }
+}
+
+/// Judges the clocks before a purge at `now` (the leader's clock): fresh readings first, a
+/// stale acknowledgement only for a member whose daemon is not connected (`stale`, from
+/// [`skewed`]). A node off by more than `tolerance` extends the hold; the hold's window
+/// (see [`SkewHold`]) outlives the skew. `rotation`: judged for a rotation (counted towards
+/// [`SKEW_CRITICAL_ROTATIONS`]), not for the leader's watch between rotations. Pure.
+pub fn judge_skew(
+    evidence: &ClockEvidence,
+    stale: &[(String, chrono::Duration)],
+    prior: Option<&SkewHold>,
+    tolerance: Duration,
+    retention: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+    rotation: bool,
+) -> SkewJudgement {
+    let counted = u32::from(rotation);
+    let tol = crate::core::history::to_chrono(tolerance);
+    let off: Vec<&Offset> = evidence.fresh.iter().filter(|o| o.beyond(tol)).collect();
+    let mut skewed: Vec<(String, chrono::Duration)> =
+        off.iter().map(|o| (o.node.clone(), o.estimate())).collect();
+    skewed.extend(stale.iter().cloned());
+    // A token made by the fastest clock is checked by the slowest: what the margin must cover
+    // is the spread between them (the leader's own clock counts, at 0), not one node's offset.
+    let zero = chrono::Duration::zero();
+    let most = |f: &dyn Fn(&Offset) -> chrono::Duration| {
+        evidence.fresh.iter().map(f).max().unwrap_or(zero).max(zero)
+    };
+    let certain = most(&|o| o.low) + most(&|o| -o.high);
+    let spread = most(&|o| o.high) + most(&|o| -o.low);
+    let worst = evidence
+        .fresh
+        .iter()
+        .max_by_key(|o| o.bound())
+        .filter(|_| !off.is_empty() || certain > tol);
+    let open = prior.filter(|h| h.until(retention) > now);
+    let hold = match (worst, open) {
+        (Some(w), prior) => {
+            let bigger = prior.is_none_or(|p| spread >= p.size());
+            let (node, size, node_ms, ahead) = match (bigger, prior) {
+                (false, Some(p)) => (p.node.clone(), p.size(), p.node_ms, p.ahead),
+                _ => (
+                    w.node.clone(),
+                    spread,
+                    w.bound().num_milliseconds(),
+                    w.estimate() > chrono::Duration::zero(),
+                ),
+            };
+            Some(SkewHold {
+                node,
+                size_ms: size.num_milliseconds(),
+                node_ms,
+                ahead,
+                last_seen: now,
+                rotations: prior.map_or(0, |p| p.rotations).saturating_add(counted),
+                seen_off: true,
+            })
+        }
+        (None, Some(p)) if !stale.is_empty() || !evidence.unanswered.is_empty() => Some(SkewHold {
+            rotations: p.rotations.saturating_add(counted),
+            ..p.clone()
+        }),
+        // Agreeing again: the node may have been off right up to this reading (it was at the
+        // last one), so the window counts from now.
+        (None, Some(p)) => Some(SkewHold {
+            rotations: 0,
+            last_seen: if p.seen_off { now } else { p.last_seen },
+            seen_off: false,
+            ..p.clone()
+        }),
+        (None, None) => None,
+    };
+    SkewJudgement {
+        skewed,
+        unanswered: evidence.unanswered.clone(),
+        hold_all: !stale.is_empty() || !evidence.unanswered.is_empty(),
+        hold,
+    }
+}
+
+/// "15s", "1.2s", "3d": a skew's size for humans (to the tenth of a second under a minute).
+pub fn describe_size(d: chrono::Duration) -> String {
+    let ms = d.num_milliseconds().unsigned_abs();
+    if ms < 10_000 && ms % 1000 != 0 {
+        return format!("{}.{}s", ms / 1000, (ms % 1000) / 100);
+    }
+    crate::core::duration::format(Duration::from_secs(((ms + 500) / 1000).max(1)))
+}
