@@ -932,6 +932,7 @@ mod tests {
                 at: t(at),
                 by_fernetd: by,
                 lost_until: None,
+                since_boot: None,
             });
         }
         let mut disk: BTreeMap<u64, Fingerprint> =

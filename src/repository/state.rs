@@ -137,6 +137,7 @@ mod tests {
             at: chrono::DateTime::UNIX_EPOCH,
             by_fernetd: true,
             lost_until: None,
+            since_boot: None,
         });
         h
     }
