@@ -348,6 +348,38 @@ fn rotate_twice(dir: &Path, cfg: &Path) {
     );
 }
 
+/// Keys 0-3, primary 3, tokens that live an hour (no allow_expired window, no margin), a
+/// daily schedule, `repair` as given.
+fn hour_window(t: &Path, repair: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = t.join("keys");
+    let keystone = t.join("keystone.conf");
+    std::fs::write(
+        &keystone,
+        "[token]\nexpiration = 3600\nallow_expired_window = 0\n",
+    )
+    .unwrap();
+    let cfg = t.join("fernetd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"{}\"\nschedule = \"1d\"\nmax_active_keys = 10\nmargin = \"0s\"\nrepair = {repair}\n",
+            keystone.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    rotate_twice(&dir, &cfg);
+    (dir, cfg)
+}
+
+/// The "(until …)" of the first line of `text` that says `what`, to the minute.
+fn until_of(text: &str, what: &str) -> String {
+    let line = text.lines().find(|l| l.contains(what));
+    let line = line.unwrap_or_else(|| panic!("no {what:?} in {text}"));
+    let at = line.find("(until ").unwrap() + 7;
+    line[at..at + 16].to_string()
+}
+
 const LOST_3: &str = "key 3 vanished or changed while tokens it encrypted are still valid";
 
 /// The primary replaced outside fernetd with `repair = true`, then the state file deleted (as
@@ -426,24 +458,7 @@ fn without_repair_a_deleted_state_file_is_an_adoption() {
 fn a_loss_recorded_by_a_clock_stepped_back_stays_open() {
     for repair in [false, true] {
         let t = tempfile::tempdir().unwrap();
-        let dir = t.path().join("keys");
-        let keystone = t.path().join("keystone.conf");
-        std::fs::write(
-            &keystone,
-            "[token]\nexpiration = 3600\nallow_expired_window = 0\n",
-        )
-        .unwrap();
-        let cfg = t.path().join("fernetd.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"{}\"\nschedule = \"1d\"\nmax_active_keys = 10\nmargin = \"0s\"\nrepair = {repair}\n",
-                keystone.display(),
-                dir.display()
-            ),
-        )
-        .unwrap();
-        rotate_twice(&dir, &cfg);
+        let (dir, cfg) = hour_window(t.path(), repair);
         let old = fingerprints(&dir)["3"].clone();
         // Repair restores a removed key; a replaced one it cannot (its number is taken).
         match repair {
@@ -460,10 +475,11 @@ fn a_loss_recorded_by_a_clock_stepped_back_stays_open() {
 
         let st = with(&cfg, &["status"]);
         assert_eq!(st.code, 2, "repair {repair}: {}", st.stdout);
-        let line = st.stdout.lines().find(|l| l.contains(LOST_3));
-        let line = line.unwrap_or_else(|| panic!("repair {repair}: {}", st.stdout));
-        let at = line.find("(until ").unwrap() + 7;
-        assert!(line[at..at + 16] >= *end, "{line} vs {end}");
+        assert!(
+            until_of(&st.stdout, LOST_3) >= end,
+            "{} vs {end}",
+            st.stdout
+        );
         let ck = with(&cfg, &["check"]);
         assert_eq!(ck.code, 2, "repair {repair}: {}", ck.stdout);
         assert!(ck.stdout.contains(LOST_3), "{}", ck.stdout);
@@ -483,6 +499,61 @@ fn a_loss_recorded_by_a_clock_stepped_back_stays_open() {
         d.stop();
         if repair {
             assert!(copies(&dir).contains(&old), "the daemon dropped the copy");
+        }
+    }
+}
+
+/// The daemon's wall clock steps a day back, then the primary goes: the loss it records stays
+/// open by the boot clock once the clock is right, for `status`, `check` and the next
+/// `rotate`, and with repair the lost key's copy stays.
+#[test]
+fn a_daemon_stepped_back_records_a_loss_that_stays_open() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(Path::new(lib).exists(), "libfaketime is required");
+    for repair in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let (dir, cfg) = hour_window(t.path(), repair);
+        let old = fingerprints(&dir)["3"].clone();
+        // libfaketime reads the wall clock's offset from this file at every reading.
+        let offset = t.path().join("offset");
+        std::fs::write(&offset, "+0\n").unwrap();
+        let d = Daemon::start(
+            &["--config", cfg.to_str().unwrap(), "daemon"],
+            &[
+                ("LD_PRELOAD", lib),
+                ("FAKETIME_TIMESTAMP_FILE", offset.to_str().unwrap()),
+                ("FAKETIME_NO_CACHE", "1"),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        );
+        assert!(d.wait_log("ready", Duration::from_secs(10)), "{}", d.log());
+        std::fs::write(&offset, "-1d\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        match repair {
+            true => std::fs::write(dir.join("3"), fernet::Fernet::generate_key()).unwrap(),
+            false => std::fs::remove_file(dir.join("3")).unwrap(),
+        }
+        assert!(d.wait_log(LOST_3, Duration::from_secs(5)), "{}", d.log());
+        d.stop();
+        let end = (chrono::Utc::now() + chrono::Duration::minutes(59))
+            .format("%Y-%m-%dT%H:%M")
+            .to_string();
+        let st = with(&cfg, &["status"]);
+        assert_eq!(st.code, 2, "repair {repair}: {}", st.stdout);
+        assert!(
+            until_of(&st.stdout, LOST_3) >= end,
+            "{} vs {end}",
+            st.stdout
+        );
+        let ck = with(&cfg, &["check"]);
+        assert_eq!(ck.code, 2, "repair {repair}: {}", ck.stdout);
+        let r = with(&cfg, &["rotate"]);
+        assert_eq!(r.code, 3, "repair {repair}: {}{}", r.stdout, r.stderr);
+        if repair {
+            assert!(
+                copies(&dir).contains(&old),
+                "the lost key's copy was dropped"
+            );
         }
     }
 }
