@@ -764,6 +764,34 @@ impl History {
         self.unseen.drain(..excess);
     }
 
+    /// A key set's history about to replace `local` on a node whose disk holds `disk`: what
+    /// the local history alone knows of losses stays (every loss still open at `now`, so it
+    /// is said and its repair copy kept until its window closes), and the material the set
+    /// replaces (approved by the gate: no live token, or forced) is recorded as gone, so that
+    /// its repair copy may go rather than count as a loss nobody recorded.
+    pub fn keep_evidence(&mut self, local: &History, disk: &BTreeMap<u64, Fingerprint>, now: &Now) {
+        // Material the set holds is back: no loss, and no record that would contradict it.
+        let kept: Vec<Fingerprint> = self.keys.values().map(|r| r.fingerprint).collect();
+        for p in &local.purged {
+            let known = self.purged.iter().any(|q| q.fingerprint == p.fingerprint);
+            if !known && !kept.contains(&p.fingerprint) && p.lost_open_until(now).is_some() {
+                self.push_purged(p.clone());
+            }
+        }
+        for u in &local.unseen {
+            let known = self.unseen.iter().any(|v| v.fingerprint == u.fingerprint);
+            if !known && !kept.contains(&u.fingerprint) && u.open_until(now).is_some() {
+                self.unseen.push(u.clone());
+            }
+        }
+        for (&number, &fingerprint) in disk {
+            let recorded = self.purged.iter().any(|p| p.fingerprint == fingerprint);
+            if !kept.contains(&fingerprint) && !recorded {
+                self.forget(number, fingerprint, now);
+            }
+        }
+    }
+
     /// Records that fernetd purged `number` on purpose.
     pub fn record_purge(&mut self, number: u64, now: DateTime<Utc>) {
         if let Some(r) = self.keys.remove(&number) {
@@ -1075,6 +1103,28 @@ mod tests {
         h.record_purge(1, t(2));
         assert!(h.copy_may_go(f[1], &at(3, "a", 3)));
         assert!(!h.copy_may_go(f[0], &at(3, "a", 3)));
+    }
+
+    #[test]
+    fn a_key_set_keeps_the_local_evidence_and_records_what_it_replaces() {
+        let f = fps(5);
+        let now = at(1, "a", 1);
+        let mut local = History::new();
+        local.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1]), (2, f[2])]), t(0));
+        // Key 2 found gone inside its window; a copy's material lost unseen.
+        let disk = BTreeMap::from([(0, f[0]), (1, f[1])]);
+        local.reconcile(&disk, now.clone());
+        local.record_loss(2, f[2], t(5));
+        local.record_unseen(f[3], Duration::from_secs(3600), &now);
+        // The set holds other keys, and key 2's material is not among them.
+        let mut set = History::new();
+        set.reconcile(&BTreeMap::from([(0, f[4]), (1, f[1])]), t(0));
+        set.keep_evidence(&local, &disk, &now);
+        assert!(set.copies_kept(&now).contains(&f[2]));
+        assert!(set.copies_kept(&now).contains(&f[3]));
+        // Local key 0, replaced by the set's: recorded gone, its copy may go.
+        assert!(set.copy_may_go(f[0], &now));
+        assert!(set.contradictions(&set.fingerprints()).is_empty());
     }
 
     #[test]

@@ -1112,6 +1112,7 @@ impl Repository {
                 why: l.why.clone(),
             });
         }
+        history.keep_evidence(&local, &disk, now);
         // The change: the set's keys, the keys kept beyond it, and the files the disk holds
         // that are no key fernetd could read and the set does not replace (left as they are).
         let mut change = Change::from(slots(&scan));
