@@ -23,8 +23,8 @@
 //!   Keystone would (the guard never keeps keys forever);
 //! - a key fernetd knew that was lost outside it inside its window (and not restored) is
 //!   reported critical, by setup, rotate and status alike, until no earlier than the model's
-//!   end of its window (except across a wall-clock step or a rolled-back state file, which
-//!   no record can survive);
+//!   end of its window (a step of the wall clock included: a loss counts by the boot clock;
+//!   except across a rolled-back or deleted state file, which no record can survive);
 //! - with repair, a copy of live material is never removed.
 
 mod common;
@@ -432,10 +432,7 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
                 continue;
             }
             Op::ClockStep { hours } => {
-                // A recorded loss ends at a wall-clock time: a step moves it.
-                for l in w.lost.values_mut() {
-                    l.2 = false;
-                }
+                // A recorded loss counts by the boot clock within a boot: a step moves nothing.
                 w.offset += chrono::Duration::hours(*hours);
                 w.stepped_back |= *hours < 0;
                 let late =

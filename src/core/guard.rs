@@ -401,6 +401,7 @@ pub fn reconcile(
     for l in &lost {
         history.record_loss(l.number, l.fingerprint, l.until);
     }
+    history.keep_removed_copies(retention, now);
     (notes, lost)
 }
 

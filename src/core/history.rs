@@ -146,6 +146,15 @@ pub struct PurgedKey {
     /// close at `lost_until` by the wall clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_boot: Option<BootStamp>,
+    /// Found gone outside fernetd and judged harmless (no `lost_until`): its repair copy is
+    /// kept until then all the same (a whole retention from `at`), in case the history that
+    /// judged it was wrong (a state file rolled back). Absent in older records.
+    #[serde(
+        default,
+        with = "timestamp::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub copy_until: Option<DateTime<Utc>>,
 }
 
 /// A repair copy's material that left the disk while no history recorded it (see
@@ -170,6 +179,15 @@ impl PurgedKey {
             return None;
         }
         open_until(self.at, self.since_boot.as_ref(), self.lost_until?, now)
+    }
+
+    /// Whether the repair copy of a key found gone and judged harmless is still kept at `now`
+    /// (`copy_until`, counted like a loss window).
+    pub fn copy_kept(&self, now: &Now) -> bool {
+        !self.by_fernetd
+            && self
+                .copy_until
+                .is_some_and(|u| open_until(self.at, self.since_boot.as_ref(), u, now).is_some())
     }
 }
 
@@ -593,6 +611,7 @@ impl History {
             by_fernetd: false,
             lost_until: None,
             since_boot: now.boot.clone(),
+            copy_until: None,
         });
     }
 
@@ -704,7 +723,7 @@ impl History {
             .chain(
                 self.purged
                     .iter()
-                    .filter(|p| p.lost_open_until(now).is_some())
+                    .filter(|p| p.lost_open_until(now).is_some() || p.copy_kept(now))
                     .map(|p| p.fingerprint),
             )
             .chain(
@@ -792,6 +811,16 @@ impl History {
         }
     }
 
+    /// Keys found gone at `now` (by [`History::reconcile`]) and judged harmless keep their
+    /// repair copies for a whole `retention` all the same (`copy_until`): history errs late.
+    pub fn keep_removed_copies(&mut self, retention: Duration, now: &Now) {
+        for p in &mut self.purged {
+            if !p.by_fernetd && p.at == now.wall && p.lost_until.is_none() {
+                p.copy_until.get_or_insert(later(now.wall, retention));
+            }
+        }
+    }
+
     /// Records that fernetd purged `number` on purpose.
     pub fn record_purge(&mut self, number: u64, now: DateTime<Utc>) {
         if let Some(r) = self.keys.remove(&number) {
@@ -802,6 +831,7 @@ impl History {
                 by_fernetd: true,
                 lost_until: None,
                 since_boot: None,
+                copy_until: None,
             });
         }
     }
@@ -833,6 +863,7 @@ mod tests {
                 by_fernetd: true,
                 lost_until: None,
                 since_boot: None,
+                copy_until: None,
             };
             let ours = serde_json::to_value(&p).unwrap()["at"].clone();
             assert_eq!(ours, serde_json::to_value(at).unwrap(), "{nanos}");
@@ -994,6 +1025,7 @@ mod tests {
             by_fernetd: true,
             lost_until: None,
             since_boot: None,
+            copy_until: None,
         };
         // The primary (key 3) and the staged key recorded as purged: contradictions.
         let mut forged = h.clone();

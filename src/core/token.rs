@@ -933,6 +933,7 @@ mod tests {
                 by_fernetd: by,
                 lost_until: None,
                 since_boot: None,
+                copy_until: None,
             });
         }
         let mut disk: BTreeMap<u64, Fingerprint> =

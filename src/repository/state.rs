@@ -138,6 +138,7 @@ mod tests {
             by_fernetd: true,
             lost_until: None,
             since_boot: None,
+            copy_until: None,
         });
         h
     }
