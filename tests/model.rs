@@ -4,7 +4,8 @@
 //! Operations: fernetd rotate (guarded or `--force-purge`), fernetd setup, time passing, an
 //! external rotation done exactly as `keystone-manage fernet_rotate` does it, steps of the wall
 //! clock (forward by up to days, or back), reboots (a new boot clock; the wall clock right
-//! again), and a rollback of `.fernetd/state.json` to a copy taken earlier (a restored backup).
+//! again), a rollback of `.fernetd/state.json` to a copy taken earlier (a restored backup), and
+//! its deletion.
 //! fernetd sees the stepped wall clock and the boot clock; the model keeps the real time. What
 //! fernetd cannot know is not modelled: a wall clock that is wrong before fernetd first records
 //! a moment of the boot (it runs `setup` when the daemon starts with the system), or one that
@@ -22,8 +23,8 @@
 //!   Keystone would (the guard never keeps keys forever);
 //! - a key fernetd knew that was lost outside it inside its window (and not restored) is
 //!   reported critical, by setup, rotate and status alike, until no earlier than the model's
-//!   end of its window (except across a wall-clock step or a rolled-back state file, which
-//!   no record can survive);
+//!   end of its window (a step of the wall clock included: a loss counts by the boot clock;
+//!   except across a rolled-back or deleted state file, which no record can survive);
 //! - with repair, a copy of live material is never removed.
 
 mod common;
@@ -63,6 +64,9 @@ enum Op {
     RestoreState {
         back: usize,
     },
+    /// `.fernetd/state.json` is deleted (as the state-unreadable message advises for a
+    /// broken one): fernetd adopts the keys on disk without history.
+    DeleteState,
     /// What `fernetd status` (and `check`) judge: writes nothing.
     Status,
     /// An operator deletes a non-zero key (the `pick`th, modulo), replaces it with another
@@ -93,6 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop_oneof![(1i64..100), (-5i64..0)].prop_map(|hours| Op::ClockStep { hours }),
         1 => Just(Op::Reboot),
         1 => (1usize..4).prop_map(|back| Op::RestoreState { back }),
+        1 => Just(Op::DeleteState),
         2 => Just(Op::Status),
         2 => (any::<usize>(), prop_oneof![Just(Damage::Delete), Just(Damage::Replace), Just(Damage::Corrupt)])
             .prop_map(|(pick, how)| Op::Damage { pick, how }),
@@ -164,6 +169,9 @@ struct World {
     /// promoted and lost while fernetd did not look, with no trace of the promotion left on
     /// disk, looks to it like a staged key replaced: no token lost.
     seen: Vec<String>,
+    /// Every material fernetd has seen as a key that may have made tokens, whatever a state
+    /// file rolled back or deleted since forgot: with repair, its copy is the evidence.
+    ever_seen: std::collections::BTreeSet<String>,
     /// A corrupted key file on disk, by number.
     corrupt: Option<u64>,
 }
@@ -350,14 +358,17 @@ fn status(repo: &Repository, retention: Duration, now: &Now) -> (Vec<(u64, DateT
     let lost = repo
         .lost_keys(&scan, &history, retention, &judged)
         .into_iter()
-        .map(|v| (v.number, v.until))
+        .filter_map(|v| Some((v.number?, v.until)))
         .collect();
     let critical = report.violations().next().is_some();
     (lost, critical)
 }
 
 fn reported(out: &Outcome) -> Vec<(u64, DateTime<Utc>)> {
-    out.lost.iter().map(|v| (v.number, v.until)).collect()
+    out.lost
+        .iter()
+        .filter_map(|v| Some((v.number?, v.until)))
+        .collect()
 }
 
 /// `before` as fernetd saw it once it had restored keys from its copies (a restored key may
@@ -400,6 +411,7 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
         primary_token: (String::new(), String::new()),
         lost: BTreeMap::new(),
         seen: Vec::new(),
+        ever_seen: Default::default(),
         corrupt: None,
     };
     repo.setup(ret, &w.clock()).unwrap();
@@ -421,10 +433,7 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
                 continue;
             }
             Op::ClockStep { hours } => {
-                // A recorded loss ends at a wall-clock time: a step moves it.
-                for l in w.lost.values_mut() {
-                    l.2 = false;
-                }
+                // A recorded loss counts by the boot clock within a boot: a step moves nothing.
                 w.offset += chrono::Duration::hours(*hours);
                 w.stepped_back |= *hours < 0;
                 let late =
@@ -460,6 +469,17 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
                     }
                 }
                 // Keys the old copy does not know are adopted, dated when fernetd next looks.
+                w.restored = true;
+                w.seen.clear();
+                for l in w.lost.values_mut() {
+                    l.2 = false;
+                }
+                continue;
+            }
+            Op::DeleteState => {
+                let _ = std::fs::remove_file(&state);
+                // Every key is adopted, dated when fernetd next looks; what was lost is known
+                // only by its repair copy (with repair), under no number.
                 w.restored = true;
                 w.seen.clear();
                 for l in w.lost.values_mut() {
@@ -603,6 +623,7 @@ fn run(ops: Vec<Op>, max_active_keys: usize, repair: bool) {
             .filter(|(n, _)| *n > 0)
             .map(|(_, k)| k)
             .collect();
+        w.ever_seen.extend(w.seen.iter().cloned());
         // status after every fernetd operation says what it said.
         let (lost, _) = status(&repo, ret, &w.clock());
         w.check_reported(&lost, &ctx);
@@ -652,10 +673,12 @@ fn check_copies(w: &World, dir: &Path, repair: bool, before: &[String], ctx: &st
     }
     let after = copies(dir);
     let on_disk: Vec<String> = keys(dir).into_values().collect();
+    // Whatever the history says now (a state file rolled back or deleted): a copy of material
+    // fernetd once saw is evidence.
     for k in w
         .live()
         .into_iter()
-        .filter(|k| w.seen.contains(k) || on_disk.contains(k))
+        .filter(|k| w.ever_seen.contains(k) || on_disk.contains(k))
     {
         let fp = fingerprint(&k);
         if before.contains(&fp) {

@@ -11,7 +11,7 @@ use std::path::Path;
 pub(super) fn run(a: CheckArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
     let s = Settings::resolve(&flags(&a.repo, &a.owner), config)?;
     let owner = Owner::resolve(s.keystone_user.as_deref(), s.keystone_group.as_deref())?;
-    let repo = Repository::new(&s.key_repository, owner);
+    let repo = Repository::new(&s.key_repository, owner).with_repair(s.repair);
     let scan = repo.scan()?;
     let mut report = check::check(&scan, owner);
     let (history, lost) = match repo.history() {

@@ -62,7 +62,7 @@ pub(super) fn run(a: StatusArgs, config: Option<&Path>, clock: &Now) -> anyhow::
 
 /// One repository's summary from its disk and, when a daemon runs for it, the daemon's view.
 fn summarize(m: &config::Managed, clock: &Now) -> status::Summary {
-    let repo = Repository::new(&m.settings.key_repository, None);
+    let repo = Repository::new(&m.settings.key_repository, None).with_repair(m.settings.repair);
     let mut sum = status::summarize(m, &repo, clock);
     // A running daemon knows what the disk cannot show (a failing rotation, a refused input, a
     // lost etcd): the same words and levels as its STATUS=. A daemon is found by its lock, so
@@ -229,7 +229,8 @@ async fn cluster_views(
             let (set, revision) = c.fetch(kind).await.map_err(unreachable)?;
             let acks = c.acks(kind).await.map_err(unreachable)?;
             let leader = c.leader(kind).await.map_err(unreachable)?;
-            let repo = Repository::new(&m.settings.key_repository, None);
+            let repo =
+                Repository::new(&m.settings.key_repository, None).with_repair(m.settings.repair);
             let local = repo
                 .scan()
                 .map_err(|e| ViewError::Unreachable(e.to_string()))?

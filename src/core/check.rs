@@ -318,20 +318,37 @@ fn key_file(e: &Entry, path: &str, number: u64, owner: Owner, f: &mut Findings) 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionViolation {
     pub path: PathBuf,
-    pub number: u64,
+    /// `None` for material only a repair copy holds, which left the disk unseen (its number
+    /// unknown): `path` is the copy's.
+    pub number: Option<u64>,
+    pub fingerprint: crate::core::key::Fingerprint,
     pub until: DateTime<Utc>,
+}
+
+impl RetentionViolation {
+    /// What was lost, until when, without the path.
+    pub fn what(&self) -> String {
+        let until = self
+            .until
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match self.number {
+            Some(n) => format!(
+                "key {n} vanished or changed while tokens it encrypted are still valid (until \
+                 {until})"
+            ),
+            None => format!(
+                "the key with fingerprint {} left the disk unseen (its repair copy is the only \
+                 record of it; the state file did not know it) while tokens it encrypted may \
+                 still be valid (until {until})",
+                self.fingerprint
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for RetentionViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: key {} vanished or changed while tokens it encrypted are still valid (until {})",
-            self.path.display(),
-            self.number,
-            self.until
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        )
+        write!(f, "{}: {}", self.path.display(), self.what())
     }
 }
 
@@ -358,11 +375,7 @@ pub fn judge_history(
             severity: Severity::Error,
             path: v.path.display().to_string(),
             code: Code::KeyLostInRetention,
-            message: format!(
-                "key {} vanished or changed while tokens it encrypted are still valid (until {})",
-                v.number,
-                v.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
+            message: v.what(),
         });
     }
     report

@@ -242,7 +242,7 @@ pub fn approve(
     now: &Now,
     force: bool,
 ) -> Result<Approval, Refusal> {
-    let kept = history.copies_kept(now.wall);
+    let kept = history.copies_kept(now);
     let live_copies: Vec<Fingerprint> = change
         .copies_dropped
         .iter()
@@ -344,7 +344,7 @@ pub fn open_losses(
         .purged
         .iter()
         .filter_map(|p| {
-            let until = p.lost_until.filter(|u| *u > now.wall)?;
+            let until = p.lost_open_until(now)?;
             Some(Lost {
                 number: p.number,
                 fingerprint: p.fingerprint,
@@ -401,6 +401,7 @@ pub fn reconcile(
     for l in &lost {
         history.record_loss(l.number, l.fingerprint, l.until);
     }
+    history.keep_removed_copies(retention, now);
     (notes, lost)
 }
 
@@ -507,8 +508,8 @@ mod tests {
         assert!(open(t(15)).is_empty());
         // Its copy stays while its tokens live, then goes.
         let fp = lost[0].fingerprint;
-        assert!(h.copies_kept(t(14)).contains(&fp));
-        assert!(!h.copies_kept(t(15)).contains(&fp));
+        assert!(h.copies_kept(&t(14).into()).contains(&fp));
+        assert!(!h.copies_kept(&t(15).into()).contains(&fp));
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct History {
     /// keeps the lineage of the newest set it applied here, and refuses any older one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+    /// Material a repair copy holds that this history does not explain (never recorded, not
+    /// on disk): it left the disk unseen (a state file deleted or replaced), its window
+    /// unknown, so it counts as lost from the moment fernetd found the copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unseen: Vec<UnseenLoss>,
 }
 
 /// Which cluster a key set belongs to and how far it has moved forward. It travels inside the
@@ -142,6 +147,84 @@ pub struct PurgedKey {
         skip_serializing_if = "Option::is_none"
     )]
     pub lost_until: Option<DateTime<Utc>>,
+    /// The boot clock when the loss was recorded (`at`), so that a step of the wall clock
+    /// cannot close its window early. Absent in records written before it was kept: those
+    /// close at `lost_until` by the wall clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_boot: Option<BootStamp>,
+    /// Found gone outside fernetd and judged harmless (no `lost_until`): its repair copy is
+    /// kept until then all the same (a whole retention from `at`), in case the history that
+    /// judged it was wrong (a state file rolled back). Absent in older records.
+    #[serde(
+        default,
+        with = "timestamp::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub copy_until: Option<DateTime<Utc>>,
+}
+
+/// A repair copy's material that left the disk while no history recorded it (see
+/// [`History::unseen`]): lost from `at` for a whole retention, until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnseenLoss {
+    pub fingerprint: Fingerprint,
+    #[serde(with = "timestamp")]
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_boot: Option<BootStamp>,
+    #[serde(with = "timestamp")]
+    pub until: DateTime<Utc>,
+}
+
+impl PurgedKey {
+    /// Until when this loss stays open at `now` ([`open_until`]); `None` for a purge and for a
+    /// key found gone after its window.
+    pub fn lost_open_until(&self, now: &Now) -> Option<DateTime<Utc>> {
+        if self.by_fernetd {
+            return None;
+        }
+        open_until(self.at, self.since_boot.as_ref(), self.lost_until?, now)
+    }
+
+    /// Whether the repair copy of a key found gone and judged harmless is still kept at `now`
+    /// (`copy_until`, counted like a loss window).
+    pub fn copy_kept(&self, now: &Now) -> bool {
+        !self.by_fernetd
+            && self
+                .copy_until
+                .is_some_and(|u| open_until(self.at, self.since_boot.as_ref(), u, now).is_some())
+    }
+}
+
+impl UnseenLoss {
+    /// Until when this loss stays open at `now` ([`open_until`]).
+    pub fn open_until(&self, now: &Now) -> Option<DateTime<Utc>> {
+        open_until(self.at, self.since_boot.as_ref(), self.until, now)
+    }
+}
+
+/// Until when a loss recorded at `at` (on the boot clock `boot`), open until `until` by the
+/// clock of that moment, is still open at `now`: its window (`until - at`) counts like a
+/// retention ([`Now::since`]: within the same boot the smaller of the two clocks' elapsed
+/// times, across boots the wall clock, a recorded time in the future no time), and the end
+/// said is never earlier than the later plausible one. A record without `boot` (written
+/// before it was kept) closes at `until` by the wall clock, as it always did.
+pub fn open_until(
+    at: DateTime<Utc>,
+    boot: Option<&BootStamp>,
+    until: DateTime<Utc>,
+    now: &Now,
+) -> Option<DateTime<Utc>> {
+    if boot.is_none() {
+        return (until > now.wall).then_some(until);
+    }
+    let window = (until - at).to_std().unwrap_or(Duration::ZERO);
+    let rest = window.checked_sub(now.since(at, boot))?;
+    if rest.is_zero() {
+        return None;
+    }
+    Some(until.max(later(now.wall, rest)))
 }
 
 /// Timestamps written exactly as chrono's serde writes them (`2026-11-29T06:17:39.268261551Z`),
@@ -479,6 +562,8 @@ impl History {
         // A key on disk is not purged, whatever a record says (an interrupted purge).
         self.purged
             .retain(|p| !disk.values().any(|fp| *fp == p.fingerprint));
+        self.unseen
+            .retain(|u| !disk.values().any(|fp| *fp == u.fingerprint));
         for (fingerprint, (number, _)) in by_fp {
             if !seen_notes.contains(&Observation::Replaced { number }) {
                 seen_notes.push(Observation::Vanished {
@@ -486,7 +571,7 @@ impl History {
                     fingerprint,
                 });
             }
-            self.forget(number, fingerprint, now.wall);
+            self.forget(number, fingerprint, &now);
         }
         let primary = self.primary();
         if let Some(p) = primary {
@@ -555,24 +640,33 @@ impl History {
         seen_notes
     }
 
-    fn forget(&mut self, number: u64, fingerprint: Fingerprint, now: DateTime<Utc>) {
+    fn forget(&mut self, number: u64, fingerprint: Fingerprint, now: &Now) {
         self.push_purged(
             PurgedKey {
                 number,
                 fingerprint,
-                at: now,
+                at: now.wall,
                 by_fernetd: false,
                 lost_until: None,
+                since_boot: now.boot.clone(),
+                copy_until: None,
             },
-            now,
+            now.wall,
         );
     }
 
-    /// Adds `p`, then drops the oldest closed records beyond [`PURGED_KEPT`] (open losses at
-    /// `now` stay).
+    /// Adds `p`, then drops the oldest closed records beyond [`PURGED_KEPT`]. Open losses and
+    /// copies still kept at `now` stay, and so does a loss stamped with the boot clock for a
+    /// week past its wall-clock end (a wall clock stepped back when it was recorded may have
+    /// dated that end early; `open_until` judges it by the boot clock).
     fn push_purged(&mut self, p: PurgedKey, now: DateTime<Utc>) {
         self.purged.push(p);
-        let open = |p: &PurgedKey| p.lost_until.is_some_and(|u| u > now);
+        let week = chrono::Duration::days(7);
+        let open = |p: &PurgedKey| {
+            p.lost_until.is_some_and(|u| u > now)
+                || p.copy_until.is_some_and(|u| u > now)
+                || (p.since_boot.is_some() && p.lost_until.is_some_and(|u| u + week > now))
+        };
         let closed = self.purged.iter().filter(|p| !open(p)).count();
         let mut excess = closed.saturating_sub(PURGED_KEPT);
         self.purged.retain(|p| {
@@ -675,19 +769,111 @@ impl History {
 
     /// The fingerprints whose repair copies (`repair = true`) must stay: every key this
     /// history holds, and every key found gone or replaced outside fernetd whose tokens are
-    /// still valid at `now` (`lost_until`). Only fernetd's own purge, or the end of a lost
-    /// key's window, lets a copy go. Pure.
-    pub fn copies_kept(&self, now: DateTime<Utc>) -> std::collections::BTreeSet<Fingerprint> {
+    /// still valid at `now` (`lost_until`, [`PurgedKey::lost_open_until`]), and every copy's
+    /// material lost unseen whose window is open ([`History::unseen`]). Pure.
+    pub fn copies_kept(&self, now: &Now) -> std::collections::BTreeSet<Fingerprint> {
         self.keys
             .values()
             .map(|r| r.fingerprint)
             .chain(
                 self.purged
                     .iter()
-                    .filter(|p| !p.by_fernetd && p.lost_until.is_some_and(|u| u > now))
+                    .filter(|p| p.lost_open_until(now).is_some() || p.copy_kept(now))
                     .map(|p| p.fingerprint),
             )
+            .chain(
+                self.unseen
+                    .iter()
+                    .filter(|u| u.open_until(now).is_some())
+                    .map(|u| u.fingerprint),
+            )
             .collect()
+    }
+
+    /// Whether the repair copy of `fingerprint` may leave `.fernetd/copies` at `now`: only on
+    /// positive evidence that its tokens are gone or never mattered, a purge fernetd made, or
+    /// a loss (found gone, or lost unseen) whose window has closed, and never while
+    /// [`History::copies_kept`] keeps it. A copy this history does not explain stays (see
+    /// [`History::unexplained`]). Pure.
+    pub fn copy_may_go(&self, fingerprint: Fingerprint, now: &Now) -> bool {
+        if self.copies_kept(now).contains(&fingerprint) {
+            return false;
+        }
+        self.purged.iter().any(|p| p.fingerprint == fingerprint)
+            || self.unseen.iter().any(|u| u.fingerprint == fingerprint)
+    }
+
+    /// Of the fingerprints of repair copies, those this history does not explain: not a key
+    /// it holds, not on `disk`, no record of a purge or loss. Their material left the disk
+    /// unseen (a state file deleted or replaced).
+    pub fn unexplained(
+        &self,
+        copies: impl IntoIterator<Item = Fingerprint>,
+        disk: &BTreeMap<u64, Fingerprint>,
+    ) -> Vec<Fingerprint> {
+        copies
+            .into_iter()
+            .filter(|fp| {
+                !self.keys.values().any(|r| r.fingerprint == *fp)
+                    && !disk.values().any(|d| d == fp)
+                    && !self.purged.iter().any(|p| p.fingerprint == *fp)
+                    && !self.unseen.iter().any(|u| u.fingerprint == *fp)
+            })
+            .collect()
+    }
+
+    /// Records the material of a repair copy this history does not explain as lost now, for a
+    /// whole `retention` (history errs late): its window is unknown.
+    pub fn record_unseen(&mut self, fingerprint: Fingerprint, retention: Duration, now: &Now) {
+        if self.unseen.iter().any(|u| u.fingerprint == fingerprint) {
+            return;
+        }
+        self.unseen.push(UnseenLoss {
+            fingerprint,
+            at: now.wall,
+            since_boot: now.boot.clone(),
+            until: later(now.wall, retention),
+        });
+        let excess = self.unseen.len().saturating_sub(PURGED_KEPT);
+        self.unseen.drain(..excess);
+    }
+
+    /// A key set's history about to replace `local` on a node whose disk holds `disk`: what
+    /// the local history alone knows of losses stays (every loss still open at `now`, so it
+    /// is said and its repair copy kept until its window closes), and the material the set
+    /// replaces (approved by the gate: no live token, or forced) is recorded as gone, so that
+    /// its repair copy may go rather than count as a loss nobody recorded.
+    pub fn keep_evidence(&mut self, local: &History, disk: &BTreeMap<u64, Fingerprint>, now: &Now) {
+        // Material the set holds is back: no loss, and no record that would contradict it.
+        let kept: Vec<Fingerprint> = self.keys.values().map(|r| r.fingerprint).collect();
+        for p in &local.purged {
+            let known = self.purged.iter().any(|q| q.fingerprint == p.fingerprint);
+            if !known && !kept.contains(&p.fingerprint) && p.lost_open_until(now).is_some() {
+                self.push_purged(p.clone(), now.wall);
+            }
+        }
+        for u in &local.unseen {
+            let known = self.unseen.iter().any(|v| v.fingerprint == u.fingerprint);
+            if !known && !kept.contains(&u.fingerprint) && u.open_until(now).is_some() {
+                self.unseen.push(u.clone());
+            }
+        }
+        for (&number, &fingerprint) in disk {
+            let recorded = self.purged.iter().any(|p| p.fingerprint == fingerprint);
+            if !kept.contains(&fingerprint) && !recorded {
+                self.forget(number, fingerprint, now);
+            }
+        }
+    }
+
+    /// Keys found gone at `now` (by [`History::reconcile`]) and judged harmless keep their
+    /// repair copies for a whole `retention` all the same (`copy_until`): history errs late.
+    pub fn keep_removed_copies(&mut self, retention: Duration, now: &Now) {
+        for p in &mut self.purged {
+            if !p.by_fernetd && p.at == now.wall && p.lost_until.is_none() {
+                p.copy_until.get_or_insert(later(now.wall, retention));
+            }
+        }
     }
 
     /// Records that fernetd purged `number` on purpose.
@@ -700,6 +886,8 @@ impl History {
                     at: now,
                     by_fernetd: true,
                     lost_until: None,
+                    since_boot: None,
+                    copy_until: None,
                 },
                 now,
             );
@@ -732,6 +920,8 @@ mod tests {
                 at,
                 by_fernetd: true,
                 lost_until: None,
+                since_boot: None,
+                copy_until: None,
             };
             let ours = serde_json::to_value(&p).unwrap()["at"].clone();
             assert_eq!(ours, serde_json::to_value(at).unwrap(), "{nanos}");
@@ -890,7 +1080,7 @@ mod tests {
             h.record_purge(n, t(i as i64));
         }
         assert_eq!(h.purged.len(), PURGED_KEPT + 1);
-        assert!(h.copies_kept(t(999)).contains(&f[0]));
+        assert!(h.copies_kept(&Now::from(t(999))).contains(&f[0]));
         // Once its window closed, it goes with the next purge like any other.
         h.reconcile(&BTreeMap::from([(99, f[1])]), t(1001));
         h.record_purge(99, t(1001));
@@ -913,6 +1103,8 @@ mod tests {
             at: t(2),
             by_fernetd: true,
             lost_until: None,
+            since_boot: None,
+            copy_until: None,
         };
         // The primary (key 3) and the staged key recorded as purged: contradictions.
         let mut forged = h.clone();
@@ -961,6 +1153,89 @@ mod tests {
         assert_eq!(h.schedule_basis(), Some(t(2)));
         h.record_rotation(2, f[2], t(5));
         assert_eq!(h.schedule_basis(), Some(t(5)));
+    }
+
+    fn at(wall_h: i64, boot: &str, boot_h: u64) -> Now {
+        Now {
+            wall: t(wall_h),
+            boot: Some(BootStamp {
+                boot: boot.into(),
+                ms: boot_h * 3_600_000,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_loss_window_counts_like_a_retention() {
+        // Recorded at t(0) (boot clock 10 h), open for 5 h by the clock of that moment.
+        let rec = at(0, "a", 10);
+        let open = |now: &Now| open_until(rec.wall, rec.boot.as_ref(), t(5), now);
+        assert_eq!(open(&at(2, "a", 12)), Some(t(5)));
+        assert_eq!(open(&at(5, "a", 15)), None);
+        // The wall clock was a day behind when it was recorded and is right again: 2 h have
+        // passed on the boot clock, so 3 h are left, from the right clock.
+        assert_eq!(open(&at(26, "a", 12)), Some(t(29)));
+        // A step forward closes nothing either; the end said is the later plausible one.
+        assert_eq!(open(&at(100, "a", 12)), Some(t(103)));
+        // Another boot: the wall clock alone, a recorded time in the future no time.
+        assert_eq!(open(&at(6, "b", 1)), None);
+        assert_eq!(open(&at(-30, "b", 1)), Some(t(5)));
+        // A record written before the stamp was kept closes at its end by the wall clock.
+        assert_eq!(open_until(t(0), None, t(5), &at(26, "a", 12)), None);
+        assert_eq!(open_until(t(0), None, t(5), &at(4, "a", 12)), Some(t(5)));
+        // Old state files read: no stamp, no `unseen`.
+        let old = r#"{"version":1,"keys":{},"purged":[{"number":3,
+            "fingerprint":"0000000000000000","at":"2026-01-01T00:00:00Z","by_fernetd":false,
+            "lost_until":"2026-01-01T05:00:00Z"}]}"#;
+        let h: History = serde_json::from_str(old).unwrap();
+        assert_eq!(h.purged[0].since_boot, None);
+        assert!(h.unseen.is_empty());
+        assert!(!serde_json::to_string(&h).unwrap().contains("unseen"));
+    }
+
+    #[test]
+    fn a_copy_goes_only_on_evidence_and_one_unexplained_is_a_loss_from_now() {
+        let f = fps(3);
+        let mut h = History::new();
+        h.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1])]), t(0));
+        let disk = h.fingerprints();
+        let now = at(1, "a", 1);
+        // Not on disk, never recorded: unexplained, kept.
+        assert_eq!(h.unexplained([f[0], f[1], f[2]], &disk), vec![f[2]]);
+        assert!(!h.copy_may_go(f[2], &now));
+        h.record_unseen(f[2], Duration::from_secs(3600), &now);
+        assert!(h.unexplained([f[2]], &disk).is_empty());
+        assert!(h.copies_kept(&now).contains(&f[2]));
+        assert!(!h.copy_may_go(f[2], &at(1, "a", 1)));
+        // Its window closes by the boot clock, not by a wall clock stepped back.
+        assert!(!h.copy_may_go(f[2], &at(30, "a", 1)));
+        assert!(h.copy_may_go(f[2], &at(3, "a", 3)));
+        // A purge fernetd made is evidence.
+        h.record_purge(1, t(2));
+        assert!(h.copy_may_go(f[1], &at(3, "a", 3)));
+        assert!(!h.copy_may_go(f[0], &at(3, "a", 3)));
+    }
+
+    #[test]
+    fn a_key_set_keeps_the_local_evidence_and_records_what_it_replaces() {
+        let f = fps(5);
+        let now = at(1, "a", 1);
+        let mut local = History::new();
+        local.reconcile(&BTreeMap::from([(0, f[0]), (1, f[1]), (2, f[2])]), t(0));
+        // Key 2 found gone inside its window; a copy's material lost unseen.
+        let disk = BTreeMap::from([(0, f[0]), (1, f[1])]);
+        local.reconcile(&disk, now.clone());
+        local.record_loss(2, f[2], t(5));
+        local.record_unseen(f[3], Duration::from_secs(3600), &now);
+        // The set holds other keys, and key 2's material is not among them.
+        let mut set = History::new();
+        set.reconcile(&BTreeMap::from([(0, f[4]), (1, f[1])]), t(0));
+        set.keep_evidence(&local, &disk, &now);
+        assert!(set.copies_kept(&now).contains(&f[2]));
+        assert!(set.copies_kept(&now).contains(&f[3]));
+        // Local key 0, replaced by the set's: recorded gone, its copy may go.
+        assert!(set.copy_may_go(f[0], &now));
+        assert!(set.contradictions(&set.fingerprints()).is_empty());
     }
 
     #[test]

@@ -932,6 +932,8 @@ mod tests {
                 at: t(at),
                 by_fernetd: by,
                 lost_until: None,
+                since_boot: None,
+                copy_until: None,
             });
         }
         let mut disk: BTreeMap<u64, Fingerprint> =

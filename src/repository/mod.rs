@@ -323,7 +323,7 @@ impl Repository {
     fn save_history(&self, w: &Writer, h: &History, now: &Now) -> Result<()> {
         self.state.save(&w.internal, STATE, STATE_TMP, h, w.owner)?;
         if self.repair {
-            self.sync_copies(w, h, now.wall)?;
+            self.sync_copies(w, h, now)?;
         }
         Ok(())
     }
@@ -336,9 +336,11 @@ impl Repository {
     /// Keeps one copy per key in the history, and the copies of keys lost inside their
     /// retention ([`History::copies_kept`]): new keys are copied from the disk (and a copy
     /// that no longer holds its key is written again while the key is on disk); only the
-    /// copies of keys fernetd purged, or whose lost window closed, are deleted, so a key
-    /// purged on purpose can never be restored and one lost outside fernetd always can.
-    fn sync_copies(&self, w: &Writer, h: &History, now: DateTime<Utc>) -> Result<()> {
+    /// copies of keys fernetd purged, or whose lost window closed, are deleted
+    /// ([`History::copy_may_go`]), so a key purged on purpose can never be restored and one
+    /// lost outside fernetd always can. A copy the history does not explain (a state file
+    /// deleted or replaced) stays: it is the evidence of a loss ([`History::unexplained`]).
+    fn sync_copies(&self, w: &Writer, h: &History, now: &Now) -> Result<()> {
         let dir = self.copies(w)?;
         let wanted: std::collections::BTreeSet<String> = h
             .copies_kept(now)
@@ -350,7 +352,11 @@ impl Repository {
         let mut change = Change::default();
         let mut drop = Vec::new();
         for name in dir.names()? {
-            if !wanted.contains(&name) {
+            // Temp files of an interrupted copy go; a copy only on the history's evidence.
+            let may_go = name
+                .parse::<Fingerprint>()
+                .map_or(true, |fp| h.copy_may_go(fp, now));
+            if !wanted.contains(&name) && may_go {
                 change.drop_copy(&name);
                 drop.push(name);
             } else if own_key(&dir, &name)?.is_some_and(|k| k.fingerprint().to_string() == name) {
@@ -370,9 +376,65 @@ impl Repository {
                 write.push(k);
             }
         }
-        let approval = guard::approve(change, h, Duration::ZERO, &now.into(), false)
+        let approval = guard::approve(change, h, Duration::ZERO, now, false)
             .map_err(|r| self.refused("keeping the repair copies", &r))?;
         executor::sync_copies(w, &dir, approval, &drop, &write)
+    }
+
+    /// The fingerprints of the repair copies in `dir` that hold the key they are named after.
+    fn copy_fingerprints(dir: &Dir) -> Result<Vec<Fingerprint>> {
+        let mut out = Vec::new();
+        for name in dir.names()? {
+            let Ok(fp) = name.parse::<Fingerprint>() else {
+                continue;
+            };
+            if own_key(dir, &name)?.is_some_and(|k| k.fingerprint() == fp) {
+                out.push(fp);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `repair = true`: the repair copies whose material `history` does not explain and that
+    /// `disk` does not hold ([`History::unexplained`]), read without the lock (nothing when
+    /// there are no copies).
+    fn unexplained_copies(
+        &self,
+        history: &History,
+        disk: &BTreeMap<u64, Fingerprint>,
+    ) -> Result<Vec<Fingerprint>> {
+        if !self.repair {
+            return Ok(Vec::new());
+        }
+        let Some(copies) = self
+            .open_internal()?
+            .map(|d| d.own(COPIES, self.owner))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(history.unexplained(Self::copy_fingerprints(&copies)?, disk))
+    }
+
+    /// `repair = true`: records, in a history just reconciled with the disk, the material of
+    /// every repair copy it does not explain as lost from now for a whole `retention`
+    /// ([`History::record_unseen`]): it left the disk while no history saw it.
+    fn record_unseen(
+        &self,
+        w: &Writer,
+        history: &mut History,
+        retention: Duration,
+        now: &Now,
+    ) -> Result<()> {
+        if !self.repair {
+            return Ok(());
+        }
+        let copies = Self::copy_fingerprints(&self.copies(w)?)?;
+        for fp in history.unexplained(copies, &history.fingerprints()) {
+            history.record_unseen(fp, retention, now);
+        }
+        Ok(())
     }
 
     /// A change the gate refused, as the error that says so: every key stays.
@@ -430,7 +492,7 @@ impl Repository {
         let lost = history
             .purged
             .iter()
-            .filter(|p| !p.by_fernetd && p.lost_until.is_some_and(|u| u > now.wall))
+            .filter(|p| p.lost_open_until(now).is_some())
             .filter(|p| !history.keys.contains_key(&p.number))
             .map(|p| (p.number, p.fingerprint, true));
         let candidates: Vec<(u64, Fingerprint, bool)> = recorded.chain(lost).collect();
@@ -608,6 +670,7 @@ impl Repository {
             );
             let (notes, _) = guard::reconcile(&mut history, &scan.fingerprints(), retention, now);
             describe_observations(&notes, &mut out);
+            self.record_unseen(&w, &mut history, retention, now)?;
             self.save_history(&w, &history, now)?;
             out.lost = self.still_lost(&history, retention, now);
             let keys = scan.keys();
@@ -666,6 +729,7 @@ impl Repository {
             }
             let (notes, _) = guard::reconcile(&mut history, &disk, params.retention, now);
             describe_observations(&notes, &mut out);
+            self.record_unseen(&w, &mut history, params.retention, now)?;
             self.save_history(&w, &history, now)?;
             out.lost = self.still_lost(&history, params.retention, now);
             out.notes.push(Said::NotRotatedFreshZero);
@@ -710,6 +774,7 @@ impl Repository {
         describe_clock(&history, &disk, now, &self.state_path(), &mut out);
         let (notes, _) = guard::reconcile(&mut history, &disk, params.retention, now);
         describe_observations(&notes, &mut out);
+        self.record_unseen(&w, &mut history, params.retention, now)?;
 
         let numbers: Vec<u64> = keys.keys().copied().collect();
         let decision = rotation::decide(
@@ -812,7 +877,7 @@ impl Repository {
     }
 
     /// The losses still open in a history that matches the disk (each recorded with its
-    /// removal), as what is reported.
+    /// removal, or with the repair copy that was its only evidence), as what is reported.
     fn still_lost(
         &self,
         history: &History,
@@ -820,12 +885,22 @@ impl Repository {
         now: &Now,
     ) -> Vec<RetentionViolation> {
         let lost = guard::open_losses(history, &history.fingerprints(), retention, now);
-        self.violations(lost)
+        let mut out = self.violations(lost);
+        out.extend(
+            self.unseen_violations(
+                history
+                    .unseen
+                    .iter()
+                    .filter_map(|u| Some((u.fingerprint, u.open_until(now)?))),
+            ),
+        );
+        out
     }
 
     /// Every key lost inside its `retention` at `now` as `scan` and `history` show it:
-    /// recorded, or judged from the disk when nothing has recorded it yet. Reads and writes
-    /// nothing (`status`, `check`).
+    /// recorded, or judged from the disk (and, with `repair = true`, from the repair copies
+    /// the history does not explain: lost from now) when nothing has recorded it yet. Reads
+    /// and writes nothing (`status`, `check`).
     pub fn lost_keys(
         &self,
         scan: &Scan,
@@ -834,7 +909,20 @@ impl Repository {
         now: &Now,
     ) -> Vec<RetentionViolation> {
         let disk = present(scan, history);
-        self.violations(guard::open_losses(history, &disk, retention, now))
+        let mut out = self.violations(guard::open_losses(history, &disk, retention, now));
+        out.extend(
+            self.unseen_violations(
+                history
+                    .unseen
+                    .iter()
+                    .filter_map(|u| Some((u.fingerprint, u.open_until(now)?))),
+            ),
+        );
+        // A copy that cannot be read is no evidence `status` can show; a writer reports it.
+        let unexplained = self.unexplained_copies(history, &disk).unwrap_or_default();
+        let until = guard::from_now(retention, now);
+        out.extend(self.unseen_violations(unexplained.into_iter().map(|fp| (fp, until))));
+        out
     }
 
     /// `lost` as reported, with each key's path.
@@ -842,10 +930,25 @@ impl Repository {
         lost.into_iter()
             .map(|l| RetentionViolation {
                 path: key_path(&self.dir, l.number),
-                number: l.number,
+                number: Some(l.number),
+                fingerprint: l.fingerprint,
                 until: l.until,
             })
             .collect()
+    }
+
+    /// Material lost unseen (fingerprint, until when) as reported, with its copy's path.
+    fn unseen_violations(
+        &self,
+        lost: impl Iterator<Item = (Fingerprint, DateTime<Utc>)>,
+    ) -> Vec<RetentionViolation> {
+        lost.map(|(fingerprint, until)| RetentionViolation {
+            path: self.internal().join(COPIES).join(fingerprint.to_string()),
+            number: None,
+            fingerprint,
+            until,
+        })
+        .collect()
     }
 
     /// What the watcher calls after a file event: compares the disk with the recorded history
@@ -856,13 +959,17 @@ impl Repository {
         let history = self.history()?;
         // A corrupted key drops out of the fingerprints, so this also catches corruption
         // (which repair may undo; history never records it as a removal).
-        if same_keys(&scan.fingerprints(), &history) {
+        // A repair copy the history does not explain is a loss to record: the writer's path.
+        if same_keys(&scan.fingerprints(), &history)
+            && self
+                .unexplained_copies(&history, &history.fingerprints())?
+                .is_empty()
+        {
             let judged = self.judging_clock(now);
-            let lost = guard::open_losses(&history, &history.fingerprints(), retention, &judged);
             return Ok(Observed {
                 report: crate::core::check::check(&scan, self.owner),
                 changes: Vec::new(),
-                retention_violations: self.violations(lost),
+                retention_violations: self.still_lost(&history, retention, &judged),
                 repaired: Vec::new(),
                 history,
             });
@@ -887,6 +994,7 @@ impl Repository {
         // Each loss is recorded with its removal, so that `status` (and a restarted daemon)
         // say it too.
         let (changes, _) = guard::reconcile(&mut history, &disk, retention, now);
+        self.record_unseen(&w, &mut history, retention, now)?;
         if history != before {
             self.save_history(&w, &history, now)?;
         }
@@ -1027,6 +1135,7 @@ impl Repository {
                 why: l.why.clone(),
             });
         }
+        history.keep_evidence(&local, &disk, now);
         // The change: the set's keys, the keys kept beyond it, and the files the disk holds
         // that are no key fernetd could read and the set does not replace (left as they are).
         let mut change = Change::from(slots(&scan));

@@ -137,6 +137,8 @@ mod tests {
             at: chrono::DateTime::UNIX_EPOCH,
             by_fernetd: true,
             lost_until: None,
+            since_boot: None,
+            copy_until: None,
         });
         h
     }
