@@ -296,15 +296,7 @@ impl Cluster {
         .await?;
         let mut fresh: std::collections::BTreeMap<String, Offset> = Default::default();
         loop {
-            let resp = self
-                .bounded(
-                    &format!("read {prefix}"),
-                    client.get(
-                        prefix.clone(),
-                        Some(etcd_client::GetOptions::new().with_prefix()),
-                    ),
-                )
-                .await?;
+            let resp = self.read_prefix(&prefix).await?;
             let seen = chrono::Utc::now();
             let mut live = Vec::new();
             for kv in resp.kvs() {
@@ -346,6 +338,16 @@ impl Cluster {
             .kvs()
             .first()
             .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    }
+
+    /// Every key under `prefix`, within the request timeout.
+    async fn read_prefix(&self, prefix: &str) -> Result<etcd_client::GetResponse, ClusterError> {
+        let mut client = self.client.clone();
+        self.bounded(
+            &format!("read {prefix}"),
+            client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())),
+        )
+        .await
     }
 
     async fn bounded<T, E: std::fmt::Display>(
@@ -486,16 +488,7 @@ impl Cluster {
     /// that has applied nothing).
     pub async fn acks(&mut self, kind: Kind) -> Result<Vec<Ack>, ClusterError> {
         let prefix = self.acks_prefix(kind);
-        let mut client = self.client.clone();
-        let resp = self
-            .bounded(
-                &format!("read {prefix}"),
-                client.get(
-                    prefix.clone(),
-                    Some(etcd_client::GetOptions::new().with_prefix()),
-                ),
-            )
-            .await?;
+        let resp = self.read_prefix(&prefix).await?;
         Ok(resp
             .kvs()
             .iter()

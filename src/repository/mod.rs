@@ -886,15 +886,19 @@ impl Repository {
     ) -> Vec<RetentionViolation> {
         let lost = guard::open_losses(history, &history.fingerprints(), retention, now);
         let mut out = self.violations(lost);
-        out.extend(
-            self.unseen_violations(
-                history
-                    .unseen
-                    .iter()
-                    .filter_map(|u| Some((u.fingerprint, u.open_until(now)?))),
-            ),
-        );
+        out.extend(self.open_unseen(history, now));
         out
+    }
+
+    /// The material recorded as gone unseen (a repair copy no record explained) whose window
+    /// is still open at `now`, as reported.
+    fn open_unseen(&self, history: &History, now: &Now) -> Vec<RetentionViolation> {
+        self.unseen_violations(
+            history
+                .unseen
+                .iter()
+                .filter_map(|u| Some((u.fingerprint, u.open_until(now)?))),
+        )
     }
 
     /// Every key lost inside its `retention` at `now` as `scan` and `history` show it:
@@ -910,14 +914,7 @@ impl Repository {
     ) -> Vec<RetentionViolation> {
         let disk = present(scan, history);
         let mut out = self.violations(guard::open_losses(history, &disk, retention, now));
-        out.extend(
-            self.unseen_violations(
-                history
-                    .unseen
-                    .iter()
-                    .filter_map(|u| Some((u.fingerprint, u.open_until(now)?))),
-            ),
-        );
+        out.extend(self.open_unseen(history, now));
         // A copy that cannot be read is no evidence `status` can show; a writer reports it.
         let unexplained = self.unexplained_copies(history, &disk).unwrap_or_default();
         let until = guard::from_now(retention, now);
