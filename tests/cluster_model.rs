@@ -2,13 +2,28 @@
 //! with simulated time (no daemons): rotations tried by whichever node believes it leads
 //! (fenced on its claim, due judged on the set it reads), leaders stalled past their lease
 //! while another node takes the claim (the stalled one still believes it leads), nodes that
-//! apply late (a reconnection after the others moved on), campaigns, and time passing.
+//! apply late (a reconnection after the others moved on), campaigns, time passing, and each
+//! node's clock drifting or stepping away from the model's time (both ways, some beyond the
+//! margin). A node's clock is the model's time plus its offset: it stamps its acknowledgements
+//! with it, answers the leader's clock probes with it (a task answers for every connected node
+//! while the leader waits, as the daemon's session does), and a leader rotates by it. A stalled
+//! node is not connected (its lease ended) until it next applies: the leader judges it by its
+//! last acknowledgement.
 //!
-//! After every step:
+//! After every step each node that applied the cluster's set makes a token with its primary,
+//! issued at its own clock's time. Then:
+//! - every token a node's clock still considers valid (issued at t by the issuer's clock,
+//!   valid until t + E + W by the validator's) decrypts with the keys on the validator's disk,
+//!   as long as neither the issuer's nor the validator's clock moved since the token was made:
+//!   a move no rotation could have measured is outside what any purge can honour (a validator
+//!   stepping back after its key went, or an issuer ahead when it issued and back in step by the
+//!   next probe). E + W is shorter than a slot and the retention E + W + M, so keys are purged
+//!   within a case, and a skew beyond the margin that the judgement missed breaks a token;
 //! - no promotion a member has not acknowledged: the cluster's primary is on the disk of
 //!   every member, so a token any node makes with the key the cluster promoted decrypts on
 //!   every node that serves;
-//! - at most one rotation per slot: the cluster's promotions are a full interval apart.
+//! - at most one rotation per slot: the cluster's promotions are a full interval apart by the
+//!   clocks that stamped them (the rotating leaders').
 //!
 //! One etcd member serves every case, each case under a prefix of its own.
 
@@ -20,16 +35,26 @@ use fernetd::core::clock::Now;
 use fernetd::core::keyset::KeySet;
 use fernetd::repository::{Repository, RotateParams};
 use proptest::prelude::*;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const NODES: usize = 3;
 /// The schedule's interval, in simulated minutes.
 const SLOT_MIN: i64 = 60;
+/// A token's lifetime plus the window it may still be used in after it expires (E + W), in
+/// simulated minutes: shorter than a slot, so purges happen within a case.
+const TOKEN_MIN: i64 = 55;
+/// The clock difference the model's purges tolerate (M), in simulated minutes.
+const MARGIN_MIN: i64 = 5;
+/// How far a node's clock may wander from the model's time, in simulated seconds.
+const MAX_OFFSET_SECS: i64 = 3600;
 
 #[derive(Debug, Clone)]
 enum Op {
     /// The node tries a rotation if it believes it leads.
     Rotate { node: usize },
+    /// The node that believes it leads (the first, if two do) tries a rotation.
+    RotateLeader,
     /// The node applies the cluster's current set and acknowledges it.
     Apply { node: usize },
     /// Every node applies and acknowledges: a healthy cluster between rotations.
@@ -41,17 +66,23 @@ enum Op {
     Campaign { node: usize },
     /// Simulated time passes.
     Advance { minutes: i64 },
+    /// The node's clock moves by this much against the model's time: a drift (small) or a
+    /// step (large), either way, within [`MAX_OFFSET_SECS`] of the model's time.
+    Clock { node: usize, offset_secs: i64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let node = 0..NODES;
     prop_oneof![
-        4 => node.clone().prop_map(|node| Op::Rotate { node }),
+        3 => node.clone().prop_map(|node| Op::Rotate { node }),
+        5 => Just(Op::RotateLeader),
         4 => node.clone().prop_map(|node| Op::Apply { node }),
         3 => Just(Op::ApplyAll),
         1 => node.clone().prop_map(|node| Op::Stall { node }),
-        2 => node.prop_map(|node| Op::Campaign { node }),
-        3 => (1i64..90).prop_map(|minutes| Op::Advance { minutes }),
+        2 => node.clone().prop_map(|node| Op::Campaign { node }),
+        7 => (1i64..120).prop_map(|minutes| Op::Advance { minutes }),
+        2 => (node.clone(), -120i64..120).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
+        2 => (node, -1800i64..1800).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
     ]
 }
 
@@ -61,6 +92,77 @@ struct Node {
     lease: i64,
     /// What the node believes, possibly stale (a stalled leader).
     leading: bool,
+}
+
+/// What the probe answerer needs to know about the nodes, shared with the test loop.
+struct Clocks {
+    /// Each node's clock minus the model's time.
+    offsets: [chrono::Duration; NODES],
+    /// Each node's session lease, and whether it is connected (its clock reading key lives).
+    leases: [i64; NODES],
+    connected: [bool; NODES],
+    /// The node rotating now: the probe's answers are measured against its clock.
+    leader: usize,
+    /// How many times each node's clock moved.
+    moves: [u32; NODES],
+}
+
+/// A token some node made: the key it was encrypted with, when by the issuer's clock.
+#[derive(Debug)]
+struct Token {
+    issuer: usize,
+    key: fernetd::core::key::Fingerprint,
+    issued: chrono::DateTime<chrono::Utc>,
+    /// Every node's [`Clocks::moves`] when it was issued.
+    moves: [u32; NODES],
+}
+
+/// Answers every clock probe the leader posts, for every connected node, with that node's clock
+/// (as the real clock seen from the leader's: the leader measures the reading against its real
+/// clock, so the reading carries the difference between the two nodes' offsets).
+async fn answer_probes(endpoint: String, prefix: String, clocks: Arc<Mutex<Clocks>>) {
+    let Ok(mut raw) = etcd_client::Client::connect([endpoint.as_str()], None).await else {
+        return;
+    };
+    let probe_key = format!("{prefix}/tokens/keyset-clock");
+    let mut last = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let Ok(resp) = raw.get(probe_key.clone(), None).await else {
+            continue;
+        };
+        let probe = resp
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice::<serde_json::Value>(kv.value()).ok())
+            .and_then(|v| v["probe"].as_u64());
+        let Some(probe) = probe.filter(|p| *p != last) else {
+            continue;
+        };
+        last = probe;
+        let answers: Vec<(usize, chrono::Duration, i64)> = {
+            let c = clocks.lock().unwrap();
+            (0..NODES)
+                .filter(|i| c.connected[*i])
+                .map(|i| (i, c.offsets[i] - c.offsets[c.leader], c.leases[i]))
+                .collect()
+        };
+        for (i, diff, lease) in answers {
+            let reading = fernetd::cluster::Reading {
+                node: format!("n{i}"),
+                probe,
+                clock: chrono::Utc::now() + diff,
+            };
+            // A lease that ended meanwhile (a stall) makes the node unconnected: no answer.
+            let _ = raw
+                .put(
+                    format!("{prefix}/tokens/clocks/n{i}"),
+                    serde_json::to_vec(&reading).unwrap(),
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )
+                .await;
+        }
+    }
 }
 
 fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
@@ -75,8 +177,8 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
     let hourly: fernetd::core::schedule::Schedule = format!("{}m", SLOT_MIN).parse().unwrap();
     let params = RotateParams {
         max_active_keys: 3,
-        // Nothing is purged within a case: every key a node ever held stays in the set.
-        retention: Duration::from_secs(365 * 86_400),
+        // E + W + M: a demoted key is purged at the first rotation a slot later.
+        retention: Duration::from_secs(60 * (TOKEN_MIN + MARGIN_MIN) as u64),
         force_purge: false,
         expected_primary: None,
     };
@@ -90,6 +192,22 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
             .with_timezone(&chrono::Utc);
         let mut wall = start;
         let now = |wall| Now { wall, boot: None };
+        let clocks = Arc::new(Mutex::new(Clocks {
+            offsets: [chrono::Duration::zero(); NODES],
+            leases: [0; NODES],
+            connected: [false; NODES],
+            leader: 0,
+            moves: [0; NODES],
+        }));
+        let answerer = tokio::spawn(answer_probes(
+            etcd.endpoint.clone(),
+            prefix.clone(),
+            clocks.clone(),
+        ));
+        let clock = |i: usize, wall| Now {
+            wall: wall + clocks.lock().unwrap().offsets[i],
+            boot: None,
+        };
         let mut c = Cluster::connect(&settings).await.unwrap();
         let mut raw = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
             .await
@@ -107,22 +225,38 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
             });
         }
         // Every node joins: applies and acknowledges; n0 claims the leadership.
-        for n in &nodes {
-            apply(&mut c, n, &now(wall)).await;
+        for (i, n) in nodes.iter().enumerate() {
+            apply(&mut c, n, &clock(i, wall), &params).await;
+            connect(&mut c, n, &clocks, i).await;
         }
         nodes[0].leading = c
             .campaign(Kind::Tokens, "n0", nodes[0].lease)
             .await
             .unwrap();
         let mut promotions: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+        let mut tokens: Vec<Token> = Vec::new();
+        let lifetime = chrono::Duration::minutes(TOKEN_MIN);
         for (step, op) in ops.iter().enumerate() {
             let ctx = format!("step {step} {op:?} at {wall}");
             match *op {
                 Op::Advance { minutes } => wall += chrono::Duration::minutes(minutes),
-                Op::Apply { node } => apply(&mut c, &nodes[node], &now(wall)).await,
+                Op::Apply { node } => {
+                    apply(&mut c, &nodes[node], &clock(node, wall), &params).await;
+                    connect(&mut c, &nodes[node], &clocks, node).await;
+                }
                 Op::ApplyAll => {
-                    for n in &nodes {
-                        apply(&mut c, n, &now(wall)).await;
+                    for (i, n) in nodes.iter().enumerate() {
+                        apply(&mut c, n, &clock(i, wall), &params).await;
+                        connect(&mut c, n, &clocks, i).await;
+                    }
+                }
+                Op::Clock { node, offset_secs } => {
+                    let mut k = clocks.lock().unwrap();
+                    let max = chrono::Duration::seconds(MAX_OFFSET_SECS);
+                    let moved = k.offsets[node] + chrono::Duration::seconds(offset_secs);
+                    if moved.clamp(-max, max) != k.offsets[node] {
+                        k.offsets[node] = moved.clamp(-max, max);
+                        k.moves[node] += 1;
                     }
                 }
                 Op::Campaign { node } => {
@@ -132,28 +266,37 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                 Op::Stall { node } => {
                     raw.lease_revoke(nodes[node].lease).await.unwrap();
                     nodes[node].lease = c.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+                    // Not connected (no clock reading) until it next applies.
+                    clocks.lock().unwrap().connected[node] = false;
                 }
-                Op::Rotate { node } => {
+                Op::Rotate { .. } | Op::RotateLeader => {
+                    let node = match *op {
+                        Op::Rotate { node } => node,
+                        _ => nodes.iter().position(|n| n.leading).unwrap_or(0),
+                    };
                     let n = &nodes[node];
                     if !n.leading {
                         continue;
                     }
                     let local = n.repo.history().unwrap();
+                    let mine = clock(node, wall);
+                    clocks.lock().unwrap().leader = node;
                     let request = Rotation {
                         params: &params,
-                        now: &now(wall),
+                        now: &mine,
                         held: Some(&local),
-                        skew_tolerance: Duration::ZERO,
+                        skew_tolerance: Duration::from_secs(60 * MARGIN_MIN as u64),
                         fence: Some((&n.name, n.lease)),
                         schedule: Some(&hourly),
                         member_timeout: None,
-                        probe_wait: Duration::ZERO,
+                        // Long enough for the answerer; every connected node answers at once.
+                        probe_wait: Duration::from_secs(2),
                     };
                     match c.rotate(Kind::Tokens, &request).await {
-                        Ok(_) => promotions.push(wall),
+                        Ok(_) => promotions.push(mine.wall),
                         Err(ClusterError::NotLeader { .. }) => nodes[node].leading = false,
                         Err(ClusterError::NotDue { .. } | ClusterError::GateWaiting { .. }) => {}
-                        Err(ClusterError::Refused { .. }) => {}
+                        Err(ClusterError::Refused { .. } | ClusterError::SkewBound { .. }) => {}
                         Err(e) => panic!("{ctx}: {e}"),
                     }
                 }
@@ -170,6 +313,52 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                     disk.keys().collect::<Vec<_>>()
                 );
             }
+            // Every token a validator still considers valid decrypts there.
+            let (set, _) = c.fetch(Kind::Tokens).await.unwrap();
+            let disks: Vec<_> = nodes
+                .iter()
+                .map(|n| n.repo.scan().unwrap().fingerprints())
+                .collect();
+            for (i, disk) in disks.iter().enumerate() {
+                // Only a node that applied the cluster's set serves (a connected daemon applies
+                // every set as it is committed): a node behind keeps its old primary.
+                if disk.values().collect::<Vec<_>>()
+                    != set.fingerprints().values().collect::<Vec<_>>()
+                {
+                    continue;
+                }
+                let primary = fernetd::core::history::primary(disk.keys().copied()).unwrap();
+                tokens.push(Token {
+                    issuer: i,
+                    key: disk[&primary],
+                    issued: clock(i, wall).wall,
+                    moves: clocks.lock().unwrap().moves,
+                });
+            }
+            let moves = clocks.lock().unwrap().moves;
+            for (v, disk) in disks.iter().enumerate() {
+                let at = clock(v, wall).wall;
+                // A clock that moved since the token was issued is not judged: no rotation
+                // could have seen the move before the key went (a validator stepping back
+                // after the purge), or saw the issuer's clock as it was when it issued.
+                let steady =
+                    |t: &&Token| t.moves[t.issuer] == moves[t.issuer] && t.moves[v] == moves[v];
+                for tok in tokens
+                    .iter()
+                    .filter(steady)
+                    .filter(|t| at < t.issued + lifetime)
+                {
+                    assert!(
+                        disk.values().any(|fp| *fp == tok.key),
+                        "{ctx}: node n{v} (clock {at}) cannot decrypt a token n{} issued at {} \
+                         by its clock, valid until {}; offsets {:?}",
+                        tok.issuer,
+                        tok.issued,
+                        tok.issued + lifetime,
+                        clocks.lock().unwrap().offsets,
+                    );
+                }
+            }
             // One rotation per slot.
             for w in promotions.windows(2) {
                 assert!(
@@ -178,15 +367,28 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                 );
             }
         }
+        answerer.abort();
     });
 }
 
-/// A node reconnects: applies the cluster's current set and acknowledges it.
-async fn apply(c: &mut Cluster, n: &Node, now: &Now) {
+/// The node's session is live: its clock reading key exists under its lease, so the leader
+/// waits for its answer to a probe (the answer itself comes from [`answer_probes`]).
+async fn connect(c: &mut Cluster, n: &Node, clocks: &Arc<Mutex<Clocks>>, i: usize) {
+    c.answer(Kind::Tokens, &n.name, 0, n.lease).await.unwrap();
+    let mut k = clocks.lock().unwrap();
+    k.leases[i] = n.lease;
+    k.connected[i] = true;
+}
+
+/// A node reconnects: applies the cluster's current set and acknowledges it, by its clock.
+/// A set the node's own guard refuses (it would remove a key its clock says may still decrypt
+/// a live token) is not taken and not acknowledged: the node keeps its keys, as the daemon does.
+async fn apply(c: &mut Cluster, n: &Node, now: &Now, params: &RotateParams) {
     let (set, revision) = c.fetch(Kind::Tokens).await.unwrap();
-    n.repo
-        .apply(&set, "model", Duration::from_secs(365 * 86_400), now)
-        .unwrap();
+    match n.repo.apply(&set, "model", params.retention, now) {
+        Err(fernetd::Error::Refused { .. }) => return,
+        taken => taken.map(drop).unwrap(),
+    }
     let ack = Ack {
         node: n.name.clone(),
         revision,
@@ -201,12 +403,12 @@ fn stalled_leaders_and_late_nodes_never_break_a_token() {
     let etcd = Etcd::start();
     let case = std::sync::atomic::AtomicUsize::new(0);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 24,
+        cases: 32,
         failure_persistence: None,
         ..ProptestConfig::default()
     });
     runner
-        .run(&proptest::collection::vec(op(), 1..40), |ops| {
+        .run(&proptest::collection::vec(op(), 1..60), |ops| {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             run(&etcd, n, &ops);
             Ok(())
