@@ -621,9 +621,11 @@ impl Daemon {
                 paused,
             } => {
                 let retention = s.m.settings.lifetime.retention();
-                let kept = hold.as_ref().map_or("purges resume".to_string(), |h| {
-                    format!("keys {}", h.describe(retention))
-                });
+                let kept = match (hold.as_ref(), nodes.is_empty()) {
+                    (Some(h), _) => format!("keys {}", h.describe(retention)),
+                    (None, false) => "purged nothing".to_string(),
+                    (None, true) => "purges resume".to_string(),
+                };
                 let names = |v: &[(String, chrono::Duration)]| {
                     v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
                 };

@@ -59,10 +59,10 @@ impl Site {
             &conf,
             format!(
                 "[database]\nconnection = sqlite:///{}\n[credential]\nkey_repository = {}\n\
-                 [fernet_tokens]\nkey_repository = {}\n",
+                 [fernet_tokens]\nkey_repository = {t}\n[fernet_receipts]\nkey_repository = {t}\n",
                 root.join("keystone.db").display(),
                 creds.display(),
-                tokens.display()
+                t = tokens.display()
             ),
         )
         .unwrap();

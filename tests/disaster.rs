@@ -715,7 +715,7 @@ fn the_leader_purges_nothing_while_a_nodes_clock_is_off() {
     };
     assert!(
         a.wait_log(
-            "rotated but purged nothing: clocks off by more than the margin: node z (59m",
+            "clocks off by more than the margin: node z (1h ahead); purged nothing",
             secs(15)
         ),
         "{}",
@@ -723,14 +723,32 @@ fn the_leader_purges_nothing_while_a_nodes_clock_is_off() {
     );
     let held_from = numbers(&dir).len();
     assert!(
-        a.wait_for(secs(15), || numbers(&dir).len() >= held_from + 3),
+        a.wait_for(secs(15), || numbers(&dir).len() >= held_from + 2),
         "keys were purged: {:?}\n{}",
         numbers(&dir),
         a.log()
     );
-    let status = fernetd(&["--config", ca.to_str().unwrap(), "status"]);
-    assert_eq!(status.code, 1, "{}{}", status.stdout, status.stderr);
-    assert!(status.stdout.contains("node z (59m"), "{}", status.stdout);
+    // A skew that lasts is bounded: at twice max_active_keys rotations pause, every key kept,
+    // critical.
+    assert!(
+        a.wait_log("rotation paused: the key set holds 6 keys", secs(20)),
+        "{}",
+        a.log()
+    );
+    assert!(numbers(&dir).len() <= 7, "{:?}", numbers(&dir));
+    let status = || fernetd(&["--config", ca.to_str().unwrap(), "status"]);
+    assert!(
+        a.wait_for(secs(10), || status().code == 2),
+        "{}",
+        status().stdout
+    );
+    let status = status();
+    assert!(status.stdout.contains("node z (1h"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("rotations paused at the key bound"),
+        "{}",
+        status.stdout
+    );
     assert!(
         a.metrics().lines().any(
             |l| l.starts_with("fernetd_clock_untrusted{repository=\"tokens\"") && l.ends_with(" 1")
