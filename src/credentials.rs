@@ -25,7 +25,6 @@ use crate::core::problem::Code;
 use crate::hooks::{self, printable, Context, Event};
 use crate::metrics::Metrics;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,23 +132,7 @@ async fn run_verify(argv: &[String], ctx: &Context, timeout: Duration) -> (bool,
     let Some((program, args)) = argv.split_first() else {
         return (false, String::new());
     };
-    let keys: Vec<String> = ctx.keys.iter().map(u64::to_string).collect();
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .env("FERNETD_EVENT", "verify")
-        .env("FERNETD_KIND", kind)
-        .env("FERNETD_REPOSITORY", &ctx.repository)
-        .env(
-            "FERNETD_PRIMARY",
-            ctx.primary.map(|p| p.to_string()).unwrap_or_default(),
-        )
-        .env("FERNETD_KEYS", keys.join(" "))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn();
+    let child = crate::hooks::command(program, args, "verify", ctx).spawn();
     let hook = format!("verify {}", printable(program));
     let mut child = match child {
         Ok(c) => c,

@@ -66,6 +66,34 @@ pub const OUTPUT_CAP: usize = 64 * 1024;
 /// hook left behind may hold the pipe open forever: its output is then cut off there).
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
+/// `program args` as every command fernetd runs for a repository starts: the repository in
+/// `FERNETD_*` variables (event, kind, directory, primary, keys), no stdin, stdout and stderr
+/// piped, in a process group of its own (killed whole at a timeout), killed if dropped.
+pub(crate) fn command(
+    program: &str,
+    args: &[String],
+    event: &str,
+    ctx: &Context,
+) -> tokio::process::Command {
+    let keys: Vec<String> = ctx.keys.iter().map(u64::to_string).collect();
+    let mut c = tokio::process::Command::new(program);
+    c.args(args)
+        .env("FERNETD_EVENT", event)
+        .env("FERNETD_KIND", ctx.kind)
+        .env("FERNETD_REPOSITORY", &ctx.repository)
+        .env(
+            "FERNETD_PRIMARY",
+            ctx.primary.map(|p| p.to_string()).unwrap_or_default(),
+        )
+        .env("FERNETD_KEYS", keys.join(" "))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    c
+}
+
 /// Runs `argv` until it exits or `timeout` (for the whole hook) passes; returns whether it
 /// exited 0: the exit status decides, not what it left running. Logs its output (at most
 /// [`OUTPUT_CAP`] of each stream, control characters escaped) and outcome, counts it in
@@ -81,24 +109,9 @@ pub async fn run(
     let Some((program, args)) = argv.split_first() else {
         return false;
     };
-    let keys: Vec<String> = ctx.keys.iter().map(u64::to_string).collect();
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .env("FERNETD_EVENT", event.name())
-        .env("FERNETD_KIND", ctx.kind)
-        .env("FERNETD_REPOSITORY", &ctx.repository)
-        .env(
-            "FERNETD_PRIMARY",
-            ctx.primary.map(|p| p.to_string()).unwrap_or_default(),
-        )
-        .env("FERNETD_KEYS", keys.join(" "))
+    let child = command(program, args, event.name(), ctx)
         .env("FERNETD_LEVEL", ctx.level)
         .env("FERNETD_PROBLEMS", ctx.problems.join(" "))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
         .spawn();
     let hook = format!("{} hook {}", event.name(), printable(program));
     let repository = printable(&ctx.repository);
