@@ -543,8 +543,15 @@ impl<'a> Session<'a> {
         };
         let node = cfg.cluster.node.as_str();
         let wait = probe_wait(cfg.cluster.lease_ttl);
-        let evidence = self.c.probe_clocks(cfg.kind, Some(node), wait).await?;
+        let mut evidence = self.c.probe_clocks(cfg.kind, Some(node), wait).await?;
         let prior = self.c.skew_hold(cfg.kind).await?;
+        // A member found off whose daemon is not connected holds the hold open.
+        if prior.as_ref().is_some_and(|h| h.seen_off) {
+            let acks = self.c.acks(cfg.kind).await?;
+            let timeout = cfg.cluster.member_timeout;
+            let absent = crate::cluster::absent(&acks, &evidence, Some(node), now, timeout);
+            evidence.absent = absent.into_iter().map(|a| a.node).collect();
+        }
         let judged = crate::cluster::judge_skew(
             &evidence,
             &[],

@@ -86,7 +86,7 @@ pub fn skew_tolerance(kind: Kind, margin: Duration) -> Duration {
 }
 
 pub use crate::core::skew::{
-    agrees, describe_size, describe_skew, judge_skew, key_bound, skewed, waiting_on, Ack,
+    absent, agrees, describe_size, describe_skew, judge_skew, key_bound, skewed, waiting_on, Ack,
     ClockEvidence, Offset, Reading, SkewHold, SkewJudgement, SKEW_CRITICAL_ROTATIONS,
 };
 
@@ -321,6 +321,7 @@ impl Cluster {
                 return Ok(ClockEvidence {
                     fresh: fresh.into_values().collect(),
                     unanswered,
+                    absent: Vec::new(),
                 });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -562,21 +563,7 @@ impl Cluster {
                 None => self.probe_clocks(kind, me, r.probe_wait).await?,
             };
             let evidence: &ClockEvidence = evidence.insert(evidence_now);
-            let answered = |n: &str| {
-                evidence.fresh.iter().any(|o| o.node == n)
-                    || evidence.unanswered.iter().any(|u| u == n)
-            };
-            let gone = |a: &Ack| {
-                r.member_timeout.is_some_and(|t| {
-                    a.clock
-                        .is_some_and(|c| r.now.wall - c > crate::core::history::to_chrono(t))
-                })
-            };
-            let absent: Vec<Ack> = acks
-                .iter()
-                .filter(|a| Some(a.node.as_str()) != me && !answered(&a.node) && !gone(a))
-                .cloned()
-                .collect();
+            let absent = absent(&acks, evidence, me, r.now.wall, r.member_timeout);
             let stale = skewed(
                 &absent,
                 revision,
@@ -585,6 +572,10 @@ impl Cluster {
                 r.skew_tolerance,
             );
             let prior = self.skew_hold(kind).await?;
+            let evidence = &ClockEvidence {
+                absent: absent.iter().map(|a| a.node.clone()).collect(),
+                ..evidence.clone()
+            };
             let judged = judge_skew(
                 evidence,
                 &stale,
@@ -1196,6 +1187,7 @@ mod tests {
         let fresh = |secs: i64| ClockEvidence {
             fresh: vec![Offset::measure("b", at(100 + secs), at(100), at(100))],
             unanswered: vec![],
+            absent: vec![],
         };
         // Within the margin: nothing held.
         let j = judge_skew(&fresh(4), &[], None, tol, ret, at(100), true);
@@ -1260,6 +1252,7 @@ mod tests {
                 Offset::measure("c", at(96), at(100), at(100)),
             ],
             unanswered: vec![],
+            absent: vec![],
         };
         let j = judge_skew(&pair, &[], None, tol, ret, at(100), true);
         assert!(j.skewed.is_empty());
@@ -1272,11 +1265,94 @@ mod tests {
         let silent = ClockEvidence {
             fresh: vec![],
             unanswered: vec!["c".into()],
+            absent: vec![],
         };
         assert_eq!(
             judge_skew(&silent, &[], None, tol, ret, at(100), true).extra(),
             Some(Duration::MAX)
         );
+    }
+
+    #[test]
+    fn a_node_found_off_then_unread_keeps_the_hold_open_until_it_answers() {
+        let tol = Duration::from_secs(5);
+        let ret = Duration::from_secs(60);
+        let reading = |node: &str, secs: i64, now: i64| {
+            Offset::measure(node, at(now + secs), at(now), at(now))
+        };
+        let off = ClockEvidence {
+            fresh: vec![reading("b", 8, 100), reading("c", 0, 100)],
+            ..ClockEvidence::default()
+        };
+        let h = judge_skew(&off, &[], None, tol, ret, at(100), true)
+            .hold
+            .unwrap();
+        assert_eq!((h.off.clone(), h.seen_off), (vec!["b".to_string()], true));
+        // b's daemon stopped (its lease gone): c agrees, b is unread, not agreeing. The hold
+        // stays open past its window, seen off now, and keys stay as long again as b is unread.
+        let stopped = |now: i64| ClockEvidence {
+            fresh: vec![reading("c", 0, now)],
+            absent: vec!["b".into()],
+            ..ClockEvidence::default()
+        };
+        let j = judge_skew(&stopped(120), &[], Some(&h), tol, ret, at(120), true);
+        assert!(j.skewed.is_empty());
+        let h2 = j.hold.clone().unwrap();
+        assert_eq!(
+            (h2.seen_off, h2.last_seen, h2.unread(), h2.unread_ms),
+            (true, at(120), &["b".to_string()][..], 20_000)
+        );
+        assert_eq!(j.extra(), Some(Duration::from_secs(28)));
+        assert!(h2
+            .describe(ret)
+            .starts_with("held for skew of node b (8s ahead; unread for 20s) until"));
+        let h3 = judge_skew(&stopped(300), &[], Some(&h2), tol, ret, at(300), true)
+            .hold
+            .unwrap();
+        assert_eq!((h3.unread_ms, h3.rotations), (200_000, 3));
+        // Connected but not answering: the same.
+        let mute = ClockEvidence {
+            fresh: vec![reading("c", 0, 301)],
+            unanswered: vec!["b".into()],
+            ..ClockEvidence::default()
+        };
+        let h3 = judge_skew(&mute, &[], Some(&h3), tol, ret, at(301), false)
+            .hold
+            .unwrap();
+        assert_eq!((h3.seen_off, h3.unread_ms), (true, 201_000));
+        // b answers in agreement: the window counts from this reading, with the time unread.
+        let back = ClockEvidence {
+            fresh: vec![reading("b", 0, 310), reading("c", 0, 310)],
+            ..ClockEvidence::default()
+        };
+        let h4 = judge_skew(&back, &[], Some(&h3), tol, ret, at(310), true)
+            .hold
+            .unwrap();
+        assert_eq!(
+            (h4.seen_off, h4.unread(), h4.unread_ms, h4.last_seen),
+            (false, &[][..], 210_000, at(310))
+        );
+        assert_eq!(h4.until(ret), at(310 + 60 + 8 + 210));
+        assert!(h4
+            .describe(ret)
+            .contains("(8s ahead; was unread for 3m 30s)"));
+        // b answers still off: held for its skew and the time it went unread.
+        let still = ClockEvidence {
+            fresh: vec![reading("b", 8, 310), reading("c", 0, 310)],
+            ..ClockEvidence::default()
+        };
+        let h5 = judge_skew(&still, &[], Some(&h3), tol, ret, at(310), true);
+        assert_eq!(h5.extra(), Some(Duration::from_secs(8 + 210)));
+        // A member removed (neither connected nor a member): nothing left to wait for.
+        let h6 = judge_skew(&stopped(120), &[], Some(&h), tol, ret, at(120), true);
+        let gone = ClockEvidence {
+            fresh: vec![reading("c", 0, 120)],
+            ..ClockEvidence::default()
+        };
+        let h7 = judge_skew(&gone, &[], Some(&h), tol, ret, at(120), true)
+            .hold
+            .unwrap();
+        assert!(h6.hold.unwrap().seen_off && !h7.seen_off);
     }
 
     #[test]

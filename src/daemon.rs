@@ -635,9 +635,17 @@ impl Daemon {
                         crate::cluster::describe_skew(&nodes)
                     );
                 } else if nodes.is_empty() && !c.skewed.is_empty() {
-                    tracing::info!(
-                        "{kind}: every node's clock agrees again (fresh readings); {kept}"
-                    );
+                    // A node found off that gives no reading is unread, not agreeing.
+                    match hold.as_ref().map_or(&[][..], |h| h.unread()) {
+                        [] => tracing::info!(
+                            "{kind}: every node's clock agrees again (fresh readings); {kept}"
+                        ),
+                        unread => tracing::warn!(
+                            "{kind}: no fresh clock reading from {}, off by more than the margin \
+                             when last read; {kept}",
+                            unread.join(", ")
+                        ),
+                    }
                 }
                 if !unanswered.is_empty() && unanswered != c.clocks.unanswered {
                     tracing::warn!(

@@ -457,3 +457,72 @@ fn a_daemon_started_behind_then_corrected_rotates_at_the_next_slot() {
     std::thread::sleep(secs(6));
     assert!(rotations(&a.log()) >= n + 2, "{}", a.log());
 }
+
+/// The hostile tester's case: b 8 s ahead (over the 5 s margin), its daemon then stopped
+/// (SIGSTOP) while its Keystone goes on making tokens with its skewed clock. Its clock is
+/// unread meanwhile, not in agreement: the hold stays open (never "agrees again" without a
+/// fresh reading from b) and ends only a window after b answers in agreement.
+#[test]
+fn a_skewed_node_whose_daemon_stops_keeps_the_hold_open() {
+    assert!(Path::new(FAKETIME).exists(), "libfaketime is required");
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::new(t.path(), &etcd, n, ""))
+        .collect();
+    start_cluster(&nodes[0]);
+    let a = nodes[0].start();
+    assert!(a.wait_log("leading", secs(15)), "{}", a.log());
+    nodes[1].set_offset(MARGIN + 3);
+    let others: Vec<Daemon> = nodes[1..].iter().map(Node::start).collect();
+    for d in &others {
+        assert!(d.wait_log("ready", secs(15)), "{}", d.log());
+    }
+    assert!(
+        a.wait_log("clocks off by more than the margin: node b", secs(15)),
+        "{}",
+        a.log()
+    );
+    let run = secs(36);
+    let tokens: Tokens = Arc::default();
+    let issuers = [
+        nodes[0].issue(run, tokens.clone()),
+        nodes[1].issue(run, tokens.clone()),
+    ];
+    let b = &others[0];
+    let pid = b.pid();
+    let stopper = std::thread::spawn(move || {
+        let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s).unwrap();
+        std::thread::sleep(secs(4));
+        signal(nix::sys::signal::Signal::SIGSTOP);
+        std::thread::sleep(secs(STOPPED));
+        signal(nix::sys::signal::Signal::SIGCONT);
+    });
+    let until = Instant::now() + run + secs((E + MARGIN + 3 + 2) as u64);
+    let tally = check(&[&nodes[0], &nodes[1]], &tokens, until);
+    for i in issuers {
+        i.join().unwrap();
+    }
+    stopper.join().unwrap();
+    let log = a.log();
+    eprintln!(
+        "b stopped {STOPPED}s: {} tokens made, {} checked, {} failed, at most {} keys",
+        tally.made,
+        tally.checked,
+        tally.failed.len(),
+        tally.most_keys
+    );
+    assert!(tally.checked > 100, "{tally:?}\n{log}");
+    assert!(
+        tally.failed.is_empty(),
+        "{}\n{log}",
+        tally.failed.join("\n")
+    );
+    // b never answered in agreement: its clock was never said to agree again.
+    assert!(!log.contains("agrees again"), "{log}");
+}
+
+/// How long b's daemon stays stopped: longer than its lease (3 s) and than the hold's window
+/// counted from its last reading (the retention, 11 s, plus the 8 s skew).
+const STOPPED: u64 = 22;

@@ -85,6 +85,31 @@ pub fn waiting_on(
         .collect()
 }
 
+/// The members (by their acknowledgements) other than `me` whose daemon is not connected:
+/// neither a fresh reading nor a reading key that went unanswered, and not gone past
+/// `member_timeout`. Pure.
+pub fn absent(
+    acks: &[Ack],
+    evidence: &ClockEvidence,
+    me: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+    member_timeout: Option<Duration>,
+) -> Vec<Ack> {
+    let answered = |n: &str| {
+        evidence.fresh.iter().any(|o| o.node == n) || evidence.unanswered.iter().any(|u| u == n)
+    };
+    let gone = |a: &Ack| {
+        member_timeout.is_some_and(|t| {
+            a.clock
+                .is_some_and(|c| now - c > crate::core::history::to_chrono(t))
+        })
+    };
+    acks.iter()
+        .filter(|a| Some(a.node.as_str()) != me && !answered(&a.node) && !gone(a))
+        .cloned()
+        .collect()
+}
+
 /// "node b (3d ahead)", for messages about skewed clocks.
 pub fn describe_skew(skewed: &[(String, chrono::Duration)]) -> String {
     let parts: Vec<String> = skewed
@@ -166,6 +191,10 @@ pub struct ClockEvidence {
     /// Nodes whose daemon is connected (their reading key lives) but did not answer in time:
     /// their clock is unknown.
     pub unanswered: Vec<String>,
+    /// Members whose daemon is not connected (no reading key: stopped, cut off) but who still
+    /// count (their acknowledgement stands): their clock is unknown too, and their Keystone may
+    /// still be making tokens by it.
+    pub absent: Vec<String>,
 }
 
 /// Whether fresh readings show this node's clock in agreement with the others': at least one
@@ -202,6 +231,24 @@ pub struct SkewHold {
     /// that finds it agreeing).
     #[serde(default)]
     pub seen_off: bool,
+    /// Every node the last reading that found a clock off found off (`node` is the worst of
+    /// them). Until each has answered again, the hold stays open (empty in an older record:
+    /// `node` alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub off: Vec<String>,
+    /// While one of `off` gives no fresh reading (its daemon stopped or cut off, its Keystone
+    /// perhaps still making tokens by its clock): the last moment it was seen off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// How long, at most, a node of `off` went unread, in milliseconds: keys stay that much
+    /// longer too (a node that did not answer applied no later set either, so its Keystone
+    /// kept making tokens with a primary the others had demoted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unread_ms: i64,
+}
+
+fn is_zero(ms: &i64) -> bool {
+    *ms == 0
 }
 
 /// Held rotations in a row after which a lasting skew is critical rather than a warning.
@@ -220,11 +267,34 @@ impl SkewHold {
         chrono::Duration::milliseconds(self.size_ms)
     }
 
+    /// How much longer than the retention keys stay: the skew, and the time a node off went
+    /// unread.
+    pub fn extra(&self) -> chrono::Duration {
+        self.size() + chrono::Duration::milliseconds(self.unread_ms)
+    }
+
     /// When the window of the keys it holds closes.
     pub fn until(&self, retention: Duration) -> chrono::DateTime<chrono::Utc> {
         crate::core::clock::later(self.last_seen, retention)
-            .checked_add_signed(self.size())
+            .checked_add_signed(self.extra())
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+    }
+
+    /// The nodes found off that have not answered since (none once each has).
+    pub fn unread(&self) -> &[String] {
+        match self.unread_since {
+            Some(_) => &self.off,
+            None => &[],
+        }
+    }
+
+    /// The nodes the last reading found off ([`SkewHold::off`], or `node` in an older record).
+    fn off_nodes(&self) -> Vec<String> {
+        match (self.off.is_empty(), self.seen_off) {
+            (false, _) => self.off.clone(),
+            (true, true) => vec![self.node.clone()],
+            (true, false) => Vec::new(),
+        }
     }
 
     /// Critical rather than a warning: it lasted [`SKEW_CRITICAL_ROTATIONS`] rotations.
@@ -239,10 +309,18 @@ impl SkewHold {
         // the round trips) makes it larger.
         let spread = describe_size(self.size());
         let own = describe_size(chrono::Duration::milliseconds(self.node_ms));
-        let size = match self.node_ms > 0 && own != spread {
+        let mut size = match self.node_ms > 0 && own != spread {
             true => format!("{own} {way}; {spread} between the fastest and slowest clocks"),
             false => format!("{spread} {way}"),
         };
+        if self.unread_ms > 0 {
+            let unread = describe_size(chrono::Duration::milliseconds(self.unread_ms));
+            let still = match self.unread_since {
+                Some(_) => "unread",
+                None => "was unread",
+            };
+            size.push_str(&format!("; {still} for {unread}"));
+        }
         format!(
             "held for skew of node {} ({size}) until {}",
             self.node,
@@ -274,7 +352,7 @@ impl SkewJudgement {
         }
         self.hold
             .as_ref()
-            .map(|h| h.size().to_std().unwrap_or_default())
+            .map(|h| h.extra().to_std().unwrap_or_default())
     }
 }
 
@@ -311,7 +389,24 @@ pub fn judge_skew(
         .iter()
         .max_by_key(|o| o.bound())
         .filter(|_| !off.is_empty() || certain > tol);
-    let open = prior.filter(|h| h.until(retention) > now);
+    // A node found off that gives no fresh reading now (its daemon stopped or cut off) is
+    // unread, not agreeing: its clock is unknown and its Keystone may still be making tokens
+    // by it. The hold stays open until each has answered again, and the time it went unread
+    // is added to it.
+    let silent = |n: &String| evidence.unanswered.contains(n) || evidence.absent.contains(n);
+    let unread: Vec<String> = prior
+        .map(|p| p.off_nodes().into_iter().filter(silent).collect())
+        .unwrap_or_default();
+    let open = prior.filter(|h| !unread.is_empty() || h.until(retention) > now);
+    let unread_since = open
+        .and_then(|p| p.unread_since.or(Some(p.last_seen)))
+        .filter(|_| !unread.is_empty());
+    // Unread from the last moment it was seen off until now, or until this reading answered.
+    let gap = open
+        .and_then(|p| p.unread_since)
+        .or(unread_since)
+        .map_or(0, |t| (now - t).num_milliseconds().max(0));
+    let unread_ms = open.map_or(0, |p| p.unread_ms).max(gap);
     let hold = match (worst, open) {
         (Some(w), prior) => {
             let bigger = prior.is_none_or(|p| spread >= p.size());
@@ -324,6 +419,17 @@ pub fn judge_skew(
                     w.estimate() > chrono::Duration::zero(),
                 ),
             };
+            let mut found: Vec<String> = off.iter().map(|o| o.node.clone()).collect();
+            if found.is_empty() {
+                found.push(w.node.clone());
+            }
+            found.extend(
+                unread
+                    .iter()
+                    .filter(|n| !found.contains(n))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
             Some(SkewHold {
                 node,
                 size_ms: size.num_milliseconds(),
@@ -332,18 +438,34 @@ pub fn judge_skew(
                 last_seen: now,
                 rotations: prior.map_or(0, |p| p.rotations).saturating_add(counted),
                 seen_off: true,
+                off: found,
+                unread_since,
+                unread_ms,
             })
         }
+        // Found off and unread since: it may be off right now, so it is seen off now.
+        (None, Some(p)) if !unread.is_empty() => Some(SkewHold {
+            last_seen: now,
+            rotations: p.rotations.saturating_add(counted),
+            seen_off: true,
+            off: unread,
+            unread_since,
+            unread_ms,
+            ..p.clone()
+        }),
         (None, Some(p)) if !stale.is_empty() || !evidence.unanswered.is_empty() => Some(SkewHold {
             rotations: p.rotations.saturating_add(counted),
             ..p.clone()
         }),
-        // Agreeing again: the node may have been off right up to this reading (it was at the
-        // last one), so the window counts from now.
+        // Agreeing again, every node found off answering: it may have been off right up to
+        // this reading (it was at the last one), so the window counts from now.
         (None, Some(p)) => Some(SkewHold {
             rotations: 0,
             last_seen: if p.seen_off { now } else { p.last_seen },
             seen_off: false,
+            off: Vec::new(),
+            unread_since: None,
+            unread_ms,
             ..p.clone()
         }),
         (None, None) => None,
