@@ -225,6 +225,9 @@ const STEP_RECHECK: Duration = Duration::from_secs(5);
 
 /// How soon a rotation paused at the key bound is tried again.
 const SKEW_BOUND_RETRY: Duration = Duration::from_secs(5);
+/// How often a pause at the key bound is said again while it lasts (it is said once when it
+/// begins; the live view says it all along).
+const SKEW_BOUND_REMIND: Duration = Duration::from_secs(300);
 
 /// How long the leader waits for the other nodes' clock readings: a third of its lease (its
 /// keep-alive must not wait longer), at most [`crate::cluster::PROBE_WAIT`].
@@ -284,6 +287,11 @@ struct Session<'a> {
     next_watch: Option<Instant>,
     /// Rotations pause at the key bound (reported again with each reading).
     paused: bool,
+    /// While paused: not tried again before this instant. A try posts a clock probe, which
+    /// wakes this loop through its own watch: without it the retry is a busy loop.
+    paused_until: Option<Instant>,
+    /// While paused: when the pause was last logged ([`SKEW_BOUND_REMIND`]).
+    paused_said: Option<Instant>,
 }
 
 /// What the leader's turn leaves the loop to do.
@@ -334,6 +342,8 @@ impl<'a> Session<'a> {
             step_checked: None,
             next_watch: None,
             paused: false,
+            paused_until: None,
+            paused_said: None,
         })
     }
 
@@ -441,7 +451,11 @@ impl<'a> Session<'a> {
     /// `Cluster::rotate` behind the gate.
     async fn rotate_if_due(&mut self) -> Result<Turn, SessionError> {
         if !self.view.leading {
+            (self.paused, self.paused_until, self.paused_said) = (false, None, None);
             return Ok(Turn::Wait(None));
+        }
+        if let Some(t) = self.paused_until.filter(|t| *t > Instant::now()) {
+            return Ok(Turn::Wait(Some(t)));
         }
         let cfg = self.cfg;
         let clock = self.leading_clock().await?;
@@ -628,6 +642,7 @@ impl<'a> Session<'a> {
         match self.c.rotate(cfg.kind, &request).await {
             Ok(r) => {
                 self.paused = false;
+                self.paused_until = None;
                 self.report(Report::ClockSkew {
                     nodes: r.skewed.clone(),
                     unanswered: r.unanswered.clone(),
@@ -664,24 +679,32 @@ impl<'a> Session<'a> {
                 keys,
                 held,
             }) => {
-                tracing::error!(
-                    "{}",
-                    ClusterError::SkewBound {
-                        key,
-                        keys,
-                        held,
-                        hold: Box::new(None),
-                        skewed: Vec::new(),
-                    }
-                );
+                // Said when the pause begins, then every SKEW_BOUND_REMIND, not at every try.
+                let remind = self
+                    .paused_said
+                    .is_none_or(|t| t.elapsed() >= SKEW_BOUND_REMIND);
+                if !self.paused || remind {
+                    tracing::error!(
+                        "{}",
+                        ClusterError::SkewBound {
+                            key,
+                            keys,
+                            held,
+                            hold: Box::new(None),
+                            skewed: Vec::new(),
+                        }
+                    );
+                    self.paused_said = Some(Instant::now());
+                }
                 self.paused = true;
+                self.paused_until = Some(Instant::now() + SKEW_BOUND_RETRY);
                 self.report(Report::ClockSkew {
                     nodes: skewed,
                     unanswered: Vec::new(),
                     hold: *hold,
                     paused: true,
                 });
-                Ok(Turn::Wait(Some(Instant::now() + SKEW_BOUND_RETRY)))
+                Ok(Turn::Wait(self.paused_until))
             }
             // Fenced: this node's claim is gone (a pause past its lease); the watch tells who
             // leads now.
