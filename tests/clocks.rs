@@ -552,8 +552,12 @@ fn a_skewed_node_whose_daemon_stops_keeps_the_hold_open() {
         "{}\n{log}",
         tally.failed.join("\n")
     );
-    // b never answered in agreement: its clock was never said to agree again.
+    // b never answered in agreement: its clock was never said to agree again, but unread.
     assert!(!log.contains("agrees again"), "{log}");
+    assert!(
+        log.contains("no fresh clock reading from b, off by more than the margin when last read"),
+        "{log}"
+    );
 }
 
 /// How long b's daemon stays stopped: longer than its lease (3 s) and than the hold's window
