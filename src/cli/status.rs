@@ -216,7 +216,7 @@ async fn cluster_views(
     };
     let mut c = match crate::cluster::Cluster::connect(cluster).await {
         Ok(c) => c,
-        Err(e @ (ClusterError::SealKey(_) | ClusterError::Unsealed)) => return Err(e),
+        Err(e @ (ClusterError::SealKey { .. } | ClusterError::Unsealed)) => return Err(e),
         Err(e) => {
             let e = unreachable(e);
             return Ok(d.repositories.iter().map(|_| Err(e.clone())).collect());
