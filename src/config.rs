@@ -226,8 +226,11 @@ impl ClusterSection {
         }
         match (&self.seal_key_file, &self.seal_key_files) {
             (Some(_), Some(_)) => {
-                return Err("seal_key_file and seal_key_files: set one of them (seal_key_files                             = [\"NEW\", \"OLD\"] names every seal key, the sealing one first)"
-                    .into())
+                return Err(
+                    "seal_key_file and seal_key_files: set one of them (seal_key_files = \
+                            [\"NEW\", \"OLD\"] names every seal key, the sealing one first)"
+                        .into(),
+                )
             }
             (None, Some(files)) if files.is_empty() => {
                 return Err("seal_key_files: list at least one file (or remove it)".into())

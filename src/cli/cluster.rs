@@ -269,7 +269,7 @@ fn make_seal_key(path: &Path, k: &config::KeystoneSection) -> anyhow::Result<()>
             .flatten()
             .map(|u| (u.uid.as_raw(), u.gid.as_raw())),
     };
-    crate::seal::SealKey::create(path, owner)?;
+    let id = crate::seal::SealKey::create(path, owner)?.id();
     let (uid, gid) = owner.unwrap_or_else(|| {
         (
             nix::unistd::geteuid().as_raw(),
@@ -285,7 +285,7 @@ fn make_seal_key(path: &Path, k: &config::KeystoneSection) -> anyhow::Result<()>
         .flatten()
         .map_or(gid.to_string(), |g| g.name);
     println!(
-        "made a new seal key at {} (owner {user}, mode 0600): copy it to every node, same \
+        "made a new seal key at {} (id {id}, owner {user}, mode 0600): copy it to every node, same \
          path, owner and mode (e.g. `install -m 600 -o {user} -g {group}`), before their \
          daemons start; keep a copy offline: key sets sealed with it open with nothing else",
         path.display()
