@@ -7,7 +7,7 @@
 
 use crate::config::{ClusterSettings, Kind};
 use crate::core::keyset::{KeySet, KeySetError};
-use crate::seal::{SealError, SealKey, Sealing};
+use crate::seal::{SealError, SealKeyId, Sealing};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
     TxnOp, WatchOptions, WatchStream,
@@ -19,8 +19,11 @@ use std::time::Duration;
 pub enum ClusterError {
     #[error("etcd {endpoints}: {reason}")]
     Connect { endpoints: String, reason: String },
-    #[error("[cluster] seal_key_file {0}")]
-    SealKey(SealError),
+    #[error("[cluster] {field} {source}")]
+    SealKey {
+        field: &'static str,
+        source: SealError,
+    },
     #[error("[cluster] seal_key_file: required unless insecure_unsealed = true (key sets would sit in etcd in the clear)")]
     Unsealed,
     #[error("etcd {what}: {reason}")]
@@ -175,12 +178,13 @@ impl Cluster {
     /// moves on to the others.
     pub async fn connect(s: &ClusterSettings) -> Result<Cluster, ClusterError> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let key = match &s.seal_key_file {
-            Some(p) => Some(SealKey::load(p, s.seal_owner).map_err(ClusterError::SealKey)?),
-            None if s.insecure_unsealed => None,
-            None => return Err(ClusterError::Unsealed),
-        };
-        let seal = Sealing::new(key, s.insecure_unsealed);
+        if s.seal_key_files.is_empty() && !s.insecure_unsealed {
+            return Err(ClusterError::Unsealed);
+        }
+        let seal = s.sealing().map_err(|source| ClusterError::SealKey {
+            field: s.seal_field(),
+            source,
+        })?;
         let n = s.endpoints.len().max(1);
         let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut reasons = Vec::new();
@@ -462,27 +466,53 @@ impl Cluster {
         Ok(resp.succeeded())
     }
 
-    /// Writes the repository's key set again, sealed, when it is stored in the clear (a
-    /// transaction on the revision read: a rotation meanwhile wins, and is sealed itself).
-    /// The set is the same, so every node takes it as the one it holds. Returns the new
-    /// revision, or None when the set was sealed already.
-    pub async fn seal_in_place(&mut self, kind: Kind) -> Result<Option<i64>, ClusterError> {
+    /// Writes the repository's key set again, sealed with this node's sealing key (the first
+    /// of `seal_key_files`), when it is stored in the clear or sealed with another key this
+    /// node holds (a transaction on the revision read: a rotation meanwhile wins, and is
+    /// sealed itself). The set is the same, so every node takes it as the one it holds.
+    /// Returns what it was sealed with before and the new revision, if it was written.
+    pub async fn seal_in_place(&mut self, kind: Kind) -> Result<Resealed, ClusterError> {
         let key = self.keyset_key(kind);
+        let with = self.seal.sealing_id();
         for _ in 0..MAX_ATTEMPTS {
             let stored = self.stored(&key).await?;
-            // Sealed already, and with this node's key: opening it proves both.
-            let set = open(&self.seal, &key, &stored.value)?;
-            if crate::seal::is_sealed(&stored.value) {
-                return Ok(None);
+            // Opening it proves it sealed with a key this node holds (or in the clear, where
+            // this node takes that), and names which.
+            let (set, was) = open_which(&self.seal, &key, &stored.value)?;
+            if was.is_some() && was == with {
+                return Ok(Resealed {
+                    was,
+                    with,
+                    revision: None,
+                });
             }
             if self.republish(kind, &set, stored.revision).await? {
-                return self.fetch(kind).await.map(|(_, revision)| Some(revision));
+                let (_, revision) = self.fetch(kind).await?;
+                return Ok(Resealed {
+                    was,
+                    with,
+                    revision: Some(revision),
+                });
             }
         }
         Err(ClusterError::Contention {
             key,
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// The id of the seal key the repository's key set is sealed with (None: in the clear),
+    /// as this node opens it; an error when it does not open here (naming the key it lacks
+    /// when the value names it).
+    pub async fn sealed_with(&mut self, kind: Kind) -> Result<Option<SealKeyId>, ClusterError> {
+        let key = self.keyset_key(kind);
+        let stored = self.stored(&key).await?;
+        open_which(&self.seal, &key, &stored.value).map(|(_, by)| by)
+    }
+
+    /// The ids of the seal keys this node holds, the sealing one first.
+    pub fn seal_ids(&self) -> Vec<SealKeyId> {
+        self.seal.ids()
     }
 
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
@@ -926,18 +956,40 @@ struct Stored {
     store_revision: i64,
 }
 
+/// What [`Cluster::seal_in_place`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    /// The seal key the set was sealed with (None: in the clear).
+    pub was: Option<SealKeyId>,
+    /// The seal key it is sealed with now (this node's sealing key).
+    pub with: Option<SealKeyId>,
+    /// The revision written, or None when it was sealed with that key already.
+    pub revision: Option<i64>,
+}
+
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
 fn open(seal: &Sealing, key: &str, value: &[u8]) -> Result<KeySet, ClusterError> {
-    let plain = seal
-        .open(value, key.as_bytes())
-        .map_err(|source| ClusterError::Seal {
+    open_which(seal, key, value).map(|(set, _)| set)
+}
+
+/// Like [`open`], with the id of the seal key that opened it (None: in the clear).
+fn open_which(
+    seal: &Sealing,
+    key: &str,
+    value: &[u8],
+) -> Result<(KeySet, Option<SealKeyId>), ClusterError> {
+    let (plain, by) =
+        seal.open_which(value, key.as_bytes())
+            .map_err(|source| ClusterError::Seal {
+                key: key.to_string(),
+                source,
+            })?;
+    KeySet::decode(&plain)
+        .map(|set| (set, by))
+        .map_err(|source| ClusterError::KeySet {
             key: key.to_string(),
             source,
-        })?;
-    KeySet::decode(&plain).map_err(|source| ClusterError::KeySet {
-        key: key.to_string(),
-        source,
-    })
+        })
 }
 
 /// A granted lease and its keep-alive stream.

@@ -79,6 +79,9 @@ pub struct ClusterSection {
     /// Key-encryption key: seals every key set stored in etcd. Required unless
     /// `insecure_unsealed = true`.
     pub seal_key_file: Option<PathBuf>,
+    /// Several key-encryption keys, while the seal key changes (instead of `seal_key_file`):
+    /// a stored key set opens with any of them and is sealed with the first, naming its id.
+    pub seal_key_files: Option<Vec<PathBuf>>,
     /// The operator's explicit consent to key sets in etcd without a seal key (anyone who can
     /// read the prefix or a backup of etcd can then mint tokens); with a seal key, it also lets
     /// this node take unsealed sets while a cluster moves to sealed ones. A warning everywhere
@@ -116,7 +119,15 @@ pub struct ClusterSettings {
     pub endpoints: Vec<String>,
     pub prefix: String,
     pub node: String,
+    /// The seal key file writes are sealed with: `seal_key_file`, or the first of
+    /// `seal_key_files`.
     pub seal_key_file: Option<PathBuf>,
+    /// Every seal key file, the one that seals first (`seal_key_file` alone, or
+    /// `seal_key_files`).
+    pub seal_key_files: Vec<PathBuf>,
+    /// The configuration says `seal_key_files`: values are sealed in the format that names the
+    /// sealing key's id (see [`crate::seal`]).
+    pub seal_tagged: bool,
     /// See [`ClusterSection::insecure_unsealed`].
     pub insecure_unsealed: bool,
     /// Who may own the seal key file besides the user fernetd runs as and root: the
@@ -133,6 +144,30 @@ pub struct ClusterSettings {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+impl ClusterSettings {
+    /// The setting that names the seal keys, for messages.
+    pub fn seal_field(&self) -> &'static str {
+        match self.seal_tagged {
+            true => "seal_key_files",
+            false => "seal_key_file",
+        }
+    }
+
+    /// The sealing every cluster connection uses: every seal key loaded (each a private file,
+    /// see [`crate::seal::SealKey::load`]), the first sealing.
+    pub fn sealing(&self) -> Result<crate::seal::Sealing, crate::seal::SealError> {
+        let keys = self
+            .seal_key_files
+            .iter()
+            .map(|p| crate::seal::SealKey::load(p, self.seal_owner))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(match self.seal_tagged {
+            true => crate::seal::Sealing::with_keys(keys, self.insecure_unsealed),
+            false => crate::seal::Sealing::new(keys.into_iter().next(), self.insecure_unsealed),
+        })
+    }
 }
 
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/fernetd";
@@ -189,7 +224,35 @@ impl ClusterSection {
                 ));
             }
         }
-        if self.seal_key_file.is_none() && !self.insecure_unsealed {
+        match (&self.seal_key_file, &self.seal_key_files) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "seal_key_file and seal_key_files: set one of them (seal_key_files = \
+                            [\"NEW\", \"OLD\"] names every seal key, the sealing one first)"
+                        .into(),
+                )
+            }
+            (None, Some(files)) if files.is_empty() => {
+                return Err("seal_key_files: list at least one file (or remove it)".into())
+            }
+            (None, Some(files)) => {
+                if let Some((i, f)) = files
+                    .iter()
+                    .enumerate()
+                    .find(|(i, f)| files[..*i].contains(f))
+                {
+                    return Err(format!(
+                        "seal_key_files: {} is listed twice (entries {} and {})",
+                        f.display(),
+                        files.iter().position(|g| g == f).unwrap_or(0) + 1,
+                        i + 1
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if self.seal_key_file.is_none() && self.seal_key_files.is_none() && !self.insecure_unsealed
+        {
             return Err(format!(
                 "seal_key_file: required: without it every Fernet key sits in etcd in the clear, \
                  and anyone who can read the prefix or an etcd backup can mint tokens; set \
@@ -218,7 +281,15 @@ impl ClusterSection {
                     .and_then(|h| h.into_string().ok())
                     .unwrap_or_else(|| "localhost".into())
             }),
-            seal_key_file: self.seal_key_file.clone(),
+            seal_key_file: self
+                .seal_key_file
+                .clone()
+                .or_else(|| self.seal_key_files.as_ref()?.first().cloned()),
+            seal_key_files: match &self.seal_key_files {
+                Some(files) => files.clone(),
+                None => self.seal_key_file.iter().cloned().collect(),
+            },
+            seal_tagged: self.seal_key_files.is_some(),
             insecure_unsealed: self.insecure_unsealed,
             seal_owner,
             dial_timeout: self.dial_timeout.unwrap_or(Duration::from_secs(5)),
@@ -852,9 +923,9 @@ impl DaemonSettings {
         // A seal key others can read, or the wrong kind of file, stops the daemon at start
         // and a reload, as it stops every command that would use it.
         if let Some(c) = &d.cluster {
-            if let Some(p) = &c.seal_key_file {
+            for p in &c.seal_key_files {
                 crate::seal::SealKey::load(p, c.seal_owner)
-                    .map_err(|e| ConfigError(format!("[cluster] seal_key_file {e}")))?;
+                    .map_err(|e| ConfigError(format!("[cluster] {} {e}", c.seal_field())))?;
             }
         }
         if let Some(m) = d
@@ -962,6 +1033,43 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(content.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn several_seal_keys_seal_with_the_first_and_the_single_field_keeps_working() {
+        let parse = |cluster: &str| {
+            FileConfig::parse(
+                &format!("[cluster]\nendpoints = [\"http://127.0.0.1:2379\"]\n{cluster}"),
+                Path::new("f.toml"),
+            )
+            .map(|f| {
+                f.cluster
+                    .unwrap_or_default()
+                    .settings(&KeystoneSection::default())
+            })
+        };
+        let one = parse("seal_key_file = \"/s/old\"\n").unwrap();
+        assert_eq!(one.seal_key_file, Some(PathBuf::from("/s/old")));
+        assert_eq!(one.seal_key_files, vec![PathBuf::from("/s/old")]);
+        assert!(!one.seal_tagged);
+        assert_eq!(one.seal_field(), "seal_key_file");
+        let two = parse("seal_key_files = [\"/s/new\", \"/s/old\"]\n").unwrap();
+        assert_eq!(two.seal_key_file, Some(PathBuf::from("/s/new")));
+        assert_eq!(
+            two.seal_key_files,
+            vec![PathBuf::from("/s/new"), PathBuf::from("/s/old")]
+        );
+        assert!(two.seal_tagged);
+        let err = |c: &str| parse(c).unwrap_err().0;
+        assert!(
+            err("seal_key_file = \"/a\"\nseal_key_files = [\"/b\"]\n").contains("set one of them")
+        );
+        assert!(err("seal_key_files = []\n").contains("at least one file"));
+        assert!(err("seal_key_files = [\"/a\", \"/b\", \"/a\"]\n")
+            .contains("/a is listed twice (entries 1 and 3)"));
+        assert!(err("").contains("seal_key_file: required"));
+        let none = parse("insecure_unsealed = true\n").unwrap();
+        assert!(none.seal_key_files.is_empty() && none.seal_key_file.is_none());
     }
 
     #[test]

@@ -40,22 +40,19 @@ pub fn exposures(s: &ClusterSettings) -> Vec<Problem> {
     }
     // The seal key is refused at start and reload when others can get at it; a running
     // daemon learns of a later chmod here.
-    if let Some(mode) = s
-        .seal_key_file
-        .as_deref()
-        .and_then(|p| accessible(p, 0o077))
+    for (path, mode) in s
+        .seal_key_files
+        .iter()
+        .filter_map(|p| Some((p, accessible(p, 0o077)?)))
     {
         out.push(Problem::new(
             Code::SecretReadable,
             format!(
-                "[cluster] seal_key_file {}: mode {mode:04o} lets others than its owner at the \
+                "[cluster] {} {}: mode {mode:04o} lets others than its owner at the \
                  seal key, which opens every stored key set (chmod 600; a restart or reload \
                  refuses it as it is)",
-                s.seal_key_file
-                    .as_deref()
-                    .map(Path::display)
-                    .map(|d| d.to_string())
-                    .unwrap_or_default()
+                s.seal_field(),
+                path.display()
             ),
         ));
     }

@@ -1,9 +1,17 @@
 //! Sealing: authenticated encryption of what cluster mode stores in etcd, under a
-//! key-encryption key (`[cluster] seal_key_file`).
+//! key-encryption key (`[cluster] seal_key_file`), or several while the seal key changes
+//! (`[cluster] seal_key_files`: values open with any of them and are sealed with the first).
 //!
 //! XChaCha20-Poly1305 with a random 24-byte nonce; the etcd key the value is stored under is
 //! the associated data, so a value copied under another prefix or repository does not open.
 //! A tampered or foreign value is refused before anything reaches the disk.
+//!
+//! Two formats: `v1` (`MAGIC || nonce || ciphertext`), written by a configuration naming one
+//! `seal_key_file` exactly as before; `v2` (`MAGIC_V2 || key id || nonce || ciphertext`, the
+//! id authenticated with the etcd key), written under `seal_key_files`, so that a node lacking
+//! the key can say which one it lacks. The id is a fingerprint of the seal key (the first 8
+//! bytes of its SHA-256), never its material; read from a value a node cannot open, it is
+//! only a claim, used for the message and nothing else.
 //!
 //! Invariant: pure apart from reading the key file; the seal key is zeroized on drop and never
 //! shown.
@@ -15,7 +23,38 @@ use zeroize::Zeroizing;
 
 /// Prefix of a sealed value (and its format version).
 pub const MAGIC: &[u8] = b"fernetd-sealed-v1:";
+/// Prefix of a sealed value that names the seal key's id (see the module's comment).
+pub const MAGIC_V2: &[u8] = b"fernetd-sealed-v2:";
 const NONCE: usize = 24;
+const ID: usize = 8;
+
+/// A seal key's id: the first 8 bytes of the SHA-256 of its material (what a Fernet key's
+/// fingerprint is), 16 hex digits; safe to show and to log.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SealKeyId([u8; ID]);
+
+impl SealKeyId {
+    fn of(key: &crate::core::key::Key) -> SealKeyId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.bytes());
+        let mut out = [0u8; ID];
+        out.copy_from_slice(&digest[..ID]);
+        SealKeyId(out)
+    }
+}
+
+impl std::fmt::Display for SealKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        f.pad(&hex)
+    }
+}
+
+impl std::fmt::Debug for SealKeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 /// The key-encryption key: 32 bytes, stored as 44 characters of url-safe base64 (the format
 /// of a Fernet key, so the same tools generate it).
@@ -39,6 +78,15 @@ pub enum SealError {
     NotSealed,
     #[error("the sealed value does not open with this seal key (tampered, or sealed with another key or for another etcd key)")]
     Open,
+    #[error("the value is sealed with seal key {id}, which this node does not hold (it holds {}); add that key's file to [cluster] seal_key_files (see the README: changing the seal key)", ids(held))]
+    Lacking { id: SealKeyId, held: Vec<SealKeyId> },
+}
+
+fn ids(held: &[SealKeyId]) -> String {
+    held.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The largest seal key file read (the key is 44 characters and a newline).
@@ -136,6 +184,11 @@ impl SealKey {
         SealKey { key }
     }
 
+    /// The key's id: its fingerprint (what `Debug` shows), never its material.
+    pub fn id(&self) -> SealKeyId {
+        SealKeyId::of(&self.key)
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(self.key.bytes().into())
     }
@@ -161,8 +214,32 @@ impl SealKey {
         Ok(out)
     }
 
+    /// `MAGIC_V2 || id || nonce || ciphertext`, bound to the id and `aad` (the etcd key).
+    pub fn seal_v2(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
+        let id = self.id();
+        let bound = v2_aad(&id, aad);
+        let v1 = self.seal(plaintext, &bound)?;
+        let body = v1.get(MAGIC.len()..).ok_or(SealError::Open)?;
+        let mut out = Vec::with_capacity(MAGIC_V2.len() + ID + body.len());
+        out.extend_from_slice(MAGIC_V2);
+        out.extend_from_slice(&id.0);
+        out.extend_from_slice(body);
+        Ok(out)
+    }
+
+    /// Opens a value of either format sealed with this key.
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        if let Some((id, body)) = split_v2(sealed) {
+            if id != self.id() {
+                return Err(SealError::Open);
+            }
+            return self.open_body(body, &v2_aad(&id, aad));
+        }
         let body = sealed.strip_prefix(MAGIC).ok_or(SealError::NotSealed)?;
+        self.open_body(body, aad)
+    }
+
+    fn open_body(&self, body: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
         if body.len() < NONCE {
             return Err(SealError::Open);
         }
@@ -174,9 +251,24 @@ impl SealKey {
     }
 }
 
-/// True when `value` is a sealed value (whatever key sealed it).
+/// True when `value` is a sealed value (whatever key sealed it, in either format).
 pub fn is_sealed(value: &[u8]) -> bool {
-    value.starts_with(MAGIC)
+    value.starts_with(MAGIC) || value.starts_with(MAGIC_V2)
+}
+
+/// The id a `v2` value names and the rest (nonce and ciphertext), or None for any other value.
+fn split_v2(value: &[u8]) -> Option<(SealKeyId, &[u8])> {
+    let rest = value.strip_prefix(MAGIC_V2)?;
+    let id: [u8; ID] = rest.get(..ID)?.try_into().ok()?;
+    Some((SealKeyId(id), rest.get(ID..)?))
+}
+
+/// The associated data of a `v2` value: the seal key's id, then the etcd key.
+fn v2_aad(id: &SealKeyId, aad: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ID + aad.len());
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(aad);
+    out
 }
 
 /// A user's name for messages, else its number.
@@ -196,46 +288,110 @@ pub fn open_value(
     value: &[u8],
     aad: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, SealError> {
-    match (key, is_sealed(value)) {
-        (Some(_), false) if accept_unsealed => Ok(Zeroizing::new(value.to_vec())),
-        (Some(k), _) => k.open(value, aad),
-        (None, true) => Err(SealError::NoKey),
-        (None, false) => Ok(Zeroizing::new(value.to_vec())),
+    open_with(key.as_slice(), accept_unsealed, value, aad).map(|(plain, _)| plain)
+}
+
+/// Like [`open_value`] with every seal key a node holds: a value opens with any of them.
+/// Returns the id of the key that opened it (None for a value in the clear). A `v2` value is
+/// tried with the key it names only, and one naming a key not held is [`SealError::Lacking`];
+/// a `v1` value is tried with each key in turn.
+pub fn open_with<K: std::ops::Deref<Target = SealKey>>(
+    keys: &[K],
+    accept_unsealed: bool,
+    value: &[u8],
+    aad: &[u8],
+) -> Result<(Zeroizing<Vec<u8>>, Option<SealKeyId>), SealError> {
+    if !is_sealed(value) {
+        return match keys.is_empty() || accept_unsealed {
+            true => Ok((Zeroizing::new(value.to_vec()), None)),
+            false => Err(SealError::NotSealed),
+        };
     }
+    if keys.is_empty() {
+        return Err(SealError::NoKey);
+    }
+    if let Some((id, _)) = split_v2(value) {
+        let Some(k) = keys.iter().find(|k| k.id() == id) else {
+            return Err(SealError::Lacking {
+                id,
+                held: keys.iter().map(|k| k.id()).collect(),
+            });
+        };
+        return k.open(value, aad).map(|plain| (plain, Some(id)));
+    }
+    keys.iter()
+        .find_map(|k| k.open(value, aad).ok().map(|plain| (plain, Some(k.id()))))
+        .ok_or(SealError::Open)
 }
 
 /// How a cluster connection seals what it writes and opens what it reads: with the seal key
 /// when one is configured (always, for writes), and taking unsealed values only where the
-/// operator said `insecure_unsealed`.
+/// operator said `insecure_unsealed`. With several keys (`seal_key_files`), values open with
+/// any of them and are sealed with the first, in the `v2` format naming its id.
 #[derive(Debug, Clone, Default)]
 pub struct Sealing {
-    key: Option<std::sync::Arc<SealKey>>,
+    /// Every seal key held, the one that seals first.
+    keys: Vec<std::sync::Arc<SealKey>>,
     accept_unsealed: bool,
+    /// Writes name the sealing key (`v2`): the configuration says `seal_key_files`. A
+    /// configuration with the single `seal_key_file` writes `v1`, byte for byte as before, so
+    /// that a node still running an earlier fernetd opens it.
+    tagged: bool,
 }
 
 impl Sealing {
     pub fn new(key: Option<SealKey>, accept_unsealed: bool) -> Sealing {
         Sealing {
-            key: key.map(std::sync::Arc::new),
+            keys: key.map(std::sync::Arc::new).into_iter().collect(),
             accept_unsealed,
+            tagged: false,
+        }
+    }
+
+    /// Several keys, the first sealing (`v2`, naming its id); none is an unsealed configuration.
+    pub fn with_keys(keys: Vec<SealKey>, accept_unsealed: bool) -> Sealing {
+        Sealing {
+            keys: keys.into_iter().map(std::sync::Arc::new).collect(),
+            accept_unsealed,
+            tagged: true,
         }
     }
 
     pub fn sealed(&self) -> bool {
-        self.key.is_some()
+        !self.keys.is_empty()
+    }
+
+    /// The id of the key writes are sealed with (None when no seal key is configured).
+    pub fn sealing_id(&self) -> Option<SealKeyId> {
+        self.keys.first().map(|k| k.id())
+    }
+
+    /// The ids of every key held, the sealing one first.
+    pub fn ids(&self) -> Vec<SealKeyId> {
+        self.keys.iter().map(|k| k.id()).collect()
     }
 
     /// Seals `plaintext` for the etcd key `aad` (as it is when no seal key is configured).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
-        match &self.key {
+        match self.keys.first() {
+            Some(k) if self.tagged => k.seal_v2(plaintext, aad),
             Some(k) => k.seal(plaintext, aad),
             None => Ok(plaintext.to_vec()),
         }
     }
 
-    /// Opens a value read from under the etcd key `aad` (see [`open_value`]).
+    /// Opens a value read from under the etcd key `aad` (see [`open_with`]).
     pub fn open(&self, value: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        open_value(self.key.as_deref(), self.accept_unsealed, value, aad)
+        self.open_which(value, aad).map(|(plain, _)| plain)
+    }
+
+    /// Like [`Sealing::open`], with the id of the key that opened the value (None: clear).
+    pub fn open_which(
+        &self,
+        value: &[u8],
+        aad: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, Option<SealKeyId>), SealError> {
+        open_with(&self.keys, self.accept_unsealed, value, aad)
     }
 }
 
@@ -294,5 +450,64 @@ mod tests {
             Err(SealError::Open)
         );
         assert!(!format!("{k:?}").contains(&*k.key.to_text()));
+    }
+
+    #[test]
+    fn several_keys_open_with_any_and_seal_with_the_first_naming_it() {
+        let (new, old, other) = (key(), key(), key());
+        let (new_id, old_id) = (new.id(), old.id());
+        let aad = b"/f/tokens/keyset";
+        // A value sealed by the single-key configuration (v1) opens with the old key second.
+        let v1 = Sealing::new(Some(SealKey::from_key(old.key.clone())), false)
+            .seal(b"set", aad)
+            .unwrap();
+        assert!(v1.starts_with(MAGIC));
+        let both = Sealing::with_keys(
+            vec![
+                SealKey::from_key(new.key.clone()),
+                SealKey::from_key(old.key.clone()),
+            ],
+            false,
+        );
+        let (plain, by) = both.open_which(&v1, aad).unwrap();
+        assert_eq!((&**plain, by), (&b"set"[..], Some(old_id)));
+        // Written with the first key, naming it; the id is no key material.
+        let v2 = both.seal(b"set", aad).unwrap();
+        assert!(v2.starts_with(MAGIC_V2));
+        assert!(!v2.windows(3).any(|w| w == b"set"));
+        assert_eq!(both.open_which(&v2, aad).unwrap().1, Some(new_id));
+        assert_eq!(both.sealing_id(), Some(new_id));
+        // A node holding the old key alone names the key it lacks.
+        let only_old = Sealing::with_keys(vec![SealKey::from_key(old.key.clone())], false);
+        let e = only_old.open(&v2, aad).unwrap_err();
+        assert_eq!(
+            e,
+            SealError::Lacking {
+                id: new_id,
+                held: vec![old_id]
+            }
+        );
+        assert!(e.to_string().contains(&new_id.to_string()), "{e}");
+        assert!(!e.to_string().contains(&*new.key.to_text()), "{e}");
+        // The id is authenticated: one rewritten to another held key's does not open.
+        let mut lied = v2.clone();
+        lied[MAGIC_V2.len()..MAGIC_V2.len() + ID].copy_from_slice(&old_id.0);
+        assert_eq!(both.open(&lied, aad), Err(SealError::Open));
+        // Nor for another etcd key, nor tampered, nor with a key that is not held at all.
+        assert_eq!(both.open(&v2, b"/g/tokens/keyset"), Err(SealError::Open));
+        let mut tampered = v2.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(both.open(&tampered, aad), Err(SealError::Open));
+        let stranger = Sealing::with_keys(vec![other], false);
+        assert_eq!(stranger.open(&v1, aad), Err(SealError::Open));
+        assert!(matches!(
+            stranger.open(&v2, aad),
+            Err(SealError::Lacking { .. })
+        ));
+        // Truncated v2 values are refused, not a panic.
+        for n in 0..MAGIC_V2.len() + ID + NONCE + 1 {
+            assert!(both.open(&v2[..n], aad).is_err());
+        }
     }
 }

@@ -452,6 +452,12 @@ pub struct ClusterView {
     /// What the hold says ("held for skew of node b (15s ahead) until ...").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skew_hold_reason: Option<String>,
+    /// Under `seal_key_files`: the id of the seal key the stored set is sealed with ("clear"
+    /// when it is not sealed), and that key's place in this node's list (1 = the sealing one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_with: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_key_entry: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -516,6 +522,8 @@ pub fn cluster_view(
         skew_hold: None,
         skew_hold_until: None,
         skew_hold_reason: None,
+        sealed_with: None,
+        seal_key_entry: None,
     }
 }
 

@@ -144,7 +144,9 @@ pub(super) fn seal(a: SealArgs, config: Option<&Path>) -> anyhow::Result<i32> {
             config::DEFAULT_SEAL_KEY_FILE
         );
     }
-    if !cluster.insecure_unsealed {
+    // One seal key opens only what is sealed with it already or stored in the clear, which
+    // this node takes only with insecure_unsealed.
+    if !cluster.insecure_unsealed && cluster.seal_key_files.len() < 2 {
         anyhow::bail!(
             "{}: [cluster] insecure_unsealed is not set, so this node refuses the key sets \
              stored in the clear that `cluster seal` would seal; run it where \
@@ -163,16 +165,35 @@ pub(super) fn seal(a: SealArgs, config: Option<&Path>) -> anyhow::Result<i32> {
         Ok::<_, crate::cluster::ClusterError>(out)
     })??;
     let mut compact_to = None;
-    for (kind, revision) in sealed {
-        match revision {
-            Some(r) => {
+    let mut resealed_to = None;
+    let named = |id: Option<crate::seal::SealKeyId>| match (cluster.seal_tagged, id) {
+        (true, Some(id)) => format!(" with seal key {id}"),
+        _ => String::new(),
+    };
+    for (kind, r) in sealed {
+        match (r.revision, r.was) {
+            (Some(rev), None) => {
                 println!(
-                    "{}/{kind}/keyset: sealed at revision {r}; no key changed",
-                    cluster.prefix
+                    "{}/{kind}/keyset: sealed{} at revision {rev}; no key changed",
+                    cluster.prefix,
+                    named(r.with)
                 );
-                compact_to = compact_to.max(Some(r));
+                compact_to = compact_to.max(Some(rev));
             }
-            None => println!("{}/{kind}/keyset: already sealed", cluster.prefix),
+            (Some(rev), Some(was)) => {
+                println!(
+                    "{}/{kind}/keyset: sealed again{} at revision {rev} (was seal key {was}); \
+                     no key changed",
+                    cluster.prefix,
+                    named(r.with)
+                );
+                resealed_to = resealed_to.max(Some(rev));
+            }
+            (None, _) => println!(
+                "{}/{kind}/keyset: already sealed{}",
+                cluster.prefix,
+                named(r.with)
+            ),
         }
     }
     if let Some(r) = compact_to {
@@ -184,6 +205,18 @@ pub(super) fn seal(a: SealArgs, config: Option<&Path>) -> anyhow::Result<i32> {
                  etcd with `etcdctl compact {r}` and `etcdctl defrag --cluster` (as \
                  etcd's root), destroy such backups, and count the keys they held as \
                  known until rotations have purged them"
+            ),
+        );
+    }
+    if let Some(r) = resealed_to {
+        say(
+            Severity::Warning,
+            &format!(
+                "note: values sealed with the previous seal key stay in etcd's history (below \
+                 revision {r}) and in etcd backups; drop that key from seal_key_files only \
+                 once every node holds the new one first, and if the old key may be known to \
+                 others, `etcdctl compact {r}` and `etcdctl defrag --cluster` (as etcd's \
+                 root) and destroy older backups"
             ),
         );
     }
@@ -236,7 +269,7 @@ fn make_seal_key(path: &Path, k: &config::KeystoneSection) -> anyhow::Result<()>
             .flatten()
             .map(|u| (u.uid.as_raw(), u.gid.as_raw())),
     };
-    crate::seal::SealKey::create(path, owner)?;
+    let id = crate::seal::SealKey::create(path, owner)?.id();
     let (uid, gid) = owner.unwrap_or_else(|| {
         (
             nix::unistd::geteuid().as_raw(),
@@ -252,7 +285,7 @@ fn make_seal_key(path: &Path, k: &config::KeystoneSection) -> anyhow::Result<()>
         .flatten()
         .map_or(gid.to_string(), |g| g.name);
     println!(
-        "made a new seal key at {} (owner {user}, mode 0600): copy it to every node, same \
+        "made a new seal key at {} (id {id}, owner {user}, mode 0600): copy it to every node, same \
          path, owner and mode (e.g. `install -m 600 -o {user} -g {group}`), before their \
          daemons start; keep a copy offline: key sets sealed with it open with nothing else",
         path.display()

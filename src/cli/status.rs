@@ -197,6 +197,13 @@ fn print_cluster(sums: &[status::Summary], views: &Views, now: DateTime<Utc>) {
                 nodes.join(", ")
             }
         );
+        if let Some(id) = &v.sealed_with {
+            match v.seal_key_entry {
+                Some(1) => println!("  seal: {} key set sealed with seal key {id} (seal_key_files entry 1, the sealing one)", s.kind),
+                Some(n) => println!("  seal: {} key set sealed with seal key {id} (seal_key_files entry {n}); `fernetd cluster seal` seals it with entry 1", s.kind),
+                None => println!("  seal: {} key set stored in the clear; `fernetd cluster seal` seals it with seal_key_files entry 1", s.kind),
+            }
+        }
     }
 }
 
@@ -216,7 +223,7 @@ async fn cluster_views(
     };
     let mut c = match crate::cluster::Cluster::connect(cluster).await {
         Ok(c) => c,
-        Err(e @ (ClusterError::SealKey(_) | ClusterError::Unsealed)) => return Err(e),
+        Err(e @ (ClusterError::SealKey { .. } | ClusterError::Unsealed)) => return Err(e),
         Err(e) => {
             let e = unreachable(e);
             return Ok(d.repositories.iter().map(|_| Err(e.clone())).collect());
@@ -261,6 +268,13 @@ async fn cluster_views(
             view.judge_clocks(&acks, set.history.last_rotation, margin, clock.wall);
             let hold = c.skew_hold(kind).await.map_err(unreachable)?;
             view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
+            if cluster.seal_tagged {
+                let by = c.sealed_with(kind).await.map_err(unreachable)?;
+                view.sealed_with = Some(by.map_or("clear".into(), |id| id.to_string()));
+                view.seal_key_entry = by
+                    .and_then(|id| c.seal_ids().iter().position(|k| *k == id))
+                    .map(|i| i + 1);
+            }
             Ok(view)
         }
         .await;
