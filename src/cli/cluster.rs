@@ -3,7 +3,7 @@
 use super::block_on;
 use super::render::{print_keys, rfc3339, say, Severity};
 use super::settings::{cluster_settings, config_name, configured_kinds};
-use super::{ClusterInitArgs, NewSealKeyArgs, RemoveNodeArgs, SealArgs};
+use super::{ClusterInitArgs, NewSealKeyArgs, RemoveNodeArgs, RenameNodeArgs, SealArgs};
 use crate::config::{self, Flags};
 use crate::core::clock::Now;
 use crate::core::duration;
@@ -200,6 +200,8 @@ pub(super) fn remove_node(a: RemoveNodeArgs, config: Option<&Path>) -> anyhow::R
         let mut out = Vec::new();
         for kind in kinds {
             out.push((kind, c.remove_member(kind, &a.node).await?));
+            // A node rebuilt under this name may claim it from now on.
+            crate::cluster::names::forget(&c, kind, &a.node).await?;
         }
         Ok::<_, crate::cluster::ClusterError>(out)
     })??;
@@ -217,6 +219,35 @@ pub(super) fn remove_node(a: RemoveNodeArgs, config: Option<&Path>) -> anyhow::R
                 ack.node, ack.revision
             );
         }
+    }
+    Ok(0)
+}
+
+/// `cluster rename-node`: the node's membership and claim move to its new name.
+pub(super) fn rename_node(a: RenameNodeArgs, config: Option<&Path>) -> anyhow::Result<i32> {
+    let sources = config::Sources::load(&Flags::default(), config)?;
+    let cluster = cluster_settings(&sources, config)?;
+    let kinds = configured_kinds(&sources, a.kind);
+    let moved = block_on(async {
+        let c = crate::cluster::Cluster::connect(&cluster).await?;
+        let mut out = Vec::new();
+        for kind in kinds {
+            out.push((
+                kind,
+                crate::cluster::names::rename(&c, kind, &a.old, &a.new).await?,
+            ));
+        }
+        Ok::<_, crate::cluster::names::RenameError>(out)
+    })??;
+    for (kind, m) in moved {
+        let acked = m
+            .revision
+            .map_or("no key set yet".to_string(), |r| format!("revision {r}"));
+        println!(
+            "{kind}: renamed node {} to {} (it had applied {acked}); promotions wait for {}, \
+             not {}: start its daemon with [cluster] node = \"{}\"",
+            a.old, a.new, a.new, a.old, a.new
+        );
     }
     Ok(0)
 }
