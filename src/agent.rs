@@ -366,7 +366,12 @@ impl<'a> Session<'a> {
 
     /// A watched name record: another daemon took this node's name (the session ends: the
     /// next one is refused, naming it), or a daemon refused under it came or went.
-    fn name_changed(&mut self, suffix: &str, value: &[u8], put: bool) -> Result<(), SessionError> {
+    async fn name_changed(
+        &mut self,
+        suffix: &str,
+        value: &[u8],
+        put: bool,
+    ) -> Result<(), SessionError> {
         let node = &self.cfg.cluster.node;
         match names::event(suffix, value, put, node, self.lease.id) {
             Some(names::Event::Taken(other)) => {
@@ -380,10 +385,42 @@ impl<'a> Session<'a> {
                 Err(SessionError::Name(reason))
             }
             Some(names::Event::Duplicate { lease, who }) => {
+                // A daemon not seen before (each of its tries takes a new lease).
+                let came = who.as_ref().is_some_and(|w| {
+                    !self.duplicates.values().any(|d| {
+                        Identity {
+                            lease: w.lease,
+                            ..d.clone()
+                        } == *w
+                    })
+                });
                 match who {
                     Some(id) => self.duplicates.insert(lease, id),
                     None => self.duplicates.remove(&lease),
                 };
+                if came {
+                    // The other daemon may hold a copy of this disk (a clone of this node):
+                    // a new token makes that copy stale before this daemon ever stops.
+                    let repo = &self.cfg.repo;
+                    let local = repo
+                        .published(names::LOCAL_FILE)?
+                        .map(|b| names::Local::parse(&b))
+                        .unwrap_or_default();
+                    let me = identity(self.lease.id);
+                    let publish = |l: &names::Local| {
+                        repo.publish(names::LOCAL_FILE, &l.to_bytes())
+                            .map(|_| ())
+                            .map_err(|e| ClusterError::Request {
+                                what: format!("write {}", names::LOCAL_FILE),
+                                reason: e.to_string(),
+                            })
+                    };
+                    if !names::rekey(&self.c, self.cfg.kind, node, &me, &local, publish).await? {
+                        return Err(SessionError::Name(format!(
+                            "node name '{node}': this daemon's claim changed under it; claiming it again"
+                        )));
+                    }
+                }
                 self.report(Report::Duplicate {
                     reason: duplicates_reason(node, &self.duplicates),
                 });
@@ -756,7 +793,7 @@ impl<'a> Session<'a> {
                         continue;
                     }
                     if let Change::Name { suffix, value, put } = &change {
-                        self.name_changed(suffix, value, *put)?;
+                        self.name_changed(suffix, value, *put).await?;
                         continue;
                     }
                     let leading = self.view.absorb(change, &self.cfg.cluster.node, self.lease.id);
@@ -1085,6 +1122,12 @@ async fn hold_name(
                     to: node.clone(),
                     revision: moved.revision,
                 });
+            }
+            names::Decision::WaitFor(old) => {
+                return Err(SessionError::Name(format!(
+                    "renamed node: this repository was node '{old}', whose lease (this daemon's \
+                     previous process) has not ended yet; its membership moves to '{node}' then"
+                )));
             }
             names::Decision::Refuse(r) => {
                 if matches!(r, names::Refusal::Live { .. }) {

@@ -10,6 +10,7 @@ use crate::core::duration;
 use crate::core::keyset::KeySet;
 use crate::repository::{Owner, Repository};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// `cluster init`: the seal key first when asked, then the key set (imported or fresh) and
 /// its members into etcd, then what the nodes will do with it.
@@ -231,11 +232,20 @@ pub(super) fn rename_node(a: RenameNodeArgs, config: Option<&Path>) -> anyhow::R
     let moved = block_on(async {
         let c = crate::cluster::Cluster::connect(&cluster).await?;
         let mut out = Vec::new();
+        // A daemon just stopped holds its name until its lease ends.
+        let until = tokio::time::Instant::now() + cluster.lease_ttl + Duration::from_secs(1);
         for kind in kinds {
-            out.push((
-                kind,
-                crate::cluster::names::rename(&c, kind, &a.old, &a.new).await?,
-            ));
+            let moved = loop {
+                match crate::cluster::names::rename(&c, kind, &a.old, &a.new).await {
+                    Err(crate::cluster::names::RenameError::OldLive { .. })
+                        if tokio::time::Instant::now() < until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    r => break r?,
+                }
+            };
+            out.push((kind, moved));
         }
         Ok::<_, crate::cluster::names::RenameError>(out)
     })??;

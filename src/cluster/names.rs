@@ -203,6 +203,9 @@ pub enum Decision {
     /// This repository was node `old` on this boot, and `old` is free: move its membership
     /// to the new name first, then claim.
     RenameFrom(String),
+    /// This repository was node `old` on this boot, held by this daemon's previous process
+    /// whose lease has not ended yet: wait for it (at most a lease), then rename.
+    WaitFor(String),
     Refuse(Refusal),
 }
 
@@ -249,6 +252,15 @@ pub fn decide(
     }
     // A name nobody held: this repository's former name, if it held that one's claim.
     if let Some((old, f)) = former {
+        let ours = f.record.as_ref().is_some_and(|r| local.holds(r));
+        // The old name still held by this daemon's previous process (same boot, its pid gone,
+        // this disk's claim; the hostname may have changed with the name).
+        let predecessor = f.live.as_ref().is_some_and(|o| {
+            ours && o.boot.is_some() && o.boot == me.boot && o.pid != me.pid && !alive(o.pid)
+        });
+        if old != node && predecessor {
+            return Decision::WaitFor(old.to_string());
+        }
         if old != node && f.live.is_none() {
             if let Some(r) = f.record.as_ref().filter(|r| local.holds(r)) {
                 if r.holder.boot.is_some() && r.holder.boot == me.boot {
@@ -352,6 +364,31 @@ pub async fn claim(
     let mut client = c.client.clone();
     let resp = c.bounded(&format!("claim {live}"), client.txn(txn)).await?;
     Ok(resp.succeeded())
+}
+
+/// A new claim token for the name `me` holds, on this disk first (`local` then keeps both)
+/// then in etcd: a copy of this disk taken before (a clone refused while this daemon runs)
+/// no longer holds the name's token, and cannot take the name once this daemon stops.
+/// False when `me` no longer holds the name, or its records changed meanwhile.
+pub async fn rekey(
+    c: &Cluster,
+    kind: Kind,
+    node: &str,
+    me: &Identity,
+    local: &Local,
+    publish: impl Fn(&Local) -> Result<(), ClusterError>,
+) -> Result<bool, ClusterError> {
+    let seen = read(c, kind, node).await?;
+    if seen.live.as_ref().is_none_or(|l| l.lease != me.lease) {
+        return Ok(false);
+    }
+    let token = new_token()?;
+    publish(&local.claiming(node, &token))?;
+    if !claim(c, kind, node, me, &token, &seen).await? {
+        return Ok(false);
+    }
+    publish(&Local::claimed(node, &token))?;
+    Ok(true)
 }
 
 /// Says, under this refused daemon's lease, that it tries to run as `node`: the holder
@@ -688,6 +725,19 @@ mod tests {
                 DEAD
             ),
             Decision::RenameFrom("old".into())
+        );
+        // The old name's lease not ended yet (the process just stopped): wait for it.
+        let stopping = seen(Some(last.clone()), Some(record(last.clone(), "t")));
+        assert_eq!(
+            decide(
+                "new",
+                &me,
+                &Seen::default(),
+                &local,
+                Some(("old", &stopping)),
+                DEAD
+            ),
+            Decision::WaitFor("old".into())
         );
         let rebooted = id(2, "b2", "new", 11);
         assert!(matches!(
