@@ -230,7 +230,8 @@ pub fn decide(
     alive: impl Fn(u32) -> bool,
 ) -> Decision {
     if let Some(other) = &seen.live {
-        let ours = seen.record.as_ref().is_some_and(|r| local.holds(r));
+        // No lasting record beside a live one: `remove-node` forgot it.
+        let ours = seen.record.as_ref().is_none_or(|r| local.holds(r));
         let restart = other.same_process(me)
             || (ours && me.same_boot_and_host(other) && other.pid != me.pid && !alive(other.pid));
         if other.lease != me.lease && !restart {
