@@ -205,6 +205,19 @@ fn a_renamed_node_never_stalls_rotations() {
     primary_reaches(&etcd, p + 2, &[&da, &db]);
     let mut tokens = tokens_for(&a, secs(1));
 
+    // A restart (killed: its lease lives on for a TTL) takes its name back at once: the same
+    // host, boot and disk, the old pid gone.
+    db.kill9();
+    let started = Instant::now();
+    let db = daemon(&node(t.path(), &etcd, "b", &b, "b"));
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    assert!(
+        !db.log().contains("duplicate node name"),
+        "a restart refused:\n{}",
+        db.log()
+    );
+    eprintln!("restart back in step after {:?}", started.elapsed());
+
     // By the command: the daemon stopped, renamed, started under the new name.
     db.stop();
     let out = fernetd_ok(&[
