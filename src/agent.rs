@@ -13,6 +13,7 @@
 //!
 //! The agent reports to the daemon loop through a channel; it never touches the loop's state.
 
+use crate::cluster::names::{self, Identity};
 use crate::cluster::{Ack, Change, Cluster, ClusterError, Lease, Watch};
 use crate::config::{ClusterSettings, Kind};
 use crate::core::clock::Now;
@@ -100,6 +101,19 @@ pub enum Report {
         overdue: Duration,
         blocking: bool,
     },
+    /// Another daemon under this node's name: this one refused (it takes no part in the
+    /// cluster), or, on the holder, daemons refused under its name that keep trying. `None`
+    /// once there is none.
+    Duplicate {
+        reason: Option<String>,
+    },
+    /// This repository's membership moved from its former name (`[cluster] node` changed on
+    /// this boot): the promotion gate waits for the new name where it waited for the old.
+    Renamed {
+        from: String,
+        to: String,
+        revision: Option<i64>,
+    },
     /// The session ended; the node serves its current keys until the next one.
     Degraded {
         reason: String,
@@ -173,6 +187,10 @@ enum SessionError {
     Repository(#[from] crate::Error),
     #[error("the operating system's random number generator failed")]
     Random,
+    #[error("{0}")]
+    Name(String),
+    #[error(transparent)]
+    Rename(#[from] names::RenameError),
     #[error("{0}: no key set, and this node has no keys to offer: waiting for one (a new cluster starts with `fernetd cluster init` on one node)")]
     NoKeySet(String),
 }
@@ -292,6 +310,8 @@ struct Session<'a> {
     paused_until: Option<Instant>,
     /// While paused: when the pause was last logged ([`SKEW_BOUND_REMIND`]).
     paused_said: Option<Instant>,
+    /// Daemons refused under this node's name that keep trying, by lease: reported.
+    duplicates: std::collections::BTreeMap<i64, Identity>,
 }
 
 /// What the leader's turn leaves the loop to do.
@@ -315,6 +335,8 @@ impl<'a> Session<'a> {
         // no lease: a node that was a member stays one (and holds promotions back) while etcd
         // cannot hear from it; a new node becomes one with its first acknowledgement, once it
         // has applied the current set, and holds nothing back before.
+        let me = identity(lease.id);
+        let duplicates = hold_name(cfg, &c, &me, reports).await?;
         bootstrap(cfg, &mut c).await?;
         // From here on the watch brings every later key set, in order: a node reads the set
         // once per session, not once per change (every node would otherwise ask etcd at the
@@ -344,11 +366,78 @@ impl<'a> Session<'a> {
             paused: false,
             paused_until: None,
             paused_said: None,
+            duplicates,
         })
     }
 
     fn report(&self, report: Report) {
         let _ = self.reports.send((self.cfg.index, report));
+    }
+
+    /// A watched name record: another daemon took this node's name (the session ends: the
+    /// next one is refused, naming it), or a daemon refused under it came or went.
+    async fn name_changed(
+        &mut self,
+        suffix: &str,
+        value: &[u8],
+        put: bool,
+    ) -> Result<(), SessionError> {
+        let node = &self.cfg.cluster.node;
+        match names::event(suffix, value, put, node, self.lease.id) {
+            Some(names::Event::Taken(other)) => {
+                let reason = format!(
+                    "duplicate node name: '{node}' was taken by another daemon ({other}); this \
+                     one stands down and takes no part in the cluster"
+                );
+                self.report(Report::Duplicate {
+                    reason: Some(reason.clone()),
+                });
+                Err(SessionError::Name(reason))
+            }
+            Some(names::Event::Duplicate { lease, who }) => {
+                // A daemon not seen before (each of its tries takes a new lease).
+                let came = who.as_ref().is_some_and(|w| {
+                    !self.duplicates.values().any(|d| {
+                        Identity {
+                            lease: w.lease,
+                            ..d.clone()
+                        } == *w
+                    })
+                });
+                match who {
+                    Some(id) => self.duplicates.insert(lease, id),
+                    None => self.duplicates.remove(&lease),
+                };
+                if came {
+                    // The other daemon may hold a copy of this disk (a clone of this node):
+                    // a new token makes that copy stale before this daemon ever stops.
+                    let repo = &self.cfg.repo;
+                    let local = repo
+                        .published(names::LOCAL_FILE)?
+                        .map(|b| names::Local::parse(&b))
+                        .unwrap_or_default();
+                    let me = identity(self.lease.id);
+                    let publish = |l: &names::Local| {
+                        repo.publish(names::LOCAL_FILE, &l.to_bytes())
+                            .map(|_| ())
+                            .map_err(|e| ClusterError::Request {
+                                what: format!("write {}", names::LOCAL_FILE),
+                                reason: e.to_string(),
+                            })
+                    };
+                    if !names::rekey(&self.c, self.cfg.kind, node, &me, &local, publish).await? {
+                        return Err(SessionError::Name(format!(
+                            "node name '{node}': this daemon's claim changed under it; claiming it again"
+                        )));
+                    }
+                }
+                self.report(Report::Duplicate {
+                    reason: duplicates_reason(node, &self.duplicates),
+                });
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn report_leading(&self, leading: Option<bool>) {
@@ -733,6 +822,10 @@ impl<'a> Session<'a> {
                         self.c.answer(self.cfg.kind, node, probe, self.lease.id).await?;
                         continue;
                     }
+                    if let Change::Name { suffix, value, put } = &change {
+                        self.name_changed(suffix, value, *put).await?;
+                        continue;
+                    }
                     let leading = self.view.absorb(change, &self.cfg.cluster.node, self.lease.id);
                     self.report_leading(leading);
                 }
@@ -955,9 +1048,133 @@ impl View {
                 self.campaign = true;
                 self.lead(false)
             }
-            Change::Probe { .. } => None,
+            Change::Probe { .. } | Change::Name { .. } => None,
         }
     }
+}
+
+/// This process's identity under `lease`.
+fn identity(lease: i64) -> Identity {
+    static STARTED: std::sync::OnceLock<DateTime<Utc>> = std::sync::OnceLock::new();
+    Identity {
+        lease,
+        boot: Now::read().boot.map(|b| b.boot),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        pid: std::process::id(),
+        started: *STARTED.get_or_init(Utc::now),
+    }
+}
+
+/// What the holder of a name says of the daemons refused under it (without their leases: a
+/// refused daemon takes a new one at each try).
+fn duplicates_reason(
+    node: &str,
+    dups: &std::collections::BTreeMap<i64, Identity>,
+) -> Option<String> {
+    let who: std::collections::BTreeSet<String> = dups
+        .values()
+        .map(|d| {
+            format!(
+                "host {}, pid {}, boot id {}, started {}",
+                d.host,
+                d.pid,
+                d.boot.as_deref().unwrap_or("unknown"),
+                d.started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+        .collect();
+    (!who.is_empty()).then(|| {
+        format!(
+            "duplicate node name: another daemon tries to run as '{node}' ({}); it is refused \
+             and takes no part in the cluster: give it its own [cluster] node",
+            who.into_iter().collect::<Vec<_>>().join("; ")
+        )
+    })
+}
+
+/// Holds this node's name for the session ([`names::decide`]): claims it, moves the
+/// membership of the name this repository held before when it was renamed on this boot, or
+/// refuses (reported, the session ends; it is tried again after the backoff). Returns the
+/// daemons refused under the name that keep trying.
+async fn hold_name(
+    cfg: &AgentConfig,
+    c: &Cluster,
+    me: &Identity,
+    reports: &UnboundedSender<(usize, Report)>,
+) -> Result<std::collections::BTreeMap<i64, Identity>, SessionError> {
+    let node = &cfg.cluster.node;
+    let report = |r: Report| {
+        let _ = reports.send((cfg.index, r));
+    };
+    for _ in 0..3 {
+        let local = cfg
+            .repo
+            .published(names::LOCAL_FILE)?
+            .map(|b| names::Local::parse(&b))
+            .unwrap_or_default();
+        let seen = names::read(c, cfg.kind, node).await?;
+        let former = match local.node.as_deref() {
+            Some(old) if old != node => {
+                Some((old.to_string(), names::read(c, cfg.kind, old).await?))
+            }
+            _ => None,
+        };
+        let former = former.as_ref().map(|(o, s)| (o.as_str(), s));
+        match names::decide(node, me, &seen, &local, former, names::pid_alive) {
+            names::Decision::Take => {
+                let token = names::new_token()?;
+                cfg.repo
+                    .publish(names::LOCAL_FILE, &local.claiming(node, &token).to_bytes())?;
+                if !names::claim(c, cfg.kind, node, me, &token, &seen).await? {
+                    continue;
+                }
+                cfg.repo.publish(
+                    names::LOCAL_FILE,
+                    &names::Local::claimed(node, &token).to_bytes(),
+                )?;
+                let dups: std::collections::BTreeMap<i64, Identity> = seen
+                    .duplicates
+                    .into_iter()
+                    .filter(|d| d.lease != me.lease)
+                    .map(|d| (d.lease, d))
+                    .collect();
+                report(Report::Duplicate {
+                    reason: duplicates_reason(node, &dups),
+                });
+                return Ok(dups);
+            }
+            names::Decision::RenameFrom(old) => {
+                let moved = names::rename(c, cfg.kind, &old, node).await?;
+                report(Report::Renamed {
+                    from: old,
+                    to: node.clone(),
+                    revision: moved.revision,
+                });
+            }
+            names::Decision::WaitFor(old) => {
+                return Err(SessionError::Name(format!(
+                    "renamed node: this repository was node '{old}', whose lease (this daemon's \
+                     previous process) has not ended yet; its membership moves to '{node}' then"
+                )));
+            }
+            names::Decision::Refuse(r) => {
+                if matches!(r, names::Refusal::Live { .. }) {
+                    names::contend(c, cfg.kind, node, me).await?;
+                }
+                report(Report::Duplicate {
+                    reason: Some(r.to_string()),
+                });
+                return Err(SessionError::Name(r.to_string()));
+            }
+        }
+    }
+    Err(ClusterError::Contention {
+        key: format!("node name '{node}'"),
+        attempts: 3,
+    }
+    .into())
 }
 
 /// Makes sure the cluster holds a key set for this repository when this node can offer one:

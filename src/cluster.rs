@@ -15,6 +15,8 @@ use etcd_client::{
 use std::future::Future;
 use std::time::Duration;
 
+pub mod names;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("etcd {endpoints}: {reason}")]
@@ -1036,6 +1038,13 @@ pub enum Change {
     NoLeader,
     /// The leader asks every connected node for a clock reading ([`Cluster::answer`]).
     Probe { probe: u64 },
+    /// A node name's live record or a duplicate's (see [`names`]): `suffix` is the key after
+    /// the repository's prefix (`keyset-name/...`).
+    Name {
+        suffix: String,
+        value: Vec<u8>,
+        put: bool,
+    },
 }
 
 /// The stream of a repository's changes.
@@ -1103,6 +1112,16 @@ impl Watch {
                         out.push(Change::Probe { probe: p.probe });
                     }
                 }
+            } else if let Some(rest) = kv
+                .key()
+                .strip_prefix(self.keyset_key.as_bytes())
+                .and_then(|r| r.strip_prefix(b"-name/"))
+            {
+                out.push(Change::Name {
+                    suffix: format!("keyset-name/{}", String::from_utf8_lossy(rest)),
+                    value: kv.value().to_vec(),
+                    put,
+                });
             } else if kv.key() == self.leader_key.as_bytes() {
                 out.push(if put {
                     Change::Leader {

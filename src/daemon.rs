@@ -109,6 +109,9 @@ struct Cluster {
     in_step: bool,
     leading: bool,
     degraded: Option<String>,
+    /// Another daemon under this node's name (this one refused, or refused ones that keep
+    /// trying): critical until it is gone.
+    duplicate: Option<String>,
     gate: Gate,
     /// Cluster nodes whose clocks are off by more than the margin (by the leader's fresh
     /// readings): keys stay longer by the skew.
@@ -225,6 +228,9 @@ impl Slot {
                 }
                 if let Some(reason) = &c.degraded {
                     out.push(Problem::new(Code::Degraded, format!("degraded: {reason}")));
+                }
+                if let Some(reason) = &c.duplicate {
+                    out.push(Problem::new(Code::DuplicateNode, reason.clone()));
                 }
             }
             Mode::Standalone(st) => {
@@ -573,6 +579,7 @@ impl Daemon {
             in_step: false,
             leading: false,
             degraded: None,
+            duplicate: None,
             gate: Gate::default(),
             skewed: Vec::new(),
             clocks: Clocks::default(),
@@ -737,6 +744,24 @@ impl Daemon {
                     tracing::info!("{kind}: rotation due, held until {who} applied the staged key");
                 }
                 c.gate = next;
+            }
+            Report::Duplicate { reason } => {
+                match (&reason, &c.duplicate) {
+                    (Some(r), old) if old.as_ref() != Some(r) => tracing::error!("{kind}: {r}"),
+                    (None, Some(_)) => {
+                        tracing::info!("{kind}: no other daemon runs under this node's name now")
+                    }
+                    _ => {}
+                }
+                c.duplicate = reason;
+            }
+            Report::Renamed { from, to, revision } => {
+                let acked = revision.map_or("nothing yet".to_string(), |r| format!("revision {r}"));
+                tracing::warn!(
+                    "{kind}: renamed node: this repository was node '{from}'; its membership \
+                     (acknowledged {acked}) moved to '{to}', so promotions wait for the new name, \
+                     not the old"
+                );
             }
             Report::Degraded { reason, .. } => {
                 if c.degraded.as_deref() != Some(reason.as_str()) {

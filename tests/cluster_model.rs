@@ -4,7 +4,8 @@
 //! while another node takes the claim (the stalled one still believes it leads), nodes that
 //! apply late (a reconnection after the others moved on), campaigns, time passing, and each
 //! node's clock drifting or stepping away from the model's time (both ways, some beyond the
-//! margin). A node's clock is the model's time plus its offset: it stamps its acknowledgements
+//! margin), and second daemons starting under a node's name (another disk: they hold the name
+//! only if `cluster::names` gives it, and then apply and acknowledge under it). A node's clock is the model's time plus its offset: it stamps its acknowledgements
 //! with it, answers the leader's clock probes with it (a task answers for every connected node
 //! while the leader waits, as the daemon's session does), and a leader rotates by it. A stalled
 //! node is not connected (its lease ended) until it next applies: the leader judges it by its
@@ -29,7 +30,7 @@
 
 mod common;
 use common::etcd::Etcd;
-use fernetd::cluster::{Ack, Cluster, ClusterError, Rotation};
+use fernetd::cluster::{names, Ack, Cluster, ClusterError, Rotation};
 use fernetd::config::{ClusterSection, Kind};
 use fernetd::core::clock::Now;
 use fernetd::core::keyset::KeySet;
@@ -66,6 +67,10 @@ enum Op {
     Campaign { node: usize },
     /// Simulated time passes.
     Advance { minutes: i64 },
+    /// A second daemon (another host's disk: a VM cloned before the cluster existed, or a
+    /// node rebuilt) starts under the node's name: it applies the cluster's set to its own
+    /// repository and acknowledges under that name only if the name is given to it.
+    Duplicate { node: usize },
     /// The node's clock moves by this much against the model's time: a drift (small) or a
     /// step (large), either way, within [`MAX_OFFSET_SECS`] of the model's time.
     Clock { node: usize, offset_secs: i64 },
@@ -82,7 +87,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => node.clone().prop_map(|node| Op::Campaign { node }),
         7 => (1i64..120).prop_map(|minutes| Op::Advance { minutes }),
         2 => (node.clone(), -120i64..120).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
-        2 => (node, -1800i64..1800).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
+        2 => (node.clone(), -1800i64..1800).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
+        3 => node.prop_map(|node| Op::Duplicate { node }),
     ]
 }
 
@@ -224,8 +230,10 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                 leading: false,
             });
         }
-        // Every node joins: applies and acknowledges; n0 claims the leadership.
+        // Every node holds its name, joins: applies and acknowledges; n0 claims the leadership.
         for (i, n) in nodes.iter().enumerate() {
+            let me = identity(n, i as u32, start);
+            assert!(hold_name(&c, &n.name, &me, &names::Local::default()).await);
             apply(&mut c, n, &clock(i, wall), &params).await;
             connect(&mut c, n, &clocks, i).await;
         }
@@ -257,6 +265,22 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                     if moved.clamp(-max, max) != k.offsets[node] {
                         k.offsets[node] = moved.clamp(-max, max);
                         k.moves[node] += 1;
+                    }
+                }
+                Op::Duplicate { node } => {
+                    let lease = c.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+                    let dup = Node {
+                        name: nodes[node].name.clone(),
+                        repo: Repository::new(t.path().join(format!("dup{step}")), None),
+                        lease,
+                        leading: false,
+                    };
+                    let me = names::Identity {
+                        boot: Some(format!("boot-dup{step}")),
+                        ..identity(&dup, 1000 + step as u32, start)
+                    };
+                    if hold_name(&c, &dup.name, &me, &names::Local::default()).await {
+                        apply(&mut c, &dup, &clock(node, wall), &params).await;
                     }
                 }
                 Op::Campaign { node } => {
@@ -373,6 +397,31 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
 
 /// The node's session is live: its clock reading key exists under its lease, so the leader
 /// waits for its answer to a probe (the answer itself comes from [`answer_probes`]).
+/// A node's daemon identity under its lease.
+fn identity(n: &Node, pid: u32, started: chrono::DateTime<chrono::Utc>) -> names::Identity {
+    names::Identity {
+        lease: n.lease,
+        boot: Some(format!("boot-{}", n.name)),
+        host: n.name.clone(),
+        pid,
+        started,
+    }
+}
+
+/// Claims `node` for `me` as a daemon's session does; whether it holds it.
+async fn hold_name(c: &Cluster, node: &str, me: &names::Identity, local: &names::Local) -> bool {
+    let seen = names::read(c, Kind::Tokens, node).await.unwrap();
+    match names::decide(node, me, &seen, local, None, |_| false) {
+        names::Decision::Take => {
+            let token = names::new_token().unwrap();
+            names::claim(c, Kind::Tokens, node, me, &token, &seen)
+                .await
+                .unwrap()
+        }
+        _ => false,
+    }
+}
+
 async fn connect(c: &mut Cluster, n: &Node, clocks: &Arc<Mutex<Clocks>>, i: usize) {
     c.answer(Kind::Tokens, &n.name, 0, n.lease).await.unwrap();
     let mut k = clocks.lock().unwrap();

@@ -102,6 +102,11 @@ pub enum ClusterCommand {
     /// Remove a node from the cluster for good: the promotion gate stops waiting for it. A node
     /// that is only unreachable still serves tokens, so rotations wait for it until this.
     RemoveNode(RemoveNodeArgs),
+    /// Rename a node: its membership (what it acknowledged) and its claim on the name move
+    /// from OLD to NEW in one transaction, so promotions wait for NEW, not for OLD. Stop the
+    /// node's daemon first; start it again with `[cluster] node = NEW`. A daemon restarted
+    /// under a new name on the same boot moves its membership itself.
+    RenameNode(RenameNodeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +120,19 @@ pub struct NewSealKeyArgs {
 #[derive(Debug, Args)]
 pub struct SealArgs {
     /// Only this repository's key set (default: every configured repository).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenameNodeArgs {
+    /// The node's former name.
+    #[arg(value_name = "OLD")]
+    pub old: String,
+    /// Its new name ([cluster] node on it from now on).
+    #[arg(value_name = "NEW")]
+    pub new: String,
+    /// Only this repository's members (default: every configured repository).
     #[arg(long, value_enum)]
     pub kind: Option<KindArg>,
 }

@@ -3,13 +3,14 @@
 use super::block_on;
 use super::render::{print_keys, rfc3339, say, Severity};
 use super::settings::{cluster_settings, config_name, configured_kinds};
-use super::{ClusterInitArgs, NewSealKeyArgs, RemoveNodeArgs, SealArgs};
+use super::{ClusterInitArgs, NewSealKeyArgs, RemoveNodeArgs, RenameNodeArgs, SealArgs};
 use crate::config::{self, Flags};
 use crate::core::clock::Now;
 use crate::core::duration;
 use crate::core::keyset::KeySet;
 use crate::repository::{Owner, Repository};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// `cluster init`: the seal key first when asked, then the key set (imported or fresh) and
 /// its members into etcd, then what the nodes will do with it.
@@ -233,6 +234,8 @@ pub(super) fn remove_node(a: RemoveNodeArgs, config: Option<&Path>) -> anyhow::R
         let mut out = Vec::new();
         for kind in kinds {
             out.push((kind, c.remove_member(kind, &a.node).await?));
+            // A node rebuilt under this name may claim it from now on.
+            crate::cluster::names::forget(&c, kind, &a.node).await?;
         }
         Ok::<_, crate::cluster::ClusterError>(out)
     })??;
@@ -250,6 +253,44 @@ pub(super) fn remove_node(a: RemoveNodeArgs, config: Option<&Path>) -> anyhow::R
                 ack.node, ack.revision
             );
         }
+    }
+    Ok(0)
+}
+
+/// `cluster rename-node`: the node's membership and claim move to its new name.
+pub(super) fn rename_node(a: RenameNodeArgs, config: Option<&Path>) -> anyhow::Result<i32> {
+    let sources = config::Sources::load(&Flags::default(), config)?;
+    let cluster = cluster_settings(&sources, config)?;
+    let kinds = configured_kinds(&sources, a.kind);
+    let moved = block_on(async {
+        let c = crate::cluster::Cluster::connect(&cluster).await?;
+        let mut out = Vec::new();
+        // A daemon just stopped holds its name until its lease ends.
+        let until = tokio::time::Instant::now() + cluster.lease_ttl + Duration::from_secs(1);
+        for kind in kinds {
+            let moved = loop {
+                match crate::cluster::names::rename(&c, kind, &a.old, &a.new).await {
+                    Err(crate::cluster::names::RenameError::OldLive { .. })
+                        if tokio::time::Instant::now() < until =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    r => break r?,
+                }
+            };
+            out.push((kind, moved));
+        }
+        Ok::<_, crate::cluster::names::RenameError>(out)
+    })??;
+    for (kind, m) in moved {
+        let acked = m
+            .revision
+            .map_or("no key set yet".to_string(), |r| format!("revision {r}"));
+        println!(
+            "{kind}: renamed node {} to {} (it had applied {acked}); promotions wait for {}, \
+             not {}: start its daemon with [cluster] node = \"{}\"",
+            a.old, a.new, a.new, a.old, a.new
+        );
     }
     Ok(0)
 }

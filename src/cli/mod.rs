@@ -64,6 +64,7 @@ pub fn run(cli: Cli, clock: Now) -> anyhow::Result<i32> {
         Command::Cluster(ClusterCommand::NewSealKey(a)) => cluster::new_seal_key(a, config),
         Command::Cluster(ClusterCommand::Seal(a)) => cluster::seal(a, config),
         Command::Cluster(ClusterCommand::RemoveNode(a)) => cluster::remove_node(a, config),
+        Command::Cluster(ClusterCommand::RenameNode(a)) => cluster::rename_node(a, config),
         Command::Sync(a) => sync::run(a, config, &clock),
         Command::Generate(a) => generate::run(a),
     }

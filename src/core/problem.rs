@@ -129,6 +129,8 @@ codes! {
         "a key vanished or changed while tokens it encrypted are still valid (until then)";
     InputRefused = "input-refused", Critical,
         "an input (a cluster key set, a rotation) was refused to keep live keys";
+    DuplicateNode = "duplicate-node", Critical,
+        "another daemon runs under this cluster node's name: one of them is refused and takes no part";
     RotationFailing = "rotation-failing",
         Warning("warning; critical once overdue by more than the margin"),
         "rotations fail and are retried every 30 s";

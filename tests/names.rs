@@ -1,0 +1,261 @@
+//! A cluster node name is held by one live daemon (issue 22), through real daemons, a real
+//! etcd on loopback and Keystone's own TokenFormatter: a clone of a running node started under
+//! its name is refused and reported on both, and once the original stops (its Keystone still
+//! validating) the clone does not take its place, so no token fails there; a renamed node
+//! (by `cluster rename-node`, or restarted under a new name) never stalls rotations. Every
+//! wait is bounded.
+
+mod common;
+use common::etcd::Etcd;
+use common::keystone::{pack, unpack_failures};
+use common::*;
+use fernetd::core::keyset::KeySet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A node's config: rotations every 2 s, tokens that live 60 s (no key is purged while a test
+/// runs), a 2 s lease. The repository is `repo`, the node's name `name`.
+fn node(dir: &Path, etcd: &Etcd, file: &str, repo: &Path, name: &str) -> PathBuf {
+    let p = dir.join(format!("{file}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[daemon]\nmetrics_listen = \"127.0.0.1:0\"\n\
+             [tokens]\nkey_repository = \"{}\"\nschedule = \"2s\"\nexpiration = \"60s\"\n\
+             allow_expired_window = 0\nmargin = 0\n\
+             [cluster]\nendpoints = [\"{}\"]\nprefix = \"/test\"\nnode = \"{name}\"\n\
+             lease_ttl = \"2s\"\ndial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n{}",
+            repo.display(),
+            etcd.endpoint,
+            cluster_lines("")
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn daemon(cfg: &Path) -> Daemon {
+    Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[])
+}
+
+/// The primary of the (unsealed) key set in etcd, 0 when there is none.
+fn cluster_primary(etcd: &Etcd) -> u64 {
+    etcd.with_client(async |c| {
+        c.get("/test/tokens/keyset", None)
+            .await
+            .unwrap()
+            .kvs()
+            .first()
+            .and_then(|kv| KeySet::decode(kv.value()).ok())
+            .and_then(|s| s.primary())
+            .unwrap_or(0)
+    })
+}
+
+/// The members (acknowledgement records) of the tokens repository.
+fn members(etcd: &Etcd) -> Vec<String> {
+    etcd.with_client(async |c| {
+        c.get(
+            "/test/tokens/acks/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| {
+            String::from_utf8_lossy(kv.key())
+                .trim_start_matches("/test/tokens/acks/")
+                .to_string()
+        })
+        .collect()
+    })
+}
+
+/// Waits (at most 30 s) until etcd's primary is at least `n`.
+fn primary_reaches(etcd: &Etcd, n: u64, logs: &[&Daemon]) {
+    let deadline = Instant::now() + secs(30);
+    while cluster_primary(etcd) < n {
+        let logs: Vec<String> = logs.iter().map(|d| d.log()).collect();
+        assert!(
+            Instant::now() < deadline,
+            "no rotation to {n}:\n{}",
+            logs.join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Tokens packed with `dir`'s keys every half second for `for_`.
+fn tokens_for(dir: &Path, for_: Duration) -> Vec<String> {
+    let end = Instant::now() + for_;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        out.push(pack(dir));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    out
+}
+
+fn status(cfg: &Path) -> Run {
+    fernetd(&["--config", cfg.to_str().unwrap(), "status"])
+}
+
+/// Fails against the code before names were held (the clone joined as `ctl`, acknowledged for
+/// the stopped original, rotations went on and the original's Keystone failed tokens).
+#[test]
+fn a_clone_under_a_running_nodes_name_is_refused_and_the_stopped_original_fails_no_token() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, c1, c2) = (t.path().join("a"), t.path().join("c1"), t.path().join("c2"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let ca = node(t.path(), &etcd, "a", &a, "a");
+    let cc1 = node(t.path(), &etcd, "c1", &c1, "ctl");
+    let cc2 = node(t.path(), &etcd, "c2", &c2, "ctl");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+        "--members",
+        "a,ctl",
+    ]);
+    let da = daemon(&ca);
+    let d1 = daemon(&cc1);
+    let start = cluster_primary(&etcd);
+    primary_reaches(&etcd, start + 2, &[&da, &d1]);
+
+    // A VM cloned from the running node: the same disk, the same name.
+    copy_dir(&c1, &c2);
+    let d2 = daemon(&cc2);
+    let refused = d2.wait_log("held by another live daemon", secs(15));
+    let reported = d1.wait_log("another daemon tries to run as 'ctl'", secs(15));
+    let critical = d1.wait_for(secs(10), || {
+        let s = status(&cc1);
+        s.code == 2 && s.stdout.contains("duplicate-node")
+    });
+    let pid_named = d2.log().contains(&format!("pid {}", d1.pid()));
+
+    // The original stops; its Keystone keeps validating with the keys it has.
+    let tokens_before = tokens_for(&a, secs(2));
+    d1.stop();
+    let tokens_after = tokens_for(&a, secs(12));
+    let tokens: Vec<String> = tokens_before.into_iter().chain(tokens_after).collect();
+    let failed = unpack_failures(&c1, &tokens);
+    assert!(
+        failed.is_empty(),
+        "{} of {} tokens fail on the stopped original; keys {:?}\n{}\n---\n{}",
+        failed.len(),
+        tokens.len(),
+        numbers(&c1),
+        da.log(),
+        d2.log()
+    );
+    assert!(unpack_failures(&a, &tokens).is_empty());
+    assert!(refused, "clone not refused:\n{}", d2.log());
+    assert!(
+        pid_named,
+        "the refusal names the holder's pid:\n{}",
+        d2.log()
+    );
+    assert!(
+        reported,
+        "the holder does not report the clone:\n{}",
+        d2.log()
+    );
+    assert!(critical, "{}", status(&cc1).stdout);
+    assert!(
+        d2.log().contains("was last held by another daemon"),
+        "the clone's copy of the claim was made stale while the original ran:\n{}",
+        d2.log()
+    );
+    assert!(!d2.log().contains("in step"), "{}", d2.log());
+    let s = status(&cc2);
+    assert_eq!(s.code, 2, "{}{}", s.stdout, s.stderr);
+    assert!(s.stdout.contains("duplicate-node"), "{}", s.stdout);
+    assert_eq!(members(&etcd), vec!["a".to_string(), "ctl".to_string()]);
+}
+
+/// Fails against the code before renames (no `rename-node`; a daemon restarted under a new
+/// name left its old membership behind and rotations stopped: "node b has not applied").
+#[test]
+fn a_renamed_node_never_stalls_rotations() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let ca = node(t.path(), &etcd, "a", &a, "a");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    let da = daemon(&ca);
+    let db = daemon(&node(t.path(), &etcd, "b", &b, "b"));
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 2, &[&da, &db]);
+    let mut tokens = tokens_for(&a, secs(1));
+
+    // A restart (killed: its lease lives on for a TTL) takes its name back at once: the same
+    // host, boot and disk, the old pid gone.
+    db.kill9();
+    let started = Instant::now();
+    let db = daemon(&node(t.path(), &etcd, "b", &b, "b"));
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    assert!(
+        !db.log().contains("duplicate node name"),
+        "a restart refused:\n{}",
+        db.log()
+    );
+    eprintln!("restart back in step after {:?}", started.elapsed());
+
+    // By the command: the daemon stopped, renamed, started under the new name.
+    db.stop();
+    let out = fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "rename-node",
+        "b",
+        "b2",
+    ]);
+    assert!(
+        out.stdout.contains("renamed node b to b2"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(members(&etcd), vec!["a".to_string(), "b2".to_string()]);
+    let db = daemon(&node(t.path(), &etcd, "b2", &b, "b2"));
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 3, &[&da, &db]);
+    tokens.extend(tokens_for(&a, secs(1)));
+    assert!(!db.log().contains("duplicate node name"), "{}", db.log());
+
+    // By a restart under a new name on the same boot: the daemon moves its membership.
+    db.stop();
+    let db = daemon(&node(t.path(), &etcd, "b3", &b, "b3"));
+    assert!(db.wait_log("renamed node", secs(15)), "{}", db.log());
+    assert!(db.log().contains("'b2'"), "{}", db.log());
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 3, &[&da, &db]);
+    assert_eq!(members(&etcd), vec!["a".to_string(), "b3".to_string()]);
+    tokens.extend(tokens_for(&a, secs(1)));
+    for dir in [&a, &b] {
+        assert!(
+            unpack_failures(dir, &tokens).is_empty(),
+            "{}",
+            dir.display()
+        );
+    }
+    // No message ever names the old name as lagging.
+    assert!(!da.log().contains("node b has not"), "{}", da.log());
+}
