@@ -441,3 +441,167 @@ fn a_forced_import_missing_the_secondary_removes_it_nowhere() {
         out.stderr
     );
 }
+
+/// An operator's `keystone-manage credential_rotate` (after its own migrate) purges the
+/// secondary fernetd knew, outside fernetd. Keystone's check made that purge harmless (every
+/// credential was on the primary), but fernetd did not see the check, only a live key gone:
+/// the daemon watching, `status` and the next `rotate` report it lost (`key-lost-in-retention`),
+/// and no credential is lost.
+#[test]
+fn keystone_manage_credential_rotate_purging_a_known_key_is_reported_lost() {
+    let _s = serial();
+    let site = Site::new("{migrate}", "@monthly");
+    let (code, text) = finish(site.rotate());
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(numbers(&site.creds), vec![0, 1, 2]);
+    let daemon = site.spawn(&["daemon"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let km = |cmd: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} {cmd} --keystone-user \"$(id -un)\" --keystone-group \"$(id -gn)\"",
+                keystone_manage(&site.conf)
+            ))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "keystone-manage {cmd}: {}",
+            tail(&err)
+        );
+    };
+    km("credential_migrate");
+    km("credential_rotate");
+    // Keystone promoted 0 to 3 and purged 1, the secondary fernetd knew.
+    assert_eq!(numbers(&site.creds), vec![0, 2, 3]);
+    std::thread::sleep(Duration::from_secs(3));
+    let log = stop(daemon);
+    let cfg = site.cfg.to_str().unwrap();
+    let status = fernetd(&["--config", cfg, "status"]);
+    let after = finish(site.rotate());
+    let lost = site.lost();
+    eprintln!(
+        "daemon: {}\nstatus {}: {}\nrotate: {after:?}\nlost {lost:?}",
+        tail(&log),
+        status.code,
+        status.stdout
+    );
+    assert_eq!(lost, (0, CREDENTIALS), "credentials lost");
+    assert!(
+        log.contains("key 1 vanished") && log.contains("key-lost-in-retention"),
+        "the daemon did not report key 1 lost: {}",
+        tail(&log)
+    );
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("key 1 vanished") && status.stdout.contains("key-lost-in-retention"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(
+        after.0,
+        3,
+        "rotate must say a key is lost: {}",
+        tail(&after.1)
+    );
+    assert!(after.1.contains("key 1"), "{}", tail(&after.1));
+}
+
+/// `plan --kind credentials` says Keystone's 3 keys, takes a buffer above 3 (and `rotate`
+/// keeps it), refuses fewer loudly (plan and rotate, exit 2, one line); a migration longer
+/// than the tokens' 30 s hook timeout finishes under the credentials' default (10 minutes),
+/// and `hook_timeout` shortens it.
+#[test]
+fn plan_says_three_credential_keys_and_the_hook_timeout_fits_a_long_migration() {
+    let t = tempfile::tempdir().unwrap();
+    let (creds, tokens) = (t.path().join("c"), t.path().join("t"));
+    for dir in [&creds, &tokens] {
+        fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+    }
+    let config = |extra: &str| {
+        let cfg = t.path().join("f.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                 [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+                 {extra}{VERIFY_PRIMARY}",
+                tokens.display(),
+                creds.display()
+            ),
+        )
+        .unwrap();
+        cfg.to_str().unwrap().to_string()
+    };
+    let c = config("pre_rotate = [\"true\"]\n");
+    let plan = fernetd_ok(&["--config", &c, "plan", "--kind", "credentials"]);
+    assert!(
+        plan.stdout.contains("required max_active_keys   3")
+            && plan.stdout.contains("max_active_keys            3: safe"),
+        "{}",
+        plan.stdout
+    );
+    let buffer = fernetd_ok(&[
+        "--config",
+        &c,
+        "plan",
+        "--kind",
+        "credentials",
+        "--max-active-keys",
+        "5",
+    ]);
+    assert!(
+        buffer.stdout.contains("max_active_keys            5: safe"),
+        "{}",
+        buffer.stdout
+    );
+    for cmd in ["plan", "rotate"] {
+        let out = fernetd(&[
+            "--config",
+            &c,
+            cmd,
+            "--kind",
+            "credentials",
+            "--max-active-keys",
+            "2",
+        ]);
+        assert_eq!(out.code, 2, "{cmd}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr
+                .contains("max_active_keys 2: Keystone keeps 3 credential keys"),
+            "{cmd}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(numbers(&creds), vec![0, 1], "a refused rotation rotated");
+    // The buffer is honoured: five keys kept, not three.
+    for _ in 0..5 {
+        fernetd_ok(&[
+            "--config",
+            &c,
+            "rotate",
+            "--kind",
+            "credentials",
+            "--max-active-keys",
+            "5",
+        ]);
+    }
+    assert_eq!(numbers(&creds), vec![0, 3, 4, 5, 6]);
+
+    // A 32 s migration: past the tokens' 30 s, inside the credentials' default.
+    let c = config("pre_rotate = [\"sleep\", \"32\"]\n");
+    let slow = fernetd(&["--config", &c, "rotate", "--kind", "credentials"]);
+    assert_eq!(slow.code, 0, "{}{}", slow.stdout, slow.stderr);
+    assert_eq!(*numbers(&creds).last().unwrap(), 7);
+    let c = config("pre_rotate = [\"sleep\", \"5\"]\nhook_timeout = \"1s\"\n");
+    let cut = fernetd(&["--config", &c, "rotate", "--kind", "credentials"]);
+    assert_eq!(cut.code, 2, "{}{}", cut.stdout, cut.stderr);
+    assert!(cut.stderr.contains("killed after 1s"), "{}", cut.stderr);
+    assert_eq!(
+        *numbers(&creds).last().unwrap(),
+        7,
+        "rotated past a killed migration"
+    );
+}
