@@ -605,3 +605,133 @@ fn plan_says_three_credential_keys_and_the_hook_timeout_fits_a_long_migration() 
         "rotated past a killed migration"
     );
 }
+
+/// README's `[credentials]` example, extracted from README.md: the `toml` block's
+/// `[credentials]` section, with the virtualenv `verify` line its comment offers in place of
+/// `/usr/bin/python3` (Keystone here runs from a virtualenv, installed at `/opt/keystone`).
+fn readme_credentials_section() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut section = Vec::new();
+    let mut inside = false;
+    for line in readme.lines() {
+        if line == "[credentials]" {
+            inside = true;
+        } else if inside && (line.starts_with('[') || line.starts_with("```")) {
+            break;
+        }
+        if inside {
+            section.push(line);
+        }
+    }
+    assert!(!section.is_empty(), "README has no [credentials] example");
+    let venv_verify = section
+        .iter()
+        .find_map(|l| l.strip_prefix("# verify = [\"/opt/keystone/bin/python\""))
+        .expect("README's [credentials] example offers a virtualenv verify line");
+    section
+        .iter()
+        .filter(|l| !l.starts_with("verify ="))
+        .map(|l| {
+            if l.starts_with("# verify = [\"/opt/keystone/bin/python\"") {
+                format!("verify = [\"/opt/keystone/bin/python\"{venv_verify}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// README's credentials example works as written, run as root and as `keystone`: its
+/// `pre_rotate` (`keystone-manage credential_migrate --keystone-user keystone ...`) and the
+/// packaged `verify` at `/usr/lib/fernetd/verify-credentials`, on `/etc/keystone`'s default
+/// layout. The host is left alone: a private mount namespace overlays `/etc` (a `keystone`
+/// user, `/etc/keystone`), `/usr/lib` (the packaged check), `/opt` (`/opt/keystone`, the
+/// venv) and `/root` (passable, where this build's venv keeps its Python). Needs root
+/// (unshare, overlay mounts).
+#[test]
+fn as_root_the_readme_credentials_example_works_as_root_and_as_keystone() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root (a mount namespace)");
+        return;
+    }
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let cfg = root.join("fernetd.toml");
+    std::fs::write(&cfg, readme_credentials_section() + "\n").unwrap();
+    // A uid and gid no account on the host uses.
+    let taken = std::fs::read_to_string("/etc/passwd").unwrap()
+        + &std::fs::read_to_string("/etc/group").unwrap();
+    let id = (64000..65000)
+        .find(|n| !taken.contains(&format!(":{n}:")))
+        .unwrap();
+    let script = format!(
+        r#"set -eu
+for d in etc usr/lib opt root; do
+  mkdir -p "$T/upper/$d" "$T/work/$d"
+  mount -t overlay overlay -o "lowerdir=/$d,upperdir=$T/upper/$d,workdir=$T/work/$d" "/$d"
+done
+# This build's virtualenv runs a Python under /root (0700 here): keystone may pass through.
+chmod o+x /root
+echo "keystone:x:{id}:{id}:Keystone:/var/lib/keystone:/usr/sbin/nologin" >> /etc/passwd
+echo "keystone:x:{id}:" >> /etc/group
+mkdir -p /etc/keystone /usr/lib/fernetd
+cp "$CHECK" /usr/lib/fernetd/verify-credentials
+ln -s "$VENV" /opt/keystone
+printf '[database]\nconnection = sqlite:////etc/keystone/keystone.db\n' > /etc/keystone/keystone.conf
+chown -R keystone:keystone /etc/keystone
+export PATH="/opt/keystone/bin:$PATH"
+as_keystone() {{ setpriv --reuid=keystone --regid=keystone --clear-groups "$@"; }}
+for d in credential-keys fernet-keys; do
+  "$FERNETD" setup --key-repository /etc/keystone/$d --keystone-user keystone --keystone-group keystone
+done
+as_keystone /opt/keystone/bin/python "$HELPER" creds-make /etc/keystone/keystone.conf {n} >/dev/null
+for who in root keystone; do
+  if [ $who = root ]; then run=""; else run=as_keystone; fi
+  rc=0; $run "$FERNETD" --config "$CFG" rotate --kind credentials > "$T/$who.log" 2>&1 || rc=$?
+  echo "rotate as $who: exit $rc"
+  cat "$T/$who.log" | grep -v -i eventlet | tail -n 15 | sed 's/^/  | /'
+  echo "keys as $who: $(ls /etc/keystone/credential-keys | sort -n | tr '\n' ' ')"
+  echo "owners as $who: $(stat -c %U /etc/keystone/credential-keys/* | sort -u | tr '\n' ' ')"
+  echo "check as $who: $(as_keystone /opt/keystone/bin/python "$HELPER" creds-check /etc/keystone/keystone.conf 2>/dev/null)"
+done
+"#,
+        n = 50,
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("T", root)
+        .env("CFG", &cfg)
+        .env("FERNETD", under_test().0)
+        .env("VENV", venv())
+        .env(
+            "CHECK",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/keystone/verify-credentials"),
+        )
+        .env(
+            "HELPER",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"),
+        )
+        .env_remove("FERNETD_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "config:\n{}\n{text}{}",
+        std::fs::read_to_string(&cfg).unwrap(),
+        tail(&String::from_utf8_lossy(&out.stderr))
+    );
+    assert!(out.status.success(), "the namespace's script failed");
+    for (who, keys) in [("root", "0 1 2 "), ("keystone", "0 2 3 ")] {
+        for want in [
+            format!("rotate as {who}: exit 0"),
+            format!("keys as {who}: {keys}"),
+            format!("owners as {who}: keystone \n"),
+            format!("check as {who}: ok 50"),
+        ] {
+            assert!(text.contains(&want), "wanted '{}'", want.trim_end());
+        }
+    }
+}
