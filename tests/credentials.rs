@@ -30,7 +30,7 @@ fn under_test() -> (PathBuf, bool) {
     }
 }
 
-/// One Keystone: its keystone.conf on SQLite, token and credential repositories set up by
+/// One Keystone: its keystone.conf on SQLite (or PostgreSQL), token and credential repositories set up by
 /// fernetd, the credentials made, and fernetd's configuration for it.
 struct Site {
     _t: tempfile::TempDir,
@@ -51,16 +51,24 @@ impl Site {
     /// `pre_rotate` is the hook's shell command (`{migrate}` stands for Keystone's
     /// credential_migrate as this user); `schedule` the credentials' schedule.
     fn new(pre_rotate: &str, schedule: &str) -> Site {
+        Site::on(None, pre_rotate, schedule)
+    }
+
+    /// [`Site::new`] with Keystone's database at `db` (an SQLAlchemy URL), or SQLite.
+    fn on(db: Option<&str>, pre_rotate: &str, schedule: &str) -> Site {
         let t = tempfile::tempdir().unwrap();
         let root = t.path();
+        let db = match db {
+            Some(url) => url.to_string(),
+            None => format!("sqlite:///{}", root.join("keystone.db").display()),
+        };
         let (creds, tokens) = (root.join("credential-keys"), root.join("fernet-keys"));
         let conf = root.join("keystone.conf");
         std::fs::write(
             &conf,
             format!(
-                "[database]\nconnection = sqlite:///{}\n[credential]\nkey_repository = {}\n\
+                "[database]\nconnection = {db}\n[credential]\nkey_repository = {}\n\
                  [fernet_tokens]\nkey_repository = {t}\n[fernet_receipts]\nkey_repository = {t}\n",
-                root.join("keystone.db").display(),
                 creds.display(),
                 t = tokens.display()
             ),
@@ -198,8 +206,21 @@ fn finish(mut s: Started) -> (i32, String) {
 #[test]
 fn two_manual_rotations_seconds_apart_lose_no_credential() {
     let _s = serial();
+    two_manual_rotations_seconds_apart_lose_no_credential_on(None);
+}
+
+/// [`two_manual_rotations_seconds_apart_lose_no_credential`] with Keystone on PostgreSQL.
+#[test]
+fn postgresql_two_manual_rotations_seconds_apart_lose_no_credential() {
+    let _s = serial();
+    if let Some(pg) = postgres() {
+        two_manual_rotations_seconds_apart_lose_no_credential_on(Some(&pg.url));
+    }
+}
+
+fn two_manual_rotations_seconds_apart_lose_no_credential_on(db: Option<&str>) {
     // A migration that takes a few seconds, as a large table does.
-    let site = Site::new("{migrate} && sleep 4", "@monthly");
+    let site = Site::on(db, "{migrate} && sleep 4", "@monthly");
     let first = site.rotate();
     std::thread::sleep(Duration::from_millis(1500));
     let second = site.rotate();
@@ -229,7 +250,20 @@ fn two_manual_rotations_seconds_apart_lose_no_credential() {
 #[test]
 fn a_pre_rotate_that_migrates_nothing_purges_nothing() {
     let _s = serial();
-    let site = Site::new("true", "@monthly");
+    a_pre_rotate_that_migrates_nothing_purges_nothing_on(None);
+}
+
+/// [`a_pre_rotate_that_migrates_nothing_purges_nothing`] with Keystone on PostgreSQL.
+#[test]
+fn postgresql_a_pre_rotate_that_migrates_nothing_purges_nothing() {
+    let _s = serial();
+    if let Some(pg) = postgres() {
+        a_pre_rotate_that_migrates_nothing_purges_nothing_on(Some(&pg.url));
+    }
+}
+
+fn a_pre_rotate_that_migrates_nothing_purges_nothing_on(db: Option<&str>) {
+    let site = Site::on(db, "true", "@monthly");
     let mut codes = Vec::new();
     for _ in 0..5 {
         let (code, text) = finish(site.rotate());
@@ -254,7 +288,20 @@ fn a_pre_rotate_that_migrates_nothing_purges_nothing() {
 #[test]
 fn the_daemon_and_a_manual_rotation_lose_no_credential() {
     let _s = serial();
-    let site = Site::new("{migrate} && sleep 3", "1s");
+    the_daemon_and_a_manual_rotation_lose_no_credential_on(None);
+}
+
+/// [`the_daemon_and_a_manual_rotation_lose_no_credential`] with Keystone on PostgreSQL.
+#[test]
+fn postgresql_the_daemon_and_a_manual_rotation_lose_no_credential() {
+    let _s = serial();
+    if let Some(pg) = postgres() {
+        the_daemon_and_a_manual_rotation_lose_no_credential_on(Some(&pg.url));
+    }
+}
+
+fn the_daemon_and_a_manual_rotation_lose_no_credential_on(db: Option<&str>) {
+    let site = Site::on(db, "{migrate} && sleep 3", "1s");
     let daemon = site.spawn(&["daemon"]);
     let mut manual = Vec::new();
     for _ in 0..3 {
@@ -280,7 +327,20 @@ fn the_daemon_and_a_manual_rotation_lose_no_credential() {
 #[test]
 fn the_daemon_and_keystone_manage_credential_rotate_lose_no_credential() {
     let _s = serial();
-    let site = Site::new("{migrate} && sleep 8", "1s");
+    the_daemon_and_keystone_manage_credential_rotate_lose_no_credential_on(None);
+}
+
+/// [`the_daemon_and_keystone_manage_credential_rotate_lose_no_credential`] with Keystone on PostgreSQL.
+#[test]
+fn postgresql_the_daemon_and_keystone_manage_credential_rotate_lose_no_credential() {
+    let _s = serial();
+    if let Some(pg) = postgres() {
+        the_daemon_and_keystone_manage_credential_rotate_lose_no_credential_on(Some(&pg.url));
+    }
+}
+
+fn the_daemon_and_keystone_manage_credential_rotate_lose_no_credential_on(db: Option<&str>) {
+    let site = Site::on(db, "{migrate} && sleep 8", "1s");
     let daemon = site.spawn(&["daemon"]);
     // The daemon's first migration is over (its hook sleeps on): Keystone rotates now.
     std::thread::sleep(Duration::from_secs(6));
@@ -929,5 +989,141 @@ fn the_cluster_gate_waiting_on_a_lagging_node_never_reuses_a_migration() {
             "one migration served across the gate wait: {}",
             tail(&la)
         );
+    }
+}
+
+/// A private PostgreSQL cluster for Keystone: Debian's `postgresql` package (scripts/deps
+/// installs it, and psycopg2 into the venv), `initdb` in a temporary directory, listening on
+/// loopback at a random port only, run as `nobody` when the test runs as root (PostgreSQL
+/// refuses root). Stopped on drop.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    url: String,
+}
+
+/// The newest `/usr/lib/postgresql/N/bin` with `initdb` in it.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((n, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+impl Postgres {
+    /// `pg_ctl`/`initdb`/... as the cluster's owner.
+    fn command(bin: &Path, tool: &str) -> Command {
+        if nix::unistd::Uid::effective().is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(bin.join(tool));
+            c
+        } else {
+            Command::new(bin.join(tool))
+        }
+    }
+
+    fn start() -> Result<Postgres, String> {
+        let bin = postgres_bin().ok_or("no /usr/lib/postgresql/*/bin/initdb")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        if nix::unistd::Uid::effective().is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+            std::fs::create_dir(&data).map_err(|e| e.to_string())?;
+            nix::unistd::chown(&data, Some(65534.into()), Some(65534.into()))
+                .map_err(|e| e.to_string())?;
+        }
+        let run = |mut c: Command, what: &str| -> Result<(), String> {
+            let out = c.output().map_err(|e| format!("{what}: {e}"))?;
+            match out.status.success() {
+                true => Ok(()),
+                false => Err(format!(
+                    "{what}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+            }
+        };
+        let mut initdb = Postgres::command(&bin, "initdb");
+        initdb
+            .args([
+                "-U",
+                "keystone",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data);
+        run(initdb, "initdb")?;
+        let port = common::etcd::free_port();
+        let mut pg_ctl = Postgres::command(&bin, "pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(data.join("log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-h 127.0.0.1 -p {port} -k {} -F -c max_connections=50",
+                data.display()
+            ))
+            .arg("start");
+        run(pg_ctl, "pg_ctl start").map_err(|e| {
+            let log = std::fs::read_to_string(data.join("log")).unwrap_or_default();
+            format!("{e}{log}")
+        })?;
+        Ok(Postgres {
+            dir,
+            bin,
+            url: format!("postgresql+psycopg2://keystone@127.0.0.1:{port}/postgres"),
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut c = Postgres::command(&self.bin, "pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _ = c.status();
+    }
+}
+
+/// A PostgreSQL for Keystone where it can start. Where it cannot: under CI (`CI=true`) the test
+/// fails, as a missing etcd fails the cluster tests; elsewhere it says so and passes without
+/// running (run scripts/deps).
+fn postgres() -> Option<Postgres> {
+    let psycopg2 = Command::new(venv().join("bin/python"))
+        .args(["-c", "import psycopg2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let started = match psycopg2 {
+        true => Postgres::start(),
+        false => Err("psycopg2 is not in the venv".into()),
+    };
+    match started {
+        Ok(pg) => Some(pg),
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "PostgreSQL is required under CI (apt-get install postgresql, psycopg2-binary in \
+             .venv; scripts/deps does): {why}"
+        ),
+        Err(why) => {
+            eprintln!("not run: PostgreSQL cannot start here ({why}); scripts/deps installs it");
+            None
+        }
     }
 }
