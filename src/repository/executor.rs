@@ -421,4 +421,57 @@ mod tests {
         assert!(e.to_string().contains("repair copy"), "{e}");
         assert_eq!(copies.names().unwrap(), vec![name]);
     }
+
+    /// What key 0 holds when the history is saved: the set's when the old key 0 stays as the
+    /// new primary (one batch), the old one when its material leaves (it waits for the
+    /// history that records it gone).
+    #[test]
+    fn key_zero_waits_for_the_history_only_when_its_material_leaves() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = super::super::Repository::new(d.path().join("keys"), None);
+        fsio::create_private_dir(repo.dir(), None).unwrap();
+        let w = repo.lock().unwrap();
+        let zero_at_save = |w: &Writer, before: &[(u64, &Key)], set: &[(u64, &Key)]| {
+            for n in w.repo.names().unwrap() {
+                if n.parse::<u64>().is_ok() {
+                    w.repo.remove(&n).unwrap();
+                }
+            }
+            create(w, approve(put_all(Change::default(), before)), before).unwrap();
+            let fps: BTreeMap<u64, _> = before.iter().map(|(n, k)| (*n, k.fingerprint())).collect();
+            let mut change = Change::from(change::slots(&fps, []));
+            for &(n, _) in before {
+                if !set.iter().any(|&(m, _)| m == n) {
+                    change.remove_key(n);
+                }
+            }
+            let change = put_all(change, set);
+            let keys: BTreeMap<u64, Key> = set.iter().map(|&(n, k)| (n, k.clone())).collect();
+            let seen = std::cell::Cell::new(None);
+            apply(w, approve(change), &keys, true, || {
+                let f = w.repo.open_regular("0", fsio::SMALL_FILE, false)?;
+                seen.set(
+                    f.and_then(|f| scan::read_key_from(&f).ok())
+                        .map(|k| k.fingerprint()),
+                );
+                Ok(())
+            })
+            .unwrap();
+            seen.get()
+        };
+        let [a, b, c, e] = [(); 4].map(|_| Key::generate().unwrap());
+        // One rotation: the old key 0 (b) becomes 2; key 0 is the set's before the save.
+        let seen = zero_at_save(&w, &[(1, &a), (0, &b)], &[(2, &b), (1, &a), (0, &c)]);
+        assert_eq!(seen, Some(c.fingerprint()));
+        // Two rotations behind: the old key 0 (b) leaves; it is still key 0 at the save.
+        let seen = zero_at_save(&w, &[(1, &a), (0, &b)], &[(3, &c), (2, &e), (0, &a)]);
+        assert_eq!(seen, Some(b.fingerprint()));
+    }
+
+    fn put_all(mut c: Change, keys: &[(u64, &Key)]) -> Change {
+        for &(n, k) in keys {
+            c.put(n, k.fingerprint());
+        }
+        c
+    }
 }
