@@ -780,10 +780,24 @@ impl Daemon {
         if s.healthy.is_none() && matches!(&s.mode, Mode::Cluster(c) if c.in_step) {
             self.validate(index);
         }
+        // The first report that makes every repository ready (the key set applied and
+        // acknowledged, the disk valid) sends READY=1 at once: nothing is left to gather.
+        if !self.ready_sent && self.all_ready() {
+            self.publish();
+            return;
+        }
         // Published with the other reports of the same moment (a rotation brings an applied
         // set and its acknowledgement), or with the validation the files' change has due.
         let soon = Instant::now() + PUBLISH_DELAY;
         self.publish_at = Some(self.publish_at.map_or(soon, |t| t.min(soon)));
+    }
+
+    /// Every repository validated clean and, in cluster mode, holding the cluster's key set:
+    /// what READY=1 waits for.
+    fn all_ready(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.healthy == Some(true) && s.in_step())
     }
 
     /// Next rotation from the recorded last rotation: a restart neither rotates twice nor
@@ -1243,11 +1257,7 @@ impl Daemon {
                 .collect();
             line = format!("{line}; cluster: {}", parts.join(", "));
         }
-        let all_valid = self
-            .slots
-            .iter()
-            .all(|s| s.healthy == Some(true) && s.in_step());
-        if !self.ready_sent && all_valid {
+        if !self.ready_sent && self.all_ready() {
             systemd::ready(&line);
             tracing::info!("ready: {line}");
             self.ready_sent = true;

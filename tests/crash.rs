@@ -305,6 +305,10 @@ fn setup_killed_at_every_mutating_syscall_recovers() {
     }
     eprintln!("setup: {points} crash points; syscalls {counts:?}");
     assert!(points >= 8, "too few crash points: {points}");
+    // Two key files and the history (two each), the repository's creation (the new
+    // directory, its parent, `.fernetd`) and one directory fsync for both key names
+    // (eleven when each rename fsynced its target and `.fernetd`).
+    assert_eq!(counts.get("fsync"), Some(&8), "{counts:?}");
 }
 
 #[test]
@@ -323,6 +327,9 @@ fn sync_of_one_rotation_killed_at_every_mutating_syscall_loses_nothing() {
         counts.contains_key("link") || counts.contains_key("linkat"),
         "{counts:?}"
     );
+    // ARCHITECTURE.md's "The fsync sequence": key 0's file, the repository once, the
+    // history's two (five when key 0 waited for the history behind its own directory fsync).
+    assert_eq!(counts.get("fsync"), Some(&4), "{counts:?}");
 }
 
 /// Kills `fernetd sync` of a node `rotations` behind the cluster at every mutating syscall and

@@ -43,16 +43,17 @@ fn approved_removal(w: &Writer, a: &Approval, n: u64) -> Result<()> {
     }
 }
 
-/// `fernetd setup` on an empty repository: each of `keys` written durably via
-/// `.fernetd/staged.tmp`, in order.
+/// `fernetd setup` on an empty repository: each of `keys` written via `.fernetd/restore.tmp`
+/// (its content fsynced), in order, then one fsync of the repository for all the names (a
+/// setup killed before it is run again; a `restore.tmp` left is only ever removed).
 pub(super) fn create(w: &Writer, approval: Approval, keys: &[(u64, &Key)]) -> Result<()> {
     for &(n, k) in keys {
         approved_write(w, &approval, n, k)?;
     }
     for &(n, k) in keys {
-        install_key(w, n, k)?;
+        place_copy(w, n, k)?;
     }
-    Ok(())
+    w.repo.sync()
 }
 
 /// One rotation, the sequence of ARCHITECTURE.md's "The fsync sequence" (four fsyncs, one
@@ -101,13 +102,17 @@ pub(super) fn rotate(
     Ok(())
 }
 
-/// A cluster key set made the disk's, in three steps each made durable by one directory
-/// fsync (the key files themselves are fsynced before their rename): the keys above 0 the
-/// change writes, highest first (a rotation's new primary is the old key 0, still on disk:
-/// given its new name by a hard link when it can be); `save` (the history); then key 0 and
-/// the removals. `keys` holds the material (the set's keys). Returns the numbers written, in
-/// the order written. `zero_durable`: key 0's content is known to be on disk already (fernetd
-/// wrote it, and fsynced it then), so linking it needs no fsync of it.
+/// A cluster key set made the disk's (ARCHITECTURE.md's "The fsync sequence"). When key 0's
+/// material stays on disk under another name (a rotation's set: it is the new primary, given
+/// its name by a hard link when it can be) or there is none, replacing key 0 removes nothing:
+/// every key the change writes, highest first, then one fsync of the repository, `save` (the
+/// history), and the removals, not fsynced (a removal a crash undoes is adopted again and
+/// removed by the next apply) — four fsyncs for a rotation's set. Otherwise key 0 is material
+/// the history must record as gone before it leaves: the keys above 0 and one fsync, `save`,
+/// then key 0 and the removals and one fsync. Key files are fsynced before their rename.
+/// `keys` holds the material (the set's keys). Returns the numbers written, in the order
+/// written. `zero_durable`: key 0's content is known to be on disk already (fernetd wrote it,
+/// and fsynced it then), so linking it needs no fsync of it.
 pub(super) fn apply(
     w: &Writer,
     approval: Approval,
@@ -115,6 +120,7 @@ pub(super) fn apply(
     zero_durable: bool,
     save: impl FnOnce() -> Result<()>,
 ) -> Result<Vec<u64>> {
+    use crate::core::change::Slot;
     let change = approval.change();
     let writes: Vec<(u64, &Key)> = keys
         .iter()
@@ -133,9 +139,25 @@ pub(super) fn apply(
         return Err(unapproved(w, &n.to_string(), "a key without its material"));
     }
     let staged_on_disk = change.before.get(&0).copied();
+    // Key 0 goes with the keys above it when what it holds now stays under another name.
+    let zero_early = match staged_on_disk {
+        None => true,
+        Some(Slot::Key(fp)) => change
+            .after
+            .iter()
+            .any(|(&n, &s)| n > 0 && s == Slot::Key(fp)),
+        Some(Slot::Unreadable) => false,
+    };
     let mut written = Vec::new();
-    for &(n, k) in writes.iter().rev().filter(|(n, _)| *n > 0) {
-        let promoted = staged_on_disk == Some(crate::core::change::Slot::Key(k.fingerprint()));
+    for &(n, k) in writes.iter().rev() {
+        if n == 0 {
+            if zero_early {
+                place_copy(w, 0, k)?;
+                written.push(0);
+            }
+            continue;
+        }
+        let promoted = staged_on_disk == Some(Slot::Key(k.fingerprint()));
         if !(promoted && link_zero(w, n, k, !zero_durable)?) {
             place_copy(w, n, k)?;
         }
@@ -145,37 +167,40 @@ pub(super) fn apply(
         w.repo.sync()?;
     }
     save()?;
-    let mut last_step = !removed.is_empty();
-    if let Some(&(_, k)) = writes.iter().find(|(n, _)| *n == 0) {
+    let mut late = false;
+    if let Some(&(_, k)) = writes.iter().find(|(n, _)| *n == 0 && !zero_early) {
         place_copy(w, 0, k)?;
         written.push(0);
-        last_step = true;
+        late = true;
     }
     for &n in &removed {
         w.repo.remove(&n.to_string())?;
     }
-    if last_step {
+    if late {
         w.repo.sync()?;
     }
     Ok(written)
 }
 
-/// Repair: each of `keys` (read from its copy) written durably under its number via
-/// `.fernetd/restore.tmp`, in order.
+/// Repair: each of `keys` (read from its copy) written via `.fernetd/restore.tmp` (its
+/// content fsynced) under its number, in order, then one fsync of the repository for all
+/// the names.
 pub(super) fn restore(w: &Writer, approval: Approval, keys: &[(u64, Key)]) -> Result<()> {
     for (n, k) in keys {
         approved_write(w, &approval, *n, k)?;
     }
     for (n, k) in keys {
         place_copy(w, *n, k)?;
-        w.repo.sync()?;
     }
-    Ok(())
+    match keys.is_empty() {
+        true => Ok(()),
+        false => w.repo.sync(),
+    }
 }
 
 /// The repair copies made what the change says: `drop` (names in `copies`, in the order
-/// found) removed, then each of `write` copied (`<fingerprint>.tmp`, renamed durably to its
-/// fingerprint), then `copies` fsynced.
+/// found) removed, then each of `write` copied (`<fingerprint>.tmp`, its content fsynced,
+/// renamed to its fingerprint), then `copies` fsynced once for every name.
 pub(super) fn sync_copies(
     w: &Writer,
     copies: &Dir,
@@ -204,7 +229,7 @@ pub(super) fn sync_copies(
         let fp = k.fingerprint().to_string();
         let tmp = format!("{fp}.tmp");
         copies.write_new(&tmp, k.to_text().as_bytes(), w.owner)?;
-        copies.rename_durable(&tmp, copies, &fp)?;
+        copies.rename(&tmp, copies, &fp)?;
     }
     copies.sync()
 }
@@ -229,12 +254,15 @@ pub(super) fn finish_rotation(
     let (repo, internal) = (&w.repo, &w.internal);
     internal.remove(PRIMARY_TMP)?;
     match staged {
-        Some(_) => internal.rename_durable(STAGED_TMP, repo, "0"),
+        Some(_) => internal.rename(STAGED_TMP, repo, "0")?,
         None => {
             internal.remove(STAGED_TMP)?;
-            install_key(w, 0, key)
+            place_copy(w, 0, key)?;
         }
     }
+    // One fsync, of the key's directory: a `staged.tmp` name a power loss brings back (only
+    // where metadata is not journaled in order) is found not promoted and removed.
+    repo.sync()
 }
 
 /// Recovery rolls a rotation killed before step 2 back: its temp files removed (no key name
@@ -254,13 +282,14 @@ pub(super) fn drop_restore_tmp(w: &Writer) -> Result<()> {
 /// becomes key 0.
 pub(super) fn finish_keystone_rotation(w: &Writer, approval: Approval, key: &Key) -> Result<()> {
     approved_write(w, &approval, 0, key)?;
-    w.repo.rename_durable(KEYSTONE_TMP, &w.repo, "0")
+    w.repo.rename_durable(KEYSTONE_TMP, "0")
 }
 
 /// A missing key 0 staged: `key` written durably as `0`.
 pub(super) fn stage_zero(w: &Writer, approval: Approval, key: &Key) -> Result<()> {
     approved_write(w, &approval, 0, key)?;
-    install_key(w, 0, key)
+    place_copy(w, 0, key)?;
+    w.repo.sync()
 }
 
 /// keystone-manage's `0.tmp` left while key 0 exists (no key had changed): removed.
@@ -305,14 +334,6 @@ fn place_copy(w: &Writer, n: u64, key: &Key) -> Result<()> {
     w.internal
         .write_new(RESTORE_TMP, key.to_text().as_bytes(), w.owner)?;
     w.internal.rename(RESTORE_TMP, &w.repo, &n.to_string())
-}
-
-/// Writes one key file durably via `.fernetd/staged.tmp`.
-fn install_key(w: &Writer, number: u64, key: &Key) -> Result<()> {
-    w.internal
-        .write_new(STAGED_TMP, key.to_text().as_bytes(), w.owner)?;
-    w.internal
-        .rename_durable(STAGED_TMP, &w.repo, &number.to_string())
 }
 
 #[cfg(test)]
@@ -399,5 +420,58 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("repair copy"), "{e}");
         assert_eq!(copies.names().unwrap(), vec![name]);
+    }
+
+    /// What key 0 holds when the history is saved: the set's when the old key 0 stays as the
+    /// new primary (one batch), the old one when its material leaves (it waits for the
+    /// history that records it gone).
+    #[test]
+    fn key_zero_waits_for_the_history_only_when_its_material_leaves() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = super::super::Repository::new(d.path().join("keys"), None);
+        fsio::create_private_dir(repo.dir(), None).unwrap();
+        let w = repo.lock().unwrap();
+        let zero_at_save = |w: &Writer, before: &[(u64, &Key)], set: &[(u64, &Key)]| {
+            for n in w.repo.names().unwrap() {
+                if n.parse::<u64>().is_ok() {
+                    w.repo.remove(&n).unwrap();
+                }
+            }
+            create(w, approve(put_all(Change::default(), before)), before).unwrap();
+            let fps: BTreeMap<u64, _> = before.iter().map(|(n, k)| (*n, k.fingerprint())).collect();
+            let mut change = Change::from(change::slots(&fps, []));
+            for &(n, _) in before {
+                if !set.iter().any(|&(m, _)| m == n) {
+                    change.remove_key(n);
+                }
+            }
+            let change = put_all(change, set);
+            let keys: BTreeMap<u64, Key> = set.iter().map(|&(n, k)| (n, k.clone())).collect();
+            let seen = std::cell::Cell::new(None);
+            apply(w, approve(change), &keys, true, || {
+                let f = w.repo.open_regular("0", fsio::SMALL_FILE, false)?;
+                seen.set(
+                    f.and_then(|f| scan::read_key_from(&f).ok())
+                        .map(|k| k.fingerprint()),
+                );
+                Ok(())
+            })
+            .unwrap();
+            seen.get()
+        };
+        let [a, b, c, e] = [(); 4].map(|_| Key::generate().unwrap());
+        // One rotation: the old key 0 (b) becomes 2; key 0 is the set's before the save.
+        let seen = zero_at_save(&w, &[(1, &a), (0, &b)], &[(2, &b), (1, &a), (0, &c)]);
+        assert_eq!(seen, Some(c.fingerprint()));
+        // Two rotations behind: the old key 0 (b) leaves; it is still key 0 at the save.
+        let seen = zero_at_save(&w, &[(1, &a), (0, &b)], &[(3, &c), (2, &e), (0, &a)]);
+        assert_eq!(seen, Some(b.fingerprint()));
+    }
+
+    fn put_all(mut c: Change, keys: &[(u64, &Key)]) -> Change {
+        for &(n, k) in keys {
+            c.put(n, k.fingerprint());
+        }
+        c
     }
 }

@@ -1,7 +1,7 @@
 //! The few filesystem primitives the writer is built from: an open directory ([`Dir`]) from
-//! whose descriptor every name under a repository is reached, durable file creation, durable
-//! renames and removals (each followed by a directory fsync), ownership, and the exclusive
-//! repository lock. Everything here either completes or returns an error naming the path.
+//! whose descriptor every name under a repository is reached, durable file creation, renames
+//! and removals (the directory fsync is the caller's, one per batch), ownership, and the
+//! exclusive repository lock. Everything here either completes or returns an error naming the path.
 
 use crate::error::{Error, IoContext, Result};
 use nix::errno::Errno;
@@ -376,7 +376,7 @@ impl Dir {
         self.not_a_key(tmp)?;
         self.write_new(tmp, content, owner)?;
         match durable {
-            true => self.rename_durable(tmp, self, name),
+            true => self.rename_durable(tmp, name),
             false => self.rename(tmp, self, name),
         }
     }
@@ -424,15 +424,12 @@ impl Dir {
         nix::fcntl::renameat(&self.fd, from, &dest.fd, to).map_err(|e| io_at(&dest.join(to), e))
     }
 
-    /// [`Dir::rename`], then fsyncs `dest` (and this directory when it is another), so the
-    /// new name is durable when this returns.
-    pub(super) fn rename_durable(&self, from: &str, dest: &Dir, to: &str) -> Result<()> {
-        self.rename(from, dest, to)?;
-        dest.sync()?;
-        if self.path != dest.path {
-            self.sync()?;
-        }
-        Ok(())
+    /// Renames `from` to `to` in this directory, then fsyncs it once, so the new name (and
+    /// the old one's removal) is durable when this returns. A rename out of another directory
+    /// is [`Dir::rename`], its batch fsynced by the caller.
+    pub(super) fn rename_durable(&self, from: &str, to: &str) -> Result<()> {
+        self.rename(from, self, to)?;
+        self.sync()
     }
 
     /// Gives the file `from` the name `to` as well (a hard link; a link at `from` is linked

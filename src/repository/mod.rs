@@ -496,8 +496,9 @@ impl Repository {
             .filter(|p| !history.keys.contains_key(&p.number))
             .map(|p| (p.number, p.fingerprint, true));
         let candidates: Vec<(u64, Fingerprint, bool)> = recorded.chain(lost).collect();
-        // The disk as each restore finds it: each is its own change, approved, then made.
-        let mut disk_now = slots(scan);
+        // Every restore in one change, approved, then made with one directory fsync.
+        let mut change = Change::from(slots(scan));
+        let mut batch: Vec<(u64, Key)> = Vec::new();
         for (n, fingerprint, needed) in candidates {
             if !needed || restored.contains(&n) {
                 continue;
@@ -508,16 +509,17 @@ impl Repository {
             }
             match own_key(&copies, &fingerprint.to_string())? {
                 Some(k) if k.fingerprint() == fingerprint => {
-                    let mut change = Change::from(disk_now.clone());
                     change.put(n, fingerprint);
-                    let approval = guard::approve(change, history, retention, now, false)
-                        .map_err(|r| self.refused("restoring a key from its copy", &r))?;
-                    executor::restore(w, approval, &[(n, k)])?;
-                    disk_now.insert(n, Slot::Key(fingerprint));
+                    batch.push((n, k));
                     restored.push(n);
                 }
                 _ => {}
             }
+        }
+        if !batch.is_empty() {
+            let approval = guard::approve(change, history, retention, now, false)
+                .map_err(|r| self.refused("restoring a key from its copy", &r))?;
+            executor::restore(w, approval, &batch)?;
         }
         Ok(restored)
     }
@@ -1151,9 +1153,10 @@ impl Repository {
                 input: source.to_string(),
                 reason: r.applying(),
             })?;
-        // Three steps, each made durable by one directory fsync: the keys above 0, highest
-        // first; the history; then key 0 and the removals. A crash between steps leaves every
-        // key the cluster may still use on disk, and the next apply finishes the job.
+        // The keys the set writes, highest first, and one directory fsync; the history; the
+        // removals (ARCHITECTURE.md, "The fsync sequence"). Key 0 waits for the history when
+        // the material it holds leaves the disk. A crash anywhere leaves every key the cluster
+        // may still use on disk, and the next apply finishes the job.
         // A key 0 fernetd wrote here (its history says so) was fsynced when written.
         let zero_durable = local.keys.get(&0).is_some_and(|r| {
             r.created.is_some() && disk.get(&0).is_some_and(|&fp| fp == r.fingerprint)
