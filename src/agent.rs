@@ -351,12 +351,7 @@ impl<'a> Session<'a> {
     /// (and published over when this node holds a newer one), never applied.
     async fn apply(&mut self) -> Result<(), SessionError> {
         let cfg = self.cfg;
-        self.disk.read_if_drifted(|| {
-            cfg.repo
-                .scan()
-                .map(|s| s.fingerprints())
-                .unwrap_or_default()
-        });
+        self.disk.read_if_drifted(|| on_disk(&cfg.repo));
         let revision = self.view.revision;
         if !self.disk.must_write(revision, &self.view.set) {
             return Ok(());
@@ -368,6 +363,7 @@ impl<'a> Session<'a> {
         {
             Ok(out) => {
                 self.refused = None;
+                self.disk.read_back(on_disk(&cfg.repo));
                 let changes = out
                     .warnings
                     .iter()
@@ -407,6 +403,16 @@ impl<'a> Session<'a> {
             None => unreachable!("a validated key set has key 0"),
         };
         if !self.acked.due(revision, staged) {
+            return Ok(());
+        }
+        // A statement about the disk: read it now, and only a repository holding every key of
+        // the set acknowledges it (the leader promotes on this word).
+        self.disk.read(on_disk(&self.cfg.repo));
+        if !self.disk.holds(&self.view.set) {
+            tracing::warn!(
+                "{}: not acknowledging the key set at revision {revision}: the repository does not hold its keys",
+                self.cfg.kind
+            );
             return Ok(());
         }
         let at = Now::read();
@@ -718,13 +724,15 @@ impl<'a> Session<'a> {
     }
 }
 
-/// What the disk holds, as the session knows it: the revision it was written for (0, no
-/// revision, when it was read instead) and its keys. The disk is read again only when the file
-/// watcher reports a change, so keep-alives, gate retries and new key sets cost no extra
-/// reading (apply reads it under its lock anyway).
+/// What the disk holds, as last read from it (never the keys this session meant to write), and
+/// the revision last judged against it. The disk is read again when the file watcher reports a
+/// change, after an apply (read back) and before an acknowledgement, so keep-alives, gate
+/// retries and refused sets cost no extra reading (apply reads it under its lock anyway).
 struct Disk {
-    revision: i64,
+    /// The keys found on disk at the last reading.
     keys: Fingerprints,
+    /// The revision last applied or refused over `keys`: not judged again before a change.
+    judged: Option<i64>,
     /// The file watcher reported a change (or nothing was read yet): read before comparing.
     drifted: bool,
 }
@@ -732,32 +740,61 @@ struct Disk {
 impl Disk {
     fn new() -> Disk {
         Disk {
-            revision: 0,
             keys: Fingerprints::new(),
+            judged: None,
             drifted: true,
         }
     }
 
-    /// After drift: the keys `scan` finds, written for no revision.
+    /// After drift: the keys `scan` finds, judged against no revision yet (a change of the
+    /// state file alone may make a refused set acceptable).
     fn read_if_drifted(&mut self, scan: impl FnOnce() -> Fingerprints) {
         if self.drifted {
-            self.drifted = false;
-            (self.revision, self.keys) = (0, scan());
+            self.judged = None;
+            self.read(scan());
         }
     }
 
-    /// Whether `set` at `revision` must be written: the disk was not written for that revision
-    /// and holds other keys. Either way the disk counts as holding `set` from here on, so a
-    /// set refused is not judged again before the next change.
+    /// The keys just read from disk. A reading that differs from the last one makes the set
+    /// held due for judgement again.
+    fn read(&mut self, keys: Fingerprints) {
+        self.drifted = false;
+        if keys != self.keys {
+            self.judged = None;
+        }
+        self.keys = keys;
+    }
+
+    /// After an apply: the keys read back, the revision applied still judged (a set whose
+    /// apply kept keys beyond it is not applied again).
+    fn read_back(&mut self, keys: Fingerprints) {
+        self.drifted = false;
+        self.keys = keys;
+    }
+
+    /// Whether `set` at `revision` must be applied: it was not judged over this disk yet and
+    /// the disk holds other keys. It counts as judged from here on (applied, or refused: a set
+    /// refused is not judged again before the next change), but the disk still holds what was
+    /// read: only a reading says what is on it.
     fn must_write(&mut self, revision: i64, set: &KeySet) -> bool {
-        if self.revision == revision {
+        if self.judged == Some(revision) {
             return false;
         }
-        let wanted = set.fingerprints();
-        let differs = self.keys != wanted;
-        (self.revision, self.keys) = (revision, wanted);
-        differs
+        self.judged = Some(revision);
+        self.keys != set.fingerprints()
     }
+
+    /// Whether the last reading found every key of `set`, each with the set's fingerprint.
+    fn holds(&self, set: &KeySet) -> bool {
+        set.keys
+            .iter()
+            .all(|(n, k)| self.keys.get(n) == Some(&k.fingerprint()))
+    }
+}
+
+/// The keys the repository holds now, by number (none when it cannot be read).
+fn on_disk(repo: &Repository) -> Fingerprints {
+    repo.scan().map(|s| s.fingerprints()).unwrap_or_default()
 }
 
 /// This node's acknowledgement, as last written.
@@ -1080,6 +1117,7 @@ mod tests {
         // The disk already holds the cluster's keys (read, not written): nothing to write.
         assert!(!disk.must_write(5, &a));
         assert!(!disk.must_write(5, &a));
+        assert!(disk.holds(&a));
         // Read only after drift.
         disk.read_if_drifted(|| unreachable!("no drift"));
         assert!(disk.must_write(6, &b));
@@ -1090,9 +1128,55 @@ mod tests {
             scans += 1;
             a.fingerprints()
         });
-        // Drift undid the set at 6: written again.
+        // Drift: judged again (the disk still holds other keys).
         assert!(disk.must_write(6, &b));
+        // Applied: the keys read back are what the disk holds.
+        disk.read_back(b.fingerprints());
+        assert!(disk.holds(&b));
+        assert!(!disk.must_write(6, &b));
         assert_eq!(scans, 2);
+    }
+
+    /// The false acknowledgement of issue 22: a set refused, then offered again at a later
+    /// revision (`cluster init --force`, `--force-purge`), was judged "already on disk" because
+    /// the refused set had been recorded as what the disk holds.
+    #[test]
+    fn a_refused_set_is_never_taken_for_what_the_disk_holds() {
+        let (ours, theirs) = (set(), set());
+        let mut disk = Disk::new();
+        disk.read_if_drifted(|| ours.fingerprints());
+        // Offered at 6 and refused: nothing was written.
+        assert!(disk.must_write(6, &theirs));
+        assert!(!disk.holds(&theirs));
+        // The same keys again at 7: judged again, and the disk still does not hold them.
+        assert!(disk.must_write(7, &theirs));
+        assert!(!disk.holds(&theirs));
+        assert!(disk.holds(&ours));
+        // A reading that finds the set on disk (applied at last) is what says it holds it.
+        disk.read(theirs.fingerprints());
+        assert!(disk.holds(&theirs));
+        assert!(!disk.must_write(7, &theirs));
+    }
+
+    #[test]
+    fn an_acknowledgement_needs_every_key_of_the_set_with_its_fingerprint() {
+        let (a, b) = (set(), set());
+        let mut disk = Disk::new();
+        // Keys beyond the set (kept by the guard) do not matter; a missing or other key does.
+        let mut more = a.fingerprints();
+        more.insert(99, b.keys[&0].fingerprint());
+        disk.read(more);
+        assert!(disk.holds(&a));
+        let mut less = a.fingerprints();
+        less.remove(&0);
+        disk.read(less);
+        assert!(!disk.holds(&a));
+        let mut other = a.fingerprints();
+        other.insert(0, b.keys[&0].fingerprint());
+        disk.read(other);
+        assert!(!disk.holds(&a));
+        disk.read(Fingerprints::new());
+        assert!(!disk.holds(&a));
     }
 
     #[test]
