@@ -26,8 +26,12 @@ use tokio::time::Instant;
 
 type Fingerprints = std::collections::BTreeMap<u64, crate::core::key::Fingerprint>;
 
-/// How soon a held rotation asks the gate again (acknowledgements are not watched).
+/// How soon a held rotation first asks the gate again; each further hold doubles the pause,
+/// up to [`GATE_RETRY_MAX`] (a gate held for days by a dead member costs a few requests a
+/// minute, not ten a second).
 const GATE_RETRY: Duration = Duration::from_millis(200);
+/// The longest pause between two asks of a held gate.
+const GATE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Longest pause between sessions; shorter with a shorter lease (see [`backoff_cap`]).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A member's acknowledgement is written again at least this often, so that `member_timeout`
@@ -284,6 +288,12 @@ struct Session<'a> {
     next_watch: Option<Instant>,
     /// Rotations pause at the key bound (reported again with each reading).
     paused: bool,
+    /// How long the next hold at the promotion gate waits before asking again
+    /// ([`gate_backoff`]); back to [`GATE_RETRY`] once a rotation gets past the gate.
+    gate_retry: Duration,
+    /// While held at the gate: not before this instant, unless the key set (this revision)
+    /// changed meanwhile; so a keep-alive or a watched event does not ask the gate early.
+    gate_wake: Option<(Instant, i64)>,
 }
 
 /// What the leader's turn leaves the loop to do.
@@ -334,6 +344,8 @@ impl<'a> Session<'a> {
             step_checked: None,
             next_watch: None,
             paused: false,
+            gate_retry: GATE_RETRY,
+            gate_wake: None,
         })
     }
 
@@ -448,6 +460,11 @@ impl<'a> Session<'a> {
     async fn rotate_if_due(&mut self) -> Result<Turn, SessionError> {
         if !self.view.leading {
             return Ok(Turn::Wait(None));
+        }
+        if let Some((wake, revision)) = self.gate_wake {
+            if revision == self.view.revision && wake > Instant::now() {
+                return Ok(Turn::Wait(Some(wake)));
+            }
         }
         let cfg = self.cfg;
         let clock = self.leading_clock().await?;
@@ -624,7 +641,11 @@ impl<'a> Session<'a> {
             member_timeout: cfg.cluster.member_timeout,
             probe_wait: probe_wait(cfg.cluster.lease_ttl),
         };
-        match self.c.rotate(cfg.kind, &request).await {
+        let outcome = self.c.rotate(cfg.kind, &request).await;
+        if !matches!(outcome, Err(ClusterError::GateWaiting { .. })) {
+            (self.gate_retry, self.gate_wake) = (GATE_RETRY, None);
+        }
+        match outcome {
             Ok(r) => {
                 self.paused = false;
                 self.report(Report::ClockSkew {
@@ -651,9 +672,11 @@ impl<'a> Session<'a> {
                 self.report(gate_waiting(nodes, due, clock.wall, gate_deadline));
                 let retry = match cfg.pre_rotate {
                     Some(_) => PRE_ROTATE_RETRY,
-                    None => GATE_RETRY,
+                    None => gate_backoff(&mut self.gate_retry),
                 };
-                Ok(Turn::Wait(Some(Instant::now() + retry)))
+                let wake = Instant::now() + retry;
+                self.gate_wake = Some((wake, self.view.revision));
+                Ok(Turn::Wait(Some(wake)))
             }
             // At the key bound while purges are held: keys kept, no rotation, asked again.
             Err(ClusterError::SkewBound {
@@ -835,6 +858,14 @@ impl Acked {
             self.last = None;
         }
     }
+}
+
+/// The pause before asking a held gate again: `next`, which doubles for the hold after,
+/// up to [`GATE_RETRY_MAX`].
+fn gate_backoff(next: &mut Duration) -> Duration {
+    let now = *next;
+    *next = (now * 2).min(GATE_RETRY_MAX);
+    now
 }
 
 /// What a leader does about a rotation due at `due`, judged at `now`.
@@ -1208,6 +1239,24 @@ mod tests {
         assert!(!acked.due(3, staged));
         acked.expire(&at(t0 + chrono::Duration::seconds(62), 3_000));
         assert!(acked.due(3, staged));
+    }
+
+    #[test]
+    fn a_held_gate_is_asked_again_less_and_less_often_up_to_a_cap() {
+        let mut next = GATE_RETRY;
+        let pauses: Vec<u64> = (0..8)
+            .map(|_| gate_backoff(&mut next).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        // A minute of holding asks the gate about 15 times, not 300.
+        let mut next = GATE_RETRY;
+        let mut spent = Duration::ZERO;
+        let mut asks = 0;
+        while spent < Duration::from_secs(60) {
+            spent += gate_backoff(&mut next);
+            asks += 1;
+        }
+        assert!(asks <= 16, "{asks}");
     }
 
     #[test]
