@@ -427,6 +427,10 @@ pub struct ClusterView {
     pub keys: Vec<u64>,
     /// This node's repository holds exactly the cluster's key set.
     pub in_sync: bool,
+    /// The keys of the set, but the staged key 0, that this node lacks or holds other material
+    /// under: tokens the other nodes issue (primary) or still accept with them fail here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lacking: Vec<u64>,
     /// Every live node's acknowledgement: its applied revision and whether it holds the
     /// staged key (the promotion gate waits on those that do not).
     pub nodes: Vec<NodeView>,
@@ -501,6 +505,12 @@ pub fn cluster_view(
                 set.keys.contains_key(n)
                     || history.keys.get(n).is_some_and(|r| r.fingerprint == *fp)
             }),
+        lacking: set
+            .fingerprints()
+            .iter()
+            .filter(|(n, fp)| **n != 0 && local.get(n) != Some(fp))
+            .map(|(n, _)| *n)
+            .collect(),
         gate_waiting_on: nodes
             .iter()
             .filter(|n| !n.holds_staged)
@@ -575,6 +585,39 @@ impl ClusterView {
     }
 }
 
+/// How this node differs from the cluster's set it may take, by what is at stake: a key other
+/// than the staged one missing here is critical (tokens the other nodes issue or accept with it
+/// fail here now); only the staged key, or keys beyond the set, a warning (the gate waits).
+fn differs(v: &ClusterView) -> Problem {
+    if v.lacking.is_empty() {
+        return Problem::new(
+            Code::ClusterDiffers,
+            format!(
+                "differs from the cluster's key set (revision {}): run fernetd sync",
+                v.revision
+            ),
+        );
+    }
+    let keys: Vec<String> = v
+        .lacking
+        .iter()
+        .map(|n| match Some(*n) == v.primary {
+            true => format!("{n} (the cluster's primary)"),
+            false => n.to_string(),
+        })
+        .collect();
+    Problem::new(
+        Code::ClusterDiffers,
+        format!(
+            "lacks key {} of the cluster's key set (revision {}): tokens the other nodes issue \
+             with it fail here; run fernetd sync",
+            keys.join(", "),
+            v.revision
+        ),
+    )
+    .at(Level::Critical)
+}
+
 impl Summary {
     /// Folds the cluster view (or why there is none) into the level and problems.
     pub fn add_cluster(&mut self, view: &Result<ClusterView, ViewError>) {
@@ -625,13 +668,7 @@ impl Summary {
                     });
                 }
                 if !v.in_sync && v.refused.is_none() {
-                    self.raise(
-                        Code::ClusterDiffers,
-                        format!(
-                            "differs from the cluster's key set (revision {}): run fernetd sync",
-                            v.revision
-                        ),
-                    );
+                    self.add(&differs(v));
                 }
                 let nodes = v.gate_waiting_on.join(", ");
                 if v.gate_blocked {
@@ -739,5 +776,47 @@ mod tests {
         let mut v = view(true);
         v.judge_gate(ago(3600), deadline, Some(Duration::from_secs(86_400)), now);
         assert!(v.gate_waiting_on.is_empty() && !v.gate_blocked);
+    }
+    /// Issue 22: a node lacking the cluster's primary was a WARNING ("run fernetd sync"),
+    /// although every token the other nodes issue fails there.
+    #[test]
+    fn a_node_lacking_a_key_the_cluster_still_needs_is_critical() {
+        let now: Now = Utc::now().into();
+        let set = KeySet::fresh(&now).unwrap();
+        let judged = |drop: Option<u64>, extra: bool| {
+            let mut local = set.fingerprints();
+            if let Some(n) = drop {
+                local.remove(&n);
+            }
+            if extra {
+                local.insert(9, set.keys[&0].fingerprint());
+            }
+            let v = cluster_view(
+                &local,
+                &crate::core::history::History::new(),
+                &set,
+                4,
+                &[],
+                None,
+                Duration::ZERO,
+                &now,
+            );
+            let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+            sum.add_cluster(&Ok(v));
+            (sum.level, sum.problems[0].message.clone())
+        };
+        let primary = set.primary().unwrap();
+        let (level, why) = judged(Some(primary), false);
+        assert_eq!(level, Level::Critical, "{why}");
+        assert!(
+            why.contains(&format!("lacks key {primary} (the cluster's primary)")),
+            "{why}"
+        );
+        // The staged key only: the gate waits for this node, nothing fails yet.
+        let (level, why) = judged(Some(0), false);
+        assert_eq!(level, Level::Warning, "{why}");
+        assert!(why.contains("run fernetd sync"), "{why}");
+        // A key beyond the set (unknown to the history): a warning.
+        assert_eq!(judged(None, true).0, Level::Warning);
     }
 }
