@@ -209,6 +209,14 @@ impl Summary {
         self.add(&Problem::new(code, why));
     }
 
+    /// Raises `code` unless a problem says it already: the refusal the running daemon
+    /// reported is the one `status` finds again in other words, said once.
+    fn raise_once(&mut self, code: Code, why: impl Into<String>) {
+        if !self.problems.iter().any(|p| p.code == code) {
+            self.raise(code, why);
+        }
+    }
+
     /// Adds `p` (what a running daemon knows, or a finding of the disk's).
     pub fn add(&mut self, p: &Problem) {
         self.level = self.level.max(p.level);
@@ -625,13 +633,13 @@ impl Summary {
             Err(ViewError::Unreachable(e)) => {
                 self.raise(Code::ClusterUnreachable, format!("cluster: {e}"))
             }
-            Err(ViewError::Refused(e)) => self.raise(
+            Err(ViewError::Refused(e)) => self.raise_once(
                 Code::InputRefused,
                 format!("the cluster's key set is refused here, every key stays: {e}"),
             ),
             Ok(v) => {
                 if let Some(why) = &v.refused {
-                    self.raise(
+                    self.raise_once(
                         Code::InputRefused,
                         format!(
                             "the cluster's key set at revision {} is refused here, every key stays: {why}",
@@ -818,5 +826,44 @@ mod tests {
         assert!(why.contains("run fernetd sync"), "{why}");
         // A key beyond the set (unknown to the history): a warning.
         assert_eq!(judged(None, true).0, Level::Warning);
+    }
+    /// Issue 22: `status` printed `input-refused` twice, the daemon's refusal and its own
+    /// judgement of the same set.
+    #[test]
+    fn a_refusal_the_daemon_reported_is_said_once() {
+        let now: Now = Utc::now().into();
+        let set = KeySet::fresh(&now).unwrap();
+        let mut held = set.history.clone();
+        held.lineage = KeySet::fresh(&now).unwrap().history.lineage;
+        let other = KeySet::fresh(&now).unwrap();
+        let v = cluster_view(
+            &other.fingerprints(),
+            &held,
+            &set,
+            4,
+            &[],
+            None,
+            Duration::from_secs(3600),
+            &now,
+        );
+        assert!(v.refused.is_some());
+        let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+        sum.add(&Problem::new(
+            Code::InputRefused,
+            "/c/tokens/keyset at revision 4: refused, every key stays: of another cluster",
+        ));
+        sum.add_cluster(&Ok(v.clone()));
+        let refusals = |s: &Summary| {
+            s.problems
+                .iter()
+                .filter(|p| p.code == Code::InputRefused)
+                .count()
+        };
+        assert_eq!(refusals(&sum), 1, "{:?}", sum.problems);
+        // Without a daemon, status's own judgement says it.
+        let mut alone = Summary::new(Kind::Tokens, PathBuf::new());
+        alone.add_cluster(&Ok(v));
+        assert_eq!(refusals(&alone), 1);
+        assert_eq!(alone.level, Level::Critical);
     }
 }
