@@ -97,10 +97,12 @@ pub enum Report {
         /// When the committing transaction was sent.
         sent: chrono::DateTime<Utc>,
     },
-    /// A due rotation is held for `nodes`, which have not applied the staged key.
-    /// `blocking` once it is overdue by the configured gate deadline or more.
+    /// A due rotation is held for `nodes`, which have not applied the staged key (`refused`:
+    /// those that refused the set). `blocking` once it is overdue by the configured gate
+    /// deadline or more.
     GateWaiting {
         nodes: Vec<String>,
+        refused: Vec<String>,
         overdue: Duration,
         blocking: bool,
     },
@@ -390,6 +392,7 @@ impl<'a> Session<'a> {
             }
             Err(e @ crate::Error::Refused { .. }) => {
                 self.refused = Some(revision);
+                self.say_refused(revision).await?;
                 let republished = heal_forward(cfg, &mut self.c, &self.view.set, revision).await?;
                 self.report(Report::Refused {
                     reason: e.to_string(),
@@ -398,6 +401,25 @@ impl<'a> Session<'a> {
             }
             Err(e) => return Err(e.into()),
         }
+        Ok(())
+    }
+
+    /// A member that refuses the set at `revision` says so in its acknowledgement (which
+    /// still names the set it holds), so that the leader's gate says "refused", not "has not
+    /// applied". A node that never acknowledged is no member and writes nothing.
+    async fn say_refused(&mut self, revision: i64) -> Result<(), SessionError> {
+        let node = &self.cfg.cluster.node;
+        let acks = self.c.acks(self.cfg.kind).await?;
+        let Some(mut ack) = acks.into_iter().find(|a| &a.node == node) else {
+            return Ok(());
+        };
+        if ack.refused == Some(revision) || ack.revision == 0 {
+            return Ok(());
+        }
+        (ack.refused, ack.clock) = (Some(revision), Some(Now::read().wall));
+        self.c.acknowledge(self.cfg.kind, &ack).await?;
+        // Taken later, the set is acknowledged afresh (without the refusal).
+        self.acked.last = None;
         Ok(())
     }
 
@@ -433,6 +455,7 @@ impl<'a> Session<'a> {
             revision,
             staged,
             clock: Some(at.wall),
+            refused: None,
         };
         self.c.acknowledge(self.cfg.kind, &ack).await?;
         self.acked.wrote(revision, staged, at);
@@ -662,14 +685,19 @@ impl<'a> Session<'a> {
                 self.view.committed(r.set, r.revision);
                 Ok(Turn::Committed)
             }
-            Err(ClusterError::GateWaiting { nodes, .. }) => {
+            Err(ClusterError::GateWaiting { nodes, refused, .. }) => {
                 // A lagging node's Keystone keeps encrypting with the old primary: migrate
                 // and verify again once the gate opens.
                 // Each retry migrates the whole table again: not more often than a failed
                 // pre_rotate is retried.
                 self.prepared_for = None;
                 let gate_deadline = cfg.cluster.gate_deadline;
-                self.report(gate_waiting(nodes, due, clock.wall, gate_deadline));
+                self.report(gate_waiting(
+                    (nodes, refused),
+                    due,
+                    clock.wall,
+                    gate_deadline,
+                ));
                 let retry = match cfg.pre_rotate {
                     Some(_) => PRE_ROTATE_RETRY,
                     None => gate_backoff(&mut self.gate_retry),
@@ -897,7 +925,7 @@ fn plan(due: DateTime<Utc>, now: DateTime<Utc>, prepared: bool, held: Option<Ins
 /// The report of a rotation due at `due` held at the gate for `nodes` at `now`: blocking once
 /// `gate_deadline` overdue.
 fn gate_waiting(
-    nodes: Vec<String>,
+    (nodes, refused): (Vec<String>, Vec<String>),
     due: DateTime<Utc>,
     now: DateTime<Utc>,
     gate_deadline: Duration,
@@ -905,6 +933,7 @@ fn gate_waiting(
     let overdue = (now - due).to_std().unwrap_or_default();
     Report::GateWaiting {
         nodes,
+        refused,
         overdue,
         blocking: overdue >= gate_deadline,
     }
@@ -1279,11 +1308,12 @@ mod tests {
         let due = Utc::now();
         let deadline = Duration::from_secs(60);
         let at = |s| due + chrono::Duration::seconds(s);
-        let report = |now| match gate_waiting(vec!["b".into()], due, now, deadline) {
+        let report = |now| match gate_waiting((vec!["b".into()], Vec::new()), due, now, deadline) {
             Report::GateWaiting {
                 nodes,
                 overdue,
                 blocking,
+                ..
             } => (nodes, overdue.as_secs(), blocking),
             other => panic!("{other:?}"),
         };

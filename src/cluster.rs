@@ -35,10 +35,15 @@ pub enum ClusterError {
     Seal { key: String, source: SealError },
     #[error("{key}: {source}")]
     KeySet { key: String, source: KeySetError },
-    #[error("{key}: promotion held: {} not yet applied the staged key (fingerprint {staged}); nothing changed", nodes_have(nodes))]
+    #[error(
+        "{key}: promotion held: {} (fingerprint {staged}); nothing changed",
+        waiting(nodes, refused, "not yet applied")
+    )]
     GateWaiting {
         key: String,
         nodes: Vec<String>,
+        /// Those of `nodes` that refused the set (their acknowledgement says so).
+        refused: Vec<String>,
         staged: crate::core::key::Fingerprint,
     },
     #[error("{key}: other writers changed the key set under this rotation {attempts} times in a row; nothing changed, try again")]
@@ -73,6 +78,24 @@ pub fn nodes_have(nodes: &[String]) -> String {
         [one] => format!("node {one} has"),
         many => format!("nodes {} have", many.join(", ")),
     }
+}
+
+/// What the gate waits for: "node c has {applied} the staged key; node b refused the key set".
+pub fn waiting(nodes: &[String], refused: &[String], applied: &str) -> String {
+    let (no, lag): (Vec<String>, Vec<String>) =
+        nodes.iter().cloned().partition(|n| refused.contains(n));
+    let mut parts = Vec::new();
+    if !lag.is_empty() {
+        parts.push(format!("{} {applied} the staged key", nodes_have(&lag)));
+    }
+    if !no.is_empty() {
+        let who = match no.as_slice() {
+            [one] => format!("node {one}"),
+            many => format!("nodes {}", many.join(", ")),
+        };
+        parts.push(format!("{who} refused the key set"));
+    }
+    parts.join("; ")
 }
 
 /// The clock difference a repository's purges tolerate: its margin, and for credentials
@@ -548,6 +571,7 @@ impl Cluster {
             if !behind.is_empty() {
                 return Err(ClusterError::GateWaiting {
                     key,
+                    refused: crate::core::skew::refusing(&acks, &behind),
                     nodes: behind,
                     staged,
                 });
@@ -1139,6 +1163,7 @@ mod tests {
             revision,
             staged: crate::core::key::Fingerprint::NONE,
             clock: clock.map(t),
+            refused: None,
         };
         let acks = [
             ack("fine", 7, Some(50)),

@@ -443,6 +443,9 @@ pub struct ClusterView {
     /// staged key (the promotion gate waits on those that do not).
     pub nodes: Vec<NodeView>,
     pub gate_waiting_on: Vec<String>,
+    /// Those of `gate_waiting_on` that refused the set (their acknowledgement says so).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gate_refused: Vec<String>,
     /// When the next rotation is due (from the cluster's last rotation and this node's
     /// schedule), and whether it is held past the gate deadline by the nodes above.
     pub rotation_due: Option<DateTime<Utc>>,
@@ -500,6 +503,11 @@ pub fn cluster_view(
             last_ack: a.clock,
         })
         .collect();
+    let waiting: Vec<String> = nodes
+        .iter()
+        .filter(|n| !n.holds_staged)
+        .map(|n| n.node.clone())
+        .collect();
     ClusterView {
         revision,
         primary: set.primary(),
@@ -519,11 +527,8 @@ pub fn cluster_view(
             .filter(|(n, fp)| **n != 0 && local.get(n) != Some(fp))
             .map(|(n, _)| *n)
             .collect(),
-        gate_waiting_on: nodes
-            .iter()
-            .filter(|n| !n.holds_staged)
-            .map(|n| n.node.clone())
-            .collect(),
+        gate_waiting_on: waiting.clone(),
+        gate_refused: crate::core::skew::refusing(acks, &waiting),
         nodes,
         rotation_due: None,
         gate_blocked: false,
@@ -585,6 +590,8 @@ impl ClusterView {
         let nodes = &self.nodes;
         self.gate_waiting_on
             .retain(|w| !nodes.iter().any(|n| &n.node == w && gone(n)));
+        let waiting = &self.gate_waiting_on;
+        self.gate_refused.retain(|r| waiting.contains(r));
         self.rotation_due = due;
         self.gate_deadline = Some(deadline);
         let overdue = due.and_then(|d| (now - d).to_std().ok());
@@ -687,18 +694,25 @@ impl Summary {
                     self.raise(
                         Code::GateBlocked,
                         format!(
-                            "rotation due since {since} blocked past gate_deadline {}: {} not \
-                         applied the staged key",
+                            "rotation due since {since} blocked past gate_deadline {}: {}",
                             v.gate_deadline
                                 .map(crate::core::duration::format)
                                 .unwrap_or_default(),
-                            crate::cluster::nodes_have(&v.gate_waiting_on)
+                            crate::cluster::waiting(
+                                &v.gate_waiting_on,
+                                &v.gate_refused,
+                                "not applied"
+                            )
                         ),
                     );
                 } else if !nodes.is_empty() {
+                    let refused = match v.gate_refused.as_slice() {
+                        [] => String::new(),
+                        r => format!(" ({} refused the key set)", r.join(", ")),
+                    };
                     self.raise(
                         Code::GateWaiting,
-                        format!("next promotion waits on {nodes}"),
+                        format!("next promotion waits on {nodes}{refused}"),
                     );
                 }
             }
@@ -722,6 +736,7 @@ mod tests {
             revision: 1,
             staged,
             clock: Some(now - chrono::Duration::days(3)),
+            refused: None,
         };
         let mut acks = vec![ack("a", staged)];
         if lagging {
@@ -865,5 +880,55 @@ mod tests {
         alone.add_cluster(&Ok(v));
         assert_eq!(refusals(&alone), 1);
         assert_eq!(alone.level, Level::Critical);
+    }
+    /// Issue 22: "node b has not applied the staged key" for a node that refused the set.
+    #[test]
+    fn a_member_that_refused_the_set_is_said_to_have_refused_it() {
+        let now = Utc::now();
+        let set = KeySet::fresh(&now.into()).unwrap();
+        let ack = |node: &str, refused| Ack {
+            node: node.into(),
+            revision: 1,
+            staged: crate::core::key::Fingerprint::NONE,
+            clock: Some(now),
+            refused,
+        };
+        let acks = [ack("b", Some(7)), ack("c", None)];
+        let mut v = cluster_view(
+            &set.fingerprints(),
+            &set.history,
+            &set,
+            7,
+            &acks,
+            Some("a".into()),
+            Duration::ZERO,
+            &now.into(),
+        );
+        assert_eq!(v.gate_refused, vec!["b".to_string()]);
+        let said = |v: &ClusterView| {
+            let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+            sum.add_cluster(&Ok(v.clone()));
+            sum.problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let waits = said(&v);
+        assert!(
+            waits.contains("waits on b, c (b refused the key set)"),
+            "{waits}"
+        );
+        v.judge_gate(
+            Some(now - chrono::Duration::hours(1)),
+            Duration::ZERO,
+            None,
+            now,
+        );
+        let blocked = said(&v);
+        assert!(
+            blocked.contains("node c has not applied the staged key; node b refused the key set"),
+            "{blocked}"
+        );
     }
 }

@@ -470,6 +470,7 @@ async fn apply(c: &mut Cluster, n: &Node, now: &Now, params: &RotateParams) {
         revision,
         staged: set.keys[&0].fingerprint(),
         clock: Some(now.wall),
+        refused: None,
     };
     c.acknowledge(Kind::Tokens, &ack).await.unwrap();
 }

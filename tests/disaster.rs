@@ -696,6 +696,7 @@ fn the_leader_purges_nothing_while_a_nodes_clock_is_off() {
                             revision: kv.mod_revision(),
                             staged: set.keys[&0].fingerprint(),
                             clock: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                            refused: None,
                         };
                         let opts = etcd_client::PutOptions::new().with_lease(lease);
                         c.put(
@@ -937,6 +938,13 @@ fn a_refused_set_offered_again_is_acknowledged_only_once_on_disk() {
     assert!(b.wait_for(secs(10), || refusals() >= 1), "{}", b.log());
     assert_eq!(keys(&b_dir), b_keys, "a refused set changed b's keys");
     assert_ack_on_disk(&etcd, "b", &b_dir, &b);
+    // b says so in its acknowledgement: the gate says "refused", not "has not applied".
+    assert!(
+        b.wait_for(secs(5), || ack_of(&etcd, "b")
+            .is_some_and(|a| a.refused.is_some())),
+        "{:?}",
+        ack_of(&etcd, "b")
+    );
 
     // The remedy, first step: the same keys again, one generation on, not forced. Still of
     // another cluster: refused again, and above all not acknowledged as held.
@@ -977,6 +985,7 @@ fn a_refused_set_offered_again_is_acknowledged_only_once_on_disk() {
         b.log()
     );
     assert_ack_on_disk(&etcd, "b", &b_dir, &b);
+    assert_eq!(ack_of(&etcd, "b").unwrap().refused, None);
     let tokens = vec![pack(&good), pack(&good)];
     assert_all_unpack(&[b_dir], &tokens, &[&b]);
 }
