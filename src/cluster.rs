@@ -914,6 +914,19 @@ impl Cluster {
         })
     }
 
+    /// Watches the members' acknowledgements from now on ([`AckWatch`]).
+    pub async fn watch_acks(&mut self, kind: Kind) -> Result<AckWatch, ClusterError> {
+        let prefix = self.acks_prefix(kind);
+        let mut client = self.client.clone();
+        let stream = self
+            .bounded(
+                &format!("watch {prefix}"),
+                client.watch(prefix.clone(), Some(WatchOptions::new().with_prefix())),
+            )
+            .await?;
+        Ok(AckWatch { stream, prefix })
+    }
+
     /// The repository's key set and its revision, opened and validated.
     pub async fn fetch(&mut self, kind: Kind) -> Result<(KeySet, i64), ClusterError> {
         self.snapshot(kind)
@@ -1026,6 +1039,34 @@ pub struct Watch {
     leader_key: String,
     probe_key: String,
     seal: Sealing,
+}
+
+/// A watch on the members' acknowledgements: a leader held at the promotion gate waits on it
+/// instead of asking the gate again and again.
+pub struct AckWatch {
+    stream: WatchStream,
+    prefix: String,
+}
+
+impl AckWatch {
+    /// Waits until an acknowledgement is written or removed. An error means the watch is gone:
+    /// ask the gate again, and watch anew.
+    pub async fn changed(&mut self) -> Result<(), ClusterError> {
+        loop {
+            let reason = match self.stream.message().await {
+                Ok(Some(r)) if r.canceled() => r.cancel_reason().to_string(),
+                // The watch's creation carries no event.
+                Ok(Some(r)) if r.events().is_empty() => continue,
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => "stream ended".into(),
+                Err(e) => e.to_string(),
+            };
+            return Err(ClusterError::Request {
+                what: format!("watch {}", self.prefix),
+                reason,
+            });
+        }
+    }
 }
 
 impl Watch {

@@ -989,3 +989,44 @@ fn a_refused_set_offered_again_is_acknowledged_only_once_on_disk() {
     let tokens = vec![pack(&good), pack(&good)];
     assert_all_unpack(&[b_dir], &tokens, &[&b]);
 }
+
+/// A held gate waits on a watch of the acknowledgements, not on a poll: after half a minute
+/// held by a stopped member (its pauses between asks have grown past 10 s), the rotation goes
+/// through within seconds of the member's acknowledgement.
+#[test]
+fn a_held_gate_opens_as_soon_as_the_member_acknowledges() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    assert!(a.wait_log("in step", secs(15)), "{}", a.log());
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    b.stop();
+    assert!(
+        a.wait_log("held until node b has applied the staged key", secs(15)),
+        "{}",
+        a.log()
+    );
+    let held = cluster_primary(&etcd);
+    std::thread::sleep(secs(27));
+    assert_eq!(cluster_primary(&etcd), held, "rotated past b: {}", a.log());
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    let acked = std::time::Instant::now();
+    assert!(
+        a.wait_for(secs(20), || cluster_primary(&etcd) > held),
+        "{}",
+        a.log()
+    );
+    let took = acked.elapsed();
+    assert!(
+        took < secs(4),
+        "the gate opened {took:?} after b acknowledged\n{}",
+        a.log()
+    );
+}
