@@ -707,8 +707,9 @@ impl<'a> Session<'a> {
                     Some(_) => PRE_ROTATE_RETRY,
                     None => gate_backoff(&mut self.gate_retry),
                 };
-                // Without a watch (etcd refused one) the pause alone paces the gate.
-                if self.acks_watch.is_none() {
+                // Without a watch (etcd refused one) the pause alone paces the gate. Not
+                // with credentials: a change would migrate the table again at once.
+                if self.acks_watch.is_none() && cfg.pre_rotate.is_none() {
                     self.acks_watch = self.c.watch_acks(cfg.kind).await.ok();
                 }
                 let wake = Instant::now() + retry;
