@@ -14,7 +14,7 @@
 //! The agent reports to the daemon loop through a channel; it never touches the loop's state.
 
 use crate::cluster::names::{self, Identity};
-use crate::cluster::{Ack, Change, Cluster, ClusterError, Lease, Watch};
+use crate::cluster::{Ack, AckWatch, Change, Cluster, ClusterError, Lease, Watch};
 use crate::config::{ClusterSettings, Kind};
 use crate::core::clock::Now;
 use crate::core::keyset::KeySet;
@@ -27,8 +27,13 @@ use tokio::time::Instant;
 
 type Fingerprints = std::collections::BTreeMap<u64, crate::core::key::Fingerprint>;
 
-/// How soon a held rotation asks the gate again (acknowledgements are not watched).
+/// How soon a held rotation first asks the gate again; each further hold doubles the pause,
+/// up to [`GATE_RETRY_MAX`] (a gate held for days by a dead member costs a few requests a
+/// minute, not ten a second). A held leader also watches the acknowledgements and asks at
+/// once when one changes: the pause only covers what a watch may miss.
 const GATE_RETRY: Duration = Duration::from_millis(200);
+/// The longest pause between two asks of a held gate.
+const GATE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Longest pause between sessions; shorter with a shorter lease (see [`backoff_cap`]).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A member's acknowledgement is written again at least this often, so that `member_timeout`
@@ -94,10 +99,12 @@ pub enum Report {
         /// When the committing transaction was sent.
         sent: chrono::DateTime<Utc>,
     },
-    /// A due rotation is held for `nodes`, which have not applied the staged key.
-    /// `blocking` once it is overdue by the configured gate deadline or more.
+    /// A due rotation is held for `nodes`, which have not applied the staged key (`refused`:
+    /// those that refused the set). `blocking` once it is overdue by the configured gate
+    /// deadline or more.
     GateWaiting {
         nodes: Vec<String>,
+        refused: Vec<String>,
         overdue: Duration,
         blocking: bool,
     },
@@ -312,6 +319,15 @@ struct Session<'a> {
     paused_said: Option<Instant>,
     /// Daemons refused under this node's name that keep trying, by lease: reported.
     duplicates: std::collections::BTreeMap<i64, Identity>,
+    /// How long the next hold at the promotion gate waits before asking again
+    /// ([`gate_backoff`]); back to [`GATE_RETRY`] once a rotation gets past the gate.
+    gate_retry: Duration,
+    /// While held at the gate: not before this instant, unless the key set (this revision)
+    /// changed meanwhile; so a keep-alive or a watched event does not ask the gate early.
+    gate_wake: Option<(Instant, i64)>,
+    /// While held at the gate: the members' acknowledgements, watched (a change asks the
+    /// gate again at once). Dropped once a rotation gets past the gate.
+    acks_watch: Option<AckWatch>,
 }
 
 /// What the leader's turn leaves the loop to do.
@@ -367,6 +383,9 @@ impl<'a> Session<'a> {
             paused_until: None,
             paused_said: None,
             duplicates,
+            gate_retry: GATE_RETRY,
+            gate_wake: None,
+            acks_watch: None,
         })
     }
 
@@ -450,12 +469,7 @@ impl<'a> Session<'a> {
     /// (and published over when this node holds a newer one), never applied.
     async fn apply(&mut self) -> Result<(), SessionError> {
         let cfg = self.cfg;
-        self.disk.read_if_drifted(|| {
-            cfg.repo
-                .scan()
-                .map(|s| s.fingerprints())
-                .unwrap_or_default()
-        });
+        self.disk.read_if_drifted(|| on_disk(&cfg.repo));
         let revision = self.view.revision;
         if !self.disk.must_write(revision, &self.view.set) {
             return Ok(());
@@ -467,6 +481,7 @@ impl<'a> Session<'a> {
         {
             Ok(out) => {
                 self.refused = None;
+                self.disk.read_back(on_disk(&cfg.repo));
                 let changes = out
                     .warnings
                     .iter()
@@ -481,6 +496,7 @@ impl<'a> Session<'a> {
             }
             Err(e @ crate::Error::Refused { .. }) => {
                 self.refused = Some(revision);
+                self.say_refused(revision).await?;
                 let republished = heal_forward(cfg, &mut self.c, &self.view.set, revision).await?;
                 self.report(Report::Refused {
                     reason: e.to_string(),
@@ -489,6 +505,25 @@ impl<'a> Session<'a> {
             }
             Err(e) => return Err(e.into()),
         }
+        Ok(())
+    }
+
+    /// A member that refuses the set at `revision` says so in its acknowledgement (which
+    /// still names the set it holds), so that the leader's gate says "refused", not "has not
+    /// applied". A node that never acknowledged is no member and writes nothing.
+    async fn say_refused(&mut self, revision: i64) -> Result<(), SessionError> {
+        let node = &self.cfg.cluster.node;
+        let acks = self.c.acks(self.cfg.kind).await?;
+        let Some(mut ack) = acks.into_iter().find(|a| &a.node == node) else {
+            return Ok(());
+        };
+        if ack.refused == Some(revision) || ack.revision == 0 {
+            return Ok(());
+        }
+        (ack.refused, ack.clock) = (Some(revision), Some(Now::read().wall));
+        self.c.acknowledge(self.cfg.kind, &ack).await?;
+        // Taken later, the set is acknowledged afresh (without the refusal).
+        self.acked.last = None;
         Ok(())
     }
 
@@ -508,12 +543,23 @@ impl<'a> Session<'a> {
         if !self.acked.due(revision, staged) {
             return Ok(());
         }
+        // A statement about the disk: read it now, and only a repository holding every key of
+        // the set acknowledges it (the leader promotes on this word).
+        self.disk.read(on_disk(&self.cfg.repo));
+        if !self.disk.holds(&self.view.set) {
+            tracing::warn!(
+                "{}: not acknowledging the key set at revision {revision}: the repository does not hold its keys",
+                self.cfg.kind
+            );
+            return Ok(());
+        }
         let at = Now::read();
         let ack = Ack {
             node: self.cfg.cluster.node.clone(),
             revision,
             staged,
             clock: Some(at.wall),
+            refused: None,
         };
         self.c.acknowledge(self.cfg.kind, &ack).await?;
         self.acked.wrote(revision, staged, at);
@@ -545,6 +591,11 @@ impl<'a> Session<'a> {
         }
         if let Some(t) = self.paused_until.filter(|t| *t > Instant::now()) {
             return Ok(Turn::Wait(Some(t)));
+        }
+        if let Some((wake, revision)) = self.gate_wake {
+            if revision == self.view.revision && wake > Instant::now() {
+                return Ok(Turn::Wait(Some(wake)));
+            }
         }
         let cfg = self.cfg;
         let clock = self.leading_clock().await?;
@@ -728,7 +779,11 @@ impl<'a> Session<'a> {
             member_timeout: cfg.cluster.member_timeout,
             probe_wait: probe_wait(cfg.cluster.lease_ttl),
         };
-        match self.c.rotate(cfg.kind, &request).await {
+        let outcome = self.c.rotate(cfg.kind, &request).await;
+        if !matches!(outcome, Err(ClusterError::GateWaiting { .. })) {
+            (self.gate_retry, self.gate_wake, self.acks_watch) = (GATE_RETRY, None, None);
+        }
+        match outcome {
             Ok(r) => {
                 self.paused = false;
                 self.paused_until = None;
@@ -746,19 +801,31 @@ impl<'a> Session<'a> {
                 self.view.committed(r.set, r.revision);
                 Ok(Turn::Committed)
             }
-            Err(ClusterError::GateWaiting { nodes, .. }) => {
+            Err(ClusterError::GateWaiting { nodes, refused, .. }) => {
                 // A lagging node's Keystone keeps encrypting with the old primary: migrate
                 // and verify again once the gate opens.
                 // Each retry migrates the whole table again: not more often than a failed
                 // pre_rotate is retried.
                 self.prepared_for = None;
                 let gate_deadline = cfg.cluster.gate_deadline;
-                self.report(gate_waiting(nodes, due, clock.wall, gate_deadline));
+                self.report(gate_waiting(
+                    (nodes, refused),
+                    due,
+                    clock.wall,
+                    gate_deadline,
+                ));
                 let retry = match cfg.pre_rotate {
                     Some(_) => PRE_ROTATE_RETRY,
-                    None => GATE_RETRY,
+                    None => gate_backoff(&mut self.gate_retry),
                 };
-                Ok(Turn::Wait(Some(Instant::now() + retry)))
+                // Without a watch (etcd refused one) the pause alone paces the gate. Not
+                // with credentials: a change would migrate the table again at once.
+                if self.acks_watch.is_none() && cfg.pre_rotate.is_none() {
+                    self.acks_watch = self.c.watch_acks(cfg.kind).await.ok();
+                }
+                let wake = Instant::now() + retry;
+                self.gate_wake = Some((wake, self.view.revision));
+                Ok(Turn::Wait(Some(wake)))
             }
             // At the key bound while purges are held: keys kept, no rotation, asked again.
             Err(ClusterError::SkewBound {
@@ -836,18 +903,26 @@ impl<'a> Session<'a> {
                 self.acked.expire(&Now::read());
             }
             Some(()) = self.drift.recv() => self.disk.drifted = true,
+            r = ack_changed(&mut self.acks_watch) => match r {
+                // A member acknowledged (or was removed): ask the gate again now.
+                Ok(()) => self.gate_wake = None,
+                // The pause paces the gate until the next hold watches again.
+                Err(_) => self.acks_watch = None,
+            },
         }
         Ok(())
     }
 }
 
-/// What the disk holds, as the session knows it: the revision it was written for (0, no
-/// revision, when it was read instead) and its keys. The disk is read again only when the file
-/// watcher reports a change, so keep-alives, gate retries and new key sets cost no extra
-/// reading (apply reads it under its lock anyway).
+/// What the disk holds, as last read from it (never the keys this session meant to write), and
+/// the revision last judged against it. The disk is read again when the file watcher reports a
+/// change, after an apply (read back) and before an acknowledgement, so keep-alives, gate
+/// retries and refused sets cost no extra reading (apply reads it under its lock anyway).
 struct Disk {
-    revision: i64,
+    /// The keys found on disk at the last reading.
     keys: Fingerprints,
+    /// The revision last applied or refused over `keys`: not judged again before a change.
+    judged: Option<i64>,
     /// The file watcher reported a change (or nothing was read yet): read before comparing.
     drifted: bool,
 }
@@ -855,32 +930,69 @@ struct Disk {
 impl Disk {
     fn new() -> Disk {
         Disk {
-            revision: 0,
             keys: Fingerprints::new(),
+            judged: None,
             drifted: true,
         }
     }
 
-    /// After drift: the keys `scan` finds, written for no revision.
+    /// After drift: the keys `scan` finds, judged against no revision yet (a change of the
+    /// state file alone may make a refused set acceptable).
     fn read_if_drifted(&mut self, scan: impl FnOnce() -> Fingerprints) {
         if self.drifted {
-            self.drifted = false;
-            (self.revision, self.keys) = (0, scan());
+            self.judged = None;
+            self.read(scan());
         }
     }
 
-    /// Whether `set` at `revision` must be written: the disk was not written for that revision
-    /// and holds other keys. Either way the disk counts as holding `set` from here on, so a
-    /// set refused is not judged again before the next change.
+    /// The keys just read from disk. A reading that differs from the last one makes the set
+    /// held due for judgement again.
+    fn read(&mut self, keys: Fingerprints) {
+        self.drifted = false;
+        if keys != self.keys {
+            self.judged = None;
+        }
+        self.keys = keys;
+    }
+
+    /// After an apply: the keys read back, the revision applied still judged (a set whose
+    /// apply kept keys beyond it is not applied again).
+    fn read_back(&mut self, keys: Fingerprints) {
+        self.drifted = false;
+        self.keys = keys;
+    }
+
+    /// Whether `set` at `revision` must be applied: it was not judged over this disk yet and
+    /// the disk holds other keys. It counts as judged from here on (applied, or refused: a set
+    /// refused is not judged again before the next change), but the disk still holds what was
+    /// read: only a reading says what is on it.
     fn must_write(&mut self, revision: i64, set: &KeySet) -> bool {
-        if self.revision == revision {
+        if self.judged == Some(revision) {
             return false;
         }
-        let wanted = set.fingerprints();
-        let differs = self.keys != wanted;
-        (self.revision, self.keys) = (revision, wanted);
-        differs
+        self.judged = Some(revision);
+        self.keys != set.fingerprints()
     }
+
+    /// Whether the last reading found every key of `set`, each with the set's fingerprint.
+    fn holds(&self, set: &KeySet) -> bool {
+        set.keys
+            .iter()
+            .all(|(n, k)| self.keys.get(n) == Some(&k.fingerprint()))
+    }
+}
+
+/// The next change of the watched acknowledgements; never, without a watch.
+async fn ack_changed(watch: &mut Option<AckWatch>) -> Result<(), ClusterError> {
+    match watch {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The keys the repository holds now, by number (none when it cannot be read).
+fn on_disk(repo: &Repository) -> Fingerprints {
+    repo.scan().map(|s| s.fingerprints()).unwrap_or_default()
 }
 
 /// This node's acknowledgement, as last written.
@@ -923,6 +1035,14 @@ impl Acked {
     }
 }
 
+/// The pause before asking a held gate again: `next`, which doubles for the hold after,
+/// up to [`GATE_RETRY_MAX`].
+fn gate_backoff(next: &mut Duration) -> Duration {
+    let now = *next;
+    *next = (now * 2).min(GATE_RETRY_MAX);
+    now
+}
+
 /// What a leader does about a rotation due at `due`, judged at `now`.
 #[derive(Debug, PartialEq)]
 enum Plan {
@@ -952,7 +1072,7 @@ fn plan(due: DateTime<Utc>, now: DateTime<Utc>, prepared: bool, held: Option<Ins
 /// The report of a rotation due at `due` held at the gate for `nodes` at `now`: blocking once
 /// `gate_deadline` overdue.
 fn gate_waiting(
-    nodes: Vec<String>,
+    (nodes, refused): (Vec<String>, Vec<String>),
     due: DateTime<Utc>,
     now: DateTime<Utc>,
     gate_deadline: Duration,
@@ -960,6 +1080,7 @@ fn gate_waiting(
     let overdue = (now - due).to_std().unwrap_or_default();
     Report::GateWaiting {
         nodes,
+        refused,
         overdue,
         blocking: overdue >= gate_deadline,
     }
@@ -1327,6 +1448,7 @@ mod tests {
         // The disk already holds the cluster's keys (read, not written): nothing to write.
         assert!(!disk.must_write(5, &a));
         assert!(!disk.must_write(5, &a));
+        assert!(disk.holds(&a));
         // Read only after drift.
         disk.read_if_drifted(|| unreachable!("no drift"));
         assert!(disk.must_write(6, &b));
@@ -1337,9 +1459,55 @@ mod tests {
             scans += 1;
             a.fingerprints()
         });
-        // Drift undid the set at 6: written again.
+        // Drift: judged again (the disk still holds other keys).
         assert!(disk.must_write(6, &b));
+        // Applied: the keys read back are what the disk holds.
+        disk.read_back(b.fingerprints());
+        assert!(disk.holds(&b));
+        assert!(!disk.must_write(6, &b));
         assert_eq!(scans, 2);
+    }
+
+    /// The false acknowledgement of issue 22: a set refused, then offered again at a later
+    /// revision (`cluster init --force`, `--force-purge`), was judged "already on disk" because
+    /// the refused set had been recorded as what the disk holds.
+    #[test]
+    fn a_refused_set_is_never_taken_for_what_the_disk_holds() {
+        let (ours, theirs) = (set(), set());
+        let mut disk = Disk::new();
+        disk.read_if_drifted(|| ours.fingerprints());
+        // Offered at 6 and refused: nothing was written.
+        assert!(disk.must_write(6, &theirs));
+        assert!(!disk.holds(&theirs));
+        // The same keys again at 7: judged again, and the disk still does not hold them.
+        assert!(disk.must_write(7, &theirs));
+        assert!(!disk.holds(&theirs));
+        assert!(disk.holds(&ours));
+        // A reading that finds the set on disk (applied at last) is what says it holds it.
+        disk.read(theirs.fingerprints());
+        assert!(disk.holds(&theirs));
+        assert!(!disk.must_write(7, &theirs));
+    }
+
+    #[test]
+    fn an_acknowledgement_needs_every_key_of_the_set_with_its_fingerprint() {
+        let (a, b) = (set(), set());
+        let mut disk = Disk::new();
+        // Keys beyond the set (kept by the guard) do not matter; a missing or other key does.
+        let mut more = a.fingerprints();
+        more.insert(99, b.keys[&0].fingerprint());
+        disk.read(more);
+        assert!(disk.holds(&a));
+        let mut less = a.fingerprints();
+        less.remove(&0);
+        disk.read(less);
+        assert!(!disk.holds(&a));
+        let mut other = a.fingerprints();
+        other.insert(0, b.keys[&0].fingerprint());
+        disk.read(other);
+        assert!(!disk.holds(&a));
+        disk.read(Fingerprints::new());
+        assert!(!disk.holds(&a));
     }
 
     #[test]
@@ -1374,6 +1542,27 @@ mod tests {
     }
 
     #[test]
+    fn a_held_gate_is_asked_again_less_and_less_often_up_to_a_cap() {
+        let mut next = GATE_RETRY;
+        let pauses: Vec<u64> = (0..10)
+            .map(|_| gate_backoff(&mut next).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
+        // A minute of holding asks the gate 9 times, not 300; an hour, about 130.
+        let mut next = GATE_RETRY;
+        let mut spent = Duration::ZERO;
+        let mut asks = 0;
+        while spent < Duration::from_secs(60) {
+            spent += gate_backoff(&mut next);
+            asks += 1;
+        }
+        assert!(asks <= 9, "{asks}");
+    }
+
+    #[test]
     fn a_due_rotation_runs_pre_rotate_first_unless_it_failed_lately() {
         let now = Utc::now();
         let later = now + chrono::Duration::seconds(90);
@@ -1393,11 +1582,12 @@ mod tests {
         let due = Utc::now();
         let deadline = Duration::from_secs(60);
         let at = |s| due + chrono::Duration::seconds(s);
-        let report = |now| match gate_waiting(vec!["b".into()], due, now, deadline) {
+        let report = |now| match gate_waiting((vec!["b".into()], Vec::new()), due, now, deadline) {
             Report::GateWaiting {
                 nodes,
                 overdue,
                 blocking,
+                ..
             } => (nodes, overdue.as_secs(), blocking),
             other => panic!("{other:?}"),
         };

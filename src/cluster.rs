@@ -40,10 +40,15 @@ pub enum ClusterError {
     Seal { key: String, source: SealError },
     #[error("{key}: {source}")]
     KeySet { key: String, source: KeySetError },
-    #[error("{key}: promotion held: {} not yet applied the staged key (fingerprint {staged}); nothing changed", nodes_have(nodes))]
+    #[error(
+        "{key}: promotion held: {} (fingerprint {staged}); nothing changed",
+        waiting(nodes, refused, "not yet applied")
+    )]
     GateWaiting {
         key: String,
         nodes: Vec<String>,
+        /// Those of `nodes` that refused the set (their acknowledgement says so).
+        refused: Vec<String>,
         staged: crate::core::key::Fingerprint,
     },
     #[error("{key}: other writers changed the key set under this rotation {attempts} times in a row; nothing changed, try again")]
@@ -78,6 +83,24 @@ pub fn nodes_have(nodes: &[String]) -> String {
         [one] => format!("node {one} has"),
         many => format!("nodes {} have", many.join(", ")),
     }
+}
+
+/// What the gate waits for: "node c has {applied} the staged key; node b refused the key set".
+pub fn waiting(nodes: &[String], refused: &[String], applied: &str) -> String {
+    let (no, lag): (Vec<String>, Vec<String>) =
+        nodes.iter().cloned().partition(|n| refused.contains(n));
+    let mut parts = Vec::new();
+    if !lag.is_empty() {
+        parts.push(format!("{} {applied} the staged key", nodes_have(&lag)));
+    }
+    if !no.is_empty() {
+        let who = match no.as_slice() {
+            [one] => format!("node {one}"),
+            many => format!("nodes {}", many.join(", ")),
+        };
+        parts.push(format!("{who} refused the key set"));
+    }
+    parts.join("; ")
 }
 
 /// The clock difference a repository's purges tolerate: its margin, and for credentials
@@ -581,6 +604,7 @@ impl Cluster {
             if !behind.is_empty() {
                 return Err(ClusterError::GateWaiting {
                     key,
+                    refused: crate::core::skew::refusing(&acks, &behind),
                     nodes: behind,
                     staged,
                 });
@@ -913,6 +937,19 @@ impl Cluster {
         })
     }
 
+    /// Watches the members' acknowledgements from now on ([`AckWatch`]).
+    pub async fn watch_acks(&mut self, kind: Kind) -> Result<AckWatch, ClusterError> {
+        let prefix = self.acks_prefix(kind);
+        let mut client = self.client.clone();
+        let stream = self
+            .bounded(
+                &format!("watch {prefix}"),
+                client.watch(prefix.clone(), Some(WatchOptions::new().with_prefix())),
+            )
+            .await?;
+        Ok(AckWatch { stream, prefix })
+    }
+
     /// The repository's key set and its revision, opened and validated.
     pub async fn fetch(&mut self, kind: Kind) -> Result<(KeySet, i64), ClusterError> {
         self.snapshot(kind)
@@ -1054,6 +1091,34 @@ pub struct Watch {
     leader_key: String,
     probe_key: String,
     seal: Sealing,
+}
+
+/// A watch on the members' acknowledgements: a leader held at the promotion gate waits on it
+/// instead of asking the gate again and again.
+pub struct AckWatch {
+    stream: WatchStream,
+    prefix: String,
+}
+
+impl AckWatch {
+    /// Waits until an acknowledgement is written or removed. An error means the watch is gone:
+    /// ask the gate again, and watch anew.
+    pub async fn changed(&mut self) -> Result<(), ClusterError> {
+        loop {
+            let reason = match self.stream.message().await {
+                Ok(Some(r)) if r.canceled() => r.cancel_reason().to_string(),
+                // The watch's creation carries no event.
+                Ok(Some(r)) if r.events().is_empty() => continue,
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => "stream ended".into(),
+                Err(e) => e.to_string(),
+            };
+            return Err(ClusterError::Request {
+                what: format!("watch {}", self.prefix),
+                reason,
+            });
+        }
+    }
 }
 
 impl Watch {
@@ -1201,6 +1266,7 @@ mod tests {
             revision,
             staged: crate::core::key::Fingerprint::NONE,
             clock: clock.map(t),
+            refused: None,
         };
         let acks = [
             ack("fine", 7, Some(50)),

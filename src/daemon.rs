@@ -725,23 +725,28 @@ impl Daemon {
             }
             Report::GateWaiting {
                 nodes,
+                refused,
                 overdue,
                 blocking,
             } => {
-                let who = crate::cluster::nodes_have(&nodes);
+                let not = crate::cluster::waiting(&nodes, &refused, "not applied");
+                let until = crate::cluster::waiting(&nodes, &refused, "applied");
                 let next = Gate {
                     waiting: nodes,
                     blocking,
                 };
                 if blocking && next != c.gate {
                     tracing::warn!(
-                        "{kind}: rotation {} overdue, blocked past gate_deadline: {who} not \
-                         applied the staged key; it goes ahead once they do, or once they are \
-                         removed (fernetd cluster remove-node)",
+                        "{kind}: rotation {} overdue, blocked past gate_deadline: {not}; it goes \
+                         ahead once they do, or once they are removed (fernetd cluster \
+                         remove-node)",
                         crate::core::duration::format(Duration::from_secs(overdue.as_secs()))
                     );
                 } else if !blocking && next.waiting != c.gate.waiting {
-                    tracing::info!("{kind}: rotation due, held until {who} applied the staged key");
+                    match refused.is_empty() {
+                        true => tracing::info!("{kind}: rotation due, held until {until}"),
+                        false => tracing::info!("{kind}: rotation due, held: {not}"),
+                    }
                 }
                 c.gate = next;
             }

@@ -209,6 +209,14 @@ impl Summary {
         self.add(&Problem::new(code, why));
     }
 
+    /// Raises `code` unless a problem says it already: the refusal the running daemon
+    /// reported is the one `status` finds again in other words, said once.
+    fn raise_once(&mut self, code: Code, why: impl Into<String>) {
+        if !self.problems.iter().any(|p| p.code == code) {
+            self.raise(code, why);
+        }
+    }
+
     /// Adds `p` (what a running daemon knows, or a finding of the disk's).
     pub fn add(&mut self, p: &Problem) {
         self.level = self.level.max(p.level);
@@ -427,10 +435,17 @@ pub struct ClusterView {
     pub keys: Vec<u64>,
     /// This node's repository holds exactly the cluster's key set.
     pub in_sync: bool,
+    /// The keys of the set, but the staged key 0, that this node lacks or holds other material
+    /// under: tokens the other nodes issue (primary) or still accept with them fail here.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lacking: Vec<u64>,
     /// Every live node's acknowledgement: its applied revision and whether it holds the
     /// staged key (the promotion gate waits on those that do not).
     pub nodes: Vec<NodeView>,
     pub gate_waiting_on: Vec<String>,
+    /// Those of `gate_waiting_on` that refused the set (their acknowledgement says so).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gate_refused: Vec<String>,
     /// When the next rotation is due (from the cluster's last rotation and this node's
     /// schedule), and whether it is held past the gate deadline by the nodes above.
     pub rotation_due: Option<DateTime<Utc>>,
@@ -494,6 +509,11 @@ pub fn cluster_view(
             last_ack: a.clock,
         })
         .collect();
+    let waiting: Vec<String> = nodes
+        .iter()
+        .filter(|n| !n.holds_staged)
+        .map(|n| n.node.clone())
+        .collect();
     ClusterView {
         revision,
         primary: set.primary(),
@@ -507,11 +527,14 @@ pub fn cluster_view(
                 set.keys.contains_key(n)
                     || history.keys.get(n).is_some_and(|r| r.fingerprint == *fp)
             }),
-        gate_waiting_on: nodes
+        lacking: set
+            .fingerprints()
             .iter()
-            .filter(|n| !n.holds_staged)
-            .map(|n| n.node.clone())
+            .filter(|(n, fp)| **n != 0 && local.get(n) != Some(fp))
+            .map(|(n, _)| *n)
             .collect(),
+        gate_waiting_on: waiting.clone(),
+        gate_refused: crate::core::skew::refusing(acks, &waiting),
         nodes,
         rotation_due: None,
         gate_blocked: false,
@@ -575,12 +598,47 @@ impl ClusterView {
         let nodes = &self.nodes;
         self.gate_waiting_on
             .retain(|w| !nodes.iter().any(|n| &n.node == w && gone(n)));
+        let waiting = &self.gate_waiting_on;
+        self.gate_refused.retain(|r| waiting.contains(r));
         self.rotation_due = due;
         self.gate_deadline = Some(deadline);
         let overdue = due.and_then(|d| (now - d).to_std().ok());
         self.gate_blocked =
             !self.gate_waiting_on.is_empty() && overdue.is_some_and(|o| o >= deadline);
     }
+}
+
+/// How this node differs from the cluster's set it may take, by what is at stake: a key other
+/// than the staged one missing here is critical (tokens the other nodes issue or accept with it
+/// fail here now); only the staged key, or keys beyond the set, a warning (the gate waits).
+fn differs(v: &ClusterView) -> Problem {
+    if v.lacking.is_empty() {
+        return Problem::new(
+            Code::ClusterDiffers,
+            format!(
+                "differs from the cluster's key set (revision {}): run fernetd sync",
+                v.revision
+            ),
+        );
+    }
+    let keys: Vec<String> = v
+        .lacking
+        .iter()
+        .map(|n| match Some(*n) == v.primary {
+            true => format!("{n} (the cluster's primary)"),
+            false => n.to_string(),
+        })
+        .collect();
+    Problem::new(
+        Code::ClusterDiffers,
+        format!(
+            "lacks key {} of the cluster's key set (revision {}): tokens the other nodes issue \
+             with it fail here; run fernetd sync",
+            keys.join(", "),
+            v.revision
+        ),
+    )
+    .at(Level::Critical)
 }
 
 impl Summary {
@@ -590,13 +648,13 @@ impl Summary {
             Err(ViewError::Unreachable(e)) => {
                 self.raise(Code::ClusterUnreachable, format!("cluster: {e}"))
             }
-            Err(ViewError::Refused(e)) => self.raise(
+            Err(ViewError::Refused(e)) => self.raise_once(
                 Code::InputRefused,
                 format!("the cluster's key set is refused here, every key stays: {e}"),
             ),
             Ok(v) => {
                 if let Some(why) = &v.refused {
-                    self.raise(
+                    self.raise_once(
                         Code::InputRefused,
                         format!(
                             "the cluster's key set at revision {} is refused here, every key stays: {why}",
@@ -633,13 +691,7 @@ impl Summary {
                     });
                 }
                 if !v.in_sync && v.refused.is_none() {
-                    self.raise(
-                        Code::ClusterDiffers,
-                        format!(
-                            "differs from the cluster's key set (revision {}): run fernetd sync",
-                            v.revision
-                        ),
-                    );
+                    self.add(&differs(v));
                 }
                 let nodes = v.gate_waiting_on.join(", ");
                 if v.gate_blocked {
@@ -650,18 +702,25 @@ impl Summary {
                     self.raise(
                         Code::GateBlocked,
                         format!(
-                            "rotation due since {since} blocked past gate_deadline {}: {} not \
-                         applied the staged key",
+                            "rotation due since {since} blocked past gate_deadline {}: {}",
                             v.gate_deadline
                                 .map(crate::core::duration::format)
                                 .unwrap_or_default(),
-                            crate::cluster::nodes_have(&v.gate_waiting_on)
+                            crate::cluster::waiting(
+                                &v.gate_waiting_on,
+                                &v.gate_refused,
+                                "not applied"
+                            )
                         ),
                     );
                 } else if !nodes.is_empty() {
+                    let refused = match v.gate_refused.as_slice() {
+                        [] => String::new(),
+                        r => format!(" ({} refused the key set)", r.join(", ")),
+                    };
                     self.raise(
                         Code::GateWaiting,
-                        format!("next promotion waits on {nodes}"),
+                        format!("next promotion waits on {nodes}{refused}"),
                     );
                 }
             }
@@ -685,6 +744,7 @@ mod tests {
             revision: 1,
             staged,
             clock: Some(now - chrono::Duration::days(3)),
+            refused: None,
         };
         let mut acks = vec![ack("a", staged)];
         if lagging {
@@ -747,5 +807,136 @@ mod tests {
         let mut v = view(true);
         v.judge_gate(ago(3600), deadline, Some(Duration::from_secs(86_400)), now);
         assert!(v.gate_waiting_on.is_empty() && !v.gate_blocked);
+    }
+    /// Issue 22: a node lacking the cluster's primary was a WARNING ("run fernetd sync"),
+    /// although every token the other nodes issue fails there.
+    #[test]
+    fn a_node_lacking_a_key_the_cluster_still_needs_is_critical() {
+        let now: Now = Utc::now().into();
+        let set = KeySet::fresh(&now).unwrap();
+        let judged = |drop: Option<u64>, extra: bool| {
+            let mut local = set.fingerprints();
+            if let Some(n) = drop {
+                local.remove(&n);
+            }
+            if extra {
+                local.insert(9, set.keys[&0].fingerprint());
+            }
+            let v = cluster_view(
+                &local,
+                &crate::core::history::History::new(),
+                &set,
+                4,
+                &[],
+                None,
+                Duration::ZERO,
+                &now,
+            );
+            let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+            sum.add_cluster(&Ok(v));
+            (sum.level, sum.problems[0].message.clone())
+        };
+        let primary = set.primary().unwrap();
+        let (level, why) = judged(Some(primary), false);
+        assert_eq!(level, Level::Critical, "{why}");
+        assert!(
+            why.contains(&format!("lacks key {primary} (the cluster's primary)")),
+            "{why}"
+        );
+        // The staged key only: the gate waits for this node, nothing fails yet.
+        let (level, why) = judged(Some(0), false);
+        assert_eq!(level, Level::Warning, "{why}");
+        assert!(why.contains("run fernetd sync"), "{why}");
+        // A key beyond the set (unknown to the history): a warning.
+        assert_eq!(judged(None, true).0, Level::Warning);
+    }
+    /// Issue 22: `status` printed `input-refused` twice, the daemon's refusal and its own
+    /// judgement of the same set.
+    #[test]
+    fn a_refusal_the_daemon_reported_is_said_once() {
+        let now: Now = Utc::now().into();
+        let set = KeySet::fresh(&now).unwrap();
+        let mut held = set.history.clone();
+        held.lineage = KeySet::fresh(&now).unwrap().history.lineage;
+        let other = KeySet::fresh(&now).unwrap();
+        let v = cluster_view(
+            &other.fingerprints(),
+            &held,
+            &set,
+            4,
+            &[],
+            None,
+            Duration::from_secs(3600),
+            &now,
+        );
+        assert!(v.refused.is_some());
+        let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+        sum.add(&Problem::new(
+            Code::InputRefused,
+            "/c/tokens/keyset at revision 4: refused, every key stays: of another cluster",
+        ));
+        sum.add_cluster(&Ok(v.clone()));
+        let refusals = |s: &Summary| {
+            s.problems
+                .iter()
+                .filter(|p| p.code == Code::InputRefused)
+                .count()
+        };
+        assert_eq!(refusals(&sum), 1, "{:?}", sum.problems);
+        // Without a daemon, status's own judgement says it.
+        let mut alone = Summary::new(Kind::Tokens, PathBuf::new());
+        alone.add_cluster(&Ok(v));
+        assert_eq!(refusals(&alone), 1);
+        assert_eq!(alone.level, Level::Critical);
+    }
+    /// Issue 22: "node b has not applied the staged key" for a node that refused the set.
+    #[test]
+    fn a_member_that_refused_the_set_is_said_to_have_refused_it() {
+        let now = Utc::now();
+        let set = KeySet::fresh(&now.into()).unwrap();
+        let ack = |node: &str, refused| Ack {
+            node: node.into(),
+            revision: 1,
+            staged: crate::core::key::Fingerprint::NONE,
+            clock: Some(now),
+            refused,
+        };
+        let acks = [ack("b", Some(7)), ack("c", None)];
+        let mut v = cluster_view(
+            &set.fingerprints(),
+            &set.history,
+            &set,
+            7,
+            &acks,
+            Some("a".into()),
+            Duration::ZERO,
+            &now.into(),
+        );
+        assert_eq!(v.gate_refused, vec!["b".to_string()]);
+        let said = |v: &ClusterView| {
+            let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+            sum.add_cluster(&Ok(v.clone()));
+            sum.problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let waits = said(&v);
+        assert!(
+            waits.contains("waits on b, c (b refused the key set)"),
+            "{waits}"
+        );
+        v.judge_gate(
+            Some(now - chrono::Duration::hours(1)),
+            Duration::ZERO,
+            None,
+            now,
+        );
+        let blocked = said(&v);
+        assert!(
+            blocked.contains("node c has not applied the staged key; node b refused the key set"),
+            "{blocked}"
+        );
     }
 }

@@ -24,7 +24,10 @@
 //!   every member, so a token any node makes with the key the cluster promoted decrypts on
 //!   every node that serves;
 //! - at most one rotation per slot: the cluster's promotions are a full interval apart by the
-//!   clocks that stamped them (the rotating leaders').
+//!   clocks that stamped them (the rotating leaders');
+//! - an acknowledgement names a staged key the node holds, through sets of another cluster
+//!   written over the cluster's and a good node's keys offered again (`init --force`, with or
+//!   without `--force-purge`), refused and then taken.
 //!
 //! One etcd member serves every case, each case under a prefix of its own.
 
@@ -74,6 +77,12 @@ enum Op {
     /// The node's clock moves by this much against the model's time: a drift (small) or a
     /// step (large), either way, within [`MAX_OFFSET_SECS`] of the model's time.
     Clock { node: usize, offset_secs: i64 },
+    /// A set of another cluster lands under the cluster's key (a stray `init`, a wrong
+    /// endpoint): every node refuses it.
+    Foreign,
+    /// The operator offers a good node's keys again, as `cluster init --force --from GOOD`
+    /// does (`purge`: with `--force-purge`): the keys a refused set held come back.
+    Reoffer { node: usize, purge: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -88,7 +97,9 @@ fn op() -> impl Strategy<Value = Op> {
         7 => (1i64..120).prop_map(|minutes| Op::Advance { minutes }),
         2 => (node.clone(), -120i64..120).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
         2 => (node.clone(), -1800i64..1800).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
-        3 => node.prop_map(|node| Op::Duplicate { node }),
+        3 => node.clone().prop_map(|node| Op::Duplicate { node }),
+        1 => Just(Op::Foreign),
+        2 => (node, any::<bool>()).prop_map(|(node, purge)| Op::Reoffer { node, purge }),
     ]
 }
 
@@ -242,6 +253,10 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
             .await
             .unwrap();
         let mut promotions: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+        // A set of another cluster sits in etcd (no node holds its keys): no promotion to judge.
+        let mut foreign = false;
+        // The cluster's own set at the last step: a good node holds every key of it.
+        let mut last_good = c.fetch(Kind::Tokens).await.unwrap().0;
         let mut tokens: Vec<Token> = Vec::new();
         let lifetime = chrono::Duration::minutes(TOKEN_MIN);
         for (step, op) in ops.iter().enumerate() {
@@ -293,6 +308,34 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                     // Not connected (no clock reading) until it next applies.
                     clocks.lock().unwrap().connected[node] = false;
                 }
+                Op::Foreign => {
+                    let stray = KeySet::fresh(&now(wall)).unwrap();
+                    raw.put(
+                        format!("{prefix}/tokens/keyset"),
+                        stray.encode().to_vec(),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                    foreign = true;
+                }
+                Op::Reoffer { node, purge } => {
+                    // A good node: one that holds every key of the cluster's own set (the one
+                    // before a foreign set, while one sits there); none yet, no remedy.
+                    let holds = |i: &usize| {
+                        let disk = nodes[*i].repo.scan().unwrap().fingerprints();
+                        last_good
+                            .fingerprints()
+                            .iter()
+                            .all(|(k, fp)| disk.get(k) == Some(fp))
+                    };
+                    let Some(node) = (0..NODES).map(|i| (node + i) % NODES).find(holds) else {
+                        continue;
+                    };
+                    let good = nodes[node].repo.export(&clock(node, wall)).unwrap();
+                    c.import(Kind::Tokens, &good, true, purge).await.unwrap();
+                    foreign = foreign && !purge;
+                }
                 Op::Rotate { .. } | Op::RotateLeader => {
                     let node = match *op {
                         Op::Rotate { node } => node,
@@ -325,10 +368,34 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                     }
                 }
             }
-            // No promotion a member has not acknowledged.
+            // An acknowledgement names a staged key the node's disk holds (while the cluster's
+            // set still holds it: a purged one may be gone).
             let (set, _) = c.fetch(Kind::Tokens).await.unwrap();
-            let primary = set.keys[&set.primary().unwrap()].fingerprint();
             for n in &nodes {
+                let Some(ack) = c
+                    .acks(Kind::Tokens)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|a| a.node == n.name)
+                else {
+                    continue;
+                };
+                let disk = n.repo.scan().unwrap().fingerprints();
+                assert!(
+                    disk.values().any(|fp| *fp == ack.staged)
+                        || !set.fingerprints().values().any(|fp| *fp == ack.staged),
+                    "{ctx}: {} acknowledged a staged key it does not hold (revision {})",
+                    n.name,
+                    ack.revision
+                );
+            }
+            if !foreign {
+                last_good = set.clone();
+            }
+            // No promotion a member has not acknowledged.
+            let primary = set.keys[&set.primary().unwrap()].fingerprint();
+            for n in nodes.iter().filter(|_| !foreign) {
                 let disk = n.repo.scan().unwrap().fingerprints();
                 assert!(
                     disk.values().any(|fp| *fp == primary),
@@ -438,11 +505,21 @@ async fn apply(c: &mut Cluster, n: &Node, now: &Now, params: &RotateParams) {
         Err(fernetd::Error::Refused { .. }) => return,
         taken => taken.map(drop).unwrap(),
     }
+    // As the agent does: the disk read back must hold every key of the set.
+    let disk = n.repo.scan().unwrap().fingerprints();
+    if !set
+        .fingerprints()
+        .iter()
+        .all(|(k, fp)| disk.get(k) == Some(fp))
+    {
+        return;
+    }
     let ack = Ack {
         node: n.name.clone(),
         revision,
         staged: set.keys[&0].fingerprint(),
         clock: Some(now.wall),
+        refused: None,
     };
     c.acknowledge(Kind::Tokens, &ack).await.unwrap();
 }

@@ -336,7 +336,13 @@ fn a_destructive_key_set_is_refused_loudly_and_every_key_stays() {
     );
     let status = fernetd(&["--config", ca.to_str().unwrap(), "status"]);
     assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
-    assert!(status.stdout.contains("refused here"), "{}", status.stdout);
+    // Said once: the daemon's refusal, not status' own judgement of the same set again.
+    assert!(
+        status.stdout.contains("refused, every key stays")
+            && status.stdout.matches("[input-refused]").count() == 1,
+        "{}",
+        status.stdout
+    );
     let refused_metric = |v: &str| {
         a.metrics()
             .lines()
@@ -696,6 +702,7 @@ fn the_leader_purges_nothing_while_a_nodes_clock_is_off() {
                             revision: kv.mod_revision(),
                             staged: set.keys[&0].fingerprint(),
                             clock: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                            refused: None,
                         };
                         let opts = etcd_client::PutOptions::new().with_lease(lease);
                         c.put(
@@ -841,4 +848,191 @@ fn the_daemon_reports_a_wall_clock_step_and_purges_nothing_for_it() {
         d.log()
     );
     assert_eq!(d.stop().code(), Some(0));
+}
+
+/// This node's acknowledgement in etcd, if it wrote one.
+fn ack_of(etcd: &Etcd, node: &str) -> Option<fernetd::cluster::Ack> {
+    let key = format!("/test/tokens/acks/{node}");
+    etcd.with_client(async |c| {
+        c.get(key.as_str(), None)
+            .await
+            .unwrap()
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok())
+    })
+}
+
+/// An acknowledgement is a statement about the disk: the staged key it names is a key the
+/// node's repository holds (key 0, or the primary it became).
+fn assert_ack_on_disk(etcd: &Etcd, node: &str, dir: &Path, d: &Daemon) {
+    let Some(ack) = ack_of(etcd, node) else {
+        return;
+    };
+    let held: Vec<_> = keys(dir)
+        .values()
+        .map(|k| {
+            fernetd::core::key::Key::parse(k.as_bytes())
+                .unwrap()
+                .fingerprint()
+        })
+        .collect();
+    assert!(
+        held.contains(&ack.staged),
+        "acks/{node} names staged key {} at revision {}, which {} does not hold\n{}",
+        ack.staged,
+        ack.revision,
+        dir.display(),
+        d.log()
+    );
+}
+
+/// Issue 22's false acknowledgement, as an operator meets it: b refuses a set of another
+/// cluster; the documented remedy (`cluster init --force --from GOOD`, then `--force-purge`)
+/// offers b the same keys again. b never acknowledges keys it does not hold, and ends holding
+/// them: tokens GOOD's keys make decrypt on b, by Keystone's TokenFormatter.
+#[test]
+fn a_refused_set_offered_again_is_acknowledged_only_once_on_disk() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (good, b_dir) = (t.path().join("good"), t.path().join("b"));
+    for dir in [&good, &b_dir] {
+        fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+        rotate_ok(dir.to_str().unwrap(), &[]);
+    }
+    // b follows its own cluster, hourly: only the operator's sets change its keys.
+    let cb = node(t.path(), &etcd, "b", "");
+    let text = std::fs::read_to_string(&cb)
+        .unwrap()
+        .replace("schedule = \"2s\"", "schedule = \"1h\"");
+    std::fs::write(&cb, text).unwrap();
+    let cfg = cb.to_str().unwrap();
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--from",
+        b_dir.to_str().unwrap(),
+    ]);
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    assert_ack_on_disk(&etcd, "b", &b_dir, &b);
+    let b_keys = keys(&b_dir);
+
+    // A set of another cluster (GOOD's keys, another cluster id) lands under b's key.
+    let other = t.path().join("other.toml");
+    let text = std::fs::read_to_string(&cb)
+        .unwrap()
+        .replace("prefix = \"/test\"", "prefix = \"/other\"");
+    std::fs::write(&other, text).unwrap();
+    let good_s = good.to_str().unwrap();
+    fernetd_ok(&[
+        "--config",
+        other.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        good_s,
+    ]);
+    let foreign = etcd.with_client(async |c| {
+        let r = c.get("/other/tokens/keyset", None).await.unwrap();
+        r.kvs()[0].value().to_vec()
+    });
+    put_raw(&etcd, foreign);
+    let refusals = || b.log().matches("refused, every key stays").count();
+    assert!(b.wait_for(secs(10), || refusals() >= 1), "{}", b.log());
+    assert_eq!(keys(&b_dir), b_keys, "a refused set changed b's keys");
+    assert_ack_on_disk(&etcd, "b", &b_dir, &b);
+    // b says so in its acknowledgement: the gate says "refused", not "has not applied".
+    assert!(
+        b.wait_for(secs(5), || ack_of(&etcd, "b")
+            .is_some_and(|a| a.refused.is_some())),
+        "{:?}",
+        ack_of(&etcd, "b")
+    );
+
+    // The remedy, first step: the same keys again, one generation on, not forced. Still of
+    // another cluster: refused again, and above all not acknowledged as held.
+    fernetd_ok(&[
+        "--config", cfg, "cluster", "init", "--force", "--from", good_s,
+    ]);
+    assert!(b.wait_for(secs(10), || refusals() >= 2), "{}", b.log());
+    // Long enough for the acknowledgement the old agent wrote at once.
+    std::thread::sleep(secs(2));
+    assert_ack_on_disk(&etcd, "b", &b_dir, &b);
+    assert_eq!(keys(&b_dir), b_keys, "a refused set changed b's keys");
+    let in_steps = b.log().matches("in step").count();
+    assert_eq!(in_steps, 1, "\"in step\" for a set b refused: {}", b.log());
+
+    // Second step: --force-purge. b takes GOOD's keys, then acknowledges them.
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--force",
+        "--force-purge",
+        "--from",
+        good_s,
+    ]);
+    assert!(
+        b.wait_for(secs(10), || keys(&b_dir) == keys(&good)),
+        "b did not take the forced set: {:?}\n{}",
+        numbers(&b_dir),
+        b.log()
+    );
+    assert!(
+        b.wait_for(secs(10), || ack_of(&etcd, "b").is_some_and(|a| a.staged
+            == fernetd::core::key::Key::parse(keys(&good)[&0].as_bytes())
+                .unwrap()
+                .fingerprint())),
+        "{}",
+        b.log()
+    );
+    assert_ack_on_disk(&etcd, "b", &b_dir, &b);
+    assert_eq!(ack_of(&etcd, "b").unwrap().refused, None);
+    let tokens = vec![pack(&good), pack(&good)];
+    assert_all_unpack(&[b_dir], &tokens, &[&b]);
+}
+
+/// A held gate waits on a watch of the acknowledgements, not on a poll: after half a minute
+/// held by a stopped member (its pauses between asks have grown past 10 s), the rotation goes
+/// through within seconds of the member's acknowledgement.
+#[test]
+fn a_held_gate_opens_as_soon_as_the_member_acknowledges() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    assert!(a.wait_log("in step", secs(15)), "{}", a.log());
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    b.stop();
+    assert!(
+        a.wait_log("held until node b has applied the staged key", secs(15)),
+        "{}",
+        a.log()
+    );
+    let held = cluster_primary(&etcd);
+    std::thread::sleep(secs(27));
+    assert_eq!(cluster_primary(&etcd), held, "rotated past b: {}", a.log());
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    let acked = std::time::Instant::now();
+    assert!(
+        a.wait_for(secs(20), || cluster_primary(&etcd) > held),
+        "{}",
+        a.log()
+    );
+    let took = acked.elapsed();
+    assert!(
+        took < secs(4),
+        "the gate opened {took:?} after b acknowledged\n{}",
+        a.log()
+    );
 }

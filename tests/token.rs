@@ -823,6 +823,7 @@ fn in_cluster_mode_it_says_which_nodes_hold_the_key() {
                     revision: rev,
                     staged,
                     clock: Some(chrono::Utc::now()),
+                    refused: None,
                 };
                 cl.acknowledge(kind, &ack).await.unwrap();
             }

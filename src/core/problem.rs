@@ -149,7 +149,9 @@ codes! {
     Degraded = "degraded", Warning,
         "cluster mode: etcd lost; serving the current keys, not rotating";
     ClusterUnreachable = "cluster-unreachable", Warning, "`status` could not read the cluster";
-    ClusterDiffers = "cluster-differs", Warning, "this node does not hold the cluster's key set";
+    ClusterDiffers = "cluster-differs",
+        Warning("warning; critical when this node lacks the cluster's primary or another key but the staged one"),
+        "this node does not hold the cluster's key set";
     GateBlocked = "gate-blocked", Warning,
         "a due rotation held past `gate_deadline` by members without the staged key";
     ClusterUnsealed = "cluster-unsealed", Warning,
@@ -251,14 +253,13 @@ mod tests {
     }
 
     /// The runbooks name every code; the alerts select every one but those that only `status`
-    /// says (a cluster view it could not read or that differs, the promotion gate).
+    /// says (a cluster view it could not read, the promotion gate).
     #[test]
     fn the_runbooks_and_alerts_name_the_codes() {
         let runbooks = include_str!("../../docs/runbooks.md");
         let alerts = include_str!("../../packaging/prometheus/fernetd-alerts.yml");
         let unalerted = [
             Code::ClusterUnreachable,
-            Code::ClusterDiffers,
             Code::GateBlocked,
             Code::GateWaiting,
         ];

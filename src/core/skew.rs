@@ -21,6 +21,10 @@ pub struct Ack {
     /// clock is off by more than the margin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<chrono::DateTime<chrono::Utc>>,
+    /// The revision of a key set this node refused since (it still holds the set at
+    /// `revision`): the gate says the node refused, not that it has not applied yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<i64>,
 }
 
 impl Ack {
@@ -32,6 +36,7 @@ impl Ack {
             revision: 0,
             staged: crate::core::key::Fingerprint::NONE,
             clock,
+            refused: None,
         }
     }
 }
@@ -107,6 +112,14 @@ pub fn absent(
     acks.iter()
         .filter(|a| Some(a.node.as_str()) != me && !answered(&a.node) && !gone(a))
         .cloned()
+        .collect()
+}
+
+/// Those of `nodes` whose acknowledgement says they refused a later key set.
+pub fn refusing(acks: &[Ack], nodes: &[String]) -> Vec<String> {
+    acks.iter()
+        .filter(|a| a.refused.is_some() && nodes.contains(&a.node))
+        .map(|a| a.node.clone())
         .collect()
 }
 
