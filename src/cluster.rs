@@ -406,9 +406,8 @@ impl Cluster {
     /// ([`ClusterError::Raced`]). The lineage: the next generation of the set replaced when it
     /// opens and `set`'s own lineage (a good node's) is not far behind it ([`continues`]);
     /// over any other set a new lineage; into an empty slot the next generation of `set`'s
-    /// own lineage, or a new one. Always marked `init` (a node of any lineage takes it,
-    /// through the gate; a node bound to another etcd takes it when it continues its
-    /// lineage) and bound to this etcd. With `force_purge` nodes take it even where it
+    /// own lineage, or a new one. Always bound to this etcd (a node bound to another etcd
+    /// takes it when it continues its lineage). With `force_purge` nodes take it even where it
     /// removes keys that may still decrypt live tokens. Returns the new revision and the
     /// lineage written.
     pub async fn import(
@@ -455,7 +454,6 @@ impl Cluster {
             (false, _, Some(l)) => l.next(),
             (false, _, None) => fresh()?,
         };
-        lineage.init = true;
         lineage.forced = force_purge;
         lineage.etcd = Some(self.binding());
         let mut set = set.clone();

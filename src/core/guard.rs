@@ -157,15 +157,7 @@ pub fn admission(
     let lost = losses(disk, &wanted, local, retention, now);
     let disk_primary = crate::core::history::primary(disk.keys().copied()).unwrap_or(0);
     let newer = set.primary().is_some_and(|p| p > disk_primary);
-    // A set `cluster init` wrote (a new lineage from a good node's keys) keeps this node's
-    // live keys beyond it as a newer one does, as long as they stay below its primary (the
-    // node's Keystone encrypts with the set's primary, not with a key of its own).
-    let init = set.history.lineage.as_ref().is_some_and(|l| l.init)
-        && lost
-            .iter()
-            .all(|l| set.primary().is_some_and(|p| l.number < p));
-    if !lost.is_empty() && (!(newer || init) || lost.iter().any(|l| wanted.contains_key(&l.number)))
-    {
+    if !lost.is_empty() && (!newer || lost.iter().any(|l| wanted.contains_key(&l.number))) {
         return Err(Refusal::Losses(lost));
     }
     Ok(lost)

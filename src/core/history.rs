@@ -74,10 +74,6 @@ pub struct Lineage {
     /// (`--force-purge`). Only this generation; the next rotation clears it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
-    /// Written by `cluster init`: the gate keeps a node's live keys beyond it (below its
-    /// primary) as it does for a newer set. Only this generation; the next rotation clears it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub init: bool,
     /// The lineage this one replaced (`cluster init --force` over a set it could not continue):
     /// a node following that one takes this one, at any generation. Carried by every
     /// generation after.
@@ -118,7 +114,6 @@ impl Lineage {
             cluster: id.iter().map(|b| format!("{b:02x}")).collect(),
             generation: 1,
             forced: false,
-            init: false,
             from: None,
             etcd: None,
         })
@@ -130,7 +125,6 @@ impl Lineage {
             cluster: self.cluster.clone(),
             generation: self.generation.saturating_add(1),
             forced: false,
-            init: false,
             from: self.from.clone(),
             etcd: self.etcd.clone(),
         }

@@ -485,7 +485,8 @@ mod tests {
     }
 
     #[test]
-    fn a_generation_far_ahead_is_refused_and_an_init_set_is_taken_from_any_lineage() {
+    fn a_generation_far_ahead_is_refused_and_a_forced_new_lineage_is_taken_by_the_one_it_replaced()
+    {
         let now = crate::core::clock::Now::from(
             chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
         );
@@ -541,17 +542,16 @@ mod tests {
             prefix: "/other".into(),
             ..here.clone()
         };
-        let lineage = |etcd: Option<&Binding>, init: bool| Lineage {
+        let lineage = |etcd: Option<&Binding>| Lineage {
             cluster: "c".into(),
             generation: 3,
             forced: false,
-            init,
             from: None,
             etcd: etcd.cloned(),
         };
-        let unbound = lineage(None, false);
-        let bound_here = lineage(Some(&here), false);
-        let bound_there = lineage(Some(&there), false);
+        let unbound = lineage(None);
+        let bound_here = lineage(Some(&here));
+        let bound_there = lineage(Some(&there));
         // Before bindings, and bound here: taken.
         assert_eq!(bound_elsewhere(None, None, &here), None);
         assert_eq!(bound_elsewhere(Some(&unbound), Some(&unbound), &here), None);
@@ -567,7 +567,7 @@ mod tests {
             ..bound_here.clone()
         };
         for elsewhere in [&there, &other_prefix] {
-            let node = lineage(Some(elsewhere), false);
+            let node = lineage(Some(elsewhere));
             let why = bound_elsewhere(Some(&node), Some(&another), &here).unwrap();
             assert!(why.contains(&elsewhere.to_string()) && why.contains(&here.to_string()));
             assert!(bound_elsewhere(Some(&node), None, &here).is_some());
@@ -577,18 +577,18 @@ mod tests {
         assert!(why.contains("written into etcd cluster b2"), "{why}");
         assert!(bound_elsewhere(Some(&bound_there), Some(&bound_there), &here).is_some());
         // A set of the node's own lineage written into this etcd (`cluster init` continuing
-        // it, or a rotation after one) moves a node bound elsewhere; an init set written into
+        // it, or a rotation after one) moves a node bound elsewhere; a set of its lineage written into
         // yet another etcd does not.
         assert_eq!(
             bound_elsewhere(Some(&bound_there), Some(&bound_here), &here),
             None
         );
-        let moved = lineage(Some(&here), true);
+        let moved = lineage(Some(&here));
         assert_eq!(
             bound_elsewhere(Some(&bound_there), Some(&moved), &here),
             None
         );
-        let init_there = lineage(Some(&there), true);
+        let init_there = lineage(Some(&there));
         assert!(bound_elsewhere(Some(&bound_there), Some(&init_there), &here).is_some());
         // Nor does another cluster's `cluster init` (a stray etcd someone started one in).
         let stray = Lineage {
