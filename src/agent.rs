@@ -2,9 +2,9 @@
 //! local repository equal to the cluster's key set, acknowledges what it applied under its
 //! lease, and, while it holds the leadership, rotates the key set on schedule.
 //!
-//! A session: connect, take a lease, bootstrap (the first node proposes a key set: its
-//! repository's, or a fresh one held in memory, through a transaction only one node wins; no
-//! node writes keys of its own before the cluster agreed), read the key set once, then loop:
+//! A session: connect, take a lease, bootstrap (only `cluster init` starts a cluster: a node
+//! that finds no key set publishes nothing, keys or not, and waits, naming the etcd it
+//! reached), read the key set once, then loop:
 //! apply (writes before removals) → acknowledge → campaign if nobody leads → if leading and
 //! due, rotate behind the promotion gate → wait for the watch (which carries each new key set
 //! and leadership change), the next deadline, a keep-alive or a local change. Any error ends the session: the node keeps serving the keys it has, never
@@ -166,6 +166,7 @@ pub async fn run(
         if matches!(
             err,
             SessionError::Cluster(ClusterError::Seal { .. } | ClusterError::KeySet { .. })
+                | SessionError::NoKeySet { due: true, .. }
         ) {
             let _ = reports.send((
                 cfg.index,
@@ -192,14 +193,20 @@ enum SessionError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Repository(#[from] crate::Error),
-    #[error("the operating system's random number generator failed")]
-    Random,
     #[error("{0}")]
     Name(String),
     #[error(transparent)]
     Rename(#[from] names::RenameError),
-    #[error("{0}: no key set, and this node has no keys to offer: waiting for one (a new cluster starts with `fernetd cluster init` on one node)")]
-    NoKeySet(String),
+    /// No key set in the etcd reached; `due` once this node's keys are due to rotate (then
+    /// critical: its keys age with nothing to rotate them).
+    #[error("{key}: no key set in etcd {endpoint} ({reached}){what}")]
+    NoKeySet {
+        key: String,
+        endpoint: String,
+        reached: crate::core::keyset::Binding,
+        what: String,
+        due: bool,
+    },
 }
 
 async fn session(
@@ -294,6 +301,10 @@ struct Session<'a> {
     acked: Acked,
     /// A key set this node refused (by revision): never acknowledged, never rotated on.
     refused: Option<i64>,
+    /// The revision whose etcd binding was last found right ([`bound_elsewhere`]).
+    ///
+    /// [`bound_elsewhere`]: crate::core::keyset::bound_elsewhere
+    bound: Option<i64>,
     /// The primary (fingerprint) the credentials were last migrated to and verified on: the
     /// rotation may run, only while it is still the set's primary. Forgotten at every gate
     /// hold (a lagging node's Keystone keeps encrypting with its own primary meanwhile).
@@ -374,6 +385,7 @@ impl<'a> Session<'a> {
             disk: Disk::new(),
             acked: Acked::default(),
             refused: None,
+            bound: None,
             prepared_for: None,
             held_until: None,
             agreed_step: None,
@@ -471,6 +483,31 @@ impl<'a> Session<'a> {
         let cfg = self.cfg;
         self.disk.read_if_drifted(|| on_disk(&cfg.repo));
         let revision = self.view.revision;
+        if self.bound != Some(revision) {
+            // Bound to another etcd (or a value written into another one): refused, every key
+            // stays, until the operator's `cluster init` binds the cluster here.
+            let local = cfg.repo.history()?;
+            if let Some(why) = crate::core::keyset::bound_elsewhere(
+                local.lineage.as_ref(),
+                self.view.set.history.lineage.as_ref(),
+                &self.c.binding(),
+            ) {
+                if self.refused != Some(revision) {
+                    self.refused = Some(revision);
+                    let e = ClusterError::Refused {
+                        key: format!("{} ({})", self.c.keyset_key(cfg.kind), self.c.endpoint()),
+                        revision,
+                        reason: why,
+                    };
+                    self.report(Report::Refused {
+                        reason: e.to_string(),
+                        republished: false,
+                    });
+                }
+                return Ok(());
+            }
+            self.bound = Some(revision);
+        }
         if !self.disk.must_write(revision, &self.view.set) {
             return Ok(());
         }
@@ -1161,7 +1198,7 @@ impl View {
             // Not newer than what this node holds: its own rotation got ahead of events still
             // queued. Taking one would step the repository back.
             Change::KeySet { set, revision } => {
-                self.committed(set, revision);
+                self.committed(*set, revision);
                 None
             }
             Change::Leader { node: n, lease: l } => self.lead(n == node && l == lease),
@@ -1298,12 +1335,11 @@ async fn hold_name(
     .into())
 }
 
-/// Makes sure the cluster holds a key set for this repository when this node can offer one:
-/// a node whose repository holds keys publishes them (with the lineage it last applied, so
-/// that after etcd lost its data the newest set wins, or as a new cluster's first generation
-/// when it never followed one: adoption), through a transaction only one proposal wins. A
-/// node with no keys never invents any: it cannot tell a new cluster from one whose etcd lost
-/// its data, so it waits for a set (`fernetd cluster init` starts a new cluster).
+/// Only `cluster init` starts a cluster: a node that finds no key set publishes nothing, with
+/// keys or without, followed before or not. It cannot tell a new cluster from one whose etcd
+/// lost its data, nor the right etcd from a wrong endpoint or a stray local one (where its
+/// keys would found a second cluster, rotating apart from the first). It waits, saying which
+/// etcd it reached, and is critical once its keys are due to rotate.
 async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionError> {
     match c.fetch(cfg.kind).await {
         Ok(_) => return Ok(()),
@@ -1315,22 +1351,52 @@ async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionErro
         .scan()
         .map(|s| s.key_entries().next().is_some())
         .unwrap_or(false);
-    if !has_keys {
-        return Err(SessionError::NoKeySet(c.keyset_key(cfg.kind)));
-    }
-    let mut proposal = cfg.repo.export(&Now::read())?;
-    let what = match &proposal.history.lineage {
-        Some(l) => format!("this node's key set again ({l}): etcd held none"),
-        None => {
-            proposal.history.lineage =
-                Some(crate::core::keyset::Lineage::new().map_err(|_| SessionError::Random)?);
-            "this node's repository".to_string()
-        }
+    let reached = c.binding();
+    let (what, due) = if has_keys {
+        let local = cfg.repo.history()?;
+        let now = Now::read();
+        let due = cfg
+            .schedule
+            .next_rotation(local.schedule_basis(), &now)
+            .filter(|t| *t <= now.wall);
+        let follows = match (
+            &local.lineage,
+            &local.lineage.as_ref().and_then(|l| l.etcd.clone()),
+        ) {
+            (Some(l), Some(b)) => format!("the {l} in {b}"),
+            (Some(l), None) => format!("the {l}"),
+            (None, _) => "no cluster yet".to_string(),
+        };
+        let due_text = due.map_or(String::new(), |t| {
+            format!(
+                "; its keys are due to rotate since {} and nothing rotates them",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        });
+        (
+            format!(
+                "; this node holds keys (it follows {follows}) but publishes none on its own: \
+                 waiting for a key set (a wrong endpoint? if this is the cluster's etcd, \
+                 `fernetd cluster init --from {}` on this node starts it from these keys){due_text}",
+                cfg.repo.dir().display()
+            ),
+            due.is_some(),
+        )
+    } else {
+        (
+            ", and this node has no keys to offer: waiting for one (a new cluster starts with \
+             `fernetd cluster init` on one node)"
+                .to_string(),
+            false,
+        )
     };
-    if c.republish(cfg.kind, &proposal, 0).await? {
-        tracing::warn!("{}: published {what}", cfg.kind);
-    }
-    Ok(())
+    Err(SessionError::NoKeySet {
+        key: c.keyset_key(cfg.kind),
+        endpoint: c.endpoint().to_string(),
+        reached,
+        what,
+        due,
+    })
 }
 
 #[cfg(test)]
@@ -1350,7 +1416,7 @@ mod tests {
         assert_eq!(
             v.absorb(
                 Change::KeySet {
-                    set: old.clone(),
+                    set: Box::new(old.clone()),
                     revision: 11
                 },
                 "a",
@@ -1361,7 +1427,7 @@ mod tests {
         assert_eq!(
             v.absorb(
                 Change::KeySet {
-                    set: old,
+                    set: Box::new(old),
                     revision: 12
                 },
                 "a",
@@ -1373,7 +1439,7 @@ mod tests {
         let newer = set();
         v.absorb(
             Change::KeySet {
-                set: newer.clone(),
+                set: Box::new(newer.clone()),
                 revision: 13,
             },
             "a",

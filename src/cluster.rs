@@ -69,6 +69,12 @@ pub enum ClusterError {
     },
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
+    #[error("{key} changed while this command ran: revision {revision} now holds {won} (another writer committed first: a rotation, another `cluster init`); nothing changed, read what is there and run it again")]
+    Raced {
+        key: String,
+        revision: i64,
+        won: String,
+    },
     #[error("{key} at revision {revision}: refused, every key stays: {reason}")]
     Refused {
         key: String,
@@ -188,6 +194,9 @@ pub struct Cluster {
     seal: Sealing,
     timeout: Duration,
     endpoints: String,
+    /// The etcd cluster id the member reported (its response header): stamped into every set
+    /// written, and what a node's lineage is bound to.
+    etcd_id: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -218,13 +227,14 @@ impl Cluster {
                 break;
             };
             match connect_one(endpoint, s).await {
-                Ok(client) => {
+                Ok((client, etcd_id)) => {
                     return Ok(Cluster {
                         client,
                         prefix: s.prefix.clone(),
                         seal,
                         timeout: s.request_timeout,
                         endpoints: endpoint.clone(),
+                        etcd_id,
                     })
                 }
                 Err(reason) => reasons.push(format!("{endpoint}: {reason}")),
@@ -238,6 +248,28 @@ impl Cluster {
 
     pub fn sealed(&self) -> bool {
         self.seal.sealed()
+    }
+
+    /// The etcd this session reached: its cluster id and the prefix.
+    pub fn binding(&self) -> crate::core::keyset::Binding {
+        crate::core::keyset::Binding {
+            cluster_id: format!("{:x}", self.etcd_id),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    /// The endpoint this session talks to, as configured.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// `set` as this session writes it: its lineage says which etcd it was written into.
+    fn stamped(&self, set: &KeySet) -> KeySet {
+        let mut set = set.clone();
+        if let Some(l) = set.history.lineage.as_mut() {
+            l.etcd = Some(self.binding());
+        }
+        set
     }
 
     /// The etcd key of a repository's key set.
@@ -398,11 +430,15 @@ impl Cluster {
         }
     }
 
-    /// Stores `set` as the repository's key set, the first generation of a new cluster, only
-    /// into an empty slot (a transaction on the key's create revision). With `force` it
-    /// replaces whatever is there, as the next generation of the set it replaces when that
-    /// one opens (so that nodes take it as newer); with `force_purge` nodes take it even where
-    /// it removes keys that may still decrypt live tokens. Returns the new revision and the
+    /// Stores `set` as the repository's key set, only into an empty slot, or with `force`
+    /// over whatever is there; every write a transaction on the revision read, so a rotation
+    /// or another `cluster init` committed meanwhile wins and this one changes nothing
+    /// ([`ClusterError::Raced`]). The lineage: the next generation of the set replaced when it
+    /// opens and `set`'s own lineage (a good node's) is not far behind it ([`continues`]);
+    /// over any other set a new lineage; into an empty slot the next generation of `set`'s
+    /// own lineage, or a new one. Always bound to this etcd (a node bound to another etcd
+    /// takes it when it continues its lineage). With `force_purge` nodes take it even where it
+    /// removes keys that may still decrypt live tokens. Returns the new revision and the
     /// lineage written.
     pub async fn import(
         &mut self,
@@ -412,16 +448,44 @@ impl Cluster {
         force_purge: bool,
     ) -> Result<(i64, crate::core::keyset::Lineage), ClusterError> {
         let key = self.keyset_key(kind);
-        let replaced = match force {
-            true => self.fetch(kind).await.ok(),
-            false => None,
+        let stored = match self.stored(&key).await {
+            Ok(s) => Some(s),
+            Err(ClusterError::Missing { .. }) => None,
+            Err(e) => return Err(e),
         };
-        let mut lineage = match replaced.and_then(|(s, _)| s.history.lineage) {
-            Some(l) => l.next(),
-            None => crate::core::keyset::Lineage::new()
-                .map_err(|e| ClusterError::Random(e.to_string()))?,
+        if let (Some(st), false) = (&stored, force) {
+            return Err(ClusterError::Exists {
+                key,
+                revision: st.revision,
+            });
+        }
+        let replaced = stored
+            .as_ref()
+            .and_then(|st| open(&self.seal, &key, &st.value).ok())
+            .and_then(|s| s.history.lineage);
+        let imported = set.history.lineage.as_ref();
+        let fresh =
+            || crate::core::keyset::Lineage::new().map_err(|e| ClusterError::Random(e.to_string()));
+        let mut lineage = match (stored.is_some(), replaced, imported) {
+            // The later of the two: a node ahead of a restored value takes it as newer.
+            (_, Some(r), _) if continues(&r, imported) => match imported {
+                Some(i) if i.generation > r.generation => i.next(),
+                _ => r.next(),
+            },
+            // Over a set it cannot continue (a huge generation, another lineage, unreadable):
+            // a new lineage from the keys imported, which the nodes of the lineage it replaces
+            // (the keys' own, else the set's) take.
+            (true, r, i) => crate::core::keyset::Lineage {
+                from: i.or(r.as_ref()).map(|l| l.cluster.clone()),
+                ..fresh()?
+            },
+            // Into an empty slot, keys that follow a lineage (a good node's, after etcd lost
+            // its data, or moving the cluster to this etcd): its next generation.
+            (false, _, Some(l)) => l.next(),
+            (false, _, None) => fresh()?,
         };
         lineage.forced = force_purge;
+        lineage.etcd = Some(self.binding());
         let mut set = set.clone();
         set.history.lineage = Some(lineage.clone());
         let value = self
@@ -431,31 +495,42 @@ impl Cluster {
                 key: key.clone(),
                 source,
             })?;
-        let put = TxnOp::put(key.clone(), value, None);
-        let txn = if force {
-            Txn::new().and_then([put])
-        } else {
-            Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([put])
-                .or_else([TxnOp::get(key.clone(), None)])
+        let compare = match &stored {
+            Some(st) => Compare::mod_revision(key.clone(), CompareOp::Equal, st.revision),
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
         };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
         let mut client = self.client.clone();
         let resp = self
             .bounded(&format!("import {key}"), client.txn(txn))
             .await?;
         if !resp.succeeded() {
-            let revision = resp
-                .op_responses()
-                .into_iter()
-                .find_map(|op| match op {
-                    etcd_client::TxnOpResponse::Get(g) => {
-                        g.kvs().first().map(|kv| kv.mod_revision())
-                    }
-                    _ => None,
-                })
-                .unwrap_or(0);
-            return Err(ClusterError::Exists { key, revision });
+            let now = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
+                _ => None,
+            });
+            let Some((revision, value)) = now else {
+                return Err(ClusterError::Raced {
+                    key,
+                    revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+                    won: "no key set (deleted meanwhile)".into(),
+                });
+            };
+            let value = zeroize::Zeroizing::new(value);
+            let won = match open(&self.seal, &key, &value) {
+                Ok(s) => s.history.lineage.map_or_else(
+                    || "a key set without lineage".to_string(),
+                    |l| format!("the {l}"),
+                ),
+                Err(e) => format!("a value this node cannot open ({e})"),
+            };
+            return Err(ClusterError::Raced { key, revision, won });
         }
         Ok((resp.header().map(|h| h.revision()).unwrap_or(0), lineage))
     }
@@ -472,7 +547,7 @@ impl Cluster {
         let key = self.keyset_key(kind);
         let value = self
             .seal
-            .seal(&set.encode(), key.as_bytes())
+            .seal(&self.stamped(set).encode(), key.as_bytes())
             .map_err(|source| ClusterError::Seal {
                 key: key.clone(),
                 source,
@@ -659,6 +734,7 @@ impl Cluster {
             let (next, decision) = set
                 .rotate(new_key, params, r.now)
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
+            let next = self.stamped(&next);
             // Bounded while held: past the bound (or what the rotation would keep unheld, if
             // more), the set does not grow.
             let held = judged.extra().is_some() && !r.params.force_purge;
@@ -1068,7 +1144,8 @@ impl Lease {
 #[derive(Debug)]
 pub enum Change {
     /// A key set was committed at `revision` (opened and validated).
-    KeySet { set: KeySet, revision: i64 },
+    /// (Boxed: a key set with its lineage is far larger than the other variants.)
+    KeySet { set: Box<KeySet>, revision: i64 },
     /// The leadership was claimed by `node` under `lease`.
     Leader { node: String, lease: i64 },
     /// Nobody leads any more (the leader's lease ended, or the key was deleted).
@@ -1164,7 +1241,7 @@ impl Watch {
                     });
                 }
                 out.push(Change::KeySet {
-                    set: open(&self.seal, &self.keyset_key, kv.value())?,
+                    set: Box::new(open(&self.seal, &self.keyset_key, kv.value())?),
                     revision: kv.mod_revision(),
                 });
             } else if kv.key() == self.probe_key.as_bytes() {
@@ -1214,8 +1291,25 @@ fn read_password(path: &std::path::Path) -> Result<zeroize::Zeroizing<String>, S
     Ok(pw)
 }
 
-/// A client for one member, checked with a status request within the dial timeout.
-async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<Client, String> {
+/// Whether `cluster init --force` may continue the lineage `replaced` (the set in etcd): the
+/// keys imported carry no lineage (a repository outside the cluster) or that cluster's, no
+/// more than [`GENERATION_STEP`](crate::core::keyset::GENERATION_STEP) behind it, and it
+/// has a next generation. Otherwise the import starts a new lineage.
+fn continues(
+    replaced: &crate::core::keyset::Lineage,
+    imported: Option<&crate::core::keyset::Lineage>,
+) -> bool {
+    let step = crate::core::keyset::GENERATION_STEP;
+    replaced.generation < u64::MAX - step
+        && imported.is_none_or(|i| {
+            i.cluster == replaced.cluster
+                && replaced.generation <= i.generation.saturating_add(step)
+        })
+}
+
+/// A client for one member, checked with a status request within the dial timeout; with the
+/// etcd cluster id the status reported.
+async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<(Client, u64), String> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(s.dial_timeout)
         .with_timeout(s.request_timeout);
@@ -1238,8 +1332,9 @@ async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<Client, Stri
         let mut client = Client::connect([endpoint], Some(opts))
             .await
             .map_err(|e| e.to_string())?;
-        client.status().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(client)
+        let status = client.status().await.map_err(|e| e.to_string())?;
+        let id = status.header().map_or(0, |h| h.cluster_id());
+        Ok::<_, String>((client, id))
     };
     match tokio::time::timeout(s.dial_timeout + Duration::from_millis(500), attempt).await {
         Ok(r) => r,

@@ -236,7 +236,7 @@ fn after_etcd_lost_its_data_an_empty_node_waits_and_the_keys_come_back_from_a_no
     etcd.wipe();
     let c = daemon(&cc);
     assert!(
-        c.wait_log("no key set, and this node has no keys to offer", secs(10)),
+        c.wait_log("and this node has no keys to offer", secs(10)),
         "{}",
         c.log()
     );
@@ -253,14 +253,50 @@ fn after_etcd_lost_its_data_an_empty_node_waits_and_the_keys_come_back_from_a_no
         numbers(&dc)
     );
 
-    // The node that holds the keys comes back and publishes them again; c takes them.
+    // The node that holds the keys comes back: it publishes nothing on its own (it cannot
+    // tell this from a wrong endpoint), says so naming the etcd, and waits.
     let a = daemon(&ca);
     assert!(
-        a.wait_log("published this node's key set again", secs(15)),
+        a.wait_log("publishes none on its own", secs(15)),
         "{}",
         a.log()
     );
+    let line = a
+        .log()
+        .lines()
+        .find(|l| l.contains("publishes none on its own"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains(&format!("no key set in etcd {}", etcd.endpoint))
+            && line.contains("etcd cluster ")
+            && line.contains("cluster init --from"),
+        "{line}"
+    );
+    std::thread::sleep(secs(2));
+    assert_eq!(
+        cluster_primary(&etcd),
+        0,
+        "a published on its own: {}",
+        a.log()
+    );
+    // The operator's documented step: `cluster init --from` the node holding the keys. It
+    // continues that node's lineage, so a takes it as its own next generation; c takes it.
+    let out = fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        da.to_str().unwrap(),
+    ]);
+    assert!(out.stdout.contains("no key changed"), "{}", out.stdout);
     assert!(c.wait_log("ready", secs(20)), "{}", c.log());
+    assert!(
+        c.wait_for(secs(20), || numbers(&dc).len() >= 2),
+        "{}",
+        c.log()
+    );
     assert_all_unpack(&[da, dc], &tokens, &[&a, &c]);
 }
 
@@ -1035,4 +1071,329 @@ fn a_held_gate_opens_as_soon_as_the_member_acknowledges() {
         "the gate opened {took:?} after b acknowledged\n{}",
         a.log()
     );
+}
+
+/// `fernetd status` for a node's config, waiting up to 10 s for the exit code wanted.
+fn status_until(cfg: &Path, code: i32) -> Run {
+    let deadline = std::time::Instant::now() + secs(10);
+    loop {
+        let out = fernetd(&["--config", cfg.to_str().unwrap(), "status"]);
+        if out.code == code || std::time::Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The etcd cluster id a member reports, in hex as fernetd names it.
+fn etcd_id(etcd: &Etcd) -> String {
+    etcd.with_client(async |c| {
+        let r = c.status().await.unwrap();
+        format!("{:x}", r.header().unwrap().cluster_id())
+    })
+}
+
+#[test]
+fn a_node_pointed_at_a_second_etcd_founds_nothing_and_comes_back_with_every_token() {
+    let (etcd, stray) = (Etcd::start(), Etcd::start());
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let (a, b) = (daemon(&ca), daemon(&cb));
+    for d in [&a, &b] {
+        assert!(d.wait_log("ready", secs(15)), "{}", d.log());
+    }
+    let dirs = [t.path().join("a"), t.path().join("b")];
+    let mut tokens = tokens_until(&a, &etcd, &dirs[0], 3);
+    tokens.push(pack(&dirs[1]));
+    b.stop();
+
+    // b's endpoints now name another, empty etcd (a typo, a stray local etcd). Its keys are
+    // due (2 s schedule): it waits, critical, naming the etcd it reached, and founds nothing.
+    let cb = node(t.path(), &stray, "b", "");
+    let b = daemon(&cb);
+    assert!(b.wait_log("due to rotate", secs(15)), "{}", b.log());
+    let (right, wrong) = (etcd_id(&etcd), etcd_id(&stray));
+    assert_ne!(right, wrong);
+    let line = b
+        .log()
+        .lines()
+        .find(|l| l.contains("due to rotate"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("publishes none on its own")
+            && line.contains(&stray.endpoint)
+            && line.contains(&format!("etcd cluster {wrong}"))
+            && line.contains(&format!("etcd cluster {right}"))
+            && line.contains("due to rotate"),
+        "{line}"
+    );
+    let status = status_until(&cb, 2);
+    assert_eq!(
+        status.code,
+        2,
+        "{}{}\n{}",
+        status.stdout,
+        status.stderr,
+        b.log()
+    );
+    // b's Keystone keeps issuing tokens with b's keys meanwhile; a's cluster rotates on.
+    let stray_value =
+        || stray.with_client(async |c| c.get(PREFIX_KEY, None).await.unwrap().kvs().len());
+    for _ in 0..4 {
+        tokens.push(pack(&dirs[1]));
+        tokens.push(pack(&dirs[0]));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        stray_value(),
+        0,
+        "b published into the stray etcd: {}",
+        b.log()
+    );
+
+    // Someone starts another cluster in the stray etcd: b refuses it, critical, naming both
+    // etcd clusters, and keeps every key.
+    let cc = node(t.path(), &stray, "c", "");
+    fernetd_ok(&["--config", cc.to_str().unwrap(), "cluster", "init"]);
+    let before = keys(&dirs[1]);
+    assert!(b.wait_log("but reached", secs(15)), "{}", b.log());
+    let line = b
+        .log()
+        .lines()
+        .find(|l| l.contains("but reached"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("ERROR")
+            && line.contains(&format!("etcd cluster {right}"))
+            && line.contains(&format!("etcd cluster {wrong}")),
+        "{line}"
+    );
+    assert_eq!(keys(&dirs[1]), before, "b took the stray cluster's keys");
+    let status = status_until(&cb, 2);
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+    tokens.push(pack(&dirs[1]));
+    b.stop();
+
+    // Brought back: b takes the cluster's newer set, keeps the primary it issued with, and
+    // every token made on either side unpacks on both nodes.
+    let cb = node(t.path(), &etcd, "b", "");
+    let b = daemon(&cb);
+    assert!(b.wait_log("ready", secs(20)), "{}", b.log());
+    let primary = cluster_primary(&etcd);
+    assert!(
+        b.wait_for(secs(20), || numbers(&dirs[1]).last() >= Some(&primary)),
+        "{}",
+        b.log()
+    );
+    tokens.push(pack(&dirs[0]));
+    tokens.push(pack(&dirs[1]));
+    assert_all_unpack(&dirs, &tokens, &[&a, &b]);
+    let status = status_until(&cb, 0);
+    assert_ne!(status.code, 2, "{}{}", status.stdout, status.stderr);
+}
+
+#[test]
+fn a_huge_generation_is_refused_and_init_force_starts_a_new_lineage() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let (a, b) = (daemon(&ca), daemon(&cb));
+    for d in [&a, &b] {
+        assert!(d.wait_log("ready", secs(15)), "{}", d.log());
+    }
+    let dirs = [t.path().join("a"), t.path().join("b")];
+    let mut tokens = tokens_until(&a, &etcd, &dirs[0], 3);
+
+    // The same keys under generation 2^64-1, edited into etcd.
+    let mut huge = KeySet::decode(&raw_value(&etcd)).unwrap();
+    huge.history.lineage.as_mut().unwrap().generation = u64::MAX;
+    put_raw(&etcd, huge.encode().to_vec());
+    assert!(
+        Daemon::wait_any(vec![&a, &b], "is more than 1000 ahead", secs(10)),
+        "the huge generation was taken: {}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    let status = status_until(&ca, 2);
+    assert_eq!(status.code, 2, "{}{}", status.stdout, status.stderr);
+    std::thread::sleep(secs(3));
+    let g = |v: &[u8]| {
+        KeySet::decode(v)
+            .unwrap()
+            .history
+            .lineage
+            .unwrap()
+            .generation
+    };
+    assert_eq!(
+        g(&raw_value(&etcd)),
+        u64::MAX,
+        "rotated on the huge generation"
+    );
+    tokens.push(pack(&dirs[0]));
+
+    // `--force` from a good node's keys, without --force-purge: a new lineage every node
+    // takes, no key lost; rotations go on from it.
+    let out = fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--force",
+        "--from",
+        dirs[0].to_str().unwrap(),
+    ]);
+    assert!(
+        out.stdout.contains("generation 1 of cluster"),
+        "{}",
+        out.stdout
+    );
+    let primary = cluster_primary(&etcd);
+    assert!(
+        a.wait_for(secs(20), || cluster_primary(&etcd) >= primary + 2),
+        "rotations did not resume: {}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    let generation = g(&raw_value(&etcd));
+    assert!((2..10).contains(&generation), "{generation}");
+    tokens.push(pack(&dirs[0]));
+    tokens.push(pack(&dirs[1]));
+    assert!(
+        b.wait_for(secs(20), || numbers(&dirs[1]).last()
+            >= Some(&(primary + 1))),
+        "{}",
+        b.log()
+    );
+    assert_all_unpack(&dirs, &tokens, &[&a, &b]);
+}
+
+#[test]
+fn init_force_racing_a_rotation_is_a_compare_and_swap() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let ca = node(t.path(), &etcd, "a", "");
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    // A rotation as the leader commits one: the set read, rotated, written by a transaction
+    // on the revision read; in a loop, against `cluster init --force` in a loop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let endpoint = etcd.endpoint.clone();
+    let flag = stop.clone();
+    let rotations = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+            let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
+                .await
+                .unwrap();
+            let params = fernetd::core::rotation::RotateParams {
+                max_active_keys: 3,
+                retention: Duration::ZERO,
+                force_purge: false,
+                expected_primary: None,
+            };
+            let mut committed = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = c.get(PREFIX_KEY, None).await.unwrap();
+                let kv = &r.kvs()[0];
+                let set = KeySet::decode(kv.value()).unwrap();
+                let now = fernetd::core::clock::Now::read();
+                let key = fernetd::core::key::Key::generate().unwrap();
+                let (next, _) = set.rotate(key, &params, &now).unwrap();
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        PREFIX_KEY,
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([TxnOp::put(PREFIX_KEY, next.encode().to_vec(), None)]);
+                if c.txn(txn).await.unwrap().succeeded() {
+                    committed += 1;
+                }
+            }
+            committed
+        })
+    });
+    let (mut won, mut lost) = (0, 0);
+    let deadline = std::time::Instant::now() + secs(20);
+    for _ in 0..12 {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        let out = fernetd(&[
+            "--config",
+            ca.to_str().unwrap(),
+            "cluster",
+            "init",
+            "--force",
+        ]);
+        if out.code == 0 {
+            won += 1;
+        } else {
+            lost += 1;
+            assert!(
+                out.stderr.contains("changed while this command ran")
+                    && out.stderr.contains("now holds the generation")
+                    && out.stderr.contains("nothing changed"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let committed = rotations.join().unwrap();
+    // Every value the key ever held, in order: each one generation after the one it
+    // replaced, or a new lineage (an init over it); never two sets under one generation.
+    let values = etcd.with_client(async |c| {
+        let last = c.get(PREFIX_KEY, None).await.unwrap().kvs()[0].mod_revision();
+        let mut out = Vec::new();
+        for r in 1..=last {
+            let got = c
+                .get(
+                    PREFIX_KEY,
+                    Some(etcd_client::GetOptions::new().with_revision(r)),
+                )
+                .await
+                .unwrap();
+            if let Some(kv) = got.kvs().first().filter(|kv| kv.mod_revision() == r) {
+                out.push(KeySet::decode(kv.value()).unwrap());
+            }
+        }
+        out
+    });
+    let mut seen = std::collections::BTreeMap::new();
+    for pair in values.windows(2) {
+        let (before, after) = (
+            pair[0].history.lineage.as_ref().unwrap(),
+            pair[1].history.lineage.as_ref().unwrap(),
+        );
+        assert!(
+            (after.cluster == before.cluster && after.generation == before.generation + 1)
+                || (after.cluster != before.cluster && after.generation == 1),
+            "{before} then {after} ({won} inits won, {lost} lost, {committed} rotations)"
+        );
+    }
+    for v in &values {
+        let l = v.history.lineage.as_ref().unwrap();
+        let fps = v.fingerprints();
+        let earlier = seen.insert((l.cluster.clone(), l.generation), fps.clone());
+        assert!(
+            earlier.is_none_or(|e| e == fps),
+            "two sets under the {l} ({won} inits won, {lost} lost, {committed} rotations)"
+        );
+    }
+    eprintln!("{won} inits won, {lost} lost the race, {committed} rotations committed");
 }

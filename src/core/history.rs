@@ -74,6 +74,35 @@ pub struct Lineage {
     /// (`--force-purge`). Only this generation; the next rotation clears it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
+    /// The lineage this one replaced (`cluster init --force` over a set it could not continue):
+    /// a node following that one takes this one, at any generation. Carried by every
+    /// generation after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The etcd this generation was written into (its cluster id and the prefix), stamped by
+    /// the writer; a node records it with the set it applies and refuses a set read from
+    /// another etcd (a wrong endpoint, a stray local etcd) until `cluster init` binds anew.
+    /// None for sets written before fernetd recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<Binding>,
+}
+
+/// Where a key set lives: etcd's cluster id (from its response header, in hex) and the prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    pub cluster_id: String,
+    pub prefix: String,
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "etcd cluster {} (prefix {})",
+            self.cluster_id, self.prefix
+        )
+    }
 }
 
 impl Lineage {
@@ -85,6 +114,8 @@ impl Lineage {
             cluster: id.iter().map(|b| format!("{b:02x}")).collect(),
             generation: 1,
             forced: false,
+            from: None,
+            etcd: None,
         })
     }
 
@@ -94,6 +125,8 @@ impl Lineage {
             cluster: self.cluster.clone(),
             generation: self.generation.saturating_add(1),
             forced: false,
+            from: self.from.clone(),
+            etcd: self.etcd.clone(),
         }
     }
 }

@@ -9,13 +9,20 @@
 
 // Lineage lives with the history that carries it; re-exported for the paths that name it here.
 use crate::core::history::History;
-pub use crate::core::history::Lineage;
+pub use crate::core::history::{Binding, Lineage};
 use crate::core::key::{Fingerprint, Key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use zeroize::{Zeroize, Zeroizing};
 
 const VERSION: u32 = 1;
+
+/// How many generations a key set may be ahead of the one a node holds in the same lineage.
+/// Each rotation moves one; a node that was away for up to this many rotations catches up by
+/// itself, and a set further ahead (a huge generation edited into etcd, 2^64-1 among them) is
+/// refused as an input: `cluster init --force --from GOOD` starts a new lineage every node
+/// takes. At one rotation an hour this is 41 days.
+pub const GENERATION_STEP: u64 = 1000;
 
 /// Keys by number (0 staged, highest primary) with their history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +44,8 @@ pub enum Succession {
     Foreign { held: Lineage, offered: String },
     /// Different keys under the generation the node holds.
     Diverged { held: Lineage },
+    /// More than [`GENERATION_STEP`] generations ahead of the one the node holds.
+    TooFar { held: Lineage, offered: u64 },
 }
 
 impl Succession {
@@ -70,6 +79,12 @@ impl std::fmt::Display for Succession {
                 f,
                 "it holds other keys under the {held} this node already applied"
             ),
+            Succession::TooFar { held, offered } => write!(
+                f,
+                "generation {offered} is more than {GENERATION_STEP} ahead of the {held} this \
+                 node applied (generations move by one per rotation; `fernetd cluster init \
+                 --force --from GOOD` starts a new lineage from a good node's keys)"
+            ),
         }
     }
 }
@@ -88,7 +103,7 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
         };
     };
     if o.cluster != held.cluster {
-        return if o.forced {
+        return if o.forced || o.from.as_ref() == Some(&held.cluster) {
             Succession::Newer
         } else {
             Succession::Foreign {
@@ -98,6 +113,12 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
         };
     }
     match o.generation.cmp(&held.generation) {
+        std::cmp::Ordering::Greater if o.generation - held.generation > GENERATION_STEP => {
+            Succession::TooFar {
+                held: held.clone(),
+                offered: o.generation,
+            }
+        }
         std::cmp::Ordering::Greater => Succession::Newer,
         std::cmp::Ordering::Less => Succession::Older {
             held: held.clone(),
@@ -115,6 +136,41 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
         }
         std::cmp::Ordering::Equal => Succession::Diverged { held: held.clone() },
     }
+}
+
+/// Whether a node may take a set it read from the etcd it reached (`reached`: that etcd's
+/// cluster id and the prefix), judged by the etcd the set says it was written into and the
+/// one the node's own lineage records. A set written elsewhere (copied, or restored from
+/// another etcd's snapshot) is refused; a node bound to another etcd refuses every set
+/// except those of its own lineage written into this one (the operator moving the cluster:
+/// `cluster init --from` a node's repository continues its lineage there). Sets
+/// and nodes from before bindings were recorded pass. The reason for a refusal. Pure.
+pub fn bound_elsewhere(
+    held: Option<&Lineage>,
+    offered: Option<&Lineage>,
+    reached: &Binding,
+) -> Option<String> {
+    if let Some(written) = offered.and_then(|o| o.etcd.as_ref()) {
+        if written != reached {
+            return Some(format!(
+                "it was written into {written}, but this node reached {reached} (a value \
+                 copied or restored from another etcd; `fernetd cluster init --force --from \
+                 GOOD` binds the cluster to this etcd)"
+            ));
+        }
+    }
+    let held_lineage = held?;
+    let bound = held_lineage.etcd.as_ref()?;
+    // Written into this etcd (checked above) in the node's own lineage: only a write through
+    // fernetd puts one there, `cluster init` continuing it, or a rotation after one.
+    let moved = offered.is_some_and(|o| o.etcd.is_some() && o.cluster == held_lineage.cluster);
+    (bound != reached && !moved).then(|| {
+        format!(
+            "this node follows the {held_lineage} in {bound}, but reached {reached} (a wrong \
+             endpoint, or a stray etcd?); it waits: `fernetd cluster init` on this etcd moves \
+             the cluster here on purpose"
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -426,6 +482,120 @@ mod tests {
         let g = |s: &KeySet| s.history.lineage.as_ref().unwrap().generation;
         assert_eq!((g(&first), g(&second), g(&third)), (1, 2, 3));
         assert!(!rotate(&forced).history.lineage.unwrap().forced);
+    }
+
+    #[test]
+    fn a_generation_far_ahead_is_refused_and_a_forced_new_lineage_is_taken_by_the_one_it_replaced()
+    {
+        let now = crate::core::clock::Now::from(
+            chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        );
+        let held = KeySet::fresh(&now).unwrap();
+        let at = |g: u64| {
+            let mut s = held.clone();
+            s.history.lineage.as_mut().unwrap().generation = g;
+            s
+        };
+        // A node that missed rotations catches up by itself, up to the step.
+        assert_eq!(
+            succession(&held.history, &at(1 + GENERATION_STEP)),
+            Succession::Newer
+        );
+        for g in [2 + GENERATION_STEP, u64::MAX] {
+            let far = succession(&held.history, &at(g));
+            assert!(matches!(far, Succession::TooFar { offered, .. } if offered == g));
+            assert!(!far.acceptable() && !far.behind_us(), "{far}");
+            assert!(far.to_string().contains("cluster init --force"), "{far}");
+        }
+        // `cluster init --force` starts a new lineage that the nodes of the one it replaced
+        // take, at any generation; another cluster's stays refused.
+        let mut init = KeySet::fresh(&now).unwrap();
+        assert!(matches!(
+            succession(&at(u64::MAX).history, &init),
+            Succession::Foreign { .. }
+        ));
+        let replaced = held.history.lineage.as_ref().unwrap().cluster.clone();
+        init.history.lineage.as_mut().unwrap().from = Some(replaced);
+        assert_eq!(succession(&at(u64::MAX).history, &init), Succession::Newer);
+        let mut later = init.clone();
+        later.history.lineage.as_mut().unwrap().generation = 40;
+        assert_eq!(succession(&at(7).history, &later), Succession::Newer);
+        let other = KeySet::fresh(&now).unwrap();
+        init.history.lineage.as_mut().unwrap().from = other.history.lineage.map(|l| l.cluster);
+        assert!(matches!(
+            succession(&at(7).history, &init),
+            Succession::Foreign { .. }
+        ));
+    }
+
+    #[test]
+    fn a_set_from_another_etcd_or_a_node_bound_elsewhere_is_refused() {
+        let here = Binding {
+            cluster_id: "a1".into(),
+            prefix: "/fernetd".into(),
+        };
+        let there = Binding {
+            cluster_id: "b2".into(),
+            ..here.clone()
+        };
+        let other_prefix = Binding {
+            prefix: "/other".into(),
+            ..here.clone()
+        };
+        let lineage = |etcd: Option<&Binding>| Lineage {
+            cluster: "c".into(),
+            generation: 3,
+            forced: false,
+            from: None,
+            etcd: etcd.cloned(),
+        };
+        let unbound = lineage(None);
+        let bound_here = lineage(Some(&here));
+        let bound_there = lineage(Some(&there));
+        // Before bindings, and bound here: taken.
+        assert_eq!(bound_elsewhere(None, None, &here), None);
+        assert_eq!(bound_elsewhere(Some(&unbound), Some(&unbound), &here), None);
+        assert_eq!(
+            bound_elsewhere(Some(&bound_here), Some(&bound_here), &here),
+            None
+        );
+        assert_eq!(bound_elsewhere(None, Some(&bound_here), &here), None);
+        // A node bound elsewhere (another id, or another prefix) offered another lineage's
+        // set here: refused, naming both.
+        let another = Lineage {
+            cluster: "d".into(),
+            ..bound_here.clone()
+        };
+        for elsewhere in [&there, &other_prefix] {
+            let node = lineage(Some(elsewhere));
+            let why = bound_elsewhere(Some(&node), Some(&another), &here).unwrap();
+            assert!(why.contains(&elsewhere.to_string()) && why.contains(&here.to_string()));
+            assert!(bound_elsewhere(Some(&node), None, &here).is_some());
+        }
+        // A value written into another etcd, read here: refused whatever the node holds.
+        let why = bound_elsewhere(None, Some(&bound_there), &here).unwrap();
+        assert!(why.contains("written into etcd cluster b2"), "{why}");
+        assert!(bound_elsewhere(Some(&bound_there), Some(&bound_there), &here).is_some());
+        // A set of the node's own lineage written into this etcd (`cluster init` continuing
+        // it, or a rotation after one) moves a node bound elsewhere; a set of its lineage written into
+        // yet another etcd does not.
+        assert_eq!(
+            bound_elsewhere(Some(&bound_there), Some(&bound_here), &here),
+            None
+        );
+        let moved = lineage(Some(&here));
+        assert_eq!(
+            bound_elsewhere(Some(&bound_there), Some(&moved), &here),
+            None
+        );
+        let init_there = lineage(Some(&there));
+        assert!(bound_elsewhere(Some(&bound_there), Some(&init_there), &here).is_some());
+        // Nor does another cluster's `cluster init` (a stray etcd someone started one in).
+        let stray = Lineage {
+            cluster: "other".into(),
+            ..moved.clone()
+        };
+        assert!(bound_elsewhere(Some(&bound_there), Some(&stray), &here).is_some());
     }
 
     #[test]
