@@ -64,6 +64,37 @@ pub struct FileConfig {
     pub receipts: Option<RepositorySection>,
     pub credentials: Option<RepositorySection>,
     pub cluster: Option<ClusterSection>,
+    #[serde(default)]
+    pub clock: ClockSection,
+}
+
+/// `[clock]`: which evidence moves this boot's clock anchor forward (see ARCHITECTURE.md,
+/// the clock paragraph).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSection {
+    /// A forward step of the wall clock since fernetd's first moment of this boot moves the
+    /// anchor when the system says its clock is synchronized (the kernel's NTP status
+    /// without `STA_UNSYNC`, which only a process with `CAP_SYS_TIME` can clear).
+    #[serde(default = "yes")]
+    pub trust_system_sync: bool,
+    /// Read the synchronized status from this file instead of the kernel: `synchronized`
+    /// on its first line. It must be owned by root (or fernetd's user) and writable by no
+    /// one else. For a time source the kernel does not know of, and tests.
+    pub sync_status_file: Option<PathBuf>,
+}
+
+impl Default for ClockSection {
+    fn default() -> ClockSection {
+        ClockSection {
+            trust_system_sync: true,
+            sync_status_file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[cluster]`: where the cluster's key sets live.
@@ -838,6 +869,8 @@ pub struct DaemonSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Cluster mode: the repositories follow key sets in etcd.
     pub cluster: Option<ClusterSettings>,
+    /// `[clock]`: what moves the boot anchor forward.
+    pub clock: ClockSection,
 }
 
 impl DaemonSettings {
@@ -913,6 +946,7 @@ impl DaemonSettings {
                 .cluster
                 .as_ref()
                 .map(|c| c.settings(&sources.file.keystone)),
+            clock: sources.file.clock.clone(),
         })
     }
 }

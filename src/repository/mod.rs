@@ -188,6 +188,32 @@ impl Repository {
         }
     }
 
+    /// Moves this boot's anchor forward to `now` when the wall clock runs ahead of the
+    /// anchor's timeline ([`crate::core::clock::step_ahead`]), returning the step it took up;
+    /// `None`, writing nothing, when there is no such step (or no anchor of this boot to
+    /// move). The caller has the evidence that `now` is right: fresh readings of the other
+    /// nodes' clocks agreeing with it, or the system saying its clock is synchronized. Never
+    /// backward: a wall clock behind the anchor's timeline is already what retention counts
+    /// by. Takes the lock; written like the anchor itself (`.fernetd/clock`).
+    pub fn reanchor(&self, now: &Now) -> Result<Option<chrono::Duration>> {
+        if crate::core::clock::step_ahead(now, &self.judging_clock(now)).is_none() {
+            return Ok(None);
+        }
+        let w = self.lock()?;
+        let Some(recorded) = recorded_moment(&w.internal)? else {
+            return Ok(None);
+        };
+        let judged = now.anchored(Some(&recorded));
+        let (Some(step), Some(m)) = (crate::core::clock::step_ahead(now, &judged), now.moment())
+        else {
+            return Ok(None);
+        };
+        let text = serde_json::to_vec(&m).unwrap_or_default();
+        w.internal
+            .replace_own(CLOCK_TMP, CLOCK, &text, w.owner, false)?;
+        Ok(Some(step))
+    }
+
     /// [`Repository::anchor`] without writing (for `status` and other readers).
     pub fn judging_clock(&self, now: &Now) -> Now {
         let recorded = self
