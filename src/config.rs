@@ -999,6 +999,27 @@ mod tests {
     }
 
     #[test]
+    fn the_system_clock_is_trusted_unless_the_file_says_otherwise() {
+        let p = Path::new("fernetd.toml");
+        assert_eq!(
+            FileConfig::parse("", p).unwrap().clock,
+            ClockSection {
+                trust_system_sync: true,
+                sync_status_file: None
+            }
+        );
+        let c = FileConfig::parse(
+            "[clock]\ntrust_system_sync = false\nsync_status_file = \"/run/sync\"\n",
+            p,
+        )
+        .unwrap()
+        .clock;
+        assert!(!c.trust_system_sync);
+        assert_eq!(c.sync_status_file.as_deref(), Some(Path::new("/run/sync")));
+        assert!(FileConfig::parse("[clock]\ntrust = true\n", p).is_err());
+    }
+
+    #[test]
     fn listen_addresses_default_to_loopback() {
         assert_eq!(parse_listen("9747").unwrap().to_string(), "127.0.0.1:9747");
         assert_eq!(parse_listen(":9747").unwrap().to_string(), "127.0.0.1:9747");

@@ -1527,3 +1527,34 @@ fn file_synced(path: &std::path::Path) -> Result<(), String> {
         Err(format!("{shown} does not say synchronized"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The lies tried against the sync word: a file others may write, a link to a file that
+    /// says synchronized, a file saying something else, and a wall clock the kernel's is not.
+    #[test]
+    fn the_sync_word_is_taken_only_from_a_source_no_one_else_can_write() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("sync");
+        std::fs::write(&file, "synchronized\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(file_synced(&file), Ok(()));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(file_synced(&file).is_err());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(file_synced(&file).is_err());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(file_synced(&link).is_err());
+        std::fs::write(&file, "unsynchronized\nsynchronized\n").unwrap();
+        assert!(file_synced(&file).is_err());
+        // The kernel vouches for its own clock, not for a reading 40 s off it.
+        let cfg = ClockSection::default();
+        let off = Now::from(Utc::now() - chrono::Duration::seconds(40));
+        assert!(system_synced(&cfg, &off).is_err());
+    }
+}

@@ -1494,6 +1494,40 @@ mod tests {
     }
 
     #[test]
+    fn the_anchor_moves_forward_only_and_only_past_a_step() {
+        use crate::core::clock::BootStamp;
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::new(d.path().join("keys"), None);
+        let at = |wall_s: i64, boot_s: u64| Now {
+            wall: chrono::DateTime::<Utc>::from_timestamp(1_800_000_000 + wall_s, 0).unwrap(),
+            boot: Some(BootStamp {
+                boot: "b".into(),
+                ms: boot_s * 1000,
+            }),
+        };
+        // First moment of the boot recorded 40 s behind.
+        let first = at(0, 100);
+        repo.setup(Duration::ZERO, &first).unwrap();
+        let anchor = || std::fs::read(repo.internal().join(CLOCK)).unwrap();
+        let recorded = anchor();
+        // No step (10 s on both clocks), or the wall clock behind the anchor's timeline:
+        // nothing moves.
+        assert_eq!(repo.reanchor(&at(10, 110)).unwrap(), None);
+        assert_eq!(repo.reanchor(&at(-30, 120)).unwrap(), None);
+        assert_eq!(anchor(), recorded);
+        // Corrected: 40 s forward on the wall clock only. The anchor moves to it, and the
+        // judging clock is the wall clock again.
+        let corrected = at(60, 120);
+        assert_eq!(
+            repo.reanchor(&corrected).unwrap(),
+            Some(chrono::Duration::seconds(40))
+        );
+        assert_ne!(anchor(), recorded);
+        assert_eq!(repo.judging_clock(&corrected), corrected);
+        assert_eq!(repo.reanchor(&at(70, 130)).unwrap(), None);
+    }
+
+    #[test]
     fn a_promoted_key_gets_its_new_name_without_being_written_again() {
         let d = tempfile::tempdir().unwrap();
         let repo = Repository::new(d.path().join("keys"), None);
