@@ -672,7 +672,8 @@ impl<'a> Session<'a> {
     /// key), unless the wall clock stepped forward since and the other nodes' clocks, read now,
     /// agree with it: then the anchor was the wrong one (fernetd started before the clock was
     /// set) and the leader follows the wall clock, on the timeline its acknowledgements and
-    /// every other node carry, instead of skipping slots for the rest of the boot.
+    /// every other node carry, instead of skipping slots for the rest of the boot; and the
+    /// node's anchor on disk moves to the agreed time ([`crate::repository::Repository::reanchor`]).
     async fn leading_clock(&mut self) -> Result<Now, SessionError> {
         let cfg = self.cfg;
         let raw = Now::read();
@@ -711,6 +712,11 @@ impl<'a> Session<'a> {
             nodes.join(", ")
         );
         self.agreed_step = Some(step);
+        // The agreed time becomes this node's anchor on disk, so that `status`, `check`, a
+        // one-shot `rotate` and the next leader judge by it too, not only this session.
+        if let Err(e) = cfg.repo.reanchor(&raw) {
+            tracing::warn!("{}: the boot anchor cannot move: {e}", cfg.kind);
+        }
         Ok(raw)
     }
 

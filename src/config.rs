@@ -64,6 +64,37 @@ pub struct FileConfig {
     pub receipts: Option<RepositorySection>,
     pub credentials: Option<RepositorySection>,
     pub cluster: Option<ClusterSection>,
+    #[serde(default)]
+    pub clock: ClockSection,
+}
+
+/// `[clock]`: which evidence moves this boot's clock anchor forward (see ARCHITECTURE.md,
+/// the clock paragraph).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSection {
+    /// A forward step of the wall clock since fernetd's first moment of this boot moves the
+    /// anchor when the system says its clock is synchronized (the kernel's NTP status
+    /// without `STA_UNSYNC`, which only a process with `CAP_SYS_TIME` can clear).
+    #[serde(default = "yes")]
+    pub trust_system_sync: bool,
+    /// Read the synchronized status from this file instead of the kernel: `synchronized`
+    /// on its first line. It must be owned by root (or fernetd's user) and writable by no
+    /// one else. For a time source the kernel does not know of, and tests.
+    pub sync_status_file: Option<PathBuf>,
+}
+
+impl Default for ClockSection {
+    fn default() -> ClockSection {
+        ClockSection {
+            trust_system_sync: true,
+            sync_status_file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[cluster]`: where the cluster's key sets live.
@@ -909,6 +940,8 @@ pub struct DaemonSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Cluster mode: the repositories follow key sets in etcd.
     pub cluster: Option<ClusterSettings>,
+    /// `[clock]`: what moves the boot anchor forward.
+    pub clock: ClockSection,
 }
 
 impl DaemonSettings {
@@ -984,6 +1017,7 @@ impl DaemonSettings {
                 .cluster
                 .as_ref()
                 .map(|c| c.settings(&sources.file.keystone)),
+            clock: sources.file.clock.clone(),
         })
     }
 }
@@ -1070,6 +1104,27 @@ mod tests {
         assert!(err("").contains("seal_key_file: required"));
         let none = parse("insecure_unsealed = true\n").unwrap();
         assert!(none.seal_key_files.is_empty() && none.seal_key_file.is_none());
+    }
+
+    #[test]
+    fn the_system_clock_is_trusted_unless_the_file_says_otherwise() {
+        let p = Path::new("fernetd.toml");
+        assert_eq!(
+            FileConfig::parse("", p).unwrap().clock,
+            ClockSection {
+                trust_system_sync: true,
+                sync_status_file: None
+            }
+        );
+        let c = FileConfig::parse(
+            "[clock]\ntrust_system_sync = false\nsync_status_file = \"/run/sync\"\n",
+            p,
+        )
+        .unwrap()
+        .clock;
+        assert!(!c.trust_system_sync);
+        assert_eq!(c.sync_status_file.as_deref(), Some(Path::new("/run/sync")));
+        assert!(FileConfig::parse("[clock]\ntrust = true\n", p).is_err());
     }
 
     #[test]

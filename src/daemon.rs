@@ -9,7 +9,7 @@
 //! in-flight write completes.
 
 use crate::agent::{self, Report};
-use crate::config::{ClusterSettings, ConfigError, DaemonSettings, Managed};
+use crate::config::{ClockSection, ClusterSettings, ConfigError, DaemonSettings, Managed};
 use crate::core::clock::Now;
 use crate::core::problem::Code;
 use crate::hooks::{self, Context, Event};
@@ -43,6 +43,12 @@ const EXPOSURE_RECHECK: Duration = Duration::from_secs(60);
 const PUBLISH_DELAY: Duration = Duration::from_millis(100);
 /// The daemon waits at most this long for another fernetd's lock, then retries later.
 const LOCK_TIMEOUT: Duration = Duration::from_millis(500);
+/// While the wall clock runs ahead of a repository's boot anchor and `[clock]
+/// trust_system_sync` is on: how often the system's synchronized status is asked again.
+const SYNC_RECHECK: Duration = Duration::from_secs(10);
+/// The kernel's own error bound on its clock above which its "synchronized" is not taken
+/// (microseconds, as `adjtimex` says it): the drift clocks have on their own.
+const SYNC_MAX_ERROR_US: i64 = 5_000_000;
 
 /// One managed repository and what the loop knows about it: what every mode shares, and what
 /// only its mode has ([`Mode`]).
@@ -317,6 +323,11 @@ struct Daemon {
     /// When the cluster configuration's exposures are looked at again (a seal key or secret
     /// file whose mode changed while the daemon runs).
     exposures_at: Instant,
+    /// `[clock]`: whether the system's synchronized status moves a boot anchor forward.
+    clock_trust: ClockSection,
+    /// While a repository's anchor lags a forward step of the wall clock that the system did
+    /// not vouch for yet: when it is asked again ([`SYNC_RECHECK`]).
+    sync_recheck_at: Option<Instant>,
 }
 
 /// Runs until SIGTERM or SIGINT. `reload` re-reads the configuration on SIGHUP; an error keeps
@@ -364,6 +375,8 @@ pub async fn run(
         publish_at: None,
         clock: Now::read(),
         exposures_at: Instant::now() + EXPOSURE_RECHECK,
+        clock_trust: settings.clock.clone(),
+        sync_recheck_at: None,
     };
     d.install(settings, lock_errors);
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
@@ -451,6 +464,7 @@ impl Daemon {
             .collect();
         self.locks.retain(|p, _| managed.contains(p));
         self.cluster = settings.cluster;
+        self.clock_trust = settings.clock;
         if let Some(c) = &self.cluster {
             tracing::info!(
                 "cluster mode: node {} on {} under {}",
@@ -828,6 +842,7 @@ impl Daemon {
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + MAX_SLEEP;
+        wake = wake.min(self.sync_recheck_at.unwrap_or(wake));
         if self.cluster.is_some() {
             wake = wake.min(self.exposures_at);
         }
@@ -1336,7 +1351,58 @@ impl Daemon {
                 }
             }
         }
+        self.follow_sync(&now);
         self.clock = now;
+    }
+
+    /// Moves each repository's boot anchor forward to the wall clock when the wall clock runs
+    /// ahead of it and the system says its clock is synchronized (`[clock]
+    /// trust_system_sync`): the anchor was taken before the clock was set, and keeping it
+    /// would judge every later moment of the boot as a forward step. Without that word from
+    /// the system, asked again every [`SYNC_RECHECK`]; the anchor stays (a step nobody
+    /// vouches for ages no key).
+    fn follow_sync(&mut self, now: &Now) {
+        self.sync_recheck_at = None;
+        if !self.clock_trust.trust_system_sync {
+            return;
+        }
+        let stepped: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let repo = &self.slots[i].repo;
+                crate::core::clock::step_ahead(now, &repo.judging_clock(now)).is_some()
+            })
+            .collect();
+        if stepped.is_empty() {
+            return;
+        }
+        let source = match system_synced(&self.clock_trust, now) {
+            Ok(source) => source,
+            Err(why) => {
+                tracing::debug!("the boot anchor stays: {why}");
+                self.sync_recheck_at = Some(Instant::now() + SYNC_RECHECK);
+                return;
+            }
+        };
+        for i in stepped {
+            let s = &self.slots[i];
+            match s.repo.reanchor(now) {
+                Ok(Some(step)) => {
+                    tracing::warn!(
+                        "{}: the wall clock stepped {} since this boot's first recorded                          moment and {source} says it is synchronized: retention counts from                          the wall clock again",
+                        s.kind,
+                        crate::core::clock::describe_step(step)
+                    );
+                    if s.standalone().is_some_and(|st| !st.pre_rotating) {
+                        self.plan_next(i, now);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("{}: the boot anchor cannot move: {e}", s.kind);
+                    self.sync_recheck_at = Some(Instant::now() + SYNC_RECHECK);
+                }
+            }
+        }
     }
 
     fn reload(&mut self, next: Result<DaemonSettings, ConfigError>) {
@@ -1430,4 +1496,105 @@ fn split(report: &crate::core::check::Report) -> (BTreeSet<String>, BTreeSet<Str
         .map(line)
         .collect();
     (errors, warnings)
+}
+
+/// Whether the system vouches for `now`'s wall clock, and who did (for the log), or why not.
+///
+/// The kernel's NTP status (`adjtimex`, read only) counts when it is not `STA_UNSYNC` (only a
+/// process with `CAP_SYS_TIME` clears it, and `settimeofday`, i.e. `date -s`, sets it), its
+/// error bound is within [`SYNC_MAX_ERROR_US`], and the kernel's own time, returned by the
+/// same call, is `now` within a second: a wall clock this process alone sees (an
+/// `LD_PRELOAD`ed clock) is not the one the kernel vouches for. With `sync_status_file`, that
+/// file instead: owned by root or this process's user, writable by no one else, not a link,
+/// `synchronized` on its first line.
+// `c_long` and `time_t` are i64 here but not on every target.
+#[allow(clippy::useless_conversion)]
+fn system_synced(cfg: &ClockSection, now: &Now) -> Result<String, String> {
+    if let Some(path) = &cfg.sync_status_file {
+        return file_synced(path).map(|()| path.display().to_string());
+    }
+    // SAFETY: adjtimex with modes 0 only reads the kernel's clock state into the zeroed
+    // struct it is given, which lives for the call.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return Err(format!(
+            "the system's clock status cannot be read: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if state == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0 {
+        return Err("the system does not say its clock is synchronized".into());
+    }
+    if i64::from(tx.maxerror) > SYNC_MAX_ERROR_US {
+        return Err(format!(
+            "the system's clock is synchronized within {} ms only",
+            tx.maxerror / 1000
+        ));
+    }
+    let kernel = i64::from(tx.time.tv_sec);
+    if (kernel - now.wall.timestamp()).abs() > 1 {
+        return Err("the wall clock read is not the one the system says is synchronized".into());
+    }
+    Ok("the system".into())
+}
+
+/// `[clock] sync_status_file` says `synchronized` (see [`system_synced`]).
+fn file_synced(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let shown = path.display();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() || (meta.uid() != 0 && meta.uid() != me) || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{shown} is not a file owned by root or fernetd's user and writable by no one else"
+        ));
+    }
+    let mut text = String::new();
+    f.by_ref()
+        .take(256)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if text.lines().next().map(str::trim) == Some("synchronized") {
+        Ok(())
+    } else {
+        Err(format!("{shown} does not say synchronized"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The lies tried against the sync word: a file others may write, a link to a file that
+    /// says synchronized, a file saying something else, and a wall clock the kernel's is not.
+    #[test]
+    fn the_sync_word_is_taken_only_from_a_source_no_one_else_can_write() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("sync");
+        std::fs::write(&file, "synchronized\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(file_synced(&file), Ok(()));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(file_synced(&file).is_err());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o620)).unwrap();
+        assert!(file_synced(&file).is_err());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(file_synced(&link).is_err());
+        std::fs::write(&file, "unsynchronized\nsynchronized\n").unwrap();
+        assert!(file_synced(&file).is_err());
+        // The kernel vouches for its own clock, not for a reading 40 s off it.
+        let cfg = ClockSection::default();
+        let off = Now::from(Utc::now() - chrono::Duration::seconds(40));
+        assert!(system_synced(&cfg, &off).is_err());
+    }
 }

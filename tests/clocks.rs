@@ -459,9 +459,10 @@ fn a_daemon_started_behind_then_corrected_rotates_at_the_next_slot() {
     assert!(Path::new(FAKETIME).exists(), "libfaketime is required");
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
+    // Agreement alone moves the anchor here: the system's word is not taken.
     let nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
-        .map(|n| Node::new(t.path(), &etcd, n, ""))
+        .map(|n| Node::new(t.path(), &etcd, n, "[clock]\ntrust_system_sync = false\n"))
         .collect();
     // The cluster's set is dated by a correct clock; a starts (first in this boot) 40 s behind.
     start_cluster(&nodes[0]);
@@ -473,6 +474,8 @@ fn a_daemon_started_behind_then_corrected_rotates_at_the_next_slot() {
         assert!(d.wait_log("ready", secs(15)), "{}", d.log());
     }
     std::thread::sleep(secs(2));
+    let anchor_path = nodes[0].dir.join(".fernetd/clock");
+    let anchor = std::fs::read(&anchor_path).unwrap();
     let before = rotations(&a.log());
     // NTP sets the clock right.
     nodes[0].set_offset(0);
@@ -489,6 +492,12 @@ fn a_daemon_started_behind_then_corrected_rotates_at_the_next_slot() {
     let n = rotations(&a.log());
     std::thread::sleep(secs(6));
     assert!(rotations(&a.log()) >= n + 2, "{}", a.log());
+    // The agreed time is a's anchor on disk: `status` judges by it, no step said (the code
+    // before followed the wall clock in the leader's memory only, and `status` said
+    // "stepped forward by 40s" for the rest of the boot).
+    assert_ne!(std::fs::read(&anchor_path).unwrap(), anchor);
+    let status = status_by(&nodes[0]);
+    assert!(!status.contains("stepped forward"), "{status}");
 }
 
 /// The hostile tester's case: b 8 s ahead (over the 5 s margin), its daemon then stopped
@@ -563,3 +572,145 @@ fn a_skewed_node_whose_daemon_stops_keeps_the_hold_open() {
 /// How long b's daemon stays stopped: longer than its lease (3 s) and than the hold's window
 /// counted from its last reading (the retention, 11 s, plus the 8 s skew).
 const STOPPED: u64 = 22;
+
+/// `fernetd status` by this node's (faked) clock.
+fn status_by(n: &Node) -> String {
+    let out = std::process::Command::new(common::bin())
+        .args(["--config", n.cfg.to_str().unwrap(), "status"])
+        .env_remove("FERNETD_CONFIG")
+        .envs(n.env())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A standalone daemon (no cluster) under libfaketime: 4 s rotations, the defaults scaled down
+/// as above, and `[clock]` as given.
+struct Alone {
+    node: Node,
+    anchor: PathBuf,
+}
+
+impl Alone {
+    fn new(t: &Path, clock: &str) -> Alone {
+        let dir = t.join("alone");
+        let cfg = t.join("alone.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                 schedule = \"4s\"\nexpiration = \"{E}s\"\nallow_expired_window = 0\n\
+                 margin = \"{MARGIN}s\"\n[clock]\n{clock}",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let offset_file = t.join("alone.offset");
+        std::fs::write(&offset_file, "+0\n").unwrap();
+        Alone {
+            anchor: dir.join(".fernetd/clock"),
+            node: Node {
+                name: "alone".into(),
+                dir,
+                cfg,
+                offset_file,
+                offset: Arc::new(Mutex::new(0)),
+            },
+        }
+    }
+
+    fn status(&self) -> String {
+        status_by(&self.node)
+    }
+
+    /// Started 40 s behind (before NTP), its first moment of the boot recorded, then set
+    /// right: the daemon, and the anchor as it was recorded.
+    fn start_behind_then_correct(&self) -> (Daemon, Vec<u8>) {
+        assert!(Path::new(FAKETIME).exists(), "libfaketime is required");
+        self.node.set_offset(-40);
+        let d = self.node.start();
+        assert!(d.wait_log("ready", secs(15)), "{}", d.log());
+        assert!(
+            d.wait_for(secs(10), || self.anchor.exists()),
+            "no anchor\n{}",
+            d.log()
+        );
+        let anchor = std::fs::read(&self.anchor).unwrap();
+        assert!(!self.status().contains("stepped forward"));
+        self.node.set_offset(0);
+        (d, anchor)
+    }
+}
+
+const STEP_SAID: &str =
+    "the wall clock stepped forward by 40s since this boot's first recorded moment";
+
+/// The system vouches for the corrected clock (here through `sync_status_file`; the kernel's
+/// status where no file is named): the anchor moves to it, `status` stops saying a step, and
+/// rotations keep the schedule. On the code before (no `[clock]`, the anchor kept for the
+/// boot) `status` says the 40 s step for the rest of the boot and the anchor never changes.
+#[test]
+fn a_standalone_daemon_started_behind_then_synchronized_moves_its_anchor() {
+    let t = tempfile::tempdir().unwrap();
+    let sync = t.path().join("sync");
+    std::fs::write(&sync, "synchronized\n").unwrap();
+    let a = Alone::new(
+        t.path(),
+        &format!("sync_status_file = \"{}\"\n", sync.display()),
+    );
+    let (d, anchor) = a.start_behind_then_correct();
+    let corrected = Instant::now();
+    assert!(
+        d.wait_log("says it is synchronized", secs(15)),
+        "{}",
+        d.log()
+    );
+    let moved = corrected.elapsed();
+    assert_ne!(std::fs::read(&a.anchor).unwrap(), anchor);
+    let status = a.status();
+    assert!(!status.contains("stepped forward"), "{status}");
+    // Rotation at the next slot after the correction, and on at the schedule's pace.
+    let rotations = |log: &str| log.matches("rotated: key 0 promoted").count();
+    let n = rotations(&d.log());
+    assert!(
+        d.wait_for(secs(6), || rotations(&d.log()) > n),
+        "no rotation at the next slot\n{}",
+        d.log()
+    );
+    let rotated = corrected.elapsed();
+    let n = rotations(&d.log());
+    std::thread::sleep(secs(9));
+    assert!((2..=3).contains(&(rotations(&d.log()) - n)), "{}", d.log());
+    eprintln!("after the correction: anchor moved in {moved:?}, a rotation in {rotated:?}");
+    assert!(!a.status().contains("stepped forward"));
+    assert_eq!(d.stop().code(), Some(0));
+}
+
+/// Without the system's word (it does not say synchronized, or `trust_system_sync = false`)
+/// the forward step keeps counting as a step: the anchor stays, `status` says so, and the
+/// daemon never takes the step as time passed.
+#[test]
+fn a_forward_step_nobody_vouches_for_keeps_the_anchor() {
+    for clock in ["unsynchronized", "trust_system_sync = false"] {
+        let t = tempfile::tempdir().unwrap();
+        let sync = t.path().join("sync");
+        let file = format!("sync_status_file = \"{}\"\n", sync.display());
+        let clock = if clock == "unsynchronized" {
+            std::fs::write(&sync, "unsynchronized\n").unwrap();
+            file
+        } else {
+            std::fs::write(&sync, "synchronized\n").unwrap();
+            format!("{clock}\n{file}")
+        };
+        let a = Alone::new(t.path(), &clock);
+        let (d, anchor) = a.start_behind_then_correct();
+        // Longer than the daemon waits to ask the system again (10 s).
+        std::thread::sleep(secs(14));
+        let log = d.log();
+        assert!(!log.contains("says it is synchronized"), "{clock}\n{log}");
+        assert_eq!(std::fs::read(&a.anchor).unwrap(), anchor, "{clock}");
+        let status = a.status();
+        assert!(status.contains(STEP_SAID), "{clock}\n{status}");
+        assert_eq!(d.stop().code(), Some(0));
+    }
+}

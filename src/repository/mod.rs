@@ -188,6 +188,32 @@ impl Repository {
         }
     }
 
+    /// Moves this boot's anchor forward to `now` when the wall clock runs ahead of the
+    /// anchor's timeline ([`crate::core::clock::step_ahead`]), returning the step it took up;
+    /// `None`, writing nothing, when there is no such step (or no anchor of this boot to
+    /// move). The caller has the evidence that `now` is right: fresh readings of the other
+    /// nodes' clocks agreeing with it, or the system saying its clock is synchronized. Never
+    /// backward: a wall clock behind the anchor's timeline is already what retention counts
+    /// by. Takes the lock; written like the anchor itself (`.fernetd/clock`).
+    pub fn reanchor(&self, now: &Now) -> Result<Option<chrono::Duration>> {
+        if crate::core::clock::step_ahead(now, &self.judging_clock(now)).is_none() {
+            return Ok(None);
+        }
+        let w = self.lock()?;
+        let Some(recorded) = recorded_moment(&w.internal)? else {
+            return Ok(None);
+        };
+        let judged = now.anchored(Some(&recorded));
+        let (Some(step), Some(m)) = (crate::core::clock::step_ahead(now, &judged), now.moment())
+        else {
+            return Ok(None);
+        };
+        let text = serde_json::to_vec(&m).unwrap_or_default();
+        w.internal
+            .replace_own(CLOCK_TMP, CLOCK, &text, w.owner, false)?;
+        Ok(Some(step))
+    }
+
     /// [`Repository::anchor`] without writing (for `status` and other readers).
     pub fn judging_clock(&self, now: &Now) -> Now {
         let recorded = self
@@ -1468,6 +1494,40 @@ mod tests {
             );
             assert_eq!(std::fs::read(&one).unwrap(), before, "{corrupted}");
         }
+    }
+
+    #[test]
+    fn the_anchor_moves_forward_only_and_only_past_a_step() {
+        use crate::core::clock::BootStamp;
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::new(d.path().join("keys"), None);
+        let at = |wall_s: i64, boot_s: u64| Now {
+            wall: chrono::DateTime::<Utc>::from_timestamp(1_800_000_000 + wall_s, 0).unwrap(),
+            boot: Some(BootStamp {
+                boot: "b".into(),
+                ms: boot_s * 1000,
+            }),
+        };
+        // First moment of the boot recorded 40 s behind.
+        let first = at(0, 100);
+        repo.setup(Duration::ZERO, &first).unwrap();
+        let anchor = || std::fs::read(repo.internal().join(CLOCK)).unwrap();
+        let recorded = anchor();
+        // No step (10 s on both clocks), or the wall clock behind the anchor's timeline:
+        // nothing moves.
+        assert_eq!(repo.reanchor(&at(10, 110)).unwrap(), None);
+        assert_eq!(repo.reanchor(&at(-30, 120)).unwrap(), None);
+        assert_eq!(anchor(), recorded);
+        // Corrected: 40 s forward on the wall clock only. The anchor moves to it, and the
+        // judging clock is the wall clock again.
+        let corrected = at(60, 120);
+        assert_eq!(
+            repo.reanchor(&corrected).unwrap(),
+            Some(chrono::Duration::seconds(40))
+        );
+        assert_ne!(anchor(), recorded);
+        assert_eq!(repo.judging_clock(&corrected), corrected);
+        assert_eq!(repo.reanchor(&at(70, 130)).unwrap(), None);
     }
 
     #[test]
