@@ -851,6 +851,29 @@ impl Repository {
         Ok(out)
     }
 
+    /// Credentials: every stored credential was verified on `primary` by a check that began
+    /// at `began` ([`crate::credentials::migrate_and_verify`]). Under the lock, while
+    /// `primary` is still the primary on disk, closes the losses recorded before then
+    /// ([`History::close_verified_losses`]) and returns their numbers. Nothing else changes:
+    /// a loss not yet recorded is recorded later, after the check, and stays open.
+    pub fn record_verified(
+        &self,
+        primary: Fingerprint,
+        began: &Now,
+        now: &Now,
+    ) -> Result<Vec<u64>> {
+        let mut out = Outcome::default();
+        let (w, now) = self.begin_timed_write(&mut out, now)?;
+        let began = self.judging_clock(began);
+        let scan = w.scan()?;
+        let mut history = self.trusted_history(&w, &scan, &now)?;
+        let closed = history.close_verified_losses(primary, &scan.fingerprints(), &began);
+        if !closed.is_empty() {
+            self.save_history(&w, &history, &now)?;
+        }
+        Ok(closed)
+    }
+
     /// `repair = true`: restores from fernetd's copies the keys `history` says are missing or
     /// unreadable and still needed, says so in `out`, and returns the disk as it is then.
     fn repair_now(
