@@ -560,6 +560,15 @@ fn keystone_manage_credential_rotate_purging_a_known_key_is_reported_lost() {
         "{}",
         status.stdout
     );
+    // What is at stake is stored credentials, not tokens.
+    for said in [&status.stdout, &log] {
+        assert!(
+            said.contains("stored credentials may still be encrypted with it")
+                && !said.contains("tokens it encrypted"),
+            "{}",
+            tail(said)
+        );
+    }
     // The rotation verified every credential on the primary (key 3) after the loss was
     // recorded: key 1 holds none, so the loss closes there and `status` is no longer critical
     // for it. (Before verified migrations closed losses, this rotation exited 3 naming key 1,

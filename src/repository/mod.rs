@@ -910,7 +910,7 @@ impl Repository {
         let lost = guard::open_losses(history, &history.fingerprints(), retention, now);
         let mut out = self.violations(lost);
         out.extend(self.open_unseen(history, now));
-        out
+        at_stake(out, retention)
     }
 
     /// The material recorded as gone unseen (a repair copy no record explained) whose window
@@ -942,7 +942,7 @@ impl Repository {
         let unexplained = self.unexplained_copies(history, &disk).unwrap_or_default();
         let until = guard::from_now(retention, now);
         out.extend(self.unseen_violations(unexplained.into_iter().map(|fp| (fp, until))));
-        out
+        at_stake(out, retention)
     }
 
     /// `lost` as reported, with each key's path.
@@ -953,6 +953,7 @@ impl Repository {
                 number: Some(l.number),
                 fingerprint: l.fingerprint,
                 until: l.until,
+                credentials: false,
             })
             .collect()
     }
@@ -967,6 +968,7 @@ impl Repository {
             number: None,
             fingerprint,
             until,
+            credentials: false,
         })
         .collect()
     }
@@ -1386,6 +1388,17 @@ fn describe_clock(
         out.warnings
             .push(Said::InterruptedPurge { numbers: unpurged });
     }
+}
+
+/// `lost` as what a loss puts at stake: a repository judged with the credentials' retention
+/// ([`crate::config::CREDENTIAL_KEY_RETENTION`], the one way a repository knows it holds
+/// credential keys) loses stored credentials, not tokens. Wording only: no decision reads it.
+fn at_stake(mut lost: Vec<RetentionViolation>, retention: Duration) -> Vec<RetentionViolation> {
+    let credentials = retention == crate::config::CREDENTIAL_KEY_RETENTION;
+    for v in &mut lost {
+        v.credentials = credentials;
+    }
+    lost
 }
 
 /// The keys on disk as history should see them: every readable key, and a key file that is
