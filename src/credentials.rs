@@ -19,6 +19,7 @@
 //!
 //! Never logs key material: fingerprints and Keystone's SHA-1 hashes only.
 
+use crate::core::clock::Now;
 use crate::core::credentials::{judge, keystone_hash, Verdict};
 use crate::core::key::{Fingerprint, Key};
 use crate::core::problem::Code;
@@ -92,6 +93,8 @@ pub async fn migrate_and_verify(
     metrics: &Arc<Metrics>,
 ) -> Result<Fingerprint, Held> {
     let kind = ctx.kind;
+    // When the check begins: losses recorded before it are answered by its verdict.
+    let began = Now::read();
     let (number, before, hash) = read_primary(&m.dir).map_err(Held::Unverified)?;
     if !hooks::run(&m.pre_rotate, Event::PreRotate, ctx, m.timeout, metrics).await {
         return Err(Held::Migrate);
@@ -116,8 +119,29 @@ pub async fn migrate_and_verify(
                 "{kind}: every credential verified on primary key {number} (fingerprint \
                  {before}, primary_key_hash={hash})"
             );
+            close_losses(&m.dir, before, &began, kind);
             Ok(before)
         }
+    }
+}
+
+/// A verified migration closes the credential keys' losses recorded before it began
+/// ([`crate::repository::Repository::record_verified`]). When it cannot (the lock busy, the
+/// state unreadable), the losses stay open and say so: the rotation goes on all the same.
+fn close_losses(dir: &Path, primary: Fingerprint, began: &Now, kind: impl std::fmt::Display) {
+    let repo = crate::repository::Repository::new(dir, None);
+    match repo.record_verified(primary, began, &Now::read()) {
+        Ok(closed) => {
+            for n in closed {
+                tracing::info!(
+                    "{kind}: key {n}, lost before the verification began, holds no stored \
+                     credential: every one is on the primary; no longer reported lost"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            "{kind}: the verification could not be recorded ({e}); lost keys stay reported"
+        ),
     }
 }
 

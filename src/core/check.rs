@@ -314,7 +314,8 @@ fn key_file(e: &Entry, path: &str, number: u64, owner: Owner, f: &mut Findings) 
     }
 }
 
-/// A key lost inside its retention: tokens it encrypted fail until `until`.
+/// A key lost inside its retention: tokens it encrypted fail until `until`; stored credentials
+/// encrypted with it cannot be decrypted at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionViolation {
     pub path: PathBuf,
@@ -323,6 +324,9 @@ pub struct RetentionViolation {
     pub number: Option<u64>,
     pub fingerprint: crate::core::key::Fingerprint,
     pub until: DateTime<Utc>,
+    /// A credential key: what is at stake is stored credentials, which need it until a
+    /// verified migration moves them off it (no time ends that), not tokens.
+    pub credentials: bool,
 }
 
 impl RetentionViolation {
@@ -331,12 +335,25 @@ impl RetentionViolation {
         let until = self
             .until
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        match self.number {
-            Some(n) => format!(
+        match (self.number, self.credentials) {
+            (Some(n), true) => format!(
+                "key {n} vanished or changed while stored credentials may still be encrypted \
+                 with it: those cannot be decrypted (listing credentials fails) until it is \
+                 restored, or until a verified migration (the next verified credentials \
+                 rotation) shows every stored credential on the primary"
+            ),
+            (None, true) => format!(
+                "the key with fingerprint {} left the disk unseen (its repair copy is the only \
+                 record of it; the state file did not know it) while stored credentials may \
+                 still be encrypted with it: those cannot be decrypted until it is restored \
+                 from that copy",
+                self.fingerprint
+            ),
+            (Some(n), false) => format!(
                 "key {n} vanished or changed while tokens it encrypted are still valid (until \
                  {until})"
             ),
-            None => format!(
+            (None, false) => format!(
                 "the key with fingerprint {} left the disk unseen (its repair copy is the only \
                  record of it; the state file did not know it) while tokens it encrypted may \
                  still be valid (until {until})",
@@ -395,4 +412,33 @@ pub fn digest(keys: &std::collections::BTreeMap<u64, crate::core::key::Fingerpri
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_credential_key_says_stored_credentials_are_at_stake_and_a_token_key_tokens() {
+        let v = |credentials: bool, number: Option<u64>| RetentionViolation {
+            path: PathBuf::from("k/1"),
+            number,
+            fingerprint: crate::core::key::Fingerprint::NONE,
+            until: DateTime::<Utc>::MAX_UTC,
+            credentials,
+        };
+        for n in [Some(1), None] {
+            let token = v(false, n).what();
+            assert!(token.contains("tokens it encrypted"), "{token}");
+            let cred = v(true, n).what();
+            assert!(
+                cred.contains("stored credentials may still be encrypted with it")
+                    && cred.contains("cannot be decrypted")
+                    && !cred.contains("token")
+                    && !cred.contains("until +"),
+                "{cred}"
+            );
+        }
+        assert!(v(true, Some(1)).what().contains("verified migration"));
+    }
 }

@@ -613,6 +613,61 @@ mod tests {
         assert!(losses(&disk, &after, &h, RET, &rebooted).is_empty());
     }
 
+    #[test]
+    fn a_verified_migration_closes_only_the_credential_losses_recorded_before_it_began() {
+        use crate::core::clock::BootStamp;
+        // A credential key counts for ever (`config::CREDENTIAL_KEY_RETENTION`).
+        const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+        let at = |h: i64, boot_h: u64| Now {
+            wall: t(h),
+            boot: Some(BootStamp {
+                boot: "b".into(),
+                ms: boot_h * 3_600_000,
+            }),
+        };
+        let (disk, mut h) = repo();
+        // keystone-manage credential_rotate at t(6): 0 -> 4, a new 0, key 1 purged.
+        let mut d = disk.clone();
+        let staged = d.remove(&0).unwrap();
+        d.remove(&1);
+        d.insert(4, staged);
+        d.insert(0, Key::generate().unwrap().fingerprint());
+        let (_, lost) = reconcile(&mut h, &d, FOREVER, &at(6, 6));
+        assert_eq!(lost.iter().map(|l| l.number).collect::<Vec<_>>(), vec![1]);
+        let gone = lost[0].fingerprint;
+        let open = |h: &History, now: &Now| -> Vec<u64> {
+            open_losses(h, &h.fingerprints(), FOREVER, now)
+                .iter()
+                .map(|l| l.number)
+                .collect()
+        };
+        // Verified on a key that is no longer the primary (key 3, before the rotation): nothing.
+        assert!(h.close_verified_losses(d[&3], &d, &at(7, 7)).is_empty());
+        // A verification older than the loss: nothing.
+        assert!(h.close_verified_losses(d[&4], &d, &at(5, 5)).is_empty());
+        // One whose wall clock says later but whose boot clock says earlier (a step): nothing.
+        assert!(h.close_verified_losses(d[&4], &d, &at(8, 5)).is_empty());
+        assert_eq!(open(&h, &at(8, 8)), vec![1]);
+        // Verified on the primary after the loss: closed, its repair copy still kept.
+        assert_eq!(h.close_verified_losses(d[&4], &d, &at(7, 7)), vec![1]);
+        assert!(open(&h, &at(8, 8)).is_empty());
+        assert!(h.copies_kept(&at(8, 8)).contains(&gone));
+        // A loss found after that verification began stays open under it, and closes under
+        // the next one.
+        let mut later = d.clone();
+        later.remove(&2);
+        reconcile(&mut h, &later, FOREVER, &at(9, 9));
+        assert!(h
+            .close_verified_losses(later[&4], &later, &at(7, 7))
+            .is_empty());
+        assert_eq!(open(&h, &at(10, 10)), vec![2]);
+        assert_eq!(
+            h.close_verified_losses(later[&4], &later, &at(10, 10)),
+            vec![2]
+        );
+        assert!(open(&h, &at(11, 11)).is_empty());
+    }
+
     /// The change from `disk` to `after` (both readable keys).
     fn change(disk: &BTreeMap<u64, Fingerprint>, after: &BTreeMap<u64, Fingerprint>) -> Change {
         let mut c = Change::from(crate::core::change::slots(disk, []));

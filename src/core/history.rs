@@ -800,6 +800,45 @@ impl History {
         }
     }
 
+    /// Credentials: closes the open losses a verified migration answers, and returns their
+    /// numbers. Every stored credential was found encrypted with `primary` by a check that
+    /// began at `began` (the primary was read before `pre_rotate` ran): a key gone from the
+    /// disk before then encrypted no credential that check saw, nor any written since while
+    /// `primary` stayed the primary. So only while `primary` is the primary on `disk`, and
+    /// only losses recorded before `began` (by the wall clock, and by the boot clock within
+    /// one boot, so that a clock step cannot move a later loss before it): a loss found after
+    /// the check began may hold credentials written after it, and stays open. A closed loss
+    /// keeps its repair copy until its window would have ended (`copy_until`), in case the
+    /// check lied. Losses of unknown material (`unseen`) stay open. Never for tokens: nothing
+    /// checks which tokens exist. Pure.
+    pub fn close_verified_losses(
+        &mut self,
+        primary: Fingerprint,
+        disk: &BTreeMap<u64, Fingerprint>,
+        began: &Now,
+    ) -> Vec<u64> {
+        let on_disk = self::primary(disk.keys().copied()).and_then(|n| disk.get(&n));
+        if on_disk != Some(&primary) {
+            return Vec::new();
+        }
+        let before = |at: DateTime<Utc>, boot: Option<&BootStamp>| {
+            at < began.wall
+                && match (boot, began.boot.as_ref()) {
+                    (Some(a), Some(b)) if a.boot == b.boot => a.ms < b.ms,
+                    _ => true,
+                }
+        };
+        let mut closed = Vec::new();
+        for p in &mut self.purged {
+            let open = !p.by_fernetd && p.lost_until.is_some();
+            if open && p.fingerprint != primary && before(p.at, p.since_boot.as_ref()) {
+                p.copy_until = p.lost_until.take();
+                closed.push(p.number);
+            }
+        }
+        closed
+    }
+
     /// The fingerprints whose repair copies (`repair = true`) must stay: every key this
     /// history holds, and every key found gone or replaced outside fernetd whose tokens are
     /// still valid at `now` (`lost_until`, [`PurgedKey::lost_open_until`]), and every copy's

@@ -879,6 +879,29 @@ impl Repository {
         Ok(out)
     }
 
+    /// Credentials: every stored credential was verified on `primary` by a check that began
+    /// at `began` ([`crate::credentials::migrate_and_verify`]). Under the lock, while
+    /// `primary` is still the primary on disk, closes the losses recorded before then
+    /// ([`History::close_verified_losses`]) and returns their numbers. Nothing else changes:
+    /// a loss not yet recorded is recorded later, after the check, and stays open.
+    pub fn record_verified(
+        &self,
+        primary: Fingerprint,
+        began: &Now,
+        now: &Now,
+    ) -> Result<Vec<u64>> {
+        let mut out = Outcome::default();
+        let (w, now) = self.begin_timed_write(&mut out, now)?;
+        let began = self.judging_clock(began);
+        let scan = w.scan()?;
+        let mut history = self.trusted_history(&w, &scan, &now)?;
+        let closed = history.close_verified_losses(primary, &scan.fingerprints(), &began);
+        if !closed.is_empty() {
+            self.save_history(&w, &history, &now)?;
+        }
+        Ok(closed)
+    }
+
     /// `repair = true`: restores from fernetd's copies the keys `history` says are missing or
     /// unreadable and still needed, says so in `out`, and returns the disk as it is then.
     fn repair_now(
@@ -915,7 +938,7 @@ impl Repository {
         let lost = guard::open_losses(history, &history.fingerprints(), retention, now);
         let mut out = self.violations(lost);
         out.extend(self.open_unseen(history, now));
-        out
+        at_stake(out, retention)
     }
 
     /// The material recorded as gone unseen (a repair copy no record explained) whose window
@@ -947,7 +970,7 @@ impl Repository {
         let unexplained = self.unexplained_copies(history, &disk).unwrap_or_default();
         let until = guard::from_now(retention, now);
         out.extend(self.unseen_violations(unexplained.into_iter().map(|fp| (fp, until))));
-        out
+        at_stake(out, retention)
     }
 
     /// `lost` as reported, with each key's path.
@@ -958,6 +981,7 @@ impl Repository {
                 number: Some(l.number),
                 fingerprint: l.fingerprint,
                 until: l.until,
+                credentials: false,
             })
             .collect()
     }
@@ -972,6 +996,7 @@ impl Repository {
             number: None,
             fingerprint,
             until,
+            credentials: false,
         })
         .collect()
     }
@@ -1392,6 +1417,17 @@ fn describe_clock(
         out.warnings
             .push(Said::InterruptedPurge { numbers: unpurged });
     }
+}
+
+/// `lost` as what a loss puts at stake: a repository judged with the credentials' retention
+/// ([`crate::config::CREDENTIAL_KEY_RETENTION`], the one way a repository knows it holds
+/// credential keys) loses stored credentials, not tokens. Wording only: no decision reads it.
+fn at_stake(mut lost: Vec<RetentionViolation>, retention: Duration) -> Vec<RetentionViolation> {
+    let credentials = retention == crate::config::CREDENTIAL_KEY_RETENTION;
+    for v in &mut lost {
+        v.credentials = credentials;
+    }
+    lost
 }
 
 /// The keys on disk as history should see them: every readable key, and a key file that is
