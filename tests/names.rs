@@ -380,3 +380,54 @@ fn while_a_daemon_is_refused_under_a_held_name_the_leader_holds_the_gate_critica
         status(&ca).stdout
     );
 }
+
+/// Fails against the code before (its refusal said "last held by another daemon (... pid ...)",
+/// the pid being this node's own previous daemon, with nothing about what the operator knows):
+/// a node rebuilt under its name with an empty repository is refused until `remove-node`, and
+/// says so; then it takes the name and the cluster's keys.
+#[test]
+fn a_node_rebuilt_under_its_name_is_told_to_remove_it_first_then_joins() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let ca = node(t.path(), &etcd, "a", &a, "a");
+    let cb = node(t.path(), &etcd, "b", &b, "b");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    let da = daemon(&ca);
+    let db = daemon(&cb);
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 2, &[&da, &db]);
+
+    // The disk is lost: the node comes back with an empty repository under its name.
+    db.stop();
+    std::fs::remove_dir_all(&b).unwrap();
+    let db = daemon(&cb);
+    assert!(db.wait_log("is not running now", secs(15)), "{}", db.log());
+    let said = db.log();
+    assert!(
+        said.contains("`fernetd cluster remove-node b` first") && said.contains("its own"),
+        "{said}"
+    );
+    assert!(!said.contains("in step"), "{said}");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        "b",
+    ]);
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 2, &[&da, &db]);
+    let tokens = tokens_for(&a, secs(1));
+    assert!(unpack_failures(&b, &tokens).is_empty());
+    assert_eq!(members(&etcd), vec!["a".to_string(), "b".to_string()]);
+}
