@@ -171,7 +171,8 @@ fn a_clone_under_a_running_nodes_name_is_refused_and_the_stopped_original_fails_
     );
     assert!(critical, "{}", status(&cc1).stdout);
     assert!(
-        d2.log().contains("was last held by another daemon"),
+        d2.log()
+            .contains("was last held by a daemon that is not running now"),
         "the clone's copy of the claim was made stale while the original ran:\n{}",
         d2.log()
     );
