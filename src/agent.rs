@@ -330,6 +330,9 @@ struct Session<'a> {
     paused_said: Option<Instant>,
     /// Daemons refused under this node's name that keep trying, by lease: reported.
     duplicates: std::collections::BTreeMap<i64, Identity>,
+    /// While leading: the names the promotion gate found contended (a daemon refused under a
+    /// name another holds), reported with `duplicates`; none once the gate finds none.
+    gate_duplicate: Option<String>,
     /// How long the next hold at the promotion gate waits before asking again
     /// ([`gate_backoff`]); back to [`GATE_RETRY`] once a rotation gets past the gate.
     gate_retry: Duration,
@@ -395,6 +398,7 @@ impl<'a> Session<'a> {
             paused_until: None,
             paused_said: None,
             duplicates,
+            gate_duplicate: None,
             gate_retry: GATE_RETRY,
             gate_wake: None,
             acks_watch: None,
@@ -462,13 +466,26 @@ impl<'a> Session<'a> {
                         )));
                     }
                 }
-                self.report(Report::Duplicate {
-                    reason: duplicates_reason(node, &self.duplicates),
-                });
+                self.report_duplicates();
                 Ok(())
             }
             None => Ok(()),
         }
+    }
+
+    /// The daemons refused under this node's name, and (leading) the names the gate found
+    /// contended, in one report: either alone would clear the other's.
+    fn report_duplicates(&self) {
+        let reasons: Vec<String> = [
+            duplicates_reason(&self.cfg.cluster.node, &self.duplicates),
+            self.gate_duplicate.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.report(Report::Duplicate {
+            reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+        });
     }
 
     fn report_leading(&self, leading: Option<bool>) {
@@ -823,8 +840,27 @@ impl<'a> Session<'a> {
             probe_wait: probe_wait(cfg.cluster.lease_ttl),
         };
         let outcome = self.c.rotate(cfg.kind, &request).await;
-        if !matches!(outcome, Err(ClusterError::GateWaiting { .. })) {
+        if !matches!(
+            outcome,
+            Err(ClusterError::GateWaiting { .. } | ClusterError::DuplicateHeld { .. })
+        ) {
             (self.gate_retry, self.gate_wake, self.acks_watch) = (GATE_RETRY, None, None);
+        }
+        let contended = match &outcome {
+            Err(ClusterError::DuplicateHeld { names, .. }) => Some(format!(
+                "duplicate node name: promotions and purges held while a daemon is refused \
+                 under a held name (which one's Keystone serves users is unknown): {}",
+                names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            _ => None,
+        };
+        if contended != self.gate_duplicate {
+            self.gate_duplicate = contended;
+            self.report_duplicates();
         }
         match outcome {
             Ok(r) => {
@@ -843,6 +879,13 @@ impl<'a> Session<'a> {
                 });
                 self.view.committed(r.set, r.revision);
                 Ok(Turn::Committed)
+            }
+            Err(ClusterError::DuplicateHeld { .. }) => {
+                // Reported above; asked again after the gate's backoff.
+                self.prepared_for = None;
+                let wake = Instant::now() + gate_backoff(&mut self.gate_retry);
+                self.gate_wake = Some((wake, self.view.revision));
+                Ok(Turn::Wait(Some(wake)))
             }
             Err(ClusterError::GateWaiting { nodes, refused, .. }) => {
                 // A lagging node's Keystone keeps encrypting with the old primary: migrate
@@ -1258,8 +1301,8 @@ fn duplicates_reason(
     })
 }
 
-/// Holds this node's name for the session ([`names::decide`]): claims it, moves the
-/// membership of the name this repository held before when it was renamed on this boot, or
+/// Holds this node's name for the session ([`names::decide`]): claims it (as a new node,
+/// with a warning, when this repository held another name: that membership stays), or
 /// refuses (reported, the session ends; it is tried again after the backoff). Returns the
 /// daemons refused under the name that keep trying.
 async fn hold_name(
@@ -1286,43 +1329,9 @@ async fn hold_name(
             _ => None,
         };
         let former = former.as_ref().map(|(o, s)| (o.as_str(), s));
-        match names::decide(node, me, &seen, &local, former, names::pid_alive) {
-            names::Decision::Take => {
-                let token = names::new_token()?;
-                cfg.repo
-                    .publish(names::LOCAL_FILE, &local.claiming(node, &token).to_bytes())?;
-                if !names::claim(c, cfg.kind, node, me, &token, &seen).await? {
-                    continue;
-                }
-                cfg.repo.publish(
-                    names::LOCAL_FILE,
-                    &names::Local::claimed(node, &token).to_bytes(),
-                )?;
-                let dups: std::collections::BTreeMap<i64, Identity> = seen
-                    .duplicates
-                    .into_iter()
-                    .filter(|d| d.lease != me.lease)
-                    .map(|d| (d.lease, d))
-                    .collect();
-                report(Report::Duplicate {
-                    reason: duplicates_reason(node, &dups),
-                });
-                return Ok(dups);
-            }
-            names::Decision::RenameFrom(old) => {
-                let moved = names::rename(c, cfg.kind, &old, node).await?;
-                report(Report::Renamed {
-                    from: old,
-                    to: node.clone(),
-                    revision: moved.revision,
-                });
-            }
-            names::Decision::WaitFor(old) => {
-                return Err(SessionError::Name(format!(
-                    "renamed node: this repository was node '{old}', whose lease (this daemon's \
-                     previous process) has not ended yet; its membership moves to '{node}' then"
-                )));
-            }
+        let former_name = match names::decide(node, me, &seen, &local, former, names::pid_alive) {
+            names::Decision::Take => None,
+            names::Decision::TakeNew(old) => Some(old),
             names::Decision::Refuse(r) => {
                 if matches!(r, names::Refusal::Live { .. }) {
                     names::contend(c, cfg.kind, node, me).await?;
@@ -1332,7 +1341,37 @@ async fn hold_name(
                 });
                 return Err(SessionError::Name(r.to_string()));
             }
+        };
+        let token = names::new_token()?;
+        cfg.repo
+            .publish(names::LOCAL_FILE, &local.claiming(node, &token).to_bytes())?;
+        if !names::claim(c, cfg.kind, node, me, &token, &seen).await? {
+            continue;
         }
+        cfg.repo.publish(
+            names::LOCAL_FILE,
+            &names::Local::claimed(node, &token).to_bytes(),
+        )?;
+        if let Some(old) = former_name {
+            tracing::warn!(
+                "{}: node name: this repository was node '{old}' and now runs as '{node}', a \
+                 new node; '{old}' stays a member and promotions wait for it. A clone keeps \
+                 both. A rename is `fernetd cluster rename-node {old} {node}` with the daemon \
+                 stopped (docs/runbooks.md); if this node is '{old}' renamed and already runs \
+                 as '{node}', finish it with `fernetd cluster remove-node {old}`",
+                cfg.kind
+            );
+        }
+        let dups: std::collections::BTreeMap<i64, Identity> = seen
+            .duplicates
+            .into_iter()
+            .filter(|d| d.lease != me.lease)
+            .map(|d| (d.lease, d))
+            .collect();
+        report(Report::Duplicate {
+            reason: duplicates_reason(node, &dups),
+        });
+        return Ok(dups);
     }
     Err(ClusterError::Contention {
         key: format!("node name '{node}'"),

@@ -51,6 +51,16 @@ pub enum ClusterError {
         refused: Vec<String>,
         staged: crate::core::key::Fingerprint,
     },
+    /// A daemon is refused under a held name: which of the two serves users is unknown.
+    #[error(
+        "{key}: promotion held: duplicate node name: {}; nothing changed until one of them stops \
+         or gets its own [cluster] node",
+        names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("; ")
+    )]
+    DuplicateHeld {
+        key: String,
+        names: Vec<names::Contended>,
+    },
     #[error("{key}: other writers changed the key set under this rotation {attempts} times in a row; nothing changed, try again")]
     Contention { key: String, attempts: u32 },
     #[error("{key}: this node no longer holds the leadership (its lease ended, or another node leads); nothing changed")]
@@ -674,6 +684,12 @@ impl Cluster {
                 Some(k) => k.fingerprint(),
                 None => unreachable!("a validated key set has key 0"),
             };
+            // Two daemons under one name: the gate cannot tell whose disk its
+            // acknowledgement speaks for, so nothing is promoted or purged.
+            let names = names::contended(self, kind).await?;
+            if !names.is_empty() {
+                return Err(ClusterError::DuplicateHeld { key, names });
+            }
             let acks = self.acks(kind).await?;
             let behind = waiting_on(&acks, staged, r.now.wall, r.member_timeout);
             if !behind.is_empty() {

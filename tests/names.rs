@@ -171,7 +171,8 @@ fn a_clone_under_a_running_nodes_name_is_refused_and_the_stopped_original_fails_
     );
     assert!(critical, "{}", status(&cc1).stdout);
     assert!(
-        d2.log().contains("was last held by another daemon"),
+        d2.log()
+            .contains("was last held by a daemon that is not running now"),
         "the clone's copy of the claim was made stale while the original ran:\n{}",
         d2.log()
     );
@@ -183,7 +184,9 @@ fn a_clone_under_a_running_nodes_name_is_refused_and_the_stopped_original_fails_
 }
 
 /// Fails against the code before renames (no `rename-node`; a daemon restarted under a new
-/// name left its old membership behind and rotations stopped: "node b has not applied").
+/// name left its old membership behind and rotations stopped: "node b has not applied"), and
+/// against the code that moved a membership by itself (a copy of a stopped node's disk under a
+/// new name took the original out of the gate: "renamed node ... moved to", b2 not a member).
 #[test]
 fn a_renamed_node_never_stalls_rotations() {
     let etcd = Etcd::start();
@@ -240,16 +243,54 @@ fn a_renamed_node_never_stalls_rotations() {
     tokens.extend(tokens_for(&a, secs(1)));
     assert!(!db.log().contains("duplicate node name"), "{}", db.log());
 
-    // By a restart under a new name on the same boot: the daemon moves its membership.
+    // A copy of b2's disk started under a new name on the same host and boot, b2 stopped (its
+    // Keystone still serving b's keys): a new node; b2 stays a member and the gate waits for
+    // it, so no token made on a fails on b. A rename looks the same to the daemon: the
+    // operator finishes it with `remove-node` (the clone case keeps both).
     db.stop();
-    let db = daemon(&node(t.path(), &etcd, "b3", &b, "b3"));
-    assert!(db.wait_log("renamed node", secs(15)), "{}", db.log());
-    assert!(db.log().contains("'b2'"), "{}", db.log());
+    let b3 = t.path().join("b3");
+    copy_dir(&b, &b3);
     let p = cluster_primary(&etcd);
-    primary_reaches(&etcd, p + 3, &[&da, &db]);
+    let db3 = daemon(&node(t.path(), &etcd, "b3", &b3, "b3"));
+    assert!(db3.wait_log("a new node", secs(15)), "{}", db3.log());
+    let warned = db3.log();
+    assert!(
+        warned.contains("'b2' stays a member")
+            && warned.contains("fernetd cluster rename-node b2 b3")
+            && warned.contains("fernetd cluster remove-node b2"),
+        "{warned}"
+    );
+    assert!(!warned.contains("moved to"), "{warned}");
+    tokens.extend(tokens_for(&a, secs(8)));
+    assert_eq!(
+        members(&etcd),
+        vec!["a".to_string(), "b2".to_string(), "b3".to_string()]
+    );
+    // The staged key b2 holds may be promoted once; nothing after it.
+    assert!(cluster_primary(&etcd) <= p + 1, "the gate let b2 go");
+    for dir in [&a, &b, &b3] {
+        let failed = unpack_failures(dir, &tokens);
+        assert!(
+            failed.is_empty(),
+            "{} of {} tokens fail on {}",
+            failed.len(),
+            tokens.len(),
+            dir.display()
+        );
+    }
+    // It was a rename after all: the operator removes the old name, rotations go on.
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        "b2",
+    ]);
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 2, &[&da, &db3]);
     assert_eq!(members(&etcd), vec!["a".to_string(), "b3".to_string()]);
     tokens.extend(tokens_for(&a, secs(1)));
-    for dir in [&a, &b] {
+    for dir in [&a, &b3] {
         assert!(
             unpack_failures(dir, &tokens).is_empty(),
             "{}",
@@ -258,4 +299,136 @@ fn a_renamed_node_never_stalls_rotations() {
     }
     // No message ever names the old name as lagging.
     assert!(!da.log().contains("node b has not"), "{}", da.log());
+}
+
+/// Fails against the code before the gate held on duplicates (rotations went on while the
+/// original, refused under its own name, applied nothing: its Keystone failed every token
+/// made elsewhere, and the leader said OK).
+#[test]
+fn while_a_daemon_is_refused_under_a_held_name_the_leader_holds_the_gate_critical() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, c1, c2) = (t.path().join("a"), t.path().join("c1"), t.path().join("c2"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let ca = node(t.path(), &etcd, "a", &a, "a");
+    let cc1 = node(t.path(), &etcd, "c1", &c1, "ctl");
+    let cc2 = node(t.path(), &etcd, "c2", &c2, "ctl");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+        "--members",
+        "a,ctl",
+    ]);
+    let da = daemon(&ca);
+    let d1 = daemon(&cc1);
+    let start = cluster_primary(&etcd);
+    primary_reaches(&etcd, start + 2, &[&da, &d1]);
+
+    // The original stops; a clone of its disk under its name starts first and takes it; the
+    // original, started again, is refused and applies nothing.
+    d1.stop();
+    copy_dir(&c1, &c2);
+    let d2 = daemon(&cc2);
+    assert!(d2.wait_log("in step", secs(15)), "{}", d2.log());
+    let d1 = daemon(&cc1);
+    assert!(
+        d1.wait_log("held by another live daemon", secs(15)),
+        "{}",
+        d1.log()
+    );
+    let held = cluster_primary(&etcd);
+    let tokens = tokens_for(&a, secs(10));
+    let failed = unpack_failures(&c1, &tokens);
+    let leader_says = |cfg: &Path| {
+        let s = status(cfg);
+        s.code == 2
+            && s.stdout.contains("duplicate-node")
+            && s.stdout.contains("promotions and purges held")
+            && s.stdout.contains(&format!("pid {}", d1.pid()))
+            && s.stdout.contains(&format!("pid {}", d2.pid()))
+    };
+    let critical = da.wait_for(secs(10), || leader_says(&ca) || leader_says(&cc2));
+    assert!(
+        failed.is_empty(),
+        "{} of {} tokens fail on the refused original; keys {:?}\n{}\n---\n{}",
+        failed.len(),
+        tokens.len(),
+        numbers(&c1),
+        da.log(),
+        d2.log()
+    );
+    // The staged key the original holds may be promoted once; nothing after it.
+    assert!(cluster_primary(&etcd) <= held + 1, "{}", da.log());
+    assert!(
+        critical,
+        "{}\n---\n{}",
+        status(&ca).stdout,
+        status(&cc2).stdout
+    );
+
+    // The original stops for good: the gate opens again, the warning goes.
+    d1.stop();
+    primary_reaches(&etcd, cluster_primary(&etcd) + 2, &[&da, &d2]);
+    assert!(
+        da.wait_for(secs(15), || !status(&ca)
+            .stdout
+            .contains("promotions and purges held")),
+        "{}",
+        status(&ca).stdout
+    );
+}
+
+/// Fails against the code before (its refusal said "last held by another daemon (... pid ...)",
+/// the pid being this node's own previous daemon, with nothing about what the operator knows):
+/// a node rebuilt under its name with an empty repository is refused until `remove-node`, and
+/// says so; then it takes the name and the cluster's keys.
+#[test]
+fn a_node_rebuilt_under_its_name_is_told_to_remove_it_first_then_joins() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let ca = node(t.path(), &etcd, "a", &a, "a");
+    let cb = node(t.path(), &etcd, "b", &b, "b");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    let da = daemon(&ca);
+    let db = daemon(&cb);
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 2, &[&da, &db]);
+
+    // The disk is lost: the node comes back with an empty repository under its name.
+    db.stop();
+    std::fs::remove_dir_all(&b).unwrap();
+    let db = daemon(&cb);
+    assert!(db.wait_log("is not running now", secs(15)), "{}", db.log());
+    let said = db.log();
+    assert!(
+        said.contains("`fernetd cluster remove-node b` first") && said.contains("its own"),
+        "{said}"
+    );
+    assert!(!said.contains("in step"), "{said}");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        "b",
+    ]);
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 2, &[&da, &db]);
+    let tokens = tokens_for(&a, secs(1));
+    assert!(unpack_failures(&b, &tokens).is_empty());
+    assert_eq!(members(&etcd), vec!["a".to_string(), "b".to_string()]);
 }

@@ -104,8 +104,8 @@ pub enum ClusterCommand {
     RemoveNode(RemoveNodeArgs),
     /// Rename a node: its membership (what it acknowledged) and its claim on the name move
     /// from OLD to NEW in one transaction, so promotions wait for NEW, not for OLD. Stop the
-    /// node's daemon first; start it again with `[cluster] node = NEW`. A daemon restarted
-    /// under a new name on the same boot moves its membership itself.
+    /// node's daemon first; start it again with `[cluster] node = NEW`. Only this command
+    /// moves a membership: a daemon started under a new name joins as a new node.
     RenameNode(RenameNodeArgs),
 }
 

@@ -156,16 +156,10 @@ pub struct Seen {
 pub enum Refusal {
     /// Another live daemon holds it.
     Live { node: String, other: Identity },
-    /// Nobody holds it now, but its last holder was another daemon: this repository does not
-    /// hold that holder's claim (a clone of it taken before its last start, a node rebuilt).
+    /// Nobody holds it now, and its last holder (not running) was another daemon: this
+    /// repository does not hold that holder's claim (a clone of it taken before its last
+    /// start, a node rebuilt).
     Stale { node: String, last: Identity },
-    /// This repository held `old` last, and that name's holder did not run on this boot: a
-    /// rename across a reboot, or a copy of `old`'s disk; the operator says which.
-    Renamed {
-        old: String,
-        node: String,
-        last: Identity,
-    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -179,17 +173,11 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::Stale { node, last } => write!(
                 f,
-                "duplicate node name: '{node}' was last held by another daemon ({last}), and \
-                 this repository does not hold its claim (a clone, or a node rebuilt); this one \
-                 takes no part in the cluster and waits: give it its own [cluster] node, or, if \
-                 that daemon is gone for good, run `fernetd cluster remove-node {node}` first"
-            ),
-            Refusal::Renamed { old, node, last } => write!(
-                f,
-                "renamed node: this repository was node '{old}' (last {last}) and now runs as \
-                 '{node}'; under the new name promotions would wait for '{old}' for good: if this \
-                 node is '{old}' renamed, run `fernetd cluster rename-node {old} {node}`; if it \
-                 is a copy of '{old}', remove its .fernetd/{LOCAL_FILE}"
+                "duplicate node name: '{node}' was last held by a daemon that is not running \
+                 now ({last}), and this repository does not hold its claim; this one takes no \
+                 part in the cluster and waits: if this is '{node}' rebuilt (a new or emptied \
+                 repository), run `fernetd cluster remove-node {node}` first; if it is a clone, \
+                 give it its own [cluster] node"
             ),
         }
     }
@@ -200,12 +188,10 @@ impl std::fmt::Display for Refusal {
 pub enum Decision {
     /// Claim it (over the live record of this same daemon's earlier process or session).
     Take,
-    /// This repository was node `old` on this boot, and `old` is free: move its membership
-    /// to the new name first, then claim.
-    RenameFrom(String),
-    /// This repository was node `old` on this boot, held by this daemon's previous process
-    /// whose lease has not ended yet: wait for it (at most a lease), then rename.
-    WaitFor(String),
+    /// Claim it as a new node: this repository held `old` last. `old`'s membership stays
+    /// (the gate keeps waiting for it): a copy of `old`'s disk and `old` renamed look the
+    /// same from here, and only the operator knows which (`cluster rename-node`).
+    TakeNew(String),
     Refuse(Refusal),
 }
 
@@ -220,7 +206,13 @@ pub enum Decision {
 ///   token (this node restarted, rebooted or not).
 /// - A clone holding the same token as a stopped original takes the name: identical disks
 ///   are one identity. The original, restarted, is then refused (its token is older), and
-///   reported by the clone while it tries.
+///   reported by the clone while it tries; the leader holds the promotion gate meanwhile
+///   ([`contended`]).
+/// - A repository that held another name takes a free name as a new node, and the other
+///   name's membership stays: a rename is the operator's (`cluster rename-node`).
+/// - A stopped holder's name is not taken by a repository without its claim, even an empty
+///   one: a clone from a template with an empty repository under a stopped node's hostname
+///   would otherwise acknowledge for that node while its Keystone serves the old keys.
 pub fn decide(
     node: &str,
     me: &Identity,
@@ -251,29 +243,11 @@ pub fn decide(
         }
         return Decision::Take;
     }
-    // A name nobody held: this repository's former name, if it held that one's claim.
-    if let Some((old, f)) = former {
-        let ours = f.record.as_ref().is_some_and(|r| local.holds(r));
-        // The old name still held by this daemon's previous process (same boot, its pid gone,
-        // this disk's claim; the hostname may have changed with the name).
-        let predecessor = f.live.as_ref().is_some_and(|o| {
-            ours && o.boot.is_some() && o.boot == me.boot && o.pid != me.pid && !alive(o.pid)
-        });
-        if old != node && predecessor {
-            return Decision::WaitFor(old.to_string());
-        }
-        if old != node && f.live.is_none() {
-            if let Some(r) = f.record.as_ref().filter(|r| local.holds(r)) {
-                if r.holder.boot.is_some() && r.holder.boot == me.boot {
-                    return Decision::RenameFrom(old.to_string());
-                }
-                return Decision::Refuse(Refusal::Renamed {
-                    old: old.to_string(),
-                    node: node.to_string(),
-                    last: r.holder.clone(),
-                });
-            }
-        }
+    // A name nobody held, by a repository that held another: a new node. Never a move of
+    // the other name's membership: a clone started under a new name while the original is
+    // stopped (its Keystone serving) would take the original out of the gate.
+    if let Some((old, _)) = former.filter(|(old, _)| *old != node) {
+        return Decision::TakeNew(old.to_string());
     }
     Decision::Take
 }
@@ -412,6 +386,93 @@ pub async fn contend(
     )
     .await?;
     Ok(())
+}
+
+/// A name under which a daemon is refused while another holds it (a `dup/LEASE` record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contended {
+    pub node: String,
+    /// The live holder (none: it stopped, the refused one has not taken over yet).
+    pub holder: Option<Identity>,
+    pub refused: Vec<Identity>,
+}
+
+/// Without the lease: a refused daemon takes a new one at each try.
+fn who(id: &Identity) -> String {
+    format!(
+        "host {}, pid {}, boot id {}, started {}",
+        id.host,
+        id.pid,
+        id.boot.as_deref().unwrap_or("unknown"),
+        id.started
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+impl std::fmt::Display for Contended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let holder = self.holder.as_ref().map_or("nobody now".to_string(), who);
+        let refused: std::collections::BTreeSet<String> = self.refused.iter().map(who).collect();
+        write!(
+            f,
+            "'{}' is held by ({holder}) and refused to ({})",
+            self.node,
+            refused.into_iter().collect::<Vec<_>>().join("; ")
+        )
+    }
+}
+
+/// Every name with a daemon refused under it, from the records below
+/// `{prefix}/{kind}/keyset-name/` (`node` and `node/dup/LEASE`), in name order.
+pub fn contended_from<'a>(
+    records: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Vec<Contended> {
+    let mut by: std::collections::BTreeMap<String, Contended> = Default::default();
+    let mut holders: std::collections::BTreeMap<String, Identity> = Default::default();
+    for (rest, value) in records {
+        match rest.rsplit_once("/dup/") {
+            Some((node, _)) => {
+                // Unreadable, it still says a daemon is refused: counted, unnamed.
+                let id = serde_json::from_slice(value).unwrap_or(Identity {
+                    lease: 0,
+                    boot: None,
+                    host: "unreadable record".into(),
+                    pid: 0,
+                    started: DateTime::<Utc>::default(),
+                });
+                by.entry(node.to_string())
+                    .or_insert_with(|| Contended {
+                        node: node.to_string(),
+                        holder: None,
+                        refused: Vec::new(),
+                    })
+                    .refused
+                    .push(id);
+            }
+            None => {
+                if let Ok(id) = serde_json::from_slice(value) {
+                    holders.insert(rest.to_string(), id);
+                }
+            }
+        }
+    }
+    by.into_values()
+        .map(|mut c| {
+            c.holder = holders.remove(&c.node);
+            c
+        })
+        .collect()
+}
+
+/// What [`contended_from`] finds in etcd: the leader holds promotions while it is not empty
+/// (which of the two daemons' Keystones serves users is unknown).
+pub async fn contended(c: &Cluster, kind: Kind) -> Result<Vec<Contended>, ClusterError> {
+    let prefix = format!("{}/{}/keyset-name/", c.prefix, kind.name());
+    let resp = c.read_prefix(&prefix).await?;
+    Ok(contended_from(resp.kvs().iter().filter_map(|kv| {
+        let key = std::str::from_utf8(kv.key()).ok()?;
+        Some((key.strip_prefix(prefix.as_str())?, kv.value()))
+    })))
 }
 
 /// Why a rename was not made.
@@ -710,74 +771,88 @@ mod tests {
         assert_eq!(decide("ctl", &me, &s, &pending, None, DEAD), Decision::Take);
     }
 
+    /// Fails against the code before (it moved the old name's membership, or refused).
     #[test]
-    fn a_rename_on_the_same_boot_moves_the_membership_else_the_operator_says() {
+    fn a_repository_that_held_another_name_is_a_new_node_never_a_move() {
         let last = id(1, "b1", "old", 10);
-        let former = seen(None, Some(record(last.clone(), "t")));
         let local = Local::claimed("old", "t");
-        let me = id(2, "b1", "new", 11);
-        assert_eq!(
-            decide(
-                "new",
-                &me,
-                &Seen::default(),
-                &local,
-                Some(("old", &former)),
-                DEAD
-            ),
-            Decision::RenameFrom("old".into())
-        );
-        // The old name's lease not ended yet (the process just stopped): wait for it.
-        let stopping = seen(Some(last.clone()), Some(record(last.clone(), "t")));
-        assert_eq!(
-            decide(
-                "new",
-                &me,
-                &Seen::default(),
-                &local,
-                Some(("old", &stopping)),
-                DEAD
-            ),
-            Decision::WaitFor("old".into())
-        );
-        let rebooted = id(2, "b2", "new", 11);
-        assert!(matches!(
-            decide(
-                "new",
-                &rebooted,
-                &Seen::default(),
-                &local,
-                Some(("old", &former)),
-                DEAD
-            ),
-            Decision::Refuse(Refusal::Renamed { .. })
-        ));
-        // A clone of a running node under a new name: its own fresh name.
+        let stopped = seen(None, Some(record(last.clone(), "t")));
         let running = seen(Some(last.clone()), Some(record(last.clone(), "t")));
+        // Same boot (a clone started on the original's host, or a restart under a new name),
+        // another boot, the old name running or stopped: always a new node.
+        for me in [id(2, "b1", "new", 11), id(2, "b2", "new", 11)] {
+            for former in [&stopped, &running, &Seen::default()] {
+                assert_eq!(
+                    decide(
+                        "new",
+                        &me,
+                        &Seen::default(),
+                        &local,
+                        Some(("old", former)),
+                        DEAD
+                    ),
+                    Decision::TakeNew("old".into())
+                );
+            }
+        }
+        // Its own name again: a plain take.
         assert_eq!(
             decide(
-                "new",
-                &rebooted,
-                &Seen::default(),
+                "old",
+                &id(2, "b1", "old", 11),
+                &stopped,
                 &local,
-                Some(("old", &running)),
+                Some(("old", &stopped)),
                 DEAD
             ),
             Decision::Take
         );
-        // A repository whose token the old name's record does not hold: unrelated.
-        let other = seen(None, Some(record(last, "x")));
-        assert_eq!(
-            decide(
-                "new",
-                &me,
-                &Seen::default(),
-                &local,
-                Some(("old", &other)),
-                DEAD
-            ),
-            Decision::Take
+    }
+
+    #[test]
+    fn a_stopped_holders_name_is_refused_to_an_empty_repository_saying_what_to_do() {
+        let last = id(1, "b1", "n2", 28530);
+        let me = id(2, "b2", "n2", 11);
+        let s = seen(None, Some(record(last, "t")));
+        let d = decide("n2", &me, &s, &Local::default(), None, DEAD);
+        let text = match d {
+            Decision::Refuse(r) => r.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(text.contains("not running"), "{text}");
+        assert!(
+            text.contains("`fernetd cluster remove-node n2` first"),
+            "{text}"
         );
+        assert!(text.contains("its own [cluster] node"), "{text}");
+    }
+
+    #[test]
+    fn contended_names_name_the_holder_and_every_refused_daemon() {
+        let holder = id(1, "b1", "n3", 10);
+        let dup = id(2, "b2", "n3", 20);
+        let other = id(3, "b3", "n1", 30);
+        let (h, d, o) = (
+            serde_json::to_vec(&holder).unwrap_or_default(),
+            serde_json::to_vec(&dup).unwrap_or_default(),
+            serde_json::to_vec(&other).unwrap_or_default(),
+        );
+        // A name held alone is not contended.
+        assert!(contended_from([("n1", o.as_slice())]).is_empty());
+        let c = contended_from([
+            ("n1", o.as_slice()),
+            ("n3", h.as_slice()),
+            ("n3/dup/2", d.as_slice()),
+            ("n4/dup/7", b"garbage".as_slice()),
+        ]);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].node, "n3");
+        assert_eq!(c[0].holder, Some(holder));
+        assert_eq!(c[0].refused, vec![dup]);
+        let text = c[0].to_string();
+        assert!(text.contains("pid 10") && text.contains("pid 20"), "{text}");
+        // A refused daemon whose record does not parse still holds the gate.
+        assert_eq!((c[1].node.as_str(), c[1].holder.is_none()), ("n4", true));
     }
 
     #[test]
