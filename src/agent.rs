@@ -114,13 +114,6 @@ pub enum Report {
     Duplicate {
         reason: Option<String>,
     },
-    /// This repository's membership moved from its former name (`[cluster] node` changed on
-    /// this boot): the promotion gate waits for the new name where it waited for the old.
-    Renamed {
-        from: String,
-        to: String,
-        revision: Option<i64>,
-    },
     /// The session ended; the node serves its current keys until the next one.
     Degraded {
         reason: String,

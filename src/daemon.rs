@@ -774,14 +774,6 @@ impl Daemon {
                 }
                 c.duplicate = reason;
             }
-            Report::Renamed { from, to, revision } => {
-                let acked = revision.map_or("nothing yet".to_string(), |r| format!("revision {r}"));
-                tracing::warn!(
-                    "{kind}: renamed node: this repository was node '{from}'; its membership \
-                     (acknowledged {acked}) moved to '{to}', so promotions wait for the new name, \
-                     not the old"
-                );
-            }
             Report::Degraded { reason, .. } => {
                 if c.degraded.as_deref() != Some(reason.as_str()) {
                     tracing::error!(
