@@ -292,6 +292,7 @@ async fn cluster_views(
             view.judge_clocks(&acks, set.history.last_rotation, margin, clock.wall);
             let hold = c.skew_hold(kind).await.map_err(unreachable)?;
             view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
+            view.judge_own_clock(&cluster.node, margin, m.settings.lifetime.retention());
             if cluster.seal_tagged {
                 let by = c.sealed_with(kind).await.map_err(unreachable)?;
                 view.sealed_with = Some(by.map_or("clear".into(), |id| id.to_string()));

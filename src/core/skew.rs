@@ -315,6 +315,20 @@ impl SkewHold {
         self.rotations >= SKEW_CRITICAL_ROTATIONS
     }
 
+    /// The kept keys' reason, naming this node's own clock when `own` says it is the one off
+    /// ([`describe_own_skew`]): "held for skew: this node's clock (leader n3) is 25s ahead of
+    /// every other node (n1, n2); until 2026-...". Otherwise as [`SkewHold::describe`].
+    pub fn describe_with(&self, retention: Duration, own: Option<&str>) -> String {
+        match own {
+            Some(own) => format!(
+                "held for skew: {own}; until {}",
+                self.until(retention)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => self.describe(retention),
+        }
+    }
+
     /// "held for skew of node b (15s ahead) until 2026-...": the kept keys' reason.
     pub fn describe(&self, retention: Duration) -> String {
         let way = if self.ahead { "ahead" } else { "behind" };
