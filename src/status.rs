@@ -587,7 +587,8 @@ impl ClusterView {
 
     /// On the leader `me`: when every other node is off the same way by about the same amount
     /// (within `margin` of each other), says this node's clock is the one off, in the clock
-    /// line and the hold's reason. Call after [`ClusterView::judge_clocks`] and
+    /// line and the hold's reason. On a follower: when the leader's hold names every other
+    /// node and this node finds the leader alone off, says the leader's clock is. Call after [`ClusterView::judge_clocks`] and
     /// [`ClusterView::judge_hold`]. Words only: the hold is the leader's.
     pub fn judge_own_clock(
         &mut self,
@@ -595,13 +596,13 @@ impl ClusterView {
         margin: std::time::Duration,
         retention: std::time::Duration,
     ) {
-        if self.leader.as_deref() != Some(me) {
+        let Some(leader) = self.leader.clone() else {
             return;
-        }
+        };
         let others: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| n.node != me)
+            .filter(|n| n.node != leader)
             .map(|n| n.node.clone())
             .collect();
         let skewed: Vec<(String, chrono::Duration)> = self
@@ -609,7 +610,14 @@ impl ClusterView {
             .iter()
             .map(|(n, s)| (n.clone(), chrono::Duration::seconds(*s)))
             .collect();
-        self.own_skew = crate::cluster::describe_own_skew(me, &others, &skewed, margin);
+        self.own_skew = match leader == me {
+            true => crate::cluster::describe_own_skew(me, &others, &skewed, margin),
+            // A follower: the leader's hold names every other node, and here the leader alone
+            // is off.
+            false => self.skew_hold.as_ref().and_then(|h| {
+                crate::core::skew::describe_leader_skew(&leader, &others, &h.off, &skewed)
+            }),
+        };
         if let (Some(own), Some(h)) = (&self.own_skew, &self.skew_hold) {
             self.skew_hold_reason = Some(h.describe_with(retention, Some(own)));
         }
@@ -857,6 +865,15 @@ mod tests {
             v.skew_hold_reason.as_deref(),
             Some("held for skew of node n2 (25s behind)")
         );
+        // A follower that finds the leader alone off, under a hold naming every other node.
+        let (v, _) = judged("n1", &[("n3", 24)]);
+        let leader = "the leader's clock (n3) is 24s ahead of every other node (n1, n2)";
+        assert_eq!(v.own_skew.as_deref(), Some(leader));
+        assert!(v
+            .skew_hold_reason
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("held for skew: {leader}; until ")));
         // Further apart than the margin: the nodes are named.
         let (v, sum) = judged("n3", &[("n1", -25), ("n2", -12)]);
         assert_eq!(v.own_skew, None);

@@ -554,9 +554,67 @@ pub fn describe_own_skew(
     ))
 }
 
+/// The words for a follower's `status` when the leader's hold names every other member
+/// (`hold_off` covers `others`, at least two) and this node's own reading finds the leader
+/// alone off (`seen_here`: the clocks this node finds off, each against its own): "the
+/// leader's clock (n3) is 24s ahead of every other node (n1, n2)". `None` otherwise.
+pub fn describe_leader_skew(
+    leader: &str,
+    others: &[String],
+    hold_off: &[String],
+    seen_here: &[(String, chrono::Duration)],
+) -> Option<String> {
+    if others.len() < 2 || others.iter().any(|o| o == leader || !hold_off.contains(o)) {
+        return None;
+    }
+    let [(node, offset)] = seen_here else {
+        return None;
+    };
+    if node != leader || offset.is_zero() {
+        return None;
+    }
+    let way = match *offset > chrono::Duration::zero() {
+        true => "ahead of",
+        false => "behind",
+    };
+    Some(format!(
+        "the leader's clock ({leader}) is {} {way} every other node ({})",
+        describe_size(*offset),
+        others.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follower_names_the_leader_when_it_alone_is_off_here_and_the_hold_names_every_other() {
+        let others = names(&["n1", "n2"]);
+        assert_eq!(
+            describe_leader_skew("n3", &others, &others, &off(&[("n3", 24)])).as_deref(),
+            Some("the leader's clock (n3) is 24s ahead of every other node (n1, n2)")
+        );
+        // The hold names one node only: that node is the one off.
+        assert_eq!(
+            describe_leader_skew("n3", &others, &names(&["n2"]), &off(&[("n3", 24)])),
+            None
+        );
+        // Here another node is off too, or not the leader.
+        assert_eq!(
+            describe_leader_skew("n3", &others, &others, &off(&[("n3", 24), ("n2", 24)])),
+            None
+        );
+        assert_eq!(
+            describe_leader_skew("n3", &others, &others, &off(&[("n2", -24)])),
+            None
+        );
+        // Two nodes: either clock may be the wrong one.
+        assert_eq!(
+            describe_leader_skew("n2", &names(&["n1"]), &names(&["n1"]), &off(&[("n2", 24)])),
+            None
+        );
+    }
 
     fn off(v: &[(&str, i64)]) -> Vec<(String, chrono::Duration)> {
         v.iter()
