@@ -133,6 +133,9 @@ pub enum Report {
         unanswered: Vec<String>,
         hold: Option<crate::cluster::SkewHold>,
         paused: bool,
+        /// When every other member is off the same way by about the same amount: the words
+        /// that name this node's own clock instead ([`crate::cluster::describe_own_skew`]).
+        own: Option<String>,
     },
 }
 
@@ -772,11 +775,17 @@ impl<'a> Session<'a> {
             self.c.record_hold(cfg.kind, judged.hold.as_ref()).await?;
         }
         if prior.is_some() || judged.hold.is_some() {
+            let others: Vec<String> = (evidence.fresh.iter().map(|o| o.node.clone()))
+                .chain(evidence.unanswered.iter().cloned())
+                .chain(evidence.absent.iter().cloned())
+                .collect();
+            let own = crate::cluster::describe_own_skew(node, &others, &judged.skewed, cfg.margin);
             self.report(Report::ClockSkew {
                 nodes: judged.skewed,
                 unanswered: Vec::new(),
                 hold: judged.hold,
                 paused: self.paused,
+                own,
             });
         }
         Ok(())
@@ -864,6 +873,12 @@ impl<'a> Session<'a> {
                     unanswered: r.unanswered.clone(),
                     hold: r.hold.clone(),
                     paused: false,
+                    own: crate::cluster::describe_own_skew(
+                        &cfg.cluster.node,
+                        &r.others,
+                        &r.skewed,
+                        cfg.margin,
+                    ),
                 });
                 self.report(Report::Rotated {
                     revision: r.revision,
@@ -938,6 +953,8 @@ impl<'a> Session<'a> {
                     unanswered: Vec::new(),
                     hold: *hold,
                     paused: true,
+                    // The pause is worded by the bound; the next rotation words the clocks.
+                    own: None,
                 });
                 Ok(Turn::Wait(self.paused_until))
             }

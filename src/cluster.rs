@@ -130,8 +130,9 @@ pub fn skew_tolerance(kind: Kind, margin: Duration) -> Duration {
 }
 
 pub use crate::core::skew::{
-    absent, agrees, describe_size, describe_skew, judge_skew, key_bound, skewed, waiting_on, Ack,
-    ClockEvidence, Offset, Reading, SkewHold, SkewJudgement, SKEW_CRITICAL_ROTATIONS,
+    absent, agrees, describe_own_skew, describe_size, describe_skew, judge_skew, key_bound, skewed,
+    waiting_on, Ack, ClockEvidence, Offset, Reading, SkewHold, SkewJudgement,
+    SKEW_CRITICAL_ROTATIONS,
 };
 
 /// What a cluster rotation committed.
@@ -146,6 +147,9 @@ pub struct Rotated {
     pub unanswered: Vec<String>,
     /// The hold on purges recorded with this rotation (see [`SkewHold`]).
     pub hold: Option<SkewHold>,
+    /// Every other member this rotation judged (by its acknowledgement): whom "every other
+    /// node" means in the words for a leader's own clock off ([`describe_own_skew`]).
+    pub others: Vec<String>,
     /// The key set as committed.
     pub set: KeySet,
     /// When the committing transaction was sent: the commit happened after it.
@@ -814,6 +818,11 @@ impl Cluster {
                     skewed: judged.skewed,
                     unanswered: judged.unanswered,
                     hold: judged.hold,
+                    others: acks
+                        .iter()
+                        .filter(|a| Some(a.node.as_str()) != me)
+                        .map(|a| a.node.clone())
+                        .collect(),
                     set: next,
                     sent,
                 });

@@ -133,6 +133,8 @@ struct Clocks {
     unanswered: Vec<String>,
     hold: Option<crate::cluster::SkewHold>,
     paused: bool,
+    /// The words naming this node's own clock as the one off, when every other node is.
+    own: Option<String>,
 }
 
 impl Drop for Cluster {
@@ -405,7 +407,10 @@ fn skew_problem(c: &Cluster, retention: std::time::Duration) -> Option<status::P
     if !c.skewed.is_empty() {
         parts.push(format!(
             "clocks off by more than the margin: {}",
-            crate::cluster::describe_skew(&c.skewed)
+            c.clocks
+                .own
+                .clone()
+                .unwrap_or_else(|| crate::cluster::describe_skew(&c.skewed))
         ));
     }
     if !c.clocks.unanswered.is_empty() {
@@ -415,7 +420,10 @@ fn skew_problem(c: &Cluster, retention: std::time::Duration) -> Option<status::P
         ));
     }
     if let Some(h) = &c.clocks.hold {
-        parts.push(format!("keys {}", h.describe(retention)));
+        parts.push(format!(
+            "keys {}",
+            h.describe_with(retention, c.clocks.own.as_deref())
+        ));
     }
     if c.clocks.paused {
         parts.push("rotations paused at the key bound".to_string());
@@ -640,10 +648,11 @@ impl Daemon {
                 unanswered,
                 hold,
                 paused,
+                own,
             } => {
                 let retention = s.m.settings.lifetime.retention();
                 let kept = match (hold.as_ref(), nodes.is_empty()) {
-                    (Some(h), _) => format!("keys {}", h.describe(retention)),
+                    (Some(h), _) => format!("keys {}", h.describe_with(retention, own.as_deref())),
                     (None, false) => "purged nothing".to_string(),
                     (None, true) => "purges resume".to_string(),
                 };
@@ -653,7 +662,8 @@ impl Daemon {
                 if !nodes.is_empty() && names(&nodes) != names(&c.skewed) {
                     tracing::warn!(
                         "{kind}: clocks off by more than the margin: {}; {kept}",
-                        crate::cluster::describe_skew(&nodes)
+                        own.clone()
+                            .unwrap_or_else(|| crate::cluster::describe_skew(&nodes))
                     );
                 } else if nodes.is_empty() && !c.skewed.is_empty() {
                     // A node found off that gives no reading is unread, not agreeing.
@@ -679,7 +689,7 @@ impl Daemon {
                     tracing::error!(
                         "{kind}: clock skew lasted {} rotations: keys {}",
                         h.rotations,
-                        h.describe(retention)
+                        h.describe_with(retention, own.as_deref())
                     );
                 }
                 c.skewed = nodes;
@@ -687,6 +697,7 @@ impl Daemon {
                     unanswered,
                     hold,
                     paused,
+                    own,
                 };
             }
             Report::Applied {

@@ -467,6 +467,11 @@ pub struct ClusterView {
     /// What the hold says ("held for skew of node b (15s ahead) until ...").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skew_hold_reason: Option<String>,
+    /// On the leader, when every other node is off the same way by about the same amount:
+    /// the words that name this node's clock as the one off
+    /// ([`crate::cluster::describe_own_skew`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_skew: Option<String>,
     /// Under `seal_key_files`: the id of the seal key the stored set is sealed with ("clear"
     /// when it is not sealed), and that key's place in this node's list (1 = the sealing one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -545,6 +550,7 @@ pub fn cluster_view(
         skew_hold: None,
         skew_hold_until: None,
         skew_hold_reason: None,
+        own_skew: None,
         sealed_with: None,
         seal_key_entry: None,
     }
@@ -577,6 +583,44 @@ impl ClusterView {
         self.skew_hold_until = open.as_ref().map(|h| h.until(retention));
         self.skew_hold_reason = open.as_ref().map(|h| h.describe(retention));
         self.skew_hold = open;
+    }
+
+    /// On the leader `me`: when every other node is off the same way by about the same amount
+    /// (within `margin` of each other), says this node's clock is the one off, in the clock
+    /// line and the hold's reason. On a follower: when the leader's hold names every other
+    /// node and this node finds the leader alone off, says the leader's clock is. Call after [`ClusterView::judge_clocks`] and
+    /// [`ClusterView::judge_hold`]. Words only: the hold is the leader's.
+    pub fn judge_own_clock(
+        &mut self,
+        me: &str,
+        margin: std::time::Duration,
+        retention: std::time::Duration,
+    ) {
+        let Some(leader) = self.leader.clone() else {
+            return;
+        };
+        let others: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.node != leader)
+            .map(|n| n.node.clone())
+            .collect();
+        let skewed: Vec<(String, chrono::Duration)> = self
+            .skewed
+            .iter()
+            .map(|(n, s)| (n.clone(), chrono::Duration::seconds(*s)))
+            .collect();
+        self.own_skew = match leader == me {
+            true => crate::cluster::describe_own_skew(me, &others, &skewed, margin),
+            // A follower: the leader's hold names every other node, and here the leader alone
+            // is off.
+            false => self.skew_hold.as_ref().and_then(|h| {
+                crate::core::skew::describe_leader_skew(&leader, &others, &h.off, &skewed)
+            }),
+        };
+        if let (Some(own), Some(h)) = (&self.own_skew, &self.skew_hold) {
+            self.skew_hold_reason = Some(h.describe_with(retention, Some(own)));
+        }
     }
 
     /// Judges the promotion gate as the leader does: a rotation `due` and held by members that
@@ -672,7 +716,9 @@ impl Summary {
                         Code::ClockSkew,
                         format!(
                             "purges held: clocks off by more than the margin: {}",
-                            crate::cluster::describe_skew(&nodes)
+                            v.own_skew
+                                .clone()
+                                .unwrap_or_else(|| crate::cluster::describe_skew(&nodes))
                         ),
                     );
                 }
@@ -760,6 +806,79 @@ mod tests {
             Duration::ZERO,
             &now.into(),
         )
+    }
+
+    /// On the leader, every other node 25 s behind (within the margin of each other) names the
+    /// leader's clock, in the clock line and the hold's reason; a follower, or nodes off by
+    /// different amounts, keep naming the nodes. (Before describe_own_skew, status named n1
+    /// and n2: the first assertion fails on that code.)
+    #[test]
+    fn a_leader_off_against_every_other_node_is_named_as_the_one_off() {
+        let margin = Duration::from_secs(5);
+        let judged = |me: &str, offsets: &[(&str, i64)]| {
+            let mut v = view(false);
+            v.leader = Some("n3".into());
+            v.nodes = ["n1", "n2", "n3"]
+                .iter()
+                .map(|n| NodeView {
+                    node: n.to_string(),
+                    revision: 1,
+                    holds_staged: true,
+                    last_ack: None,
+                })
+                .collect();
+            v.skewed = offsets.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+            v.skew_hold = Some(crate::cluster::SkewHold {
+                node: "n2".into(),
+                size_ms: 25_000,
+                node_ms: 25_000,
+                ahead: false,
+                last_seen: Utc::now(),
+                rotations: 1,
+                seen_off: true,
+                off: vec!["n1".into(), "n2".into()],
+                unread_since: None,
+                unread_ms: 0,
+            });
+            v.skew_hold_reason = Some("held for skew of node n2 (25s behind)".into());
+            v.judge_own_clock(me, margin, Duration::from_secs(60));
+            let mut sum = Summary::new(Kind::Tokens, PathBuf::from("/k"));
+            sum.add_cluster(&Ok(v.clone()));
+            (v, sum)
+        };
+        let (v, sum) = judged("n3", &[("n1", -25), ("n2", -25)]);
+        let own = "this node's clock (leader n3) is 25s ahead of every other node (n1, n2)";
+        assert_eq!(v.own_skew.as_deref(), Some(own));
+        assert!(v
+            .skew_hold_reason
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("held for skew: {own}; until ")));
+        assert!(sum.problems.iter().any(
+            |p| p.message == format!("purges held: clocks off by more than the margin: {own}")
+        ));
+        assert!(!sum.problems.iter().any(|p| p.message.contains("node n2 (")));
+        // Not the leader: this node's clock is not the one the readings were taken against.
+        let (v, _) = judged("n1", &[("n1", -25), ("n2", -25)]);
+        assert_eq!(v.own_skew, None);
+        assert_eq!(
+            v.skew_hold_reason.as_deref(),
+            Some("held for skew of node n2 (25s behind)")
+        );
+        // A follower that finds the leader alone off, under a hold naming every other node.
+        let (v, _) = judged("n1", &[("n3", 24)]);
+        let leader = "the leader's clock (n3) is 24s ahead of every other node (n1, n2)";
+        assert_eq!(v.own_skew.as_deref(), Some(leader));
+        assert!(v
+            .skew_hold_reason
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("held for skew: {leader}; until ")));
+        // Further apart than the margin: the nodes are named.
+        let (v, sum) = judged("n3", &[("n1", -25), ("n2", -12)]);
+        assert_eq!(v.own_skew, None);
+        assert!(sum.problems.iter().any(|p| p.message
+            == "purges held: clocks off by more than the margin: node n1 (25s behind), node n2 (12s behind)"));
     }
 
     /// A live view another version of the daemon wrote may carry a code this one does not

@@ -17,17 +17,21 @@ use std::path::Path;
 type Views = Vec<Result<status::ClusterView, status::ViewError>>;
 
 pub(super) fn run(a: StatusArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
-    let now = clock.wall;
     let flags = Flags {
         key_repository: a.repo.key_repository.clone(),
         keystone_config: a.repo.keystone_config.clone(),
         ..Flags::default()
     };
-    let d = DaemonSettings::inspect(&flags, config, now)?;
-    let mut sums: Vec<_> = d.repositories.iter().map(|m| summarize(m, clock)).collect();
+    let d = DaemonSettings::inspect(&flags, config, clock.wall)?;
+    // One reading of the clock for everything said, taken after the configuration is proven
+    // (which may take long) and not before the history read: a rotation saved after the
+    // reading would otherwise show a "next" earlier than its "last".
+    let (clock, mut sums) = summaries(&d);
+    let clock = &clock;
+    let now = clock.wall;
     let mut views = Vec::new();
     if let Some(cluster) = &d.cluster {
-        views = block_on(cluster_views(cluster, &d))??;
+        views = block_on(cluster_views(cluster, &d, clock))??;
         for (s, v) in sums.iter_mut().zip(&views) {
             s.add_cluster(v);
         }
@@ -58,6 +62,26 @@ pub(super) fn run(a: StatusArgs, config: Option<&Path>, clock: &Now) -> anyhow::
         print_cluster(&sums, &views, now);
     }
     Ok(level.exit_code())
+}
+
+/// Every repository's summary and the one clock reading they are judged by: a reading taken
+/// before a history that records a later rotation is taken again (once: a history saved
+/// between two readings is the same moment's, milliseconds apart).
+fn summaries(d: &DaemonSettings) -> (Now, Vec<status::Summary>) {
+    let all = |clock: &Now| -> Vec<status::Summary> {
+        d.repositories.iter().map(|m| summarize(m, clock)).collect()
+    };
+    let clock = Now::read();
+    let sums = all(&clock);
+    let newer = sums
+        .iter()
+        .any(|s| s.last_rotation.is_some_and(|t| t > clock.wall));
+    if !newer {
+        return (clock, sums);
+    }
+    let again = Now::read();
+    let sums = all(&again);
+    (again, sums)
 }
 
 /// One repository's summary from its disk and, when a daemon runs for it, the daemon's view.
@@ -212,6 +236,7 @@ fn print_cluster(sums: &[status::Summary], views: &Views, now: DateTime<Utc>) {
 async fn cluster_views(
     cluster: &config::ClusterSettings,
     d: &DaemonSettings,
+    clock: &Now,
 ) -> Result<Views, crate::cluster::ClusterError> {
     use crate::cluster::ClusterError;
     use status::ViewError;
@@ -243,7 +268,6 @@ async fn cluster_views(
                 .map_err(|e| ViewError::Unreachable(e.to_string()))?
                 .fingerprints();
             let history = repo.history().unwrap_or_default();
-            let clock = Now::read();
             let mut view = status::cluster_view(
                 &local,
                 &history,
@@ -252,11 +276,11 @@ async fn cluster_views(
                 &acks,
                 leader,
                 m.settings.key_decryptable(),
-                &repo.judging_clock(&clock),
+                &repo.judging_clock(clock),
             );
             let due = m
                 .schedule
-                .next_rotation(set.history.schedule_basis(), &clock);
+                .next_rotation(set.history.schedule_basis(), clock);
             view.judge_gate(
                 due,
                 cluster.gate_deadline,
@@ -268,6 +292,7 @@ async fn cluster_views(
             view.judge_clocks(&acks, set.history.last_rotation, margin, clock.wall);
             let hold = c.skew_hold(kind).await.map_err(unreachable)?;
             view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
+            view.judge_own_clock(&cluster.node, margin, m.settings.lifetime.retention());
             if cluster.seal_tagged {
                 let by = c.sealed_with(kind).await.map_err(unreachable)?;
                 view.sealed_with = Some(by.map_or("clear".into(), |id| id.to_string()));

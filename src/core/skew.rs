@@ -315,6 +315,20 @@ impl SkewHold {
         self.rotations >= SKEW_CRITICAL_ROTATIONS
     }
 
+    /// The kept keys' reason, naming this node's own clock when `own` says it is the one off
+    /// ([`describe_own_skew`]): "held for skew: this node's clock (leader n3) is 25s ahead of
+    /// every other node (n1, n2); until 2026-...". Otherwise as [`SkewHold::describe`].
+    pub fn describe_with(&self, retention: Duration, own: Option<&str>) -> String {
+        match own {
+            Some(own) => format!(
+                "held for skew: {own}; until {}",
+                self.until(retention)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => self.describe(retention),
+        }
+    }
+
     /// "held for skew of node b (15s ahead) until 2026-...": the kept keys' reason.
     pub fn describe(&self, retention: Duration) -> String {
         let way = if self.ahead { "ahead" } else { "behind" };
@@ -498,4 +512,181 @@ pub fn describe_size(d: chrono::Duration) -> String {
         return format!("{}.{}s", ms / 1000, (ms % 1000) / 100);
     }
     crate::core::duration::format(Duration::from_secs(((ms + 500) / 1000).max(1)))
+}
+
+/// Who is likely off when a leader finds clocks off by more than `margin`: when every other
+/// member (`others`, at least two; each with a fresh reading among `skewed`) is off the same
+/// way by about the same amount (within `margin` of each other), the one clock they all
+/// disagree with is this node's own: "this node's clock (leader n3) is 25s ahead of every
+/// other node (n1, n2)". `None` otherwise: the nodes named are the ones off. Words only:
+/// what is held for the skew does not depend on it.
+pub fn describe_own_skew(
+    me: &str,
+    others: &[String],
+    skewed: &[(String, chrono::Duration)],
+    margin: Duration,
+) -> Option<String> {
+    if others.len() < 2 || others.iter().any(|o| o == me) {
+        return None;
+    }
+    let offsets = others
+        .iter()
+        .map(|o| skewed.iter().find(|(n, _)| n == o).map(|(_, d)| *d))
+        .collect::<Option<Vec<chrono::Duration>>>()?;
+    let zero = chrono::Duration::zero();
+    let behind = offsets.iter().all(|d| *d < zero);
+    if !behind && !offsets.iter().all(|d| *d > zero) {
+        return None;
+    }
+    let (low, high) = (offsets.iter().min()?, offsets.iter().max()?);
+    if *high - *low > chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX) {
+        return None;
+    }
+    // At least this much: the nearest of the others.
+    let size = describe_size(offsets.iter().map(|d| d.abs()).min()?);
+    let way = match behind {
+        true => "ahead of",
+        false => "behind",
+    };
+    Some(format!(
+        "this node's clock (leader {me}) is {size} {way} every other node ({})",
+        others.join(", ")
+    ))
+}
+
+/// The words for a follower's `status` when the leader's hold names every other member
+/// (`hold_off` covers `others`, at least two) and this node's own reading finds the leader
+/// alone off (`seen_here`: the clocks this node finds off, each against its own): "the
+/// leader's clock (n3) is 24s ahead of every other node (n1, n2)". `None` otherwise.
+pub fn describe_leader_skew(
+    leader: &str,
+    others: &[String],
+    hold_off: &[String],
+    seen_here: &[(String, chrono::Duration)],
+) -> Option<String> {
+    if others.len() < 2 || others.iter().any(|o| o == leader || !hold_off.contains(o)) {
+        return None;
+    }
+    let [(node, offset)] = seen_here else {
+        return None;
+    };
+    if node != leader || offset.is_zero() {
+        return None;
+    }
+    let way = match *offset > chrono::Duration::zero() {
+        true => "ahead of",
+        false => "behind",
+    };
+    Some(format!(
+        "the leader's clock ({leader}) is {} {way} every other node ({})",
+        describe_size(*offset),
+        others.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_names_the_leader_when_it_alone_is_off_here_and_the_hold_names_every_other() {
+        let others = names(&["n1", "n2"]);
+        assert_eq!(
+            describe_leader_skew("n3", &others, &others, &off(&[("n3", 24)])).as_deref(),
+            Some("the leader's clock (n3) is 24s ahead of every other node (n1, n2)")
+        );
+        // The hold names one node only: that node is the one off.
+        assert_eq!(
+            describe_leader_skew("n3", &others, &names(&["n2"]), &off(&[("n3", 24)])),
+            None
+        );
+        // Here another node is off too, or not the leader.
+        assert_eq!(
+            describe_leader_skew("n3", &others, &others, &off(&[("n3", 24), ("n2", 24)])),
+            None
+        );
+        assert_eq!(
+            describe_leader_skew("n3", &others, &others, &off(&[("n2", -24)])),
+            None
+        );
+        // Two nodes: either clock may be the wrong one.
+        assert_eq!(
+            describe_leader_skew("n2", &names(&["n1"]), &names(&["n1"]), &off(&[("n2", 24)])),
+            None
+        );
+    }
+
+    fn off(v: &[(&str, i64)]) -> Vec<(String, chrono::Duration)> {
+        v.iter()
+            .map(|(n, s)| (n.to_string(), chrono::Duration::seconds(*s)))
+            .collect()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|n| n.to_string()).collect()
+    }
+
+    const MARGIN: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn every_other_node_off_the_same_way_blames_this_nodes_clock() {
+        let others = names(&["n1", "n2"]);
+        assert_eq!(
+            describe_own_skew("n3", &others, &off(&[("n1", -25), ("n2", -26)]), MARGIN).as_deref(),
+            Some("this node's clock (leader n3) is 25s ahead of every other node (n1, n2)")
+        );
+        assert_eq!(
+            describe_own_skew("n3", &others, &off(&[("n1", 40), ("n2", 42)]), MARGIN).as_deref(),
+            Some("this node's clock (leader n3) is 40s behind every other node (n1, n2)")
+        );
+    }
+
+    #[test]
+    fn the_nodes_are_named_when_they_disagree_among_themselves() {
+        let others = names(&["n1", "n2"]);
+        // One node off alone: it is the one off.
+        assert_eq!(
+            describe_own_skew("n3", &others, &off(&[("n2", -25)]), MARGIN),
+            None
+        );
+        // Off different ways.
+        assert_eq!(
+            describe_own_skew("n3", &others, &off(&[("n1", -25), ("n2", 25)]), MARGIN),
+            None
+        );
+        // The same way, but further apart than the margin: not one clock's error.
+        assert_eq!(
+            describe_own_skew("n3", &others, &off(&[("n1", -25), ("n2", -31)]), MARGIN),
+            None
+        );
+        // Just within the margin of each other.
+        assert!(
+            describe_own_skew("n3", &others, &off(&[("n1", -25), ("n2", -30)]), MARGIN).is_some()
+        );
+    }
+
+    #[test]
+    fn one_other_node_or_an_unread_one_proves_nothing() {
+        // Two nodes: either clock may be the wrong one.
+        assert_eq!(
+            describe_own_skew("n2", &names(&["n1"]), &off(&[("n1", -25)]), MARGIN),
+            None
+        );
+        // A member with no reading (not among the skewed) may agree with this node.
+        assert_eq!(
+            describe_own_skew(
+                "n4",
+                &names(&["n1", "n2", "n3"]),
+                &off(&[("n1", -25), ("n2", -25)]),
+                MARGIN
+            ),
+            None
+        );
+        // A list naming this node itself is no list of the others.
+        assert_eq!(
+            describe_own_skew("n1", &names(&["n1", "n2"]), &off(&[("n2", -25)]), MARGIN),
+            None
+        );
+        assert_eq!(describe_own_skew("n3", &[], &[], MARGIN), None);
+    }
 }
