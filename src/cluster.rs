@@ -668,6 +668,32 @@ impl Cluster {
         serde_json::to_vec(&Signed { record, mac }).unwrap_or(body)
     }
 
+    /// A renamed node's acknowledgement as written under its new etcd key `to`: `value` (the
+    /// record read from under `from` as `raw`, renamed). Without a seal key, as it is; with
+    /// one, its MAC made again for `to` when the record verified under `from`, else without a
+    /// MAC (it counts as absent there as it did here: a rename launders no forged record).
+    pub(super) fn moved_ack(
+        &self,
+        from: &str,
+        raw: &[u8],
+        to: &str,
+        mut value: serde_json::Value,
+    ) -> Vec<u8> {
+        if !self.seal.sealed() {
+            return serde_json::to_vec(&value).unwrap_or_default();
+        }
+        if let Some(o) = value.as_object_mut() {
+            o.remove("mac");
+        }
+        match (
+            self.believed::<Ack>(from, raw),
+            serde_json::from_value::<Ack>(value.clone()),
+        ) {
+            (Some(_), Ok(ack)) => self.signed(to, &ack),
+            _ => serde_json::to_vec(&value).unwrap_or_default(),
+        }
+    }
+
     /// A record read from under the etcd `key`, when it parses and its MAC verifies (see
     /// [`Sealing::verify`]); None otherwise, which callers count as no record.
     fn believed<T>(&self, key: &str, value: &[u8]) -> Option<T>
