@@ -332,7 +332,7 @@ impl Cluster {
             probe,
             clock: chrono::Utc::now(),
         };
-        let value = serde_json::to_vec(&reading).unwrap_or_default();
+        let value = self.signed(&key, &reading);
         let mut client = self.client.clone();
         self.bounded(
             &format!("write {key}"),
@@ -381,7 +381,8 @@ impl Cluster {
                 if except == Some(node.as_str()) {
                     continue;
                 }
-                if let Ok(r) = serde_json::from_slice::<Reading>(kv.value()) {
+                let at = String::from_utf8_lossy(kv.key());
+                if let Some(r) = self.believed::<Reading>(&at, kv.value()) {
                     if r.probe == probe && !fresh.contains_key(&node) {
                         fresh.insert(node.clone(), Offset::measure(&node, r.clock, sent, seen));
                     }
@@ -638,12 +639,86 @@ impl Cluster {
             .kvs()
             .iter()
             .map(|kv| {
-                serde_json::from_slice::<Ack>(kv.value()).unwrap_or_else(|_| {
-                    let key = String::from_utf8_lossy(kv.key());
-                    Ack::holding_nothing(key.trim_start_matches(&prefix), None)
+                let key = String::from_utf8_lossy(kv.key());
+                let node = key.trim_start_matches(&prefix);
+                self.believed::<Ack>(&key, kv.value()).unwrap_or_else(|| {
+                    if serde_json::from_slice::<Ack>(kv.value()).is_ok() {
+                        tracing::error!(
+                            "node {node}: acknowledgement not authenticated ({key}: its MAC \
+                             does not verify with any seal key held: forged, copied from \
+                             another node's record, or written by a fernetd without record \
+                             MACs); counted as absent"
+                        );
+                    }
+                    Ack::holding_nothing(node, None)
                 })
             })
             .collect())
+    }
+
+    /// The nodes whose acknowledgement for a repository does not verify with any seal key
+    /// held (forged, copied from another node's, or written by a daemon without record
+    /// MACs): counted as holding nothing by [`Cluster::acks`]. Empty without a seal key.
+    pub async fn unauthenticated(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
+        let prefix = self.acks_prefix(kind);
+        let resp = self.read_prefix(&prefix).await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let bad = serde_json::from_slice::<Ack>(kv.value()).is_ok()
+                    && self.believed::<Ack>(&key, kv.value()).is_none();
+                bad.then(|| key.trim_start_matches(&prefix).to_string())
+            })
+            .collect())
+    }
+
+    /// A record kept in the clear as this node writes it under the etcd `key`: its JSON, with
+    /// the MAC of those bytes and the key when a seal key is configured (`"mac"`).
+    fn signed<T: serde::Serialize>(&self, key: &str, record: &T) -> Vec<u8> {
+        let body = serde_json::to_vec(record).unwrap_or_default();
+        let mac = self.seal.tag(key.as_bytes(), &body);
+        serde_json::to_vec(&Signed { record, mac }).unwrap_or(body)
+    }
+
+    /// A renamed node's acknowledgement as written under its new etcd key `to`: `value` (the
+    /// record read from under `from` as `raw`, renamed). Without a seal key, as it is; with
+    /// one, its MAC made again for `to` when the record verified under `from`, else without a
+    /// MAC (it counts as absent there as it did here: a rename launders no forged record).
+    pub(super) fn moved_ack(
+        &self,
+        from: &str,
+        raw: &[u8],
+        to: &str,
+        mut value: serde_json::Value,
+    ) -> Vec<u8> {
+        if !self.seal.sealed() {
+            return serde_json::to_vec(&value).unwrap_or_default();
+        }
+        if let Some(o) = value.as_object_mut() {
+            o.remove("mac");
+        }
+        match (
+            self.believed::<Ack>(from, raw),
+            serde_json::from_value::<Ack>(value.clone()),
+        ) {
+            (Some(_), Ok(ack)) => self.signed(to, &ack),
+            _ => serde_json::to_vec(&value).unwrap_or_default(),
+        }
+    }
+
+    /// A record read from under the etcd `key`, when it parses and its MAC verifies (see
+    /// [`Sealing::verify`]); None otherwise, which callers count as no record.
+    fn believed<T>(&self, key: &str, value: &[u8]) -> Option<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let read: Signed<T> = serde_json::from_slice(value).ok()?;
+        let body = serde_json::to_vec(&read.record).ok()?;
+        self.seal
+            .verify(key.as_bytes(), &body, read.mac.as_deref())
+            .then_some(read.record)
     }
 
     /// One rotation of the cluster's key set: promotes key 0 only when every member has
@@ -912,7 +987,7 @@ impl Cluster {
             let key = format!("{}{node}", self.acks_prefix(kind));
             // member_timeout counts from here.
             let ack = Ack::holding_nothing(node, Some(now));
-            let value = serde_json::to_vec(&ack).unwrap_or_default();
+            let value = self.signed(&key, &ack);
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(key.clone(), value, None)]);
@@ -951,7 +1026,7 @@ impl Cluster {
     /// hear from may still be serving tokens).
     pub async fn acknowledge(&mut self, kind: Kind, ack: &Ack) -> Result<(), ClusterError> {
         let key = format!("{}{}", self.acks_prefix(kind), ack.node);
-        let value = serde_json::to_vec(ack).unwrap_or_default();
+        let value = self.signed(&key, ack);
         let mut client = self.client.clone();
         self.bounded(
             &format!("write {key}"),
@@ -1086,6 +1161,17 @@ impl Cluster {
             store_revision: resp.header().map(|h| h.revision()).unwrap_or(0),
         })
     }
+}
+
+/// A record kept in the clear (an acknowledgement, a clock answer) with its MAC: the record's
+/// own fields, then `"mac"` when a seal key is configured. A daemon that predates MACs reads
+/// the record and ignores the field.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Signed<T> {
+    #[serde(flatten)]
+    record: T,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
 }
 
 /// A key set's value as etcd holds it, its revision, and the store's at the time of the read.

@@ -13,6 +13,14 @@
 //! bytes of its SHA-256), never its material; read from a value a node cannot open, it is
 //! only a claim, used for the message and nothing else.
 //!
+//! Records kept in the clear (a node's acknowledgement, its clock answers) carry a MAC instead
+//! when a seal key is configured: HMAC-SHA256 under a key derived from the seal key for that
+//! use alone (HMAC of the seal key over [`RECORD_MAC_DOMAIN`]; the seal key itself never keys
+//! a MAC), over the etcd key the record is stored under and the record's bytes, which name
+//! the node. A record copied under another node's key, or edited, does not verify; one
+//! without a MAC counts as written by nobody while the node has a seal key (unless the
+//! operator set `insecure_unsealed`, while a cluster moves to sealing).
+//!
 //! Invariant: pure apart from reading the key file; the seal key is zeroized on drop and never
 //! shown.
 
@@ -25,6 +33,8 @@ use zeroize::Zeroizing;
 pub const MAGIC: &[u8] = b"fernetd-sealed-v1:";
 /// Prefix of a sealed value that names the seal key's id (see the module's comment).
 pub const MAGIC_V2: &[u8] = b"fernetd-sealed-v2:";
+/// What a record MAC's key is derived for: no other use of the seal key derives this key.
+pub const RECORD_MAC_DOMAIN: &[u8] = b"fernetd record-mac v1";
 const NONCE: usize = 24;
 const ID: usize = 8;
 
@@ -189,6 +199,27 @@ impl SealKey {
         SealKeyId::of(&self.key)
     }
 
+    /// The key record MACs are made with: HMAC-SHA256(seal key, [`RECORD_MAC_DOMAIN`]).
+    fn record_mac_key(&self) -> Zeroizing<Vec<u8>> {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(self.key.bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        m.update(RECORD_MAC_DOMAIN);
+        Zeroizing::new(m.finalize().into_bytes().to_vec())
+    }
+
+    /// The MAC state over a record stored under the etcd key `etcd_key`: the key's length
+    /// (8 bytes, big-endian), the key, then the record's bytes.
+    fn record_mac(&self, etcd_key: &[u8], record: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.record_mac_key())
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        m.update(&(etcd_key.len() as u64).to_be_bytes());
+        m.update(etcd_key);
+        m.update(record);
+        m
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(self.key.bytes().into())
     }
@@ -269,6 +300,17 @@ fn v2_aad(id: &SealKeyId, aad: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&id.0);
     out.extend_from_slice(aad);
     out
+}
+
+/// The bytes of a hex string of even length, else None.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A user's name for messages, else its number.
@@ -378,6 +420,34 @@ impl Sealing {
             Some(k) => k.seal(plaintext, aad),
             None => Ok(plaintext.to_vec()),
         }
+    }
+
+    /// The MAC of a record kept in the clear under the etcd key `etcd_key` (64 hex digits),
+    /// made with the sealing key's derived MAC key; None when no seal key is configured.
+    pub fn tag(&self, etcd_key: &[u8], record: &[u8]) -> Option<String> {
+        use hmac::Mac;
+        let k = self.keys.first()?;
+        let mac = k.record_mac(etcd_key, record).finalize().into_bytes();
+        Some(mac.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Whether a record read from under `etcd_key` may be believed: its `tag` verifies with
+    /// any seal key held. Without a seal key every record is believed (unauthenticated, as
+    /// the README says); with one, a record without a tag only while `insecure_unsealed`.
+    pub fn verify(&self, etcd_key: &[u8], record: &[u8], tag: Option<&str>) -> bool {
+        use hmac::Mac;
+        if self.keys.is_empty() {
+            return true;
+        }
+        let Some(tag) = tag else {
+            return self.accept_unsealed;
+        };
+        let Some(bytes) = unhex(tag) else {
+            return false;
+        };
+        self.keys
+            .iter()
+            .any(|k| k.record_mac(etcd_key, record).verify_slice(&bytes).is_ok())
     }
 
     /// Opens a value read from under the etcd key `aad` (see [`open_with`]).
@@ -509,5 +579,55 @@ mod tests {
         for n in 0..MAGIC_V2.len() + ID + NONCE + 1 {
             assert!(both.open(&v2[..n], aad).is_err());
         }
+    }
+
+    #[test]
+    fn a_record_mac_is_bound_to_its_etcd_key_and_verifies_with_any_held_key() {
+        let (new, old) = (key(), key());
+        let both = Sealing::with_keys(
+            vec![
+                SealKey::from_key(new.key.clone()),
+                SealKey::from_key(old.key.clone()),
+            ],
+            false,
+        );
+        let only_old = Sealing::new(Some(SealKey::from_key(old.key.clone())), false);
+        let rec = br#"{"node":"n1","revision":7}"#;
+        let (k1, k2) = (&b"/f/tokens/acks/n1"[..], &b"/f/tokens/acks/n2"[..]);
+        let tag = both.tag(k1, rec).unwrap();
+        assert_eq!(tag.len(), 64);
+        assert!(both.verify(k1, rec, Some(&tag)));
+        // Copied under another node's key, edited, truncated, absent, or not hex: refused.
+        assert!(!both.verify(k2, rec, Some(&tag)));
+        assert!(!both.verify(k1, br#"{"node":"n2","revision":7}"#, Some(&tag)));
+        assert!(!both.verify(k1, rec, Some(&tag[..62])));
+        assert!(!both.verify(k1, rec, None));
+        assert!(!both.verify(k1, rec, Some("zz")));
+        assert!(!both.verify(k1, rec, Some("é")));
+        // Made with the old key alone, it verifies on a node holding both.
+        let by_old = only_old.tag(k1, rec).unwrap();
+        assert!(both.verify(k1, rec, Some(&by_old)));
+        assert!(!only_old.verify(k1, rec, Some(&tag)));
+        // Not a MAC under the seal key itself: the derived key is another key.
+        use hmac::Mac;
+        let mut plain =
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(new.key.bytes()).unwrap();
+        plain.update(&(k1.len() as u64).to_be_bytes());
+        plain.update(k1);
+        plain.update(rec);
+        let plain: String = plain
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(plain, tag);
+        // Unsealed: no tag, everything believed; moving to sealing: untagged believed only.
+        let none = Sealing::new(None, true);
+        assert_eq!(none.tag(k1, rec), None);
+        assert!(none.verify(k1, rec, None));
+        let moving = Sealing::new(Some(SealKey::from_key(old.key.clone())), true);
+        assert!(moving.verify(k1, rec, None));
+        assert!(!moving.verify(k2, rec, Some(&by_old)));
     }
 }

@@ -586,7 +586,7 @@ pub async fn rename(c: &Cluster, kind: Kind, old: &str, new: &str) -> Result<Ren
         }
         ops.push(TxnOp::put(
             new_ack.clone(),
-            serde_json::to_vec(&value).unwrap_or_default(),
+            c.moved_ack(&old_ack, v, &new_ack, value),
             None,
         ));
         ops.push(TxnOp::delete(old_ack, None));

@@ -1,0 +1,222 @@
+//! Forged acknowledgements and clock answers, as a hostile tester plants them: a member's
+//! daemon stopped (its Keystone still serving), another member's records copied under its
+//! name in etcd every 0.2 s. With a seal key no forged record may count: the gate holds and
+//! every token Keystone makes on one node decrypts on the others. Real daemons and a real
+//! etcd on loopback, bounded in time.
+
+mod common;
+use common::etcd::Etcd;
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A sealed node: rotations every 2 s, tokens valid 60 s (every key made in the test is
+/// still needed at its end).
+fn sealed_node(dir: &Path, etcd: &Etcd, node: &str, seal: &Path) -> std::path::PathBuf {
+    let p = dir.join(format!("{node}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             schedule = \"2s\"\nexpiration = \"60s\"\nallow_expired_window = 0\nmargin = 0\n\
+             [cluster]\nseal_key_file = \"{}\"\nendpoints = [\"{}\"]\nprefix = \"/test\"\n\
+             node = \"{node}\"\nlease_ttl = \"2s\"\ndial_timeout = \"2s\"\n\
+             request_timeout = \"2s\"\ngate_deadline = \"3s\"\n",
+            dir.join(node).display(),
+            seal.display(),
+            etcd.endpoint
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Every 0.2 s until `until`: `acks/n1` copied into `acks/n2` (the node renamed, its clock
+/// set to now) and `clocks/n1` into `clocks/n2` (renamed too). Returns how many were planted.
+fn forge(etcd: &Etcd, until: Instant) -> usize {
+    let mut planted = 0;
+    while Instant::now() < until {
+        planted += etcd.with_client(async |c| {
+            let mut n = 0;
+            for (from, to) in [
+                ("/test/tokens/acks/n1", "/test/tokens/acks/n2"),
+                ("/test/tokens/clocks/n1", "/test/tokens/clocks/n2"),
+            ] {
+                let resp = c.get(from, None).await.unwrap();
+                let Some(kv) = resp.kvs().first() else {
+                    continue;
+                };
+                let mut v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+                v["node"] = serde_json::json!("n2");
+                v["clock"] = serde_json::json!(chrono::Utc::now());
+                c.put(to, serde_json::to_vec(&v).unwrap(), None)
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    planted
+}
+
+#[test]
+fn a_stopped_members_forged_acknowledgements_never_open_the_gate() {
+    let _ = common::keystone::venv();
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    new_seal_key(&seal);
+    let nodes = ["n1", "n2", "n3"];
+    let cfgs: Vec<_> = nodes
+        .iter()
+        .map(|n| sealed_node(t.path(), &etcd, n, &seal))
+        .collect();
+    fernetd_ok(&["--config", cfgs[0].to_str().unwrap(), "cluster", "init"]);
+    let dirs: Vec<_> = nodes.iter().map(|n| t.path().join(n)).collect();
+    let n1 = Daemon::start(&["--config", cfgs[0].to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n1.wait_log("leading", Duration::from_secs(15)),
+        "{}",
+        n1.log()
+    );
+    let rest: Vec<Daemon> = cfgs[1..]
+        .iter()
+        .map(|c| Daemon::start(&["--config", c.to_str().unwrap(), "daemon"], &[]))
+        .collect();
+    for d in &rest {
+        assert!(d.wait_log("ready", Duration::from_secs(15)), "{}", d.log());
+    }
+    let n2 = &rest[0];
+    // In step before the forgery: n2 holds what the others hold.
+    assert!(
+        n1.wait_for(Duration::from_secs(10), || {
+            let k: Vec<_> = dirs.iter().map(|d| keys(d)).collect();
+            k.iter().all(|x| *x == k[0])
+        }),
+        "{}",
+        n1.log()
+    );
+    n2.signal(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = keys(&dirs[1]);
+    // Keystone on n2 keeps serving: its tokens, made with its primary, must decrypt elsewhere.
+    let from_n2 = common::keystone::pack(&dirs[1]);
+    // Keystone on n1 and n3 makes tokens all along, with each one's primary of the moment.
+    let makers: Vec<_> = [&dirs[0], &dirs[2]]
+        .iter()
+        .map(|d| {
+            std::process::Command::new(common::keystone::venv().join("bin/python"))
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
+                .args(["pack-loop", d.to_str().unwrap(), "25", "0.5"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let planted = forge(&etcd, Instant::now() + Duration::from_secs(25));
+    assert!(planted > 50, "the forgery planted only {planted} records");
+    let tokens: Vec<String> = makers
+        .into_iter()
+        .flat_map(|m| {
+            let out = m.wait_with_output().unwrap();
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(tokens.len() > 10, "too few tokens made: {}", tokens.len());
+    assert_eq!(keys(&dirs[1]), frozen, "n2 changed while stopped");
+    let mut failed = common::keystone::unpack_failures(&dirs[1], &tokens);
+    for d in [&dirs[0], &dirs[2]] {
+        failed.extend(common::keystone::unpack_failures(
+            d,
+            std::slice::from_ref(&from_n2),
+        ));
+    }
+    let log = n1.log();
+    assert!(
+        failed.is_empty(),
+        "{} of {} tokens failed (n2 holds {:?}, n1 {:?}):\n{log}",
+        failed.len(),
+        tokens.len() + 2,
+        frozen.keys().collect::<Vec<_>>(),
+        keys(&dirs[0]).keys().collect::<Vec<_>>()
+    );
+    // The leader says which acknowledgement it did not believe, and that the gate is held on it.
+    assert!(
+        log.contains("node n2: acknowledgement not authenticated"),
+        "{log}"
+    );
+    assert!(
+        log.contains("blocked past gate_deadline: node n2 has not applied the staged key"),
+        "{log}"
+    );
+    let status = fernetd(&["--config", cfgs[0].to_str().unwrap(), "status"]);
+    assert_ne!(status.code, 0, "{}", status.stdout);
+    assert!(status.stdout.contains("n2"), "{}", status.stdout);
+    // The records as stored carry a MAC, and none names key material.
+    let stored = etcd.with_client(async |c| {
+        let r = c.get("/test/tokens/acks/n1", None).await.unwrap();
+        r.kvs()[0].value().to_vec()
+    });
+    let v: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(v["mac"].as_str().map(str::len), Some(64), "{v}");
+    n2.signal(nix::sys::signal::Signal::SIGCONT);
+    for d in rest {
+        d.stop();
+    }
+    n1.stop();
+}
+
+#[test]
+fn a_sealed_rename_moves_an_acknowledgement_that_still_verifies() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    new_seal_key(&seal);
+    let c1 = sealed_node(t.path(), &etcd, "n1", &seal);
+    let c2 = sealed_node(t.path(), &etcd, "n2", &seal);
+    fernetd_ok(&["--config", c1.to_str().unwrap(), "cluster", "init"]);
+    let n1 = Daemon::start(&["--config", c1.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n1.wait_log("leading", Duration::from_secs(15)),
+        "{}",
+        n1.log()
+    );
+    let n2 = Daemon::start(&["--config", c2.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n2.wait_log("ready", Duration::from_secs(15)),
+        "{}",
+        n2.log()
+    );
+    n2.stop();
+    let out = fernetd_ok(&[
+        "--config",
+        c1.to_str().unwrap(),
+        "cluster",
+        "rename-node",
+        "n2",
+        "n2b",
+    ]);
+    assert!(
+        out.stdout.contains("renamed node n2 to n2b"),
+        "{}",
+        out.stdout
+    );
+    // The leader reads the moved record at its next asks: believed, under its new key.
+    assert!(
+        !n1.wait_log("acknowledgement not authenticated", Duration::from_secs(8)),
+        "{}",
+        n1.log()
+    );
+    assert!(
+        n1.log().contains("node n2b has not applied the staged key") || n1.log().contains("n2b"),
+        "{}",
+        n1.log()
+    );
+    n1.stop();
+}
