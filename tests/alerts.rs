@@ -964,7 +964,13 @@ fn cluster_situations() -> Vec<Scrape> {
         "{}",
         d.log()
     );
-    let healthy = scrape_when(&d, "fernetd_cluster_in_step{", " 1");
+    // In step and leading in one scrape: READY=1 publishes at once with the acknowledgement,
+    // which comes just before the campaign, so the first scrape may show a follower.
+    let healthy = scrape_until(&d, "in step and leading", |body| {
+        ["fernetd_cluster_in_step{", "fernetd_cluster_leader{"]
+            .iter()
+            .all(|m| body.lines().any(|l| l.starts_with(m) && l.ends_with(" 1")))
+    });
     assert_alerts(
         "a healthy cluster leader",
         std::slice::from_ref(&healthy),
