@@ -1020,7 +1020,17 @@ fn cluster_situations() -> Vec<Scrape> {
     );
     let b = start(&cluster_config(t.path(), &etcd, "b", tokens, cluster));
     assert!(b.wait_log("ready", secs(15)), "{}", b.log());
-    let ack = serde_json::json!({"node": "c", "revision": 1, "staged": "00000000000000ff"});
+    // c's record as c would write it, with the MAC of its seal key: an authentic acknowledgement
+    // of an old set (without the MAC it would be `ack-unauthenticated`, critical).
+    let ack: fernetd::core::skew::Ack = serde_json::from_value(
+        serde_json::json!({"node": "c", "revision": 1, "staged": "00000000000000ff"}),
+    )
+    .unwrap();
+    let key = fernetd::seal::SealKey::load(&t.path().join("seal.key"), None).unwrap();
+    let mac = fernetd::seal::Sealing::new(Some(key), false)
+        .tag(b"/test/tokens/acks/c", &serde_json::to_vec(&ack).unwrap());
+    let mut ack = serde_json::to_value(&ack).unwrap();
+    ack["mac"] = serde_json::json!(mac.unwrap());
     etcd.with_client(async |cl| {
         cl.put("/test/tokens/acks/c", ack.to_string(), None)
             .await
