@@ -115,7 +115,24 @@ fn a_stopped_members_forged_acknowledgements_never_open_the_gate() {
                 .unwrap()
         })
         .collect();
+    // While the forgery runs (past a due rotation and gate_deadline), the leader's status is
+    // CRITICAL and names n2's acknowledgement as not authenticated.
+    let cfg1 = cfgs[0].clone();
+    let during = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(12));
+        fernetd(&["--config", cfg1.to_str().unwrap(), "status"])
+    });
     let planted = forge(&etcd, Instant::now() + Duration::from_secs(25));
+    let during = during.join().unwrap();
+    assert_eq!(during.code, 2, "{}{}", during.stdout, during.stderr);
+    assert!(
+        during.stdout.contains(
+            "node n2: acknowledgement not authenticated (forged, or sealed with a key this \
+             node does not hold)"
+        ) && during.stdout.contains("[ack-unauthenticated]"),
+        "{}",
+        during.stdout
+    );
     assert!(planted > 50, "the forgery planted only {planted} records");
     let tokens: Vec<String> = makers
         .into_iter()
