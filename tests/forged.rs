@@ -183,6 +183,24 @@ fn a_stopped_members_forged_acknowledgements_never_open_the_gate() {
     let v: serde_json::Value = serde_json::from_slice(&stored).unwrap();
     assert_eq!(v["mac"].as_str().map(str::len), Some(64), "{v}");
     n2.signal(nix::sys::signal::Signal::SIGCONT);
+    // n2 back acknowledges with its own MAC: the leader finds it verifies and says so, and its
+    // status no longer names the record.
+    assert!(
+        n1.wait_log(
+            "acknowledgement authenticated again: n2",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        n1.log()
+    );
+    assert!(
+        n1.wait_for(Duration::from_secs(10), || {
+            let s = fernetd(&["--config", cfgs[0].to_str().unwrap(), "status"]);
+            !s.stdout.contains("ack-unauthenticated")
+        }),
+        "{}",
+        fernetd(&["--config", cfgs[0].to_str().unwrap(), "status"]).stdout
+    );
     for d in rest {
         d.stop();
     }
