@@ -244,14 +244,7 @@ impl Slot {
                     out.push(Problem::new(Code::DuplicateNode, reason.clone()));
                 }
                 for node in &c.unauthenticated {
-                    out.push(Problem::new(
-                        Code::AckUnauthenticated,
-                        format!(
-                            "node {node}: acknowledgement not authenticated (forged, or sealed \
-                             with a key this node does not hold); counted as absent: the gate \
-                             holds for it"
-                        ),
-                    ));
+                    out.push(status::ack_unauthenticated(node));
                 }
             }
             Mode::Standalone(st) => {
