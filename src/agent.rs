@@ -114,6 +114,12 @@ pub enum Report {
     Duplicate {
         reason: Option<String>,
     },
+    /// What the leader's gate found of the acknowledgements: the members whose record does
+    /// not verify with any seal key held (forged, copied from another node's, or sealed with a
+    /// key this node lacks), counted as absent. Empty once every one verifies again.
+    Unauthenticated {
+        nodes: Vec<String>,
+    },
     /// The session ended; the node serves its current keys until the next one.
     Degraded {
         reason: String,
@@ -863,6 +869,12 @@ impl<'a> Session<'a> {
         if contended != self.gate_duplicate {
             self.gate_duplicate = contended;
             self.report_duplicates();
+        }
+        // The gate counted these members' records as absent: said (critical) for as long as
+        // a due rotation finds them so. Read again only when the gate was judged.
+        if matches!(outcome, Ok(_) | Err(ClusterError::GateWaiting { .. })) {
+            let nodes = self.c.unauthenticated(cfg.kind).await?;
+            self.report(Report::Unauthenticated { nodes });
         }
         match outcome {
             Ok(r) => {

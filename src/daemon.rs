@@ -118,6 +118,9 @@ struct Cluster {
     /// Another daemon under this node's name (this one refused, or refused ones that keep
     /// trying): critical until it is gone.
     duplicate: Option<String>,
+    /// Members whose acknowledgement the leader's gate found not authenticated (counted as
+    /// absent): critical until the leader finds each verifies again, or stops leading.
+    unauthenticated: Vec<String>,
     gate: Gate,
     /// Cluster nodes whose clocks are off by more than the margin (by the leader's fresh
     /// readings): keys stay longer by the skew.
@@ -239,6 +242,9 @@ impl Slot {
                 }
                 if let Some(reason) = &c.duplicate {
                     out.push(Problem::new(Code::DuplicateNode, reason.clone()));
+                }
+                for node in &c.unauthenticated {
+                    out.push(status::ack_unauthenticated(node));
                 }
             }
             Mode::Standalone(st) => {
@@ -602,6 +608,7 @@ impl Daemon {
             leading: false,
             degraded: None,
             duplicate: None,
+            unauthenticated: Vec::new(),
             gate: Gate::default(),
             skewed: Vec::new(),
             clocks: Clocks::default(),
@@ -727,9 +734,11 @@ impl Daemon {
                     tracing::info!("{kind}: leading this repository's rotations");
                 } else {
                     tracing::info!("{kind}: no longer leading");
-                    // The clocks are the leader's to judge: the new one reports them.
+                    // The clocks and the acknowledgements are the leader's to judge: the new
+                    // one reports them.
                     c.skewed.clear();
                     c.clocks = Clocks::default();
+                    c.unauthenticated.clear();
                 }
             }
             Report::Rotated {
@@ -785,6 +794,25 @@ impl Daemon {
                 }
                 c.duplicate = reason;
             }
+            Report::Unauthenticated { nodes } => {
+                // Each failing record is logged by the read itself (`ERROR node N: ...`).
+                let cleared: Vec<&String> = c
+                    .unauthenticated
+                    .iter()
+                    .filter(|n| !nodes.contains(n))
+                    .collect();
+                if !cleared.is_empty() {
+                    tracing::info!(
+                        "{kind}: acknowledgement authenticated again: {}",
+                        cleared
+                            .iter()
+                            .map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                c.unauthenticated = nodes;
+            }
             Report::Degraded { reason, .. } => {
                 if c.degraded.as_deref() != Some(reason.as_str()) {
                     tracing::error!(
@@ -794,6 +822,7 @@ impl Daemon {
                 c.in_step = false;
                 c.leading = false;
                 c.gate = Gate::default();
+                c.unauthenticated.clear();
                 c.degraded = Some(reason);
             }
         }

@@ -105,6 +105,18 @@ pub enum Seen {
     Unseen(Problem),
 }
 
+/// The problem of a member's acknowledgement that does not verify with any seal key held
+/// (counted as absent: the gate holds for it), as the leader's daemon and `status` say it.
+pub fn ack_unauthenticated(node: &str) -> Problem {
+    Problem::new(
+        Code::AckUnauthenticated,
+        format!(
+            "node {node}: acknowledgement not authenticated (forged, or sealed with a key this \
+             node does not hold); counted as absent: the gate holds for it"
+        ),
+    )
+}
+
 /// The problem of a daemon whose findings `status` cannot see.
 pub fn unseen(why: impl Into<String>) -> Problem {
     Problem::new(Code::LiveViewUnwritable, why)
@@ -457,6 +469,10 @@ pub struct ClusterView {
     pub refused: Option<String>,
     /// Nodes whose clocks are off by more than the margin (purges are held), and by how much.
     pub skewed: Vec<(String, i64)>,
+    /// Nodes whose acknowledgement does not verify with any seal key this node holds
+    /// (`Cluster::unauthenticated`): counted as absent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unauthenticated: Vec<String>,
     /// The hold on purges the leader recorded with its last rotation, from fresh clock
     /// readings ([`crate::cluster::SkewHold`]), while its window is open.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -547,6 +563,7 @@ pub fn cluster_view(
         leader,
         refused,
         skewed: Vec::new(),
+        unauthenticated: Vec::new(),
         skew_hold: None,
         skew_hold_until: None,
         skew_hold_reason: None,
@@ -739,6 +756,10 @@ impl Summary {
                 if !v.in_sync && v.refused.is_none() {
                     self.add(&differs(v));
                 }
+                // Said in the same words as the leader's daemon: `add` keeps one of the two.
+                for node in &v.unauthenticated {
+                    self.add(&ack_unauthenticated(node));
+                }
                 let nodes = v.gate_waiting_on.join(", ");
                 if v.gate_blocked {
                     let since = v
@@ -927,6 +948,32 @@ mod tests {
         v.judge_gate(ago(3600), deadline, Some(Duration::from_secs(86_400)), now);
         assert!(v.gate_waiting_on.is_empty() && !v.gate_blocked);
     }
+    /// A member whose acknowledgement does not verify is critical, named, and said once when
+    /// the leader's daemon says it too.
+    #[test]
+    fn an_unauthenticated_acknowledgement_is_critical_and_said_once() {
+        let mut v = view(true);
+        v.unauthenticated = vec!["b".into()];
+        // The cluster view alone (a follower's status): critical.
+        let mut alone = Summary::new(Kind::Tokens, PathBuf::new());
+        alone.add_cluster(&Ok(v.clone()));
+        assert_eq!(alone.level, Level::Critical);
+        // With the leader's daemon saying it too: once.
+        let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+        sum.add(&ack_unauthenticated("b"));
+        sum.add_cluster(&Ok(v));
+        assert_eq!(sum.level, Level::Critical);
+        let said: Vec<_> = sum
+            .problems
+            .iter()
+            .filter(|p| p.code == Code::AckUnauthenticated)
+            .collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0]
+            .message
+            .starts_with("node b: acknowledgement not authenticated (forged, or sealed"));
+    }
+
     /// Issue 22: a node lacking the cluster's primary was a WARNING ("run fernetd sync"),
     /// although every token the other nodes issue fails there.
     #[test]

@@ -964,7 +964,13 @@ fn cluster_situations() -> Vec<Scrape> {
         "{}",
         d.log()
     );
-    let healthy = scrape_when(&d, "fernetd_cluster_in_step{", " 1");
+    // In step and leading in one scrape: READY=1 publishes at once with the acknowledgement,
+    // which comes just before the campaign, so the first scrape may show a follower.
+    let healthy = scrape_until(&d, "in step and leading", |body| {
+        ["fernetd_cluster_in_step{", "fernetd_cluster_leader{"]
+            .iter()
+            .all(|m| body.lines().any(|l| l.starts_with(m) && l.ends_with(" 1")))
+    });
     assert_alerts(
         "a healthy cluster leader",
         std::slice::from_ref(&healthy),
@@ -1014,7 +1020,17 @@ fn cluster_situations() -> Vec<Scrape> {
     );
     let b = start(&cluster_config(t.path(), &etcd, "b", tokens, cluster));
     assert!(b.wait_log("ready", secs(15)), "{}", b.log());
-    let ack = serde_json::json!({"node": "c", "revision": 1, "staged": "00000000000000ff"});
+    // c's record as c would write it, with the MAC of its seal key: an authentic acknowledgement
+    // of an old set (without the MAC it would be `ack-unauthenticated`, critical).
+    let ack: fernetd::core::skew::Ack = serde_json::from_value(
+        serde_json::json!({"node": "c", "revision": 1, "staged": "00000000000000ff"}),
+    )
+    .unwrap();
+    let key = fernetd::seal::SealKey::load(&t.path().join("seal.key"), None).unwrap();
+    let mac = fernetd::seal::Sealing::new(Some(key), false)
+        .tag(b"/test/tokens/acks/c", &serde_json::to_vec(&ack).unwrap());
+    let mut ack = serde_json::to_value(&ack).unwrap();
+    ack["mac"] = serde_json::json!(mac.unwrap());
     etcd.with_client(async |cl| {
         cl.put("/test/tokens/acks/c", ack.to_string(), None)
             .await

@@ -115,7 +115,24 @@ fn a_stopped_members_forged_acknowledgements_never_open_the_gate() {
                 .unwrap()
         })
         .collect();
+    // While the forgery runs (past a due rotation and gate_deadline), the leader's status is
+    // CRITICAL and names n2's acknowledgement as not authenticated.
+    let cfg1 = cfgs[0].clone();
+    let during = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(12));
+        fernetd(&["--config", cfg1.to_str().unwrap(), "status"])
+    });
     let planted = forge(&etcd, Instant::now() + Duration::from_secs(25));
+    let during = during.join().unwrap();
+    assert_eq!(during.code, 2, "{}{}", during.stdout, during.stderr);
+    assert!(
+        during.stdout.contains(
+            "node n2: acknowledgement not authenticated (forged, or sealed with a key this \
+             node does not hold)"
+        ) && during.stdout.contains("[ack-unauthenticated]"),
+        "{}",
+        during.stdout
+    );
     assert!(planted > 50, "the forgery planted only {planted} records");
     let tokens: Vec<String> = makers
         .into_iter()
@@ -166,6 +183,24 @@ fn a_stopped_members_forged_acknowledgements_never_open_the_gate() {
     let v: serde_json::Value = serde_json::from_slice(&stored).unwrap();
     assert_eq!(v["mac"].as_str().map(str::len), Some(64), "{v}");
     n2.signal(nix::sys::signal::Signal::SIGCONT);
+    // n2 back acknowledges with its own MAC: the leader finds it verifies and says so, and its
+    // status no longer names the record.
+    assert!(
+        n1.wait_log(
+            "acknowledgement authenticated again: n2",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        n1.log()
+    );
+    assert!(
+        n1.wait_for(Duration::from_secs(10), || {
+            let s = fernetd(&["--config", cfgs[0].to_str().unwrap(), "status"]);
+            !s.stdout.contains("ack-unauthenticated")
+        }),
+        "{}",
+        fernetd(&["--config", cfgs[0].to_str().unwrap(), "status"]).stdout
+    );
     for d in rest {
         d.stop();
     }

@@ -293,6 +293,7 @@ async fn cluster_views(
             let hold = c.skew_hold(kind).await.map_err(unreachable)?;
             view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
             view.judge_own_clock(&cluster.node, margin, m.settings.lifetime.retention());
+            view.unauthenticated = c.unauthenticated(kind).await.map_err(unreachable)?;
             if cluster.seal_tagged {
                 let by = c.sealed_with(kind).await.map_err(unreachable)?;
                 view.sealed_with = Some(by.map_or("clear".into(), |id| id.to_string()));

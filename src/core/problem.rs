@@ -131,6 +131,8 @@ codes! {
         "an input (a cluster key set, a rotation) was refused to keep live keys";
     DuplicateNode = "duplicate-node", Critical,
         "another daemon runs under this cluster node's name: one of them is refused and takes no part";
+    AckUnauthenticated = "ack-unauthenticated", Critical,
+        "a member's acknowledgement does not verify with any seal key held: counted as absent, the gate holds";
     RotationFailing = "rotation-failing",
         Warning("warning; critical once overdue by more than the margin"),
         "rotations fail and are retried every 30 s";
