@@ -885,10 +885,8 @@ impl Sources {
     }
 }
 
-/// How long fernetd counts a demoted credential key as live: for ever, in practice. A
-/// credential key stays needed while a stored credential is encrypted with it, which no time
-/// tells; only a verified migration lets a rotation purge it (see [`crate::credentials`]).
-pub const CREDENTIAL_KEY_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// See [`crate::core::credentials::KEY_RETENTION`].
+pub const CREDENTIAL_KEY_RETENTION: Duration = crate::core::credentials::KEY_RETENTION;
 
 impl Settings {
     /// How long a demoted key counts as live for the gate, repair, `key-lost-in-retention`,

@@ -16,6 +16,11 @@ use crate::core::key::Fingerprint;
 use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
 
+/// How long fernetd counts a demoted credential key as live: for ever, in practice. A
+/// credential key stays needed while a stored credential is encrypted with it, which no time
+/// tells; only a verified migration lets a rotation purge it (see [`crate::credentials`]).
+pub const KEY_RETENTION: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
 /// Where the packages install Keystone's check, and the Python that runs it: the default
 /// `[credentials] verify`.
 pub const DEFAULT_VERIFY: [&str; 2] = ["/usr/bin/python3", "/usr/lib/fernetd/verify-credentials"];

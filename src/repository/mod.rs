@@ -1420,10 +1420,10 @@ fn describe_clock(
 }
 
 /// `lost` as what a loss puts at stake: a repository judged with the credentials' retention
-/// ([`crate::config::CREDENTIAL_KEY_RETENTION`], the one way a repository knows it holds
+/// ([`crate::core::credentials::KEY_RETENTION`], the one way a repository knows it holds
 /// credential keys) loses stored credentials, not tokens. Wording only: no decision reads it.
 fn at_stake(mut lost: Vec<RetentionViolation>, retention: Duration) -> Vec<RetentionViolation> {
-    let credentials = retention == crate::config::CREDENTIAL_KEY_RETENTION;
+    let credentials = retention == crate::core::credentials::KEY_RETENTION;
     for v in &mut lost {
         v.credentials = credentials;
     }
