@@ -368,12 +368,27 @@ impl<'a> Session<'a> {
         // cannot hear from it; a new node becomes one with its first acknowledgement, once it
         // has applied the current set, and holds nothing back before.
         let me = identity(lease.id);
-        let duplicates = hold_name(cfg, &c, &me, reports).await?;
+        // Bootstrap first: a node that reached an etcd without the cluster's set (a wrong
+        // endpoint, a stray etcd) waits there and claims no name in it, so it comes back to
+        // the right etcd still holding its claim there.
         bootstrap(cfg, &mut c).await?;
         // From here on the watch brings every later key set, in order: a node reads the set
         // once per session, not once per change (every node would otherwise ask etcd at the
         // same moment, right after each rotation).
         let (set, revision, store) = c.snapshot(cfg.kind).await?;
+        // Nor does it claim its name in an etcd whose set it refuses (bound to another etcd):
+        // its claim stays the one of the etcd it belongs to. It refuses the set in `apply`.
+        let foreign = crate::core::keyset::bound_elsewhere(
+            cfg.repo.history()?.lineage.as_ref(),
+            set.history.lineage.as_ref(),
+            &c.binding(),
+        )
+        .is_some();
+        let duplicates = if foreign {
+            std::collections::BTreeMap::new()
+        } else {
+            hold_name(cfg, &c, &me, reports).await?
+        };
         let watch = c.watch(cfg.kind, store + 1).await?;
         // This node's clock reading under its lease: the leader asks every node holding one
         // for a fresh reading before it purges.
@@ -513,6 +528,7 @@ impl<'a> Session<'a> {
             ) {
                 if self.refused != Some(revision) {
                     self.refused = Some(revision);
+                    self.say_refused(revision).await?;
                     let e = ClusterError::Refused {
                         key: format!("{} ({})", self.c.keyset_key(cfg.kind), self.c.endpoint()),
                         revision,
