@@ -144,6 +144,7 @@ fn migrate_and_verify(
         pre_rotate: argv.to_vec(),
         verify: s.hooks.verify.clone().unwrap_or_default(),
         timeout: s.hooks.timeout,
+        keystone_config: s.keystone_config.clone(),
     };
     match block_on(crate::credentials::migrate_and_verify(
         &migration, &ctx, &metrics,
