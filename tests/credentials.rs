@@ -1265,3 +1265,116 @@ fn postgres() -> Option<Postgres> {
         }
     }
 }
+
+/// `fernetd ARGS` as [`under_test`]: exit code, stdout, stderr.
+fn run_under_test(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(under_test().0)
+        .args(args)
+        .env_remove("FERNETD_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `rotate` and `setup` with `--key-repository` naming the credentials repository (fernetd's
+/// `[credentials] key_repository`, through a symlink too, or Keystone's `[credential]
+/// key_repository`) and no `--kind credentials` are refused in one line, exit 2, every key
+/// kept: as a token repository it was rotated without migration or verification and purged
+/// by a token window (10 of 10 credential keys lost with `--force-purge`).
+#[test]
+fn the_credentials_repository_is_never_rotated_or_set_up_as_tokens() {
+    let t = tempfile::tempdir().unwrap();
+    let (creds, tokens) = (t.path().join("c"), t.path().join("t"));
+    for dir in [&creds, &tokens] {
+        fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+    }
+    // Three verified rotations: keys 0, 2, 3, 4 (a buffer of 4), the credentials on 3 and 4.
+    let keystone = t.path().join("keystone.conf");
+    std::fs::write(&keystone, "").unwrap();
+    let cfg = t.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"{}\"\n\
+             [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+             max_active_keys = 4\npre_rotate = [\"true\"]\n{VERIFY_PRIMARY}",
+            keystone.display(),
+            tokens.display(),
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for _ in 0..3 {
+        fernetd_ok(&["--config", c, "rotate", "--kind", "credentials"]);
+    }
+    let before = numbers(&creds);
+    let link = t.path().join("link");
+    std::os::unix::fs::symlink(&creds, &link).unwrap();
+    let refused = |args: &[&str], origin: &str| {
+        for path in [creds.to_str().unwrap(), link.to_str().unwrap()] {
+            let mut all = vec!["--config", c];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["--key-repository", path]);
+            let (code, stdout, stderr) = run_under_test(&all, &[]);
+            assert_eq!(code, 2, "{all:?}: {stdout}{stderr}");
+            assert_eq!(
+                stderr.trim(),
+                format!("fernetd: error: {path} is the credentials repository ({origin}): use --kind credentials"),
+                "{all:?}"
+            );
+            assert_eq!(
+                numbers(&creds),
+                before,
+                "{all:?} changed the credential keys"
+            );
+        }
+    };
+    let fernetd_origin = format!("{c}: [credentials] key_repository");
+    refused(&["rotate", "--force-purge"], &fernetd_origin);
+    refused(&["rotate", "--kind", "tokens", "--manual"], &fernetd_origin);
+    refused(&["setup"], &fernetd_origin);
+    // Named as what it is, it is set up as credentials.
+    fernetd_ok(&[
+        "--config",
+        c,
+        "setup",
+        "--kind",
+        "credentials",
+        "--key-repository",
+        creds.to_str().unwrap(),
+    ]);
+    assert_eq!(numbers(&creds), before);
+    // Named by Keystone alone: fernetd's file has no [credentials].
+    std::fs::write(
+        &keystone,
+        format!("[credential]\nkey_repository = {}\n", creds.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"{}\"\n",
+            keystone.display(),
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let keystone_origin = format!("{}: [credential] key_repository", keystone.display());
+    refused(&["rotate", "--force-purge"], &keystone_origin);
+    refused(&["setup"], &keystone_origin);
+    // The token repository itself is rotated as before.
+    fernetd_ok(&[
+        "--config",
+        c,
+        "rotate",
+        "--key-repository",
+        tokens.to_str().unwrap(),
+    ]);
+}
