@@ -1340,6 +1340,8 @@ fn the_credentials_repository_is_never_rotated_or_set_up_as_tokens() {
     refused(&["rotate", "--force-purge"], &fernetd_origin);
     refused(&["rotate", "--kind", "tokens", "--manual"], &fernetd_origin);
     refused(&["setup"], &fernetd_origin);
+    // sync's --key-repository is the token repository's: refused before etcd is asked.
+    refused(&["sync"], &fernetd_origin);
     // Named as what it is, it is set up as credentials.
     fernetd_ok(&[
         "--config",
