@@ -70,6 +70,8 @@ pub struct PreRotate {
     pub verify: Vec<String>,
     pub timeout: Duration,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The keystone.conf read, for the database the verification must name.
+    pub keystone_config: Option<std::path::PathBuf>,
 }
 
 /// How long a leader waits before running a failed `pre_rotate` again (the daemon's retry).
@@ -828,6 +830,7 @@ impl<'a> Session<'a> {
             pre_rotate: p.argv.clone(),
             verify: p.verify.clone(),
             timeout: p.timeout,
+            keystone_config: p.keystone_config.clone(),
         };
         let hook = crate::credentials::migrate_and_verify(&migration, &ctx, &p.metrics);
         tokio::pin!(hook);

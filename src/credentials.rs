@@ -38,6 +38,9 @@ pub struct Migration {
     pub pre_rotate: Vec<String>,
     pub verify: Vec<String>,
     pub timeout: Duration,
+    /// The keystone.conf fernetd read (`Settings::keystone_config`): the database the
+    /// verification must have checked is the `[database] connection` Keystone reads with it.
+    pub keystone_config: Option<PathBuf>,
 }
 
 /// What a credentials' migration came to: the primary it was verified on, or why not.
@@ -100,7 +103,13 @@ pub async fn migrate_and_verify(
         return Err(Held::Migrate);
     }
     let (ok, stdout) = run_verify(&m.verify, ctx, m.timeout).await;
-    let verdict = judge(ok, &stdout, &hash);
+    let verdict = match judge(ok, &stdout, &hash) {
+        Verdict::Verified => match same_database(&stdout, m.keystone_config.as_deref()) {
+            Ok(()) => Verdict::Verified,
+            Err(why) => Verdict::Unverified(why),
+        },
+        unverified => unverified,
+    };
     let after = read_primary(&m.dir).map_err(Held::Unverified)?;
     let held = match verdict {
         Verdict::Unverified(why) => Some(why),
@@ -122,6 +131,79 @@ pub async fn migrate_and_verify(
             close_losses(&m.dir, before, &began, kind);
             Ok(before)
         }
+    }
+}
+
+/// `[database] connection` when no source sets it: Keystone's own default.
+const KEYSTONE_DEFAULT_DATABASE: &str = "sqlite:///keystone.db";
+
+/// The `[database] connection` fingerprint of Keystone's configuration as fernetd finds it:
+/// Keystone's own search (files, `.d` directory, variables), or the file fernetd was named
+/// when that search starts elsewhere.
+fn keystone_database(named: Option<&Path>) -> Result<String, String> {
+    use crate::keystone_conf::{Discovery, KeystoneConf};
+    let env = |name: &str| std::env::var(name).ok();
+    let discover = |explicit: Option<&Path>| {
+        KeystoneConf::discover(&Discovery {
+            root: Path::new("/"),
+            explicit,
+            env: &env,
+        })
+        .map_err(|e| format!("Keystone's configuration: {e}"))
+    };
+    let mut conf = discover(None)?;
+    if named.is_some() && conf.files.first().map(PathBuf::as_path) != named {
+        conf = discover(named)?;
+    }
+    // Unset, Keystone (keystone.common.sql.initialize) connects to its default, which the
+    // verify command then resolves and names too.
+    Ok(conf
+        .database
+        .unwrap_or_else(|| crate::keystone_conf::database_fingerprint(KEYSTONE_DEFAULT_DATABASE)))
+}
+
+/// The verify command's `verified:` line must name the database Keystone uses
+/// (`database=<fingerprint>`, see [`crate::keystone_conf::database_fingerprint`]): a check run
+/// against another or an empty database proves nothing about the credentials Keystone holds.
+fn same_database(stdout: &str, keystone_config: Option<&Path>) -> Result<(), String> {
+    let verified: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("verified:"))
+        .collect();
+    let [line] = verified.as_slice() else {
+        return Err(format!(
+            "the verify command printed {} `verified:` lines; expected one",
+            verified.len()
+        ));
+    };
+    if !line
+        .split_whitespace()
+        .any(|w| w.starts_with("primary_key_hash="))
+    {
+        return Err("the verify command's `verified:` line names no primary_key_hash=".into());
+    }
+    let named: Vec<&str> = line
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("database="))
+        .map(|h| h.trim_end_matches(|c: char| !c.is_ascii_hexdigit()))
+        .collect();
+    let [checked] = named.as_slice() else {
+        return Err(
+            "the verify command's `verified:` line names no single database= (an older \
+             verify-credentials? install the one shipped with this fernetd)"
+                .into(),
+        );
+    };
+    let expected = keystone_database(keystone_config)?;
+    if checked.eq_ignore_ascii_case(&expected) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the verify command checked another database (database={checked}, Keystone's \
+             [database] connection is {expected}): its verdict says nothing of the \
+             credentials Keystone holds"
+        ))
     }
 }
 
@@ -218,5 +300,42 @@ async fn run_verify(argv: &[String], ctx: &Context, timeout: Duration) -> (bool,
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_verified_line_naming_keystone_s_database_is_accepted() {
+        let t = tempfile::tempdir().unwrap();
+        let conf = t.path().join("keystone.conf");
+        std::fs::write(&conf, "[database]\nconnection = sqlite:////k.db\n").unwrap();
+        let right = crate::keystone_conf::database_fingerprint("sqlite:////k.db");
+        let other = crate::keystone_conf::database_fingerprint("sqlite:////other.db");
+        let ok = |out: &str| same_database(out, Some(&conf));
+        assert!(ok(&format!(
+            "verified: 3 credentials; primary_key_hash=ab database={right}\n"
+        ))
+        .is_ok());
+        assert!(ok(&format!(
+            "verified: 3 credentials; primary_key_hash=ab database={other}\n"
+        ))
+        .unwrap_err()
+        .contains("another database"));
+        // No `verified:` prefix, two of them, none naming the database or the hash.
+        for out in [
+            format!("5 of 9 credentials are not encrypted; primary_key_hash=ab database={right}"),
+            format!("verified: primary_key_hash=ab database={right}\nverified: database={right}"),
+            "verified: 3 credentials; primary_key_hash=ab".to_string(),
+            format!("verified: 3 credentials; database={right}"),
+        ] {
+            assert!(ok(&out).is_err(), "{out}");
+        }
+        // A URL's password never reaches the reason.
+        std::fs::write(&conf, "[database]\nconnection = mysql://k:s3cret@db/k\n").unwrap();
+        let why = ok(&format!("verified: primary_key_hash=ab database={other}")).unwrap_err();
+        assert!(!why.contains("s3cret"), "{why}");
     }
 }

@@ -598,6 +598,7 @@ impl Daemon {
                     verify: s.m.settings.hooks.verify.clone().unwrap_or_default(),
                     timeout: s.m.settings.hooks.timeout,
                     metrics: self.metrics.clone(),
+                    keystone_config: s.m.settings.keystone_config.clone(),
                 }),
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
@@ -953,6 +954,7 @@ impl Daemon {
             pre_rotate: argv,
             verify: s.m.settings.hooks.verify.clone().unwrap_or_default(),
             timeout: s.m.settings.hooks.timeout,
+            keystone_config: s.m.settings.keystone_config.clone(),
         };
         st.pre_rotating = true;
         tracing::info!("{}: rotation due; running pre_rotate first", s.kind);

@@ -36,7 +36,7 @@ const DEFAULT_DIRS: [&str; 2] = ["etc/keystone/keystone.conf.d", "etc/keystone.c
 const RECEIPT_EXPIRATION_MAX: u64 = 86_400;
 
 /// The options fernetd reads, as (group, option).
-const OPTIONS: [(&str, &str); 9] = [
+const OPTIONS: [(&str, &str); 10] = [
     ("token", "expiration"),
     ("token", "allow_expired_window"),
     ("fernet_tokens", "max_active_keys"),
@@ -46,6 +46,7 @@ const OPTIONS: [(&str, &str); 9] = [
     ("fernet_receipts", "key_repository"),
     ("credential", "key_repository"),
     ("auth", "methods"),
+    ("database", "connection"),
 ];
 
 /// The options fernetd reads from Keystone's configuration.
@@ -61,6 +62,9 @@ pub struct KeystoneConf {
     pub credential_key_repository: Option<PathBuf>,
     /// `[auth] methods`: their order gives each method its bit in a token's payload.
     pub auth_methods: Option<Vec<String>>,
+    /// `[database] connection`'s fingerprint ([`database_fingerprint`]), never the URL itself:
+    /// it may hold a password. `verify-credentials` prints the same of the database it checked.
+    pub database: Option<String>,
     /// Where each value that was set came from: `"group.option"` to a file's path or an
     /// environment variable's name.
     pub origins: BTreeMap<String, String>,
@@ -184,6 +188,7 @@ impl KeystoneConf {
                     .filter(|m| !m.is_empty())
                     .collect()
             }),
+            database: get("database", "connection").map(|r| database_fingerprint(&r.value)),
             origins: raw.into_iter().map(|(k, r)| (k, r.origin)).collect(),
             files,
         })
@@ -235,6 +240,18 @@ impl Discovery<'_> {
             .find(|f| f.is_file());
         Ok((file.into_iter().collect(), dir))
     }
+}
+
+/// The fingerprint of a `[database] connection` URL: the first 16 hex digits of its SHA-256,
+/// as `verify-credentials` prints it (`hashlib.sha256(url.encode()).hexdigest()[:16]`). It
+/// tells two databases apart without revealing the URL (or a password in it).
+pub fn database_fingerprint(url: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(url.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `OS_<GROUP>__<OPTION>`, oslo.config's environment source.
@@ -319,6 +336,35 @@ mod tests {
             env: &env,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn the_database_is_read_as_a_fingerprint_in_oslo_order_and_never_kept_as_a_url() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let secret = "postgresql://keystone:s3cret@db/keystone";
+        write(
+            &r.join("etc/keystone/keystone.conf"),
+            "[database]\nconnection = sqlite:////a.db\n",
+        );
+        assert_eq!(
+            discover(r, None, &[]).database.as_deref(),
+            Some(database_fingerprint("sqlite:////a.db").as_str())
+        );
+        write(
+            &r.join("etc/keystone/keystone.conf.d/10.conf"),
+            &format!("[database]\nconnection = {secret}\n"),
+        );
+        let k = discover(r, None, &[]);
+        // hashlib.sha256(b"postgresql://keystone:s3cret@db/keystone").hexdigest()[:16]
+        assert_eq!(k.database.as_deref(), Some("16e86408bd69b781"));
+        assert!(!format!("{k:?}").contains("s3cret"));
+        let k = discover(r, None, &[("OS_DATABASE__CONNECTION", "sqlite:////b.db")]);
+        assert_eq!(k.database, Some(database_fingerprint("sqlite:////b.db")));
+        assert_eq!(
+            k.origin("database", "connection"),
+            Some("OS_DATABASE__CONNECTION")
+        );
     }
 
     #[test]

@@ -570,11 +570,14 @@ fn rotate_and_plan_take_each_kind() {
     )
     .unwrap();
     let c = cfg.to_str().unwrap();
-    for k in ["t", "r", "c"] {
+    // Each set up as its kind: the credentials repository as tokens is refused.
+    for (k, kind) in [("t", "tokens"), ("r", "receipts"), ("c", "credentials")] {
         fernetd_ok(&[
             "--config",
             c,
             "setup",
+            "--kind",
+            kind,
             "--key-repository",
             dir(k).to_str().unwrap(),
         ]);

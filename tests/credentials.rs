@@ -95,9 +95,11 @@ impl Site {
         std::fs::write(
             &cfg,
             format!(
-                "[tokens]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+                "[keystone]\nconfig = {}\n\
+                 [tokens]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
                  [credentials]\nkey_repository = \"{}\"\nschedule = \"{schedule}\"\n\
                  pre_rotate = [\"sh\", \"-c\", {}]\n{}",
+                toml_string(conf.to_str().unwrap()),
                 tokens.display(),
                 creds.display(),
                 toml_string(&hook),
@@ -380,6 +382,117 @@ fn stop(s: Started) -> String {
     let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     finish(s).1
+}
+
+/// `[database] connection`'s fingerprint as `verify-credentials` prints it: the first 16 hex
+/// digits of its SHA-256.
+fn database_fingerprint(url: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(url.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Rewrites the site's `pre_rotate` and `verify`, rotates three times (one after another) and
+/// says how many credentials Keystone lost and the rotations' exit codes.
+fn rotate_three_times_with(
+    site: &Site,
+    pre_rotate: &str,
+    verify: &str,
+) -> ((usize, usize), Vec<i32>) {
+    let text = std::fs::read_to_string(&site.cfg).unwrap();
+    let mut cfg: String = text
+        .lines()
+        .filter(|l| !l.starts_with("pre_rotate =") && !l.starts_with("verify ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    cfg = cfg.replace(
+        "[credentials]\n",
+        &format!(
+            "[credentials]\npre_rotate = [\"sh\", \"-c\", {}]\n{verify}\n",
+            toml_string(pre_rotate)
+        ),
+    );
+    std::fs::write(&site.cfg, cfg).unwrap();
+    let codes: Vec<i32> = (0..3)
+        .map(|_| {
+            let (code, log) = finish(site.rotate());
+            eprintln!("rotate: {code} {}", tail(&log));
+            code
+        })
+        .collect();
+    (site.lost(), codes)
+}
+
+/// A migration and a verification run against another database than Keystone's (a copy of
+/// it: Keystone's check passes there) approve nothing: the `verified:` line must name the
+/// database fernetd reads from Keystone's configuration. Three rotations: 0 lost.
+#[test]
+fn a_verification_of_another_database_approves_no_purge() {
+    let _s = serial();
+    let site = Site::new("{migrate}", "@monthly");
+    let root = site.conf.parent().unwrap().to_path_buf();
+    let other_db = root.join("other.db");
+    std::fs::copy(root.join("keystone.db"), &other_db).unwrap();
+    let text = std::fs::read_to_string(&site.conf).unwrap();
+    let other = root.join("other.conf");
+    let from = format!("sqlite:///{}", root.join("keystone.db").display());
+    std::fs::write(
+        &other,
+        text.replace(&from, &format!("sqlite:///{}", other_db.display())),
+    )
+    .unwrap();
+    let migrate = format!(
+        "{} credential_migrate --keystone-user \"$(id -un)\" --keystone-group \"$(id -gn)\" \
+         2>/dev/null",
+        keystone_manage(&other)
+    );
+    let verify = format!(
+        "verify = [\"{}\", \"{}\", \"--config-file\", \"{}\"]",
+        venv().join("bin/python").display(),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/keystone/verify-credentials")
+            .display(),
+        other.display()
+    );
+    let (lost, codes) = rotate_three_times_with(&site, &migrate, &verify);
+    assert_eq!(
+        lost,
+        (0, CREDENTIALS),
+        "credentials lost (rotations: {codes:?})"
+    );
+    assert!(
+        codes.iter().all(|c| *c != 0),
+        "a rotation was approved: {codes:?}"
+    );
+}
+
+/// A verify command that exits 0 with the right `primary_key_hash=` and database but no
+/// `verified:` line ("5 of 9 credentials are not encrypted ...") approves nothing.
+#[test]
+fn a_verify_without_a_verified_line_approves_no_purge() {
+    let _s = serial();
+    let site = Site::new("true", "@monthly");
+    let db = format!(
+        "sqlite:///{}",
+        site.conf.parent().unwrap().join("keystone.db").display()
+    );
+    let verify = format!(
+        r#"verify = ["sh", "-c", 'printf "5 of 9 credentials are not encrypted with the primary key; primary_key_hash=%s database={}\n" "$(sha1sum < "$FERNETD_REPOSITORY/$FERNETD_PRIMARY" | cut -d" " -f1)"']"#,
+        database_fingerprint(&db)
+    );
+    let (lost, codes) = rotate_three_times_with(&site, "true", &verify);
+    assert_eq!(
+        lost,
+        (0, CREDENTIALS),
+        "credentials lost (rotations: {codes:?})"
+    );
+    assert!(
+        codes.iter().all(|c| *c != 0),
+        "a rotation was approved: {codes:?}"
+    );
 }
 
 /// The credential secondary counts as live until a verified migration moved everything off
@@ -878,12 +991,13 @@ fn the_cluster_gate_waiting_on_a_lagging_node_never_reuses_a_migration() {
         std::fs::write(
             &cfg,
             format!(
-                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                "[keystone]\nconfig = {}\n[tokens]\nkey_repository = \"{}\"\n\
                  schedule = \"@monthly\"\n[credentials]\nkey_repository = \"{}\"\n\
                  schedule = \"2s\"\npre_rotate = [\"sh\", \"-c\", {}]\n{}\
                  [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\nprefix = \"/test\"\n\
                  node = \"{name}\"\nlease_ttl = \"2s\"\ndial_timeout = \"2s\"\n\
                  request_timeout = \"2s\"\ngate_deadline = \"3s\"\n",
+                toml_string(conf.to_str().unwrap()),
                 dir.join("tokens").display(),
                 creds.display(),
                 toml_string(&migrate),
@@ -1150,4 +1264,119 @@ fn postgres() -> Option<Postgres> {
             None
         }
     }
+}
+
+/// `fernetd ARGS` as [`under_test`]: exit code, stdout, stderr.
+fn run_under_test(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(under_test().0)
+        .args(args)
+        .env_remove("FERNETD_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `rotate` and `setup` with `--key-repository` naming the credentials repository (fernetd's
+/// `[credentials] key_repository`, through a symlink too, or Keystone's `[credential]
+/// key_repository`) and no `--kind credentials` are refused in one line, exit 2, every key
+/// kept: as a token repository it was rotated without migration or verification and purged
+/// by a token window (10 of 10 credential keys lost with `--force-purge`).
+#[test]
+fn the_credentials_repository_is_never_rotated_or_set_up_as_tokens() {
+    let t = tempfile::tempdir().unwrap();
+    let (creds, tokens) = (t.path().join("c"), t.path().join("t"));
+    for dir in [&creds, &tokens] {
+        fernetd_ok(&["setup", "--key-repository", dir.to_str().unwrap()]);
+    }
+    // Three verified rotations: keys 0, 2, 3, 4 (a buffer of 4), the credentials on 3 and 4.
+    let keystone = t.path().join("keystone.conf");
+    std::fs::write(&keystone, "").unwrap();
+    let cfg = t.path().join("f.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"{}\"\n\
+             [credentials]\nkey_repository = \"{}\"\nschedule = \"@monthly\"\n\
+             max_active_keys = 4\npre_rotate = [\"true\"]\n{VERIFY_PRIMARY}",
+            keystone.display(),
+            tokens.display(),
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    for _ in 0..3 {
+        fernetd_ok(&["--config", c, "rotate", "--kind", "credentials"]);
+    }
+    let before = numbers(&creds);
+    let link = t.path().join("link");
+    std::os::unix::fs::symlink(&creds, &link).unwrap();
+    let refused = |args: &[&str], origin: &str| {
+        for path in [creds.to_str().unwrap(), link.to_str().unwrap()] {
+            let mut all = vec!["--config", c];
+            all.extend_from_slice(args);
+            all.extend_from_slice(&["--key-repository", path]);
+            let (code, stdout, stderr) = run_under_test(&all, &[]);
+            assert_eq!(code, 2, "{all:?}: {stdout}{stderr}");
+            assert_eq!(
+                stderr.trim(),
+                format!("fernetd: error: {path} is the credentials repository ({origin}): use --kind credentials"),
+                "{all:?}"
+            );
+            assert_eq!(
+                numbers(&creds),
+                before,
+                "{all:?} changed the credential keys"
+            );
+        }
+    };
+    let fernetd_origin = format!("{c}: [credentials] key_repository");
+    refused(&["rotate", "--force-purge"], &fernetd_origin);
+    refused(&["rotate", "--kind", "tokens", "--manual"], &fernetd_origin);
+    refused(&["setup"], &fernetd_origin);
+    // sync's --key-repository is the token repository's: refused before etcd is asked.
+    refused(&["sync"], &fernetd_origin);
+    // Named as what it is, it is set up as credentials.
+    fernetd_ok(&[
+        "--config",
+        c,
+        "setup",
+        "--kind",
+        "credentials",
+        "--key-repository",
+        creds.to_str().unwrap(),
+    ]);
+    assert_eq!(numbers(&creds), before);
+    // Named by Keystone alone: fernetd's file has no [credentials].
+    std::fs::write(
+        &keystone,
+        format!("[credential]\nkey_repository = {}\n", creds.display()),
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"{}\"\n[tokens]\nkey_repository = \"{}\"\n",
+            keystone.display(),
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let keystone_origin = format!("{}: [credential] key_repository", keystone.display());
+    refused(&["rotate", "--force-purge"], &keystone_origin);
+    refused(&["setup"], &keystone_origin);
+    // The token repository itself is rotated as before.
+    fernetd_ok(&[
+        "--config",
+        c,
+        "rotate",
+        "--key-repository",
+        tokens.to_str().unwrap(),
+    ]);
 }

@@ -291,6 +291,10 @@ pub struct SetupArgs {
     pub repo: RepoArgs,
     #[command(flatten)]
     pub owner: OwnerArgs,
+    /// Which configured repository the directory is (its section's settings). Default: tokens;
+    /// a directory configured as the credentials repository needs `--kind credentials`.
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
     /// [fernet_tokens] max_active_keys (validated; setup itself purges nothing).
     #[arg(long, value_name = "N", value_parser = max_active_keys)]
     pub max_active_keys: Option<u64>,

@@ -4,7 +4,9 @@
 
 use super::block_on;
 use super::render::{print_keys, print_outcome, say, Severity};
-use super::settings::{cluster_settings, configured, flags, repository, with_lifetime};
+use super::settings::{
+    cluster_settings, configured, flags, refuse_credentials_as, repository, with_lifetime,
+};
 use super::{KindsArg, RotateArgs, EXIT_KEY_LOST};
 use crate::config::{self, Flags, Settings};
 use crate::core::clock::Now;
@@ -31,6 +33,7 @@ pub(super) fn run(a: RotateArgs, config: Option<&Path>, clock: &Now) -> anyhow::
     let mut failed = Vec::new();
     let mut lost = false;
     for kind in kinds {
+        refuse_credentials_as(&sources, kind, &flags, config)?;
         let s = configured(&sources, kind, &flags, config)?;
         if named {
             println!("{kind}: {}", s.key_repository.display());
@@ -144,6 +147,7 @@ fn migrate_and_verify(
         pre_rotate: argv.to_vec(),
         verify: s.hooks.verify.clone().unwrap_or_default(),
         timeout: s.hooks.timeout,
+        keystone_config: s.keystone_config.clone(),
     };
     match block_on(crate::credentials::migrate_and_verify(
         &migration, &ctx, &metrics,

@@ -64,6 +64,53 @@ pub(super) fn cluster_settings(
     Ok(s)
 }
 
+/// Which kind a `--key-repository` is: `Err` with the one-line refusal when the path is the
+/// credentials repository (fernetd's `[credentials] key_repository`, or Keystone's
+/// `[credential] key_repository`) and the command would act on it as `kind`, another kind.
+/// Rotating, setting up or repairing a credential repository as tokens purges by a token
+/// window: every stored credential encrypted with a purged key is lost for good.
+pub(super) fn refuse_credentials_as(
+    sources: &config::Sources,
+    kind: config::Kind,
+    flags: &Flags,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let Some(named) = flags.key_repository.as_deref() else {
+        return Ok(());
+    };
+    if kind == config::Kind::Credentials {
+        return Ok(());
+    }
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let named_c = canon(named);
+    let fernetd = sources
+        .file
+        .section(config::Kind::Credentials)
+        .and_then(|c| c.key_repository.clone())
+        .map(|p| {
+            (
+                p,
+                format!("{}: [credentials] key_repository", config_name(config)),
+            )
+        });
+    let keystone = sources.keystone.credential_key_repository.clone().map(|p| {
+        let origin = sources
+            .keystone
+            .origin("credential", "key_repository")
+            .unwrap_or("keystone.conf");
+        (p, format!("{origin}: [credential] key_repository"))
+    });
+    for (dir, origin) in fernetd.into_iter().chain(keystone) {
+        if canon(&dir) == named_c {
+            anyhow::bail!(
+                "{} is the credentials repository ({origin}): use --kind credentials",
+                named.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The repository and owner flags a command shares, as [`Flags`].
 pub(super) fn flags(repo: &RepoArgs, owner: &OwnerArgs) -> Flags {
     Flags {

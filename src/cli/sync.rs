@@ -2,7 +2,7 @@
 //! it locally.
 
 use super::render::print_outcome;
-use super::settings::{cluster_settings, flags, repository};
+use super::settings::{cluster_settings, flags, refuse_credentials_as, repository};
 use super::{block_on, SyncArgs};
 use crate::config::{self, Settings};
 use crate::core::clock::Now;
@@ -11,6 +11,9 @@ use std::path::Path;
 pub(super) fn run(a: SyncArgs, config: Option<&Path>, clock: &Now) -> anyhow::Result<i32> {
     let flags = flags(&a.repo, &a.owner);
     let sources = config::Sources::load(&flags, config)?;
+    // --key-repository is the token repository's: the token key set applied to the credentials
+    // repository would purge the keys its stored credentials are encrypted with.
+    refuse_credentials_as(&sources, config::Kind::Tokens, &flags, config)?;
     let cluster = cluster_settings(&sources, config)?;
     let repos: Vec<Settings> = config::Kind::ALL
         .into_iter()

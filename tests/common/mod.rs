@@ -413,6 +413,7 @@ impl Notify {
 
 /// A `[credentials] verify` line for tests without Keystone: it vouches, as Keystone's check
 /// does when every credential is on the primary, with the primary key's `primary_key_hash`
-/// (SHA-1 of the key file's text).
-pub const VERIFY_PRIMARY: &str = r#"verify = ["sh", "-c", 'printf "primary_key_hash=%s\n" "$(sha1sum < "$FERNETD_REPOSITORY/$FERNETD_PRIMARY" | cut -d" " -f1)"']
+/// (SHA-1 of the key file's text), on the database of a Keystone configuration that sets none
+/// (Keystone's default `sqlite:///keystone.db`, whose SHA-256 begins b47be51719d63bcf).
+pub const VERIFY_PRIMARY: &str = r#"verify = ["sh", "-c", 'printf "verified: 0 credentials; primary_key_hash=%s database=b47be51719d63bcf\n" "$(sha1sum < "$FERNETD_REPOSITORY/$FERNETD_PRIMARY" | cut -d" " -f1)"']
 "#;
