@@ -380,12 +380,7 @@ impl<'a> Session<'a> {
         let (set, revision, store) = c.snapshot(cfg.kind).await?;
         // Nor does it claim its name in an etcd whose set it refuses (bound to another etcd):
         // its claim stays the one of the etcd it belongs to. It refuses the set in `apply`.
-        let foreign = crate::core::keyset::bound_elsewhere(
-            cfg.repo.history()?.lineage.as_ref(),
-            set.history.lineage.as_ref(),
-            &c.binding(),
-        )
-        .is_some();
+        let foreign = bound_elsewhere(cfg, &c, &set)?.is_some();
         let duplicates = if foreign {
             std::collections::BTreeMap::new()
         } else {
@@ -522,12 +517,7 @@ impl<'a> Session<'a> {
         if self.bound != Some(revision) {
             // Bound to another etcd (or a value written into another one): refused, every key
             // stays, until the operator's `cluster init` binds the cluster here.
-            let local = cfg.repo.history()?;
-            if let Some(why) = crate::core::keyset::bound_elsewhere(
-                local.lineage.as_ref(),
-                self.view.set.history.lineage.as_ref(),
-                &self.c.binding(),
-            ) {
+            if let Some(why) = bound_elsewhere(cfg, &self.c, &self.view.set)? {
                 if self.refused != Some(revision) {
                     self.refused = Some(revision);
                     self.say_refused(revision).await?;
@@ -1340,6 +1330,21 @@ fn duplicates_reason(
             who.into_iter().collect::<Vec<_>>().join("; ")
         )
     })
+}
+
+/// Why `set` is bound to another etcd than the one `c` reached, or this node to another than
+/// `set` ([`crate::core::keyset::bound_elsewhere`] on this node's own lineage): then it is
+/// refused, and this node claims no name in that etcd.
+fn bound_elsewhere(
+    cfg: &AgentConfig,
+    c: &Cluster,
+    set: &KeySet,
+) -> Result<Option<String>, SessionError> {
+    Ok(crate::core::keyset::bound_elsewhere(
+        cfg.repo.history()?.lineage.as_ref(),
+        set.history.lineage.as_ref(),
+        &c.binding(),
+    ))
 }
 
 /// Holds this node's name for the session ([`names::decide`]): claims it (as a new node,
