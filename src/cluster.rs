@@ -633,25 +633,22 @@ impl Cluster {
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
     /// that has applied nothing).
     pub async fn acks(&mut self, kind: Kind) -> Result<Vec<Ack>, ClusterError> {
-        let prefix = self.acks_prefix(kind);
-        let resp = self.read_prefix(&prefix).await?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
-                let node = key.trim_start_matches(&prefix);
-                self.believed::<Ack>(&key, kv.value()).unwrap_or_else(|| {
-                    if serde_json::from_slice::<Ack>(kv.value()).is_ok() {
-                        tracing::error!(
-                            "node {node}: acknowledgement not authenticated ({key}: its MAC \
-                             does not verify with any seal key held: forged, copied from \
-                             another node's record, or written by a fernetd without record \
-                             MACs); counted as absent"
-                        );
-                    }
-                    Ack::holding_nothing(node, None)
-                })
+        Ok(self
+            .ack_records(kind)
+            .await?
+            .into_iter()
+            .map(|(node, record)| match record {
+                AckRecord::Believed(ack) => ack,
+                AckRecord::Unauthenticated(key) => {
+                    tracing::error!(
+                        "node {node}: acknowledgement not authenticated ({key}: its MAC \
+                         does not verify with any seal key held: forged, copied from \
+                         another node's record, or written by a fernetd without record \
+                         MACs); counted as absent"
+                    );
+                    Ack::holding_nothing(&node, None)
+                }
+                AckRecord::Unreadable => Ack::holding_nothing(&node, None),
             })
             .collect())
     }
@@ -660,16 +657,34 @@ impl Cluster {
     /// held (forged, copied from another node's, or written by a daemon without record
     /// MACs): counted as holding nothing by [`Cluster::acks`]. Empty without a seal key.
     pub async fn unauthenticated(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
+        Ok(self
+            .ack_records(kind)
+            .await?
+            .into_iter()
+            .filter(|(_, record)| matches!(record, AckRecord::Unauthenticated(_)))
+            .map(|(node, _)| node)
+            .collect())
+    }
+
+    /// Every acknowledgement record of a repository, by node, judged once: believed, an
+    /// acknowledgement whose MAC does not verify, or not an acknowledgement at all.
+    async fn ack_records(&mut self, kind: Kind) -> Result<Vec<(String, AckRecord)>, ClusterError> {
         let prefix = self.acks_prefix(kind);
         let resp = self.read_prefix(&prefix).await?;
         Ok(resp
             .kvs()
             .iter()
-            .filter_map(|kv| {
+            .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
-                let bad = serde_json::from_slice::<Ack>(kv.value()).is_ok()
-                    && self.believed::<Ack>(&key, kv.value()).is_none();
-                bad.then(|| key.trim_start_matches(&prefix).to_string())
+                let node = key.trim_start_matches(&prefix).to_string();
+                let record = match self.believed::<Ack>(&key, kv.value()) {
+                    Some(ack) => AckRecord::Believed(ack),
+                    None if serde_json::from_slice::<Ack>(kv.value()).is_ok() => {
+                        AckRecord::Unauthenticated(key.to_string())
+                    }
+                    None => AckRecord::Unreadable,
+                };
+                (node, record)
             })
             .collect())
     }
@@ -1194,6 +1209,14 @@ pub struct Resealed {
 }
 
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
+/// One acknowledgement record as [`Cluster::ack_records`] judged it.
+enum AckRecord {
+    Believed(Ack),
+    /// An acknowledgement whose MAC does not verify (its etcd key).
+    Unauthenticated(String),
+    Unreadable,
+}
+
 fn open(seal: &Sealing, key: &str, value: &[u8]) -> Result<KeySet, ClusterError> {
     open_which(seal, key, value).map(|(set, _)| set)
 }
