@@ -282,8 +282,35 @@ impl Run {
                 );
             }
             Fault::Compact => {
-                let (_, said) = compact(&self.etcd);
-                self.fault(fault, format!("etcd {said}"));
+                if self.rng.below(2) == 0 {
+                    let (_, said) = compact(&self.etcd);
+                    self.fault(fault, format!("etcd {said}"));
+                    return;
+                }
+                // A storm: node i's connections reset, then compactions to the current
+                // revision back to back while its session reads again and watches from the
+                // revision it read: a compaction between the two cancels that watch
+                // ("required revision has been compacted").
+                let d = self.rng.secs(2.0, 4.0);
+                self.nodes[i].proxy.drop_conns();
+                let until = Instant::now() + d;
+                let mut done = 0;
+                while Instant::now() < until {
+                    if let Some(rev) = revision(&self.etcd) {
+                        if self.etcd.etcdctl(&["compact", &rev.to_string()], None).0 {
+                            done += 1;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = self.etcd.etcdctl(&["defrag"], None);
+                self.fault(
+                    fault,
+                    format!(
+                        "{label}'s etcd connections reset, then {done} compactions to the current revision in {:.1}s, defragmented",
+                        d.as_secs_f64()
+                    ),
+                );
             }
             Fault::Nospace => {
                 if self.store_busy() {
@@ -432,6 +459,16 @@ impl Run {
     /// After the nemesis: every member runs and is not stopped, no NOSPACE alarm is left (an old
     /// snapshot restored may bring junk back), no disk is full or read-only.
     pub(super) fn heal_store_finally(&mut self) {
+        // How often the fault classes reached the watch's recovery: each cancelled watch is a
+        // session that read everything again.
+        let cancelled: usize = self
+            .nodes
+            .iter()
+            .map(|n| n.log_text().matches("compacted at revision").count())
+            .sum();
+        if self.o.faults.contains(&Fault::Compact) {
+            eprintln!("chaos: watches cancelled by a compaction (daemon logs): {cancelled}");
+        }
         for m in 0..self.etcd.len() {
             if self.etcd.running(m) {
                 self.etcd.signal(m, Signal::SIGCONT);
