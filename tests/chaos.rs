@@ -1511,7 +1511,7 @@ fn in_suite(seed: u64) {
         nodes: 3,
         etcd_members: 1,
         nemesis: Duration::from_secs(40),
-        faults: SAFE.to_vec(),
+        faults: [&SAFE[..], &etcd_faults::IN_SUITE[..]].concat(),
         concurrent: 3,
         sabotage: None,
     });

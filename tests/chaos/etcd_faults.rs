@@ -35,19 +35,24 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The classes the current build survives (`scripts/chaos --safe` runs them).
-pub(super) const SURVIVED: [Fault; 8] = [
+pub(super) const SURVIVED: [Fault; 7] = [
     Fault::MemberKill,
     Fault::MemberPause,
     Fault::MemberRestart,
-    Fault::QuorumLoss,
     Fault::Compact,
     Fault::Nospace,
     Fault::DiskFull,
     Fault::DiskReadOnly,
 ];
 
-/// The classes with a violation behind them against the current build (`scripts/chaos`).
-pub(super) const NOT_SURVIVED: [Fault; 0] = [];
+/// The classes the in-suite runs add to `SAFE` (one etcd member, no root needed, and no
+/// longer a run): compaction, whose storm cancels watches that must recover.
+pub(super) const IN_SUITE: [Fault; 1] = [Fault::Compact];
+
+/// The classes with a violation behind them against the current build (`scripts/chaos`):
+/// a key tampered with while etcd has no quorum stays broken until etcd is back
+/// (tests/etcd_faults.rs, seed 404).
+pub(super) const NOT_SURVIVED: [Fault; 1] = [Fault::QuorumLoss];
 
 /// etcd's backend quota when `etcd-nospace` is in play: small enough that a few dozen junk
 /// values of `JUNK` bytes trip it, large enough that fernetd's own records (compacted by that
