@@ -22,15 +22,17 @@
 //! `FERNETD=path` runs another build.
 
 mod common;
+#[path = "chaos/etcd_faults.rs"]
+mod etcd_faults;
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, EtcdCluster};
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,7 +106,8 @@ impl Drop for Proc {
 
 /// A loopback TCP proxy between one node and etcd: `cut` closes every connection and refuses
 /// new ones (a partition), `stall` holds every byte in flight (a hung network), `retarget`
-/// sends new connections elsewhere.
+/// sends new connections elsewhere. With several etcd members, new connections go to each
+/// member in turn (one that refuses is skipped), as a load balancer in front of etcd would.
 struct Proxy {
     port: u16,
     st: Arc<ProxyState>,
@@ -113,7 +116,8 @@ struct Proxy {
 struct ProxyState {
     cut: AtomicBool,
     stall: AtomicBool,
-    target: Mutex<SocketAddr>,
+    targets: Mutex<Vec<SocketAddr>>,
+    next: AtomicUsize,
     conns: Mutex<Vec<TcpStream>>,
 }
 
@@ -125,13 +129,14 @@ fn addr(endpoint: &str) -> SocketAddr {
 }
 
 impl Proxy {
-    fn start(target: &str) -> Proxy {
+    fn start(targets: &[String]) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
         let port = listener.local_addr().expect("proxy address").port();
         let st = Arc::new(ProxyState {
             cut: AtomicBool::new(false),
             stall: AtomicBool::new(false),
-            target: Mutex::new(addr(target)),
+            targets: Mutex::new(targets.iter().map(|t| addr(t)).collect()),
+            next: AtomicUsize::new(0),
             conns: Mutex::new(Vec::new()),
         });
         let s = st.clone();
@@ -140,8 +145,11 @@ impl Proxy {
                 if s.cut.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
-                let target = *s.target.lock().unwrap();
-                let Ok(server) = TcpStream::connect(target) else {
+                let targets = s.targets.lock().unwrap().clone();
+                let first = s.next.fetch_add(1, Ordering::SeqCst);
+                let Some(server) = (0..targets.len())
+                    .find_map(|k| TcpStream::connect(targets[(first + k) % targets.len()]).ok())
+                else {
                     continue;
                 };
                 let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
@@ -185,8 +193,8 @@ impl Proxy {
         self.st.stall.store(false, Ordering::SeqCst);
     }
 
-    fn retarget(&self, endpoint: &str) {
-        *self.st.target.lock().unwrap() = addr(endpoint);
+    fn retarget(&self, endpoints: &[String]) {
+        *self.st.targets.lock().unwrap() = endpoints.iter().map(|e| addr(e)).collect();
         self.drop_conns();
     }
 }
@@ -470,6 +478,8 @@ enum Heal {
     StopClone(usize),
     /// kill -9 a daemon whose Keystone keeps serving, restarted only at the end.
     Kill(usize),
+    /// etcd members, etcd's space, a node's disk (tests/chaos/etcd_faults.rs).
+    Store(etcd_faults::StoreHeal),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -492,6 +502,15 @@ enum Fault {
     KeystoneManage,
     TamperOffline,
     EtcdRestoreOld,
+    // etcd's members and space, a node's disk (tests/chaos/etcd_faults.rs).
+    MemberKill,
+    MemberPause,
+    MemberRestart,
+    QuorumLoss,
+    Compact,
+    Nospace,
+    DiskFull,
+    DiskReadOnly,
 }
 
 const SAFE: [Fault; 8] = [
@@ -537,6 +556,14 @@ impl Fault {
             Fault::KeystoneManage => "keystone-manage-rotate",
             Fault::TamperOffline => "key-lost-no-daemon",
             Fault::EtcdRestoreOld => "etcd-restore-old",
+            Fault::MemberKill => "etcd-member-kill",
+            Fault::MemberPause => "etcd-member-sigstop",
+            Fault::MemberRestart => "etcd-member-restart",
+            Fault::QuorumLoss => "etcd-quorum-loss",
+            Fault::Compact => "etcd-compact",
+            Fault::Nospace => "etcd-nospace",
+            Fault::DiskFull => "disk-full",
+            Fault::DiskReadOnly => "disk-readonly",
         }
     }
 }
@@ -544,6 +571,8 @@ impl Fault {
 struct Options {
     seed: u64,
     nodes: usize,
+    /// etcd's members (1 or 3).
+    etcd_members: usize,
     nemesis: Duration,
     faults: Vec<Fault>,
     /// Faults at once, at most.
@@ -565,8 +594,10 @@ struct Run {
     o: Options,
     rng: Rng,
     start: Instant,
+    /// The nodes' own filesystems (unmounted before `tmp` is removed).
+    disks: etcd_faults::Disks,
     tmp: tempfile::TempDir,
-    etcd: Etcd,
+    etcd: EtcdCluster,
     stray: Option<Etcd>,
     snapshots: Vec<(Instant, PathBuf)>,
     nodes: Vec<Node>,
@@ -609,17 +640,19 @@ impl Run {
             "libfaketime is required (Debian's faketime; scripts/deps installs it)"
         );
         let tmp = tempfile::tempdir().expect("a temporary directory");
-        let etcd = Etcd::start();
+        let etcd = etcd_faults::start_etcd(&o);
         let ks = Keystone::start();
         let mut nodes = Vec::new();
         for i in 0..o.nodes {
-            nodes.push(new_node(tmp.path(), i, &format!("n{i}"), &etcd.endpoint));
+            nodes.push(new_node(tmp.path(), i, &format!("n{i}"), &etcd.endpoints()));
         }
+        let disks = etcd_faults::Disks::mount(&o, tmp.path(), &mut nodes);
         let rng = Rng(o.seed);
         let mut run = Run {
             o,
             rng,
             start: Instant::now(),
+            disks,
             tmp,
             etcd,
             stray: None,
@@ -995,7 +1028,9 @@ impl Run {
             }
             Fault::EtcdRestart | Fault::EtcdRestoreOld => {
                 let snap = self.tmp.path().join(format!("snap{}.db", self.faults));
-                self.etcd.snapshot_save(&snap);
+                if !self.etcd.snapshot_save(&snap) {
+                    return; // no member could give a backup (members down)
+                }
                 self.snapshots.push((now, snap.clone()));
                 let old = self
                     .snapshots
@@ -1087,7 +1122,7 @@ impl Run {
                 }
                 let c = self.nodes.len();
                 let name = self.nodes[i].name.clone();
-                let mut node = new_node(self.tmp.path(), c, &name, &self.etcd.endpoint);
+                let mut node = new_node(self.tmp.path(), c, &name, &self.etcd.endpoints());
                 node.start_daemon();
                 self.nodes.push(node);
                 let at = self.t();
@@ -1118,7 +1153,7 @@ impl Run {
                 let stray = self
                     .stray
                     .as_ref()
-                    .map(|e| e.endpoint.clone())
+                    .map(|e| vec![e.endpoint.clone()])
                     .unwrap_or_default();
                 self.nodes[i].proxy.retarget(&stray);
                 self.nodes[i].kill_daemon();
@@ -1133,12 +1168,29 @@ impl Run {
                     ),
                 );
             }
+            Fault::MemberKill
+            | Fault::MemberPause
+            | Fault::MemberRestart
+            | Fault::QuorumLoss
+            | Fault::Compact
+            | Fault::Nospace
+            | Fault::DiskFull
+            | Fault::DiskReadOnly => self.inject_store(fault),
         }
     }
 
     fn fault(&mut self, f: Fault, what: String) {
         let node = match f {
-            Fault::EtcdRestart | Fault::EtcdRestoreOld | Fault::InitForce | Fault::Rotate => None,
+            Fault::EtcdRestart
+            | Fault::EtcdRestoreOld
+            | Fault::InitForce
+            | Fault::Rotate
+            | Fault::MemberKill
+            | Fault::MemberPause
+            | Fault::MemberRestart
+            | Fault::QuorumLoss
+            | Fault::Compact
+            | Fault::Nospace => None,
             _ => Some(self.target),
         };
         self.injected.push((self.t(), f, node));
@@ -1172,7 +1224,7 @@ impl Run {
                 self.event(format!("heal: {}'s clock right again", self.nodes[i].label));
             }
             Heal::Endpoint(i) => {
-                let e = self.etcd.endpoint.clone();
+                let e = self.etcd.endpoints();
                 self.nodes[i].proxy.retarget(&e);
                 self.nodes[i].kill_daemon();
                 self.nodes[i].start_daemon();
@@ -1190,6 +1242,7 @@ impl Run {
                     ));
                 }
             }
+            Heal::Store(h) => self.heal_store(h),
             Heal::StopClone(c) => {
                 self.nodes[c].kill_daemon();
                 self.nodes[c].live = false;
@@ -1263,6 +1316,7 @@ impl Run {
             self.round();
         }
         self.heal_due(true);
+        self.heal_store_finally();
         for i in 0..self.nodes.len() {
             if self.nodes[i].live && self.nodes[i].daemon.is_none() {
                 self.nodes[i].start_daemon();
@@ -1411,11 +1465,12 @@ fn heal_node(h: &Heal) -> Option<usize> {
         Heal::Restart(i) | Heal::Cont(i) | Heal::Net(i) | Heal::Clock(i) | Heal::Endpoint(i) => {
             Some(*i)
         }
+        Heal::Store(h) => h.node(),
         Heal::StopClone(_) | Heal::Kill(_) => None,
     }
 }
 
-fn new_node(base: &Path, i: usize, name: &str, etcd: &str) -> Node {
+fn new_node(base: &Path, i: usize, name: &str, etcd: &[String]) -> Node {
     let label = format!("node{i}");
     let proxy = Proxy::start(etcd);
     let mut n = Node {
@@ -1454,8 +1509,9 @@ fn in_suite(seed: u64) {
     let out = chaos(Options {
         seed,
         nodes: 3,
+        etcd_members: 1,
         nemesis: Duration::from_secs(40),
-        faults: SAFE.to_vec(),
+        faults: [&SAFE[..], &etcd_faults::IN_SUITE[..]].concat(),
         concurrent: 3,
         sabotage: None,
     });
@@ -1492,6 +1548,7 @@ fn chaos_checker_reports_a_key_deleted_behind_its_back() {
     let out = chaos(Options {
         seed: 7,
         nodes: 3,
+        etcd_members: 1,
         nemesis: Duration::from_secs(6),
         faults: vec![Fault::Stall],
         concurrent: 1,
@@ -1532,9 +1589,15 @@ fn chaos_long() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let etcd_members = std::env::var("CHAOS_ETCD_MEMBERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let mut faults = SAFE.to_vec();
+    faults.extend(etcd_faults::SURVIVED);
     if std::env::var_os("CHAOS_SAFE").is_none_or(|v| v != "1") {
         faults.extend(KNOWN_DEFECTS);
+        faults.extend(etcd_faults::NOT_SURVIVED);
     }
     if let Ok(only) = std::env::var("CHAOS_FAULTS") {
         if !only.is_empty() {
@@ -1542,6 +1605,8 @@ fn chaos_long() {
             faults = SAFE
                 .iter()
                 .chain(KNOWN_DEFECTS.iter())
+                .chain(etcd_faults::SURVIVED.iter())
+                .chain(etcd_faults::NOT_SURVIVED.iter())
                 .copied()
                 .filter(|f| names.contains(&f.name()))
                 .collect();
@@ -1552,12 +1617,13 @@ fn chaos_long() {
         }
     }
     eprintln!(
-        "chaos: seed {seed}, {minutes} minutes, {nodes} nodes, binary {}",
+        "chaos: seed {seed}, {minutes} minutes, {nodes} nodes, {etcd_members} etcd member(s), binary {}",
         fernetd_bin().display()
     );
     let out = chaos(Options {
         seed,
         nodes,
+        etcd_members,
         nemesis: Duration::from_secs_f64(minutes * 60.0),
         faults,
         concurrent: 3,
