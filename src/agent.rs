@@ -61,6 +61,10 @@ pub struct AgentConfig {
     /// Credentials: the command that must succeed before the leader rotates (it re-encrypts
     /// every credential with the primary, so that the key the rotation purges holds none).
     pub pre_rotate: Option<PreRotate>,
+    /// The key set this node last took (applied or found on disk), kept across sessions: while
+    /// etcd is unreachable a key tampered with here is restored from it, through the same
+    /// guarded apply, instead of staying broken until a session is back.
+    pub last_taken: std::sync::Mutex<Option<KeySet>>,
 }
 
 /// A `pre_rotate` hook as the leader runs it.
@@ -184,10 +188,60 @@ pub async fn run(
         if started.elapsed() > cfg.cluster.lease_ttl {
             backoff = Duration::from_millis(250);
         }
-        tokio::time::sleep(backoff.min(cap)).await;
+        let retry = Instant::now() + backoff.min(cap);
         backoff = (backoff * 2).min(cap);
-        // Changes noticed while degraded are handled by the next session's first comparison.
-        while drift.try_recv().is_ok() {}
+        // A local change noticed while degraded is undone from the key set last taken (the
+        // next session's first comparison also would, but etcd may be away for long).
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(retry) => break,
+                got = drift.recv() => match got {
+                    Some(()) => restore_last_taken(&cfg, &reports),
+                    None => tokio::time::sleep_until(retry).await,
+                },
+            }
+        }
+    }
+}
+
+/// Between sessions: makes the disk hold the key set this node last took again, after a local
+/// change (a key deleted, replaced or corrupted while etcd is unreachable). The same guarded
+/// apply as a session's, so nothing still needed is removed; nothing when the disk already
+/// holds it, or when no set was taken yet (a node that never followed has nothing to restore).
+fn restore_last_taken(cfg: &AgentConfig, reports: &UnboundedSender<(usize, Report)>) {
+    let Some(set) = cfg
+        .last_taken
+        .lock()
+        .ok()
+        .and_then(|last| last.as_ref().cloned())
+    else {
+        return;
+    };
+    if on_disk(&cfg.repo) == set.fingerprints() {
+        return;
+    }
+    let source = "the key set this node last took (etcd unreachable)";
+    match cfg.repo.apply(&set, source, cfg.decryptable, &Now::read()) {
+        Ok(out) => {
+            let changes = out
+                .warnings
+                .iter()
+                .chain(&out.notes)
+                .map(|s| s.to_string())
+                .collect();
+            let _ = reports.send((
+                cfg.index,
+                Report::Applied {
+                    changes,
+                    undone: true,
+                    received: Utc::now(),
+                },
+            ));
+        }
+        Err(e) => tracing::error!(
+            "{}: could not restore the key set this node last took: {e}",
+            cfg.kind
+        ),
     }
 }
 
@@ -616,6 +670,9 @@ impl<'a> Session<'a> {
                 self.cfg.kind
             );
             return Ok(());
+        }
+        if let Ok(mut last) = self.cfg.last_taken.lock() {
+            *last = Some(self.view.set.clone());
         }
         let at = Now::read();
         let ack = Ack {

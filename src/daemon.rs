@@ -600,6 +600,7 @@ impl Daemon {
                     metrics: self.metrics.clone(),
                     keystone_config: s.m.settings.keystone_config.clone(),
                 }),
+            last_taken: std::sync::Mutex::new(None),
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
         s.mode = Mode::Cluster(Cluster {

@@ -36,7 +36,6 @@ fn node(dir: &Path, etcd: &EtcdCluster, name: &str) -> PathBuf {
 /// applied. Here: one member (the quorum lost when it stops), a node in step, the member
 /// killed, the node's primary corrupted: the node must restore it while etcd is away.
 #[test]
-#[ignore = "fails against the current build: a node repairs a tampered key only through an etcd session"]
 fn a_key_corrupted_while_etcd_is_away_is_restored_before_etcd_returns() {
     let mut etcd = EtcdCluster::start(1);
     let t = tempfile::tempdir().unwrap();
