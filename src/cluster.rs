@@ -633,7 +633,29 @@ impl Cluster {
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
     /// that has applied nothing).
     pub async fn acks(&mut self, kind: Kind) -> Result<Vec<Ack>, ClusterError> {
-        Ok(self
+        Ok(self.acks_judged(kind).await?.0)
+    }
+
+    /// The nodes whose acknowledgement for a repository does not verify with any seal key
+    /// held (forged, copied from another node's, or written by a daemon without record
+    /// MACs): counted as holding nothing by [`Cluster::acks`]. Empty without a seal key.
+    pub async fn unauthenticated(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
+        let records = self.ack_records(kind).await?;
+        Ok(records
+            .into_iter()
+            .filter(|(_, record)| matches!(record, AckRecord::Unauthenticated(_)))
+            .map(|(node, _)| node)
+            .collect())
+    }
+
+    /// [`Cluster::acks`] and [`Cluster::unauthenticated`] from one read of the records (for
+    /// `status`, which says both: one range over the acknowledgements instead of two).
+    pub async fn acks_judged(
+        &mut self,
+        kind: Kind,
+    ) -> Result<(Vec<Ack>, Vec<String>), ClusterError> {
+        let mut unauthenticated = Vec::new();
+        let acks = self
             .ack_records(kind)
             .await?
             .into_iter()
@@ -646,24 +668,13 @@ impl Cluster {
                          another node's record, or written by a fernetd without record \
                          MACs); counted as absent"
                     );
+                    unauthenticated.push(node.clone());
                     Ack::holding_nothing(&node, None)
                 }
                 AckRecord::Unreadable => Ack::holding_nothing(&node, None),
             })
-            .collect())
-    }
-
-    /// The nodes whose acknowledgement for a repository does not verify with any seal key
-    /// held (forged, copied from another node's, or written by a daemon without record
-    /// MACs): counted as holding nothing by [`Cluster::acks`]. Empty without a seal key.
-    pub async fn unauthenticated(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
-        Ok(self
-            .ack_records(kind)
-            .await?
-            .into_iter()
-            .filter(|(_, record)| matches!(record, AckRecord::Unauthenticated(_)))
-            .map(|(node, _)| node)
-            .collect())
+            .collect();
+        Ok((acks, unauthenticated))
     }
 
     /// Every acknowledgement record of a repository, by node, judged once: believed, an

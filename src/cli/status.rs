@@ -259,7 +259,9 @@ async fn cluster_views(
         let kind = m.settings.kind;
         let view = async {
             let (set, revision) = c.fetch(kind).await.map_err(unreachable)?;
-            let acks = c.acks(kind).await.map_err(unreachable)?;
+            // One read of the acknowledgements says both what they hold and which do not
+            // verify.
+            let (acks, unauthenticated) = c.acks_judged(kind).await.map_err(unreachable)?;
             let leader = c.leader(kind).await.map_err(unreachable)?;
             let repo =
                 Repository::new(&m.settings.key_repository, None).with_repair(m.settings.repair);
@@ -293,7 +295,7 @@ async fn cluster_views(
             let hold = c.skew_hold(kind).await.map_err(unreachable)?;
             view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
             view.judge_own_clock(&cluster.node, margin, m.settings.lifetime.retention());
-            view.unauthenticated = c.unauthenticated(kind).await.map_err(unreachable)?;
+            view.unauthenticated = unauthenticated;
             if cluster.seal_tagged {
                 let by = c.sealed_with(kind).await.map_err(unreachable)?;
                 view.sealed_with = Some(by.map_or("clear".into(), |id| id.to_string()));

@@ -143,7 +143,7 @@ pub fn plan(
             let min_count = usize::try_from(max_active_keys.unwrap_or(0).max(3))
                 .unwrap_or(usize::MAX)
                 .saturating_add(1);
-            let firings = schedule.firings(now, until, min_count, FIRING_CAP);
+            let firings = firings(schedule, now, until, min_count, FIRING_CAP).0;
             let times = &firings.times;
             if times.len() < 2 {
                 return Err(PlanError::TooFewFirings(source.clone()));
@@ -175,6 +175,159 @@ pub fn plan(
             })
         }
     }
+}
+
+/// The firings [`Schedule::firings`] lists, the same list found a day at a time, and how many
+/// times croner was asked. In UTC a crontab fires at the same times of day on every day it
+/// fires (its second, minute and hour fields do not depend on the date), so croner lists the
+/// first day's firings once and afterwards is asked only for each next day that fires: a
+/// seconds-level schedule's million firings cost about as many calls as the horizon has days
+/// plus one day's firings, instead of a million (`status`, `rotate` and the daemon's start
+/// prove the schedule every time). Each next day's first firing croner gives is checked to
+/// fall at the first day's first time of day; one that does not (never expected) ends the
+/// shortcut and croner is asked for every firing from there, so the list stays exactly
+/// `Schedule::firings`'s (`day_at_a_time_lists_the_firings_croner_lists`).
+fn firings(
+    schedule: &Schedule,
+    start: DateTime<Utc>,
+    until: DateTime<Utc>,
+    min_count: usize,
+    cap: usize,
+) -> (crate::core::schedule::Firings, usize) {
+    use crate::core::schedule::Firings;
+    let mut days = Days {
+        schedule,
+        times_of_day: Vec::new(),
+        at: None,
+        shortcut: true,
+        asked: 0,
+    };
+    // `Schedule::firings`'s loop, with its `next_after` answered by `days`.
+    let mut times = Vec::new();
+    let mut t = start;
+    loop {
+        if times.len() >= cap {
+            let f = Firings {
+                times,
+                truncated: true,
+            };
+            return (f, days.asked);
+        }
+        if t >= until && times.len() >= min_count {
+            let f = Firings {
+                times,
+                truncated: false,
+            };
+            return (f, days.asked);
+        }
+        match days.next_after(t) {
+            Some(next) => {
+                times.push(next);
+                t = next;
+            }
+            None => {
+                let f = Firings {
+                    times,
+                    truncated: false,
+                };
+                return (f, days.asked);
+            }
+        }
+    }
+}
+
+const DAY: i64 = 86_400;
+
+/// Successive firings of a schedule a day at a time (see [`firings`]).
+struct Days<'a> {
+    schedule: &'a Schedule,
+    /// The first firing day's times, in seconds after midnight, ascending.
+    times_of_day: Vec<i64>,
+    /// The last firing given: its day's midnight and its index in `times_of_day`.
+    at: Option<(DateTime<Utc>, usize)>,
+    /// Off once a day did not start where the first one did: croner answers every call.
+    shortcut: bool,
+    /// Calls made to croner.
+    asked: usize,
+}
+
+impl Days<'_> {
+    fn ask(&mut self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.asked += 1;
+        self.schedule.next_after(t)
+    }
+
+    /// `schedule.next_after(t)`, where `t` is the start or the firing given before.
+    fn next_after(&mut self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let known = match self.at {
+            Some((day, i)) if self.shortcut && self.time(day, i) == Some(t) => Some((day, i)),
+            _ => None,
+        };
+        let Some((day, i)) = known else {
+            let next = self.ask(t)?;
+            if self.shortcut && self.times_of_day.is_empty() {
+                self.learn_day(next);
+            }
+            return Some(next);
+        };
+        if let Some(next) = self.time(day, i + 1) {
+            self.at = Some((day, i + 1));
+            return Some(next);
+        }
+        // The day's last firing: croner finds the next day that fires.
+        let next = self.ask(day.checked_add_signed(chrono::Duration::seconds(DAY - 1))?)?;
+        match split(next) {
+            Some((d, s)) if Some(&s) == self.times_of_day.first() => {
+                self.at = Some((d, 0));
+                Some(next)
+            }
+            _ => {
+                self.shortcut = false;
+                self.ask(t)
+            }
+        }
+    }
+
+    /// The `i`th time of day on `day`.
+    fn time(&self, day: DateTime<Utc>, i: usize) -> Option<DateTime<Utc>> {
+        let s = self.times_of_day.get(i)?;
+        day.checked_add_signed(chrono::Duration::seconds(*s))
+    }
+
+    /// Lists the times of `first`'s day (croner asked from its midnight on) and places `first`
+    /// among them; the shortcut is off when it is not there.
+    fn learn_day(&mut self, first: DateTime<Utc>) {
+        let Some((day, at)) = split(first) else {
+            self.shortcut = false;
+            return;
+        };
+        let mut times = Vec::new();
+        let mut t = day.checked_sub_signed(chrono::Duration::seconds(1));
+        while let Some(next) = t.and_then(|t| self.ask(t)) {
+            match split(next) {
+                Some((d, s)) if d == day => times.push(s),
+                _ => break,
+            }
+            t = Some(next);
+        }
+        match times.iter().position(|s| *s == at) {
+            Some(i) => {
+                self.times_of_day = times;
+                self.at = Some((day, i));
+            }
+            None => self.shortcut = false,
+        }
+    }
+}
+
+/// A firing's midnight and its seconds after it; `None` for a time between whole seconds.
+fn split(t: DateTime<Utc>) -> Option<(DateTime<Utc>, i64)> {
+    use chrono::Timelike;
+    if t.nanosecond() != 0 {
+        return None;
+    }
+    let s = i64::from(t.num_seconds_from_midnight());
+    Some((t.checked_sub_signed(chrono::Duration::seconds(s))?, s))
 }
 
 /// The minimum sum of `k` consecutive gaps, and the index where that run starts.
@@ -320,6 +473,69 @@ mod tests {
         assert_eq!(p.required_max_active_keys, 3);
     }
 
+    /// The day-at-a-time listing against croner asked for every firing.
+    fn same_firings(spec: &str, start: DateTime<Utc>, days: i64, min_count: usize, cap: usize) {
+        let s: Schedule = spec.parse().unwrap();
+        let until = start + chrono::Duration::days(days);
+        let slow = s.firings(start, until, min_count, cap);
+        let (fast, _) = firings(&s, start, until, min_count, cap);
+        assert_eq!(fast.times, slow.times, "{spec} from {start}");
+        assert_eq!(fast.truncated, slow.truncated, "{spec} from {start}");
+    }
+
+    #[test]
+    fn day_at_a_time_lists_the_firings_croner_lists() {
+        let starts = [
+            now(),
+            Utc.with_ymd_and_hms(2028, 2, 28, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(2027, 12, 31, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2026, 3, 29, 0, 59, 30).unwrap()
+                + chrono::Duration::milliseconds(250),
+        ];
+        let specs = [
+            "*/10 * * * * *",
+            "* * * * * *",
+            "0 3 * * *",
+            "@daily",
+            "@hourly",
+            "@weekly",
+            "@monthly",
+            "@yearly",
+            "0 0 * * 1,3",
+            "0 0,1 * * *",
+            "0 0 29 2 *",
+            "30 */7 9-17 * * 1-5",
+            "0 0 1,15 * 5",
+            "0 0 L * *",
+            "0 12 * * 5#2",
+            "15 45 23 31 * *",
+            "0 0 0 1 1 *",
+            "5,50 59 23 * * *",
+        ];
+        for spec in specs {
+            for start in starts {
+                same_firings(spec, start, 800, 4, 20_000);
+                same_firings(spec, start, 0, 0, 50);
+                same_firings(spec, start, 2, 3, 20_000);
+            }
+        }
+    }
+
+    #[test]
+    fn a_seconds_schedule_costs_a_day_of_firings_not_a_million_calls() {
+        let s: Schedule = "*/10 * * * * *".parse().unwrap();
+        let until = now() + chrono::Duration::days(400);
+        let (f, asked) = firings(&s, now(), until, 4, FIRING_CAP);
+        assert!(f.truncated);
+        assert_eq!(f.times.len(), FIRING_CAP);
+        // One day of firings (8,640) and one call per day after it.
+        assert!(asked < 10_000, "croner asked {asked} times");
+        assert_eq!(
+            f.times[FIRING_CAP - 1],
+            now() + chrono::Duration::seconds(10 * FIRING_CAP as i64)
+        );
+    }
+
     fn brute_required(gaps: &[u64], t: u64) -> Option<usize> {
         (0..=gaps.len())
             .find(|&k| (0..=gaps.len() - k).all(|i| gaps[i..i + k].iter().sum::<u64>() >= t))
@@ -343,6 +559,23 @@ mod tests {
                 (0..=gaps.len() - k).map(|i| gaps[i..i + k].iter().sum::<u64>()).min().unwrap_or(0)
             });
             prop_assert_eq!(min_window(&gaps, k).map(|(s, _)| s), brute);
+        }
+
+        #[test]
+        fn day_at_a_time_matches_croner_on_any_crontab(
+            sec in proptest::sample::select(vec!["0", "*/15", "7,8", "59", "*"]),
+            min in proptest::sample::select(vec!["0", "*/20", "59", "5-7", "*"]),
+            hour in proptest::sample::select(vec!["0", "23", "*/6", "1-2", "*"]),
+            dom in proptest::sample::select(vec!["*", "1", "29", "31", "L", "1,15", "?"]),
+            month in proptest::sample::select(vec!["*", "2", "1,7", "*/5"]),
+            dow in proptest::sample::select(vec!["*", "0", "1-5", "6,7", "3#2", "?"]),
+            offset in 0i64..(4 * 366 * 86_400),
+        ) {
+            let spec = format!("{sec} {min} {hour} {dom} {month} {dow}");
+            if spec.parse::<Schedule>().is_ok() {
+                let start = now() + chrono::Duration::seconds(offset);
+                same_firings(&spec, start, 60, 4, 3_000);
+            }
         }
 
         #[test]
