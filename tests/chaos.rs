@@ -22,6 +22,8 @@
 //! `FERNETD=path` runs another build.
 
 mod common;
+#[path = "chaos/creds.rs"]
+mod creds;
 
 use common::etcd::Etcd;
 use sha2::Digest;
@@ -324,10 +326,11 @@ struct Node {
 
 impl Node {
     fn write_cfg(&self, endpoint: &str) {
+        let (keystone, credentials) = creds::cfg(self);
         std::fs::write(
             &self.cfg,
             format!(
-                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                "[keystone]\nconfig = \"{keystone}\"\n{credentials}[tokens]\nkey_repository = \"{}\"\n\
                  schedule = \"{SCHEDULE}s\"\nexpiration = \"{EXPIRATION}s\"\n\
                  allow_expired_window = \"{WINDOW}s\"\nmargin = \"{MARGIN}s\"\n\
                  [cluster]\ninsecure_unsealed = true\nendpoints = [\"{endpoint}\"]\n\
@@ -492,6 +495,11 @@ enum Fault {
     KeystoneManage,
     TamperOffline,
     EtcdRestoreOld,
+    // An operator's actions (tests/chaos/creds.rs).
+    CredRotate,
+    CredRotateRacing,
+    RemoveNode,
+    RenameNode,
 }
 
 const SAFE: [Fault; 8] = [
@@ -505,7 +513,7 @@ const SAFE: [Fault; 8] = [
     Fault::Rotate,
 ];
 
-const KNOWN_DEFECTS: [Fault; 9] = [
+const KNOWN_DEFECTS: [Fault; 13] = [
     Fault::LongPause,
     Fault::LongPartition,
     Fault::Skew,
@@ -515,6 +523,10 @@ const KNOWN_DEFECTS: [Fault; 9] = [
     Fault::KeystoneManage,
     Fault::TamperOffline,
     Fault::EtcdRestoreOld,
+    Fault::CredRotate,
+    Fault::CredRotateRacing,
+    Fault::RemoveNode,
+    Fault::RenameNode,
 ];
 
 impl Fault {
@@ -537,6 +549,10 @@ impl Fault {
             Fault::KeystoneManage => "keystone-manage-rotate",
             Fault::TamperOffline => "key-lost-no-daemon",
             Fault::EtcdRestoreOld => "etcd-restore-old",
+            Fault::CredRotate => "credential-rotate",
+            Fault::CredRotateRacing => "credential-rotate-racing",
+            Fault::RemoveNode => "remove-node",
+            Fault::RenameNode => "rename-node",
         }
     }
 }
@@ -571,6 +587,7 @@ struct Run {
     snapshots: Vec<(Instant, PathBuf)>,
     nodes: Vec<Node>,
     ks: Keystone,
+    creds: creds::Creds,
     tokens: Vec<Token>,
     next_id: usize,
     heals: Vec<(Instant, Heal, Fault)>,
@@ -615,6 +632,7 @@ impl Run {
         for i in 0..o.nodes {
             nodes.push(new_node(tmp.path(), i, &format!("n{i}"), &etcd.endpoint));
         }
+        let creds = creds::Creds::start(&nodes);
         let rng = Rng(o.seed);
         let mut run = Run {
             o,
@@ -626,6 +644,7 @@ impl Run {
             snapshots: Vec::new(),
             nodes,
             ks,
+            creds,
             tokens: Vec::new(),
             next_id: 0,
             heals: Vec::new(),
@@ -649,11 +668,11 @@ impl Run {
             n.start_daemon();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !run
-            .nodes
-            .iter()
-            .all(|n| n.log_text().contains("ready") && fingerprints(&n.dir).len() >= 2)
-        {
+        while !run.nodes.iter().all(|n| {
+            n.log_text().contains("ready")
+                && fingerprints(&n.dir).len() >= 2
+                && creds::holds_keys(n)
+        }) {
             assert!(
                 Instant::now() < deadline,
                 "the nodes did not start: {}",
@@ -894,11 +913,18 @@ impl Run {
         let n = self.nodes.len();
         let i = self.rng.below(n);
         self.target = i;
-        let busy = |r: &Run, i: usize| r.heals.iter().any(|(_, h, _)| heal_node(h) == Some(i));
+        let busy = |r: &Run, i: usize| {
+            r.creds.busy(i) || r.heals.iter().any(|(_, h, _)| heal_node(h) == Some(i))
+        };
         let now = Instant::now();
         let label = self.nodes[i].label.clone();
         let heal = |r: &mut Run, d: Duration, h: Heal| r.heals.push((now + d, h, fault));
         match fault {
+            Fault::CredRotate | Fault::CredRotateRacing | Fault::RemoveNode | Fault::RenameNode => {
+                if !busy(self, i) {
+                    creds::inject(self, fault, i);
+                }
+            }
             Fault::Kill | Fault::TamperOffline => {
                 if busy(self, i) || self.nodes[i].daemon.is_none() {
                     return;
@@ -1231,6 +1257,7 @@ impl Run {
         let began = Instant::now();
         self.issue();
         self.check();
+        creds::round(self);
         if let Some(rest) = Duration::from_millis(400).checked_sub(began.elapsed()) {
             std::thread::sleep(rest);
         }
@@ -1263,6 +1290,7 @@ impl Run {
             self.round();
         }
         self.heal_due(true);
+        creds::heal_all(&mut self);
         for i in 0..self.nodes.len() {
             if self.nodes[i].live && self.nodes[i].daemon.is_none() {
                 self.nodes[i].start_daemon();
@@ -1325,10 +1353,11 @@ impl Run {
             self.round();
         }
         let summary = format!(
-            "chaos: seed {}, {} faults, {} tokens checked, 0 credentials, {} violations",
+            "chaos: seed {}, {} faults, {} tokens checked, {} credentials, {} violations",
             self.o.seed,
             self.faults,
             self.checked,
+            self.creds.checked,
             self.violations.len()
         );
         if !self.violations.is_empty() {
@@ -1361,6 +1390,7 @@ impl Run {
             self.checked,
             self.nodes.len()
         );
+        eprintln!("chaos: {}", creds::figures(&self));
         eprintln!("{summary}");
         Outcome {
             faults: self.faults,
