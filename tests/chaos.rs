@@ -1250,6 +1250,7 @@ impl Run {
             let _ = std::fs::remove_file(dir.join(n.to_string()));
         }
         let _ = std::fs::write(dir.join("0"), fernet::Fernet::generate_key());
+        creds::sabotage(&self.nodes[1]);
     }
 
     /// One round of the workload and the checker; at most every 400 ms.
@@ -1515,7 +1516,8 @@ fn chaos_random_seed_survives_the_faults_fernetd_is_meant_to_survive() {
 }
 
 /// The checker is not blind: a node whose newest key the harness deletes behind everyone's
-/// back (no daemon to repair it, nothing recorded) must produce violations.
+/// back (no daemon to repair it, nothing recorded) must produce violations, for its tokens and
+/// for its credentials (its credential keys replaced the same way).
 #[test]
 fn chaos_checker_reports_a_key_deleted_behind_its_back() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1537,6 +1539,12 @@ fn chaos_checker_reports_a_key_deleted_behind_its_back() {
             .keys()
             .any(|c| c.starts_with("none") || c.starts_with("stall")),
         "{:?}",
+        out.classes
+    );
+    assert!(
+        out.classes.keys().any(|c| c.starts_with("credential: ")),
+        "the checker missed credential keys replaced: {} {:?}",
+        out.summary,
         out.classes
     );
 }

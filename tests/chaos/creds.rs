@@ -209,6 +209,8 @@ pub struct Creds {
     burst: Option<usize>,
     removed: Vec<Removed>,
     renames: usize,
+    /// When the first credential violation was found (the run's clock).
+    first: Option<f64>,
 }
 
 impl Creds {
@@ -262,6 +264,7 @@ impl Creds {
             burst: None,
             removed: Vec::new(),
             renames: 0,
+            first: None,
         }
     }
 
@@ -445,9 +448,15 @@ fn violation(run: &mut Run, id: &str, validator: usize, what: &str) {
     for s in &suspects {
         *run.by_fault.entry(s.to_string()).or_default() += 1;
     }
-    *run.classes
-        .entry(format!("credential: {class}"))
-        .or_default() += 1;
+    let key = format!("credential: {class}");
+    if !run.classes.contains_key(&key) {
+        // The first of each class in the timeline, whatever the number printed in full.
+        run.event(format!(
+            "first credential violation with faults in play {class}: {what}"
+        ));
+        run.creds.first.get_or_insert(run.t());
+    }
+    *run.classes.entry(key).or_default() += 1;
     let n = run.violations.len() + 1;
     if n > 3 {
         run.violations.push(String::new());
@@ -529,6 +538,19 @@ fn progress(run: &mut Run) {
             }
             None => k += 1,
         }
+    }
+}
+
+/// The checker's own test: node `n`'s credential keys replaced by two fresh ones behind
+/// everyone's back (its daemon already dead): the stored credentials no longer decrypt there,
+/// and those its Keystone makes decrypt nowhere else.
+pub fn sabotage(n: &Node) {
+    let d = dir(n);
+    for k in fingerprints(&d).into_keys() {
+        let _ = std::fs::remove_file(d.join(k.to_string()));
+    }
+    for k in ["0", "1"] {
+        let _ = std::fs::write(d.join(k), fernet::Fernet::generate_key());
     }
 }
 
@@ -629,7 +651,8 @@ pub fn inject(run: &mut Run, f: Fault, i: usize) {
             run.fault(
                 f,
                 format!(
-                    "{label} stopped (daemon and Keystone), `cluster remove-node {name}` on {via}: exit {code} {err}; back in {:.1}s",
+                    "{label} stopped (daemon and Keystone), `cluster remove-node {name}` on {via}: exit {code}{}; back in {:.1}s",
+                    said(code, &err),
                     d.as_secs_f64()
                 ),
             );
@@ -658,12 +681,22 @@ pub fn inject(run: &mut Run, f: Fault, i: usize) {
             run.fault(
                 f,
                 format!(
-                    "{label}'s daemon stopped, `cluster rename-node {old} {new}` on {via}: exit {code} {err}; started as {}",
+                    "{label}'s daemon stopped, `cluster rename-node {old} {new}` on {via}: exit {code}{}; started as {}",
+                    said(code, &err),
                     run.nodes[i].name
                 ),
             );
         }
         _ => {}
+    }
+}
+
+/// A command's last line of stderr, when it failed.
+fn said(code: i32, err: &str) -> String {
+    if code == 0 {
+        String::new()
+    } else {
+        format!(" ({err})")
     }
 }
 
@@ -688,8 +721,13 @@ pub fn heal_all(run: &mut Run) {
 
 /// The figures for the summary.
 pub fn figures(run: &Run) -> String {
+    let first = run
+        .creds
+        .first
+        .map(|t| format!(", first credential violation at {t:.1}s"))
+        .unwrap_or_default();
     format!(
-        "{} credentials checked ({} decryptions, {} stored, {} requests the database refused), credential keys on {}: {}",
+        "{} credentials checked ({} decryptions, {} stored, {} requests the database refused), credential keys on {}: {}{first}",
         run.creds.checked,
         run.creds.decryptions,
         run.creds.order.len(),
