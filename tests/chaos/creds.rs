@@ -211,6 +211,9 @@ pub struct Creds {
     renames: usize,
     /// When the first credential violation was found (the run's clock).
     first: Option<f64>,
+    /// Nodes whose credentials repository held a key set once: from then on their Keystone
+    /// serves credentials (before, a new node's Keystone would fall back to its null key).
+    joined: BTreeSet<usize>,
 }
 
 impl Creds {
@@ -265,6 +268,7 @@ impl Creds {
             removed: Vec::new(),
             renames: 0,
             first: None,
+            joined: BTreeSet::new(),
         }
     }
 
@@ -342,7 +346,10 @@ pub fn round(run: &mut Run) {
 /// Every stored credential decrypted with every serving node's keys.
 pub fn check(run: &mut Run) {
     for j in 0..run.nodes.len() {
-        if !run.nodes[j].serving() {
+        if holds_keys(&run.nodes[j]) {
+            run.creds.joined.insert(j);
+        }
+        if !run.nodes[j].serving() || !run.creds.joined.contains(&j) {
             continue;
         }
         let d = dir(&run.nodes[j]);
