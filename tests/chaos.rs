@@ -13,6 +13,8 @@
 //! the nemesis stops and every fault is healed: every node holds one key set within
 //! `CONVERGE_BOUND`, and a rotation follows within `ROTATE_BOUND`. A node that cannot decrypt a
 //! token it should while its `fernetd status` is not critical is also named a silent failure.
+//! Credentials (stored through Keystone's credential manager, each must decrypt on every node)
+//! and the operator's actions (remove-node, rename-node, credential_rotate): `chaos/creds.rs`.
 //!
 //! The two runs here are the in-suite ones (a fixed seed and a random one, printed): their
 //! nemesis only uses faults fernetd is meant to survive. `scripts/chaos --minutes N --seed S`
@@ -22,6 +24,8 @@
 //! `FERNETD=path` runs another build.
 
 mod common;
+#[path = "chaos/creds.rs"]
+mod creds;
 #[path = "chaos/etcd_faults.rs"]
 mod etcd_faults;
 
@@ -332,10 +336,11 @@ struct Node {
 
 impl Node {
     fn write_cfg(&self, endpoint: &str) {
+        let (keystone, credentials) = creds::cfg(self);
         std::fs::write(
             &self.cfg,
             format!(
-                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                "[keystone]\nconfig = \"{keystone}\"\n{credentials}[tokens]\nkey_repository = \"{}\"\n\
                  schedule = \"{SCHEDULE}s\"\nexpiration = \"{EXPIRATION}s\"\n\
                  allow_expired_window = \"{WINDOW}s\"\nmargin = \"{MARGIN}s\"\n\
                  [cluster]\ninsecure_unsealed = true\nendpoints = [\"{endpoint}\"]\n\
@@ -511,6 +516,14 @@ enum Fault {
     Nospace,
     DiskFull,
     DiskReadOnly,
+    // An operator's actions (tests/chaos/creds.rs), in `scripts/chaos`'s default mix only: a
+    // run of the in-suite seed with rename-node and remove-node added lost a token (seed 25,
+    // 36.5 s, not reduced yet), and the README tells operators to leave credential_rotate to
+    // fernetd.
+    CredRotate,
+    CredRotateRacing,
+    RemoveNode,
+    RenameNode,
 }
 
 const SAFE: [Fault; 8] = [
@@ -524,7 +537,7 @@ const SAFE: [Fault; 8] = [
     Fault::Rotate,
 ];
 
-const KNOWN_DEFECTS: [Fault; 9] = [
+const KNOWN_DEFECTS: [Fault; 13] = [
     Fault::LongPause,
     Fault::LongPartition,
     Fault::Skew,
@@ -534,6 +547,10 @@ const KNOWN_DEFECTS: [Fault; 9] = [
     Fault::KeystoneManage,
     Fault::TamperOffline,
     Fault::EtcdRestoreOld,
+    Fault::CredRotate,
+    Fault::CredRotateRacing,
+    Fault::RemoveNode,
+    Fault::RenameNode,
 ];
 
 impl Fault {
@@ -564,6 +581,10 @@ impl Fault {
             Fault::Nospace => "etcd-nospace",
             Fault::DiskFull => "disk-full",
             Fault::DiskReadOnly => "disk-readonly",
+            Fault::CredRotate => "credential-rotate",
+            Fault::CredRotateRacing => "credential-rotate-racing",
+            Fault::RemoveNode => "remove-node",
+            Fault::RenameNode => "rename-node",
         }
     }
 }
@@ -602,6 +623,7 @@ struct Run {
     snapshots: Vec<(Instant, PathBuf)>,
     nodes: Vec<Node>,
     ks: Keystone,
+    creds: creds::Creds,
     tokens: Vec<Token>,
     next_id: usize,
     heals: Vec<(Instant, Heal, Fault)>,
@@ -647,6 +669,7 @@ impl Run {
             nodes.push(new_node(tmp.path(), i, &format!("n{i}"), &etcd.endpoints()));
         }
         let disks = etcd_faults::Disks::mount(&o, tmp.path(), &mut nodes);
+        let creds = creds::Creds::start(&nodes);
         let rng = Rng(o.seed);
         let mut run = Run {
             o,
@@ -659,6 +682,7 @@ impl Run {
             snapshots: Vec::new(),
             nodes,
             ks,
+            creds,
             tokens: Vec::new(),
             next_id: 0,
             heals: Vec::new(),
@@ -682,11 +706,11 @@ impl Run {
             n.start_daemon();
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !run
-            .nodes
-            .iter()
-            .all(|n| n.log_text().contains("ready") && fingerprints(&n.dir).len() >= 2)
-        {
+        while !run.nodes.iter().all(|n| {
+            n.log_text().contains("ready")
+                && fingerprints(&n.dir).len() >= 2
+                && creds::holds_keys(n)
+        }) {
             assert!(
                 Instant::now() < deadline,
                 "the nodes did not start: {}",
@@ -927,11 +951,18 @@ impl Run {
         let n = self.nodes.len();
         let i = self.rng.below(n);
         self.target = i;
-        let busy = |r: &Run, i: usize| r.heals.iter().any(|(_, h, _)| heal_node(h) == Some(i));
+        let busy = |r: &Run, i: usize| {
+            r.creds.busy(i) || r.heals.iter().any(|(_, h, _)| heal_node(h) == Some(i))
+        };
         let now = Instant::now();
         let label = self.nodes[i].label.clone();
         let heal = |r: &mut Run, d: Duration, h: Heal| r.heals.push((now + d, h, fault));
         match fault {
+            Fault::CredRotate | Fault::CredRotateRacing | Fault::RemoveNode | Fault::RenameNode => {
+                if !busy(self, i) {
+                    creds::inject(self, fault, i);
+                }
+            }
             Fault::Kill | Fault::TamperOffline => {
                 if busy(self, i) || self.nodes[i].daemon.is_none() {
                     return;
@@ -1277,6 +1308,7 @@ impl Run {
             let _ = std::fs::remove_file(dir.join(n.to_string()));
         }
         let _ = std::fs::write(dir.join("0"), fernet::Fernet::generate_key());
+        creds::sabotage(&self.nodes[1]);
     }
 
     /// One round of the workload and the checker; at most every 400 ms.
@@ -1284,6 +1316,7 @@ impl Run {
         let began = Instant::now();
         self.issue();
         self.check();
+        creds::round(self);
         if let Some(rest) = Duration::from_millis(400).checked_sub(began.elapsed()) {
             std::thread::sleep(rest);
         }
@@ -1317,6 +1350,7 @@ impl Run {
         }
         self.heal_due(true);
         self.heal_store_finally();
+        creds::heal_all(&mut self);
         for i in 0..self.nodes.len() {
             if self.nodes[i].live && self.nodes[i].daemon.is_none() {
                 self.nodes[i].start_daemon();
@@ -1379,10 +1413,11 @@ impl Run {
             self.round();
         }
         let summary = format!(
-            "chaos: seed {}, {} faults, {} tokens checked, 0 credentials, {} violations",
+            "chaos: seed {}, {} faults, {} tokens checked, {} credentials, {} violations",
             self.o.seed,
             self.faults,
             self.checked,
+            self.creds.checked,
             self.violations.len()
         );
         if !self.violations.is_empty() {
@@ -1415,6 +1450,7 @@ impl Run {
             self.checked,
             self.nodes.len()
         );
+        eprintln!("chaos: {}", creds::figures(&self));
         eprintln!("{summary}");
         Outcome {
             faults: self.faults,
@@ -1541,7 +1577,8 @@ fn chaos_random_seed_survives_the_faults_fernetd_is_meant_to_survive() {
 }
 
 /// The checker is not blind: a node whose newest key the harness deletes behind everyone's
-/// back (no daemon to repair it, nothing recorded) must produce violations.
+/// back (no daemon to repair it, nothing recorded) must produce violations, for its tokens and
+/// for its credentials (its credential keys replaced the same way).
 #[test]
 fn chaos_checker_reports_a_key_deleted_behind_its_back() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1564,6 +1601,12 @@ fn chaos_checker_reports_a_key_deleted_behind_its_back() {
             .keys()
             .any(|c| c.starts_with("none") || c.starts_with("stall")),
         "{:?}",
+        out.classes
+    );
+    assert!(
+        out.classes.keys().any(|c| c.starts_with("credential: ")),
+        "the checker missed credential keys replaced: {} {:?}",
+        out.summary,
         out.classes
     );
 }
