@@ -594,6 +594,19 @@ impl Cluster {
             // Opening it proves it sealed with a key this node holds (or in the clear, where
             // this node takes that), and names which.
             let (set, was) = open_which(&self.seal, &key, &stored.value)?;
+            // Sealing it again stamps it as written here: a copy of another etcd's set
+            // would then pass for the cluster moved on purpose.
+            if let Some(why) = crate::core::keyset::bound_elsewhere(
+                None,
+                set.history.lineage.as_ref(),
+                &self.binding(),
+            ) {
+                return Err(ClusterError::Refused {
+                    key,
+                    revision: stored.revision,
+                    reason: format!("not sealing it again: {why}"),
+                });
+            }
             if was.is_some() && was == with {
                 return Ok(Resealed {
                     was,
@@ -747,6 +760,20 @@ impl Cluster {
         let mut evidence: Option<ClockEvidence> = None;
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
+            // A set written into another etcd (a restored copy), or this node bound to
+            // another: rotating it would stamp it as written here, and the node's own lineage
+            // would then take it as the cluster moved on purpose.
+            if let Some(why) = crate::core::keyset::bound_elsewhere(
+                r.held.and_then(|h| h.lineage.as_ref()),
+                set.history.lineage.as_ref(),
+                &self.binding(),
+            ) {
+                return Err(ClusterError::Refused {
+                    key,
+                    revision,
+                    reason: format!("not rotating it: {why}"),
+                });
+            }
             if let Some(local) = r.held {
                 let s = crate::core::keyset::succession(local, &set);
                 if !s.acceptable() {
