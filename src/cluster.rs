@@ -669,14 +669,35 @@ impl Cluster {
     /// The nodes whose acknowledgement for a repository does not verify with any seal key
     /// held (forged, copied from another node's, or written by a daemon without record
     /// MACs): counted as holding nothing by [`Cluster::acks`]. Empty without a seal key.
+    /// A node whose clock answer (`clocks/NODE`) does not verify is named too, as
+    /// `NODE (clock answer)`, and its record logged: [`Cluster::probe_clocks`] counts it as
+    /// unanswered (purges held), and a forger's answer is said, not only counted.
     pub async fn unauthenticated(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
-        Ok(self
+        let mut nodes: Vec<String> = self
             .ack_records(kind)
             .await?
             .into_iter()
             .filter(|(_, record)| matches!(record, AckRecord::Unauthenticated(_)))
             .map(|(node, _)| node)
-            .collect())
+            .collect();
+        let prefix = self.clocks_prefix(kind);
+        let resp = self.read_prefix(&prefix).await?;
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let node = key.trim_start_matches(&prefix);
+            let forged = self.believed::<Reading>(&key, kv.value()).is_none()
+                && serde_json::from_slice::<Reading>(kv.value()).is_ok();
+            if forged {
+                tracing::error!(
+                    "node {node}: clock answer not authenticated ({key}: its MAC does not \
+                     verify with any seal key held: forged, copied from another node's \
+                     record, or written by a fernetd without record MACs); counted as \
+                     unanswered"
+                );
+                nodes.push(format!("{node}{CLOCK_ANSWER}"));
+            }
+        }
+        Ok(nodes)
     }
 
     /// Every acknowledgement record of a repository, by node, judged once: believed, an
@@ -1236,6 +1257,10 @@ pub struct Resealed {
 }
 
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
+/// How [`Cluster::unauthenticated`] names a node whose clock answer did not verify (its
+/// acknowledgement's entry is the bare node name).
+pub const CLOCK_ANSWER: &str = " (clock answer)";
+
 /// One acknowledgement record as [`Cluster::ack_records`] judged it.
 enum AckRecord {
     Believed(Ack),

@@ -255,3 +255,80 @@ fn a_sealed_rename_moves_an_acknowledgement_that_still_verifies() {
     );
     n1.stop();
 }
+
+/// A forged clock answer is said, not only counted as unanswered: n2 stopped (its lease gone,
+/// its acknowledgement its own), a record under `clocks/n2` every 0.2 s whose MAC does not
+/// verify. The leader's status is CRITICAL naming n2's clock answer (not its acknowledgement),
+/// and its log names the record.
+#[test]
+fn a_forged_clock_answer_is_reported_naming_the_node_and_the_record() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    new_seal_key(&seal);
+    let c1 = sealed_node(t.path(), &etcd, "n1", &seal);
+    let c2 = sealed_node(t.path(), &etcd, "n2", &seal);
+    fernetd_ok(&["--config", c1.to_str().unwrap(), "cluster", "init"]);
+    let n1 = Daemon::start(&["--config", c1.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n1.wait_log("leading", Duration::from_secs(15)),
+        "{}",
+        n1.log()
+    );
+    let n2 = Daemon::start(&["--config", c2.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n2.wait_log("ready", Duration::from_secs(15)),
+        "{}",
+        n2.log()
+    );
+    n2.signal(nix::sys::signal::Signal::SIGSTOP);
+    let cfg1 = c1.clone();
+    let during = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(8));
+        fernetd(&["--config", cfg1.to_str().unwrap(), "status"])
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        etcd.with_client(async |c| {
+            let forged = serde_json::json!({
+                "node": "n2",
+                "probe": 0,
+                "clock": chrono::Utc::now(),
+                "mac": "00".repeat(32),
+            });
+            c.put(
+                "/test/tokens/clocks/n2",
+                serde_json::to_vec(&forged).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during = during.join().unwrap();
+    n2.signal(nix::sys::signal::Signal::SIGCONT);
+    let log = n1.log();
+    n2.stop();
+    n1.stop();
+    assert_eq!(during.code, 2, "{}{}", during.stdout, during.stderr);
+    assert!(
+        during.stdout.contains(
+            "node n2: clock answer not authenticated (forged, or sealed with a key this node \
+             does not hold); counted as unanswered: purges are held"
+        ) && during.stdout.contains("[ack-unauthenticated]"),
+        "{}",
+        during.stdout
+    );
+    assert!(
+        !during
+            .stdout
+            .contains("node n2: acknowledgement not authenticated"),
+        "{}",
+        during.stdout
+    );
+    assert!(
+        log.contains("node n2: clock answer not authenticated (/test/tokens/clocks/n2: its MAC"),
+        "{log}"
+    );
+}
