@@ -650,18 +650,31 @@ impl Cluster {
             .ack_records(kind)
             .await?
             .into_iter()
-            .map(|(node, record)| match record {
-                AckRecord::Believed(ack) => ack,
-                AckRecord::Unauthenticated(key) => {
-                    tracing::error!(
-                        "node {node}: acknowledgement not authenticated ({key}: its MAC \
-                         does not verify with any seal key held: forged, copied from \
-                         another node's record, or written by a fernetd without record \
-                         MACs); counted as absent"
-                    );
-                    Ack::holding_nothing(&node, None)
+            .map(|(node, record)| counted(node, record))
+            .collect())
+    }
+
+    /// The acknowledgements as the gate counts them for the set of `lineage`: with a seal key,
+    /// one whose MAC does not bind it to that very set (another generation or lineage: an old
+    /// record written back, or one a node wrote before its daemon bound them) holds nothing of
+    /// it, whatever staged key it names.
+    async fn gate_acks(
+        &mut self,
+        kind: Kind,
+        lineage: Option<&crate::core::keyset::Lineage>,
+    ) -> Result<Vec<Ack>, ClusterError> {
+        let current = lineage.filter(|_| self.seal.sealed()).map(ack_binding);
+        Ok(self
+            .ack_records(kind)
+            .await?
+            .into_iter()
+            .map(|(node, record)| {
+                let unbound = matches!(&record, AckRecord::Believed(_, set) if current.is_some() && *set != current);
+                let mut ack = counted(node, record);
+                if unbound {
+                    ack.staged = crate::core::key::Fingerprint::NONE;
                 }
-                AckRecord::Unreadable => Ack::holding_nothing(&node, None),
+                ack
             })
             .collect())
     }
@@ -711,8 +724,9 @@ impl Cluster {
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
                 let node = key.trim_start_matches(&prefix).to_string();
-                let record = match self.believed::<Ack>(&key, kv.value()) {
-                    Some(ack) => AckRecord::Believed(ack),
+                let record = match self.believed_ack(&key, kv.value()) {
+                    Some(Ok((ack, set))) => AckRecord::Believed(ack, set),
+                    Some(Err(())) => AckRecord::Unauthenticated(key.to_string()),
                     None if serde_json::from_slice::<Ack>(kv.value()).is_ok() => {
                         AckRecord::Unauthenticated(key.to_string())
                     }
@@ -726,9 +740,43 @@ impl Cluster {
     /// A record kept in the clear as this node writes it under the etcd `key`: its JSON, with
     /// the MAC of those bytes and the key when a seal key is configured (`"mac"`).
     fn signed<T: serde::Serialize>(&self, key: &str, record: &T) -> Vec<u8> {
+        self.signed_for(key, record, None)
+    }
+
+    /// [`Cluster::signed`], bound to the key set it acknowledges (`set`: [`ack_binding`]).
+    fn signed_for<T: serde::Serialize>(&self, key: &str, record: &T, set: Option<&str>) -> Vec<u8> {
         let body = serde_json::to_vec(record).unwrap_or_default();
         let mac = self.seal.tag(key.as_bytes(), &body);
-        serde_json::to_vec(&Signed { record, mac }).unwrap_or(body)
+        let set_mac = set.and_then(|b| self.seal.tag(key.as_bytes(), &bound_body(&body, b)));
+        let set = set.filter(|_| set_mac.is_some()).map(str::to_string);
+        serde_json::to_vec(&Signed {
+            record,
+            mac,
+            set,
+            set_mac,
+        })
+        .unwrap_or(body)
+    }
+
+    /// An acknowledgement read from under `key` when it verifies, with the set its `set_mac`
+    /// binds it to (None: a record without one, or without a seal key); Err(()) when a `set`
+    /// is there and its MAC does not verify (forged).
+    fn believed_ack(&self, key: &str, value: &[u8]) -> Option<Result<(Ack, Option<String>), ()>> {
+        let ack = self.believed::<Ack>(key, value)?;
+        let Ok(read) = serde_json::from_slice::<Signed<Ack>>(value) else {
+            return Some(Err(()));
+        };
+        let Some(set) = read.set else {
+            return Some(Ok((ack, None)));
+        };
+        let body = serde_json::to_vec(&read.record).unwrap_or_default();
+        let bound = self.seal.sealed()
+            && self.seal.verify(
+                key.as_bytes(),
+                &bound_body(&body, &set),
+                read.set_mac.as_deref(),
+            );
+        Some(if bound { Ok((ack, Some(set))) } else { Err(()) })
     }
 
     /// A renamed node's acknowledgement as written under its new etcd key `to`: `value` (the
@@ -749,10 +797,10 @@ impl Cluster {
             o.remove("mac");
         }
         match (
-            self.believed::<Ack>(from, raw),
+            self.believed_ack(from, raw),
             serde_json::from_value::<Ack>(value.clone()),
         ) {
-            (Some(_), Ok(ack)) => self.signed(to, &ack),
+            (Some(Ok((_, set))), Ok(ack)) => self.signed_for(to, &ack, set.as_deref()),
             _ => serde_json::to_vec(&value).unwrap_or_default(),
         }
     }
@@ -832,7 +880,7 @@ impl Cluster {
             if !names.is_empty() {
                 return Err(ClusterError::DuplicateHeld { key, names });
             }
-            let acks = self.acks(kind).await?;
+            let acks = self.gate_acks(kind, set.history.lineage.as_ref()).await?;
             let behind = waiting_on(&acks, staged, r.now.wall, r.member_timeout);
             if !behind.is_empty() {
                 return Err(ClusterError::GateWaiting {
@@ -1088,8 +1136,21 @@ impl Cluster {
     /// it is the node's membership, and it outlives the node's session (a node etcd cannot
     /// hear from may still be serving tokens).
     pub async fn acknowledge(&mut self, kind: Kind, ack: &Ack) -> Result<(), ClusterError> {
+        self.acknowledge_set(kind, ack, None).await
+    }
+
+    /// [`Cluster::acknowledge`], bound (with a seal key) to the lineage and generation of the
+    /// set acknowledged: the gate counts a bound acknowledgement only for that very set, so an
+    /// old one written back does not acknowledge a later set that holds the same staged key.
+    pub async fn acknowledge_set(
+        &mut self,
+        kind: Kind,
+        ack: &Ack,
+        set: Option<&crate::core::keyset::Lineage>,
+    ) -> Result<(), ClusterError> {
         let key = format!("{}{}", self.acks_prefix(kind), ack.node);
-        let value = self.signed(&key, ack);
+        let set = set.map(ack_binding);
+        let value = self.signed_for(&key, ack, set.as_deref());
         let mut client = self.client.clone();
         self.bounded(
             &format!("write {key}"),
@@ -1235,6 +1296,24 @@ struct Signed<T> {
     record: T,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
+    /// An acknowledgement's key set (`CLUSTER/GENERATION` of its lineage), bound by `set_mac`
+    /// (over the etcd key, the record and this): an old record written back cannot pass for
+    /// an acknowledgement of a later set holding the same staged key. A separate MAC, so a
+    /// daemon that predates it still verifies `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    set: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    set_mac: Option<String>,
+}
+
+/// What an acknowledgement's `set` names: the lineage and generation of the set acknowledged.
+fn ack_binding(lineage: &crate::core::keyset::Lineage) -> String {
+    format!("{}/{}", lineage.cluster, lineage.generation)
+}
+
+/// The bytes `set_mac` covers: the record, then the set it acknowledges.
+fn bound_body(body: &[u8], set: &str) -> Vec<u8> {
+    [body, b"\n", set.as_bytes()].concat()
 }
 
 /// A key set's value as etcd holds it, its revision, and the store's at the time of the read.
@@ -1257,13 +1336,32 @@ pub struct Resealed {
 }
 
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
+/// An acknowledgement record as the gate counts it: believed as it is, or (a MAC that does
+/// not verify, logged naming the record; not an acknowledgement) as holding nothing.
+fn counted(node: String, record: AckRecord) -> Ack {
+    match record {
+        AckRecord::Believed(ack, _) => ack,
+        AckRecord::Unauthenticated(key) => {
+            tracing::error!(
+                "node {node}: acknowledgement not authenticated ({key}: its MAC \
+                         does not verify with any seal key held: forged, copied from \
+                         another node's record, or written by a fernetd without record \
+                         MACs); counted as absent"
+            );
+            Ack::holding_nothing(&node, None)
+        }
+        AckRecord::Unreadable => Ack::holding_nothing(&node, None),
+    }
+}
+
 /// How [`Cluster::unauthenticated`] names a node whose clock answer did not verify (its
 /// acknowledgement's entry is the bare node name).
 pub const CLOCK_ANSWER: &str = " (clock answer)";
 
 /// One acknowledgement record as [`Cluster::ack_records`] judged it.
 enum AckRecord {
-    Believed(Ack),
+    /// With the key set its MAC binds it to (`CLUSTER/GENERATION`), when it names one.
+    Believed(Ack, Option<String>),
     /// An acknowledgement whose MAC does not verify (its etcd key).
     Unauthenticated(String),
     Unreadable,
