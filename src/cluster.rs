@@ -19,6 +19,17 @@ pub mod names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    #[error(
+        "{key}: not sealing it with seal key {id}: {} not said to hold it (each member's \
+         acknowledgement lists the seal keys its daemon holds); list it in their seal_key_files \
+         and reload them first",
+        nodes.join(", ")
+    )]
+    SealNotHeld {
+        key: String,
+        id: SealKeyId,
+        nodes: Vec<String>,
+    },
     #[error("etcd {endpoints}: {reason}")]
     Connect { endpoints: String, reason: String },
     #[error("[cluster] {field} {source}")]
@@ -614,6 +625,20 @@ impl Cluster {
                     revision: None,
                 });
             }
+            // From one seal key to another: only once every member says it holds the new one
+            // (a member that cannot open the set refuses it, and the gate holds on it).
+            if let (Some(_), Some(id)) = (was, with) {
+                let nodes: Vec<String> = self
+                    .ack_records(kind)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, r)| !matches!(r, AckRecord::Believed(_, Some(b)) if b.seal_ids.contains(&id.to_string())))
+                    .map(|(node, _)| node)
+                    .collect();
+                if !nodes.is_empty() {
+                    return Err(ClusterError::SealNotHeld { key, id, nodes });
+                }
+            }
             if self.republish(kind, &set, stored.revision).await? {
                 let (_, revision) = self.fetch(kind).await?;
                 return Ok(Resealed {
@@ -669,7 +694,8 @@ impl Cluster {
             .await?
             .into_iter()
             .map(|(node, record)| {
-                let unbound = matches!(&record, AckRecord::Believed(_, set) if current.is_some() && *set != current);
+                let unbound = matches!(&record, AckRecord::Believed(_, b)
+                    if current.is_some() && b.as_ref().map(|b| &b.set) != current.as_ref());
                 let mut ack = counted(node, record);
                 if unbound {
                     ack.staged = crate::core::key::Fingerprint::NONE;
@@ -725,7 +751,7 @@ impl Cluster {
                 let key = String::from_utf8_lossy(kv.key());
                 let node = key.trim_start_matches(&prefix).to_string();
                 let record = match self.believed_ack(&key, kv.value()) {
-                    Some(Ok((ack, set))) => AckRecord::Believed(ack, set),
+                    Some(Ok((ack, bound))) => AckRecord::Believed(ack, bound),
                     Some(Err(())) => AckRecord::Unauthenticated(key.to_string()),
                     None if serde_json::from_slice::<Ack>(kv.value()).is_ok() => {
                         AckRecord::Unauthenticated(key.to_string())
@@ -747,13 +773,19 @@ impl Cluster {
     fn signed_for<T: serde::Serialize>(&self, key: &str, record: &T, set: Option<&str>) -> Vec<u8> {
         let body = serde_json::to_vec(record).unwrap_or_default();
         let mac = self.seal.tag(key.as_bytes(), &body);
-        let set_mac = set.and_then(|b| self.seal.tag(key.as_bytes(), &bound_body(&body, b)));
+        let ids: Vec<String> = self.seal.ids().iter().map(|i| i.to_string()).collect();
+        let set_mac = set.and_then(|b| {
+            self.seal
+                .tag(key.as_bytes(), &bound_body(&body, b, Some(&ids)))
+        });
+        let seal_ids = set_mac.as_ref().map(|_| ids);
         let set = set.filter(|_| set_mac.is_some()).map(str::to_string);
         serde_json::to_vec(&Signed {
             record,
             mac,
             set,
             set_mac,
+            seal_ids,
         })
         .unwrap_or(body)
     }
@@ -761,7 +793,8 @@ impl Cluster {
     /// An acknowledgement read from under `key` when it verifies, with the set its `set_mac`
     /// binds it to (None: a record without one, or without a seal key); Err(()) when a `set`
     /// is there and its MAC does not verify (forged).
-    fn believed_ack(&self, key: &str, value: &[u8]) -> Option<Result<(Ack, Option<String>), ()>> {
+    #[allow(clippy::type_complexity)]
+    fn believed_ack(&self, key: &str, value: &[u8]) -> Option<Result<(Ack, Option<Bound>), ()>> {
         let ack = self.believed::<Ack>(key, value)?;
         let Ok(read) = serde_json::from_slice::<Signed<Ack>>(value) else {
             return Some(Err(()));
@@ -773,10 +806,15 @@ impl Cluster {
         let bound = self.seal.sealed()
             && self.seal.verify(
                 key.as_bytes(),
-                &bound_body(&body, &set),
+                &bound_body(&body, &set, read.seal_ids.as_deref()),
                 read.set_mac.as_deref(),
             );
-        Some(if bound { Ok((ack, Some(set))) } else { Err(()) })
+        let seal_ids = read.seal_ids.unwrap_or_default();
+        Some(if bound {
+            Ok((ack, Some(Bound { set, seal_ids })))
+        } else {
+            Err(())
+        })
     }
 
     /// A renamed node's acknowledgement as written under its new etcd key `to`: `value` (the
@@ -800,7 +838,9 @@ impl Cluster {
             self.believed_ack(from, raw),
             serde_json::from_value::<Ack>(value.clone()),
         ) {
-            (Some(Ok((_, set))), Ok(ack)) => self.signed_for(to, &ack, set.as_deref()),
+            (Some(Ok((_, bound))), Ok(ack)) => {
+                self.signed_for(to, &ack, bound.as_ref().map(|b| b.set.as_str()))
+            }
             _ => serde_json::to_vec(&value).unwrap_or_default(),
         }
     }
@@ -1304,6 +1344,10 @@ struct Signed<T> {
     set: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     set_mac: Option<String>,
+    /// The seal keys the acknowledging daemon holds (their ids), bound by `set_mac` too:
+    /// `cluster seal` re-seals with a key only once every member says it holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seal_ids: Option<Vec<String>>,
 }
 
 /// What an acknowledgement's `set` names: the lineage and generation of the set acknowledged.
@@ -1311,9 +1355,13 @@ fn ack_binding(lineage: &crate::core::keyset::Lineage) -> String {
     format!("{}/{}", lineage.cluster, lineage.generation)
 }
 
-/// The bytes `set_mac` covers: the record, then the set it acknowledges.
-fn bound_body(body: &[u8], set: &str) -> Vec<u8> {
-    [body, b"\n", set.as_bytes()].concat()
+/// The bytes `set_mac` covers: the record, then the set it acknowledges, then the seal keys
+/// held (none: as before they were listed).
+fn bound_body(body: &[u8], set: &str, ids: Option<&[String]>) -> Vec<u8> {
+    match ids {
+        None => [body, b"\n", set.as_bytes()].concat(),
+        Some(ids) => [body, b"\n", set.as_bytes(), b"\n", ids.join(",").as_bytes()].concat(),
+    }
 }
 
 /// A key set's value as etcd holds it, its revision, and the store's at the time of the read.
@@ -1343,10 +1391,9 @@ fn counted(node: String, record: AckRecord) -> Ack {
         AckRecord::Believed(ack, _) => ack,
         AckRecord::Unauthenticated(key) => {
             tracing::error!(
-                "node {node}: acknowledgement not authenticated ({key}: its MAC \
-                         does not verify with any seal key held: forged, copied from \
-                         another node's record, or written by a fernetd without record \
-                         MACs); counted as absent"
+                "node {node}: acknowledgement not authenticated ({key}: its MAC does not \
+                 verify with any seal key held: forged, copied from another node's record, \
+                 or written by a fernetd without record MACs); counted as absent"
             );
             Ack::holding_nothing(&node, None)
         }
@@ -1358,10 +1405,17 @@ fn counted(node: String, record: AckRecord) -> Ack {
 /// acknowledgement's entry is the bare node name).
 pub const CLOCK_ANSWER: &str = " (clock answer)";
 
+/// What an acknowledgement's `set_mac` binds it to: the set acknowledged
+/// (`CLUSTER/GENERATION`) and the ids of the seal keys its daemon holds.
+struct Bound {
+    set: String,
+    seal_ids: Vec<String>,
+}
+
 /// One acknowledgement record as [`Cluster::ack_records`] judged it.
 enum AckRecord {
-    /// With the key set its MAC binds it to (`CLUSTER/GENERATION`), when it names one.
-    Believed(Ack, Option<String>),
+    /// With the key set its MAC binds it to, when it names one.
+    Believed(Ack, Option<Bound>),
     /// An acknowledgement whose MAC does not verify (its etcd key).
     Unauthenticated(String),
     Unreadable,
