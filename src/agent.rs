@@ -639,7 +639,11 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         (ack.refused, ack.clock) = (Some(revision), Some(Now::read().wall));
-        self.c.acknowledge(self.cfg.kind, &ack).await?;
+        // It still acknowledges the set it holds: bound to that one's lineage and generation.
+        let held = self.cfg.repo.history()?.lineage;
+        self.c
+            .acknowledge_set(self.cfg.kind, &ack, held.as_ref())
+            .await?;
         // Taken later, the set is acknowledged afresh (without the refusal).
         self.acked.last = None;
         Ok(())
@@ -682,7 +686,8 @@ impl<'a> Session<'a> {
             clock: Some(at.wall),
             refused: None,
         };
-        self.c.acknowledge(self.cfg.kind, &ack).await?;
+        let set = self.view.set.history.lineage.as_ref();
+        self.c.acknowledge_set(self.cfg.kind, &ack, set).await?;
         self.acked.wrote(revision, staged, at);
         self.report(Report::InStep { revision });
         Ok(())

@@ -19,6 +19,17 @@ pub mod names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    #[error(
+        "{key}: not sealing it with seal key {id}: {} not said to hold it (each member's \
+         acknowledgement lists the seal keys its daemon holds); list it in their seal_key_files \
+         and reload them first",
+        nodes.join(", ")
+    )]
+    SealNotHeld {
+        key: String,
+        id: SealKeyId,
+        nodes: Vec<String>,
+    },
     #[error("etcd {endpoints}: {reason}")]
     Connect { endpoints: String, reason: String },
     #[error("[cluster] {field} {source}")]
@@ -594,12 +605,39 @@ impl Cluster {
             // Opening it proves it sealed with a key this node holds (or in the clear, where
             // this node takes that), and names which.
             let (set, was) = open_which(&self.seal, &key, &stored.value)?;
+            // Sealing it again stamps it as written here: a copy of another etcd's set
+            // would then pass for the cluster moved on purpose.
+            if let Some(why) = crate::core::keyset::bound_elsewhere(
+                None,
+                set.history.lineage.as_ref(),
+                &self.binding(),
+            ) {
+                return Err(ClusterError::Refused {
+                    key,
+                    revision: stored.revision,
+                    reason: format!("not sealing it again: {why}"),
+                });
+            }
             if was.is_some() && was == with {
                 return Ok(Resealed {
                     was,
                     with,
                     revision: None,
                 });
+            }
+            // From one seal key to another: only once every member says it holds the new one
+            // (a member that cannot open the set refuses it, and the gate holds on it).
+            if let (Some(_), Some(id)) = (was, with) {
+                let nodes: Vec<String> = self
+                    .ack_records(kind)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, r)| !matches!(r, AckRecord::Believed(_, Some(b)) if b.seal_ids.contains(&id.to_string())))
+                    .map(|(node, _)| node)
+                    .collect();
+                if !nodes.is_empty() {
+                    return Err(ClusterError::SealNotHeld { key, id, nodes });
+                }
             }
             if self.republish(kind, &set, stored.revision).await? {
                 let (_, revision) = self.fetch(kind).await?;
@@ -633,23 +671,60 @@ impl Cluster {
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
     /// that has applied nothing).
     pub async fn acks(&mut self, kind: Kind) -> Result<Vec<Ack>, ClusterError> {
-        Ok(self.acks_judged(kind).await?.0)
+        Ok(self
+            .ack_records(kind)
+            .await?
+            .into_iter()
+            .map(|(node, record)| counted(node, record))
+            .collect())
+    }
+
+    /// The acknowledgements as the gate counts them for the set of `lineage`: with a seal key,
+    /// one whose MAC does not bind it to that very set (another generation or lineage: an old
+    /// record written back, or one a node wrote before its daemon bound them) holds nothing of
+    /// it, whatever staged key it names.
+    async fn gate_acks(
+        &mut self,
+        kind: Kind,
+        lineage: Option<&crate::core::keyset::Lineage>,
+    ) -> Result<Vec<Ack>, ClusterError> {
+        let current = lineage.filter(|_| self.seal.sealed()).map(ack_binding);
+        Ok(self
+            .ack_records(kind)
+            .await?
+            .into_iter()
+            .map(|(node, record)| {
+                let unbound = matches!(&record, AckRecord::Believed(_, b)
+                    if current.is_some() && b.as_ref().map(|b| &b.set) != current.as_ref());
+                let mut ack = counted(node, record);
+                if unbound {
+                    ack.staged = crate::core::key::Fingerprint::NONE;
+                }
+                ack
+            })
+            .collect())
     }
 
     /// The nodes whose acknowledgement for a repository does not verify with any seal key
     /// held (forged, copied from another node's, or written by a daemon without record
     /// MACs): counted as holding nothing by [`Cluster::acks`]. Empty without a seal key.
+    /// A node whose clock answer (`clocks/NODE`) does not verify is named too, as
+    /// `NODE (clock answer)`, and its record logged: [`Cluster::probe_clocks`] counts it as
+    /// unanswered (purges held), and a forger's answer is said, not only counted.
     pub async fn unauthenticated(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
-        let records = self.ack_records(kind).await?;
-        Ok(records
+        let mut nodes: Vec<String> = self
+            .ack_records(kind)
+            .await?
             .into_iter()
             .filter(|(_, record)| matches!(record, AckRecord::Unauthenticated(_)))
             .map(|(node, _)| node)
-            .collect())
+            .collect();
+        nodes.extend(self.forged_clock_answers(kind).await?);
+        Ok(nodes)
     }
 
-    /// [`Cluster::acks`] and [`Cluster::unauthenticated`] from one read of the records (for
-    /// `status`, which says both: one range over the acknowledgements instead of two).
+    /// [`Cluster::acks`] and [`Cluster::unauthenticated`] from one read of the
+    /// acknowledgements (for `status`, which says both: one range over them instead of two).
     pub async fn acks_judged(
         &mut self,
         kind: Kind,
@@ -659,22 +734,39 @@ impl Cluster {
             .ack_records(kind)
             .await?
             .into_iter()
-            .map(|(node, record)| match record {
-                AckRecord::Believed(ack) => ack,
-                AckRecord::Unauthenticated(key) => {
-                    tracing::error!(
-                        "node {node}: acknowledgement not authenticated ({key}: its MAC \
-                         does not verify with any seal key held: forged, copied from \
-                         another node's record, or written by a fernetd without record \
-                         MACs); counted as absent"
-                    );
+            .map(|(node, record)| {
+                if matches!(record, AckRecord::Unauthenticated(_)) {
                     unauthenticated.push(node.clone());
-                    Ack::holding_nothing(&node, None)
                 }
-                AckRecord::Unreadable => Ack::holding_nothing(&node, None),
+                counted(node, record)
             })
             .collect();
+        unauthenticated.extend(self.forged_clock_answers(kind).await?);
         Ok((acks, unauthenticated))
+    }
+
+    /// The nodes whose clock answer parses as a reading but whose MAC does not verify, each
+    /// logged naming its record and named as `NODE (clock answer)`.
+    async fn forged_clock_answers(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
+        let mut nodes = Vec::new();
+        let prefix = self.clocks_prefix(kind);
+        let resp = self.read_prefix(&prefix).await?;
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let node = key.trim_start_matches(&prefix);
+            let forged = self.believed::<Reading>(&key, kv.value()).is_none()
+                && serde_json::from_slice::<Reading>(kv.value()).is_ok();
+            if forged {
+                tracing::error!(
+                    "node {node}: clock answer not authenticated ({key}: its MAC does not \
+                     verify with any seal key held: forged, copied from another node's \
+                     record, or written by a fernetd without record MACs); counted as \
+                     unanswered"
+                );
+                nodes.push(format!("{node}{CLOCK_ANSWER}"));
+            }
+        }
+        Ok(nodes)
     }
 
     /// Every acknowledgement record of a repository, by node, judged once: believed, an
@@ -688,8 +780,9 @@ impl Cluster {
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
                 let node = key.trim_start_matches(&prefix).to_string();
-                let record = match self.believed::<Ack>(&key, kv.value()) {
-                    Some(ack) => AckRecord::Believed(ack),
+                let record = match self.believed_ack(&key, kv.value()) {
+                    Some(Ok((ack, bound))) => AckRecord::Believed(ack, bound),
+                    Some(Err(())) => AckRecord::Unauthenticated(key.to_string()),
                     None if serde_json::from_slice::<Ack>(kv.value()).is_ok() => {
                         AckRecord::Unauthenticated(key.to_string())
                     }
@@ -703,9 +796,55 @@ impl Cluster {
     /// A record kept in the clear as this node writes it under the etcd `key`: its JSON, with
     /// the MAC of those bytes and the key when a seal key is configured (`"mac"`).
     fn signed<T: serde::Serialize>(&self, key: &str, record: &T) -> Vec<u8> {
+        self.signed_for(key, record, None)
+    }
+
+    /// [`Cluster::signed`], bound to the key set it acknowledges (`set`: [`ack_binding`]).
+    fn signed_for<T: serde::Serialize>(&self, key: &str, record: &T, set: Option<&str>) -> Vec<u8> {
         let body = serde_json::to_vec(record).unwrap_or_default();
         let mac = self.seal.tag(key.as_bytes(), &body);
-        serde_json::to_vec(&Signed { record, mac }).unwrap_or(body)
+        let ids: Vec<String> = self.seal.ids().iter().map(|i| i.to_string()).collect();
+        let set_mac = set.and_then(|b| {
+            self.seal
+                .tag(key.as_bytes(), &bound_body(&body, b, Some(&ids)))
+        });
+        let seal_ids = set_mac.as_ref().map(|_| ids);
+        let set = set.filter(|_| set_mac.is_some()).map(str::to_string);
+        serde_json::to_vec(&Signed {
+            record,
+            mac,
+            set,
+            set_mac,
+            seal_ids,
+        })
+        .unwrap_or(body)
+    }
+
+    /// An acknowledgement read from under `key` when it verifies, with the set its `set_mac`
+    /// binds it to (None: a record without one, or without a seal key); Err(()) when a `set`
+    /// is there and its MAC does not verify (forged).
+    #[allow(clippy::type_complexity)]
+    fn believed_ack(&self, key: &str, value: &[u8]) -> Option<Result<(Ack, Option<Bound>), ()>> {
+        let ack = self.believed::<Ack>(key, value)?;
+        let Ok(read) = serde_json::from_slice::<Signed<Ack>>(value) else {
+            return Some(Err(()));
+        };
+        let Some(set) = read.set else {
+            return Some(Ok((ack, None)));
+        };
+        let body = serde_json::to_vec(&read.record).unwrap_or_default();
+        let bound = self.seal.sealed()
+            && self.seal.verify(
+                key.as_bytes(),
+                &bound_body(&body, &set, read.seal_ids.as_deref()),
+                read.set_mac.as_deref(),
+            );
+        let seal_ids = read.seal_ids.unwrap_or_default();
+        Some(if bound {
+            Ok((ack, Some(Bound { set, seal_ids })))
+        } else {
+            Err(())
+        })
     }
 
     /// A renamed node's acknowledgement as written under its new etcd key `to`: `value` (the
@@ -726,10 +865,12 @@ impl Cluster {
             o.remove("mac");
         }
         match (
-            self.believed::<Ack>(from, raw),
+            self.believed_ack(from, raw),
             serde_json::from_value::<Ack>(value.clone()),
         ) {
-            (Some(_), Ok(ack)) => self.signed(to, &ack),
+            (Some(Ok((_, bound))), Ok(ack)) => {
+                self.signed_for(to, &ack, bound.as_ref().map(|b| b.set.as_str()))
+            }
             _ => serde_json::to_vec(&value).unwrap_or_default(),
         }
     }
@@ -758,6 +899,20 @@ impl Cluster {
         let mut evidence: Option<ClockEvidence> = None;
         for _ in 0..MAX_ATTEMPTS {
             let (set, revision) = self.fetch(kind).await?;
+            // A set written into another etcd (a restored copy), or this node bound to
+            // another: rotating it would stamp it as written here, and the node's own lineage
+            // would then take it as the cluster moved on purpose.
+            if let Some(why) = crate::core::keyset::bound_elsewhere(
+                r.held.and_then(|h| h.lineage.as_ref()),
+                set.history.lineage.as_ref(),
+                &self.binding(),
+            ) {
+                return Err(ClusterError::Refused {
+                    key,
+                    revision,
+                    reason: format!("not rotating it: {why}"),
+                });
+            }
             if let Some(local) = r.held {
                 let s = crate::core::keyset::succession(local, &set);
                 if !s.acceptable() {
@@ -795,7 +950,7 @@ impl Cluster {
             if !names.is_empty() {
                 return Err(ClusterError::DuplicateHeld { key, names });
             }
-            let acks = self.acks(kind).await?;
+            let acks = self.gate_acks(kind, set.history.lineage.as_ref()).await?;
             let behind = waiting_on(&acks, staged, r.now.wall, r.member_timeout);
             if !behind.is_empty() {
                 return Err(ClusterError::GateWaiting {
@@ -1051,8 +1206,21 @@ impl Cluster {
     /// it is the node's membership, and it outlives the node's session (a node etcd cannot
     /// hear from may still be serving tokens).
     pub async fn acknowledge(&mut self, kind: Kind, ack: &Ack) -> Result<(), ClusterError> {
+        self.acknowledge_set(kind, ack, None).await
+    }
+
+    /// [`Cluster::acknowledge`], bound (with a seal key) to the lineage and generation of the
+    /// set acknowledged: the gate counts a bound acknowledgement only for that very set, so an
+    /// old one written back does not acknowledge a later set that holds the same staged key.
+    pub async fn acknowledge_set(
+        &mut self,
+        kind: Kind,
+        ack: &Ack,
+        set: Option<&crate::core::keyset::Lineage>,
+    ) -> Result<(), ClusterError> {
         let key = format!("{}{}", self.acks_prefix(kind), ack.node);
-        let value = self.signed(&key, ack);
+        let set = set.map(ack_binding);
+        let value = self.signed_for(&key, ack, set.as_deref());
         let mut client = self.client.clone();
         self.bounded(
             &format!("write {key}"),
@@ -1198,6 +1366,32 @@ struct Signed<T> {
     record: T,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
+    /// An acknowledgement's key set (`CLUSTER/GENERATION` of its lineage), bound by `set_mac`
+    /// (over the etcd key, the record and this): an old record written back cannot pass for
+    /// an acknowledgement of a later set holding the same staged key. A separate MAC, so a
+    /// daemon that predates it still verifies `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    set: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    set_mac: Option<String>,
+    /// The seal keys the acknowledging daemon holds (their ids), bound by `set_mac` too:
+    /// `cluster seal` re-seals with a key only once every member says it holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seal_ids: Option<Vec<String>>,
+}
+
+/// What an acknowledgement's `set` names: the lineage and generation of the set acknowledged.
+fn ack_binding(lineage: &crate::core::keyset::Lineage) -> String {
+    format!("{}/{}", lineage.cluster, lineage.generation)
+}
+
+/// The bytes `set_mac` covers: the record, then the set it acknowledges, then the seal keys
+/// held (none: as before they were listed).
+fn bound_body(body: &[u8], set: &str, ids: Option<&[String]>) -> Vec<u8> {
+    match ids {
+        None => [body, b"\n", set.as_bytes()].concat(),
+        Some(ids) => [body, b"\n", set.as_bytes(), b"\n", ids.join(",").as_bytes()].concat(),
+    }
 }
 
 /// A key set's value as etcd holds it, its revision, and the store's at the time of the read.
@@ -1220,9 +1414,38 @@ pub struct Resealed {
 }
 
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
+/// An acknowledgement record as the gate counts it: believed as it is, or (a MAC that does
+/// not verify, logged naming the record; not an acknowledgement) as holding nothing.
+fn counted(node: String, record: AckRecord) -> Ack {
+    match record {
+        AckRecord::Believed(ack, _) => ack,
+        AckRecord::Unauthenticated(key) => {
+            tracing::error!(
+                "node {node}: acknowledgement not authenticated ({key}: its MAC does not \
+                 verify with any seal key held: forged, copied from another node's record, \
+                 or written by a fernetd without record MACs); counted as absent"
+            );
+            Ack::holding_nothing(&node, None)
+        }
+        AckRecord::Unreadable => Ack::holding_nothing(&node, None),
+    }
+}
+
+/// How [`Cluster::unauthenticated`] names a node whose clock answer did not verify (its
+/// acknowledgement's entry is the bare node name).
+pub const CLOCK_ANSWER: &str = " (clock answer)";
+
+/// What an acknowledgement's `set_mac` binds it to: the set acknowledged
+/// (`CLUSTER/GENERATION`) and the ids of the seal keys its daemon holds.
+struct Bound {
+    set: String,
+    seal_ids: Vec<String>,
+}
+
 /// One acknowledgement record as [`Cluster::ack_records`] judged it.
 enum AckRecord {
-    Believed(Ack),
+    /// With the key set its MAC binds it to, when it names one.
+    Believed(Ack, Option<Bound>),
     /// An acknowledgement whose MAC does not verify (its etcd key).
     Unauthenticated(String),
     Unreadable,

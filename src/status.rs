@@ -107,7 +107,18 @@ pub enum Seen {
 
 /// The problem of a member's acknowledgement that does not verify with any seal key held
 /// (counted as absent: the gate holds for it), as the leader's daemon and `status` say it.
+/// A clock answer's entry (`NODE (clock answer)`, [`crate::cluster::CLOCK_ANSWER`]) is said as
+/// one: counted as unanswered, so purges are held.
 pub fn ack_unauthenticated(node: &str) -> Problem {
+    if let Some(node) = node.strip_suffix(crate::cluster::CLOCK_ANSWER) {
+        return Problem::new(
+            Code::AckUnauthenticated,
+            format!(
+                "node {node}: clock answer not authenticated (forged, or sealed with a key this \
+                 node does not hold); counted as unanswered: purges are held"
+            ),
+        );
+    }
     Problem::new(
         Code::AckUnauthenticated,
         format!(

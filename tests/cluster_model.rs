@@ -29,7 +29,18 @@
 //!   written over the cluster's and a good node's keys offered again (`init --force`, with or
 //!   without `--force-purge`), refused and then taken.
 //!
-//! One etcd member serves every case, each case under a prefix of its own.
+//! A node's endpoints may name a second, stray etcd for a while (a typo, a local etcd): its
+//! session there ends its lease in the cluster's etcd, and it does there what its daemon does
+//! (an empty prefix: it publishes nothing; a set there is taken only if
+//! `keyset::bound_elsewhere` lets it, then acknowledged there) and what the timer's `fernetd
+//! rotate` does (a rotation of whatever set is there, with no fence). The stray holds nothing,
+//! a copy of the cluster's set (a snapshot restored into another etcd), or another cluster's
+//! set (a stray `cluster init`). Its Keystone keeps serving with the primary on its disk
+//! meanwhile, and its tokens are judged like any other; its endpoints are set right again
+//! later (it applies the cluster's set and acknowledges as any late node).
+//!
+//! One etcd member serves every case, each case under a prefix of its own, and a second one
+//! serves as the stray etcd.
 
 mod common;
 use common::etcd::Etcd;
@@ -83,6 +94,22 @@ enum Op {
     /// The operator offers a good node's keys again, as `cluster init --force --from GOOD`
     /// does (`purge`: with `--force-purge`): the keys a refused set held come back.
     Reoffer { node: usize, purge: bool },
+    /// The node's endpoints name the stray etcd, which holds `what`: its session in the
+    /// cluster's etcd ends (lease, leadership, clock answers) and it acts there.
+    Stray { node: usize, what: Stray },
+    /// The node's endpoints are set right again: it applies the cluster's set as a late node.
+    Back { node: usize },
+}
+
+/// What the stray etcd holds under the cluster's prefix when a node reaches it.
+#[derive(Debug, Clone, Copy)]
+enum Stray {
+    /// Nothing: a new local etcd.
+    Empty,
+    /// The cluster's set as it is now, copied (a snapshot of the cluster's etcd restored there).
+    Copy,
+    /// Another cluster's set: someone ran `cluster init` there.
+    Init,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -99,7 +126,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (node.clone(), -1800i64..1800).prop_map(|(node, offset_secs)| Op::Clock { node, offset_secs }),
         3 => node.clone().prop_map(|node| Op::Duplicate { node }),
         1 => Just(Op::Foreign),
-        2 => (node, any::<bool>()).prop_map(|(node, purge)| Op::Reoffer { node, purge }),
+        2 => (node.clone(), any::<bool>()).prop_map(|(node, purge)| Op::Reoffer { node, purge }),
+        2 => (node.clone(), prop_oneof![Just(Stray::Empty), Just(Stray::Copy), Just(Stray::Init)])
+            .prop_map(|(node, what)| Op::Stray { node, what }),
+        2 => node.prop_map(|node| Op::Back { node }),
     ]
 }
 
@@ -109,6 +139,8 @@ struct Node {
     lease: i64,
     /// What the node believes, possibly stale (a stalled leader).
     leading: bool,
+    /// Its endpoints name the stray etcd.
+    away: bool,
 }
 
 /// What the probe answerer needs to know about the nodes, shared with the test loop.
@@ -182,7 +214,7 @@ async fn answer_probes(endpoint: String, prefix: String, clocks: Arc<Mutex<Clock
     }
 }
 
-fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
+fn run(etcd: &Etcd, stray: &Etcd, case: usize, ops: &[Op]) {
     let t = tempfile::tempdir().unwrap();
     let prefix = format!("/model{case}");
     let section: ClusterSection = toml::from_str(&format!(
@@ -191,6 +223,12 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
     ))
     .unwrap();
     let settings = section.settings(&Default::default());
+    let stray_section: ClusterSection = toml::from_str(&format!(
+        "endpoints = [\"{}\"]\nprefix = \"{prefix}\"\ninsecure_unsealed = true\n",
+        stray.endpoint
+    ))
+    .unwrap();
+    let stray_settings = stray_section.settings(&Default::default());
     let hourly: fernetd::core::schedule::Schedule = format!("{}m", SLOT_MIN).parse().unwrap();
     let params = RotateParams {
         max_active_keys: 3,
@@ -229,6 +267,10 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
         let mut raw = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
             .await
             .unwrap();
+        let mut sc = Cluster::connect(&stray_settings).await.unwrap();
+        let mut stray_raw = etcd_client::Client::connect([stray.endpoint.as_str()], None)
+            .await
+            .unwrap();
         let set = KeySet::fresh(&now(wall)).unwrap();
         c.import(Kind::Tokens, &set, false, false).await.unwrap();
         let mut nodes: Vec<Node> = Vec::new();
@@ -239,6 +281,7 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                 repo: Repository::new(t.path().join(format!("n{i}")), None),
                 lease,
                 leading: false,
+                away: false,
             });
         }
         // Every node holds its name, joins: applies and acknowledges; n0 claims the leadership.
@@ -263,15 +306,54 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
             let ctx = format!("step {step} {op:?} at {wall}");
             match *op {
                 Op::Advance { minutes } => wall += chrono::Duration::minutes(minutes),
-                Op::Apply { node } => {
+                Op::Apply { node } if nodes[node].away => {
+                    astray(&mut sc, &nodes[node], &clock(node, wall), &params).await;
+                }
+                Op::Apply { node } | Op::Back { node } => {
+                    nodes[node].away = false;
                     apply(&mut c, &nodes[node], &clock(node, wall), &params).await;
                     connect(&mut c, &nodes[node], &clocks, node).await;
                 }
                 Op::ApplyAll => {
                     for (i, n) in nodes.iter().enumerate() {
+                        if n.away {
+                            astray(&mut sc, n, &clock(i, wall), &params).await;
+                            continue;
+                        }
                         apply(&mut c, n, &clock(i, wall), &params).await;
                         connect(&mut c, n, &clocks, i).await;
                     }
+                }
+                Op::Stray { node, what } => {
+                    stray_raw
+                        .delete(
+                            prefix.clone(),
+                            Some(etcd_client::DeleteOptions::new().with_prefix()),
+                        )
+                        .await
+                        .unwrap();
+                    match what {
+                        Stray::Empty => {}
+                        Stray::Copy => {
+                            let key = format!("{prefix}/tokens/keyset");
+                            let value = raw.get(key.clone(), None).await.unwrap();
+                            let value = value.kvs()[0].value().to_vec();
+                            stray_raw.put(key, value, None).await.unwrap();
+                        }
+                        Stray::Init => {
+                            let other = KeySet::fresh(&now(wall)).unwrap();
+                            sc.import(Kind::Tokens, &other, false, false).await.unwrap();
+                        }
+                    }
+                    // Its session in the cluster's etcd ends: no lease, no leadership, no
+                    // clock answers; its last acknowledgement stays (membership outlives it).
+                    let n = &mut nodes[node];
+                    raw.lease_revoke(n.lease).await.unwrap();
+                    n.lease = c.grant_lease(Duration::from_secs(60)).await.unwrap().id;
+                    n.leading = false;
+                    n.away = true;
+                    clocks.lock().unwrap().connected[node] = false;
+                    astray(&mut sc, &nodes[node], &clock(node, wall), &params).await;
                 }
                 Op::Clock { node, offset_secs } => {
                     let mut k = clocks.lock().unwrap();
@@ -289,6 +371,7 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                         repo: Repository::new(t.path().join(format!("dup{step}")), None),
                         lease,
                         leading: false,
+                        away: false,
                     };
                     let me = names::Identity {
                         boot: Some(format!("boot-dup{step}")),
@@ -298,6 +381,7 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                         apply(&mut c, &dup, &clock(node, wall), &params).await;
                     }
                 }
+                Op::Campaign { node } if nodes[node].away => {}
                 Op::Campaign { node } => {
                     let n = &mut nodes[node];
                     n.leading = c.campaign(Kind::Tokens, &n.name, n.lease).await.unwrap();
@@ -412,9 +496,11 @@ fn run(etcd: &Etcd, case: usize, ops: &[Op]) {
                 .collect();
             for (i, disk) in disks.iter().enumerate() {
                 // Only a node that applied the cluster's set serves (a connected daemon applies
-                // every set as it is committed): a node behind keeps its old primary.
-                if disk.values().collect::<Vec<_>>()
-                    != set.fingerprints().values().collect::<Vec<_>>()
+                // every set as it is committed): a node behind keeps its old primary. A node
+                // pointed at the stray etcd serves too, with whatever primary its disk holds.
+                if !nodes[i].away
+                    && disk.values().collect::<Vec<_>>()
+                        != set.fingerprints().values().collect::<Vec<_>>()
                 {
                     continue;
                 }
@@ -524,9 +610,46 @@ async fn apply(c: &mut Cluster, n: &Node, now: &Now, params: &RotateParams) {
     c.acknowledge(Kind::Tokens, &ack).await.unwrap();
 }
 
+/// A node whose endpoints name the stray etcd (`sc`) acts there as its daemon does: an empty
+/// prefix publishes nothing (it waits); a set there is refused when `keyset::bound_elsewhere`
+/// says it belongs to another etcd or the node to another, else applied and acknowledged
+/// there. Then the timer's `fernetd rotate` runs on it: no fence, no schedule, the node's own
+/// history as what it holds.
+async fn astray(sc: &mut Cluster, n: &Node, now: &Now, params: &RotateParams) {
+    let set = match sc.fetch(Kind::Tokens).await {
+        Err(ClusterError::Missing { .. }) => return,
+        found => found.unwrap().0,
+    };
+    let held = n.repo.history().unwrap();
+    let refused = fernetd::core::keyset::bound_elsewhere(
+        held.lineage.as_ref(),
+        set.history.lineage.as_ref(),
+        &sc.binding(),
+    );
+    if refused.is_none() {
+        apply(sc, n, now, params).await;
+    }
+    let held = n.repo.history().unwrap();
+    let request = Rotation {
+        params,
+        now,
+        held: Some(&held),
+        skew_tolerance: Duration::from_secs(60 * MARGIN_MIN as u64),
+        fence: None,
+        schedule: None,
+        member_timeout: None,
+        probe_wait: Duration::from_millis(100),
+    };
+    match sc.rotate(Kind::Tokens, &request).await {
+        Ok(_) | Err(ClusterError::Refused { .. } | ClusterError::GateWaiting { .. }) => {}
+        Err(ClusterError::SkewBound { .. } | ClusterError::NotDue { .. }) => {}
+        Err(e) => panic!("fernetd rotate on {} at the stray etcd: {e}", n.name),
+    }
+}
+
 #[test]
 fn stalled_leaders_and_late_nodes_never_break_a_token() {
-    let etcd = Etcd::start();
+    let (etcd, stray) = (Etcd::start(), Etcd::start());
     let case = std::sync::atomic::AtomicUsize::new(0);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 32,
@@ -536,7 +659,7 @@ fn stalled_leaders_and_late_nodes_never_break_a_token() {
     runner
         .run(&proptest::collection::vec(op(), 1..60), |ops| {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            run(&etcd, n, &ops);
+            run(&etcd, &stray, n, &ops);
             Ok(())
         })
         .unwrap();

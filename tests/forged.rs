@@ -255,3 +255,175 @@ fn a_sealed_rename_moves_an_acknowledgement_that_still_verifies() {
     );
     n1.stop();
 }
+
+/// A forged clock answer is said, not only counted as unanswered: n2 stopped (its lease gone,
+/// its acknowledgement its own), a record under `clocks/n2` every 0.2 s whose MAC does not
+/// verify. The leader's status is CRITICAL naming n2's clock answer (not its acknowledgement),
+/// and its log names the record.
+#[test]
+fn a_forged_clock_answer_is_reported_naming_the_node_and_the_record() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    new_seal_key(&seal);
+    let c1 = sealed_node(t.path(), &etcd, "n1", &seal);
+    let c2 = sealed_node(t.path(), &etcd, "n2", &seal);
+    fernetd_ok(&["--config", c1.to_str().unwrap(), "cluster", "init"]);
+    let n1 = Daemon::start(&["--config", c1.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n1.wait_log("leading", Duration::from_secs(15)),
+        "{}",
+        n1.log()
+    );
+    let n2 = Daemon::start(&["--config", c2.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n2.wait_log("ready", Duration::from_secs(15)),
+        "{}",
+        n2.log()
+    );
+    n2.signal(nix::sys::signal::Signal::SIGSTOP);
+    let cfg1 = c1.clone();
+    let during = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(8));
+        fernetd(&["--config", cfg1.to_str().unwrap(), "status"])
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        etcd.with_client(async |c| {
+            let forged = serde_json::json!({
+                "node": "n2",
+                "probe": 0,
+                "clock": chrono::Utc::now(),
+                "mac": "00".repeat(32),
+            });
+            c.put(
+                "/test/tokens/clocks/n2",
+                serde_json::to_vec(&forged).unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let during = during.join().unwrap();
+    n2.signal(nix::sys::signal::Signal::SIGCONT);
+    let log = n1.log();
+    n2.stop();
+    n1.stop();
+    assert_eq!(during.code, 2, "{}{}", during.stdout, during.stderr);
+    assert!(
+        during.stdout.contains(
+            "node n2: clock answer not authenticated (forged, or sealed with a key this node \
+             does not hold); counted as unanswered: purges are held"
+        ) && during.stdout.contains("[ack-unauthenticated]"),
+        "{}",
+        during.stdout
+    );
+    assert!(
+        !during
+            .stdout
+            .contains("node n2: acknowledgement not authenticated"),
+        "{}",
+        during.stdout
+    );
+    assert!(
+        log.contains("node n2: clock answer not authenticated (/test/tokens/clocks/n2: its MAC"),
+        "{log}"
+    );
+}
+
+/// A node's own signed acknowledgement written back later (someone with write access to the
+/// etcd prefix kept it) does not acknowledge a later set holding the same staged key: b
+/// acknowledged the set of generation g (staged K), then the next set; the operator offers
+/// generation g's keys again (`cluster init --force --from` a stale node: K staged again);
+/// b's old record written back must leave the gate waiting on b, not promote K.
+#[test]
+fn a_replayed_acknowledgement_does_not_acknowledge_a_later_set() {
+    use fernetd::cluster::{Ack, Cluster, ClusterError, Rotation};
+    use fernetd::config::{ClusterSection, Kind};
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    new_seal_key(&seal);
+    let section: ClusterSection = toml::from_str(&format!(
+        "endpoints = [\"{}\"]\nprefix = \"/replay\"\nseal_key_file = \"{}\"\n",
+        etcd.endpoint,
+        seal.display()
+    ))
+    .unwrap();
+    let settings = section.settings(&Default::default());
+    let params = fernetd::repository::RotateParams {
+        max_active_keys: 3,
+        retention: Duration::from_secs(3600),
+        force_purge: false,
+        expected_primary: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let now = fernetd::core::clock::Now::read();
+        let rotation = Rotation {
+            params: &params,
+            now: &now,
+            held: None,
+            skew_tolerance: Duration::from_secs(60),
+            fence: None,
+            schedule: None,
+            member_timeout: None,
+            probe_wait: Duration::from_millis(100),
+        };
+        let mut c = Cluster::connect(&settings).await.unwrap();
+        let kind = Kind::Tokens;
+        c.import(
+            kind,
+            &fernetd::core::keyset::KeySet::fresh(&now).unwrap(),
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+        let ack_of = |set: &fernetd::core::keyset::KeySet, revision| Ack {
+            node: "b".into(),
+            revision,
+            staged: set.keys[&0].fingerprint(),
+            clock: Some(chrono::Utc::now()),
+            refused: None,
+        };
+        let (first, r1) = c.fetch(kind).await.unwrap();
+        let lineage = first.history.lineage.clone();
+        c.acknowledge_set(kind, &ack_of(&first, r1), lineage.as_ref())
+            .await
+            .unwrap();
+        let mut raw = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+            .await
+            .unwrap();
+        let old = raw.get("/replay/tokens/acks/b", None).await.unwrap().kvs()[0]
+            .value()
+            .to_vec();
+        c.rotate(kind, &rotation).await.unwrap();
+        let (second, r2) = c.fetch(kind).await.unwrap();
+        c.acknowledge_set(kind, &ack_of(&second, r2), second.history.lineage.as_ref())
+            .await
+            .unwrap();
+        // The first set's keys offered again: K staged again, a later generation.
+        c.import(kind, &first, true, false).await.unwrap();
+        let (third, _) = c.fetch(kind).await.unwrap();
+        assert_eq!(third.keys[&0].fingerprint(), first.keys[&0].fingerprint());
+        // Without the old record the gate waits on b (its acknowledgement names K2).
+        assert!(matches!(
+            c.rotate(kind, &rotation).await,
+            Err(ClusterError::GateWaiting { .. })
+        ));
+        raw.put("/replay/tokens/acks/b", old, None).await.unwrap();
+        match c.rotate(kind, &rotation).await {
+            Err(ClusterError::GateWaiting { nodes, .. }) => assert_eq!(nodes, ["b"]),
+            other => panic!(
+                "b's old acknowledgement written back opened the gate for a later set: {:?}",
+                other.map(|r| r.revision)
+            ),
+        }
+    });
+}

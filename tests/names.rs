@@ -432,3 +432,54 @@ fn a_node_rebuilt_under_its_name_is_told_to_remove_it_first_then_joins() {
     assert!(unpack_failures(&b, &tokens).is_empty());
     assert_eq!(members(&etcd), vec!["a".to_string(), "b".to_string()]);
 }
+
+/// The claim token is not readable from etcd: `names/NODE` holds its SHA-256, not the token,
+/// so a reader of etcd who writes what it read into a new disk's `.fernetd/node.json` does not
+/// take the name of a stopped node (its Keystone still serving). On the code before, the record
+/// held the token in the clear and that disk took the name.
+#[test]
+fn a_claim_token_read_from_etcd_does_not_take_the_name() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (b, x) = (t.path().join("b"), t.path().join("x"));
+    fernetd_ok(&["setup", "--key-repository", b.to_str().unwrap()]);
+    let cb = node(t.path(), &etcd, "b", &b, "b");
+    fernetd_ok(&[
+        "--config",
+        cb.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        b.to_str().unwrap(),
+    ]);
+    let db = daemon(&cb);
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    db.stop();
+    let local = std::fs::read_to_string(b.join(".fernetd/node.json")).unwrap();
+    let record: serde_json::Value = etcd.with_client(async |c| {
+        let r = c.get("/test/tokens/names/b", None).await.unwrap();
+        serde_json::from_slice(r.kvs()[0].value()).unwrap()
+    });
+    let local: serde_json::Value = serde_json::from_str(&local).unwrap();
+    let held = local["tokens"][0].as_str().unwrap().to_string();
+    assert!(!record.to_string().contains(&held), "{record}");
+    // What a reader of etcd can present: the record's token field, whichever it is.
+    let read = record
+        .get("token")
+        .or_else(|| record.get("token_sha256"))
+        .and_then(|v| v.as_str())
+        .unwrap()
+        .to_string();
+    fernetd_ok(&["setup", "--key-repository", x.to_str().unwrap()]);
+    let presented = serde_json::json!({ "node": "b", "tokens": [read] });
+    std::fs::write(x.join(".fernetd/node.json"), presented.to_string()).unwrap();
+    let dx = daemon(&node(t.path(), &etcd, "x", &x, "b"));
+    let refused = dx.wait_log("is not running now", secs(15));
+    let log = dx.log();
+    dx.stop();
+    assert!(
+        refused,
+        "a disk holding what etcd says took the name:\n{log}"
+    );
+    assert!(!log.contains("in step"), "{log}");
+}

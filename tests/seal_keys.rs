@@ -304,6 +304,33 @@ fn a_running_cluster_changes_its_seal_key_and_every_token_keeps_validating() {
     );
     c.every_token_validates("new key second");
 
+    // 1b. `cluster seal` with a key no member holds (a third one, listed first in the
+    //     operator's own configuration only): refused in one line naming every member, the
+    //     set left sealed as it was. On the code before, it re-sealed the set with it and
+    //     every node refused the set.
+    let third = t.path().join("third.key");
+    new_seal_key(&third);
+    let op = write_config(
+        t.path(),
+        &c.etcd.endpoint,
+        "operator",
+        &files(&[&third, &old, &new]),
+    );
+    let out = run(&op, &["cluster", "seal"]);
+    let said = format!(
+        "not sealing it with seal key {}: a, b, c not said to hold it",
+        id_of(&third)
+    );
+    assert_ne!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains(&said), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert_eq!(
+        named_id(&raw(&c.etcd, KEYSET)).as_deref(),
+        Some(&*old_id),
+        "{}",
+        c.logs()
+    );
+
     // 2. The new key first, everywhere: the leader seals with it from its next rotation; a
     //    node not reloaded yet opens it all the same (it holds both).
     c.reload_all(&files(&[&new, &old]));

@@ -71,11 +71,36 @@ impl Identity {
     }
 }
 
-/// The lasting record of a name: its last holder and the claim token on that holder's disk.
+/// The lasting record of a name: its last holder and the SHA-256 of the claim token on that
+/// holder's disk. Only the digest is in etcd: a reader of etcd learns nothing a clone could
+/// put on its disk to take the name (the token is 128 random bits: no guessing it back).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub holder: Identity,
-    token: String,
+    /// The token in the clear, as a fernetd before digests wrote it (read, never written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_sha256: Option<String>,
+}
+
+impl Record {
+    fn new(holder: Identity, token: &str) -> Record {
+        Record {
+            holder,
+            token: None,
+            token_sha256: Some(digest(token)),
+        }
+    }
+}
+
+/// A claim token's SHA-256, in hex.
+fn digest(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl std::fmt::Debug for Record {
@@ -108,7 +133,11 @@ impl Local {
     }
 
     fn holds(&self, r: &Record) -> bool {
-        self.tokens.contains(&r.token)
+        match (&r.token_sha256, &r.token) {
+            (Some(d), _) => self.tokens.iter().any(|t| digest(t) == *d),
+            (None, Some(clear)) => self.tokens.contains(clear),
+            (None, None) => false,
+        }
     }
 
     /// Before claiming `node` with `token`: both the old token and the new one are accepted,
@@ -319,10 +348,7 @@ pub async fn claim(
 ) -> Result<bool, ClusterError> {
     let live = live_key(c, kind, node);
     let record = record_key(c, kind, node);
-    let rec = Record {
-        holder: me.clone(),
-        token: token.to_string(),
-    };
+    let rec = Record::new(me.clone(), token);
     let txn = Txn::new()
         .when([
             Compare::mod_revision(live.clone(), CompareOp::Equal, seen.live_revision),
@@ -669,10 +695,7 @@ mod tests {
     }
 
     fn record(holder: Identity, token: &str) -> Record {
-        Record {
-            holder,
-            token: token.into(),
-        }
+        Record::new(holder, token)
     }
 
     fn seen(live: Option<Identity>, rec: Option<Record>) -> Seen {
