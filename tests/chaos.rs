@@ -327,6 +327,8 @@ struct Node {
     status: Option<(Instant, i32)>,
     /// The same for `fernetd check`, asked beside `status` while no daemon runs.
     check: Option<(Instant, i32)>,
+    /// When its daemon last started.
+    started: Option<Instant>,
 }
 
 impl Node {
@@ -385,6 +387,7 @@ impl Node {
             .spawn()
             .expect("start fernetd daemon");
         self.daemon = Some(Proc(child));
+        self.started = Some(Instant::now());
         self.paused = false;
     }
 
@@ -614,6 +617,16 @@ struct Run {
     taint_until: f64,
     /// The issue 22 sequences started (each has its own foreign repository and prefix).
     reoffers: usize,
+    /// After a `--force-purge`: the fingerprints of the keys it imposed, and the nodes that
+    /// do not hold any of them yet. Such a node's daemon down (or just started), its
+    /// Keystone issues with keys the operator discarded, and cannot validate tokens made
+    /// with the new ones: the operator's loss, not the checker's.
+    purged_to: BTreeSet<String>,
+    behind_purge: BTreeSet<usize>,
+    /// The store revision right after an old backup was restored: acknowledgements written
+    /// up to it are the backup's, not statements their nodes made since; they are judged
+    /// once rewritten.
+    ack_floor: i64,
 }
 
 impl Run {
@@ -670,6 +683,9 @@ impl Run {
             next_ack_check: Instant::now(),
             taint_until: 0.0,
             reoffers: 0,
+            purged_to: BTreeSet::new(),
+            behind_purge: BTreeSet::new(),
+            ack_floor: 0,
         };
         let (code, err) = run_bounded(
             run.nodes[0].command(&["cluster", "init"]),
@@ -725,7 +741,7 @@ impl Run {
             let at = self.t();
             let node_now = self.nodes[i].now();
             let keys = show_keys(&fingerprints(&self.nodes[i].dir));
-            let tainted = self.nodes[i].excused() || at < self.taint_until;
+            let tainted = self.nodes[i].excused() || at < self.taint_until || self.behind(i);
             let packed = self.ks.pack(&self.nodes[i].dir, 2);
             for (k, text) in packed.into_iter().enumerate() {
                 let allow_expired = k == 1;
@@ -747,10 +763,27 @@ impl Run {
         }
     }
 
+    /// Node `i` has not taken an operator's `--force-purge` and cannot yet: its daemon is
+    /// down or started less than `PURGE_GRACE` ago. A node that holds one of the imposed keys
+    /// has taken it.
+    fn behind(&mut self, i: usize) -> bool {
+        if !self.behind_purge.contains(&i) {
+            return false;
+        }
+        if !checker::held(&self.nodes[i].dir).is_disjoint(&self.purged_to) {
+            self.behind_purge.remove(&i);
+            return false;
+        }
+        self.nodes[i]
+            .started
+            .is_none_or(|t| t.elapsed().as_secs_f64() < PURGE_GRACE)
+            || self.nodes[i].daemon.is_none()
+    }
+
     /// Validates every token on every live node whose clock still considers it valid.
     fn check(&mut self) {
         for j in 0..self.nodes.len() {
-            if !self.nodes[j].serving() {
+            if !self.nodes[j].serving() || self.behind(j) {
                 continue;
             }
             // Judged by the clock after the answer: a token is required only while it was
@@ -973,6 +1006,7 @@ impl Run {
             let judged = n.joined && n.daemon.is_some() && !n.paused && !n.excused() && !held_back;
             let holds = checker::held(&n.dir);
             let ack = acks.get(&n.name);
+            let judged = judged && ack.is_none_or(|a| a.written > self.ack_floor);
             if let Some(stood) = self.judge.judge(j, ack, &holds, judged) {
                 if let Some(ack) = ack.cloned() {
                     self.ack_violation(j, &ack, &holds, stood);
@@ -1071,28 +1105,40 @@ impl Run {
                 let mut what = format!("kill -9 {label}'s daemon for {:.1}s", d.as_secs_f64());
                 if let Some(k) = lost {
                     let path = self.nodes[i].dir.join(k.to_string());
-                    // Half the time its repair copy (`.fernetd/copies/FINGERPRINT`) goes too:
-                    // the next daemon cannot restore it, and only the history says it is gone.
-                    let copy = std::fs::read(&path)
+                    // The nemesis says what else goes (`repair = true` keeps a copy of every
+                    // live key in `.fernetd/copies/FINGERPRINT`): nothing; the key's repair copy
+                    // (only the history says the key is gone); or the history, moved aside as
+                    // the `state-unreadable` runbook says (only the copy says it).
+                    let fp = std::fs::read(&path)
                         .ok()
                         .and_then(|b| fernetd::core::key::Key::parse(&b).ok())
-                        .map(|key| {
-                            self.nodes[i]
-                                .dir
-                                .join(".fernetd/copies")
-                                .join(key.fingerprint().to_string())
-                        })
-                        .filter(|_| self.rng.below(2) == 0);
+                        .map(|key| key.fingerprint().to_string());
+                    let also = self.rng.below(3);
                     let _ = std::fs::remove_file(&path);
                     self.nodes[i].unrepaired = true;
                     what.push_str(&format!(", and key {k} deleted"));
-                    if let Some(c) = copy {
-                        let gone = std::fs::remove_file(&c).is_ok();
-                        what.push_str(if gone {
-                            " with its repair copy"
-                        } else {
-                            " (it had no repair copy)"
-                        });
+                    let internal = self.nodes[i].dir.join(".fernetd");
+                    match (also, fp) {
+                        (1, Some(fp)) => {
+                            let gone =
+                                std::fs::remove_file(internal.join("copies").join(fp)).is_ok();
+                            what.push_str(if gone {
+                                " with its repair copy"
+                            } else {
+                                " (it had no repair copy)"
+                            });
+                        }
+                        (2, _) => {
+                            let moved = std::fs::rename(
+                                internal.join("state.json"),
+                                internal.join("state.json.aside"),
+                            )
+                            .is_ok();
+                            if moved {
+                                what.push_str(", .fernetd/state.json moved aside");
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 heal(self, d, Heal::Restart(i));
@@ -1179,6 +1225,10 @@ impl Run {
                     _ => snap,
                 };
                 self.etcd.restore(&from);
+                if fault == Fault::EtcdRestoreOld {
+                    self.ack_floor =
+                        checker::store_revision(&self.etcd.endpoint).unwrap_or(i64::MAX);
+                }
                 self.fault(
                     fault,
                     format!(
@@ -1397,6 +1447,8 @@ impl Run {
                     for t in &mut self.tokens {
                         t.tainted = true;
                     }
+                    self.purged_to = checker::held(&good);
+                    self.behind_purge = (0..self.nodes.len()).collect();
                 }
                 self.event(format!(
                     "{}cluster init --force{} --from the foreign repository {k}: exit {code} {err}",
@@ -1722,6 +1774,7 @@ fn new_node(base: &Path, i: usize, name: &str, etcd: &str) -> Node {
         unrepaired: false,
         status: None,
         check: None,
+        started: None,
     };
     n.write_cfg(&n.proxy.endpoint());
     n.set_clock(0);

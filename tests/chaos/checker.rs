@@ -119,6 +119,13 @@ pub fn acks(endpoint: &str, prefix: &str) -> Option<BTreeMap<String, AckSeen>> {
     })
 }
 
+/// The store's revision now; None when etcd did not answer.
+pub fn store_revision(endpoint: &str) -> Option<i64> {
+    with_etcd(endpoint, async |c| {
+        c.get("/", None).await.ok()?.header().map(|h| h.revision())
+    })
+}
+
 /// The raw value under `key`, None when absent or etcd did not answer.
 pub fn get_raw(endpoint: &str, key: &str) -> Option<Vec<u8>> {
     with_etcd(endpoint, async |c| {
