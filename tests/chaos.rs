@@ -327,8 +327,9 @@ struct Node {
     status: Option<(Instant, i32)>,
     /// The same for `fernetd check`, asked beside `status` while no daemon runs.
     check: Option<(Instant, i32)>,
-    /// When its daemon last started.
-    started: Option<Instant>,
+    /// When its daemon was last seen held back from etcd (down, stopped, cut off, pointed
+    /// elsewhere) while it was behind an operator's `--force-purge`, or when the purge came.
+    held_back_at: Option<Instant>,
 }
 
 impl Node {
@@ -387,7 +388,7 @@ impl Node {
             .spawn()
             .expect("start fernetd daemon");
         self.daemon = Some(Proc(child));
-        self.started = Some(Instant::now());
+        self.held_back_at = Some(Instant::now());
         self.paused = false;
     }
 
@@ -763,9 +764,21 @@ impl Run {
         }
     }
 
-    /// Node `i` has not taken an operator's `--force-purge` and cannot yet: its daemon is
-    /// down or started less than `PURGE_GRACE` ago. A node that holds one of the imposed keys
-    /// has taken it.
+    /// Node `i`'s daemon cannot act on etcd now: down, stopped, cut off or stalled, or
+    /// pointed at another etcd.
+    fn held_back(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        n.daemon.is_none()
+            || n.paused
+            || self.heals.iter().any(|(_, h, _)| match h {
+                Heal::Cont(k) | Heal::Net(k) | Heal::Endpoint(k) => *k == i,
+                _ => false,
+            })
+    }
+
+    /// Node `i` has not taken an operator's `--force-purge` and could not yet: its daemon was
+    /// held back (`held_back`) less than `PURGE_GRACE` ago, or the purge is that recent. A
+    /// node that holds one of the imposed keys has taken it.
     fn behind(&mut self, i: usize) -> bool {
         if !self.behind_purge.contains(&i) {
             return false;
@@ -774,10 +787,12 @@ impl Run {
             self.behind_purge.remove(&i);
             return false;
         }
+        if self.held_back(i) {
+            self.nodes[i].held_back_at = Some(Instant::now());
+        }
         self.nodes[i]
-            .started
-            .is_none_or(|t| t.elapsed().as_secs_f64() < PURGE_GRACE)
-            || self.nodes[i].daemon.is_none()
+            .held_back_at
+            .is_some_and(|t| t.elapsed().as_secs_f64() < PURGE_GRACE)
     }
 
     /// Validates every token on every live node whose clock still considers it valid.
@@ -999,11 +1014,7 @@ impl Run {
             if self.nodes.iter().position(|m| m.live && m.name == n.name) != Some(j) {
                 continue;
             }
-            let held_back = self.heals.iter().any(|(_, h, _)| match h {
-                Heal::Cont(i) | Heal::Net(i) | Heal::Endpoint(i) => *i == j,
-                _ => false,
-            });
-            let judged = n.joined && n.daemon.is_some() && !n.paused && !n.excused() && !held_back;
+            let judged = n.joined && !n.excused() && !self.held_back(j);
             let holds = checker::held(&n.dir);
             let ack = acks.get(&n.name);
             let judged = judged && ack.is_none_or(|a| a.written > self.ack_floor);
@@ -1274,6 +1285,13 @@ impl Run {
                 self.nodes[i].excused_until = Some(Instant::now() + REPAIR_GRACE);
                 self.fault(fault, what);
             }
+            // An operator's command on a node pointed at the stray etcd would act there (a
+            // `cluster init` binds that node to the stray etcd for good): not this fault's.
+            Fault::Rotate | Fault::InitForce
+                if self
+                    .heals
+                    .iter()
+                    .any(|(_, h, _)| matches!(h, Heal::Endpoint(n) if *n == i)) => {}
             Fault::Rotate => {
                 let (code, _) =
                     run_bounded(self.nodes[i].command(&["rotate"]), Duration::from_secs(30));
@@ -1449,6 +1467,9 @@ impl Run {
                     }
                     self.purged_to = checker::held(&good);
                     self.behind_purge = (0..self.nodes.len()).collect();
+                    for n in &mut self.nodes {
+                        n.held_back_at = Some(Instant::now());
+                    }
                 }
                 self.event(format!(
                     "{}cluster init --force{} --from the foreign repository {k}: exit {code} {err}",
@@ -1774,7 +1795,7 @@ fn new_node(base: &Path, i: usize, name: &str, etcd: &str) -> Node {
         unrepaired: false,
         status: None,
         check: None,
-        started: None,
+        held_back_at: None,
     };
     n.write_cfg(&n.proxy.endpoint());
     n.set_clock(0);
