@@ -1394,9 +1394,12 @@ async fn hold_name(
         if !names::claim(c, cfg.kind, node, me, &token, &seen).await? {
             continue;
         }
+        // The disk keeps its earlier tokens for the name: with only the newest, an etcd
+        // restored from a backup older than this session named a token the disk no longer
+        // held, and the node refused itself as a duplicate.
         cfg.repo.publish(
             names::LOCAL_FILE,
-            &names::Local::claimed(node, &token).to_bytes(),
+            &local.claimed_again(node, &token).to_bytes(),
         )?;
         if let Some(old) = former_name {
             tracing::warn!(

@@ -174,6 +174,50 @@ fn an_etcd_restored_from_a_backup_heals_forward_and_every_token_still_unpacks() 
     assert_all_unpack(&dirs, &tokens, &[&a, &b]);
 }
 
+/// An etcd restored from a backup taken before a node's daemon last claimed its name (b
+/// restarted here) still names a claim token that node's disk holds: the node holds its name
+/// and rotations go on. Every claim used to replace the disk's token, so the restored record
+/// named a token the disk no longer held: the node refused itself as a duplicate ("was last
+/// held by a daemon that is not running now"), took no part, and the gate held until an
+/// operator ran `remove-node` (scripts/chaos, seed 12, etcd-restore-old).
+#[test]
+fn an_etcd_backup_older_than_a_nodes_last_claim_does_not_lock_it_out_of_its_name() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    let b = daemon(&cb);
+    for d in [&a, &b] {
+        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
+    }
+    let backup = t.path().join("backup.db");
+    etcd.snapshot_save(&backup);
+    // b's daemon restarts after the backup (a reboot, an upgrade, a crash).
+    b.stop();
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+
+    etcd.restore(&backup);
+    let restored = cluster_primary(&etcd);
+    assert!(
+        a.wait_for(secs(30), || cluster_primary(&etcd) >= restored + 3),
+        "no rotation past the restored set ({restored}): {}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    for d in [&a, &b] {
+        assert!(
+            !d.log().contains("duplicate node name"),
+            "a node refused its own name: {}",
+            d.log()
+        );
+    }
+}
+
 #[test]
 fn an_old_sealed_value_written_back_is_refused_and_replaced() {
     let etcd = Etcd::start();
