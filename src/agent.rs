@@ -584,6 +584,13 @@ impl<'a> Session<'a> {
         if ack.refused == Some(revision) || ack.revision == 0 {
             return Ok(());
         }
+        // Written again under this node's name, the record is its word about its disk: an
+        // etcd restored from a backup brings back an older one, naming a staged key this node
+        // may have purged since. Kept only while the disk holds that key; else the member
+        // says it holds nothing the gate could promote on its word.
+        if !on_disk(&self.cfg.repo).values().any(|f| *f == ack.staged) {
+            ack = Ack::holding_nothing(node, None);
+        }
         (ack.refused, ack.clock) = (Some(revision), Some(Now::read().wall));
         self.c.acknowledge(self.cfg.kind, &ack).await?;
         // Taken later, the set is acknowledged afresh (without the refusal).

@@ -218,6 +218,62 @@ fn an_etcd_backup_older_than_a_nodes_last_claim_does_not_lock_it_out_of_its_name
     }
 }
 
+/// A node that refuses the set of an old etcd backup says so in its acknowledgement, and the
+/// record it writes names only a key its disk holds. It used to take the record the backup
+/// brought back, add the refusal and write it again under its name: a staged key it had
+/// purged since, with a fresh clock (scripts/chaos, seed 13, etcd-restore-old: false-ack).
+#[test]
+fn a_refusal_after_an_old_backup_is_restored_names_no_key_the_node_purged() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let cb = node(t.path(), &etcd, "b", "");
+    // Tokens that live 2 s: a staged key is purged a few rotations after it was staged.
+    let text = std::fs::read_to_string(&cb)
+        .unwrap()
+        .replace("expiration = \"60s\"", "expiration = \"2s\"");
+    std::fs::write(&cb, text).unwrap();
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "cluster", "init"]);
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    let dir = t.path().join("b");
+    let held = || -> Vec<fernetd::core::key::Fingerprint> {
+        keys(&dir)
+            .values()
+            .map(|k| {
+                fernetd::core::key::Key::parse(k.as_bytes())
+                    .unwrap()
+                    .fingerprint()
+            })
+            .collect()
+    };
+    let acked = ack_of(&etcd, "b").unwrap();
+    let backup = t.path().join("backup.db");
+    etcd.snapshot_save(&backup);
+    assert!(
+        b.wait_for(secs(40), || !held().contains(&acked.staged)),
+        "key {} never purged: {}",
+        acked.staged,
+        b.log()
+    );
+    etcd.restore(&backup);
+    assert!(
+        b.wait_for(secs(20), || ack_of(&etcd, "b")
+            .is_some_and(|a| a.refused.is_some())),
+        "no refusal said: {:?}\n{}",
+        ack_of(&etcd, "b"),
+        b.log()
+    );
+    let ack = ack_of(&etcd, "b").unwrap();
+    assert!(
+        ack.revision == 0 || held().contains(&ack.staged),
+        "acks/b names staged key {} at revision {} (refused {:?}), which b does not hold\n{}",
+        ack.staged,
+        ack.revision,
+        ack.refused,
+        b.log()
+    );
+}
+
 #[test]
 fn an_old_sealed_value_written_back_is_refused_and_replaced() {
     let etcd = Etcd::start();
