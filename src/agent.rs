@@ -309,6 +309,10 @@ struct Session<'a> {
     ///
     /// [`bound_elsewhere`]: crate::core::keyset::bound_elsewhere
     bound: Option<i64>,
+    /// The session claimed the node's name. It does not when the set it started on is bound
+    /// to another etcd; a set bound here then ends the session, so that the next one claims
+    /// the name before it applies or acknowledges anything.
+    named: bool,
     /// The primary (fingerprint) the credentials were last migrated to and verified on: the
     /// rotation may run, only while it is still the set's primary. Forgotten at every gate
     /// hold (a lagging node's Keystone keeps encrypting with its own primary meanwhile).
@@ -403,6 +407,7 @@ impl<'a> Session<'a> {
             acked: Acked::default(),
             refused: None,
             bound: None,
+            named: !foreign,
             prepared_for: None,
             held_until: None,
             agreed_step: None,
@@ -532,6 +537,16 @@ impl<'a> Session<'a> {
                     });
                 }
                 return Ok(());
+            }
+            if !self.named {
+                // Without its name checked, a second daemon under a held name would apply and
+                // acknowledge for the node (a clone that started while a foreign set sat in
+                // etcd took the next `cluster init --force` set and spoke for the original).
+                return Err(SessionError::Name(format!(
+                    "{}: the key set at revision {revision} is bound to this etcd: the session \
+                     starts over to claim the node's name first",
+                    cfg.kind
+                )));
             }
             self.bound = Some(revision);
         }

@@ -1132,6 +1132,82 @@ fn a_refused_set_offered_again_is_acknowledged_only_once_on_disk() {
     assert_all_unpack(&[b_dir], &tokens, &[&b]);
 }
 
+/// A second daemon under a held name that starts while a set of another cluster sits in etcd
+/// claims no name then (it refuses that set); once `cluster init --force --from GOOD` binds a
+/// set to this etcd again, it must claim the name before it applies or acknowledges anything:
+/// refused as a duplicate, its empty repository stays empty and acks/a stays a's word. It used
+/// to take GOOD's keys (an empty disk loses nothing) and acknowledge them as 'a', its Keystone
+/// issuing tokens no other node decrypts (scripts/chaos, seeds 14 and 15).
+#[test]
+fn a_clone_started_while_a_foreign_set_sits_in_etcd_never_speaks_for_the_node() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    fernetd_ok(&["setup", "--key-repository", good.to_str().unwrap()]);
+    let good_s = good.to_str().unwrap();
+    let ca = node(t.path(), &etcd, "a", "");
+    let cfg = ca.to_str().unwrap();
+    fernetd_ok(&["--config", cfg, "cluster", "init"]);
+    let a = daemon(&ca);
+    assert!(a.wait_log("in step", secs(15)), "{}", a.log());
+
+    // A set of another cluster (GOOD's keys, under another prefix) lands over a's.
+    let other = t.path().join("other.toml");
+    let text = std::fs::read_to_string(&ca)
+        .unwrap()
+        .replace("prefix = \"/test\"", "prefix = \"/other\"");
+    std::fs::write(&other, text).unwrap();
+    fernetd_ok(&[
+        "--config",
+        other.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        good_s,
+    ]);
+    let foreign = etcd.with_client(async |c| {
+        let r = c.get("/other/tokens/keyset", None).await.unwrap();
+        r.kvs()[0].value().to_vec()
+    });
+    put_raw(&etcd, foreign);
+    assert!(
+        a.wait_log("refused, every key stays", secs(10)),
+        "{}",
+        a.log()
+    );
+
+    // A clone: a's name, an empty repository of its own, started now.
+    let cc = node(t.path(), &etcd, "clone", "");
+    let text = std::fs::read_to_string(&cc)
+        .unwrap()
+        .replace("node = \"clone\"", "node = \"a\"");
+    std::fs::write(&cc, text).unwrap();
+    let clone = daemon(&cc);
+    assert!(
+        clone.wait_log("refused, every key stays", secs(15)),
+        "{}",
+        clone.log()
+    );
+
+    // The remedy's first step binds GOOD's keys to this etcd.
+    fernetd_ok(&[
+        "--config", cfg, "cluster", "init", "--force", "--from", good_s,
+    ]);
+    assert!(
+        clone.wait_log("duplicate node name", secs(15)),
+        "the clone was never refused: {}",
+        clone.log()
+    );
+    std::thread::sleep(secs(3));
+    assert!(
+        keys(&t.path().join("clone")).is_empty(),
+        "the clone took keys as 'a': {:?}\n{}",
+        numbers(&t.path().join("clone")),
+        clone.log()
+    );
+    assert_ack_on_disk(&etcd, "a", &t.path().join("a"), &a);
+}
+
 /// A held gate waits on a watch of the acknowledgements, not on a poll: after half a minute
 /// held by a stopped member (its pauses between asks have grown past 10 s), the rotation goes
 /// through within seconds of the member's acknowledgement.
