@@ -363,6 +363,10 @@ struct Session<'a> {
     ///
     /// [`bound_elsewhere`]: crate::core::keyset::bound_elsewhere
     bound: Option<i64>,
+    /// The session claimed the node's name. It does not when the set it started on is bound
+    /// to another etcd; a set bound here then ends the session, so that the next one claims
+    /// the name before it applies or acknowledges anything.
+    named: bool,
     /// The primary (fingerprint) the credentials were last migrated to and verified on: the
     /// rotation may run, only while it is still the set's primary. Forgotten at every gate
     /// hold (a lagging node's Keystone keeps encrypting with its own primary meanwhile).
@@ -457,6 +461,7 @@ impl<'a> Session<'a> {
             acked: Acked::default(),
             refused: None,
             bound: None,
+            named: !foreign,
             prepared_for: None,
             held_until: None,
             agreed_step: None,
@@ -587,6 +592,16 @@ impl<'a> Session<'a> {
                 }
                 return Ok(());
             }
+            if !self.named {
+                // Without its name checked, a second daemon under a held name would apply and
+                // acknowledge for the node (a clone that started while a foreign set sat in
+                // etcd took the next `cluster init --force` set and spoke for the original).
+                return Err(SessionError::Name(format!(
+                    "{}: the key set at revision {revision} is bound to this etcd: the session \
+                     starts over to claim the node's name first",
+                    cfg.kind
+                )));
+            }
             self.bound = Some(revision);
         }
         if !self.disk.must_write(revision, &self.view.set) {
@@ -637,6 +652,13 @@ impl<'a> Session<'a> {
         };
         if ack.refused == Some(revision) || ack.revision == 0 {
             return Ok(());
+        }
+        // Written again under this node's name, the record is its word about its disk: an
+        // etcd restored from a backup brings back an older one, naming a staged key this node
+        // may have purged since. Kept only while the disk holds that key; else the member
+        // says it holds nothing the gate could promote on its word.
+        if !on_disk(&self.cfg.repo).values().any(|f| *f == ack.staged) {
+            ack = Ack::holding_nothing(node, None);
         }
         (ack.refused, ack.clock) = (Some(revision), Some(Now::read().wall));
         // It still acknowledges the set it holds: bound to that one's lineage and generation.
@@ -1456,9 +1478,12 @@ async fn hold_name(
         if !names::claim(c, cfg.kind, node, me, &token, &seen).await? {
             continue;
         }
+        // The disk keeps its earlier tokens for the name: with only the newest, an etcd
+        // restored from a backup older than this session named a token the disk no longer
+        // held, and the node refused itself as a duplicate.
         cfg.repo.publish(
             names::LOCAL_FILE,
-            &names::Local::claimed(node, &token).to_bytes(),
+            &local.claimed_again(node, &token).to_bytes(),
         )?;
         if let Some(old) = former_name {
             tracing::warn!(

@@ -23,6 +23,8 @@
 //! no daemon running), so it is expected to report violations until those are fixed.
 //! `FERNETD=path` runs another build.
 
+#[path = "chaos/checker.rs"]
+mod checker;
 mod common;
 #[path = "chaos/creds.rs"]
 mod creds;
@@ -58,6 +60,9 @@ const ROTATE_BOUND: Duration = Duration::from_secs(4 * SCHEDULE + 6);
 /// A repository tampered with while its daemon runs is the daemon's to repair within this; until
 /// then the node's validations and the tokens its Keystone issues are excused.
 const REPAIR_GRACE: Duration = Duration::from_secs(3);
+/// After an operator's `cluster init --force --force-purge`, tokens issued within this are
+/// excused too: the nodes take the new keys one after the other.
+const PURGE_GRACE: f64 = 3.0;
 
 /// splitmix64: every nemesis decision comes from the seed.
 struct Rng(u64);
@@ -332,6 +337,11 @@ struct Node {
     unrepaired: bool,
     /// The status exit code last read, and when (a failure asks at most every 2 s).
     status: Option<(Instant, i32)>,
+    /// The same for `fernetd check`, asked beside `status` while no daemon runs.
+    check: Option<(Instant, i32)>,
+    /// When its daemon was last seen held back from etcd (down, stopped, cut off, pointed
+    /// elsewhere) while it was behind an operator's `--force-purge`, or when the purge came.
+    held_back_at: Option<Instant>,
 }
 
 impl Node {
@@ -343,7 +353,7 @@ impl Node {
                 "[keystone]\nconfig = \"{keystone}\"\n{credentials}[tokens]\nkey_repository = \"{}\"\n\
                  schedule = \"{SCHEDULE}s\"\nexpiration = \"{EXPIRATION}s\"\n\
                  allow_expired_window = \"{WINDOW}s\"\nmargin = \"{MARGIN}s\"\n\
-                 [cluster]\ninsecure_unsealed = true\nendpoints = [\"{endpoint}\"]\n\
+                 repair = true\n[cluster]\ninsecure_unsealed = true\nendpoints = [\"{endpoint}\"]\n\
                  prefix = \"/chaos\"\nnode = \"{}\"\nlease_ttl = \"2s\"\n\
                  dial_timeout = \"1s\"\nrequest_timeout = \"2s\"\n",
                 self.dir.display(),
@@ -391,6 +401,7 @@ impl Node {
             .spawn()
             .expect("start fernetd daemon");
         self.daemon = Some(Proc(child));
+        self.held_back_at = Some(Instant::now());
         self.paused = false;
     }
 
@@ -485,6 +496,12 @@ enum Heal {
     Kill(usize),
     /// etcd members, etcd's space, a node's disk (tests/chaos/etcd_faults.rs).
     Store(etcd_faults::StoreHeal),
+    /// The next step of issue 22's remedy with foreign repository number `k`: `cluster init
+    /// --force --from GOOD`, then with `--force-purge`.
+    Reoffer {
+        k: usize,
+        purge: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -524,6 +541,7 @@ enum Fault {
     CredRotateRacing,
     RemoveNode,
     RenameNode,
+    Reoffer,
 }
 
 const SAFE: [Fault; 8] = [
@@ -537,7 +555,7 @@ const SAFE: [Fault; 8] = [
     Fault::Rotate,
 ];
 
-const KNOWN_DEFECTS: [Fault; 13] = [
+const KNOWN_DEFECTS: [Fault; 14] = [
     Fault::LongPause,
     Fault::LongPartition,
     Fault::Skew,
@@ -551,6 +569,7 @@ const KNOWN_DEFECTS: [Fault; 13] = [
     Fault::CredRotateRacing,
     Fault::RemoveNode,
     Fault::RenameNode,
+    Fault::Reoffer,
 ];
 
 impl Fault {
@@ -585,6 +604,7 @@ impl Fault {
             Fault::CredRotateRacing => "credential-rotate-racing",
             Fault::RemoveNode => "remove-node",
             Fault::RenameNode => "rename-node",
+            Fault::Reoffer => "refused-reoffered",
         }
     }
 }
@@ -641,6 +661,26 @@ struct Run {
     by_fault: BTreeMap<String, usize>,
     /// (node, fault count) pairs whose excused failures are already in the timeline.
     noted: BTreeSet<(usize, usize)>,
+    /// When each fault class in play (and `false-ack`) first had a violation (s).
+    first_by_fault: BTreeMap<String, f64>,
+    /// The acknowledgements judged against the disks.
+    judge: checker::AckJudge,
+    next_ack_check: Instant,
+    /// Tokens issued before this (s) are the operator's to lose: a `--force-purge` discarded
+    /// their keys on purpose.
+    taint_until: f64,
+    /// The issue 22 sequences started (each has its own foreign repository and prefix).
+    reoffers: usize,
+    /// After a `--force-purge`: the fingerprints of the keys it imposed, and the nodes that
+    /// do not hold any of them yet. Such a node's daemon down (or just started), its
+    /// Keystone issues with keys the operator discarded, and cannot validate tokens made
+    /// with the new ones: the operator's loss, not the checker's.
+    purged_to: BTreeSet<String>,
+    behind_purge: BTreeSet<usize>,
+    /// The store revision right after an old backup was restored: acknowledgements written
+    /// up to it are the backup's, not statements their nodes made since; they are judged
+    /// once rewritten.
+    ack_floor: i64,
 }
 
 impl Run {
@@ -696,6 +736,14 @@ impl Run {
             classes: BTreeMap::new(),
             by_fault: BTreeMap::new(),
             noted: BTreeSet::new(),
+            first_by_fault: BTreeMap::new(),
+            judge: checker::AckJudge::default(),
+            next_ack_check: Instant::now(),
+            taint_until: 0.0,
+            reoffers: 0,
+            purged_to: BTreeSet::new(),
+            behind_purge: BTreeSet::new(),
+            ack_floor: 0,
         };
         let (code, err) = run_bounded(
             run.nodes[0].command(&["cluster", "init"]),
@@ -751,7 +799,7 @@ impl Run {
             let at = self.t();
             let node_now = self.nodes[i].now();
             let keys = show_keys(&fingerprints(&self.nodes[i].dir));
-            let tainted = self.nodes[i].excused();
+            let tainted = self.nodes[i].excused() || at < self.taint_until || self.behind(i);
             let packed = self.ks.pack(&self.nodes[i].dir, 2);
             for (k, text) in packed.into_iter().enumerate() {
                 let allow_expired = k == 1;
@@ -773,10 +821,41 @@ impl Run {
         }
     }
 
+    /// Node `i`'s daemon cannot act on etcd now: down, stopped, cut off or stalled, or
+    /// pointed at another etcd.
+    fn held_back(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        n.daemon.is_none()
+            || n.paused
+            || self.heals.iter().any(|(_, h, _)| match h {
+                Heal::Cont(k) | Heal::Net(k) | Heal::Endpoint(k) => *k == i,
+                _ => false,
+            })
+    }
+
+    /// Node `i` has not taken an operator's `--force-purge` and could not yet: its daemon was
+    /// held back (`held_back`) less than `PURGE_GRACE` ago, or the purge is that recent. A
+    /// node that holds one of the imposed keys has taken it.
+    fn behind(&mut self, i: usize) -> bool {
+        if !self.behind_purge.contains(&i) {
+            return false;
+        }
+        if !checker::held(&self.nodes[i].dir).is_disjoint(&self.purged_to) {
+            self.behind_purge.remove(&i);
+            return false;
+        }
+        if self.held_back(i) {
+            self.nodes[i].held_back_at = Some(Instant::now());
+        }
+        self.nodes[i]
+            .held_back_at
+            .is_some_and(|t| t.elapsed().as_secs_f64() < PURGE_GRACE)
+    }
+
     /// Validates every token on every live node whose clock still considers it valid.
     fn check(&mut self) {
         for j in 0..self.nodes.len() {
-            if !self.nodes[j].serving() {
+            if !self.nodes[j].serving() || self.behind(j) {
                 continue;
             }
             // Judged by the clock after the answer: a token is required only while it was
@@ -816,20 +895,27 @@ impl Run {
             let status = self.status(j);
             if excused {
                 let label = self.nodes[j].label.clone();
+                // With no daemon running, what the operator has is `status` and `check`: both
+                // must say critical (exit 2) while a token the node should decrypt fails.
+                let check = if self.nodes[j].unrepaired {
+                    self.check_exit(j)
+                } else {
+                    2
+                };
                 if self.nodes[j].unrepaired && self.noted.insert((j, self.faults)) {
                     self.event(format!(
-                        "{label}: {} token(s) fail while its key is lost, `fernetd status` exits {status}",
+                        "{label}: {} token(s) fail while its key is lost, `fernetd status` exits {status}, `fernetd check` {check}",
                         lost.len()
                     ));
                 }
-                if self.nodes[j].unrepaired && status != 2 {
+                if self.nodes[j].unrepaired && (status != 2 || check != 2) {
                     let k = lost[0];
                     self.tokens[k].failed_on.insert(j);
                     self.violation(
                         k,
                         j,
                         &format!(
-                            "silent failure: a key left {} with no daemon running, {} token(s) fail there and `fernetd status` exits {status}, not 2",
+                            "silent failure: a key left {} with no daemon running, {} token(s) fail there and `fernetd status` exits {status}, `fernetd check` {check} (both must be 2)",
                             self.nodes[j].label,
                             lost.len()
                         ),
@@ -877,6 +963,18 @@ impl Run {
         code
     }
 
+    /// `fernetd check` on node `j` (with its clock), at most every 2 s.
+    fn check_exit(&mut self, j: usize) -> i32 {
+        if let Some((at, code)) = self.nodes[j].check {
+            if at.elapsed() < Duration::from_secs(2) {
+                return code;
+            }
+        }
+        let (code, _) = run_bounded(self.nodes[j].command(&["check"]), Duration::from_secs(20));
+        self.nodes[j].check = Some((Instant::now(), code));
+        code
+    }
+
     fn violation(&mut self, k: usize, validator: usize, what: &str) {
         let t = &self.tokens[k];
         // The faults that touched the issuer, the validator or the whole cluster since long
@@ -895,12 +993,18 @@ impl Run {
         } else {
             suspects.iter().copied().collect::<Vec<_>>().join("+")
         };
+        let now = self.t();
+        // The first three are printed whole, and the first of each fault class in play.
+        let new = suspects
+            .iter()
+            .any(|c| !self.first_by_fault.contains_key(*c));
         for c in &suspects {
             *self.by_fault.entry(c.to_string()).or_default() += 1;
+            self.first_by_fault.entry(c.to_string()).or_insert(now);
         }
         *self.classes.entry(class.clone()).or_default() += 1;
         let n = self.violations.len() + 1;
-        if n > 3 {
+        if n > 3 && !new {
             self.violations.push(String::new());
             return;
         }
@@ -918,6 +1022,14 @@ impl Run {
                 .map(|(n, c)| (self.nodes[*n].label.clone(), *c))
                 .collect::<Vec<_>>()
         );
+        s.push_str(&self.nodes_and_timeline());
+        eprintln!("{s}");
+        self.violations.push(s);
+    }
+
+    /// Every node's keys and state, then the timeline's last 15 events: a violation's context.
+    fn nodes_and_timeline(&self) -> String {
+        let mut s = String::new();
         for node in &self.nodes {
             s.push_str(&format!(
                 "\n    {} (node {}, clock {:+}s, daemon {}): {}",
@@ -937,6 +1049,88 @@ impl Run {
         for (at, e) in &self.timeline[from..] {
             s.push_str(&format!("\n    {at:7.2}s {e}"));
         }
+        s
+    }
+
+    /// Judges every node's acknowledgement against its disk (`checker::AckJudge`), at most
+    /// once a second. A name is judged against the disk of the first live node under it (a
+    /// clone's daemon must not speak for it); a node is not judged while its daemon cannot
+    /// write its record (down, stopped, cut off from etcd), while it is pointed at another
+    /// etcd and until it has had a grace to write its record again, or while its disk is
+    /// tampered with.
+    fn check_acks(&mut self) {
+        if Instant::now() < self.next_ack_check {
+            return;
+        }
+        self.next_ack_check = Instant::now() + Duration::from_secs(1);
+        let Some(acks) = checker::acks(&self.etcd.endpoints().join(","), "/chaos") else {
+            return;
+        };
+        for j in 0..self.nodes.len() {
+            let n = &self.nodes[j];
+            if self.nodes.iter().position(|m| m.live && m.name == n.name) != Some(j) {
+                continue;
+            }
+            let judged = n.joined && !n.excused() && !self.held_back(j);
+            let holds = checker::held(&n.dir);
+            let ack = acks.get(&n.name);
+            let judged = judged && ack.is_none_or(|a| a.written > self.ack_floor);
+            if let Some(stood) = self.judge.judge(j, ack, &holds, judged) {
+                if let Some(ack) = ack.cloned() {
+                    self.ack_violation(j, &ack, &holds, stood);
+                }
+            }
+        }
+    }
+
+    /// A false acknowledgement: its own class (`false-ack`), with the faults that touched the
+    /// node or the whole cluster in the last minute as suspects.
+    fn ack_violation(
+        &mut self,
+        j: usize,
+        ack: &checker::AckSeen,
+        holds: &BTreeSet<String>,
+        stood: Duration,
+    ) {
+        let now = self.t();
+        let suspects: BTreeSet<&'static str> = self
+            .injected
+            .iter()
+            .filter(|(at, _, node)| *at >= now - 60.0 && node.is_none_or(|n| n == j))
+            .map(|(_, f, _)| f.name())
+            .collect();
+        let class = format!(
+            "false-ack ({})",
+            if suspects.is_empty() {
+                "none".to_string()
+            } else {
+                suspects.iter().copied().collect::<Vec<_>>().join("+")
+            }
+        );
+        let new = !self.first_by_fault.contains_key("false-ack");
+        *self.by_fault.entry("false-ack".into()).or_default() += 1;
+        self.first_by_fault.entry("false-ack".into()).or_insert(now);
+        *self.classes.entry(class.clone()).or_default() += 1;
+        let n = self.violations.len() + 1;
+        if n > 3 && !new {
+            self.violations.push(String::new());
+            return;
+        }
+        let node = &self.nodes[j];
+        let mut s = format!(
+            "chaos violation {n} at {now:.2}s (seed {}): false acknowledgement: acks/{} names staged key {} (revision {}{}) and has for {:.1}s, which {}'s disk does not hold (it holds {})\n  class: {class}\n  keys now:",
+            self.o.seed,
+            node.name,
+            ack.staged,
+            ack.revision,
+            ack.refused
+                .map(|r| format!(", refused {r}"))
+                .unwrap_or_default(),
+            stood.as_secs_f64(),
+            node.label,
+            holds.iter().cloned().collect::<Vec<_>>().join(" ")
+        );
+        s.push_str(&self.nodes_and_timeline());
         eprintln!("{s}");
         self.violations.push(s);
     }
@@ -985,9 +1179,42 @@ impl Run {
                 self.nodes[i].kill_daemon();
                 let mut what = format!("kill -9 {label}'s daemon for {:.1}s", d.as_secs_f64());
                 if let Some(k) = lost {
-                    let _ = std::fs::remove_file(self.nodes[i].dir.join(k.to_string()));
+                    let path = self.nodes[i].dir.join(k.to_string());
+                    // The nemesis says what else goes (`repair = true` keeps a copy of every
+                    // live key in `.fernetd/copies/FINGERPRINT`): nothing; the key's repair copy
+                    // (only the history says the key is gone); or the history, moved aside as
+                    // the `state-unreadable` runbook says (only the copy says it).
+                    let fp = std::fs::read(&path)
+                        .ok()
+                        .and_then(|b| fernetd::core::key::Key::parse(&b).ok())
+                        .map(|key| key.fingerprint().to_string());
+                    let also = self.rng.below(3);
+                    let _ = std::fs::remove_file(&path);
                     self.nodes[i].unrepaired = true;
                     what.push_str(&format!(", and key {k} deleted"));
+                    let internal = self.nodes[i].dir.join(".fernetd");
+                    match (also, fp) {
+                        (1, Some(fp)) => {
+                            let gone =
+                                std::fs::remove_file(internal.join("copies").join(fp)).is_ok();
+                            what.push_str(if gone {
+                                " with its repair copy"
+                            } else {
+                                " (it had no repair copy)"
+                            });
+                        }
+                        (2, _) => {
+                            let moved = std::fs::rename(
+                                internal.join("state.json"),
+                                internal.join("state.json.aside"),
+                            )
+                            .is_ok();
+                            if moved {
+                                what.push_str(", .fernetd/state.json moved aside");
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 heal(self, d, Heal::Restart(i));
                 self.fault(fault, what);
@@ -1075,6 +1302,10 @@ impl Run {
                     _ => snap,
                 };
                 self.etcd.restore(&from);
+                if fault == Fault::EtcdRestoreOld {
+                    self.ack_floor = checker::store_revision(&self.etcd.endpoints().join(","))
+                        .unwrap_or(i64::MAX);
+                }
                 self.fault(
                     fault,
                     format!(
@@ -1120,6 +1351,13 @@ impl Run {
                 self.nodes[i].excused_until = Some(Instant::now() + REPAIR_GRACE);
                 self.fault(fault, what);
             }
+            // An operator's command on a node pointed at the stray etcd would act there (a
+            // `cluster init` binds that node to the stray etcd for good): not this fault's.
+            Fault::Rotate | Fault::InitForce
+                if self
+                    .heals
+                    .iter()
+                    .any(|(_, h, _)| matches!(h, Heal::Endpoint(n) if *n == i)) => {}
             Fault::Rotate => {
                 let (code, _) =
                     run_bounded(self.nodes[i].command(&["rotate"]), Duration::from_secs(30));
@@ -1140,6 +1378,23 @@ impl Run {
                     fault,
                     format!("cluster init --force --from {label}'s repository: exit {code} {err}"),
                 );
+            }
+            Fault::Reoffer => {
+                if self
+                    .heals
+                    .iter()
+                    .any(|(_, h, _)| matches!(h, Heal::Reoffer { .. }))
+                {
+                    return;
+                }
+                let k = self.reoffers;
+                self.reoffers += 1;
+                let what = self.offer_foreign(k);
+                let first = self.rng.secs(1.5, 4.0);
+                heal(self, first, Heal::Reoffer { k, purge: false });
+                let then = first + self.rng.secs(1.5, 4.0);
+                heal(self, then, Heal::Reoffer { k, purge: true });
+                self.fault(fault, what);
             }
             Fault::Clone => {
                 if self
@@ -1221,7 +1476,8 @@ impl Run {
             | Fault::MemberRestart
             | Fault::QuorumLoss
             | Fault::Compact
-            | Fault::Nospace => None,
+            | Fault::Nospace
+            | Fault::Reoffer => None,
             _ => Some(self.target),
         };
         self.injected.push((self.t(), f, node));
@@ -1274,6 +1530,38 @@ impl Run {
                 }
             }
             Heal::Store(h) => self.heal_store(h),
+            Heal::Reoffer { k, purge } => {
+                let good = self.good(k);
+                let mut args = vec!["cluster", "init", "--force"];
+                if purge {
+                    args.push("--force-purge");
+                }
+                let g = good.display().to_string();
+                args.extend(["--from", &g]);
+                let (code, err) = self.operator(k, "/chaos", &args);
+                if purge {
+                    // The operator said the live keys may go: tokens made with them until every
+                    // node holds GOOD's keys are not the checker's to count.
+                    self.taint_until = self.t() + PURGE_GRACE;
+                    for t in &mut self.tokens {
+                        t.tainted = true;
+                    }
+                    self.purged_to = checker::held(&good);
+                    self.behind_purge = (0..self.nodes.len()).collect();
+                    for n in &mut self.nodes {
+                        n.held_back_at = Some(Instant::now());
+                    }
+                }
+                self.event(format!(
+                    "{}cluster init --force{} --from the foreign repository {k}: exit {code} {err}",
+                    if purge {
+                        "heal (the remedy's second step): "
+                    } else {
+                        "the remedy's first step: "
+                    },
+                    if purge { " --force-purge" } else { "" }
+                ));
+            }
             Heal::StopClone(c) => {
                 self.nodes[c].kill_daemon();
                 self.nodes[c].live = false;
@@ -1298,6 +1586,71 @@ impl Run {
         }
     }
 
+    /// Foreign repository number `k`: made by `fernetd setup` on first use.
+    fn good(&self, k: usize) -> PathBuf {
+        self.tmp.path().join(format!("good{k}-keys"))
+    }
+
+    /// Runs `fernetd ARGS` as an operator would on a machine of their own: straight to the
+    /// cluster's etcd under `prefix`, foreign repository `k` as the configuration's repository.
+    fn operator(&self, k: usize, prefix: &str, args: &[&str]) -> (i32, String) {
+        let cfg = self
+            .tmp
+            .path()
+            .join(format!("operator{k}{}.toml", prefix.replace('/', "-")));
+        let _ = std::fs::write(
+            &cfg,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                 schedule = \"{SCHEDULE}s\"\nexpiration = \"{EXPIRATION}s\"\n\
+                 allow_expired_window = \"{WINDOW}s\"\nmargin = \"{MARGIN}s\"\n\
+                 [cluster]\ninsecure_unsealed = true\nendpoints = [\"{}\"]\n\
+                 prefix = \"{prefix}\"\nnode = \"operator\"\n",
+                self.good(k).display(),
+                self.etcd.endpoints().join("\", \"")
+            ),
+        );
+        let mut cmd = Command::new(fernetd_bin());
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env_remove("FERNETD_CONFIG")
+            .env("FERNETD_LOG", "warn");
+        run_bounded(cmd, Duration::from_secs(30))
+    }
+
+    /// Issue 22's sequence, first step: a key set of another cluster (foreign repository `k`'s
+    /// fresh keys, `cluster init` under another prefix) written over the cluster's, as a
+    /// mistaken restore or a shared prefix would. Every node refuses it; the remedy's steps
+    /// (`Heal::Reoffer`) then offer the same keys again.
+    fn offer_foreign(&mut self, k: usize) -> String {
+        let good = self.good(k).display().to_string();
+        let foreign = format!("/chaosforeign{k}");
+        let mut setup = Command::new(fernetd_bin());
+        setup
+            .args(["setup", "--key-repository", &good])
+            .env_remove("FERNETD_CONFIG")
+            .env("FERNETD_LOG", "warn");
+        let (code, err) = run_bounded(setup, Duration::from_secs(30));
+        if code != 0 {
+            return format!(
+                "a foreign set: setup of the foreign repository {k} failed: {code} {err}"
+            );
+        }
+        let (code, err) = self.operator(k, &foreign, &["cluster", "init", "--from", &good]);
+        if code != 0 {
+            return format!("a foreign set: cluster init under {foreign} failed: {code} {err}");
+        }
+        let key = format!("{foreign}/tokens/keyset");
+        let put = checker::get_raw(&self.etcd.endpoints().join(","), &key).is_some_and(|v| {
+            checker::put_raw(&self.etcd.endpoints().join(","), "/chaos/tokens/keyset", v)
+        });
+        format!(
+            "the key set of another cluster (foreign repository {k}, {foreign}) written over the cluster's: {}",
+            if put { "done" } else { "etcd did not take it" }
+        )
+    }
+
     fn sabotage(&mut self) {
         // Unrecorded: no fault in the timeline, no excuse, no daemon to repair. Every key but
         // the staged one is deleted and the staged one replaced: node 1 decrypts nothing the
@@ -1317,6 +1670,7 @@ impl Run {
         self.issue();
         self.check();
         creds::round(self);
+        self.check_acks();
         if let Some(rest) = Duration::from_millis(400).checked_sub(began.elapsed()) {
             std::thread::sleep(rest);
         }
@@ -1432,6 +1786,10 @@ impl Run {
                 first.entry(f.name()).or_insert(*at);
             }
             eprintln!("chaos: first injection of each class (s): {first:?}");
+            eprintln!(
+                "chaos: first violation per fault class in play (s): {:?}",
+                self.first_by_fault
+            );
             eprintln!("chaos: timeline of seed {}:", self.o.seed);
             for (at, e) in &self.timeline {
                 eprintln!("    {at:7.2}s {e}");
@@ -1502,7 +1860,7 @@ fn heal_node(h: &Heal) -> Option<usize> {
             Some(*i)
         }
         Heal::Store(h) => h.node(),
-        Heal::StopClone(_) | Heal::Kill(_) => None,
+        Heal::StopClone(_) | Heal::Kill(_) | Heal::Reoffer { .. } => None,
     }
 }
 
@@ -1525,6 +1883,8 @@ fn new_node(base: &Path, i: usize, name: &str, etcd: &[String]) -> Node {
         excused_until: None,
         unrepaired: false,
         status: None,
+        check: None,
+        held_back_at: None,
     };
     n.write_cfg(&n.proxy.endpoint());
     n.set_clock(0);

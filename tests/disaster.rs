@@ -174,6 +174,106 @@ fn an_etcd_restored_from_a_backup_heals_forward_and_every_token_still_unpacks() 
     assert_all_unpack(&dirs, &tokens, &[&a, &b]);
 }
 
+/// An etcd restored from a backup taken before a node's daemon last claimed its name (b
+/// restarted here) still names a claim token that node's disk holds: the node holds its name
+/// and rotations go on. Every claim used to replace the disk's token, so the restored record
+/// named a token the disk no longer held: the node refused itself as a duplicate ("was last
+/// held by a daemon that is not running now"), took no part, and the gate held until an
+/// operator ran `remove-node` (scripts/chaos, seed 12, etcd-restore-old).
+#[test]
+fn an_etcd_backup_older_than_a_nodes_last_claim_does_not_lock_it_out_of_its_name() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    let b = daemon(&cb);
+    for d in [&a, &b] {
+        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
+    }
+    let backup = t.path().join("backup.db");
+    etcd.snapshot_save(&backup);
+    // b's daemon restarts after the backup (a reboot, an upgrade, a crash).
+    b.stop();
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+
+    etcd.restore(&backup);
+    let restored = cluster_primary(&etcd);
+    assert!(
+        a.wait_for(secs(30), || cluster_primary(&etcd) >= restored + 3),
+        "no rotation past the restored set ({restored}): {}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    for d in [&a, &b] {
+        assert!(
+            !d.log().contains("duplicate node name"),
+            "a node refused its own name: {}",
+            d.log()
+        );
+    }
+}
+
+/// A node that refuses the set of an old etcd backup says so in its acknowledgement, and the
+/// record it writes names only a key its disk holds. It used to take the record the backup
+/// brought back, add the refusal and write it again under its name: a staged key it had
+/// purged since, with a fresh clock (scripts/chaos, seed 13, etcd-restore-old: false-ack).
+#[test]
+fn a_refusal_after_an_old_backup_is_restored_names_no_key_the_node_purged() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let cb = node(t.path(), &etcd, "b", "");
+    // Tokens that live 2 s: a staged key is purged a few rotations after it was staged.
+    let text = std::fs::read_to_string(&cb)
+        .unwrap()
+        .replace("expiration = \"60s\"", "expiration = \"2s\"");
+    std::fs::write(&cb, text).unwrap();
+    fernetd_ok(&["--config", cb.to_str().unwrap(), "cluster", "init"]);
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    let dir = t.path().join("b");
+    let held = || -> Vec<fernetd::core::key::Fingerprint> {
+        keys(&dir)
+            .values()
+            .map(|k| {
+                fernetd::core::key::Key::parse(k.as_bytes())
+                    .unwrap()
+                    .fingerprint()
+            })
+            .collect()
+    };
+    let acked = ack_of(&etcd, "b").unwrap();
+    let backup = t.path().join("backup.db");
+    etcd.snapshot_save(&backup);
+    assert!(
+        b.wait_for(secs(40), || !held().contains(&acked.staged)),
+        "key {} never purged: {}",
+        acked.staged,
+        b.log()
+    );
+    etcd.restore(&backup);
+    assert!(
+        b.wait_for(secs(20), || ack_of(&etcd, "b")
+            .is_some_and(|a| a.refused.is_some())),
+        "no refusal said: {:?}\n{}",
+        ack_of(&etcd, "b"),
+        b.log()
+    );
+    let ack = ack_of(&etcd, "b").unwrap();
+    assert!(
+        ack.revision == 0 || held().contains(&ack.staged),
+        "acks/b names staged key {} at revision {} (refused {:?}), which b does not hold\n{}",
+        ack.staged,
+        ack.revision,
+        ack.refused,
+        b.log()
+    );
+}
+
 #[test]
 fn an_old_sealed_value_written_back_is_refused_and_replaced() {
     let etcd = Etcd::start();
@@ -1030,6 +1130,82 @@ fn a_refused_set_offered_again_is_acknowledged_only_once_on_disk() {
     assert_eq!(ack_of(&etcd, "b").unwrap().refused, None);
     let tokens = vec![pack(&good), pack(&good)];
     assert_all_unpack(&[b_dir], &tokens, &[&b]);
+}
+
+/// A second daemon under a held name that starts while a set of another cluster sits in etcd
+/// claims no name then (it refuses that set); once `cluster init --force --from GOOD` binds a
+/// set to this etcd again, it must claim the name before it applies or acknowledges anything:
+/// refused as a duplicate, its empty repository stays empty and acks/a stays a's word. It used
+/// to take GOOD's keys (an empty disk loses nothing) and acknowledge them as 'a', its Keystone
+/// issuing tokens no other node decrypts (scripts/chaos, seeds 14 and 15).
+#[test]
+fn a_clone_started_while_a_foreign_set_sits_in_etcd_never_speaks_for_the_node() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    fernetd_ok(&["setup", "--key-repository", good.to_str().unwrap()]);
+    let good_s = good.to_str().unwrap();
+    let ca = node(t.path(), &etcd, "a", "");
+    let cfg = ca.to_str().unwrap();
+    fernetd_ok(&["--config", cfg, "cluster", "init"]);
+    let a = daemon(&ca);
+    assert!(a.wait_log("in step", secs(15)), "{}", a.log());
+
+    // A set of another cluster (GOOD's keys, under another prefix) lands over a's.
+    let other = t.path().join("other.toml");
+    let text = std::fs::read_to_string(&ca)
+        .unwrap()
+        .replace("prefix = \"/test\"", "prefix = \"/other\"");
+    std::fs::write(&other, text).unwrap();
+    fernetd_ok(&[
+        "--config",
+        other.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        good_s,
+    ]);
+    let foreign = etcd.with_client(async |c| {
+        let r = c.get("/other/tokens/keyset", None).await.unwrap();
+        r.kvs()[0].value().to_vec()
+    });
+    put_raw(&etcd, foreign);
+    assert!(
+        a.wait_log("refused, every key stays", secs(10)),
+        "{}",
+        a.log()
+    );
+
+    // A clone: a's name, an empty repository of its own, started now.
+    let cc = node(t.path(), &etcd, "clone", "");
+    let text = std::fs::read_to_string(&cc)
+        .unwrap()
+        .replace("node = \"clone\"", "node = \"a\"");
+    std::fs::write(&cc, text).unwrap();
+    let clone = daemon(&cc);
+    assert!(
+        clone.wait_log("refused, every key stays", secs(15)),
+        "{}",
+        clone.log()
+    );
+
+    // The remedy's first step binds GOOD's keys to this etcd.
+    fernetd_ok(&[
+        "--config", cfg, "cluster", "init", "--force", "--from", good_s,
+    ]);
+    assert!(
+        clone.wait_log("duplicate node name", secs(15)),
+        "the clone was never refused: {}",
+        clone.log()
+    );
+    std::thread::sleep(secs(3));
+    assert!(
+        keys(&t.path().join("clone")).is_empty(),
+        "the clone took keys as 'a': {:?}\n{}",
+        numbers(&t.path().join("clone")),
+        clone.log()
+    );
+    assert_ack_on_disk(&etcd, "a", &t.path().join("a"), &a);
 }
 
 /// A held gate waits on a watch of the acknowledgements, not on a poll: after half a minute

@@ -158,7 +158,30 @@ impl Local {
             tokens: vec![token.to_string()],
         }
     }
+
+    /// After etcd committed a new session's claim of `node` with `token`: the tokens this
+    /// disk claimed `node` with before stay too (the last [`KEPT_TOKENS`]), so an etcd
+    /// restored from a backup taken since still names one this disk holds. Only this disk's
+    /// own claims: a clone that took the name claimed a token its original never held.
+    pub fn claimed_again(&self, node: &str, token: &str) -> Local {
+        let mut tokens: Vec<String> = match self.node.as_deref() {
+            Some(n) if n == node => self.tokens.clone(),
+            _ => Vec::new(),
+        };
+        tokens.retain(|t| t != token);
+        tokens.push(token.to_string());
+        let drop = tokens.len().saturating_sub(KEPT_TOKENS);
+        tokens.drain(..drop);
+        Local {
+            node: Some(node.to_string()),
+            tokens,
+        }
+    }
 }
+
+/// How many of its own past claim tokens a disk keeps: a daemon claims its name again at
+/// every session start, and each claim is a new token.
+pub const KEPT_TOKENS: usize = 16;
 
 /// A fresh claim token.
 pub fn new_token() -> Result<String, ClusterError> {
