@@ -117,6 +117,20 @@ pub fn ack_unauthenticated(node: &str) -> Problem {
     )
 }
 
+/// The problem of a member the sealed key set lists whose acknowledgement record is missing
+/// from etcd (counted as absent: the gate holds for it), as `status` says it on every node.
+pub fn ack_missing(node: &str) -> Problem {
+    Problem::new(
+        Code::AckMissing,
+        format!(
+            "node {node}: its acknowledgement record is missing from etcd, but the key set lists \
+             it as a member (deleted in etcd: that ends no membership); counted as absent: the \
+             gate holds for it until it acknowledges again or `fernetd cluster remove-node \
+             {node}`"
+        ),
+    )
+}
+
 /// The problem of a daemon whose findings `status` cannot see.
 pub fn unseen(why: impl Into<String>) -> Problem {
     Problem::new(Code::LiveViewUnwritable, why)
@@ -473,6 +487,10 @@ pub struct ClusterView {
     /// (`Cluster::unauthenticated`): counted as absent.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unauthenticated: Vec<String>,
+    /// Members the sealed key set lists with no acknowledgement record in etcd
+    /// (`Cluster::missing`): counted as absent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     /// The hold on purges the leader recorded with its last rotation, from fresh clock
     /// readings ([`crate::cluster::SkewHold`]), while its window is open.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -564,6 +582,7 @@ pub fn cluster_view(
         refused,
         skewed: Vec::new(),
         unauthenticated: Vec::new(),
+        missing: Vec::new(),
         skew_hold: None,
         skew_hold_until: None,
         skew_hold_reason: None,
@@ -759,6 +778,9 @@ impl Summary {
                 // Said in the same words as the leader's daemon: `add` keeps one of the two.
                 for node in &v.unauthenticated {
                     self.add(&ack_unauthenticated(node));
+                }
+                for node in &v.missing {
+                    self.add(&ack_missing(node));
                 }
                 let nodes = v.gate_waiting_on.join(", ");
                 if v.gate_blocked {

@@ -294,6 +294,7 @@ async fn cluster_views(
             view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
             view.judge_own_clock(&cluster.node, margin, m.settings.lifetime.retention());
             view.unauthenticated = c.unauthenticated(kind).await.map_err(unreachable)?;
+            view.missing = c.missing(kind).await.map_err(unreachable)?;
             if cluster.seal_tagged {
                 let by = c.sealed_with(kind).await.map_err(unreachable)?;
                 view.sealed_with = Some(by.map_or("clear".into(), |id| id.to_string()));

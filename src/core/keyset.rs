@@ -9,7 +9,7 @@
 
 // Lineage lives with the history that carries it; re-exported for the paths that name it here.
 use crate::core::history::History;
-pub use crate::core::history::{Binding, Lineage};
+pub use crate::core::history::{Binding, Lineage, Member};
 use crate::core::key::{Fingerprint, Key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -548,6 +548,7 @@ mod tests {
             forced: false,
             from: None,
             etcd: etcd.cloned(),
+            members: Default::default(),
         };
         let unbound = lineage(None);
         let bound_here = lineage(Some(&here));
