@@ -85,6 +85,19 @@ pub enum ClusterError {
         revision: i64,
         won: String,
     },
+    /// `cluster init --from DIR` where DIR's lineage is bound to another etcd, without
+    /// `--move-etcd`.
+    #[error(
+        "{}: its keys follow a cluster bound to {held}, but this is {reached}: refusing to \
+         start a second cluster here (a wrong endpoint? fix [cluster] endpoints); to move the \
+         cluster to this etcd on purpose, add --move-etcd",
+        from.display()
+    )]
+    BoundElsewhere {
+        from: std::path::PathBuf,
+        held: crate::core::keyset::Binding,
+        reached: crate::core::keyset::Binding,
+    },
     #[error("{key} at revision {revision}: refused, every key stays: {reason}")]
     Refused {
         key: String,
