@@ -566,10 +566,12 @@ pub fn cluster_view(
                 set.keys.contains_key(n)
                     || history.keys.get(n).is_some_and(|r| r.fingerprint == *fp)
             }),
+        // By material, not by number: a node one rotation behind holds the cluster's primary
+        // as its key 0, and Keystone there decrypts with every key it loads.
         lacking: set
             .fingerprints()
             .iter()
-            .filter(|(n, fp)| **n != 0 && local.get(n) != Some(fp))
+            .filter(|(n, fp)| **n != 0 && !local.values().any(|held| held == *fp))
             .map(|(n, _)| *n)
             .collect(),
         gate_waiting_on: waiting.clone(),
@@ -1037,6 +1039,37 @@ mod tests {
         assert!(why.contains("run fernetd sync"), "{why}");
         // A key beyond the set (unknown to the history): a warning.
         assert_eq!(judged(None, true).0, Level::Warning);
+    }
+
+    /// attack22 F5: a node one rotation behind holds the cluster's primary as its key 0;
+    /// tokens made with it decrypt there, so it is no critical "lacks key N (the cluster's
+    /// primary)", only a warning (it differs: run fernetd sync).
+    #[test]
+    fn a_node_holding_the_primary_as_its_key_0_does_not_lack_it() {
+        let now: Now = Utc::now().into();
+        let set = KeySet::fresh(&now).unwrap();
+        let primary = set.primary().unwrap();
+        let fps = set.fingerprints();
+        // One rotation behind: the cluster's primary is this node's key 0, and its own primary
+        // is an older key the cluster still keeps.
+        let mut local = fps.clone();
+        local.insert(0, fps[&primary]);
+        local.remove(&primary);
+        let v = cluster_view(
+            &local,
+            &crate::core::history::History::new(),
+            &set,
+            4,
+            &[],
+            None,
+            Duration::ZERO,
+            &now,
+        );
+        assert!(v.lacking.is_empty(), "{:?}", v.lacking);
+        let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+        sum.add_cluster(&Ok(v));
+        assert_eq!(sum.level, Level::Warning, "{:?}", sum.problems);
+        assert!(sum.problems[0].message.contains("run fernetd sync"));
     }
     /// Issue 22: `status` printed `input-refused` twice, the daemon's refusal and its own
     /// judgement of the same set.
