@@ -118,9 +118,11 @@ pub enum Report {
     },
     /// What the leader's gate found of the acknowledgements: the members whose record does
     /// not verify with any seal key held (forged, copied from another node's, or sealed with a
-    /// key this node lacks), counted as absent. Empty once every one verifies again.
+    /// key this node lacks), counted as absent. Empty once every one verifies again. And the
+    /// members the sealed key set lists that have no record at all (`missing`).
     Unauthenticated {
         nodes: Vec<String>,
+        missing: Vec<String>,
     },
     /// The session ended; the node serves its current keys until the next one.
     Degraded {
@@ -883,7 +885,8 @@ impl<'a> Session<'a> {
         // a due rotation finds them so. Read again only when the gate was judged.
         if matches!(outcome, Ok(_) | Err(ClusterError::GateWaiting { .. })) {
             let nodes = self.c.unauthenticated(cfg.kind).await?;
-            self.report(Report::Unauthenticated { nodes });
+            let missing = self.c.missing(cfg.kind).await?;
+            self.report(Report::Unauthenticated { nodes, missing });
         }
         match outcome {
             Ok(r) => {

@@ -121,6 +121,9 @@ struct Cluster {
     /// Members whose acknowledgement the leader's gate found not authenticated (counted as
     /// absent): critical until the leader finds each verifies again, or stops leading.
     unauthenticated: Vec<String>,
+    /// Members the sealed key set lists whose acknowledgement record the leader's gate found
+    /// missing from etcd (counted as absent): critical while so, or until it stops leading.
+    missing: Vec<String>,
     gate: Gate,
     /// Cluster nodes whose clocks are off by more than the margin (by the leader's fresh
     /// readings): keys stay longer by the skew.
@@ -245,6 +248,9 @@ impl Slot {
                 }
                 for node in &c.unauthenticated {
                     out.push(status::ack_unauthenticated(node));
+                }
+                for node in &c.missing {
+                    out.push(status::ack_missing(node));
                 }
             }
             Mode::Standalone(st) => {
@@ -610,6 +616,7 @@ impl Daemon {
             degraded: None,
             duplicate: None,
             unauthenticated: Vec::new(),
+            missing: Vec::new(),
             gate: Gate::default(),
             skewed: Vec::new(),
             clocks: Clocks::default(),
@@ -740,6 +747,7 @@ impl Daemon {
                     c.skewed.clear();
                     c.clocks = Clocks::default();
                     c.unauthenticated.clear();
+                    c.missing.clear();
                 }
             }
             Report::Rotated {
@@ -795,7 +803,8 @@ impl Daemon {
                 }
                 c.duplicate = reason;
             }
-            Report::Unauthenticated { nodes } => {
+            Report::Unauthenticated { nodes, missing } => {
+                c.missing = missing;
                 // Each failing record is logged by the read itself (`ERROR node N: ...`).
                 let cleared: Vec<&String> = c
                     .unauthenticated
@@ -824,6 +833,7 @@ impl Daemon {
                 c.leading = false;
                 c.gate = Gate::default();
                 c.unauthenticated.clear();
+                c.missing.clear();
                 c.degraded = Some(reason);
             }
         }
