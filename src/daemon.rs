@@ -86,7 +86,7 @@ struct Slot {
 /// an agent task. A slot starts standalone and becomes a cluster slot when its agent starts.
 enum Mode {
     Standalone(Standalone),
-    Cluster(Cluster),
+    Cluster(Box<Cluster>),
 }
 
 /// A repository this daemon rotates on its own schedule.
@@ -608,7 +608,7 @@ impl Daemon {
                 }),
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
-        s.mode = Mode::Cluster(Cluster {
+        s.mode = Mode::Cluster(Box::new(Cluster {
             agent: task.abort_handle(),
             drift: drift_tx,
             in_step: false,
@@ -620,7 +620,7 @@ impl Daemon {
             gate: Gate::default(),
             skewed: Vec::new(),
             clocks: Clocks::default(),
-        });
+        }));
     }
 
     fn on_agent(&mut self, index: usize, r: Report) {
