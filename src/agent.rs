@@ -122,9 +122,11 @@ pub enum Report {
     },
     /// What the leader's gate found of the acknowledgements: the members whose record does
     /// not verify with any seal key held (forged, copied from another node's, or sealed with a
-    /// key this node lacks), counted as absent. Empty once every one verifies again.
+    /// key this node lacks), counted as absent. Empty once every one verifies again. And the
+    /// members the sealed key set lists that have no record at all (`missing`).
     Unauthenticated {
         nodes: Vec<String>,
+        missing: Vec<String>,
     },
     /// The session ended; the node serves its current keys until the next one.
     Degraded {
@@ -967,7 +969,8 @@ impl<'a> Session<'a> {
         // a due rotation finds them so. Read again only when the gate was judged.
         if matches!(outcome, Ok(_) | Err(ClusterError::GateWaiting { .. })) {
             let nodes = self.c.unauthenticated(cfg.kind).await?;
-            self.report(Report::Unauthenticated { nodes });
+            let missing = self.c.missing(cfg.kind).await?;
+            self.report(Report::Unauthenticated { nodes, missing });
         }
         match outcome {
             Ok(r) => {
@@ -1302,6 +1305,20 @@ async fn heal_forward(
     if !verdict.behind_us() {
         return Ok(false);
     }
+    // A set this node follows in another etcd (a stray one it was pointed at) is no newer
+    // set of this etcd's cluster: published here it would replace the cluster's keys with a
+    // branch the other members never held. Only `cluster init --move-etcd` moves a cluster.
+    let reached = c.binding();
+    if let Some(bound) = local.lineage.as_ref().and_then(|l| l.etcd.as_ref()) {
+        if *bound != reached {
+            tracing::warn!(
+                "{}: not publishing this node's key set over the one at revision {revision}: \
+                 it was written into {bound}, and this node reached {reached}",
+                cfg.kind
+            );
+            return Ok(false);
+        }
+    }
     let ours = cfg.repo.export(&Now::read())?;
     let done = c.republish(cfg.kind, &ours, revision).await?;
     if done {
@@ -1554,8 +1571,10 @@ async fn bootstrap(cfg: &AgentConfig, c: &mut Cluster) -> Result<(), SessionErro
         (
             format!(
                 "; this node holds keys (it follows {follows}) but publishes none on its own: \
-                 waiting for a key set (a wrong endpoint? if this is the cluster's etcd, \
-                 `fernetd cluster init --from {}` on this node starts it from these keys){due_text}",
+                 waiting for a key set (first check the endpoint: a wrong one, or a stray \
+                 etcd, is the likely cause; only if this is the cluster's own etcd and it lost \
+                 its data, `fernetd cluster init --from {}` on this node starts it from these \
+                 keys){due_text}",
                 cfg.repo.dir().display()
             ),
             due.is_some(),

@@ -96,6 +96,19 @@ pub enum ClusterError {
         revision: i64,
         won: String,
     },
+    /// `cluster init --from DIR` where DIR's lineage is bound to another etcd, without
+    /// `--move-etcd`.
+    #[error(
+        "{}: its keys follow a cluster bound to {held}, but this is {reached}: refusing to \
+         start a second cluster here (a wrong endpoint? fix [cluster] endpoints); to move the \
+         cluster to this etcd on purpose, add --move-etcd",
+        from.display()
+    )]
+    BoundElsewhere {
+        from: std::path::PathBuf,
+        held: crate::core::keyset::Binding,
+        reached: crate::core::keyset::Binding,
+    },
     #[error("{key} at revision {revision}: refused, every key stays: {reason}")]
     Refused {
         key: String,
@@ -490,6 +503,13 @@ impl Cluster {
             .and_then(|st| open(&self.seal, &key, &st.value).ok())
             .and_then(|s| s.history.lineage);
         let imported = set.history.lineage.as_ref();
+        // Every member of the set replaced and of the keys imported stays one: only
+        // `remove-node` and `rename-node` end or move a membership.
+        let members: std::collections::BTreeMap<_, _> = replaced
+            .iter()
+            .chain(imported)
+            .flat_map(|l| l.members.clone())
+            .collect();
         let fresh =
             || crate::core::keyset::Lineage::new().map_err(|e| ClusterError::Random(e.to_string()));
         let mut lineage = match (stored.is_some(), replaced, imported) {
@@ -512,6 +532,7 @@ impl Cluster {
         };
         lineage.forced = force_purge;
         lineage.etcd = Some(self.binding());
+        lineage.members = members;
         let mut set = set.clone();
         set.history.lineage = Some(lineage.clone());
         let value = self
@@ -671,11 +692,18 @@ impl Cluster {
     /// Every live node's acknowledgement for a repository (a malformed one counts as a node
     /// that has applied nothing).
     pub async fn acks(&mut self, kind: Kind) -> Result<Vec<Ack>, ClusterError> {
+        Ok(judged(self.ack_records(kind).await?))
+    }
+
+    /// The members the key set lists whose acknowledgement record is missing from etcd
+    /// (deleted, or never written): counted as holding nothing by [`Cluster::acks`].
+    pub async fn missing(&mut self, kind: Kind) -> Result<Vec<String>, ClusterError> {
         Ok(self
             .ack_records(kind)
             .await?
             .into_iter()
-            .map(|(node, record)| counted(node, record))
+            .filter(|(_, record)| matches!(record, AckRecord::Missing(_)))
+            .map(|(node, _)| node)
             .collect())
     }
 
@@ -683,15 +711,13 @@ impl Cluster {
     /// one whose MAC does not bind it to that very set (another generation or lineage: an old
     /// record written back, or one a node wrote before its daemon bound them) holds nothing of
     /// it, whatever staged key it names.
-    async fn gate_acks(
-        &mut self,
-        kind: Kind,
+    fn gate_counted(
+        &self,
+        records: Vec<(String, AckRecord)>,
         lineage: Option<&crate::core::keyset::Lineage>,
-    ) -> Result<Vec<Ack>, ClusterError> {
+    ) -> Vec<Ack> {
         let current = lineage.filter(|_| self.seal.sealed()).map(ack_binding);
-        Ok(self
-            .ack_records(kind)
-            .await?
+        records
             .into_iter()
             .map(|(node, record)| {
                 let unbound = matches!(&record, AckRecord::Believed(_, b)
@@ -702,7 +728,7 @@ impl Cluster {
                 }
                 ack
             })
-            .collect())
+            .collect()
     }
 
     /// The nodes whose acknowledgement for a repository does not verify with any seal key
@@ -725,24 +751,20 @@ impl Cluster {
 
     /// [`Cluster::acks`] and [`Cluster::unauthenticated`] from one read of the
     /// acknowledgements (for `status`, which says both: one range over them instead of two).
-    pub async fn acks_judged(
-        &mut self,
-        kind: Kind,
-    ) -> Result<(Vec<Ack>, Vec<String>), ClusterError> {
-        let mut unauthenticated = Vec::new();
-        let acks = self
-            .ack_records(kind)
-            .await?
-            .into_iter()
-            .map(|(node, record)| {
-                if matches!(record, AckRecord::Unauthenticated(_)) {
-                    unauthenticated.push(node.clone());
-                }
-                counted(node, record)
-            })
-            .collect();
-        unauthenticated.extend(self.forged_clock_answers(kind).await?);
-        Ok((acks, unauthenticated))
+    pub async fn acks_judged(&mut self, kind: Kind) -> Result<AcksJudged, ClusterError> {
+        let mut judged = AcksJudged::default();
+        for (node, record) in self.ack_records(kind).await? {
+            match record {
+                AckRecord::Unauthenticated(_) => judged.unauthenticated.push(node.clone()),
+                AckRecord::Missing(_) => judged.missing.push(node.clone()),
+                _ => {}
+            }
+            judged.acks.push(counted(node, record));
+        }
+        judged
+            .unauthenticated
+            .extend(self.forged_clock_answers(kind).await?);
+        Ok(judged)
     }
 
     /// The nodes whose clock answer parses as a reading but whose MAC does not verify, each
@@ -770,11 +792,18 @@ impl Cluster {
     }
 
     /// Every acknowledgement record of a repository, by node, judged once: believed, an
-    /// acknowledgement whose MAC does not verify, or not an acknowledgement at all.
+    /// acknowledgement whose MAC does not verify, or not an acknowledgement at all; and every
+    /// member the key set lists that has no record (missing). The membership is read from the
+    /// sealed set, never from the records: a key set this node cannot read lists none here
+    /// (the gate, which reads it first, fails on it anyway).
     async fn ack_records(&mut self, kind: Kind) -> Result<Vec<(String, AckRecord)>, ClusterError> {
+        let members = match self.fetch(kind).await {
+            Ok((set, _)) => set.history.lineage.map(|l| l.members).unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
         let prefix = self.acks_prefix(kind);
         let resp = self.read_prefix(&prefix).await?;
-        Ok(resp
+        let mut records: Vec<(String, AckRecord)> = resp
             .kvs()
             .iter()
             .map(|kv| {
@@ -790,7 +819,50 @@ impl Cluster {
                 };
                 (node, record)
             })
-            .collect())
+            .collect();
+        for node in members.keys() {
+            if !records.iter().any(|(n, _)| n == node) {
+                records.push((node.clone(), AckRecord::Missing(format!("{prefix}{node}"))));
+            }
+        }
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(records)
+    }
+
+    /// One edit of the members the key set lists, as a compare (the set's revision read)
+    /// and a put (the set with `edit` applied, sealed, its keys and generation unchanged) for
+    /// the caller's transaction, so that the membership moves only together with what the
+    /// caller writes and never over a rotation committed meanwhile. None when there is no key
+    /// set or `edit` changes nothing (it returns whether it changed anything).
+    pub(crate) async fn members_edit(
+        &self,
+        kind: Kind,
+        edit: impl FnOnce(&mut std::collections::BTreeMap<String, crate::core::keyset::Member>) -> bool,
+    ) -> Result<Option<(Compare, TxnOp)>, ClusterError> {
+        let key = self.keyset_key(kind);
+        let stored = match self.stored(&key).await {
+            Ok(s) => s,
+            Err(ClusterError::Missing { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut set = open(&self.seal, &key, &stored.value)?;
+        let Some(lineage) = set.history.lineage.as_mut() else {
+            return Ok(None);
+        };
+        if !edit(&mut lineage.members) {
+            return Ok(None);
+        }
+        let value = self
+            .seal
+            .seal(&set.encode(), key.as_bytes())
+            .map_err(|source| ClusterError::Seal {
+                key: key.clone(),
+                source,
+            })?;
+        Ok(Some((
+            Compare::mod_revision(key.clone(), CompareOp::Equal, stored.revision),
+            TxnOp::put(key, value, None),
+        )))
     }
 
     /// A record kept in the clear as this node writes it under the etcd `key`: its JSON, with
@@ -950,7 +1022,15 @@ impl Cluster {
             if !names.is_empty() {
                 return Err(ClusterError::DuplicateHeld { key, names });
             }
-            let acks = self.gate_acks(kind, set.history.lineage.as_ref()).await?;
+            let records = self.ack_records(kind).await?;
+            // The nodes whose acknowledgement this leader authenticated join the members the
+            // next set lists; a member is never dropped here.
+            let joined: Vec<String> = records
+                .iter()
+                .filter(|(_, r)| matches!(r, AckRecord::Believed(..)))
+                .map(|(n, _)| n.clone())
+                .collect();
+            let acks = self.gate_counted(records, set.history.lineage.as_ref());
             let behind = waiting_on(&acks, staged, r.now.wall, r.member_timeout);
             if !behind.is_empty() {
                 return Err(ClusterError::GateWaiting {
@@ -1007,9 +1087,14 @@ impl Cluster {
             } else {
                 &held_params
             };
-            let (next, decision) = set
+            let (mut next, decision) = set
                 .rotate(new_key, params, r.now)
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
+            if let Some(l) = next.history.lineage.as_mut() {
+                for node in &joined {
+                    l.members.entry(node.clone()).or_default();
+                }
+            }
             let next = self.stamped(&next);
             // Bounded while held: past the bound (or what the rotation would keep unheld, if
             // more), the set does not grow.
@@ -1129,40 +1214,101 @@ impl Cluster {
     }
 
     /// Removes `node` from a repository's members (`fernetd cluster remove-node`): the
-    /// promotion gate stops waiting for it. Returns its last acknowledgement, if it had one.
+    /// promotion gate stops waiting for it. One transaction drops it from the members the key
+    /// set lists (on the set's revision: a rotation committed meanwhile is read again) and
+    /// deletes its acknowledgement. Returns its last acknowledgement (one holding nothing when
+    /// only the set listed it: its record was deleted in etcd), or None for no member.
     pub async fn remove_member(
         &mut self,
         kind: Kind,
         node: &str,
     ) -> Result<Option<Ack>, ClusterError> {
         let key = format!("{}{node}", self.acks_prefix(kind));
-        let mut client = self.client.clone();
-        let resp = self
-            .bounded(
-                &format!("delete {key}"),
-                client.delete(
-                    key.clone(),
-                    Some(etcd_client::DeleteOptions::new().with_prev_key()),
-                ),
-            )
-            .await?;
-        Ok(resp
-            .prev_kvs()
-            .first()
-            .map(|kv| serde_json::from_slice::<Ack>(kv.value()).ok())
-            .map(|a| a.unwrap_or_else(|| Ack::holding_nothing(node, None))))
+        for _ in 0..MAX_ATTEMPTS {
+            let edit = self
+                .members_edit(kind, |m| m.remove(node).is_some())
+                .await?;
+            // A listed member whose record is gone is a member all the same.
+            let listed = edit.is_some();
+            let (when, mut ops) = match edit {
+                Some((compare, put)) => (vec![compare], vec![put]),
+                None => (Vec::new(), Vec::new()),
+            };
+            ops.push(TxnOp::delete(
+                key.clone(),
+                Some(etcd_client::DeleteOptions::new().with_prev_key()),
+            ));
+            let mut client = self.client.clone();
+            let resp = self
+                .bounded(
+                    &format!("delete {key}"),
+                    client.txn(Txn::new().when(when).and_then(ops)),
+                )
+                .await?;
+            if !resp.succeeded() {
+                continue;
+            }
+            let prev = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Delete(d) => {
+                    d.prev_kvs().first().map(|kv| kv.value().to_vec())
+                }
+                _ => None,
+            });
+            let last = prev.map(|v| {
+                serde_json::from_slice::<Ack>(&v)
+                    .unwrap_or_else(|_| Ack::holding_nothing(node, None))
+            });
+            return Ok(last.or_else(|| listed.then(|| Ack::holding_nothing(node, None))));
+        }
+        Err(ClusterError::Contention {
+            key: self.keyset_key(kind),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
-    /// Makes `nodes` members before they first acknowledge (`cluster init --members`): a
-    /// record that holds no key, so that no promotion happens until each of them has applied
-    /// the set, however the daemons' starts are spread. A node that already acknowledged keeps
-    /// its record. Returns the nodes added.
+    /// Makes `nodes` members before they first acknowledge (`cluster init --members`): listed
+    /// in the key set, and a record that holds no key, so that no promotion happens until each
+    /// of them has applied the set, however the daemons' starts are spread. A node that
+    /// already acknowledged keeps its record. Returns the nodes added.
     pub async fn expect_members(
         &mut self,
         kind: Kind,
         nodes: &[String],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<String>, ClusterError> {
+        let mut listed = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let edit = self
+                .members_edit(kind, |m| {
+                    let before = m.len();
+                    for node in nodes {
+                        m.entry(node.clone()).or_default();
+                    }
+                    m.len() != before
+                })
+                .await?;
+            let Some((compare, put)) = edit else {
+                listed = true;
+                break;
+            };
+            let mut client = self.client.clone();
+            let resp = self
+                .bounded(
+                    &format!("write {}", self.keyset_key(kind)),
+                    client.txn(Txn::new().when([compare]).and_then([put])),
+                )
+                .await?;
+            if resp.succeeded() {
+                listed = true;
+                break;
+            }
+        }
+        if !listed {
+            return Err(ClusterError::Contention {
+                key: self.keyset_key(kind),
+                attempts: MAX_ATTEMPTS,
+            });
+        }
         let mut added = Vec::new();
         for node in nodes {
             let key = format!("{}{node}", self.acks_prefix(kind));
@@ -1413,6 +1559,25 @@ pub struct Resealed {
     pub revision: Option<i64>,
 }
 
+/// What `status` says of the acknowledgements, from one read of them: each as the gate counts
+/// it, the nodes whose record (or clock answer) does not verify, and the members the key set
+/// lists with no record at all.
+#[derive(Default)]
+pub struct AcksJudged {
+    pub acks: Vec<Ack>,
+    pub unauthenticated: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+/// Acknowledgement records as the gate counts them: a believed one as it says, any other
+/// (unauthenticated, unreadable, missing) as a member holding nothing, each logged.
+fn judged(records: Vec<(String, AckRecord)>) -> Vec<Ack> {
+    records
+        .into_iter()
+        .map(|(node, record)| counted(node, record))
+        .collect()
+}
+
 /// Opens (when sealed) and validates the value stored under a key set's etcd `key`.
 /// An acknowledgement record as the gate counts it: believed as it is, or (a MAC that does
 /// not verify, logged naming the record; not an acknowledgement) as holding nothing.
@@ -1428,6 +1593,15 @@ fn counted(node: String, record: AckRecord) -> Ack {
             Ack::holding_nothing(&node, None)
         }
         AckRecord::Unreadable => Ack::holding_nothing(&node, None),
+        AckRecord::Missing(key) => {
+            tracing::error!(
+                "node {node}: its acknowledgement record is missing from etcd ({key}), but the \
+                 key set lists it as a member (a record deleted in etcd ends no membership: \
+                 `fernetd cluster remove-node {node}` does); counted as absent: the gate holds \
+                 for it"
+            );
+            Ack::holding_nothing(&node, None)
+        }
     }
 }
 
@@ -1449,6 +1623,8 @@ enum AckRecord {
     /// An acknowledgement whose MAC does not verify (its etcd key).
     Unauthenticated(String),
     Unreadable,
+    /// A member the key set lists with no record at all (its etcd key).
+    Missing(String),
 }
 
 fn open(seal: &Sealing, key: &str, value: &[u8]) -> Result<KeySet, ClusterError> {

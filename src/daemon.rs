@@ -86,7 +86,7 @@ struct Slot {
 /// an agent task. A slot starts standalone and becomes a cluster slot when its agent starts.
 enum Mode {
     Standalone(Standalone),
-    Cluster(Cluster),
+    Cluster(Box<Cluster>),
 }
 
 /// A repository this daemon rotates on its own schedule.
@@ -121,6 +121,9 @@ struct Cluster {
     /// Members whose acknowledgement the leader's gate found not authenticated (counted as
     /// absent): critical until the leader finds each verifies again, or stops leading.
     unauthenticated: Vec<String>,
+    /// Members the sealed key set lists whose acknowledgement record the leader's gate found
+    /// missing from etcd (counted as absent): critical while so, or until it stops leading.
+    missing: Vec<String>,
     gate: Gate,
     /// Cluster nodes whose clocks are off by more than the margin (by the leader's fresh
     /// readings): keys stay longer by the skew.
@@ -245,6 +248,9 @@ impl Slot {
                 }
                 for node in &c.unauthenticated {
                     out.push(status::ack_unauthenticated(node));
+                }
+                for node in &c.missing {
+                    out.push(status::ack_missing(node));
                 }
             }
             Mode::Standalone(st) => {
@@ -603,7 +609,7 @@ impl Daemon {
             last_taken: std::sync::Mutex::new(None),
         };
         let task = tokio::spawn(agent::run(cfg, drift_rx, self.agent_tx.clone()));
-        s.mode = Mode::Cluster(Cluster {
+        s.mode = Mode::Cluster(Box::new(Cluster {
             agent: task.abort_handle(),
             drift: drift_tx,
             in_step: false,
@@ -611,10 +617,11 @@ impl Daemon {
             degraded: None,
             duplicate: None,
             unauthenticated: Vec::new(),
+            missing: Vec::new(),
             gate: Gate::default(),
             skewed: Vec::new(),
             clocks: Clocks::default(),
-        });
+        }));
     }
 
     fn on_agent(&mut self, index: usize, r: Report) {
@@ -741,6 +748,7 @@ impl Daemon {
                     c.skewed.clear();
                     c.clocks = Clocks::default();
                     c.unauthenticated.clear();
+                    c.missing.clear();
                 }
             }
             Report::Rotated {
@@ -796,7 +804,8 @@ impl Daemon {
                 }
                 c.duplicate = reason;
             }
-            Report::Unauthenticated { nodes } => {
+            Report::Unauthenticated { nodes, missing } => {
+                c.missing = missing;
                 // Each failing record is logged by the read itself (`ERROR node N: ...`).
                 let cleared: Vec<&String> = c
                     .unauthenticated
@@ -825,6 +834,7 @@ impl Daemon {
                 c.leading = false;
                 c.gate = Gate::default();
                 c.unauthenticated.clear();
+                c.missing.clear();
                 c.degraded = Some(reason);
             }
         }

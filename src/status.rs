@@ -128,6 +128,20 @@ pub fn ack_unauthenticated(node: &str) -> Problem {
     )
 }
 
+/// The problem of a member the sealed key set lists whose acknowledgement record is missing
+/// from etcd (counted as absent: the gate holds for it), as `status` says it on every node.
+pub fn ack_missing(node: &str) -> Problem {
+    Problem::new(
+        Code::AckMissing,
+        format!(
+            "node {node}: its acknowledgement record is missing from etcd, but the key set lists \
+             it as a member (deleted in etcd: that ends no membership); counted as absent: the \
+             gate holds for it until it acknowledges again or `fernetd cluster remove-node \
+             {node}`"
+        ),
+    )
+}
+
 /// The problem of a daemon whose findings `status` cannot see.
 pub fn unseen(why: impl Into<String>) -> Problem {
     Problem::new(Code::LiveViewUnwritable, why)
@@ -484,6 +498,10 @@ pub struct ClusterView {
     /// (`Cluster::unauthenticated`): counted as absent.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unauthenticated: Vec<String>,
+    /// Members the sealed key set lists with no acknowledgement record in etcd
+    /// (`Cluster::missing`): counted as absent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
     /// The hold on purges the leader recorded with its last rotation, from fresh clock
     /// readings ([`crate::cluster::SkewHold`]), while its window is open.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -559,10 +577,12 @@ pub fn cluster_view(
                 set.keys.contains_key(n)
                     || history.keys.get(n).is_some_and(|r| r.fingerprint == *fp)
             }),
+        // By material, not by number: a node one rotation behind holds the cluster's primary
+        // as its key 0, and Keystone there decrypts with every key it loads.
         lacking: set
             .fingerprints()
             .iter()
-            .filter(|(n, fp)| **n != 0 && local.get(n) != Some(fp))
+            .filter(|(n, fp)| **n != 0 && !local.values().any(|held| held == *fp))
             .map(|(n, _)| *n)
             .collect(),
         gate_waiting_on: waiting.clone(),
@@ -575,6 +595,7 @@ pub fn cluster_view(
         refused,
         skewed: Vec::new(),
         unauthenticated: Vec::new(),
+        missing: Vec::new(),
         skew_hold: None,
         skew_hold_until: None,
         skew_hold_reason: None,
@@ -770,6 +791,9 @@ impl Summary {
                 // Said in the same words as the leader's daemon: `add` keeps one of the two.
                 for node in &v.unauthenticated {
                     self.add(&ack_unauthenticated(node));
+                }
+                for node in &v.missing {
+                    self.add(&ack_missing(node));
                 }
                 let nodes = v.gate_waiting_on.join(", ");
                 if v.gate_blocked {
@@ -1026,6 +1050,37 @@ mod tests {
         assert!(why.contains("run fernetd sync"), "{why}");
         // A key beyond the set (unknown to the history): a warning.
         assert_eq!(judged(None, true).0, Level::Warning);
+    }
+
+    /// attack22 F5: a node one rotation behind holds the cluster's primary as its key 0;
+    /// tokens made with it decrypt there, so it is no critical "lacks key N (the cluster's
+    /// primary)", only a warning (it differs: run fernetd sync).
+    #[test]
+    fn a_node_holding_the_primary_as_its_key_0_does_not_lack_it() {
+        let now: Now = Utc::now().into();
+        let set = KeySet::fresh(&now).unwrap();
+        let primary = set.primary().unwrap();
+        let fps = set.fingerprints();
+        // One rotation behind: the cluster's primary is this node's key 0, and its own primary
+        // is an older key the cluster still keeps.
+        let mut local = fps.clone();
+        local.insert(0, fps[&primary]);
+        local.remove(&primary);
+        let v = cluster_view(
+            &local,
+            &crate::core::history::History::new(),
+            &set,
+            4,
+            &[],
+            None,
+            Duration::ZERO,
+            &now,
+        );
+        assert!(v.lacking.is_empty(), "{:?}", v.lacking);
+        let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+        sum.add_cluster(&Ok(v));
+        assert_eq!(sum.level, Level::Warning, "{:?}", sum.problems);
+        assert!(sum.problems[0].message.contains("run fernetd sync"));
     }
     /// Issue 22: `status` printed `input-refused` twice, the daemon's refusal and its own
     /// judgement of the same set.

@@ -1331,6 +1331,33 @@ fn a_node_pointed_at_a_second_etcd_founds_nothing_and_comes_back_with_every_toke
         "b published into the stray etcd: {}",
         b.log()
     );
+    // The hint says to check the endpoint first; followed anyway on the wrong etcd, `cluster
+    // init --from` b's keys is refused in one line naming both etcd clusters, and nothing is
+    // written there (on the old code it exited 0 and b founded a second cluster).
+    assert!(line.contains("first check the endpoint"), "{line}");
+    let out = fernetd(&[
+        "--config",
+        cb.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        dirs[1].to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    let refusal: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("warning:"))
+        .collect();
+    assert!(
+        refusal.len() == 1
+            && refusal[0].contains(&format!("etcd cluster {right}"))
+            && refusal[0].contains(&format!("etcd cluster {wrong}"))
+            && refusal[0].contains("--move-etcd"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(stray_value(), 0, "init --from wrote into the stray etcd");
 
     // Someone starts another cluster in the stray etcd: b refuses it, critical, naming both
     // etcd clusters, and keeps every key.

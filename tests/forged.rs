@@ -427,3 +427,171 @@ fn a_replayed_acknowledgement_does_not_acknowledge_a_later_set() {
         }
     });
 }
+
+/// Deleting a member's acknowledgement record in etcd (no seal key needed) ends no
+/// membership: the sealed key set lists the member, the gate holds for it, and `status` on
+/// every node is CRITICAL naming it. Only `cluster remove-node` ends it. On the old code the
+/// membership was the set of records: the leader promoted keys n2 never got and tokens made
+/// on n1 and n3 failed on n2.
+#[test]
+fn a_members_deleted_acknowledgement_never_opens_the_gate() {
+    let _ = common::keystone::venv();
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let seal = t.path().join("seal.key");
+    new_seal_key(&seal);
+    let nodes = ["n1", "n2", "n3"];
+    let cfgs: Vec<_> = nodes
+        .iter()
+        .map(|n| sealed_node(t.path(), &etcd, n, &seal))
+        .collect();
+    fernetd_ok(&["--config", cfgs[0].to_str().unwrap(), "cluster", "init"]);
+    let dirs: Vec<_> = nodes.iter().map(|n| t.path().join(n)).collect();
+    let n1 = Daemon::start(&["--config", cfgs[0].to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        n1.wait_log("leading", Duration::from_secs(15)),
+        "{}",
+        n1.log()
+    );
+    let rest: Vec<Daemon> = cfgs[1..]
+        .iter()
+        .map(|c| Daemon::start(&["--config", c.to_str().unwrap(), "daemon"], &[]))
+        .collect();
+    for d in &rest {
+        assert!(d.wait_log("ready", Duration::from_secs(15)), "{}", d.log());
+    }
+    let in_step = || {
+        let k: Vec<_> = dirs.iter().map(|d| keys(d)).collect();
+        k.iter().all(|x| *x == k[0])
+    };
+    assert!(
+        n1.wait_for(Duration::from_secs(10), in_step),
+        "{}",
+        n1.log()
+    );
+    // One rotation with every member acknowledged: the set it writes lists all three.
+    let before = keys(&dirs[0]);
+    assert!(
+        n1.wait_for(Duration::from_secs(10), || keys(&dirs[0]) != before
+            && in_step()),
+        "{}",
+        n1.log()
+    );
+    let n2 = &rest[0];
+    n2.signal(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = keys(&dirs[1]);
+    let from_n2 = common::keystone::pack(&dirs[1]);
+    let makers: Vec<_> = [&dirs[0], &dirs[2]]
+        .iter()
+        .map(|d| {
+            std::process::Command::new(common::keystone::venv().join("bin/python"))
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keystone/helper.py"))
+                .args(["pack-loop", d.to_str().unwrap(), "25", "0.5"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let status_during = |cfg: std::path::PathBuf| {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(12));
+            fernetd(&["--config", cfg.to_str().unwrap(), "status"])
+        })
+    };
+    let (on_n1, on_n3) = (
+        status_during(cfgs[0].clone()),
+        status_during(cfgs[2].clone()),
+    );
+    // The attacker: n2's record deleted every 0.2 s for 25 s.
+    let until = Instant::now() + Duration::from_secs(25);
+    let mut deleted = 0;
+    while Instant::now() < until {
+        deleted += etcd.with_client(async |c| {
+            c.delete("/test/tokens/acks/n2", None)
+                .await
+                .unwrap()
+                .deleted()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(deleted >= 1, "the record was never there to delete");
+    // The leader's daemon says it too (its live view feeds STATUS=, metrics and hooks).
+    let live = std::fs::read_to_string(dirs[0].join(".fernetd/daemon.json")).unwrap();
+    assert!(
+        live.contains("its acknowledgement record is missing from etcd"),
+        "{live}"
+    );
+    for during in [on_n1.join().unwrap(), on_n3.join().unwrap()] {
+        assert_eq!(during.code, 2, "{}{}", during.stdout, during.stderr);
+        assert!(
+            during
+                .stdout
+                .contains("node n2: its acknowledgement record is missing from etcd")
+                && during.stdout.contains("[ack-missing]"),
+            "{}",
+            during.stdout
+        );
+    }
+    let tokens: Vec<String> = makers
+        .into_iter()
+        .flat_map(|m| {
+            let out = m.wait_with_output().unwrap();
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(tokens.len() > 10, "too few tokens made: {}", tokens.len());
+    assert_eq!(keys(&dirs[1]), frozen, "n2 changed while stopped");
+    let mut failed = common::keystone::unpack_failures(&dirs[1], &tokens);
+    for d in [&dirs[0], &dirs[2]] {
+        failed.extend(common::keystone::unpack_failures(
+            d,
+            std::slice::from_ref(&from_n2),
+        ));
+    }
+    let log = n1.log();
+    assert!(
+        failed.is_empty(),
+        "{} of {} tokens failed (n2 holds {:?}, n1 {:?}):\n{log}",
+        failed.len(),
+        tokens.len() + 2,
+        frozen.keys().collect::<Vec<_>>(),
+        keys(&dirs[0]).keys().collect::<Vec<_>>()
+    );
+    assert!(
+        log.contains("node n2: its acknowledgement record is missing from etcd"),
+        "{log}"
+    );
+    // The operator's command ends the membership: the gate opens without n2.
+    fernetd_ok(&[
+        "--config",
+        cfgs[0].to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        "n2",
+    ]);
+    let held = keys(&dirs[0]);
+    assert!(
+        n1.wait_for(Duration::from_secs(15), || keys(&dirs[0]) != held),
+        "no rotation after remove-node n2:\n{}",
+        n1.log()
+    );
+    // The leader's live view drops it at its next gate check after the rotation.
+    assert!(
+        n1.wait_for(Duration::from_secs(10), || {
+            let s = fernetd(&["--config", cfgs[0].to_str().unwrap(), "status"]);
+            !s.stdout.contains("ack-missing")
+        }),
+        "{}",
+        fernetd(&["--config", cfgs[0].to_str().unwrap(), "status"]).stdout
+    );
+    n2.signal(nix::sys::signal::Signal::SIGCONT);
+    for d in rest {
+        d.stop();
+    }
+    n1.stop();
+}

@@ -167,6 +167,11 @@ pub struct ClusterInitArgs {
     /// until each of them has applied the set, whenever its daemon starts.
     #[arg(long, value_name = "NODE,...", value_delimiter = ',')]
     pub members: Vec<String>,
+    /// With --from: DIR's keys follow a cluster bound to another etcd (another etcd cluster id
+    /// or prefix), and this is meant: the cluster moves to the etcd `endpoints` names. Without
+    /// it such an import is refused (a wrong endpoint would start a second cluster).
+    #[arg(long, requires = "from")]
+    pub move_etcd: bool,
     /// Make the seal key at [cluster] seal_key_file first (mode 0600, owned by the Keystone
     /// user when run as root; an existing file is never replaced), then seal the new key set
     /// with it. Copy the file to every node before their daemons start.

@@ -42,6 +42,19 @@ pub(super) fn init(a: ClusterInitArgs, config: Option<&Path>, clock: &Now) -> an
     }
     let imported = block_on(async {
         let mut c = crate::cluster::Cluster::connect(&cluster).await?;
+        // Keys bound to another etcd, imported here by mistake (a wrong endpoint, a stray
+        // etcd), would found a second cluster that rotates on its own.
+        let bound = set.history.lineage.as_ref().and_then(|l| l.etcd.clone());
+        if let (Some(held), false) = (bound, a.move_etcd) {
+            let reached = c.binding();
+            if held != reached {
+                return Err(crate::cluster::ClusterError::BoundElsewhere {
+                    from: a.from.clone().unwrap_or_default(),
+                    held,
+                    reached,
+                });
+            }
+        }
         let (revision, lineage) = c.import(kind, &set, a.force, a.force_purge).await?;
         let added = c.expect_members(kind, &a.members, now).await?;
         Ok::<_, crate::cluster::ClusterError>((revision, lineage, added))

@@ -261,7 +261,8 @@ async fn cluster_views(
             let (set, revision) = c.fetch(kind).await.map_err(unreachable)?;
             // One read of the acknowledgements says both what they hold and which do not
             // verify.
-            let (acks, unauthenticated) = c.acks_judged(kind).await.map_err(unreachable)?;
+            let seen = c.acks_judged(kind).await.map_err(unreachable)?;
+            let acks = seen.acks;
             let leader = c.leader(kind).await.map_err(unreachable)?;
             let repo =
                 Repository::new(&m.settings.key_repository, None).with_repair(m.settings.repair);
@@ -295,7 +296,8 @@ async fn cluster_views(
             let hold = c.skew_hold(kind).await.map_err(unreachable)?;
             view.judge_hold(hold, m.settings.lifetime.retention(), clock.wall);
             view.judge_own_clock(&cluster.node, margin, m.settings.lifetime.retention());
-            view.unauthenticated = unauthenticated;
+            view.unauthenticated = seen.unauthenticated;
+            view.missing = seen.missing;
             if cluster.seal_tagged {
                 let by = c.sealed_with(kind).await.map_err(unreachable)?;
                 view.sealed_with = Some(by.map_or("clear".into(), |id| id.to_string()));

@@ -648,6 +648,17 @@ pub async fn rename(c: &Cluster, kind: Kind, old: &str, new: &str) -> Result<Ren
         ));
         ops.push(TxnOp::delete(old_name, None));
     }
+    // The members the key set lists move with the record, on the set's revision.
+    let mut when = when;
+    let moved = |m: &mut std::collections::BTreeMap<_, _>| {
+        m.remove(old)
+            .map(|v| m.insert(new.to_string(), v))
+            .is_some()
+    };
+    if let Some((compare, put)) = c.members_edit(kind, moved).await? {
+        when.push(compare);
+        ops.push(put);
+    }
     let mut client = c.client.clone();
     let resp = c
         .bounded(

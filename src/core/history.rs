@@ -85,7 +85,22 @@ pub struct Lineage {
     /// None for sets written before fernetd recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<Binding>,
+    /// The cluster's members by name: sealed with the keys, so only a holder of the seal key
+    /// changes it. The leader's rotation keeps every member of the set it rotates and adds
+    /// the nodes whose acknowledgement it authenticated; only `cluster remove-node`,
+    /// `rename-node` and `init --members` (each a compare-and-swap on the set) drop, move or
+    /// add one, and `init` keeps the members of the set it replaces and of the keys imported. A member whose acknowledgement record is missing from etcd holds
+    /// the gate: deleting a record in etcd does not end a membership. Empty for sets written
+    /// before fernetd recorded it (the acknowledgement records alone were the membership).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, Member>,
 }
+
+/// One member of a cluster as its key set records it: its name (the map's key) and nothing
+/// that grows with time, so the set stays small.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {}
 
 /// Where a key set lives: etcd's cluster id (from its response header, in hex) and the prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +131,7 @@ impl Lineage {
             forced: false,
             from: None,
             etcd: None,
+            members: BTreeMap::new(),
         })
     }
 
@@ -127,6 +143,7 @@ impl Lineage {
             forced: false,
             from: self.from.clone(),
             etcd: self.etcd.clone(),
+            members: self.members.clone(),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 // Lineage lives with the history that carries it; re-exported for the paths that name it here.
 use crate::core::history::History;
-pub use crate::core::history::{Binding, Lineage};
+pub use crate::core::history::{Binding, Lineage, Member};
 use crate::core::key::{Fingerprint, Key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -155,7 +155,7 @@ pub fn bound_elsewhere(
             return Some(format!(
                 "it was written into {written}, but this node reached {reached} (a value \
                  copied or restored from another etcd; `fernetd cluster init --force --from \
-                 GOOD` binds the cluster to this etcd)"
+                 GOOD --move-etcd` binds the cluster to this etcd)"
             ));
         }
     }
@@ -167,8 +167,8 @@ pub fn bound_elsewhere(
     (bound != reached && !moved).then(|| {
         format!(
             "this node follows the {held_lineage} in {bound}, but reached {reached} (a wrong \
-             endpoint, or a stray etcd?); it waits: `fernetd cluster init` on this etcd moves \
-             the cluster here on purpose"
+             endpoint, or a stray etcd?); it waits: `fernetd cluster init --from DIR \
+             --move-etcd` on this etcd moves the cluster here on purpose"
         )
     })
 }
@@ -548,6 +548,7 @@ mod tests {
             forced: false,
             from: None,
             etcd: etcd.cloned(),
+            members: Default::default(),
         };
         let unbound = lineage(None);
         let bound_here = lineage(Some(&here));

@@ -133,6 +133,8 @@ codes! {
         "another daemon runs under this cluster node's name: one of them is refused and takes no part";
     AckUnauthenticated = "ack-unauthenticated", Critical,
         "a member's acknowledgement does not verify with any seal key held: counted as absent, the gate holds";
+    AckMissing = "ack-missing", Critical,
+        "a member the sealed key set lists has no acknowledgement record in etcd: counted as absent, the gate holds";
     RotationFailing = "rotation-failing",
         Warning("warning; critical once overdue by more than the margin"),
         "rotations fail and are retried every 30 s";
