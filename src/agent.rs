@@ -444,7 +444,7 @@ impl<'a> Session<'a> {
         let duplicates = if foreign {
             std::collections::BTreeMap::new()
         } else {
-            hold_name(cfg, &c, &me, reports).await?
+            hold_name(cfg, &c, &set, &me, reports).await?
         };
         let watch = c.watch(cfg.kind, store + 1).await?;
         // This node's clock reading under its lease: the leader asks every node holding one
@@ -1455,6 +1455,7 @@ fn bound_elsewhere(
 async fn hold_name(
     cfg: &AgentConfig,
     c: &Cluster,
+    set: &KeySet,
     me: &Identity,
     reports: &UnboundedSender<(usize, Report)>,
 ) -> Result<std::collections::BTreeMap<i64, Identity>, SessionError> {
@@ -1476,19 +1477,21 @@ async fn hold_name(
             _ => None,
         };
         let former = former.as_ref().map(|(o, s)| (o.as_str(), s));
-        let former_name = match names::decide(node, me, &seen, &local, former, names::pid_alive) {
-            names::Decision::Take => None,
-            names::Decision::TakeNew(old) => Some(old),
-            names::Decision::Refuse(r) => {
-                if matches!(r, names::Refusal::Live { .. }) {
-                    names::contend(c, cfg.kind, node, me).await?;
+        let listed = names::listed(set, node);
+        let former_name =
+            match names::decide(node, me, &seen, &local, former, listed, names::pid_alive) {
+                names::Decision::Take => None,
+                names::Decision::TakeNew(old) => Some(old),
+                names::Decision::Refuse(r) => {
+                    if matches!(r, names::Refusal::Live { .. }) {
+                        names::contend(c, cfg.kind, node, me).await?;
+                    }
+                    report(Report::Duplicate {
+                        reason: Some(r.to_string()),
+                    });
+                    return Err(SessionError::Name(r.to_string()));
                 }
-                report(Report::Duplicate {
-                    reason: Some(r.to_string()),
-                });
-                return Err(SessionError::Name(r.to_string()));
-            }
-        };
+            };
         let token = names::new_token()?;
         cfg.repo
             .publish(names::LOCAL_FILE, &local.claiming(node, &token).to_bytes())?;

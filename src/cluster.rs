@@ -1025,10 +1025,12 @@ impl Cluster {
             let records = self.ack_records(kind).await?;
             // The nodes whose acknowledgement this leader authenticated join the members the
             // next set lists; a member is never dropped here.
-            let joined: Vec<String> = records
+            let joined: Vec<(String, bool)> = records
                 .iter()
-                .filter(|(_, r)| matches!(r, AckRecord::Believed(..)))
-                .map(|(n, _)| n.clone())
+                .filter_map(|(n, r)| match r {
+                    AckRecord::Believed(ack, _) => Some((n.clone(), ack.revision > 0)),
+                    _ => None,
+                })
                 .collect();
             let acks = self.gate_counted(records, set.history.lineage.as_ref());
             let behind = waiting_on(&acks, staged, r.now.wall, r.member_timeout);
@@ -1091,8 +1093,12 @@ impl Cluster {
                 .rotate(new_key, params, r.now)
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
             if let Some(l) = next.history.lineage.as_mut() {
-                for node in &joined {
-                    l.members.entry(node.clone()).or_default();
+                for (node, heard) in &joined {
+                    let member = l.members.entry(node.clone()).or_default();
+                    // A placeholder of `init --members` (revision 0) is no word from the node.
+                    if *heard {
+                        member.expected = false;
+                    }
                 }
             }
             let next = self.stamped(&next);
@@ -1282,7 +1288,8 @@ impl Cluster {
                 .members_edit(kind, |m| {
                     let before = m.len();
                     for node in nodes {
-                        m.entry(node.clone()).or_default();
+                        m.entry(node.clone())
+                            .or_insert(crate::core::keyset::Member { expected: true });
                     }
                     m.len() != before
                 })

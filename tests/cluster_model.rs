@@ -287,7 +287,7 @@ fn run(etcd: &Etcd, stray: &Etcd, case: usize, ops: &[Op]) {
         // Every node holds its name, joins: applies and acknowledges; n0 claims the leadership.
         for (i, n) in nodes.iter().enumerate() {
             let me = identity(n, i as u32, start);
-            assert!(hold_name(&c, &n.name, &me, &names::Local::default()).await);
+            assert!(hold_name(&mut c, &n.name, &me, &names::Local::default()).await);
             apply(&mut c, n, &clock(i, wall), &params).await;
             connect(&mut c, n, &clocks, i).await;
         }
@@ -377,7 +377,7 @@ fn run(etcd: &Etcd, stray: &Etcd, case: usize, ops: &[Op]) {
                         boot: Some(format!("boot-dup{step}")),
                         ..identity(&dup, 1000 + step as u32, start)
                     };
-                    if hold_name(&c, &dup.name, &me, &names::Local::default()).await {
+                    if hold_name(&mut c, &dup.name, &me, &names::Local::default()).await {
                         apply(&mut c, &dup, &clock(node, wall), &params).await;
                     }
                 }
@@ -562,12 +562,22 @@ fn identity(n: &Node, pid: u32, started: chrono::DateTime<chrono::Utc>) -> names
 }
 
 /// Claims `node` for `me` as a daemon's session does; whether it holds it.
-async fn hold_name(c: &Cluster, node: &str, me: &names::Identity, local: &names::Local) -> bool {
-    let seen = names::read(c, Kind::Tokens, node).await.unwrap();
-    match names::decide(node, me, &seen, local, None, |_| false) {
+async fn hold_name(
+    c: &mut Cluster,
+    node: &str,
+    me: &names::Identity,
+    local: &names::Local,
+) -> bool {
+    let seen = names::read(&*c, Kind::Tokens, node).await.unwrap();
+    // What the sealed set lists of the name, as the daemon reads it at its session's start.
+    let listed = match c.fetch(Kind::Tokens).await {
+        Ok((set, _)) => names::listed(&set, node),
+        Err(_) => names::Listed::No,
+    };
+    match names::decide(node, me, &seen, local, None, listed, |_| false) {
         names::Decision::Take => {
             let token = names::new_token().unwrap();
-            names::claim(c, Kind::Tokens, node, me, &token, &seen)
+            names::claim(&*c, Kind::Tokens, node, me, &token, &seen)
                 .await
                 .unwrap()
         }

@@ -483,3 +483,61 @@ fn a_claim_token_read_from_etcd_does_not_take_the_name() {
     );
     assert!(!log.contains("in step"), "{log}");
 }
+
+/// A member's claim record deleted in etcd (a hostile or careless writer) while its daemon is
+/// stopped, its Keystone serving: a repository that never held the name does not take it, as
+/// the sealed key set lists the name as a member that has acknowledged. On the code before,
+/// with `names/b` gone the fresh disk claimed `b`, acknowledged for it and rotations went on
+/// past the stopped original. `remove-node b` is still the way in.
+#[test]
+fn a_member_whose_claim_was_deleted_is_not_taken_by_another_repository() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b, x) = (t.path().join("a"), t.path().join("b"), t.path().join("x"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let ca = node(t.path(), &etcd, "a", &a, "a");
+    let cb = node(t.path(), &etcd, "b", &b, "b");
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    let da = daemon(&ca);
+    let db = daemon(&cb);
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    // Two rotations after b's first acknowledgement: the set lists b as a member.
+    let p = cluster_primary(&etcd);
+    primary_reaches(&etcd, p + 2, &[&da, &db]);
+    db.stop();
+    etcd.with_client(async |c| {
+        c.delete("/test/tokens/names/b", None).await.unwrap();
+    });
+    etcd.with_client(async |c| {
+        let r = c.get("/test/tokens/keyset", None).await.unwrap();
+        let set = KeySet::decode(r.kvs()[0].value()).unwrap();
+        let members = set.history.lineage.map(|l| l.members).unwrap_or_default();
+        assert!(members.get("b").is_some_and(|m| !m.expected), "{members:?}");
+    });
+    // A new disk (no repository yet), as a clone from a template or a rebuilt VM gets it.
+    let cx = node(t.path(), &etcd, "x", &x, "b");
+    let dx = daemon(&cx);
+    let refused = dx.wait_log("no claim for it is in etcd", secs(15));
+    let p = cluster_primary(&etcd);
+    std::thread::sleep(secs(6));
+    let log = dx.log();
+    assert!(refused, "a fresh disk took a member's name:\n{log}");
+    assert!(!log.contains("in step"), "{log}");
+    // The gate still waits for b (its record holds what b's disk holds), so nothing rotated.
+    assert!(cluster_primary(&etcd) <= p + 1, "{}", da.log());
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        "b",
+    ]);
+    assert!(dx.wait_log("in step", secs(20)), "{}", dx.log());
+}

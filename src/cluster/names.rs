@@ -212,6 +212,21 @@ pub enum Refusal {
     /// repository does not hold that holder's claim (a clone of it taken before its last
     /// start, a node rebuilt).
     Stale { node: String, last: Identity },
+    /// Nobody holds it and no claim for it is in etcd, but the sealed key set lists it as a
+    /// member that has acknowledged, and this repository never held it: a clone or a rebuilt
+    /// node taking the place of a stopped member whose claim record was deleted.
+    Unclaimed { node: String },
+}
+
+/// What the sealed key set says of a name ([`decide`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// Not a member (or no key set yet).
+    No,
+    /// Declared by `cluster init --members`, not heard from yet.
+    Expected,
+    /// A member that has acknowledged a set.
+    Member,
 }
 
 impl std::fmt::Display for Refusal {
@@ -230,6 +245,15 @@ impl std::fmt::Display for Refusal {
                  part in the cluster and waits: if this is '{node}' rebuilt (a new or emptied \
                  repository), run `fernetd cluster remove-node {node}` first; if it is a clone, \
                  give it its own [cluster] node"
+            ),
+            Refusal::Unclaimed { node } => write!(
+                f,
+                "duplicate node name: '{node}' is a member of the cluster (its sealed key set \
+                 lists it) but no claim for it is in etcd, and this repository never held it; \
+                 this one takes no part in the cluster and waits: if this is '{node}' rebuilt, \
+                 run `fernetd cluster remove-node {node}` first; if it is a clone, give it its \
+                 own [cluster] node; if nobody removed '{node}', its claim record was deleted \
+                 in etcd (treat the etcd credentials as leaked)"
             ),
         }
     }
@@ -271,11 +295,16 @@ pub fn decide(
     seen: &Seen,
     local: &Local,
     former: Option<(&str, &Seen)>,
+    listed: Listed,
     alive: impl Fn(u32) -> bool,
 ) -> Decision {
     if let Some(other) = &seen.live {
-        // No lasting record beside a live one: `remove-node` forgot it.
-        let ours = seen.record.as_ref().is_none_or(|r| local.holds(r));
+        // No lasting record beside a live one: `remove-node` forgot it (then the set lists
+        // no member of that name either; if it does, the record was deleted).
+        let ours = match &seen.record {
+            Some(r) => local.holds(r),
+            None => !unclaimed_member(node, local, listed),
+        };
         let restart = other.same_process(me)
             || (ours && me.same_boot_and_host(other) && other.pid != me.pid && !alive(other.pid));
         if other.lease != me.lease && !restart {
@@ -295,6 +324,14 @@ pub fn decide(
         }
         return Decision::Take;
     }
+    // No claim in etcd for a member that has acknowledged: only its own repository may take
+    // the name back (an etcd restored from before its claim); a repository that never held
+    // it takes the place of a member whose claim record was deleted.
+    if unclaimed_member(node, local, listed) {
+        return Decision::Refuse(Refusal::Unclaimed {
+            node: node.to_string(),
+        });
+    }
     // A name nobody held, by a repository that held another: a new node. Never a move of
     // the other name's membership: a clone started under a new name while the original is
     // stopped (its Keystone serving) would take the original out of the gate.
@@ -302,6 +339,26 @@ pub fn decide(
         return Decision::TakeNew(old.to_string());
     }
     Decision::Take
+}
+
+/// A member that has acknowledged, with no claim for it in etcd, asked for by a repository
+/// that never held its name.
+fn unclaimed_member(node: &str, local: &Local, listed: Listed) -> bool {
+    listed == Listed::Member && local.node.as_deref() != Some(node)
+}
+
+/// What the sealed key set `set` says of `node`.
+pub fn listed(set: &crate::core::keyset::KeySet, node: &str) -> Listed {
+    match set
+        .history
+        .lineage
+        .as_ref()
+        .and_then(|l| l.members.get(node))
+    {
+        Some(m) if m.expected => Listed::Expected,
+        Some(_) => Listed::Member,
+        None => Listed::No,
+    }
 }
 
 /// Whether a process `pid` runs on this host (in this pid namespace).
@@ -747,7 +804,15 @@ mod tests {
     fn a_free_unrecorded_name_is_taken() {
         let me = id(1, "b1", "ctl", 10);
         assert_eq!(
-            decide("ctl", &me, &Seen::default(), &Local::default(), None, DEAD),
+            decide(
+                "ctl",
+                &me,
+                &Seen::default(),
+                &Local::default(),
+                None,
+                Listed::No,
+                DEAD
+            ),
             Decision::Take
         );
     }
@@ -757,7 +822,15 @@ mod tests {
         let me = id(2, "b2", "ctl", 10);
         let other = id(1, "b1", "ctl", 10);
         let s = seen(Some(other.clone()), Some(record(other.clone(), "t")));
-        let d = decide("ctl", &me, &s, &Local::claimed("ctl", "t"), None, DEAD);
+        let d = decide(
+            "ctl",
+            &me,
+            &s,
+            &Local::claimed("ctl", "t"),
+            None,
+            Listed::No,
+            DEAD,
+        );
         // Identical hostname AND identical token (a clone of a running node): still refused,
         // because the boot ids differ.
         assert_eq!(
@@ -781,18 +854,42 @@ mod tests {
         let me = id(2, "b1", "ctl", 11);
         let s = seen(Some(old.clone()), Some(record(old.clone(), "t")));
         assert_eq!(
-            decide("ctl", &me, &s, &Local::claimed("ctl", "t"), None, DEAD),
+            decide(
+                "ctl",
+                &me,
+                &s,
+                &Local::claimed("ctl", "t"),
+                None,
+                Listed::No,
+                DEAD
+            ),
             Decision::Take
         );
         // The old pid alive here: a second daemon, not a restart.
         assert!(matches!(
-            decide("ctl", &me, &s, &Local::claimed("ctl", "t"), None, ALIVE),
+            decide(
+                "ctl",
+                &me,
+                &s,
+                &Local::claimed("ctl", "t"),
+                None,
+                Listed::No,
+                ALIVE
+            ),
             Decision::Refuse(Refusal::Live { .. })
         ));
         // Same boot and host, the old pid gone, but another disk (a container on the same
         // kernel with the same hostname): refused.
         assert!(matches!(
-            decide("ctl", &me, &s, &Local::claimed("ctl", "other"), None, DEAD),
+            decide(
+                "ctl",
+                &me,
+                &s,
+                &Local::claimed("ctl", "other"),
+                None,
+                Listed::No,
+                DEAD
+            ),
             Decision::Refuse(Refusal::Live { .. })
         ));
         // Another session of this same process.
@@ -801,7 +898,15 @@ mod tests {
             ..old.clone()
         };
         assert_eq!(
-            decide("ctl", &again, &s, &Local::default(), None, ALIVE),
+            decide(
+                "ctl",
+                &again,
+                &s,
+                &Local::default(),
+                None,
+                Listed::No,
+                ALIVE
+            ),
             Decision::Take
         );
     }
@@ -812,7 +917,7 @@ mod tests {
         let me = id(2, "b2", "ctl", 10);
         let s = seen(None, Some(record(last.clone(), "t")));
         assert_eq!(
-            decide("ctl", &me, &s, &Local::default(), None, DEAD),
+            decide("ctl", &me, &s, &Local::default(), None, Listed::No, DEAD),
             Decision::Refuse(Refusal::Stale {
                 node: "ctl".into(),
                 last: last.clone()
@@ -820,12 +925,23 @@ mod tests {
         );
         // Its own disk after a reboot: taken.
         assert_eq!(
-            decide("ctl", &me, &s, &Local::claimed("ctl", "t"), None, DEAD),
+            decide(
+                "ctl",
+                &me,
+                &s,
+                &Local::claimed("ctl", "t"),
+                None,
+                Listed::No,
+                DEAD
+            ),
             Decision::Take
         );
         // A claim interrupted before etcd committed it: the previous token still counts.
         let pending = Local::claimed("ctl", "t").claiming("ctl", "u");
-        assert_eq!(decide("ctl", &me, &s, &pending, None, DEAD), Decision::Take);
+        assert_eq!(
+            decide("ctl", &me, &s, &pending, None, Listed::No, DEAD),
+            Decision::Take
+        );
     }
 
     /// Fails against the code before (it moved the old name's membership, or refused).
@@ -846,6 +962,7 @@ mod tests {
                         &Seen::default(),
                         &local,
                         Some(("old", former)),
+                        Listed::No,
                         DEAD
                     ),
                     Decision::TakeNew("old".into())
@@ -860,6 +977,7 @@ mod tests {
                 &stopped,
                 &local,
                 Some(("old", &stopped)),
+                Listed::No,
                 DEAD
             ),
             Decision::Take
@@ -871,7 +989,7 @@ mod tests {
         let last = id(1, "b1", "n2", 28530);
         let me = id(2, "b2", "n2", 11);
         let s = seen(None, Some(record(last, "t")));
-        let d = decide("n2", &me, &s, &Local::default(), None, DEAD);
+        let d = decide("n2", &me, &s, &Local::default(), None, Listed::No, DEAD);
         let text = match d {
             Decision::Refuse(r) => r.to_string(),
             other => panic!("{other:?}"),
@@ -936,6 +1054,77 @@ mod tests {
                 lease: 9,
                 who: None
             })
+        );
+    }
+
+    /// A member that has acknowledged, its claim record gone from etcd (deleted by someone
+    /// with write access, its daemon stopped): a repository that never held the name (a
+    /// template clone, a rebuilt node) is refused; its own repository, an expected member's
+    /// first start and a name the set does not list take it.
+    #[test]
+    fn a_listed_member_without_a_claim_is_taken_only_by_its_own_repository() {
+        let me = id(9, "b9", "clone", 99);
+        let nobody = Seen::default();
+        assert_eq!(
+            decide(
+                "c",
+                &me,
+                &nobody,
+                &Local::default(),
+                None,
+                Listed::Member,
+                DEAD
+            ),
+            Decision::Refuse(Refusal::Unclaimed { node: "c".into() })
+        );
+        let copy_of_a = Local::claimed("a", "t");
+        assert_eq!(
+            decide(
+                "c",
+                &me,
+                &nobody,
+                &copy_of_a,
+                Some(("a", &nobody)),
+                Listed::Member,
+                DEAD
+            ),
+            Decision::Refuse(Refusal::Unclaimed { node: "c".into() })
+        );
+        let own = Local::claimed("c", "t");
+        assert_eq!(
+            decide("c", &me, &nobody, &own, None, Listed::Member, DEAD),
+            Decision::Take
+        );
+        for listed in [Listed::Expected, Listed::No] {
+            assert_eq!(
+                decide("c", &me, &nobody, &Local::default(), None, listed, DEAD),
+                Decision::Take
+            );
+        }
+        // The stopped member's lease still runs (its daemon stopped a moment ago on this
+        // host): a daemon of this boot and host under a dead pid looks like its restart, but
+        // a repository that never held the name is not it.
+        let stopped = Identity {
+            lease: 7,
+            pid: 1,
+            ..me.clone()
+        };
+        let lease_left = seen(Some(stopped), None);
+        assert!(matches!(
+            decide(
+                "c",
+                &me,
+                &lease_left,
+                &Local::default(),
+                None,
+                Listed::Member,
+                DEAD
+            ),
+            Decision::Refuse(Refusal::Live { .. })
+        ));
+        assert_eq!(
+            decide("c", &me, &lease_left, &own, None, Listed::Member, DEAD),
+            Decision::Take
         );
     }
 }

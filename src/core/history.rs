@@ -100,7 +100,13 @@ pub struct Lineage {
 /// that grows with time, so the set stays small.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Member {}
+pub struct Member {
+    /// Declared by `cluster init --members` and not heard from yet: its daemon may claim the
+    /// name with any repository. Once a rotation saw its authenticated acknowledgement, only
+    /// a repository that held the name (its claim on disk) may run as it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expected: bool,
+}
 
 /// Where a key set lives: etcd's cluster id (from its response header, in hex) and the prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
