@@ -1089,6 +1089,10 @@ impl Cluster {
             } else {
                 &held_params
             };
+            // Each member's Keystone made tokens with the previous primary until it applied
+            // the set that demoted it, which an absent member (a daemon stopped, renamed or
+            // cut off while its Keystone serves) does seconds after the commit.
+            let set = moved_off(set, &acks, staged, r.now.wall);
             let (mut next, decision) = set
                 .rotate(new_key, params, r.now)
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
@@ -1896,6 +1900,52 @@ async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<(Client, u64
     }
 }
 
+/// `set` with its previous primary's retention counted from when the members last stopped
+/// issuing with it, as far as their acknowledgements show. A member acknowledges the current
+/// staged key (`staged`) only after applying the set that made the current primary primary,
+/// so until the acknowledgement's clock its Keystone may still have used the key before it;
+/// that key's demotion was recorded at the commit, which a member not connected then
+/// (stopped, renamed, partitioned: its Keystone serving) applies seconds later. Trusted: the
+/// members' acknowledgement clocks, each moved back to `now` at most (a clock ahead, or a
+/// forged record, keeps a key at most one retention from now, never past it); a clock behind
+/// is the skew check's (`skewed`). Kept in the published history, so later rotations, whose
+/// acknowledgements speak of newer keys, still count from it.
+fn moved_off(
+    set: KeySet,
+    acks: &[Ack],
+    staged: crate::core::key::Fingerprint,
+    now: chrono::DateTime<chrono::Utc>,
+) -> KeySet {
+    let mut set = set;
+    let Some(primary) = set.primary() else {
+        return set;
+    };
+    let Some(previous) = set
+        .keys
+        .keys()
+        .copied()
+        .filter(|&n| n > 0 && n < primary)
+        .max()
+    else {
+        return set;
+    };
+    let Some(moved) = acks
+        .iter()
+        .filter(|a| a.staged == staged)
+        .filter_map(|a| a.clock)
+        .max()
+        .map(|c| c.min(now))
+    else {
+        return set;
+    };
+    if let Some(k) = set.history.keys.get_mut(&previous) {
+        if k.demoted.is_some_and(|d| d < moved) {
+            k.demoted = Some(moved);
+        }
+    }
+    set
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1937,6 +1987,46 @@ mod tests {
         );
         // Within the tolerance: nobody.
         assert!(skewed(&acks[..1], 7, Some(t(52)), t(48), tol).is_empty());
+    }
+
+    #[test]
+    fn the_old_primary_is_kept_from_when_the_last_member_stopped_issuing_with_it() {
+        let params = crate::core::rotation::RotateParams {
+            max_active_keys: 32,
+            retention: Duration::from_secs(60),
+            force_purge: false,
+            expected_primary: None,
+        };
+        let set = KeySet::fresh(&at(0).into()).unwrap();
+        let key = crate::core::key::Key::generate().unwrap();
+        let (set, _) = set.rotate(key, &params, &at(10).into()).unwrap();
+        // Key 2 primary, key 1 demoted at the commit (10 s), key 0 staged.
+        let staged = set.fingerprints()[&0];
+        let ack = |clock: i64, staged| Ack {
+            node: "b".into(),
+            revision: 3,
+            staged,
+            clock: Some(at(clock)),
+            refused: None,
+        };
+        let demoted = |s: &KeySet| s.history.keys[&1].demoted;
+        // b applied the set (and stopped issuing with key 1) at 25 s: counted from there.
+        let moved = moved_off(
+            set.clone(),
+            &[ack(12, staged), ack(25, staged)],
+            staged,
+            at(30),
+        );
+        assert_eq!(demoted(&moved), Some(at(25)));
+        // A clock ahead (or a forged record) moves it to now at most.
+        let moved = moved_off(set.clone(), &[ack(500, staged)], staged, at(30));
+        assert_eq!(demoted(&moved), Some(at(30)));
+        // Never earlier than the commit, and an acknowledgement of another set says nothing.
+        let moved = moved_off(set.clone(), &[ack(5, staged)], staged, at(30));
+        assert_eq!(demoted(&moved), Some(at(10)));
+        let other = crate::core::key::Fingerprint::NONE;
+        let moved = moved_off(set.clone(), &[ack(25, other)], staged, at(30));
+        assert_eq!(demoted(&moved), Some(at(10)));
     }
 
     fn at(s: i64) -> chrono::DateTime<chrono::Utc> {
