@@ -225,12 +225,7 @@ fn restore_last_taken(cfg: &AgentConfig, reports: &UnboundedSender<(usize, Repor
     let source = "the key set this node last took (etcd unreachable)";
     match cfg.repo.apply(&set, source, cfg.decryptable, &Now::read()) {
         Ok(out) => {
-            let changes = out
-                .warnings
-                .iter()
-                .chain(&out.notes)
-                .map(|s| s.to_string())
-                .collect();
+            let changes = out.said();
             let _ = reports.send((
                 cfg.index,
                 Report::Applied {
@@ -617,12 +612,7 @@ impl<'a> Session<'a> {
             Ok(out) => {
                 self.refused = None;
                 self.disk.read_back(on_disk(&cfg.repo));
-                let changes = out
-                    .warnings
-                    .iter()
-                    .chain(&out.notes)
-                    .map(|s| s.to_string())
-                    .collect();
+                let changes = out.said();
                 self.report(Report::Applied {
                     changes,
                     undone: self.acked.undone(revision),

@@ -302,6 +302,16 @@ impl Cluster {
     }
 
     /// `set` as this session writes it: its lineage says which etcd it was written into.
+    /// `set` sealed for the etcd key `key` (the key is in the seal's associated data).
+    fn seal_set(&self, key: &str, set: &KeySet) -> Result<Vec<u8>, ClusterError> {
+        self.seal
+            .seal(&set.encode(), key.as_bytes())
+            .map_err(|source| ClusterError::Seal {
+                key: key.to_string(),
+                source,
+            })
+    }
+
     fn stamped(&self, set: &KeySet) -> KeySet {
         let mut set = set.clone();
         if let Some(l) = set.history.lineage.as_mut() {
@@ -535,13 +545,7 @@ impl Cluster {
         lineage.members = members;
         let mut set = set.clone();
         set.history.lineage = Some(lineage.clone());
-        let value = self
-            .seal
-            .seal(&set.encode(), key.as_bytes())
-            .map_err(|source| ClusterError::Seal {
-                key: key.clone(),
-                source,
-            })?;
+        let value = self.seal_set(&key, &set)?;
         let compare = match &stored {
             Some(st) => Compare::mod_revision(key.clone(), CompareOp::Equal, st.revision),
             None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
@@ -592,13 +596,7 @@ impl Cluster {
         over: i64,
     ) -> Result<bool, ClusterError> {
         let key = self.keyset_key(kind);
-        let value = self
-            .seal
-            .seal(&self.stamped(set).encode(), key.as_bytes())
-            .map_err(|source| ClusterError::Seal {
-                key: key.clone(),
-                source,
-            })?;
+        let value = self.seal_set(&key, &self.stamped(set))?;
         let compare = match over {
             0 => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
             r => Compare::mod_revision(key.clone(), CompareOp::Equal, r),
@@ -852,13 +850,7 @@ impl Cluster {
         if !edit(&mut lineage.members) {
             return Ok(None);
         }
-        let value = self
-            .seal
-            .seal(&set.encode(), key.as_bytes())
-            .map_err(|source| ClusterError::Seal {
-                key: key.clone(),
-                source,
-            })?;
+        let value = self.seal_set(&key, &set)?;
         Ok(Some((
             Compare::mod_revision(key.clone(), CompareOp::Equal, stored.revision),
             TxnOp::put(key, value, None),
@@ -1130,13 +1122,7 @@ impl Cluster {
                     skewed: judged.skewed,
                 });
             }
-            let value = self
-                .seal
-                .seal(&next.encode(), key.as_bytes())
-                .map_err(|source| ClusterError::Seal {
-                    key: key.clone(),
-                    source,
-                })?;
+            let value = self.seal_set(&key, &next)?;
             let mut compare = vec![Compare::mod_revision(
                 key.clone(),
                 CompareOp::Equal,

@@ -101,6 +101,23 @@ fn tokens_for(dir: &Path, for_: Duration) -> Vec<String> {
     out
 }
 
+/// `fernetd cluster init --from repo` with `cfg`.
+fn init(cfg: &Path, repo: &Path) {
+    let (cfg, repo) = (cfg.to_str().unwrap(), repo.to_str().unwrap());
+    fernetd_ok(&["--config", cfg, "cluster", "init", "--from", repo]);
+}
+
+/// `fernetd cluster remove-node node` with `cfg`.
+fn remove_node(cfg: &Path, node: &str) {
+    fernetd_ok(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        node,
+    ]);
+}
+
 fn status(cfg: &Path) -> Run {
     fernetd(&["--config", cfg.to_str().unwrap(), "status"])
 }
@@ -194,14 +211,7 @@ fn a_renamed_node_never_stalls_rotations() {
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
     let ca = node(t.path(), &etcd, "a", &a, "a");
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        a.to_str().unwrap(),
-    ]);
+    init(&ca, &a);
     let da = daemon(&ca);
     let db = daemon(&node(t.path(), &etcd, "b", &b, "b"));
     let p = cluster_primary(&etcd);
@@ -279,13 +289,7 @@ fn a_renamed_node_never_stalls_rotations() {
         );
     }
     // It was a rename after all: the operator removes the old name, rotations go on.
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "remove-node",
-        "b2",
-    ]);
+    remove_node(&ca, "b2");
     let p = cluster_primary(&etcd);
     primary_reaches(&etcd, p + 2, &[&da, &db3]);
     assert_eq!(members(&etcd), vec!["a".to_string(), "b3".to_string()]);
@@ -394,14 +398,7 @@ fn a_node_rebuilt_under_its_name_is_told_to_remove_it_first_then_joins() {
     fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
     let ca = node(t.path(), &etcd, "a", &a, "a");
     let cb = node(t.path(), &etcd, "b", &b, "b");
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        a.to_str().unwrap(),
-    ]);
+    init(&ca, &a);
     let da = daemon(&ca);
     let db = daemon(&cb);
     let p = cluster_primary(&etcd);
@@ -418,13 +415,7 @@ fn a_node_rebuilt_under_its_name_is_told_to_remove_it_first_then_joins() {
         "{said}"
     );
     assert!(!said.contains("in step"), "{said}");
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "remove-node",
-        "b",
-    ]);
+    remove_node(&ca, "b");
     assert!(db.wait_log("in step", secs(15)), "{}", db.log());
     let p = cluster_primary(&etcd);
     primary_reaches(&etcd, p + 2, &[&da, &db]);
@@ -444,14 +435,7 @@ fn a_claim_token_read_from_etcd_does_not_take_the_name() {
     let (b, x) = (t.path().join("b"), t.path().join("x"));
     fernetd_ok(&["setup", "--key-repository", b.to_str().unwrap()]);
     let cb = node(t.path(), &etcd, "b", &b, "b");
-    fernetd_ok(&[
-        "--config",
-        cb.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        b.to_str().unwrap(),
-    ]);
+    init(&cb, &b);
     let db = daemon(&cb);
     assert!(db.wait_log("in step", secs(15)), "{}", db.log());
     db.stop();
@@ -497,14 +481,7 @@ fn a_member_whose_claim_was_deleted_is_not_taken_by_another_repository() {
     fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
     let ca = node(t.path(), &etcd, "a", &a, "a");
     let cb = node(t.path(), &etcd, "b", &b, "b");
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        a.to_str().unwrap(),
-    ]);
+    init(&ca, &a);
     let da = daemon(&ca);
     let db = daemon(&cb);
     assert!(db.wait_log("in step", secs(15)), "{}", db.log());
@@ -532,13 +509,7 @@ fn a_member_whose_claim_was_deleted_is_not_taken_by_another_repository() {
     assert!(!log.contains("in step"), "{log}");
     // The gate still waits for b (its record holds what b's disk holds), so nothing rotated.
     assert!(cluster_primary(&etcd) <= p + 1, "{}", da.log());
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "remove-node",
-        "b",
-    ]);
+    remove_node(&ca, "b");
     assert!(dx.wait_log("in step", secs(20)), "{}", dx.log());
 }
 
@@ -581,14 +552,7 @@ fn a_renamed_nodes_tokens_outlive_the_time_its_daemon_was_away() {
         p
     };
     let ca = short("a", &a, "a");
-    fernetd_ok(&[
-        "--config",
-        ca.to_str().unwrap(),
-        "cluster",
-        "init",
-        "--from",
-        a.to_str().unwrap(),
-    ]);
+    init(&ca, &a);
     let da = daemon(&ca);
     let db = daemon(&short("b", &b, "b"));
     assert!(db.wait_log("in step", secs(15)), "{}", db.log());

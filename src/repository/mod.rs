@@ -115,6 +115,17 @@ pub struct Outcome {
     pub repaired: Vec<u64>,
 }
 
+impl Outcome {
+    /// Its warnings, then its notes, as sentences.
+    pub fn said(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .chain(&self.notes)
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
 impl Repository {
     pub fn new(dir: impl Into<PathBuf>, owner: Option<Owner>) -> Repository {
         Repository {
