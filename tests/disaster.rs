@@ -900,9 +900,18 @@ fn the_leader_purges_nothing_while_a_nodes_clock_is_off() {
         a.metrics()
     );
 
-    // z's clock is gone (the node left): purges resume, down to three keys.
+    // z's clock is gone (the node left, and the operator removed it: the key set lists every
+    // node that acknowledged, and a member's record gone ends no membership): purges resume,
+    // down to three keys.
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     z.join().unwrap();
+    fernetd_ok(&[
+        "--config",
+        ca.to_str().unwrap(),
+        "cluster",
+        "remove-node",
+        "z",
+    ]);
     assert!(
         a.wait_log("every node's clock agrees again", secs(15)),
         "{}",
