@@ -1145,6 +1145,10 @@ impl Daemon {
                         s.kind
                     );
                 }
+                for &number in &obs.cleared {
+                    let said = crate::core::outcome::Said::ClearedNonKey { number };
+                    tracing::warn!("{}: {said}", s.kind);
+                }
                 for c in &obs.changes {
                     changed = true;
                     match c {

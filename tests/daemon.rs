@@ -759,6 +759,47 @@ fn repair_restores_deleted_or_corrupted_keys_but_never_purged_ones() {
     );
 }
 
+/// Found by scripts/chaos (the one-hour run, seed 2026): a key file corrupted on a node
+/// ("not a key") whose key was then purged stayed there, under a number no key needed, for as
+/// long as the run lasted; Keystone's loader failed every token on that node (1090 lost
+/// tokens in 200 s). With repair on, the daemon removes a file that holds no key at a number
+/// no key needs, and Keystone's own code makes and reads tokens there again. On the code
+/// before, the file stayed and the token made there failed.
+#[test]
+fn repair_removes_a_file_that_holds_no_key_where_no_key_is_needed() {
+    let _s = serial();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("keys");
+    let cfg = t.path().join("fernetd.toml");
+    std::fs::write(&cfg, format!(
+        "[tokens]\nkey_repository = \"{}\"\nschedule = \"1s\"\nexpiration = \"1s\"\nallow_expired_window = 0\nmargin = 0\nrepair = true\n",
+        dir.display()
+    )).unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        d.wait_log("purged key", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    // A purged key's number, and one no key ever had.
+    let purged = (1..).find(|n| !dir.join(n.to_string()).exists()).unwrap();
+    for n in [purged, 999] {
+        std::fs::write(dir.join(n.to_string()), "not a key\n").unwrap();
+    }
+    let gone = d.wait_for(Duration::from_secs(5), || {
+        !dir.join(purged.to_string()).exists() && !dir.join("999").exists()
+    });
+    let log = d.log();
+    d.stop();
+    assert!(gone, "a file holding no key stayed:\n{log}");
+    assert!(
+        log.contains(&format!("repaired: removed file {purged}: it held no key")),
+        "{log}"
+    );
+    let token = common::keystone::pack(&dir);
+    assert!(common::keystone::unpack_failures(&dir, &[token]).is_empty());
+}
+
 #[test]
 fn logs_are_json_on_request_and_plain_under_journald() {
     let _s = serial();

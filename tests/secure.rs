@@ -567,8 +567,11 @@ fn the_least_privileged_etcd_user_over_tls_is_enough_and_nothing_more() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // (`--move-etcd`: a's keys follow the cluster under /fernetd, and without it fernetd
+    // refuses to start another one before it writes anything.)
     let other = tls("/other", "c", "fernetd");
-    let out = run(&other, &["cluster", "init", "--from", a.to_str().unwrap()]);
+    let from = a.to_str().unwrap();
+    let out = run(&other, &["cluster", "init", "--from", from, "--move-etcd"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert_eq!(out.error_lines(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);

@@ -49,6 +49,11 @@ pub enum Said {
     Repaired {
         number: u64,
     },
+    /// A file under a key's name that held no key, at a number no key needs, removed
+    /// (`repair = true`): Keystone's loader fails every token while it is there.
+    ClearedNonKey {
+        number: u64,
+    },
     /// A cluster key set that the disk already holds.
     AlreadyApplied,
     /// Recovery found no key 0 and staged one.
@@ -150,6 +155,11 @@ impl fmt::Display for Said {
             Said::Repaired { number } => write!(
                 f,
                 "repaired: restored key {number} from fernetd's copy (repair = true)"
+            ),
+            Said::ClearedNonKey { number } => write!(
+                f,
+                "repaired: removed file {number}: it held no key (Keystone's loader fails every \
+                 token on it) and no key needs its number (repair = true)"
             ),
             Said::AlreadyApplied => f.write_str("already identical to the cluster's key set"),
             Said::StagedMissingZero => f.write_str("key 0 was missing: staged a new key 0"),

@@ -185,14 +185,25 @@ pub(super) fn apply(
 /// Repair: each of `keys` (read from its copy) written via `.fernetd/restore.tmp` (its
 /// content fsynced) under its number, in order, then one fsync of the repository for all
 /// the names.
-pub(super) fn restore(w: &Writer, approval: Approval, keys: &[(u64, Key)]) -> Result<()> {
+pub(super) fn restore(
+    w: &Writer,
+    approval: Approval,
+    keys: &[(u64, Key)],
+    cleared: &[u64],
+) -> Result<()> {
     for (n, k) in keys {
         approved_write(w, &approval, *n, k)?;
+    }
+    for &n in cleared {
+        approved_removal(w, &approval, n)?;
     }
     for (n, k) in keys {
         place_copy(w, *n, k)?;
     }
-    match keys.is_empty() {
+    for &n in cleared {
+        w.repo.remove(&n.to_string())?;
+    }
+    match keys.is_empty() && cleared.is_empty() {
         true => Ok(()),
         false => w.repo.sync(),
     }

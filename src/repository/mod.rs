@@ -493,14 +493,14 @@ impl Repository {
         history: &History,
         retention: Duration,
         now: &Now,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<Repairs> {
         let disk = scan.fingerprints();
         let rotated_elsewhere = history
             .keys
             .get(&0)
             .is_some_and(|r| disk.iter().any(|(&n, &fp)| n > 0 && fp == r.fingerprint));
         if rotated_elsewhere {
-            return Ok(Vec::new());
+            return Ok(Repairs::default());
         }
         let primary = history.primary();
         // A file that is not a key Keystone could read (garbage, empty) is replaced by its
@@ -533,6 +533,21 @@ impl Repository {
             .filter(|p| !history.keys.contains_key(&p.number))
             .map(|p| (p.number, p.fingerprint, true));
         let candidates: Vec<(u64, Fingerprint, bool)> = recorded.chain(lost).collect();
+        // A file that is no key under a number no key needs (a key past its window, purged
+        // since, or never recorded): Keystone's loader fails every token while it is there,
+        // and it holds no material a token could need. Removed, through the gate (which
+        // judges an unreadable slot by the history's key of that number).
+        let needs = |n: u64| candidates.iter().any(|&(m, _, needed)| m == n && needed);
+        let cleared: Vec<u64> = scan
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Key { number, .. } if unusable(*number) && !needs(*number) => {
+                    Some(*number)
+                }
+                _ => None,
+            })
+            .collect();
         // Every restore in one change, approved, then made with one directory fsync.
         let mut change = Change::from(slots(scan));
         let mut batch: Vec<(u64, Key)> = Vec::new();
@@ -556,9 +571,22 @@ impl Repository {
         if !batch.is_empty() {
             let approval = guard::approve(change, history, retention, now, false)
                 .map_err(|r| self.refused("restoring a key from its copy", &r))?;
-            executor::restore(w, approval, &batch)?;
+            executor::restore(w, approval, &batch, &[])?;
         }
-        Ok(restored)
+        // Apart: a removal the gate refuses (it judges the history's key of that number
+        // still live) leaves the file, and the restores stand.
+        let mut change = Change::from(slots(scan));
+        for &n in &cleared {
+            change.remove_key(n);
+        }
+        let cleared = match guard::approve(change, history, retention, now, false) {
+            Ok(approval) if !cleared.is_empty() => {
+                executor::restore(w, approval, &[], &cleared)?;
+                cleared
+            }
+            _ => Vec::new(),
+        };
+        Ok(Repairs { restored, cleared })
     }
 
     /// Fails before touching the disk when the requested owner cannot be set: only root may
@@ -927,12 +955,16 @@ impl Repository {
         if !self.repair {
             return Ok(scan);
         }
-        let restored = self.repair_from_copies(w, &scan, history, retention, now)?;
-        if restored.is_empty() {
+        let Repairs { restored, cleared } =
+            self.repair_from_copies(w, &scan, history, retention, now)?;
+        if restored.is_empty() && cleared.is_empty() {
             return Ok(scan);
         }
         for n in &restored {
             out.warnings.push(Said::Repaired { number: *n });
+        }
+        for n in &cleared {
+            out.warnings.push(Said::ClearedNonKey { number: *n });
         }
         out.repaired = restored;
         w.scan()
@@ -1021,7 +1053,15 @@ impl Repository {
         // A corrupted key drops out of the fingerprints, so this also catches corruption
         // (which repair may undo; history never records it as a removal).
         // A repair copy the history does not explain is a loss to record: the writer's path.
-        if same_keys(&scan.fingerprints(), &history)
+        // A file that is no key (garbage, empty) under a number the history does not hold
+        // changes no fingerprint: with repair on, it is looked at too.
+        let non_key = self.repair
+            && scan.entries.iter().any(|e| {
+                matches!(&e.kind, EntryKind::Key { content: Err(p), .. }
+                if !matches!(p, crate::core::scan::ContentProblem::Unreadable(_)))
+            });
+        if !non_key
+            && same_keys(&scan.fingerprints(), &history)
             && self
                 .unexplained_copies(&history, &history.fingerprints())?
                 .is_empty()
@@ -1032,6 +1072,7 @@ impl Repository {
                 changes: Vec::new(),
                 retention_violations: self.still_lost(&history, retention, &judged),
                 repaired: Vec::new(),
+                cleared: Vec::new(),
                 history,
             });
         }
@@ -1040,11 +1081,15 @@ impl Repository {
         let mut scan = w.scan()?;
         let mut history = self.trusted_history(&w, &scan, now)?;
         let mut repaired = Vec::new();
+        let mut cleared = Vec::new();
         let before = history.clone();
         if self.repair {
             let stood = guard::stood_in(&history, &scan.fingerprints());
-            repaired = self.repair_from_copies(&w, &scan, &history, retention, now)?;
-            if !repaired.is_empty() {
+            Repairs {
+                restored: repaired,
+                cleared,
+            } = self.repair_from_copies(&w, &scan, &history, retention, now)?;
+            if !repaired.is_empty() || !cleared.is_empty() {
                 scan = w.scan()?;
                 for &n in &stood {
                     history.stood_in(n, now);
@@ -1065,6 +1110,7 @@ impl Repository {
             changes,
             retention_violations,
             repaired,
+            cleared,
             history,
         })
     }
@@ -1368,7 +1414,16 @@ pub struct Observed {
     pub retention_violations: Vec<RetentionViolation>,
     /// Keys restored from fernetd's copies (`repair = true`).
     pub repaired: Vec<u64>,
+    /// Files that held no key under a number no key needs, removed (`repair = true`).
+    pub cleared: Vec<u64>,
     pub history: History,
+}
+
+/// What a repair did: keys restored from their copies, files that held no key removed.
+#[derive(Debug, Default)]
+struct Repairs {
+    restored: Vec<u64>,
+    cleared: Vec<u64>,
 }
 
 impl Observed {
