@@ -1184,9 +1184,19 @@ async fn ack_changed(watch: &mut Option<AckWatch>) -> Result<(), ClusterError> {
     }
 }
 
-/// The keys the repository holds now, by number (none when it cannot be read).
+/// The keys the repository holds now, by number (none when it cannot be read). A file under
+/// a key's name that holds no key (garbage, empty) counts as [`Fingerprint::NONE`]: such a
+/// disk differs from every set, so the set is applied, which removes the file when no key
+/// needs its number (Keystone's loader fails every token while it is there).
 fn on_disk(repo: &Repository) -> Fingerprints {
-    repo.scan().map(|s| s.fingerprints()).unwrap_or_default()
+    let Ok(scan) = repo.scan() else {
+        return Fingerprints::new();
+    };
+    let mut keys = scan.fingerprints();
+    for n in scan.non_keys() {
+        keys.entry(n).or_insert(crate::core::key::Fingerprint::NONE);
+    }
+    keys
 }
 
 /// This node's acknowledgement, as last written.

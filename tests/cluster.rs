@@ -1724,3 +1724,65 @@ fn the_leader_runs_pre_rotate_before_each_credentials_rotation() {
         "pre_rotate ran under primaries {ran:?}; the set reached {end}"
     );
 }
+
+/// Reduced from the one-hour scripts/chaos run (seed 2026): a follower's key file broken
+/// ("not a key") under the number of a key the cluster had purged stayed for the rest of the
+/// run (the agent compared valid keys only, and the apply left files that are no key alone),
+/// and Keystone's loader failed every token on that node. Now the follower's disk differs from
+/// the set while such a file is there, and the apply removes it when no token needs its number
+/// (`repaired: removed file N`); Keystone's code reads the leader's tokens there again. On the
+/// code before, the file stayed (the wait below timed out).
+#[test]
+fn a_follower_clears_a_file_that_holds_no_key_under_a_purged_number() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let cfg = |name: &str, repo: &Path| {
+        let p = t.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+                 schedule = \"1s\"\nexpiration = \"1s\"\nallow_expired_window = 0\n\
+                 margin = \"1s\"\n[cluster]\nendpoints = [\"{}\"]\n\
+                 prefix = \"/test\"\nnode = \"{name}\"\nlease_ttl = \"2s\"\n{}",
+                repo.display(),
+                etcd.endpoint,
+                cluster_lines("")
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let (ca, cb) = (cfg("a", &a), cfg("b", &b));
+    init_from(&ca, &a);
+    let da = Daemon::start(&["--config", ca.to_str().unwrap(), "daemon"], &[]);
+    let db = Daemon::start(&["--config", cb.to_str().unwrap(), "daemon"], &[]);
+    let secs = std::time::Duration::from_secs;
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    // b has applied a purge: its lowest key is above 1.
+    assert!(
+        db.wait_for(secs(30), || numbers(&b).iter().any(|&n| n > 2)
+            && !b.join("1").exists()),
+        "{:?}\n{}\n{}",
+        numbers(&b),
+        da.log(),
+        db.log()
+    );
+    let k = numbers(&b).into_iter().find(|&n| n > 0).unwrap() - 1;
+    std::fs::write(b.join(k.to_string()), "not a key\n").unwrap();
+    let said = format!("repaired: removed file {k}: it held no key");
+    let cleared = db.wait_log(&said, secs(10));
+    let log = db.log();
+    assert!(cleared, "{:?}\n{log}", numbers(&b));
+    assert!(!b.join(k.to_string()).exists(), "{log}");
+    // The leader's tokens read on b (both hold the cluster's set by then).
+    assert!(
+        db.wait_for(secs(10), || {
+            let token = common::keystone::pack(&a);
+            common::keystone::unpack_failures(&b, &[token]).is_empty()
+        }),
+        "{log}"
+    );
+}

@@ -125,6 +125,21 @@ impl Scan {
             .collect()
     }
 
+    /// Key names whose file holds no key Keystone could load (garbage, empty, too large),
+    /// leaving out those fernetd could not open (what they hold is not known).
+    pub fn non_keys(&self) -> Vec<u64> {
+        self.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Key {
+                    number,
+                    content: Err(p),
+                } if !matches!(p, ContentProblem::Unreadable(_)) => Some(*number),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Entries Keystone would load as keys (any `int()`-accepted regular file).
     pub fn key_entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|e| {

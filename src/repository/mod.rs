@@ -113,6 +113,8 @@ pub struct Outcome {
     pub lost: Vec<RetentionViolation>,
     /// Keys restored from fernetd's copies (`repair = true`).
     pub repaired: Vec<u64>,
+    /// Files that held no key under a number no key needs, removed (`repair = true`).
+    pub cleared: Vec<u64>,
 }
 
 impl Outcome {
@@ -537,16 +539,17 @@ impl Repository {
         // since, or never recorded): Keystone's loader fails every token while it is there,
         // and it holds no material a token could need. Removed, through the gate (which
         // judges an unreadable slot by the history's key of that number).
+        // Only numbers the history knows: a key it holds past its window, or one it recorded
+        // purged (by fernetd, or found gone). A number it never saw (a rotation made outside
+        // fernetd, then the file broken) may have been Keystone's primary: that stays
+        // reported for the operator, as before.
         let needs = |n: u64| candidates.iter().any(|&(m, _, needed)| m == n && needed);
+        let known =
+            |n: u64| history.keys.contains_key(&n) || history.purged.iter().any(|p| p.number == n);
         let cleared: Vec<u64> = scan
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EntryKind::Key { number, .. } if unusable(*number) && !needs(*number) => {
-                    Some(*number)
-                }
-                _ => None,
-            })
+            .non_keys()
+            .into_iter()
+            .filter(|&n| !needs(n) && known(n))
             .collect();
         // Every restore in one change, approved, then made with one directory fsync.
         let mut change = Change::from(slots(scan));
@@ -967,6 +970,7 @@ impl Repository {
             out.warnings.push(Said::ClearedNonKey { number: *n });
         }
         out.repaired = restored;
+        out.cleared = cleared;
         w.scan()
     }
 
@@ -1055,11 +1059,7 @@ impl Repository {
         // A repair copy the history does not explain is a loss to record: the writer's path.
         // A file that is no key (garbage, empty) under a number the history does not hold
         // changes no fingerprint: with repair on, it is looked at too.
-        let non_key = self.repair
-            && scan.entries.iter().any(|e| {
-                matches!(&e.kind, EntryKind::Key { content: Err(p), .. }
-                if !matches!(p, crate::core::scan::ContentProblem::Unreadable(_)))
-            });
+        let non_key = self.repair && !scan.non_keys().is_empty();
         if !non_key
             && same_keys(&scan.fingerprints(), &history)
             && self
@@ -1250,6 +1250,30 @@ impl Repository {
             if !set.keys.contains_key(&n) && !lost.iter().any(|l| l.number == n) {
                 change.remove_key(n);
             }
+        }
+        // A file that holds no key under a number the set does not hold, whose key this node
+        // or the set recorded and no token needs any more (its window closed, or purged):
+        // removed, as repair does (Keystone's loader fails every token while it is there).
+        // One whose key this node still counts live stays (a loss the gate would refuse).
+        let known = |n: u64| {
+            local.keys.contains_key(&n)
+                || local.purged.iter().any(|p| p.number == n)
+                || set.history.purged.iter().any(|p| p.number == n)
+        };
+        let cleared: Vec<u64> = scan
+            .non_keys()
+            .into_iter()
+            .filter(|&n| !set.keys.contains_key(&n) && known(n))
+            .filter(|n| {
+                local
+                    .keys
+                    .get(n)
+                    .is_none_or(|r| r.retained_until(retention, now) <= now.wall)
+            })
+            .collect();
+        for &n in &cleared {
+            change.remove_key(n);
+            out.warnings.push(Said::ClearedNonKey { number: n });
         }
         for (&n, k) in &set.keys {
             change.put(n, k.fingerprint());
