@@ -301,7 +301,6 @@ impl Cluster {
         &self.endpoints
     }
 
-    /// `set` as this session writes it: its lineage says which etcd it was written into.
     /// `set` sealed for the etcd key `key` (the key is in the seal's associated data).
     fn seal_set(&self, key: &str, set: &KeySet) -> Result<Vec<u8>, ClusterError> {
         self.seal
@@ -312,6 +311,7 @@ impl Cluster {
             })
     }
 
+    /// `set` as this session writes it: its lineage says which etcd it was written into.
     fn stamped(&self, set: &KeySet) -> KeySet {
         let mut set = set.clone();
         if let Some(l) = set.history.lineage.as_mut() {
@@ -1897,12 +1897,11 @@ async fn connect_one(endpoint: &str, s: &ClusterSettings) -> Result<(Client, u64
 /// is the skew check's (`skewed`). Kept in the published history, so later rotations, whose
 /// acknowledgements speak of newer keys, still count from it.
 fn moved_off(
-    set: KeySet,
+    mut set: KeySet,
     acks: &[Ack],
     staged: crate::core::key::Fingerprint,
     now: chrono::DateTime<chrono::Utc>,
 ) -> KeySet {
-    let mut set = set;
     let Some(primary) = set.primary() else {
         return set;
     };

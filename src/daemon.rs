@@ -1139,14 +1139,13 @@ impl Daemon {
         let mut changed = false;
         match s.repo.observe(retention, &clock) {
             Ok(obs) => {
-                for n in &obs.repaired {
-                    tracing::warn!(
-                        "{}: repaired: restored key {n} from fernetd's copy (repair = true)",
-                        s.kind
-                    );
-                }
-                for &number in &obs.cleared {
-                    let said = crate::core::outcome::Said::ClearedNonKey { number };
+                use crate::core::outcome::Said;
+                let repaired = obs.repaired.iter().map(|&number| Said::Repaired { number });
+                let cleared = obs
+                    .cleared
+                    .iter()
+                    .map(|&number| Said::ClearedNonKey { number });
+                for said in repaired.chain(cleared) {
                     tracing::warn!("{}: {said}", s.kind);
                 }
                 for c in &obs.changes {

@@ -696,6 +696,22 @@ fn status_reports_each_repository_with_exit_codes() {
     );
 }
 
+/// A daemon with repair on for `dir` (config written to `cfg`) that rotates every second and
+/// purges a key a second after its demotion, once it has purged one.
+fn purging_with_repair(cfg: &Path, dir: &Path) -> Daemon {
+    std::fs::write(cfg, format!(
+        "[tokens]\nkey_repository = \"{}\"\nschedule = \"1s\"\nexpiration = \"1s\"\nallow_expired_window = 0\nmargin = 0\nrepair = true\n",
+        dir.display()
+    )).unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
+    assert!(
+        d.wait_log("purged key", Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    d
+}
+
 #[test]
 fn repair_restores_deleted_or_corrupted_keys_but_never_purged_ones() {
     let _s = serial();
@@ -732,16 +748,7 @@ fn repair_restores_deleted_or_corrupted_keys_but_never_purged_ones() {
     d.stop();
 
     // A key fernetd purged on purpose is never resurrected, nor is keystone-manage's purge.
-    std::fs::write(&cfg, format!(
-        "[tokens]\nkey_repository = \"{}\"\nschedule = \"1s\"\nexpiration = \"1s\"\nallow_expired_window = 0\nmargin = 0\nrepair = true\n",
-        dir.display()
-    )).unwrap();
-    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
-    assert!(
-        d.wait_log("purged key", Duration::from_secs(10)),
-        "{}",
-        d.log()
-    );
+    let d = purging_with_repair(&cfg, &dir);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         !d.log().contains("restored"),
@@ -770,17 +777,7 @@ fn repair_removes_a_file_that_holds_no_key_where_no_key_is_needed() {
     let _s = serial();
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("keys");
-    let cfg = t.path().join("fernetd.toml");
-    std::fs::write(&cfg, format!(
-        "[tokens]\nkey_repository = \"{}\"\nschedule = \"1s\"\nexpiration = \"1s\"\nallow_expired_window = 0\nmargin = 0\nrepair = true\n",
-        dir.display()
-    )).unwrap();
-    let d = Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[]);
-    assert!(
-        d.wait_log("purged key", Duration::from_secs(10)),
-        "{}",
-        d.log()
-    );
+    let d = purging_with_repair(&t.path().join("fernetd.toml"), &dir);
     // The number of a key fernetd purged.
     let purged = (1..).find(|n| !dir.join(n.to_string()).exists()).unwrap();
     std::fs::write(dir.join(purged.to_string()), "not a key\n").unwrap();

@@ -775,6 +775,17 @@ pub fn event(suffix: &str, value: &[u8], put: bool, node: &str, lease: i64) -> O
 mod tests {
     use super::*;
 
+    /// [`decide`] for a name the key set does not list, with no former name.
+    fn unlisted(
+        node: &str,
+        me: &Identity,
+        seen: &Seen,
+        local: &Local,
+        alive: impl Fn(u32) -> bool,
+    ) -> Decision {
+        decide(node, me, seen, local, None, Listed::No, alive)
+    }
+
     fn id(lease: i64, boot: &str, host: &str, pid: u32) -> Identity {
         Identity {
             lease,
@@ -804,15 +815,7 @@ mod tests {
     fn a_free_unrecorded_name_is_taken() {
         let me = id(1, "b1", "ctl", 10);
         assert_eq!(
-            decide(
-                "ctl",
-                &me,
-                &Seen::default(),
-                &Local::default(),
-                None,
-                Listed::No,
-                DEAD
-            ),
+            unlisted("ctl", &me, &Seen::default(), &Local::default(), DEAD),
             Decision::Take
         );
     }
@@ -822,15 +825,7 @@ mod tests {
         let me = id(2, "b2", "ctl", 10);
         let other = id(1, "b1", "ctl", 10);
         let s = seen(Some(other.clone()), Some(record(other.clone(), "t")));
-        let d = decide(
-            "ctl",
-            &me,
-            &s,
-            &Local::claimed("ctl", "t"),
-            None,
-            Listed::No,
-            DEAD,
-        );
+        let d = unlisted("ctl", &me, &s, &Local::claimed("ctl", "t"), DEAD);
         // Identical hostname AND identical token (a clone of a running node): still refused,
         // because the boot ids differ.
         assert_eq!(
@@ -854,42 +849,18 @@ mod tests {
         let me = id(2, "b1", "ctl", 11);
         let s = seen(Some(old.clone()), Some(record(old.clone(), "t")));
         assert_eq!(
-            decide(
-                "ctl",
-                &me,
-                &s,
-                &Local::claimed("ctl", "t"),
-                None,
-                Listed::No,
-                DEAD
-            ),
+            unlisted("ctl", &me, &s, &Local::claimed("ctl", "t"), DEAD),
             Decision::Take
         );
         // The old pid alive here: a second daemon, not a restart.
         assert!(matches!(
-            decide(
-                "ctl",
-                &me,
-                &s,
-                &Local::claimed("ctl", "t"),
-                None,
-                Listed::No,
-                ALIVE
-            ),
+            unlisted("ctl", &me, &s, &Local::claimed("ctl", "t"), ALIVE),
             Decision::Refuse(Refusal::Live { .. })
         ));
         // Same boot and host, the old pid gone, but another disk (a container on the same
         // kernel with the same hostname): refused.
         assert!(matches!(
-            decide(
-                "ctl",
-                &me,
-                &s,
-                &Local::claimed("ctl", "other"),
-                None,
-                Listed::No,
-                DEAD
-            ),
+            unlisted("ctl", &me, &s, &Local::claimed("ctl", "other"), DEAD),
             Decision::Refuse(Refusal::Live { .. })
         ));
         // Another session of this same process.
@@ -898,15 +869,7 @@ mod tests {
             ..old.clone()
         };
         assert_eq!(
-            decide(
-                "ctl",
-                &again,
-                &s,
-                &Local::default(),
-                None,
-                Listed::No,
-                ALIVE
-            ),
+            unlisted("ctl", &again, &s, &Local::default(), ALIVE),
             Decision::Take
         );
     }
@@ -917,7 +880,7 @@ mod tests {
         let me = id(2, "b2", "ctl", 10);
         let s = seen(None, Some(record(last.clone(), "t")));
         assert_eq!(
-            decide("ctl", &me, &s, &Local::default(), None, Listed::No, DEAD),
+            unlisted("ctl", &me, &s, &Local::default(), DEAD),
             Decision::Refuse(Refusal::Stale {
                 node: "ctl".into(),
                 last: last.clone()
@@ -925,23 +888,12 @@ mod tests {
         );
         // Its own disk after a reboot: taken.
         assert_eq!(
-            decide(
-                "ctl",
-                &me,
-                &s,
-                &Local::claimed("ctl", "t"),
-                None,
-                Listed::No,
-                DEAD
-            ),
+            unlisted("ctl", &me, &s, &Local::claimed("ctl", "t"), DEAD),
             Decision::Take
         );
         // A claim interrupted before etcd committed it: the previous token still counts.
         let pending = Local::claimed("ctl", "t").claiming("ctl", "u");
-        assert_eq!(
-            decide("ctl", &me, &s, &pending, None, Listed::No, DEAD),
-            Decision::Take
-        );
+        assert_eq!(unlisted("ctl", &me, &s, &pending, DEAD), Decision::Take);
     }
 
     /// Fails against the code before (it moved the old name's membership, or refused).
@@ -989,7 +941,7 @@ mod tests {
         let last = id(1, "b1", "n2", 28530);
         let me = id(2, "b2", "n2", 11);
         let s = seen(None, Some(record(last, "t")));
-        let d = decide("n2", &me, &s, &Local::default(), None, Listed::No, DEAD);
+        let d = unlisted("n2", &me, &s, &Local::default(), DEAD);
         let text = match d {
             Decision::Refuse(r) => r.to_string(),
             other => panic!("{other:?}"),

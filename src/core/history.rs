@@ -971,6 +971,11 @@ impl History {
         }
     }
 
+    /// Whether a key under `number` was recorded: held, or in the purge records.
+    pub fn records(&self, number: u64) -> bool {
+        self.keys.contains_key(&number) || self.purged.iter().any(|p| p.number == number)
+    }
+
     /// Records that fernetd purged `number` on purpose.
     pub fn record_purge(&mut self, number: u64, now: DateTime<Utc>) {
         if let Some(r) = self.keys.remove(&number) {

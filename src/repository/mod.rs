@@ -508,12 +508,7 @@ impl Repository {
         // A file that is not a key Keystone could read (garbage, empty) is replaced by its
         // copy; one fernetd cannot open is left alone: what it holds is not known (it may be
         // material Keystone reads as another user), and no copy may overwrite the unknown.
-        let unusable = |n: u64| {
-            scan.entries.iter().any(|e| {
-                matches!(&e.kind, EntryKind::Key { number, content: Err(p) }
-                    if *number == n && !matches!(p, crate::core::scan::ContentProblem::Unreadable(_)))
-            })
-        };
+        let non_keys = scan.non_keys();
         let copies = self.copies(w)?;
         let mut restored = Vec::new();
         // Keys that may have been Keystone's primary since the last look are needed too (an
@@ -535,21 +530,18 @@ impl Repository {
             .filter(|p| !history.keys.contains_key(&p.number))
             .map(|p| (p.number, p.fingerprint, true));
         let candidates: Vec<(u64, Fingerprint, bool)> = recorded.chain(lost).collect();
-        // A file that is no key under a number no key needs (a key past its window, purged
-        // since, or never recorded): Keystone's loader fails every token while it is there,
-        // and it holds no material a token could need. Removed, through the gate (which
-        // judges an unreadable slot by the history's key of that number).
-        // Only numbers the history knows: a key it holds past its window, or one it recorded
-        // purged (by fernetd, or found gone). A number it never saw (a rotation made outside
-        // fernetd, then the file broken) may have been Keystone's primary: that stays
-        // reported for the operator, as before.
+        // A file that is no key under a number whose key the history recorded (held past its
+        // window, or purged: by fernetd, or found gone) and no token needs: Keystone's loader
+        // fails every token while it is there, and it holds no material a token could need.
+        // Removed, through the gate (which judges an unreadable slot by the history's key of
+        // that number). A number the history never saw (a rotation made outside fernetd, then
+        // the file broken) may have been Keystone's primary: that stays reported for the
+        // operator.
         let needs = |n: u64| candidates.iter().any(|&(m, _, needed)| m == n && needed);
-        let known =
-            |n: u64| history.keys.contains_key(&n) || history.purged.iter().any(|p| p.number == n);
-        let cleared: Vec<u64> = scan
-            .non_keys()
-            .into_iter()
-            .filter(|&n| !needs(n) && known(n))
+        let cleared: Vec<u64> = non_keys
+            .iter()
+            .copied()
+            .filter(|&n| !needs(n) && history.records(n))
             .collect();
         // Every restore in one change, approved, then made with one directory fsync.
         let mut change = Change::from(slots(scan));
@@ -559,7 +551,7 @@ impl Repository {
                 continue;
             }
             let missing = !disk.contains_key(&n) && !w.repo.exists(&n.to_string())?;
-            if !(missing || unusable(n)) {
+            if !(missing || non_keys.contains(&n)) {
                 continue;
             }
             match own_key(&copies, &fingerprint.to_string())? {
@@ -576,6 +568,9 @@ impl Repository {
                 .map_err(|r| self.refused("restoring a key from its copy", &r))?;
             executor::restore(w, approval, &batch, &[])?;
         }
+        if cleared.is_empty() {
+            return Ok(Repairs { restored, cleared });
+        }
         // Apart: a removal the gate refuses (it judges the history's key of that number
         // still live) leaves the file, and the restores stand.
         let mut change = Change::from(slots(scan));
@@ -583,11 +578,11 @@ impl Repository {
             change.remove_key(n);
         }
         let cleared = match guard::approve(change, history, retention, now, false) {
-            Ok(approval) if !cleared.is_empty() => {
+            Ok(approval) => {
                 executor::restore(w, approval, &[], &cleared)?;
                 cleared
             }
-            _ => Vec::new(),
+            Err(_) => Vec::new(),
         };
         Ok(Repairs { restored, cleared })
     }
@@ -1255,15 +1250,11 @@ impl Repository {
         // or the set recorded and no token needs any more (its window closed, or purged):
         // removed, as repair does (Keystone's loader fails every token while it is there).
         // One whose key this node still counts live stays (a loss the gate would refuse).
-        let known = |n: u64| {
-            local.keys.contains_key(&n)
-                || local.purged.iter().any(|p| p.number == n)
-                || set.history.purged.iter().any(|p| p.number == n)
-        };
         let cleared: Vec<u64> = scan
             .non_keys()
             .into_iter()
-            .filter(|&n| !set.keys.contains_key(&n) && known(n))
+            .filter(|&n| !set.keys.contains_key(&n))
+            .filter(|&n| local.records(n) || set.history.records(n))
             .filter(|n| {
                 local
                     .keys
