@@ -211,6 +211,14 @@ impl Slot {
         for p in live.iter().chain(&self.unseen()) {
             sum.add(p);
         }
+        // Away from etcd, the set last applied is what the disk is judged against (as
+        // `fernetd status` does when etcd does not answer).
+        if let Mode::Cluster(c) = &self.mode {
+            if c.degraded.is_some() && !sum.applied_lacking.is_empty() {
+                let p = status::lacks_applied(&sum.applied_lacking);
+                sum.add(&p);
+            }
+        }
         (sum, live)
     }
 
@@ -1117,6 +1125,29 @@ impl Daemon {
             Mode::Cluster(c) => {
                 // The agent makes the disk match the cluster again; here only the
                 // repository's validity is judged (its history belongs to the cluster).
+                // With `repair = true`, every key of the set last applied comes back from its
+                // copy first, here: the agent needs etcd (or a set taken in this process) to
+                // restore one, and may be waiting on etcd for seconds.
+                match s
+                    .repo
+                    .restore_applied(s.m.settings.key_decryptable(), &clock)
+                {
+                    Ok(r) => {
+                        use crate::core::outcome::Said;
+                        let restored = r.restored.iter().map(|&number| Said::Repaired { number });
+                        let cleared = r
+                            .cleared
+                            .iter()
+                            .map(|&number| Said::ClearedNonKey { number });
+                        for said in restored.chain(cleared) {
+                            tracing::warn!("{}: {said}", s.kind);
+                        }
+                    }
+                    Err(e) => tracing::error!(
+                        "{}: could not restore the key set last applied from its copies: {e}",
+                        s.kind
+                    ),
+                }
                 let _ = c.drift.send(());
                 if !c.in_step {
                     return;

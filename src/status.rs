@@ -55,6 +55,11 @@ pub struct Summary {
     /// Where the judgement comes from: `daemon (pid N)` when a running daemon's live view was
     /// added to the disk's, else `disk`.
     pub view: String,
+    /// Keys of the history (in cluster mode, the key set this node last applied) whose
+    /// material is not on disk, key 0 aside: judged against the cluster's set when etcd
+    /// answers, against this when it does not ([`Summary::add_cluster`]).
+    #[serde(skip)]
+    pub applied_lacking: Vec<u64>,
 }
 
 /// Why `status` has no view of the cluster: etcd could not be read, or what it holds does
@@ -237,6 +242,7 @@ impl Summary {
             refused: false,
             clock_problem: false,
             rotation_failing: false,
+            applied_lacking: Vec::new(),
         }
     }
 
@@ -350,6 +356,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             return sum;
         }
     };
+    sum.applied_lacking = lacking(&history, &scan.fingerprints());
     // The same findings, in the same words, as `setup` and `rotate` give.
     let state = repo.state_path();
     for c in history.contradictions(&crate::repository::present(&scan, &history)) {
@@ -704,6 +711,38 @@ impl ClusterView {
 /// How this node differs from the cluster's set it may take, by what is at stake: a key other
 /// than the staged one missing here is critical (tokens the other nodes issue or accept with it
 /// fail here now); only the staged key, or keys beyond the set, a warning (the gate waits).
+/// The keys of `history` above 0 whose material `disk` does not hold under any number (by
+/// material, as the cluster's `lacking`: a node one rotation behind holds the primary as 0).
+fn lacking(
+    history: &crate::core::history::History,
+    disk: &std::collections::BTreeMap<u64, crate::core::key::Fingerprint>,
+) -> Vec<u64> {
+    history
+        .keys
+        .iter()
+        .filter(|(n, r)| **n != 0 && !disk.values().any(|held| *held == r.fingerprint))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// Etcd unreachable and the disk lacks keys of the set this node last applied: critical, as a
+/// key the cluster's set holds is when etcd answers. Nothing here shows that no token needs
+/// them: this node's clock may call a key past its window while a peer whose daemon is away
+/// still encrypts with it (the cluster counts a demotion from the peer's acknowledgement).
+pub fn lacks_applied(keys: &[u64]) -> Problem {
+    let keys: Vec<String> = keys.iter().map(u64::to_string).collect();
+    Problem::new(
+        Code::ClusterDiffers,
+        format!(
+            "lacks key {} of the key set this node last applied, and etcd cannot say that no \
+             token needs it: tokens other nodes issue with it fail here; restore it (repair = \
+             true restores it from .fernetd/copies) or bring etcd back",
+            keys.join(", ")
+        ),
+    )
+    .at(Level::Critical)
+}
+
 fn differs(v: &ClusterView) -> Problem {
     if v.lacking.is_empty() {
         return Problem::new(
@@ -739,7 +778,11 @@ impl Summary {
     pub fn add_cluster(&mut self, view: &Result<ClusterView, ViewError>) {
         match view {
             Err(ViewError::Unreachable(e)) => {
-                self.raise(Code::ClusterUnreachable, format!("cluster: {e}"))
+                self.raise(Code::ClusterUnreachable, format!("cluster: {e}"));
+                if !self.applied_lacking.is_empty() {
+                    let p = lacks_applied(&self.applied_lacking);
+                    self.add(&p);
+                }
             }
             Err(ViewError::Refused(e)) => self.raise_once(
                 Code::InputRefused,
@@ -1050,6 +1093,45 @@ mod tests {
         assert!(why.contains("run fernetd sync"), "{why}");
         // A key beyond the set (unknown to the history): a warning.
         assert_eq!(judged(None, true).0, Level::Warning);
+    }
+
+    /// Chaos seed 2026 (one hour, 2159.7 s): etcd away, a key of the set last applied gone
+    /// is critical (by material: a key held under another number is no loss), and only then.
+    #[test]
+    fn a_key_of_the_set_last_applied_missing_is_critical_only_while_etcd_is_away() {
+        let now: Now = Utc::now().into();
+        let set = KeySet::fresh(&now).unwrap();
+        let primary = set.primary().unwrap();
+        let judged = |disk, view| applied_judged(&set, disk, view).level;
+        let away = || Err(ViewError::Unreachable("no member answered".into()));
+        assert_eq!(judged(set.fingerprints(), away()), Level::Warning);
+        let mut gone = set.fingerprints();
+        gone.remove(&primary);
+        assert_eq!(judged(gone.clone(), away()), Level::Critical);
+        // The primary's material under another number (a rename, a node behind): held.
+        let mut moved = gone.clone();
+        moved.insert(primary + 1, set.fingerprints()[&primary]);
+        assert_eq!(judged(moved, away()), Level::Warning);
+        // The staged key 0 alone missing: nothing encrypts with it yet.
+        let mut staged = set.fingerprints();
+        staged.remove(&0);
+        assert_eq!(judged(staged, away()), Level::Warning);
+        // A refused set says so in its own words; the applied set is not judged then.
+        let refused = Err(ViewError::Refused("sealed with another key".into()));
+        let problems = applied_judged(&set, gone, refused).problems;
+        assert!(!format!("{problems:?}").contains("last applied"));
+    }
+
+    /// A node whose disk is `disk` after applying `set`, judged with the cluster's `view`.
+    fn applied_judged(
+        set: &KeySet,
+        disk: std::collections::BTreeMap<u64, crate::core::key::Fingerprint>,
+        view: Result<ClusterView, ViewError>,
+    ) -> Summary {
+        let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
+        sum.applied_lacking = lacking(&set.history, &disk);
+        sum.add_cluster(&view);
+        sum
     }
 
     /// attack22 F5: a node one rotation behind holds the cluster's primary as its key 0;

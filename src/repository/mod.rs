@@ -485,9 +485,10 @@ impl Repository {
     }
 
     /// Restores keys of the history that are missing or unreadable on disk and still needed
-    /// (key 0, the primary, or inside their retention window), from fernetd's copies. Nothing
-    /// is restored when the change includes a rotation fernetd did not make: its deletions
-    /// were that tool's purge. Returns the restored numbers. Caller holds the lock.
+    /// (key 0, the primary, or inside their retention window; with [`Needed::Every`], every
+    /// key the history holds), from fernetd's copies. Nothing is restored when the change
+    /// includes a rotation fernetd did not make: its deletions were that tool's purge.
+    /// Returns the restored numbers. Caller holds the lock.
     fn repair_from_copies(
         &self,
         w: &Writer,
@@ -495,6 +496,7 @@ impl Repository {
         history: &History,
         retention: Duration,
         now: &Now,
+        needed: Needed,
     ) -> Result<Repairs> {
         let disk = scan.fingerprints();
         let rotated_elsewhere = history
@@ -517,7 +519,8 @@ impl Repository {
         // Keys the history holds, and keys recorded lost inside their window (by a `setup`,
         // `rotate` or `status` that ran without repair) whose number is still free.
         let recorded = history.keys.iter().map(|(&n, r)| {
-            let needed = n == 0
+            let needed = needed == Needed::Every
+                || n == 0
                 || Some(n) == primary
                 || stood.contains(&n)
                 || r.retained_until(retention, now) > now.wall;
@@ -954,7 +957,7 @@ impl Repository {
             return Ok(scan);
         }
         let Repairs { restored, cleared } =
-            self.repair_from_copies(w, &scan, history, retention, now)?;
+            self.repair_from_copies(w, &scan, history, retention, now, Needed::InWindow)?;
         if restored.is_empty() && cleared.is_empty() {
             return Ok(scan);
         }
@@ -1083,7 +1086,7 @@ impl Repository {
             Repairs {
                 restored: repaired,
                 cleared,
-            } = self.repair_from_copies(&w, &scan, &history, retention, now)?;
+            } = self.repair_from_copies(&w, &scan, &history, retention, now, Needed::InWindow)?;
             if !repaired.is_empty() || !cleared.is_empty() {
                 scan = w.scan()?;
                 for &n in &stood {
@@ -1108,6 +1111,33 @@ impl Repository {
             cleared,
             history,
         })
+    }
+
+    /// Cluster mode, `repair = true`: restores from fernetd's copies every key the history
+    /// (the key set this node last applied) holds that is missing or holds no key on disk,
+    /// whatever this node's clock says of its window: only the cluster's set says when a key
+    /// is no longer needed, and etcd may be away (a restarted daemon has no set in memory to
+    /// restore from). Records nothing: the history already says these keys are here. Takes
+    /// the lock only when the disk differs.
+    pub fn restore_applied(&self, retention: Duration, now: &Now) -> Result<Repairs> {
+        if !self.repair {
+            return Ok(Repairs::default());
+        }
+        let scan = self.scan()?;
+        let history = self.history()?;
+        let held = scan.fingerprints();
+        let whole = history
+            .keys
+            .iter()
+            .all(|(n, r)| held.get(n) == Some(&r.fingerprint));
+        if whole && scan.non_keys().is_empty() {
+            return Ok(Repairs::default());
+        }
+        let w = self.lock()?;
+        let now = &self.anchor(&w, now)?;
+        let scan = w.scan()?;
+        let history = self.trusted_history(&w, &scan, now)?;
+        self.repair_from_copies(&w, &scan, &history, retention, now, Needed::Every)
     }
 
     /// The repository as a key set (cluster import): completes an interrupted rotation,
@@ -1436,9 +1466,21 @@ pub struct Observed {
 
 /// What a repair did: keys restored from their copies, files that held no key removed.
 #[derive(Debug, Default)]
-struct Repairs {
-    restored: Vec<u64>,
-    cleared: Vec<u64>,
+pub struct Repairs {
+    pub restored: Vec<u64>,
+    pub cleared: Vec<u64>,
+}
+
+/// Which keys of the history a repair restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needed {
+    /// Key 0, the primary, and keys inside their retention window (standalone: the history
+    /// is this node's, and says when no token needs a key).
+    InWindow,
+    /// Every key the history holds (cluster mode: the history is the key set this node last
+    /// applied, and only the cluster's set says when a key is no longer needed: a peer's
+    /// Keystone may still issue with a key this node's own clock calls past its window).
+    Every,
 }
 
 impl Observed {
