@@ -206,7 +206,7 @@ pub struct Creds {
     errors: u64,
     ops: Vec<Op>,
     /// The node whose Keystone writes in bursts while an operator rotates elsewhere.
-    burst: Option<usize>,
+    pub burst: Option<usize>,
     removed: Vec<Removed>,
     renames: usize,
     /// When the first credential violation was found (the run's clock).
@@ -280,6 +280,11 @@ impl Creds {
             .expect("read Keystone's credential answer");
         serde_json::from_str(&line)
             .unwrap_or_else(|_| panic!("Keystone's credential side said {line:?}"))
+    }
+
+    /// No operator's command runs and no node writes in bursts.
+    pub fn idle(&self) -> bool {
+        self.ops.is_empty() && self.burst.is_none()
     }
 
     /// Whether an operator's action holds `node` (the nemesis leaves it alone meanwhile).
@@ -628,6 +633,26 @@ pub fn inject(run: &mut Run, f: Fault, i: usize) {
                     ));
                 }
             }
+            run.creds.ops.push(Op {
+                child,
+                node: i,
+                what: what.clone(),
+                fault: f,
+            });
+            run.fault(f, what);
+        }
+        // The operator's `fernetd rotate --kind credentials`: its migration and the leader's
+        // (every CRED_SCHEDULE) race, each then rotating the cluster's set.
+        Fault::CredFernetdRotate => {
+            if !run.creds.ops.is_empty() {
+                return;
+            }
+            let mut cmd = run.nodes[i].command(&["rotate", "--kind", "credentials"]);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let Ok(child) = cmd.spawn() else { return };
+            let what = format!("fernetd rotate --kind credentials on {label}");
             run.creds.ops.push(Op {
                 child,
                 node: i,
