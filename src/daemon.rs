@@ -1132,17 +1132,7 @@ impl Daemon {
                     .repo
                     .restore_applied(s.m.settings.key_decryptable(), &clock)
                 {
-                    Ok(r) => {
-                        use crate::core::outcome::Said;
-                        let restored = r.restored.iter().map(|&number| Said::Repaired { number });
-                        let cleared = r
-                            .cleared
-                            .iter()
-                            .map(|&number| Said::ClearedNonKey { number });
-                        for said in restored.chain(cleared) {
-                            tracing::warn!("{}: {said}", s.kind);
-                        }
-                    }
+                    Ok(r) => say_repairs(s.kind, &r.restored, &r.cleared),
                     Err(e) => tracing::error!(
                         "{}: could not restore the key set last applied from its copies: {e}",
                         s.kind
@@ -1170,15 +1160,7 @@ impl Daemon {
         let mut changed = false;
         match s.repo.observe(retention, &clock) {
             Ok(obs) => {
-                use crate::core::outcome::Said;
-                let repaired = obs.repaired.iter().map(|&number| Said::Repaired { number });
-                let cleared = obs
-                    .cleared
-                    .iter()
-                    .map(|&number| Said::ClearedNonKey { number });
-                for said in repaired.chain(cleared) {
-                    tracing::warn!("{}: {said}", s.kind);
-                }
+                say_repairs(s.kind, &obs.repaired, &obs.cleared);
                 for c in &obs.changes {
                     changed = true;
                     match c {
@@ -1644,6 +1626,16 @@ fn file_synced(path: &std::path::Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{shown} does not say synchronized"))
+    }
+}
+
+/// Logs what a repair did: keys restored from their copies, files that held no key removed.
+fn say_repairs(kind: &str, restored: &[u64], cleared: &[u64]) {
+    use crate::core::outcome::Said;
+    let restored = restored.iter().map(|&number| Said::Repaired { number });
+    let cleared = cleared.iter().map(|&number| Said::ClearedNonKey { number });
+    for said in restored.chain(cleared) {
+        tracing::warn!("{kind}: {said}");
     }
 }
 

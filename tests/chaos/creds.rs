@@ -589,6 +589,26 @@ fn other(run: &Run, i: usize) -> Option<usize> {
         .find(|&j| j != i && run.nodes[j].serving() && run.nodes[j].daemon.is_some())
 }
 
+/// Starts an operator's command on node `i` (its output dropped) as fault `f`, followed by
+/// [`progress`] until it ends; a command that cannot start is no fault (a burst it asked for
+/// ends with it).
+fn start(run: &mut Run, mut cmd: Command, i: usize, f: Fault, what: String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let Ok(child) = cmd.spawn() else {
+        run.creds.burst = None;
+        return;
+    };
+    run.creds.ops.push(Op {
+        child,
+        node: i,
+        what: what.clone(),
+        fault: f,
+    });
+    run.fault(f, what);
+}
+
 /// The nemesis's operator actions; `i` is the node picked, not busy with another fault.
 pub fn inject(run: &mut Run, f: Fault, i: usize) {
     if run.creds.busy(i) || !run.nodes[i].serving() || run.nodes[i].daemon.is_none() {
@@ -597,7 +617,8 @@ pub fn inject(run: &mut Run, f: Fault, i: usize) {
     let label = run.nodes[i].label.clone();
     match f {
         Fault::CredRotate | Fault::CredRotateRacing => {
-            if !run.creds.ops.is_empty() {
+            // One burst at a time: a node cut off while it writes keeps its own.
+            if !run.creds.idle() {
                 return;
             }
             let c = keystone_conf(&run.nodes[i]).display().to_string();
@@ -610,15 +631,8 @@ pub fn inject(run: &mut Run, f: Fault, i: usize) {
                 step("credential_rotate"),
                 step("credential_migrate")
             );
-            let Ok(child) = Command::new("sh")
-                .args(["-c", &script])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-            else {
-                return;
-            };
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", &script]);
             let mut what =
                 format!("keystone-manage credential_rotate + credential_migrate on {label}");
             if f == Fault::CredRotateRacing {
@@ -633,13 +647,7 @@ pub fn inject(run: &mut Run, f: Fault, i: usize) {
                     ));
                 }
             }
-            run.creds.ops.push(Op {
-                child,
-                node: i,
-                what: what.clone(),
-                fault: f,
-            });
-            run.fault(f, what);
+            start(run, cmd, i, f, what);
         }
         // The operator's `fernetd rotate --kind credentials`: its migration and the leader's
         // (every CRED_SCHEDULE) race, each then rotating the cluster's set.
@@ -647,19 +655,9 @@ pub fn inject(run: &mut Run, f: Fault, i: usize) {
             if !run.creds.ops.is_empty() {
                 return;
             }
-            let mut cmd = run.nodes[i].command(&["rotate", "--kind", "credentials"]);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let Ok(child) = cmd.spawn() else { return };
+            let cmd = run.nodes[i].command(&["rotate", "--kind", "credentials"]);
             let what = format!("fernetd rotate --kind credentials on {label}");
-            run.creds.ops.push(Op {
-                child,
-                node: i,
-                what: what.clone(),
-                fault: f,
-            });
-            run.fault(f, what);
+            start(run, cmd, i, f, what);
         }
         Fault::RemoveNode => {
             let Some(j) = other(run, i) else { return };
