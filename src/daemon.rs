@@ -214,9 +214,10 @@ impl Slot {
         // Away from etcd, the set last applied is what the disk is judged against (as
         // `fernetd status` does when etcd does not answer).
         if let Mode::Cluster(c) = &self.mode {
-            if c.degraded.is_some() && !sum.applied_lacking.is_empty() {
-                let p = status::lacks_applied(&sum.applied_lacking);
-                sum.add(&p);
+            if c.degraded.is_some() {
+                for p in sum.applied.clone() {
+                    sum.add(&p);
+                }
             }
         }
         (sum, live)
@@ -560,7 +561,7 @@ impl Daemon {
             let has_keys = s.repo.scan().map(|sc| sc.key_entries().next().is_some());
             if has_keys.unwrap_or(false) {
                 // The agent's reports say what keeps this node from the cluster's keys.
-                match s.repo.setup(m.settings.key_retention(), now) {
+                match s.repo.resume(m.settings.key_retention(), now) {
                     Ok(out) => log_outcome(s.kind, &out),
                     Err(e) => tracing::error!("{}: {e}", s.kind),
                 }
@@ -1139,19 +1140,43 @@ impl Daemon {
                     ),
                 }
                 let _ = c.drift.send(());
-                if !c.in_step {
-                    return;
-                }
+                // In step, the disk's validity (the agent keeps it the cluster's set); away
+                // from the cluster, the disk against the set last applied too (a key it lacks,
+                // a primary it never held), which nothing else here would say.
+                let in_step = c.in_step;
                 let (problems, warnings) = match s.repo.scan() {
-                    Ok(scan) => split(&crate::core::check::check(&scan, s.repo_owner())),
+                    Ok(scan) if in_step => split(&crate::core::check::check(&scan, s.repo_owner())),
+                    Ok(scan) => match s.repo.history() {
+                        Ok(h) => (
+                            status::against_applied(&h, &scan.fingerprints())
+                                .into_iter()
+                                .map(|p| format!("{} [{}]", p.message, p.code))
+                                .collect(),
+                            BTreeSet::new(),
+                        ),
+                        Err(e) => (BTreeSet::from([e.to_string()]), BTreeSet::new()),
+                    },
                     Err(e) => (BTreeSet::from([e.to_string()]), BTreeSet::new()),
                 };
                 note_warnings(s.kind, &mut s.warnings, warnings);
+                let new_problems = problems.difference(&s.problems).count() > 0;
                 for p in problems.difference(&s.problems) {
                     tracing::error!("{}: {p}", s.kind);
                 }
-                s.healthy = Some(problems.is_empty());
+                // Out of step and clean, not judged yet: the first set taken is validated
+                // (READY=1 waits for that).
+                s.healthy = match (in_step, problems.is_empty()) {
+                    (true, clean) => Some(clean),
+                    (false, true) => None,
+                    (false, false) => Some(false),
+                };
                 s.problems = problems;
+                if new_problems {
+                    self.metrics.validation_failed(self.slots[i].kind);
+                    if let Some(argv) = self.slots[i].m.settings.hooks.on_invalid.clone() {
+                        self.spawn_hook(i, argv, Event::Invalid);
+                    }
+                }
                 return;
             }
         };

@@ -6,10 +6,13 @@
 use crate::config::{Kind, Managed};
 use crate::core::check::{Finding, Severity};
 use crate::core::clock::Now;
+use crate::core::history::History;
+use crate::core::key::Fingerprint;
 pub use crate::core::problem::{Code, Level, Problem};
 use crate::repository::Repository;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A rotation this late past its slot makes the repository a warning (daemon down or failing).
@@ -55,11 +58,12 @@ pub struct Summary {
     /// Where the judgement comes from: `daemon (pid N)` when a running daemon's live view was
     /// added to the disk's, else `disk`.
     pub view: String,
-    /// Keys of the history (in cluster mode, the key set this node last applied) whose
-    /// material is not on disk, key 0 aside: judged against the cluster's set when etcd
-    /// answers, against this when it does not ([`Summary::add_cluster`]).
+    /// In cluster mode, the disk judged against the history (the key set this node last
+    /// applied): keys it lacks, a primary it does not hold ([`against_applied`]). Said when
+    /// etcd does not answer; when it does, the cluster's set is the judge
+    /// ([`Summary::add_cluster`]).
     #[serde(skip)]
-    pub applied_lacking: Vec<u64>,
+    pub applied: Vec<Problem>,
 }
 
 /// Why `status` has no view of the cluster: etcd could not be read, or what it holds does
@@ -242,7 +246,7 @@ impl Summary {
             refused: false,
             clock_problem: false,
             rotation_failing: false,
-            applied_lacking: Vec::new(),
+            applied: Vec::new(),
         }
     }
 
@@ -356,7 +360,7 @@ pub fn summarize(m: &Managed, repo: &Repository, clock: &Now) -> Summary {
             return sum;
         }
     };
-    sum.applied_lacking = lacking(&history, &scan.fingerprints());
+    sum.applied = against_applied(&history, &scan.fingerprints());
     // The same findings, in the same words, as `setup` and `rotate` give.
     let state = repo.state_path();
     for c in history.contradictions(&crate::repository::present(&scan, &history)) {
@@ -483,6 +487,10 @@ pub struct ClusterView {
     /// under: tokens the other nodes issue (primary) or still accept with them fail here.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lacking: Vec<u64>,
+    /// This node's primary, when neither the set nor its history holds that material: every
+    /// token it issues fails on the other nodes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign_primary: Option<u64>,
     /// Every live node's acknowledgement: its applied revision and whether it holds the
     /// staged key (the promotion gate waits on those that do not).
     pub nodes: Vec<NodeView>,
@@ -592,6 +600,13 @@ pub fn cluster_view(
             .filter(|(n, fp)| **n != 0 && !local.values().any(|held| held == *fp))
             .map(|(n, _)| *n)
             .collect(),
+        foreign_primary: foreign_primary(
+            local,
+            &set.fingerprints()
+                .into_values()
+                .chain(history.keys.values().map(|r| r.fingerprint))
+                .collect::<Vec<_>>(),
+        ),
         gate_waiting_on: waiting.clone(),
         gate_refused: crate::core::skew::refusing(acks, &waiting),
         nodes,
@@ -713,10 +728,7 @@ impl ClusterView {
 /// fail here now); only the staged key, or keys beyond the set, a warning (the gate waits).
 /// The keys of `history` above 0 whose material `disk` does not hold under any number (by
 /// material, as the cluster's `lacking`: a node one rotation behind holds the primary as 0).
-fn lacking(
-    history: &crate::core::history::History,
-    disk: &std::collections::BTreeMap<u64, crate::core::key::Fingerprint>,
-) -> Vec<u64> {
+fn lacking(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64> {
     history
         .keys
         .iter()
@@ -725,19 +737,54 @@ fn lacking(
         .collect()
 }
 
-/// Etcd unreachable and the disk lacks keys of the set this node last applied: critical, as a
-/// key the cluster's set holds is when etcd answers. Nothing here shows that no token needs
-/// them: this node's clock may call a key past its window while a peer whose daemon is away
-/// still encrypts with it (the cluster counts a demotion from the peer's acknowledgement).
-pub fn lacks_applied(keys: &[u64]) -> Problem {
-    let keys: Vec<String> = keys.iter().map(u64::to_string).collect();
+/// The disk against the key set this node last applied (its history), for when etcd does not
+/// answer: each problem critical, as the same finding against the cluster's set is. Nothing
+/// here shows that no token needs a key the set held: this node's clock may call it past its
+/// window while a peer whose daemon is away still encrypts with it (the cluster counts a
+/// demotion from the peer's acknowledgement). A primary the set did not hold encrypts tokens
+/// no other node can read. Nothing for a node that never applied a set.
+pub fn against_applied(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if history.keys.is_empty() {
+        return out;
+    }
+    let keys: Vec<String> = lacking(history, disk).iter().map(u64::to_string).collect();
+    if !keys.is_empty() {
+        out.push(
+            Problem::new(
+                Code::ClusterDiffers,
+                format!(
+                    "lacks key {} of the key set this node last applied, and etcd cannot say \
+                     that no token needs it: tokens other nodes issue with it fail here; copy it \
+                     from a node that holds it, or bring etcd back (the daemon then restores it)",
+                    keys.join(", ")
+                ),
+            )
+            .at(Level::Critical),
+        );
+    }
+    let known: Vec<Fingerprint> = history.keys.values().map(|r| r.fingerprint).collect();
+    if let Some(n) = foreign_primary(disk, &known) {
+        out.push(foreign(n, "the key set this node last applied"));
+    }
+    out
+}
+
+/// The disk's primary when its material is none of `known`: Keystone here encrypts every new
+/// token with a key no other node holds.
+fn foreign_primary(disk: &BTreeMap<u64, Fingerprint>, known: &[Fingerprint]) -> Option<u64> {
+    let top = crate::core::history::primary(disk.keys().copied())?;
+    (!known.contains(&disk[&top])).then_some(top)
+}
+
+/// A primary on this node that `set` (the cluster's key set, or the one last applied) does
+/// not hold: critical.
+fn foreign(n: u64, set: &str) -> Problem {
     Problem::new(
         Code::ClusterDiffers,
         format!(
-            "lacks key {} of the key set this node last applied, and etcd cannot say that no \
-             token needs it: tokens other nodes issue with it fail here; restore it (repair = \
-             true restores it from .fernetd/copies) or bring etcd back",
-            keys.join(", ")
+            "key {n}, this node's primary, is not in {set}: every token this node issues fails \
+             on the other nodes (a key written outside fernetd?)"
         ),
     )
     .at(Level::Critical)
@@ -779,8 +826,7 @@ impl Summary {
         match view {
             Err(ViewError::Unreachable(e)) => {
                 self.raise(Code::ClusterUnreachable, format!("cluster: {e}"));
-                if !self.applied_lacking.is_empty() {
-                    let p = lacks_applied(&self.applied_lacking);
+                for p in self.applied.clone() {
                     self.add(&p);
                 }
             }
@@ -830,6 +876,9 @@ impl Summary {
                 }
                 if !v.in_sync && v.refused.is_none() {
                     self.add(&differs(v));
+                }
+                if let Some(n) = v.foreign_primary {
+                    self.add(&foreign(n, "the cluster's key set"));
                 }
                 // Said in the same words as the leader's daemon: `add` keeps one of the two.
                 for node in &v.unauthenticated {
@@ -1112,6 +1161,11 @@ mod tests {
         let mut moved = gone.clone();
         moved.insert(primary + 1, set.fingerprints()[&primary]);
         assert_eq!(judged(moved, away()), Level::Warning);
+        // A primary the set never held (written outside fernetd): its tokens fail elsewhere.
+        let other = KeySet::fresh(&now).unwrap();
+        let mut foreign = set.fingerprints();
+        foreign.insert(primary + 1, other.fingerprints()[&other.primary().unwrap()]);
+        assert_eq!(judged(foreign, away()), Level::Critical);
         // The staged key 0 alone missing: nothing encrypts with it yet.
         let mut staged = set.fingerprints();
         staged.remove(&0);
@@ -1129,7 +1183,7 @@ mod tests {
         view: Result<ClusterView, ViewError>,
     ) -> Summary {
         let mut sum = Summary::new(Kind::Tokens, PathBuf::new());
-        sum.applied_lacking = lacking(&set.history, &disk);
+        sum.applied = against_applied(&set.history, &disk);
         sum.add_cluster(&view);
         sum
     }

@@ -499,11 +499,13 @@ impl Repository {
         needed: Needed,
     ) -> Result<Repairs> {
         let disk = scan.fingerprints();
+        // Standalone, such a rotation's deletions were that tool's purge. In a cluster the set
+        // decides: keystone-manage's purge there is a loss like any other.
         let rotated_elsewhere = history
             .keys
             .get(&0)
             .is_some_and(|r| disk.iter().any(|(&n, &fp)| n > 0 && fp == r.fingerprint));
-        if rotated_elsewhere {
+        if rotated_elsewhere && needed == Needed::InWindow {
             return Ok(Repairs::default());
         }
         let primary = history.primary();
@@ -1138,6 +1140,41 @@ impl Repository {
         let scan = w.scan()?;
         let history = self.trusted_history(&w, &scan, now)?;
         self.repair_from_copies(&w, &scan, &history, retention, now, Needed::Every)
+    }
+
+    /// Cluster mode, a daemon's start: completes an interrupted write and (`repair = true`)
+    /// restores the key set last applied from the copies ([`Repository::restore_applied`]).
+    /// Unlike `setup`, it records nothing: the history is the set this node last applied, and
+    /// a key of it gone from the disk stays there, judged against the cluster's set by the
+    /// agent and against the history by `status` while etcd is away. Recorded as gone, a key
+    /// this node's clock calls past its window would vanish from every report.
+    /// A repository that holds no history yet (keys made by another tool, a node joining)
+    /// is set up as `setup` does: its keys adopted, so that the guard knows them.
+    pub fn resume(&self, retention: Duration, now: &Now) -> Result<Outcome> {
+        if self.history()?.keys.is_empty() {
+            return self.setup(retention, now);
+        }
+        let mut out = Outcome::default();
+        let (w, now) = self.begin_timed_write(&mut out, now)?;
+        if self.repair {
+            let scan = w.scan()?;
+            let history = self.trusted_history(&w, &scan, &now)?;
+            let r = self.repair_from_copies(&w, &scan, &history, retention, &now, Needed::Every)?;
+            out.warnings.extend(
+                r.restored
+                    .iter()
+                    .map(|&number| Said::Repaired { number })
+                    .chain(
+                        r.cleared
+                            .iter()
+                            .map(|&number| Said::ClearedNonKey { number }),
+                    ),
+            );
+            out.repaired = r.restored;
+            out.cleared = r.cleared;
+        }
+        finish(&w, &mut out)?;
+        Ok(out)
     }
 
     /// The repository as a key set (cluster import): completes an interrupted rotation,
