@@ -1609,3 +1609,61 @@ fn init_force_racing_a_rotation_is_a_compare_and_swap() {
     }
     eprintln!("{won} inits won, {lost} lost the race, {committed} rotations committed");
 }
+
+/// A hostile re-test: `cluster init --force --force-purge` over a node holding more than
+/// sixteen keys (its history keeps sixteen closed purge records) left the repair copies of the
+/// keys past sixteen in `.fernetd/copies`, explained by no record: `status` was critical on
+/// every node, on every run ("left the disk unseen ... until" now plus the window), for good.
+/// The operator asked for those keys to go; their copies go with them.
+#[test]
+fn a_forced_purge_of_many_keys_leaves_no_copy_and_no_alarm_behind() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("n1");
+    let cfg = t.path().join("n1.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[keystone]\nconfig = \"/dev/null\"\n[tokens]\nkey_repository = \"{}\"\n\
+             schedule = \"1s\"\nexpiration = \"60s\"\nallow_expired_window = 0\nmargin = 0\n\
+             repair = true\n[cluster]\n{}endpoints = [\"{}\"]\nprefix = \"/test\"\n\
+             node = \"n1\"\nlease_ttl = \"2s\"\ndial_timeout = \"2s\"\nrequest_timeout = \"2s\"\n",
+            dir.display(),
+            cluster_lines(""),
+            etcd.endpoint
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    fernetd_ok(&["--config", cfg, "cluster", "init"]);
+    let d = daemon(Path::new(cfg));
+    assert!(
+        d.wait_for(secs(60), || dir.exists() && keys(&dir).len() >= 20),
+        "{:?}\n{}",
+        numbers(&dir),
+        d.log()
+    );
+    let before = keys(&dir).len();
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--force",
+        "--force-purge",
+    ]);
+    assert!(
+        d.wait_for(secs(15), || keys(&dir).len() <= 3),
+        "{:?}\n{}",
+        numbers(&dir),
+        d.log()
+    );
+    std::thread::sleep(secs(1));
+    let status = fernetd(&["--config", cfg, "status"]);
+    assert!(
+        status.code != 2 && !status.stdout.contains("left the disk unseen"),
+        "{before} keys purged at once: {}\n{}",
+        status.stdout,
+        d.log()
+    );
+}

@@ -714,7 +714,10 @@ impl History {
     /// Adds `p`, then drops the oldest closed records beyond [`PURGED_KEPT`]. Open losses and
     /// copies still kept at `now` stay, and so does a loss stamped with the boot clock for a
     /// week past its wall-clock end (a wall clock stepped back when it was recorded may have
-    /// dated that end early; `open_until` judges it by the boot clock).
+    /// dated that end early; `open_until` judges it by the boot clock). Records made at `now`
+    /// stay too, however many: the save that follows drops their repair copies on their word,
+    /// and a copy no record explains counts as a loss from every later moment (a forced set,
+    /// or a node many rotations behind, purges more than `PURGED_KEPT` keys at once).
     fn push_purged(&mut self, p: PurgedKey, now: DateTime<Utc>) {
         self.purged.push(p);
         let week = chrono::Duration::days(7);
@@ -726,7 +729,7 @@ impl History {
         let closed = self.purged.iter().filter(|p| !open(p)).count();
         let mut excess = closed.saturating_sub(PURGED_KEPT);
         self.purged.retain(|p| {
-            let drop = excess > 0 && !open(p);
+            let drop = excess > 0 && !open(p) && p.at < now;
             excess -= usize::from(drop);
             !drop
         });
@@ -1165,6 +1168,32 @@ mod tests {
         assert_eq!(h.purged.len(), PURGED_KEPT);
         assert!(was_purged(&h, f[f.len() - 1]) && was_purged(&h, f[8]));
         assert!(!was_purged(&h, f[7]));
+    }
+
+    /// A hostile re-test: `cluster init --force --force-purge` on a cluster older than the
+    /// window purged 22 keys in one apply; the records beyond PURGED_KEPT were trimmed before
+    /// the save dropped their repair copies, so 7 copies stayed unexplained and every node's
+    /// status was critical ("left the disk unseen ... until now + window") on every run.
+    #[test]
+    fn a_batch_of_purges_keeps_every_record_until_a_later_moment() {
+        let all = fps(PURGED_KEPT + 8);
+        let (f, next) = all.split_at(PURGED_KEPT + 7);
+        let mut h = History::new();
+        let disk: BTreeMap<u64, Fingerprint> = f
+            .iter()
+            .enumerate()
+            .map(|(i, fp)| (i as u64 + 1, *fp))
+            .collect();
+        h.reconcile(&disk, t(0));
+        for n in disk.keys() {
+            h.record_purge(*n, t(10));
+        }
+        assert_eq!(h.purged.len(), PURGED_KEPT + 7);
+        assert!(f.iter().all(|fp| h.copy_may_go(*fp, &Now::from(t(10)))));
+        // The next moment's record trims them.
+        h.reconcile(&BTreeMap::from([(99, next[0])]), t(11));
+        h.record_purge(99, t(11));
+        assert_eq!(h.purged.len(), PURGED_KEPT);
     }
 
     #[test]
