@@ -57,14 +57,7 @@ fn restarted_while_etcd_is_away(
 fn a_key_deleted_after_a_restart_while_etcd_is_away_comes_back_from_its_copy() {
     let mut etcd = EtcdCluster::start(1);
     let t = tempfile::tempdir().unwrap();
-    let cfg = node_with(
-        t.path(),
-        &etcd,
-        "n1",
-        "expiration = \"60s\"\nrepair = true\n",
-    );
-    let dir = t.path().join("n1");
-    let (d, before) = restarted_while_etcd_is_away(&mut etcd, &cfg, &dir);
+    let (dir, d, before) = repairing_node_restarted_while_etcd_is_away(&mut etcd, t.path());
     let primary = *before.keys().next_back().unwrap();
     let token = issue_token(&dir);
     std::fs::remove_file(dir.join(primary.to_string())).unwrap();
@@ -174,6 +167,18 @@ fn a_key_corrupted_while_etcd_is_away_is_restored_before_etcd_returns() {
     assert!(multifernet(&dir).decrypt(&token).is_ok());
 }
 
+/// [`restarted_while_etcd_is_away`] for node n1 under `base`, tokens valid 60 s, `repair =
+/// true`: its directory, the daemon, the keys before.
+fn repairing_node_restarted_while_etcd_is_away(
+    etcd: &mut EtcdCluster,
+    base: &Path,
+) -> (PathBuf, Daemon, std::collections::BTreeMap<u64, String>) {
+    let cfg = node_with(base, etcd, "n1", "expiration = \"60s\"\nrepair = true\n");
+    let dir = base.join("n1");
+    let (d, before) = restarted_while_etcd_is_away(etcd, &cfg, &dir);
+    (dir, d, before)
+}
+
 /// A node in step with a rotation applied (a primary and a staged key), then etcd killed.
 fn in_step_then_etcd_killed(etcd: &mut EtcdCluster, cfg: &Path, dir: &Path) -> Daemon {
     let cfg = cfg.to_str().unwrap();
@@ -225,14 +230,7 @@ fn rotate_like_keystone(dir: &Path, keep: usize) {
 fn keystone_manage_rotating_a_node_while_etcd_is_away_does_not_stop_its_repair() {
     let mut etcd = EtcdCluster::start(1);
     let t = tempfile::tempdir().unwrap();
-    let cfg = node_with(
-        t.path(),
-        &etcd,
-        "n1",
-        "expiration = \"60s\"\nrepair = true\n",
-    );
-    let dir = t.path().join("n1");
-    let (d, before) = restarted_while_etcd_is_away(&mut etcd, &cfg, &dir);
+    let (dir, d, before) = repairing_node_restarted_while_etcd_is_away(&mut etcd, t.path());
     let primary = *before.keys().next_back().unwrap();
     let token = issue_token(&dir);
     rotate_like_keystone(&dir, 2);
