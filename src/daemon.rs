@@ -1172,10 +1172,7 @@ impl Daemon {
                 };
                 s.problems = problems;
                 if new_problems {
-                    self.metrics.validation_failed(self.slots[i].kind);
-                    if let Some(argv) = self.slots[i].m.settings.hooks.on_invalid.clone() {
-                        self.spawn_hook(i, argv, Event::Invalid);
-                    }
+                    self.invalid(i);
                 }
                 return;
             }
@@ -1251,10 +1248,7 @@ impl Daemon {
         }
         s.problems = problems;
         if new_problems {
-            self.metrics.validation_failed(self.slots[i].kind);
-            if let Some(argv) = self.slots[i].m.settings.hooks.on_invalid.clone() {
-                self.spawn_hook(i, argv, Event::Invalid);
-            }
+            self.invalid(i);
         }
         // on_change is for valid changes made outside fernetd; an invalid one is on_invalid's.
         if changed && self.slots[i].problems.is_empty() {
@@ -1385,6 +1379,12 @@ impl Daemon {
             tracing::error!("{}: {why}", s.kind);
         }
         s.refused = Some(why);
+        self.invalid(i);
+    }
+
+    /// Repository `i` found invalid anew: counted in the metrics, and `on_invalid` run.
+    fn invalid(&self, i: usize) {
+        let s = &self.slots[i];
         self.metrics.validation_failed(s.kind);
         if let Some(argv) = s.m.settings.hooks.on_invalid.clone() {
             self.spawn_hook(i, argv, Event::Invalid);

@@ -592,14 +592,7 @@ pub fn cluster_view(
                 set.keys.contains_key(n)
                     || history.keys.get(n).is_some_and(|r| r.fingerprint == *fp)
             }),
-        // By material, not by number: a node one rotation behind holds the cluster's primary
-        // as its key 0, and Keystone there decrypts with every key it loads.
-        lacking: set
-            .fingerprints()
-            .iter()
-            .filter(|(n, fp)| **n != 0 && !local.values().any(|held| held == *fp))
-            .map(|(n, _)| *n)
-            .collect(),
+        lacking: lacking(&set.fingerprints(), local),
         foreign_primary: foreign_primary(
             local,
             &set.fingerprints()
@@ -723,16 +716,13 @@ impl ClusterView {
     }
 }
 
-/// How this node differs from the cluster's set it may take, by what is at stake: a key other
-/// than the staged one missing here is critical (tokens the other nodes issue or accept with it
-/// fail here now); only the staged key, or keys beyond the set, a warning (the gate waits).
-/// The keys of `history` above 0 whose material `disk` does not hold under any number (by
-/// material, as the cluster's `lacking`: a node one rotation behind holds the primary as 0).
-fn lacking(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64> {
-    history
-        .keys
+/// The keys of `expected` above 0 whose material `disk` does not hold under any number (by
+/// material: a node one rotation behind holds the cluster's primary as its key 0, and
+/// Keystone there decrypts with every key it loads).
+fn lacking(expected: &BTreeMap<u64, Fingerprint>, disk: &BTreeMap<u64, Fingerprint>) -> Vec<u64> {
+    expected
         .iter()
-        .filter(|(n, r)| **n != 0 && !disk.values().any(|held| *held == r.fingerprint))
+        .filter(|(n, fp)| **n != 0 && !disk.values().any(|held| held == *fp))
         .map(|(n, _)| *n)
         .collect()
 }
@@ -748,7 +738,10 @@ pub fn against_applied(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> 
     if history.keys.is_empty() {
         return out;
     }
-    let keys: Vec<String> = lacking(history, disk).iter().map(u64::to_string).collect();
+    let keys: Vec<String> = lacking(&history.fingerprints(), disk)
+        .iter()
+        .map(u64::to_string)
+        .collect();
     if !keys.is_empty() {
         out.push(
             Problem::new(
@@ -790,6 +783,9 @@ fn foreign(n: u64, set: &str) -> Problem {
     .at(Level::Critical)
 }
 
+/// How this node differs from the cluster's set it may take, by what is at stake: a key other
+/// than the staged one missing here is critical (tokens the other nodes issue or accept with it
+/// fail here now); only the staged key, or keys beyond the set, a warning (the gate waits).
 fn differs(v: &ClusterView) -> Problem {
     if v.lacking.is_empty() {
         return Problem::new(

@@ -118,6 +118,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// What a repair did, said and recorded.
+    fn repaired_by(&mut self, r: Repairs) {
+        let restored = r.restored.iter().map(|&number| Said::Repaired { number });
+        let cleared = r
+            .cleared
+            .iter()
+            .map(|&number| Said::ClearedNonKey { number });
+        self.warnings.extend(restored.chain(cleared));
+        self.repaired = r.restored;
+        self.cleared = r.cleared;
+    }
+
     /// Its warnings, then its notes, as sentences.
     pub fn said(&self) -> Vec<String> {
         self.warnings
@@ -963,14 +975,7 @@ impl Repository {
         if restored.is_empty() && cleared.is_empty() {
             return Ok(scan);
         }
-        for n in &restored {
-            out.warnings.push(Said::Repaired { number: *n });
-        }
-        for n in &cleared {
-            out.warnings.push(Said::ClearedNonKey { number: *n });
-        }
-        out.repaired = restored;
-        out.cleared = cleared;
+        out.repaired_by(Repairs { restored, cleared });
         w.scan()
     }
 
@@ -1137,9 +1142,15 @@ impl Repository {
         }
         let w = self.lock()?;
         let now = &self.anchor(&w, now)?;
+        self.restore_set(&w, retention, now)
+    }
+
+    /// Restores every key the history holds from its copy ([`Needed::Every`]). Caller holds
+    /// the lock.
+    fn restore_set(&self, w: &Writer, retention: Duration, now: &Now) -> Result<Repairs> {
         let scan = w.scan()?;
-        let history = self.trusted_history(&w, &scan, now)?;
-        self.repair_from_copies(&w, &scan, &history, retention, now, Needed::Every)
+        let history = self.trusted_history(w, &scan, now)?;
+        self.repair_from_copies(w, &scan, &history, retention, now, Needed::Every)
     }
 
     /// Cluster mode, a daemon's start: completes an interrupted write and (`repair = true`)
@@ -1157,21 +1168,7 @@ impl Repository {
         let mut out = Outcome::default();
         let (w, now) = self.begin_timed_write(&mut out, now)?;
         if self.repair {
-            let scan = w.scan()?;
-            let history = self.trusted_history(&w, &scan, &now)?;
-            let r = self.repair_from_copies(&w, &scan, &history, retention, &now, Needed::Every)?;
-            out.warnings.extend(
-                r.restored
-                    .iter()
-                    .map(|&number| Said::Repaired { number })
-                    .chain(
-                        r.cleared
-                            .iter()
-                            .map(|&number| Said::ClearedNonKey { number }),
-                    ),
-            );
-            out.repaired = r.restored;
-            out.cleared = r.cleared;
+            out.repaired_by(self.restore_set(&w, retention, &now)?);
         }
         finish(&w, &mut out)?;
         Ok(out)
