@@ -520,6 +520,13 @@ impl Cluster {
             .chain(imported)
             .flat_map(|l| l.members.clone())
             .collect();
+        // The forced purges either one followed: a node that missed one takes the new set
+        // as forced ([`crate::core::keyset::forced_for`]).
+        let purges: Vec<String> = replaced
+            .iter()
+            .chain(imported)
+            .flat_map(|l| l.purges.clone())
+            .collect();
         let fresh =
             || crate::core::keyset::Lineage::new().map_err(|e| ClusterError::Random(e.to_string()));
         let mut lineage = match (stored.is_some(), replaced, imported) {
@@ -540,7 +547,12 @@ impl Cluster {
             (false, _, Some(l)) => l.next(),
             (false, _, None) => fresh()?,
         };
-        lineage.forced = force_purge;
+        lineage.remember(&purges);
+        if force_purge {
+            lineage
+                .force()
+                .map_err(|e| ClusterError::Random(e.to_string()))?;
+        }
         lineage.etcd = Some(self.binding());
         lineage.members = members;
         let mut set = set.clone();

@@ -1667,3 +1667,128 @@ fn a_forced_purge_of_many_keys_leaves_no_copy_and_no_alarm_behind() {
         d.log()
     );
 }
+
+/// scripts/chaos, seed 15 (issue 25): a node whose daemon was down through an operator's
+/// `cluster init --force --force-purge` came back after `cluster init --force --from` a good
+/// node's repository had moved the set on. The force was the purged generation's alone, so the
+/// node refused every set after it (its own live keys were not in them): status critical and
+/// tokens the other nodes made failing there, for good. The purge it missed is the operator's
+/// word for it too: it takes the set, as it would have taken the forced one.
+#[test]
+fn a_node_down_through_a_forced_purge_takes_the_set_that_followed_it() {
+    missed_forced_purge(false);
+}
+
+/// The same, the way seed 15 met it: the purge was the remedy for a set of another cluster
+/// written over the cluster's, so what the node comes back to is another lineage than the one
+/// it follows (it refused it as another cluster's).
+#[test]
+fn a_node_down_through_a_remedys_forced_purge_takes_the_set_that_followed_it() {
+    missed_forced_purge(true);
+}
+
+fn missed_forced_purge(foreign: bool) {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    let good_s = good.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", good_s]);
+    rotate_ok(good_s, &[]);
+    let hourly = |name: &str, prefix: &str| {
+        let c = node(t.path(), &etcd, name, "");
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("schedule = \"2s\"", "schedule = \"1h\"")
+            .replace("prefix = \"/test\"", &format!("prefix = \"{prefix}\""));
+        std::fs::write(&c, text).unwrap();
+        c
+    };
+    let (ca, cb) = (hourly("a", "/test"), hourly("b", "/test"));
+    let (a_dir, b_dir) = (t.path().join("a"), t.path().join("b"));
+    let cfg = cb.to_str().unwrap();
+    fernetd_ok(&["--config", cfg, "cluster", "init"]);
+    let a = daemon(&ca);
+    let b = daemon(&cb);
+    for d in [&a, &b] {
+        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
+    }
+    // a's daemon dies; its Keystone serves on with the keys it holds.
+    a.kill9();
+    let held = keys(&a_dir);
+    if foreign {
+        // GOOD's keys as another cluster's set, written over the cluster's; the remedy's
+        // first step offers them again, still another cluster's: b refuses (the second may
+        // reach it before the first).
+        let other = hourly("other", "/other");
+        fernetd_ok(&[
+            "--config",
+            other.to_str().unwrap(),
+            "cluster",
+            "init",
+            "--from",
+            good_s,
+        ]);
+        let value = etcd.with_client(async |c| {
+            let r = c.get("/other/tokens/keyset", None).await.unwrap();
+            r.kvs()[0].value().to_vec()
+        });
+        put_raw(&etcd, value);
+        fernetd_ok(&[
+            "--config", cfg, "cluster", "init", "--force", "--from", good_s,
+        ]);
+        assert!(
+            b.wait_for(secs(10), || b
+                .log()
+                .matches("refused, every key stays")
+                .count()
+                >= 1),
+            "{}",
+            b.log()
+        );
+    }
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--force",
+        "--force-purge",
+        "--from",
+        good_s,
+    ]);
+    assert!(
+        b.wait_for(secs(10), || keys(&b_dir) == keys(&good)),
+        "b did not take the forced set: {:?}\n{}",
+        numbers(&b_dir),
+        b.log()
+    );
+    // The cluster moves on, not forced: a good node's repository written back.
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--force",
+        "--from",
+        b_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(keys(&a_dir), held);
+    let a = daemon(&ca);
+    assert!(
+        a.wait_for(secs(15), || keys(&a_dir) == keys(&b_dir)),
+        "a kept {:?} (b holds {:?})\n{}",
+        numbers(&a_dir),
+        numbers(&b_dir),
+        a.log()
+    );
+    // WARNING for the unsealed set alone: in sync, nothing lost or refused.
+    let status = status_until(&ca, 1);
+    assert!(
+        status.code == 1 && status.stdout.contains("this node in sync"),
+        "{}\n{}",
+        status.stdout,
+        a.log()
+    );
+    let tokens = vec![pack(&b_dir), pack(&b_dir)];
+    assert_all_unpack(&[a_dir], &tokens, &[&a]);
+}

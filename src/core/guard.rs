@@ -138,7 +138,8 @@ pub fn describe(losses: &[Loss]) -> String {
 /// decrypt a live token (judged with `retention`) unless its primary is newer than the disk's
 /// (a node that was cut off catches up, and keeps such keys beyond the set until their
 /// retention ends) and it does not put other material under that key's number. A set the
-/// operator forced ([`Lineage::forced`](crate::core::keyset::Lineage)) removes what it drops.
+/// operator forced, or that follows a forced purge the node never took
+/// ([`forced_for`](crate::core::keyset::forced_for)), removes what it drops.
 pub fn admission(
     set: &crate::core::keyset::KeySet,
     disk: &BTreeMap<u64, Fingerprint>,
@@ -150,7 +151,7 @@ pub fn admission(
     if !succession.acceptable() {
         return Err(Refusal::NotSuccessor(succession.to_string()));
     }
-    if set.history.lineage.as_ref().is_some_and(|l| l.forced) {
+    if crate::core::keyset::forced_for(local.lineage.as_ref(), set.history.lineage.as_ref()) {
         return Ok(Vec::new());
     }
     let wanted = set.fingerprints();

@@ -74,6 +74,14 @@ pub struct Lineage {
     /// (`--force-purge`). Only this generation; the next rotation clears it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
+    /// The operator's forced purges (`--force-purge`) this set follows, each a random id,
+    /// the newest last, at most [`PURGES_KEPT`]: made by the forced set, carried by every
+    /// generation and import after it, and kept by each node with the ids of the sets it
+    /// applied before. A node that never took one of them (down or cut off through it) takes
+    /// this set as forced too ([`forced_for`](crate::core::keyset::forced_for)), as it
+    /// would have taken the forced one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purges: Vec<String>,
     /// The lineage this one replaced (`cluster init --force` over a set it could not continue):
     /// a node following that one takes this one, at any generation. Carried by every
     /// generation after.
@@ -126,19 +134,47 @@ impl std::fmt::Display for Binding {
     }
 }
 
+/// How many forced purges a lineage remembers ([`Lineage::purges`]).
+pub const PURGES_KEPT: usize = 16;
+
+fn random_id() -> Result<String, getrandom::Error> {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id)?;
+    Ok(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl Lineage {
     /// A new cluster's first generation.
     pub fn new() -> Result<Lineage, getrandom::Error> {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id)?;
         Ok(Lineage {
-            cluster: id.iter().map(|b| format!("{b:02x}")).collect(),
+            cluster: random_id()?,
             generation: 1,
             forced: false,
+            purges: Vec::new(),
             from: None,
             etcd: None,
             members: BTreeMap::new(),
         })
+    }
+
+    /// Marks this generation as the operator's forced purge, under a new id.
+    pub fn force(&mut self) -> Result<(), getrandom::Error> {
+        self.forced = true;
+        let id = random_id()?;
+        self.remember(std::slice::from_ref(&id));
+        Ok(())
+    }
+
+    /// Adds the purge ids of `others` this lineage does not remember yet, after its own,
+    /// keeping the newest [`PURGES_KEPT`].
+    pub fn remember(&mut self, others: &[String]) {
+        for id in others {
+            if !self.purges.contains(id) {
+                self.purges.push(id.clone());
+            }
+        }
+        let extra = self.purges.len().saturating_sub(PURGES_KEPT);
+        self.purges.drain(..extra);
     }
 
     /// The generation after this one, in the same cluster.
@@ -147,6 +183,7 @@ impl Lineage {
             cluster: self.cluster.clone(),
             generation: self.generation.saturating_add(1),
             forced: false,
+            purges: self.purges.clone(),
             from: self.from.clone(),
             etcd: self.etcd.clone(),
             members: self.members.clone(),

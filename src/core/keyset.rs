@@ -9,7 +9,7 @@
 
 // Lineage lives with the history that carries it; re-exported for the paths that name it here.
 use crate::core::history::History;
-pub use crate::core::history::{Binding, Lineage, Member};
+pub use crate::core::history::{Binding, Lineage, Member, PURGES_KEPT};
 use crate::core::key::{Fingerprint, Key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -103,7 +103,7 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
         };
     };
     if o.cluster != held.cluster {
-        return if o.forced || o.from.as_ref() == Some(&held.cluster) {
+        return if forced_for(Some(held), Some(o)) || o.from.as_ref() == Some(&held.cluster) {
             Succession::Newer
         } else {
             Succession::Foreign {
@@ -136,6 +136,18 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
         }
         std::cmp::Ordering::Equal => Succession::Diverged { held: held.clone() },
     }
+}
+
+/// Whether `offered` removes what it drops on a node that last applied `held`, as the
+/// operator's `--force-purge` does: it is the forced set, or it follows a forced purge the
+/// node never took (its id is not among the node's: down or cut off through it, the node
+/// would have taken the forced set then). A node that never applied a set keeps the gate:
+/// its keys are its own, not the ones the operator purged. Pure.
+pub fn forced_for(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
+    let Some(o) = offered else {
+        return false;
+    };
+    o.forced || held.is_some_and(|h| o.purges.iter().any(|p| !h.purges.contains(p)))
 }
 
 /// Whether a node may take a set it read from the etcd it reached (`reached`: that etcd's
@@ -291,7 +303,9 @@ impl KeySet {
             Some(l) => l.next(),
             None => Lineage::new()?,
         };
-        lineage.forced = params.force_purge;
+        if params.force_purge {
+            lineage.force()?;
+        }
         next.history.lineage = Some(lineage);
         Ok((next, decision))
     }
@@ -529,6 +543,66 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_missed_a_forced_purge_takes_what_follows_it_and_only_that() {
+        let now = crate::core::clock::Now::from(
+            chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        );
+        let params = |force_purge| crate::core::rotation::RotateParams {
+            max_active_keys: 3,
+            retention: std::time::Duration::ZERO,
+            force_purge,
+            expected_primary: None,
+        };
+        let rotate = |s: &KeySet, force| {
+            s.rotate(Key::generate().unwrap(), &params(force), &now)
+                .unwrap()
+                .0
+        };
+        let lineage = |s: &KeySet| s.history.lineage.clone().unwrap();
+        let before = KeySet::fresh(&now).unwrap();
+        let purge = rotate(&before, true);
+        let after = rotate(&purge, false);
+        // The flag is the forced generation's; its id is carried on.
+        assert!(!lineage(&after).forced);
+        assert_eq!(lineage(&after).purges, lineage(&purge).purges);
+        assert_eq!(lineage(&purge).purges.len(), 1);
+        // Down through the purge: what follows it is forced for it. Took it: not.
+        assert!(forced_for(Some(&lineage(&before)), Some(&lineage(&after))));
+        assert!(!forced_for(Some(&lineage(&purge)), Some(&lineage(&after))));
+        // A node that never applied a set keeps the gate (its keys are its own); the forced
+        // generation itself is forced for every node.
+        assert!(!forced_for(None, Some(&lineage(&after))));
+        assert!(forced_for(None, Some(&lineage(&purge))));
+
+        // Another lineage that followed a purge the node never took: taken, as the forced
+        // set was; the same set once the node remembers that purge (an old value restored
+        // after the cluster moved on): another cluster's, refused.
+        let mut other = rotate(&rotate(&KeySet::fresh(&now).unwrap(), true), false);
+        let o = lineage(&other);
+        assert_eq!(succession(&after.history, &other), Succession::Newer);
+        let mut moved_on = after.history.clone();
+        moved_on.lineage.as_mut().unwrap().remember(&o.purges);
+        assert!(matches!(
+            succession(&moved_on, &other),
+            Succession::Foreign { .. }
+        ));
+        assert!(!forced_for(moved_on.lineage.as_ref(), Some(&o)));
+        // Another lineage that never followed a purge stays another cluster's.
+        other.history.lineage.as_mut().unwrap().purges.clear();
+        assert!(matches!(
+            succession(&after.history, &other),
+            Succession::Foreign { .. }
+        ));
+
+        // The ids kept are the newest, in order, without repeats.
+        let mut l = lineage(&before);
+        let ids: Vec<String> = (0..PURGES_KEPT + 4).map(|i| format!("{i:02}")).collect();
+        l.remember(&ids[..3]);
+        l.remember(&ids);
+        assert_eq!(l.purges, ids[4..].to_vec());
+    }
+
+    #[test]
     fn a_set_from_another_etcd_or_a_node_bound_elsewhere_is_refused() {
         let here = Binding {
             cluster_id: "a1".into(),
@@ -546,6 +620,7 @@ mod tests {
             cluster: "c".into(),
             generation: 3,
             forced: false,
+            purges: Vec::new(),
             from: None,
             etcd: etcd.cloned(),
             members: Default::default(),

@@ -1254,8 +1254,9 @@ impl Repository {
     /// may still decrypt a live token (by `retention`, which for a set the leader purged with
     /// its margin is `E + W`) without being newer than the disk. A newer set is applied but
     /// such keys stay, recorded, until their retention ends (a node that was cut off and used
-    /// its primary longer than the cluster did). Sets the operator forced
-    /// ([`Lineage::forced`](crate::core::keyset::Lineage)) pass the gate.
+    /// its primary longer than the cluster did). Sets the operator forced, and sets that follow
+    /// a forced purge this node never took ([`forced_for`](crate::core::keyset::forced_for)),
+    /// pass the gate.
     pub fn apply(
         &self,
         set: &crate::core::keyset::KeySet,
@@ -1288,6 +1289,13 @@ impl Repository {
         // primary demoted now.
         let disk_primary = crate::core::history::primary(disk.keys().copied()).unwrap_or(0);
         let mut history = set.history.clone();
+        // The node keeps the ids of the forced purges it took before (a set written over the
+        // cluster's by another tool may not carry them): an old value restored is no purge
+        // it missed.
+        if let (Some(l), Some(held)) = (history.lineage.as_mut(), local.lineage.as_ref()) {
+            let mine = std::mem::replace(&mut l.purges, held.purges.clone());
+            l.remember(&mine);
+        }
         for l in &lost {
             history.carry(
                 &local,
@@ -1334,7 +1342,8 @@ impl Repository {
             change.put(n, k.fingerprint());
         }
         let removed = change.removals();
-        let forced = set.history.lineage.as_ref().is_some_and(|l| l.forced);
+        let forced =
+            crate::core::keyset::forced_for(local.lineage.as_ref(), set.history.lineage.as_ref());
         let approval =
             guard::approve(change, &local, retention, now, forced).map_err(|r| Error::Refused {
                 input: source.to_string(),
@@ -1756,5 +1765,37 @@ mod tests {
         repo.apply(&third, "test", Duration::ZERO, &now).unwrap();
         assert_eq!(repo.scan().unwrap().fingerprints(), third.fingerprints());
         assert_eq!(inode(&taken).1, 1);
+    }
+
+    /// A set written over the cluster's by another tool may not carry the forced purges this
+    /// node took before: it keeps their ids, so an old value restored later is no purge it
+    /// missed ([`crate::core::keyset::forced_for`]).
+    #[test]
+    fn a_node_remembers_the_forced_purges_of_every_set_it_applied() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::new(d.path().join("keys"), None);
+        let now = Now::read();
+        let params = RotateParams {
+            max_active_keys: 3,
+            retention: Duration::ZERO,
+            force_purge: true,
+            expected_primary: None,
+        };
+        let set = KeySet::fresh(&now).unwrap();
+        let (first, _) = set.rotate(Key::generate().unwrap(), &params, &now).unwrap();
+        repo.apply(&first, "test", Duration::ZERO, &now).unwrap();
+        let (mut second, _) = first
+            .rotate(Key::generate().unwrap(), &params, &now)
+            .unwrap();
+        let ids = |l: &crate::core::keyset::Lineage| l.purges.clone();
+        let (a, b) = (
+            ids(first.history.lineage.as_ref().unwrap()),
+            ids(second.history.lineage.as_ref().unwrap()),
+        );
+        assert_eq!((a.len(), b.len()), (1, 2));
+        second.history.lineage.as_mut().unwrap().purges = b[1..].to_vec();
+        repo.apply(&second, "test", Duration::ZERO, &now).unwrap();
+        let held = repo.history().unwrap().lineage.unwrap();
+        assert_eq!(ids(&held), b);
     }
 }
