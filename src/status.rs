@@ -728,7 +728,7 @@ fn lacking(expected: &BTreeMap<u64, Fingerprint>, disk: &BTreeMap<u64, Fingerpri
 }
 
 /// The disk against the key set this node last applied (its history), for when etcd does not
-/// answer: each problem critical, as the same finding against the cluster's set is. Nothing
+/// answer or is not asked (`check`): each problem critical, as the same finding against the cluster's set is. Nothing
 /// here shows that no token needs a key the set held: this node's clock may call it past its
 /// window while a peer whose daemon is away still encrypts with it (the cluster counts a
 /// demotion from the peer's acknowledgement). A primary the set did not hold encrypts tokens
@@ -747,9 +747,10 @@ pub fn against_applied(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> 
             Problem::new(
                 Code::ClusterDiffers,
                 format!(
-                    "lacks key {} of the key set this node last applied, and etcd cannot say \
-                     that no token needs it: tokens other nodes issue with it fail here; copy it \
-                     from a node that holds it, or bring etcd back (the daemon then restores it)",
+                    "lacks key {} of the key set this node last applied, and without etcd \
+                     nothing can say that no token needs it: tokens other nodes issue with it \
+                     fail here; copy it from a node that holds it, or bring etcd back (the \
+                     daemon then restores it)",
                     keys.join(", ")
                 ),
             )

@@ -372,12 +372,15 @@ impl std::fmt::Display for RetentionViolation {
 /// What fernetd's history adds to a report, for `check` as for `status`: a state file that
 /// cannot be read (`state-unreadable`: a FIFO, a device, too large, not fernetd's JSON), and
 /// every key lost inside its retention (`key-lost-in-retention`), recorded or judged from the
-/// disk. Both errors.
+/// disk, both errors; and on a cluster node `applied`, the disk judged against the key set it
+/// last applied (a key of it lacking, a primary it never held: errors, as `status` says them
+/// while etcd is away).
 pub fn judge_history(
     report: &mut Report,
     state: &Path,
     history: Result<(), String>,
     lost: &[RetentionViolation],
+    applied: &[crate::core::problem::Problem],
 ) {
     if let Err(e) = history {
         report.findings.push(Finding {
@@ -393,6 +396,17 @@ pub fn judge_history(
             path: v.path.display().to_string(),
             code: Code::KeyLostInRetention,
             message: v.what(),
+        });
+    }
+    for p in applied {
+        report.findings.push(Finding {
+            severity: match p.level {
+                crate::core::problem::Level::Critical => Severity::Error,
+                _ => Severity::Warning,
+            },
+            path: report.repository.clone(),
+            code: p.code.clone(),
+            message: p.message.clone(),
         });
     }
     report
