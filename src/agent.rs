@@ -1492,7 +1492,7 @@ async fn hold_name(
                     return Err(SessionError::Name(r.to_string()));
                 }
             };
-        let token = names::new_token()?;
+        let token = local.session_token(me, &seen)?;
         cfg.repo
             .publish(names::LOCAL_FILE, &local.claiming(node, &token).to_bytes())?;
         if !names::claim(c, cfg.kind, node, me, &token, &seen).await? {

@@ -218,6 +218,65 @@ fn an_etcd_backup_older_than_a_nodes_last_claim_does_not_lock_it_out_of_its_name
     }
 }
 
+/// scripts/chaos, seed 15 (default mix): a node whose sessions ended again and again (etcd
+/// restarted, restored, partitioned) claimed its name with a new token each time, and its
+/// disk keeps the last 16: within a minute the token of the backup etcd was then restored from
+/// was gone, and the node refused itself as a duplicate for good ("this repository does not
+/// hold its claim"), missing every set after. One token per process: its sessions end here
+/// twenty times (their lease revoked), then it restarts, then the backup comes back.
+#[test]
+fn an_etcd_backup_older_than_many_sessions_does_not_lock_a_node_out_of_its_name() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, cb) = (
+        node(t.path(), &etcd, "a", ""),
+        node(t.path(), &etcd, "b", ""),
+    );
+    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
+    let a = daemon(&ca);
+    let b = daemon(&cb);
+    for d in [&a, &b] {
+        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
+    }
+    let backup = t.path().join("backup.db");
+    etcd.snapshot_save(&backup);
+    let lease = || {
+        etcd.with_client(async |c| {
+            let r = c.get("/test/tokens/keyset-name/b", None).await.unwrap();
+            r.kvs().first().map(|kv| {
+                let v: serde_json::Value = serde_json::from_slice(kv.value()).unwrap();
+                v["lease"].as_i64().unwrap()
+            })
+        })
+    };
+    for round in 0..20 {
+        let held = lease().unwrap_or_else(|| panic!("round {round}: b holds no name"));
+        etcd.with_client(async |c| c.lease_revoke(held).await.unwrap());
+        assert!(
+            b.wait_for(secs(15), || lease().is_some_and(|l| l != held)),
+            "round {round}: no new session\n{}",
+            b.log()
+        );
+    }
+    // b's daemon restarts (a crash), then the backup comes back.
+    b.kill9();
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    etcd.restore(&backup);
+    let restored = cluster_primary(&etcd);
+    assert!(
+        a.wait_for(secs(30), || cluster_primary(&etcd) >= restored + 3),
+        "no rotation past the restored set ({restored}): {}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(
+        !b.log().contains("duplicate node name"),
+        "b refused its own name: {}",
+        b.log()
+    );
+}
+
 /// A node that refuses the set of an old etcd backup says so in its acknowledgement, and the
 /// record it writes names only a key its disk holds. It used to take the record the backup
 /// brought back, add the refusal and write it again under its name: a staged key it had

@@ -133,18 +133,48 @@ impl Local {
     }
 
     fn holds(&self, r: &Record) -> bool {
+        self.token_of(r).is_some()
+    }
+
+    /// The token on this disk that `r` names.
+    fn token_of(&self, r: &Record) -> Option<&String> {
         match (&r.token_sha256, &r.token) {
-            (Some(d), _) => self.tokens.iter().any(|t| digest(t) == *d),
-            (None, Some(clear)) => self.tokens.contains(clear),
-            (None, None) => false,
+            (Some(d), _) => self.tokens.iter().find(|t| digest(t) == *d),
+            (None, Some(clear)) => self.tokens.iter().find(|t| *t == clear),
+            (None, None) => None,
+        }
+    }
+
+    /// The claim token for a new session of `me`: the one its earlier session of this same
+    /// process claimed the name with (etcd's record names it and this disk holds it), else a
+    /// new one. A token per process, not per session: the disk keeps its last
+    /// [`KEPT_TOKENS`], and a daemon whose sessions end often (etcd restarting, partitions)
+    /// pushed out, within a minute, the one an etcd backup restored from before them names:
+    /// it then refused itself as a duplicate for good (scripts/chaos, seed 15).
+    pub fn session_token(&self, me: &Identity, seen: &Seen) -> Result<String, ClusterError> {
+        match seen
+            .record
+            .as_ref()
+            .filter(|r| r.holder.same_process(me))
+            .and_then(|r| self.token_of(r))
+        {
+            Some(t) => Ok(t.clone()),
+            None => new_token(),
         }
     }
 
     /// Before claiming `node` with `token`: both the old token and the new one are accepted,
-    /// so a claim interrupted before etcd's commit is not lost.
+    /// so a claim interrupted before etcd's commit is not lost. The tokens this disk claimed
+    /// `node` with before stay, as [`Local::claimed_again`] keeps them.
     pub fn claiming(&self, node: &str, token: &str) -> Local {
-        let mut tokens: Vec<String> = self.tokens.last().cloned().into_iter().collect();
+        let mut tokens: Vec<String> = match self.node.as_deref() {
+            Some(n) if n == node => self.tokens.clone(),
+            _ => self.tokens.last().cloned().into_iter().collect(),
+        };
+        tokens.retain(|t| t != token);
         tokens.push(token.to_string());
+        let drop = tokens.len().saturating_sub(KEPT_TOKENS);
+        tokens.drain(..drop);
         Local {
             node: Some(node.to_string()),
             tokens,
@@ -810,6 +840,34 @@ mod tests {
 
     const DEAD: fn(u32) -> bool = |_| false;
     const ALIVE: fn(u32) -> bool = |_| true;
+
+    #[test]
+    fn a_process_keeps_one_claim_token_for_all_its_sessions() {
+        let me = id(1, "b1", "ctl", 10);
+        let local = Local::claimed("ctl", "t");
+        // Its own earlier session (another lease, the same process): the same token.
+        let mine = seen(None, Some(record(id(7, "b1", "ctl", 10), "t")));
+        assert_eq!(local.session_token(&me, &mine).unwrap(), "t");
+        let again = local.claiming("ctl", "t").claimed_again("ctl", "t");
+        assert_eq!(again, local);
+        // A restart (another pid), or a token this disk does not hold: a new one.
+        for other in [
+            seen(None, Some(record(id(7, "b1", "ctl", 11), "t"))),
+            seen(None, Some(record(id(7, "b1", "ctl", 10), "u"))),
+            Seen::default(),
+        ] {
+            let new = local.session_token(&me, &other).unwrap();
+            assert!(new != "t" && new.len() == 32, "{new}");
+        }
+        // Claiming keeps the tokens the disk held for the name, up to the last KEPT_TOKENS.
+        let mut l = Local::claimed("ctl", "t0");
+        for i in 1..=KEPT_TOKENS + 2 {
+            l = l.claimed_again("ctl", &format!("t{i}"));
+        }
+        let pending = l.claiming("ctl", "new");
+        assert_eq!(pending.tokens.len(), KEPT_TOKENS);
+        assert_eq!(pending.tokens[..KEPT_TOKENS - 1], l.tokens[1..]);
+    }
 
     #[test]
     fn a_free_unrecorded_name_is_taken() {
