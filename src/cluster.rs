@@ -840,10 +840,16 @@ impl Cluster {
     }
 
     /// One edit of the members the key set lists, as a compare (the set's revision read)
-    /// and a put (the set with `edit` applied, sealed, its keys and generation unchanged) for
-    /// the caller's transaction, so that the membership moves only together with what the
+    /// and a put (the set with `edit` applied, sealed, its keys unchanged, one generation on)
+    /// for the caller's transaction, so that the membership moves only together with what the
     /// caller writes and never over a rotation committed meanwhile. None when there is no key
     /// set or `edit` changes nothing (it returns whether it changed anything).
+    ///
+    /// The next generation, not the same one: every node applies it (keeping the members it
+    /// records up to date), and an etcd backup from before the edit is then older than what
+    /// the nodes hold, so they write their set back. Under the same generation a restored
+    /// backup undid a rename or a removal unseen, and the name it brought back held the
+    /// promotion gate for good (scripts/chaos, seed 15).
     pub(crate) async fn members_edit(
         &self,
         kind: Kind,
@@ -859,9 +865,11 @@ impl Cluster {
         let Some(lineage) = set.history.lineage.as_mut() else {
             return Ok(None);
         };
-        if !edit(&mut lineage.members) {
+        let mut next = lineage.next();
+        if !edit(&mut next.members) {
             return Ok(None);
         }
+        *lineage = next;
         let value = self.seal_set(&key, &set)?;
         Ok(Some((
             Compare::mod_revision(key.clone(), CompareOp::Equal, stored.revision),
