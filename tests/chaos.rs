@@ -231,6 +231,9 @@ struct Keystone {
     _child: Proc,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// Validations asked again because Keystone's loader met a key file removed between its
+    /// listing and its opening (tests/keystone/chaos.py).
+    races: u64,
 }
 
 impl Keystone {
@@ -249,6 +252,7 @@ impl Keystone {
             _child: Proc(child),
             stdin,
             stdout,
+            races: 0,
         }
     }
 
@@ -277,6 +281,7 @@ impl Keystone {
     /// The indices of `tokens` Keystone cannot unpack with the repository's keys.
     fn failures(&mut self, dir: &Path, tokens: &[&str]) -> BTreeSet<usize> {
         let v = self.ask(serde_json::json!({"unpack": dir, "tokens": tokens}));
+        self.races += v["races"].as_u64().unwrap_or(0);
         v["failed"]
             .as_array()
             .map(|a| {
@@ -1837,10 +1842,12 @@ impl Run {
             }
         }
         eprintln!(
-            "chaos: {} validations of {} tokens on {} nodes",
+            "chaos: {} validations of {} tokens on {} nodes ({} asked again: Keystone's loader \
+             met a key file removed between listing and opening it)",
             self.validations,
             self.checked,
-            self.nodes.len()
+            self.nodes.len(),
+            self.ks.races
         );
         eprintln!("chaos: {}", creds::figures(&self));
         eprintln!("{summary}");

@@ -4,7 +4,12 @@ one JSON answer a line on stdout.
     {"pack": DIR, "n": N}             -> {"tokens": [N tokens packed by Keystone's TokenFormatter
                                           with DIR's keys]} or {"error": NAME}
     {"unpack": DIR, "tokens": [...]}  -> {"failed": [indices Keystone cannot unpack with DIR's
-                                          keys]}
+                                          keys], "races": R}
+
+R counts loads retried because Keystone's loader (fernet_utils._get_key_files: listdir, then
+isfile, then open) met a key file removed between listing and opening it: an OSError raised
+before any key is tried, which any rotation's purge (keystone-manage's own included) can cause.
+Such a token is asked again (at most twice more); a token its keys cannot decrypt fails as it is.
 
 Keystone reads the repository again at every request (TokenFormatter.crypto loads the keys), as
 its API servers do for every token. Only token texts and indices are printed, never keys.
@@ -38,13 +43,21 @@ def main():
         else:
             CONF.set_override("key_repository", req["unpack"], group="fernet_tokens")
             failed = []
+            races = 0
             for i, token in enumerate(req["tokens"]):
-                try:
-                    if formatter.unpack(token) != PAYLOAD:
+                for attempt in range(3):
+                    try:
+                        if formatter.unpack(token) != PAYLOAD:
+                            failed.append(i)
+                    except OSError:  # the loader, not the keys: a file gone after listdir
+                        races += 1
+                        if attempt < 2:
+                            continue
                         failed.append(i)
-                except Exception:  # noqa: BLE001 - Keystone raises ValidationError
-                    failed.append(i)
-            out = {"failed": failed}
+                    except Exception:  # noqa: BLE001 - Keystone raises ValidationError
+                        failed.append(i)
+                    break
+            out = {"failed": failed, "races": races}
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 
