@@ -1851,3 +1851,80 @@ fn missed_forced_purge(foreign: bool) {
     let tokens = vec![pack(&b_dir), pack(&b_dir)];
     assert_all_unpack(&[a_dir], &tokens, &[&a]);
 }
+
+/// A hostile re-test of the above: the purge a node missed covers the cluster's keys (fernetd
+/// made them), not a key another tool made on the node since. Here a's daemon is down through
+/// the purge and a key is made on a meanwhile, its Keystone issuing with it; when a's daemon
+/// comes back, that key stays (a refuses the set, loudly) and its token still unpacks. It was
+/// dropped with the purged keys (a rebuilt repository with an old state file, and
+/// `keystone-manage fernet_setup`, lost a token a second after it was made).
+#[test]
+fn a_key_made_after_a_missed_purge_is_not_purged_with_it() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good");
+    let good_s = good.to_str().unwrap();
+    fernetd_ok(&["setup", "--key-repository", good_s]);
+    rotate_ok(good_s, &[]);
+    let hourly = |name: &str| {
+        let c = node(t.path(), &etcd, name, "");
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("schedule = \"2s\"", "schedule = \"1h\"");
+        std::fs::write(&c, text).unwrap();
+        c
+    };
+    let (ca, cb) = (hourly("a"), hourly("b"));
+    let (a_dir, b_dir) = (t.path().join("a"), t.path().join("b"));
+    let cfg = cb.to_str().unwrap();
+    fernetd_ok(&["--config", cfg, "cluster", "init"]);
+    let a = daemon(&ca);
+    let b = daemon(&cb);
+    for d in [&a, &b] {
+        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
+    }
+    a.kill9();
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--force",
+        "--force-purge",
+        "--from",
+        good_s,
+    ]);
+    assert!(
+        b.wait_for(secs(10), || keys(&b_dir) == keys(&good)),
+        "{}",
+        b.log()
+    );
+    // The cluster moves on, not forced (as in the test above).
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--force",
+        "--from",
+        b_dir.to_str().unwrap(),
+    ]);
+    // A key made on a after the purge, its new primary; Keystone issues with it.
+    let top = *keys(&a_dir).keys().next_back().unwrap() + 5;
+    std::fs::write(a_dir.join(top.to_string()), fernet::Fernet::generate_key()).unwrap();
+    let tokens = vec![pack(&a_dir)];
+    let a = daemon(&ca);
+    assert!(
+        a.wait_log("refused, every key stays", secs(15)),
+        "{}",
+        a.log()
+    );
+    std::thread::sleep(secs(2));
+    assert!(
+        keys(&a_dir).contains_key(&top),
+        "{:?}\n{}",
+        numbers(&a_dir),
+        a.log()
+    );
+    assert_all_unpack(&[a_dir], &tokens, &[&a]);
+}

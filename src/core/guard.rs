@@ -151,11 +151,18 @@ pub fn admission(
     if !succession.acceptable() {
         return Err(Refusal::NotSuccessor(succession.to_string()));
     }
-    if crate::core::keyset::forced_for(local.lineage.as_ref(), set.history.lineage.as_ref()) {
+    let (held, offered) = (local.lineage.as_ref(), set.history.lineage.as_ref());
+    if offered.is_some_and(|o| o.forced) {
         return Ok(Vec::new());
     }
     let wanted = set.fingerprints();
-    let lost = losses(disk, &wanted, local, retention, now);
+    let mut lost = losses(disk, &wanted, local, retention, now);
+    if crate::core::keyset::purge_missed(held, offered) {
+        // The purge it missed covers the cluster's keys, which fernetd made; a key another
+        // tool made here (keystone-manage while the daemon was away) is no key the operator
+        // purged: kept while it may decrypt a token, as any.
+        lost.retain(|l| !local.made(l.fingerprint));
+    }
     let disk_primary = crate::core::history::primary(disk.keys().copied()).unwrap_or(0);
     let newer = set.primary().is_some_and(|p| p > disk_primary);
     if !lost.is_empty() && (!newer || lost.iter().any(|l| wanted.contains_key(&l.number))) {

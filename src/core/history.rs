@@ -1012,6 +1012,16 @@ impl History {
     }
 
     /// Whether a key under `number` was recorded: held, or in the purge records.
+    /// Whether this history records `fingerprint` as a key fernetd made (held, under any
+    /// number) or purged: not a key another tool made, which a start or an observation
+    /// records too, without `created`.
+    pub fn made(&self, fingerprint: Fingerprint) -> bool {
+        self.keys
+            .values()
+            .any(|r| r.fingerprint == fingerprint && r.created.is_some())
+            || self.purged.iter().any(|p| p.fingerprint == fingerprint)
+    }
+
     pub fn records(&self, number: u64) -> bool {
         self.keys.contains_key(&number) || self.purged.iter().any(|p| p.number == number)
     }

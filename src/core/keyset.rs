@@ -144,10 +144,17 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
 /// would have taken the forced set then). A node that never applied a set keeps the gate:
 /// its keys are its own, not the ones the operator purged. Pure.
 pub fn forced_for(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
-    let Some(o) = offered else {
-        return false;
-    };
-    o.forced || held.is_some_and(|h| o.purges.iter().any(|p| !h.purges.contains(p)))
+    offered.is_some_and(|o| o.forced) || purge_missed(held, offered)
+}
+
+/// Whether `offered` follows a forced purge the node that last applied `held` never took
+/// (see [`forced_for`]). Such a purge covers the cluster's keys (fernetd made them); a key
+/// another tool made on the node is kept like any live key ([`History::made`]). Pure.
+pub fn purge_missed(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
+    match (held, offered) {
+        (Some(h), Some(o)) => o.purges.iter().any(|p| !h.purges.contains(p)),
+        _ => false,
+    }
 }
 
 /// Whether a node may take a set it read from the etcd it reached (`reached`: that etcd's
