@@ -748,9 +748,9 @@ pub fn against_applied(history: &History, disk: &BTreeMap<u64, Fingerprint>) -> 
                 Code::ClusterDiffers,
                 format!(
                     "lacks key {} of the key set this node last applied, and without etcd \
-                     nothing can say that no token needs it: tokens other nodes issue with it \
-                     fail here; copy it from a node that holds it, or bring etcd back (the \
-                     daemon then restores it)",
+                     nothing can say that no token needs it (the cluster may hold it for a \
+                     peer): a token made with it on another node fails here; start the daemon \
+                     (it restores the set), or copy it from a node that holds it",
                     keys.join(", ")
                 ),
             )
