@@ -1746,15 +1746,27 @@ fn a_node_down_through_a_remedys_forced_purge_takes_the_set_that_followed_it() {
     missed_forced_purge(true);
 }
 
-fn missed_forced_purge(foreign: bool) {
-    let etcd = Etcd::start();
-    let t = tempfile::tempdir().unwrap();
+/// Nodes a and b, hourly, in step; a's daemon killed; (with `foreign`, a set of another
+/// cluster written over theirs and the remedy's first step;) `cluster init --force
+/// --force-purge --from GOOD`, which b takes; then `cluster init --force --from` b's
+/// repository. Returns a's config, a's repository, b, b's repository and a's keys then.
+fn through_a_missed_purge(
+    t: &tempfile::TempDir,
+    etcd: &Etcd,
+    foreign: bool,
+) -> (
+    PathBuf,
+    PathBuf,
+    Daemon,
+    PathBuf,
+    std::collections::BTreeMap<u64, String>,
+) {
     let good = t.path().join("good");
     let good_s = good.to_str().unwrap();
     fernetd_ok(&["setup", "--key-repository", good_s]);
     rotate_ok(good_s, &[]);
     let hourly = |name: &str, prefix: &str| {
-        let c = node(t.path(), &etcd, name, "");
+        let c = node(t.path(), etcd, name, "");
         let text = std::fs::read_to_string(&c)
             .unwrap()
             .replace("schedule = \"2s\"", "schedule = \"1h\"")
@@ -1791,7 +1803,7 @@ fn missed_forced_purge(foreign: bool) {
             let r = c.get("/other/tokens/keyset", None).await.unwrap();
             r.kvs()[0].value().to_vec()
         });
-        put_raw(&etcd, value);
+        put_raw(etcd, value);
         fernetd_ok(&[
             "--config", cfg, "cluster", "init", "--force", "--from", good_s,
         ]);
@@ -1831,6 +1843,13 @@ fn missed_forced_purge(foreign: bool) {
         "--from",
         b_dir.to_str().unwrap(),
     ]);
+    (ca, a_dir, b, b_dir, held)
+}
+
+fn missed_forced_purge(foreign: bool) {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (ca, a_dir, _b, b_dir, held) = through_a_missed_purge(&t, &etcd, foreign);
     assert_eq!(keys(&a_dir), held);
     let a = daemon(&ca);
     assert!(
@@ -1862,53 +1881,7 @@ fn missed_forced_purge(foreign: bool) {
 fn a_key_made_after_a_missed_purge_is_not_purged_with_it() {
     let etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
-    let good = t.path().join("good");
-    let good_s = good.to_str().unwrap();
-    fernetd_ok(&["setup", "--key-repository", good_s]);
-    rotate_ok(good_s, &[]);
-    let hourly = |name: &str| {
-        let c = node(t.path(), &etcd, name, "");
-        let text = std::fs::read_to_string(&c)
-            .unwrap()
-            .replace("schedule = \"2s\"", "schedule = \"1h\"");
-        std::fs::write(&c, text).unwrap();
-        c
-    };
-    let (ca, cb) = (hourly("a"), hourly("b"));
-    let (a_dir, b_dir) = (t.path().join("a"), t.path().join("b"));
-    let cfg = cb.to_str().unwrap();
-    fernetd_ok(&["--config", cfg, "cluster", "init"]);
-    let a = daemon(&ca);
-    let b = daemon(&cb);
-    for d in [&a, &b] {
-        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
-    }
-    a.kill9();
-    fernetd_ok(&[
-        "--config",
-        cfg,
-        "cluster",
-        "init",
-        "--force",
-        "--force-purge",
-        "--from",
-        good_s,
-    ]);
-    assert!(
-        b.wait_for(secs(10), || keys(&b_dir) == keys(&good)),
-        "{}",
-        b.log()
-    );
-    // The cluster moves on, not forced (as in the test above).
-    fernetd_ok(&[
-        "--config",
-        cfg,
-        "cluster",
-        "init",
-        "--force",
-        "--from",
-        b_dir.to_str().unwrap(),
-    ]);
+    let (ca, a_dir, _b, _, _) = through_a_missed_purge(&t, &etcd, false);
     // A key made on a after the purge, its new primary; Keystone issues with it.
     let top = *keys(&a_dir).keys().next_back().unwrap() + 5;
     std::fs::write(a_dir.join(top.to_string()), fernet::Fernet::generate_key()).unwrap();
