@@ -1901,3 +1901,93 @@ fn a_key_made_after_a_missed_purge_is_not_purged_with_it() {
     );
     assert_all_unpack(&[a_dir], &tokens, &[&a]);
 }
+
+/// scripts/chaos, seed 15 (default mix): an operator's forced purge, a second one later, then
+/// etcd restored from a backup taken between them: the backup's set is the first forced set,
+/// and every node took it again (a forced set was an order to purge whenever seen), dropping
+/// the keys of the second; tokens failed on every node, `status` only WARNING. A forced set
+/// a node already took is no order when it comes back: the nodes, which took a later purge,
+/// keep their keys and publish their set over the backup's.
+#[test]
+fn a_forced_set_restored_from_a_backup_is_not_forced_again() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let goods: Vec<PathBuf> = (1..=2).map(|i| t.path().join(format!("good{i}"))).collect();
+    for g in &goods {
+        fernetd_ok(&["setup", "--key-repository", g.to_str().unwrap()]);
+        rotate_ok(g.to_str().unwrap(), &[]);
+    }
+    let c = node(t.path(), &etcd, "a", "");
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("schedule = \"2s\"", "schedule = \"1h\"");
+    std::fs::write(&c, text).unwrap();
+    let (cfg, dir) = (c.to_str().unwrap(), t.path().join("a"));
+    fernetd_ok(&["--config", cfg, "cluster", "init"]);
+    let a = daemon(&c);
+    assert!(a.wait_log("in step", secs(15)), "{}", a.log());
+    // Each purge the remedy for a set of another cluster written over the cluster's (as
+    // scripts/chaos does it): the forced set is of another lineage each time.
+    let purge = |g: &Path, k: usize| {
+        let other = t.path().join(format!("other{k}.toml"));
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("prefix = \"/test\"", &format!("prefix = \"/other{k}\""));
+        std::fs::write(&other, text).unwrap();
+        let o = other.to_str().unwrap();
+        fernetd_ok(&[
+            "--config",
+            o,
+            "cluster",
+            "init",
+            "--from",
+            g.to_str().unwrap(),
+        ]);
+        let value = etcd.with_client(async |cl| {
+            let r = cl
+                .get(format!("/other{k}/tokens/keyset"), None)
+                .await
+                .unwrap();
+            r.kvs()[0].value().to_vec()
+        });
+        put_raw(&etcd, value);
+        fernetd_ok(&[
+            "--config",
+            cfg,
+            "cluster",
+            "init",
+            "--force",
+            "--force-purge",
+            "--from",
+            g.to_str().unwrap(),
+        ]);
+        assert!(
+            a.wait_for(secs(10), || keys(&dir) == keys(g)),
+            "{:?}\n{}",
+            numbers(&dir),
+            a.log()
+        );
+    };
+    purge(&goods[0], 1);
+    let backup = t.path().join("backup.db");
+    etcd.snapshot_save(&backup);
+    purge(&goods[1], 2);
+    let tokens = vec![pack(&dir)];
+    etcd.restore(&backup);
+    let ours = KeySet::decode(&raw_value(&etcd)).unwrap().fingerprints();
+    assert_ne!(ours, Default::default());
+    assert!(
+        a.wait_for(secs(15), || KeySet::decode(&raw_value(&etcd)).is_ok_and(
+            |s| s.primary().is_some()
+                && keys(&dir) == keys(&goods[1])
+                && s.fingerprints().values().collect::<Vec<_>>()
+                    != ours.values().collect::<Vec<_>>()
+        )),
+        "{:?}\n{}",
+        numbers(&dir),
+        a.log()
+    );
+    std::thread::sleep(secs(2));
+    assert_eq!(keys(&dir), keys(&goods[1]), "{}", a.log());
+    assert_all_unpack(&[dir], &tokens, &[&a]);
+}

@@ -152,7 +152,7 @@ pub fn admission(
         return Err(Refusal::NotSuccessor(succession.to_string()));
     }
     let (held, offered) = (local.lineage.as_ref(), set.history.lineage.as_ref());
-    if offered.is_some_and(|o| o.forced) {
+    if crate::core::keyset::forced_now(held, offered) {
         return Ok(Vec::new());
     }
     let wanted = set.fingerprints();

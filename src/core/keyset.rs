@@ -105,6 +105,13 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
     if o.cluster != held.cluster {
         return if forced_for(Some(held), Some(o)) || o.from.as_ref() == Some(&held.cluster) {
             Succession::Newer
+        } else if taken_and_passed(held, o) {
+            // A set whose forced purges this node took, and a later one since: an etcd
+            // backup from before that later purge. Older: the node publishes its own again.
+            Succession::Older {
+                held: held.clone(),
+                offered: o.generation,
+            }
         } else {
             Succession::Foreign {
                 held: held.clone(),
@@ -144,7 +151,22 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
 /// would have taken the forced set then). A node that never applied a set keeps the gate:
 /// its keys are its own, not the ones the operator purged. Pure.
 pub fn forced_for(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
-    offered.is_some_and(|o| o.forced) || purge_missed(held, offered)
+    purge_missed(held, offered) || forced_now(held, offered)
+}
+
+/// Whether `offered` is the operator's forced set and the node that last applied `held` has
+/// not taken it yet: its purge id is new to the node (a node that never applied a set, and a
+/// forced set from before purge ids, count as new). A forced set the node already took, seen
+/// again (an etcd backup restored after the cluster moved on), is no order to purge: it is
+/// judged as any set. Pure.
+pub fn forced_now(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
+    offered.is_some_and(|o| {
+        o.forced
+            && match (held, o.purges.last()) {
+                (Some(h), Some(id)) => !h.purges.contains(id),
+                _ => true,
+            }
+    })
 }
 
 /// Whether `offered` follows a forced purge the node that last applied `held` never took
@@ -155,6 +177,17 @@ pub fn purge_missed(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
         (Some(h), Some(o)) => o.purges.iter().any(|p| !h.purges.contains(p)),
         _ => false,
     }
+}
+
+/// Whether the node holding `held` took every forced purge `offered` follows, and one after
+/// them (its newest purge is not among the offered set's).
+fn taken_and_passed(held: &Lineage, offered: &Lineage) -> bool {
+    !offered.purges.is_empty()
+        && offered.purges.iter().all(|p| held.purges.contains(p))
+        && held
+            .purges
+            .last()
+            .is_some_and(|p| !offered.purges.contains(p))
 }
 
 /// Whether a node may take a set it read from the etcd it reached (`reached`: that etcd's
@@ -594,6 +627,35 @@ mod tests {
             Succession::Foreign { .. }
         ));
         assert!(!forced_for(moved_on.lineage.as_ref(), Some(&o)));
+        // The forced set itself, restored from a backup once the node took a later purge:
+        // no order to purge, and older than what the node holds (it publishes its own).
+        let mut later = moved_on.clone();
+        later
+            .lineage
+            .as_mut()
+            .unwrap()
+            .remember(&["later".to_string()]);
+        let forced_head = rotate(&KeySet::fresh(&now).unwrap(), true);
+        later
+            .lineage
+            .as_mut()
+            .unwrap()
+            .remember(&lineage(&forced_head).purges);
+        later
+            .lineage
+            .as_mut()
+            .unwrap()
+            .remember(&["latest".to_string()]);
+        assert!(!forced_for(
+            later.lineage.as_ref(),
+            Some(&lineage(&forced_head))
+        ));
+        assert!(succession(&later, &forced_head).behind_us());
+        // Not taken yet: forced, as before.
+        assert!(forced_for(
+            Some(&lineage(&after)),
+            Some(&lineage(&forced_head))
+        ));
         // Another lineage that never followed a purge stays another cluster's.
         other.history.lineage.as_mut().unwrap().purges.clear();
         assert!(matches!(
