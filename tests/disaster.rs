@@ -184,10 +184,19 @@ fn an_etcd_restored_from_a_backup_heals_forward_and_every_token_still_unpacks() 
 fn an_etcd_backup_older_than_a_nodes_last_claim_does_not_lock_it_out_of_its_name() {
     let mut etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
-    let (ca, cb) = (
-        node(t.path(), &etcd, "a", ""),
-        node(t.path(), &etcd, "b", ""),
-    );
+    let (cb, a, b, backup) = two_in_step_backed_up(&t, &etcd);
+    // b's daemon restarts after the backup (a reboot, an upgrade, a crash).
+    b.stop();
+    let b = daemon(&cb);
+    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+
+    restored_rotations_go_on(&mut etcd, &backup, &a, &b);
+}
+
+/// Nodes a and b (the test's `node`), the cluster made from a, both in step, and an etcd
+/// backup taken then. Returns b's config, both daemons and the backup.
+fn two_in_step_backed_up(t: &tempfile::TempDir, etcd: &Etcd) -> (PathBuf, Daemon, Daemon, PathBuf) {
+    let (ca, cb) = (node(t.path(), etcd, "a", ""), node(t.path(), etcd, "b", ""));
     fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
     let a = daemon(&ca);
     let b = daemon(&cb);
@@ -196,20 +205,21 @@ fn an_etcd_backup_older_than_a_nodes_last_claim_does_not_lock_it_out_of_its_name
     }
     let backup = t.path().join("backup.db");
     etcd.snapshot_save(&backup);
-    // b's daemon restarts after the backup (a reboot, an upgrade, a crash).
-    b.stop();
-    let b = daemon(&cb);
-    assert!(b.wait_log("in step", secs(15)), "{}", b.log());
+    (cb, a, b, backup)
+}
 
-    etcd.restore(&backup);
-    let restored = cluster_primary(&etcd);
+/// etcd restored from `backup`: rotations go on past the restored set, and neither node
+/// refused its own name.
+fn restored_rotations_go_on(etcd: &mut Etcd, backup: &Path, a: &Daemon, b: &Daemon) {
+    etcd.restore(backup);
+    let restored = cluster_primary(etcd);
     assert!(
-        a.wait_for(secs(30), || cluster_primary(&etcd) >= restored + 3),
+        a.wait_for(secs(30), || cluster_primary(etcd) >= restored + 3),
         "no rotation past the restored set ({restored}): {}\n---\n{}",
         a.log(),
         b.log()
     );
-    for d in [&a, &b] {
+    for d in [a, b] {
         assert!(
             !d.log().contains("duplicate node name"),
             "a node refused its own name: {}",
@@ -228,18 +238,7 @@ fn an_etcd_backup_older_than_a_nodes_last_claim_does_not_lock_it_out_of_its_name
 fn an_etcd_backup_older_than_many_sessions_does_not_lock_a_node_out_of_its_name() {
     let mut etcd = Etcd::start();
     let t = tempfile::tempdir().unwrap();
-    let (ca, cb) = (
-        node(t.path(), &etcd, "a", ""),
-        node(t.path(), &etcd, "b", ""),
-    );
-    fernetd_ok(&["--config", ca.to_str().unwrap(), "cluster", "init"]);
-    let a = daemon(&ca);
-    let b = daemon(&cb);
-    for d in [&a, &b] {
-        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
-    }
-    let backup = t.path().join("backup.db");
-    etcd.snapshot_save(&backup);
+    let (cb, a, b, backup) = two_in_step_backed_up(&t, &etcd);
     let lease = || {
         etcd.with_client(async |c| {
             let r = c.get("/test/tokens/keyset-name/b", None).await.unwrap();
@@ -262,19 +261,7 @@ fn an_etcd_backup_older_than_many_sessions_does_not_lock_a_node_out_of_its_name(
     b.kill9();
     let b = daemon(&cb);
     assert!(b.wait_log("in step", secs(15)), "{}", b.log());
-    etcd.restore(&backup);
-    let restored = cluster_primary(&etcd);
-    assert!(
-        a.wait_for(secs(30), || cluster_primary(&etcd) >= restored + 3),
-        "no rotation past the restored set ({restored}): {}\n---\n{}",
-        a.log(),
-        b.log()
-    );
-    assert!(
-        !b.log().contains("duplicate node name"),
-        "b refused its own name: {}",
-        b.log()
-    );
+    restored_rotations_go_on(&mut etcd, &backup, &a, &b);
 }
 
 /// A node that refuses the set of an old etcd backup says so in its acknowledgement, and the
