@@ -604,14 +604,20 @@ impl<'a> Session<'a> {
         // A set one generation on with the keys the disk holds (a rename, a removal) is
         // applied too: the history then records its lineage and members, so that an etcd
         // backup from before it is older than what this node holds.
-        let recorded = cfg.repo.history()?.lineage.is_some_and(|held| {
-            self.view
-                .set
-                .history
-                .lineage
-                .as_ref()
-                .is_some_and(|o| o.cluster == held.cluster && o.generation == held.generation)
-        });
+        // Read only for a new revision whose keys the disk holds; an unreadable history
+        // counts as not recording it, and `apply` then says why.
+        let offered = self.view.set.history.lineage.as_ref();
+        let recorded = || {
+            cfg.repo
+                .history()
+                .ok()
+                .and_then(|h| h.lineage)
+                .is_some_and(|held| {
+                    offered.is_some_and(|o| {
+                        o.cluster == held.cluster && o.generation == held.generation
+                    })
+                })
+        };
         if !self.disk.must_write(revision, &self.view.set, recorded) {
             return Ok(());
         }
@@ -1172,12 +1178,12 @@ impl Disk {
     /// (`recorded`). It counts as judged from here on (applied, or refused: a set refused is
     /// not judged again before the next change), but the disk still holds what was read: only
     /// a reading says what is on it.
-    fn must_write(&mut self, revision: i64, set: &KeySet, recorded: bool) -> bool {
+    fn must_write(&mut self, revision: i64, set: &KeySet, recorded: impl FnOnce() -> bool) -> bool {
         if self.judged == Some(revision) {
             return false;
         }
         self.judged = Some(revision);
-        self.keys != set.fingerprints() || !recorded
+        self.keys != set.fingerprints() || !recorded()
     }
 
     /// Whether the last reading found every key of `set`, each with the set's fingerprint.
@@ -1724,28 +1730,28 @@ mod tests {
             a.fingerprints()
         });
         // The disk already holds the cluster's keys (read, not written): nothing to write.
-        assert!(!disk.must_write(5, &a, true));
-        assert!(!disk.must_write(5, &a, true));
+        assert!(!disk.must_write(5, &a, || true));
+        assert!(!disk.must_write(5, &a, || true));
         assert!(disk.holds(&a));
         // Read only after drift.
         disk.read_if_drifted(|| unreachable!("no drift"));
-        assert!(disk.must_write(6, &b, true));
+        assert!(disk.must_write(6, &b, || true));
         // Judged once per revision: a set refused at 6 is not tried again before a change.
-        assert!(!disk.must_write(6, &b, true));
+        assert!(!disk.must_write(6, &b, || true));
         // The same keys one generation on (a rename, a removal), not yet in the history:
         // written, so the history records it.
-        assert!(disk.must_write(7, &a, false));
+        assert!(disk.must_write(7, &a, || false));
         disk.drifted = true;
         disk.read_if_drifted(|| {
             scans += 1;
             a.fingerprints()
         });
         // Drift: judged again (the disk still holds other keys).
-        assert!(disk.must_write(6, &b, true));
+        assert!(disk.must_write(6, &b, || true));
         // Applied: the keys read back are what the disk holds.
         disk.read_back(b.fingerprints());
         assert!(disk.holds(&b));
-        assert!(!disk.must_write(6, &b, true));
+        assert!(!disk.must_write(6, &b, || true));
         assert_eq!(scans, 2);
     }
 
@@ -1758,16 +1764,16 @@ mod tests {
         let mut disk = Disk::new();
         disk.read_if_drifted(|| ours.fingerprints());
         // Offered at 6 and refused: nothing was written.
-        assert!(disk.must_write(6, &theirs, true));
+        assert!(disk.must_write(6, &theirs, || true));
         assert!(!disk.holds(&theirs));
         // The same keys again at 7: judged again, and the disk still does not hold them.
-        assert!(disk.must_write(7, &theirs, true));
+        assert!(disk.must_write(7, &theirs, || true));
         assert!(!disk.holds(&theirs));
         assert!(disk.holds(&ours));
         // A reading that finds the set on disk (applied at last) is what says it holds it.
         disk.read(theirs.fingerprints());
         assert!(disk.holds(&theirs));
-        assert!(!disk.must_write(7, &theirs, true));
+        assert!(!disk.must_write(7, &theirs, || true));
     }
 
     #[test]

@@ -728,8 +728,9 @@ fn lacking(expected: &BTreeMap<u64, Fingerprint>, disk: &BTreeMap<u64, Fingerpri
 }
 
 /// The disk against the key set this node last applied (its history), for when etcd does not
-/// answer or is not asked (`check`): each problem critical, as the same finding against the cluster's set is. Nothing
-/// here shows that no token needs a key the set held: this node's clock may call it past its
+/// answer or is not asked (`check`): each problem critical, as the same finding against the
+/// cluster's set is. Nothing here shows that no token needs a key the set held: this node's
+/// clock may call it past its
 /// window while a peer whose daemon is away still encrypts with it (the cluster counts a
 /// demotion from the peer's acknowledgement). A primary the set did not hold encrypts tokens
 /// no other node can read. Nothing for a node that never applied a set.

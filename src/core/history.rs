@@ -1011,7 +1011,6 @@ impl History {
         }
     }
 
-    /// Whether a key under `number` was recorded: held, or in the purge records.
     /// Whether this history records `fingerprint` as a key fernetd made (held, under any
     /// number) or purged: not a key another tool made, which a start or an observation
     /// records too, without `created`.
@@ -1022,6 +1021,7 @@ impl History {
             || self.purged.iter().any(|p| p.fingerprint == fingerprint)
     }
 
+    /// Whether a key under `number` was recorded: held, or in the purge records.
     pub fn records(&self, number: u64) -> bool {
         self.keys.contains_key(&number) || self.purged.iter().any(|p| p.number == number)
     }
