@@ -155,15 +155,20 @@ pub fn forced_for(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
 }
 
 /// Whether `offered` is the operator's forced set and the node that last applied `held` has
-/// not taken it yet: its purge id is new to the node (a node that never applied a set, and a
-/// forced set from before purge ids, count as new). A forced set the node already took, seen
-/// again (an etcd backup restored after the cluster moved on), is no order to purge: it is
-/// judged as any set. Pure.
+/// not finished taking it: its purge id is new to the node (a node that never applied a set,
+/// and a forced set from before purge ids, count as new), or it is the very set the node
+/// applied last (same lineage and generation: an apply interrupted after its history was
+/// saved and before the purged keys were removed is finished). A forced set the node took
+/// and moved on from, seen again (an etcd backup restored after the cluster moved on), is no
+/// order to purge: it is judged as any set. Pure.
 pub fn forced_now(held: Option<&Lineage>, offered: Option<&Lineage>) -> bool {
     offered.is_some_and(|o| {
         o.forced
             && match (held, o.purges.last()) {
-                (Some(h), Some(id)) => !h.purges.contains(id),
+                (Some(h), Some(id)) => {
+                    !h.purges.contains(id)
+                        || (h.cluster == o.cluster && h.generation == o.generation)
+                }
                 _ => true,
             }
     })
@@ -651,6 +656,12 @@ mod tests {
             Some(&lineage(&forced_head))
         ));
         assert!(succession(&later, &forced_head).behind_us());
+        // The forced set the node applied last, seen again (its purge interrupted by a
+        // crash after the history was saved): still an order, so the purge is finished.
+        assert!(forced_now(
+            Some(&lineage(&forced_head)),
+            Some(&lineage(&forced_head))
+        ));
         // Not taken yet: forced, as before.
         assert!(forced_for(
             Some(&lineage(&after)),
