@@ -527,6 +527,13 @@ impl Cluster {
             .chain(imported)
             .flat_map(|l| l.purges.clone())
             .collect();
+        // The names either one saw leave stay gone; only `init --members` or the node's own
+        // later acknowledgement brings one back.
+        let departed: std::collections::BTreeMap<_, _> = replaced
+            .iter()
+            .chain(imported)
+            .flat_map(|l| l.departed.clone())
+            .collect();
         let fresh =
             || crate::core::keyset::Lineage::new().map_err(|e| ClusterError::Random(e.to_string()));
         let mut lineage = match (stored.is_some(), replaced, imported) {
@@ -554,7 +561,11 @@ impl Cluster {
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
         }
         lineage.etcd = Some(self.binding());
-        lineage.members = members;
+        lineage.members = members
+            .into_iter()
+            .filter(|(name, _)| !departed.contains_key(name))
+            .collect();
+        lineage.departed = departed;
         let mut set = set.clone();
         set.history.lineage = Some(lineage.clone());
         let value = self.seal_set(&key, &set)?;
@@ -806,11 +817,21 @@ impl Cluster {
     /// member the key set lists that has no record (missing). The membership is read from the
     /// sealed set, never from the records: a key set this node cannot read lists none here
     /// (the gate, which reads it first, fails on it anyway).
+    ///
+    /// A record under a name that left the members ([`Lineage::departed`]) and speaks of
+    /// nothing since (an etcd backup's leftover, restored after a removal or a rename) is no
+    /// record here: it neither holds the gate nor joins the members again.
+    ///
+    /// [`Lineage::departed`]: crate::core::keyset::Lineage::departed
     async fn ack_records(&mut self, kind: Kind) -> Result<Vec<(String, AckRecord)>, ClusterError> {
-        let members = match self.fetch(kind).await {
-            Ok((set, _)) => set.history.lineage.map(|l| l.members).unwrap_or_default(),
-            Err(_) => Default::default(),
+        let lineage = match self.fetch(kind).await {
+            Ok((set, _)) => set.history.lineage,
+            Err(_) => None,
         };
+        let members = lineage
+            .as_ref()
+            .map(|l| l.members.clone())
+            .unwrap_or_default();
         let prefix = self.acks_prefix(kind);
         let resp = self.read_prefix(&prefix).await?;
         let mut records: Vec<(String, AckRecord)> = resp
@@ -828,6 +849,22 @@ impl Cluster {
                     None => AckRecord::Unreadable,
                 };
                 (node, record)
+            })
+            .filter(|(node, record)| match record {
+                AckRecord::Believed(ack, bound) => {
+                    let bound = bound.as_ref().and_then(|b| b.lineage());
+                    let heard = lineage
+                        .as_ref()
+                        .is_none_or(|l| l.heard_since_departure(node, bound, ack.clock));
+                    if !heard {
+                        tracing::debug!(
+                            "{prefix}{node}: acknowledgement from before node {node} left the \
+                             members; not counted"
+                        );
+                    }
+                    heard
+                }
+                _ => true,
             })
             .collect();
         for node in members.keys() {
@@ -869,6 +906,7 @@ impl Cluster {
         if !edit(&mut next.members) {
             return Ok(None);
         }
+        next.note_departures(&lineage.members, chrono::Utc::now());
         *lineage = next;
         let value = self.seal_set(&key, &set)?;
         Ok(Some((
@@ -1110,6 +1148,8 @@ impl Cluster {
                 .map_err(|e| ClusterError::Random(e.to_string()))?;
             if let Some(l) = next.history.lineage.as_mut() {
                 for (node, heard) in &joined {
+                    // Counted only when heard since it departed, if it did: back for good.
+                    l.departed.remove(node);
                     let member = l.members.entry(node.clone()).or_default();
                     // A placeholder of `init --members` (revision 0) is no word from the node.
                     if *heard {
@@ -1631,6 +1671,14 @@ pub const CLOCK_ANSWER: &str = " (clock answer)";
 struct Bound {
     set: String,
     seal_ids: Vec<String>,
+}
+
+impl Bound {
+    /// The lineage and generation the record is bound to (the inverse of [`ack_binding`]).
+    fn lineage(&self) -> Option<(&str, u64)> {
+        let (cluster, generation) = self.set.rsplit_once('/')?;
+        Some((cluster, generation.parse().ok()?))
+    }
 }
 
 /// One acknowledgement record as [`Cluster::ack_records`] judged it.

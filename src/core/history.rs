@@ -102,6 +102,24 @@ pub struct Lineage {
     /// before fernetd recorded it (the acknowledgement records alone were the membership).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub members: BTreeMap<String, Member>,
+    /// Names that left the members (`cluster remove-node`, the old name of `rename-node`),
+    /// at most [`DEPARTED_KEPT`], carried by every generation after. An acknowledgement
+    /// record under such a name counts again (for the gate, and to join) only when it speaks
+    /// of a later set: bound to a generation of this lineage since the departure, or written
+    /// after it by its own clock. An older one is an etcd backup's leftover, which otherwise
+    /// held the gate for a name no daemon runs as and came back as a member.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub departed: BTreeMap<String, Departure>,
+}
+
+/// When a name left the cluster's members: the generation that dropped it and the wall
+/// clock of the command that did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Departure {
+    pub generation: u64,
+    #[serde(with = "timestamp")]
+    pub at: DateTime<Utc>,
 }
 
 /// One member of a cluster as its key set records it: its name (the map's key) and nothing
@@ -137,6 +155,9 @@ impl std::fmt::Display for Binding {
 /// How many forced purges a lineage remembers ([`Lineage::purges`]).
 pub const PURGES_KEPT: usize = 16;
 
+/// How many departed names a lineage keeps (the newest by generation).
+pub const DEPARTED_KEPT: usize = 32;
+
 fn random_id() -> Result<String, getrandom::Error> {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id)?;
@@ -154,6 +175,7 @@ impl Lineage {
             from: None,
             etcd: None,
             members: BTreeMap::new(),
+            departed: BTreeMap::new(),
         })
     }
 
@@ -187,7 +209,52 @@ impl Lineage {
             from: self.from.clone(),
             etcd: self.etcd.clone(),
             members: self.members.clone(),
+            departed: self.departed.clone(),
         }
+    }
+
+    /// Records the names that are no longer members since `before` (the members of the
+    /// generation before this one) as departed at this generation, `at`; a name that is a
+    /// member again is no longer departed. Keeps the newest [`DEPARTED_KEPT`].
+    pub fn note_departures(&mut self, before: &BTreeMap<String, Member>, at: DateTime<Utc>) {
+        for name in before.keys().filter(|n| !self.members.contains_key(*n)) {
+            self.departed.insert(
+                name.clone(),
+                Departure {
+                    generation: self.generation,
+                    at,
+                },
+            );
+        }
+        self.departed.retain(|n, _| !self.members.contains_key(n));
+        while self.departed.len() > DEPARTED_KEPT {
+            let oldest = self
+                .departed
+                .iter()
+                .min_by_key(|(_, d)| (d.generation, d.at))
+                .map(|(n, _)| n.clone());
+            match oldest {
+                Some(n) => self.departed.remove(&n),
+                None => break,
+            };
+        }
+    }
+
+    /// Whether an acknowledgement record of `node` speaks of a set after the node left the
+    /// members, if it did: bound (`bound`: the lineage and generation its MAC names) to a
+    /// generation of this lineage since, or written (`clock`, the node's) after the
+    /// departure. A name that never departed: always.
+    pub fn heard_since_departure(
+        &self,
+        node: &str,
+        bound: Option<(&str, u64)>,
+        clock: Option<DateTime<Utc>>,
+    ) -> bool {
+        let Some(d) = self.departed.get(node) else {
+            return true;
+        };
+        bound.is_some_and(|(c, g)| c == self.cluster && g >= d.generation)
+            || clock.is_some_and(|c| c > d.at)
     }
 }
 
@@ -1412,6 +1479,56 @@ mod tests {
         // Local key 0, replaced by the set's: recorded gone, its copy may go.
         assert!(set.copy_may_go(f[0], &now));
         assert!(set.contradictions(&set.fingerprints()).is_empty());
+    }
+
+    #[test]
+    fn a_departed_name_counts_again_only_for_word_of_a_later_set() {
+        let at = t(100);
+        let mut l = Lineage::new().unwrap();
+        l.members = BTreeMap::from([
+            ("a".into(), Member::default()),
+            ("b".into(), Member::default()),
+        ]);
+        let before = l.members.clone();
+        let mut next = l.next();
+        next.members.remove("b");
+        next.note_departures(&before, at);
+        let gen = next.generation;
+        assert_eq!(
+            next.departed["b"],
+            Departure {
+                generation: gen,
+                at
+            }
+        );
+        let cluster = next.cluster.clone();
+        // A name that never left: always.
+        assert!(next.heard_since_departure("a", None, None));
+        // b's record from before: bound to an earlier generation, or written before.
+        assert!(!next.heard_since_departure("b", Some((&cluster, gen - 1)), Some(t(99))));
+        assert!(!next.heard_since_departure("b", None, Some(at)));
+        assert!(!next.heard_since_departure("b", None, None));
+        // Another lineage's generation says nothing of this one.
+        assert!(!next.heard_since_departure("b", Some(("other", gen + 5)), None));
+        // Word of a later set: bound to the departure's generation or after, or written after.
+        assert!(next.heard_since_departure("b", Some((&cluster, gen)), None));
+        assert!(next.heard_since_departure("b", None, Some(t(101))));
+        // Carried by later generations; a member again is departed no more.
+        let mut later = next.next();
+        assert_eq!(later.departed, next.departed);
+        let before = later.members.clone();
+        later.members.insert("b".into(), Member::default());
+        later.note_departures(&before, t(200));
+        assert!(later.departed.is_empty());
+        // Bounded: the oldest departures go first.
+        for i in 0..DEPARTED_KEPT + 3 {
+            let mut n = later.next();
+            let before = BTreeMap::from([(format!("n{i}"), Member::default())]);
+            n.note_departures(&before, t(300 + i as i64));
+            later = n;
+        }
+        assert_eq!(later.departed.len(), DEPARTED_KEPT);
+        assert!(!later.departed.contains_key("n0") && later.departed.contains_key("n34"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 // Lineage lives with the history that carries it; re-exported for the paths that name it here.
 use crate::core::history::History;
-pub use crate::core::history::{Binding, Lineage, Member, PURGES_KEPT};
+pub use crate::core::history::{Binding, Departure, Lineage, Member, DEPARTED_KEPT, PURGES_KEPT};
 use crate::core::key::{Fingerprint, Key};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -704,6 +704,7 @@ mod tests {
             from: None,
             etcd: etcd.cloned(),
             members: Default::default(),
+            departed: Default::default(),
         };
         let unbound = lineage(None);
         let bound_here = lineage(Some(&here));
