@@ -906,13 +906,41 @@ impl Cluster {
         if !edit(&mut next.members) {
             return Ok(None);
         }
-        next.note_departures(&lineage.members, chrono::Utc::now());
+        // Each leaving node's last word, by its own clock: what a restored backup's record of
+        // it can at most say (`Lineage::heard_since_departure`).
+        let mut last_heard = std::collections::BTreeMap::new();
+        for name in next.leaving(&lineage.members) {
+            if let Some(clock) = self.last_heard(kind, name).await? {
+                last_heard.insert(name.clone(), clock);
+            }
+        }
+        next.note_departures(&lineage.members, chrono::Utc::now(), &last_heard);
         *lineage = next;
         let value = self.seal_set(&key, &set)?;
         Ok(Some((
             Compare::mod_revision(key.clone(), CompareOp::Equal, stored.revision),
             TxnOp::put(key, value, None),
         )))
+    }
+
+    /// The clock of `node`'s acknowledgement record, if one is there and believed.
+    async fn last_heard(
+        &self,
+        kind: Kind,
+        node: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, ClusterError> {
+        let key = format!("{}{node}", self.acks_prefix(kind));
+        let mut client = self.client.clone();
+        let resp = self
+            .bounded(&format!("read {key}"), client.get(key.clone(), None))
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| match self.believed_ack(&key, kv.value()) {
+                Some(Ok((ack, _))) => ack.clock,
+                _ => None,
+            }))
     }
 
     /// A record kept in the clear as this node writes it under the etcd `key`: its JSON, with

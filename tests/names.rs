@@ -761,3 +761,97 @@ fn through_a_restored_member_edit(edit: &[&str], after: &[&str], then: Option<&s
     assert_eq!(rotated.code, 0, "{}\n{}", rotated.stderr, logs(&db));
     assert_eq!(set_members(&etcd), after, "{}", logs(&db));
 }
+
+/// `cluster remove-node b` while b's daemon still runs, b's clock 5 s behind the host that
+/// removed it, unsealed: b re-acknowledges at once (the removal is a new set), and that word
+/// must count. Judged against the remover's clock, b's record was taken for a restored
+/// backup's and ignored: once b stopped, rotations promoted keys its disk lacked, and no
+/// one said so (a hostile re-test of the departed names).
+#[test]
+fn a_removed_node_still_running_behind_the_removers_clock_still_holds_the_gate() {
+    let etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let hourly = |file: &str, repo: &Path, name: &str| {
+        let c = node(t.path(), &etcd, file, repo, name);
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("schedule = \"2s\"", "schedule = \"1h\"");
+        std::fs::write(&c, text).unwrap();
+        c
+    };
+    let (ca, cb) = (hourly("a", &a, "a"), hourly("b", &b, "b"));
+    let cfg = ca.to_str().unwrap();
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+        "--members",
+        "a,b",
+    ]);
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "libfaketime is required (Debian's faketime; scripts/deps installs it)"
+    );
+    let da = daemon(&ca);
+    let db = Daemon::start(
+        &["--config", cb.to_str().unwrap(), "daemon"],
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", "-5s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ("FAKETIME_DONT_RESET", "1"),
+        ],
+    );
+    for d in [&da, &db] {
+        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
+    }
+    let ack = |node: &str| {
+        let key = format!("/test/tokens/acks/{node}");
+        etcd.with_client(async |c| {
+            let r = c.get(key, None).await.unwrap();
+            r.kvs().first().map(|kv| kv.mod_revision())
+        })
+    };
+    let before = ack("b").unwrap().max(ack("a").unwrap());
+    fernetd_ok(&["--config", cfg, "cluster", "remove-node", "b"]);
+    // Both apply the removal's set and acknowledge it: b writes a new record.
+    let deadline = Instant::now() + secs(15);
+    while ["a", "b"]
+        .iter()
+        .any(|n| ack(n).is_none_or(|r| r <= before))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no new acknowledgements\n{}\n---\n{}",
+            da.log(),
+            db.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    db.stop();
+    // The first promotion is of the key b acknowledged; the second waits for b.
+    fernetd_ok(&["--config", cfg, "rotate"]);
+    // a applies it (so that only b is waited on).
+    let rotated = etcd.with_client(async |c| {
+        let r = c.get("/test/tokens/keyset", None).await.unwrap();
+        r.kvs()[0].mod_revision()
+    });
+    let deadline = Instant::now() + secs(15);
+    while ack("a").is_none_or(|r| r <= rotated) {
+        assert!(Instant::now() < deadline, "a did not apply\n{}", da.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let held = fernetd(&["--config", cfg, "rotate"]);
+    assert_eq!(held.code, 2, "{}\n{}", held.stderr, da.log());
+    assert!(
+        held.stderr.contains("node b has not yet applied"),
+        "{}",
+        held.stderr
+    );
+}

@@ -105,21 +105,29 @@ pub struct Lineage {
     /// Names that left the members (`cluster remove-node`, the old name of `rename-node`),
     /// at most [`DEPARTED_KEPT`], carried by every generation after. An acknowledgement
     /// record under such a name counts again (for the gate, and to join) only when it speaks
-    /// of a later set: bound to a generation of this lineage since the departure, or written
-    /// after it by its own clock. An older one is an etcd backup's leftover, which otherwise
-    /// held the gate for a name no daemon runs as and came back as a member.
+    /// of a later set ([`Lineage::heard_since_departure`]). An older one is an etcd backup's
+    /// leftover, which otherwise held the gate for a name no daemon runs as and came back as
+    /// a member.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub departed: BTreeMap<String, Departure>,
 }
 
-/// When a name left the cluster's members: the generation that dropped it and the wall
-/// clock of the command that did.
+/// When a name left the cluster's members: the generation that dropped it, the wall clock of
+/// the command that did (said, never compared: another host's clock), and the clock of the
+/// node's last acknowledgement then, by the node's own clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Departure {
     pub generation: u64,
     #[serde(with = "timestamp")]
     pub at: DateTime<Utc>,
+    /// None: no acknowledgement record of it was read then (every record of it counts).
+    #[serde(
+        default,
+        with = "timestamp::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_heard: Option<DateTime<Utc>>,
 }
 
 /// One member of a cluster as its key set records it: its name (the map's key) and nothing
@@ -213,16 +221,34 @@ impl Lineage {
         }
     }
 
+    /// The names that are members of `before` (the generation before this one) and not of
+    /// this one.
+    pub fn leaving<'a>(&'a self, before: &'a BTreeMap<String, Member>) -> Vec<&'a String> {
+        before
+            .keys()
+            .filter(|n| !self.members.contains_key(*n))
+            .collect()
+    }
+
     /// Records the names that are no longer members since `before` (the members of the
-    /// generation before this one) as departed at this generation, `at`; a name that is a
-    /// member again is no longer departed. Keeps the newest [`DEPARTED_KEPT`].
-    pub fn note_departures(&mut self, before: &BTreeMap<String, Member>, at: DateTime<Utc>) {
-        for name in before.keys().filter(|n| !self.members.contains_key(*n)) {
+    /// generation before this one) as departed at this generation, `at`, each with the clock
+    /// of its last acknowledgement (`last_heard`); a name that is a member again is no longer
+    /// departed. Keeps the newest [`DEPARTED_KEPT`].
+    pub fn note_departures(
+        &mut self,
+        before: &BTreeMap<String, Member>,
+        at: DateTime<Utc>,
+        last_heard: &BTreeMap<String, DateTime<Utc>>,
+    ) {
+        let gone: Vec<String> = self.leaving(before).into_iter().cloned().collect();
+        for name in gone {
+            let last_heard = last_heard.get(&name).copied();
             self.departed.insert(
-                name.clone(),
+                name,
                 Departure {
                     generation: self.generation,
                     at,
+                    last_heard,
                 },
             );
         }
@@ -241,9 +267,14 @@ impl Lineage {
     }
 
     /// Whether an acknowledgement record of `node` speaks of a set after the node left the
-    /// members, if it did: bound (`bound`: the lineage and generation its MAC names) to a
-    /// generation of this lineage since, or written (`clock`, the node's) after the
-    /// departure. A name that never departed: always.
+    /// members, if it did. Bound (`bound`: the lineage and generation its MAC names) to this
+    /// lineage: its generation alone decides (the departure's or later). Otherwise its clock
+    /// (the node's) against the node's own last acknowledgement when it departed: later is
+    /// a new word; the same or earlier is that record or an older one, as an etcd backup
+    /// restored after the departure brings back. Never against the clock of the host that
+    /// removed it: a live node a little behind that host would go unheard while its Keystone
+    /// serves. Unknown (no record read at the departure, or a record without a clock):
+    /// counted, as the gate errs. A name that never departed: always.
     pub fn heard_since_departure(
         &self,
         node: &str,
@@ -253,8 +284,11 @@ impl Lineage {
         let Some(d) = self.departed.get(node) else {
             return true;
         };
-        bound.is_some_and(|(c, g)| c == self.cluster && g >= d.generation)
-            || clock.is_some_and(|c| c > d.at)
+        match (bound, d.last_heard, clock) {
+            (Some((c, g)), _, _) if c == self.cluster => g >= d.generation,
+            (_, Some(last), Some(clock)) => clock > last,
+            _ => true,
+        }
     }
 }
 
@@ -1483,48 +1517,58 @@ mod tests {
 
     #[test]
     fn a_departed_name_counts_again_only_for_word_of_a_later_set() {
-        let at = t(100);
         let mut l = Lineage::new().unwrap();
         l.members = BTreeMap::from([
             ("a".into(), Member::default()),
             ("b".into(), Member::default()),
+            ("c".into(), Member::default()),
         ]);
         let before = l.members.clone();
         let mut next = l.next();
         next.members.remove("b");
-        next.note_departures(&before, at);
+        next.members.remove("c");
+        // b's last acknowledgement said t(50) by b's clock; c had no record.
+        let heard = BTreeMap::from([("b".to_string(), t(50))]);
+        next.note_departures(&before, t(100), &heard);
         let gen = next.generation;
         assert_eq!(
             next.departed["b"],
             Departure {
                 generation: gen,
-                at
+                at: t(100),
+                last_heard: Some(t(50))
             }
         );
         let cluster = next.cluster.clone();
         // A name that never left: always.
         assert!(next.heard_since_departure("a", None, None));
-        // b's record from before: bound to an earlier generation, or written before.
-        assert!(!next.heard_since_departure("b", Some((&cluster, gen - 1)), Some(t(99))));
-        assert!(!next.heard_since_departure("b", None, Some(at)));
-        assert!(!next.heard_since_departure("b", None, None));
-        // Another lineage's generation says nothing of this one.
-        assert!(!next.heard_since_departure("b", Some(("other", gen + 5)), None));
-        // Word of a later set: bound to the departure's generation or after, or written after.
-        assert!(next.heard_since_departure("b", Some((&cluster, gen)), None));
-        assert!(next.heard_since_departure("b", None, Some(t(101))));
+        // b's record from before (an etcd backup's): that record, or an older one.
+        assert!(!next.heard_since_departure("b", None, Some(t(50))));
+        assert!(!next.heard_since_departure("b", None, Some(t(49))));
+        // Bound to this lineage, the generation alone decides, whatever the clock says.
+        assert!(!next.heard_since_departure("b", Some((&cluster, gen - 1)), Some(t(999))));
+        assert!(next.heard_since_departure("b", Some((&cluster, gen)), Some(t(1))));
+        // A new word from b: later by its own clock, even if behind the remover's (t(100)).
+        assert!(next.heard_since_departure("b", None, Some(t(51))));
+        // Bound to another lineage (a forced init since): its clock decides.
+        assert!(next.heard_since_departure("b", Some(("other", 1)), Some(t(51))));
+        assert!(!next.heard_since_departure("b", Some(("other", 9)), Some(t(50))));
+        // Nothing to compare with: counted.
+        assert!(next.heard_since_departure("b", None, None));
+        assert!(next.heard_since_departure("c", None, Some(t(1))));
         // Carried by later generations; a member again is departed no more.
         let mut later = next.next();
         assert_eq!(later.departed, next.departed);
         let before = later.members.clone();
         later.members.insert("b".into(), Member::default());
-        later.note_departures(&before, t(200));
+        later.members.insert("c".into(), Member::default());
+        later.note_departures(&before, t(200), &BTreeMap::new());
         assert!(later.departed.is_empty());
         // Bounded: the oldest departures go first.
         for i in 0..DEPARTED_KEPT + 3 {
             let mut n = later.next();
             let before = BTreeMap::from([(format!("n{i}"), Member::default())]);
-            n.note_departures(&before, t(300 + i as i64));
+            n.note_departures(&before, t(300 + i as i64), &BTreeMap::new());
             later = n;
         }
         assert_eq!(later.departed.len(), DEPARTED_KEPT);
