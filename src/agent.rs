@@ -1513,16 +1513,12 @@ async fn hold_name(
         let token = local.session_token(me, &seen)?;
         cfg.repo
             .publish(names::LOCAL_FILE, &local.claiming(node, &token).to_bytes())?;
+        // The disk keeps its earlier tokens (`Local::claiming`) after the claim commits too:
+        // with only the newest, an etcd restored from a backup older than this session named
+        // a token the disk no longer held, and the node refused itself as a duplicate.
         if !names::claim(c, cfg.kind, node, me, &token, &seen).await? {
             continue;
         }
-        // The disk keeps its earlier tokens for the name: with only the newest, an etcd
-        // restored from a backup older than this session named a token the disk no longer
-        // held, and the node refused itself as a duplicate.
-        cfg.repo.publish(
-            names::LOCAL_FILE,
-            &local.claimed_again(node, &token).to_bytes(),
-        )?;
         if let Some(old) = former_name {
             tracing::warn!(
                 "{}: node name: this repository was node '{old}' and now runs as '{node}', a \

@@ -109,8 +109,9 @@ impl std::fmt::Debug for Record {
     }
 }
 
-/// What this repository's daemon claimed: the name and the tokens it wrote (the last two: a
-/// claim interrupted between the local write and etcd's leaves either valid).
+/// What this repository's daemon claimed: the name and the tokens it wrote (the last
+/// [`KEPT_TOKENS`], under whatever name: a claim interrupted between the local write and
+/// etcd's leaves either valid, and an etcd backup restored later names one of them).
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Local {
     pub node: Option<String>,
@@ -163,14 +164,16 @@ impl Local {
         }
     }
 
-    /// Before claiming `node` with `token`: both the old token and the new one are accepted,
-    /// so a claim interrupted before etcd's commit is not lost. The tokens this disk claimed
-    /// `node` with before stay, as [`Local::claimed_again`] keeps them.
+    /// Before claiming `node` with `token`: both the old tokens and the new one are accepted,
+    /// so a claim interrupted before etcd's commit is not lost, and after it the tokens this
+    /// disk claimed names with before stay (the last [`KEPT_TOKENS`]), so an etcd restored
+    /// from a backup taken since still names one this disk holds. Whatever name they were
+    /// claimed under: a disk renamed away and back (`rename-node b2 b`, then `b b2`) kept
+    /// only the tokens of its latest name, and a backup from before refused it as a
+    /// duplicate under its own name. Only this disk's own claims: a clone that took the name
+    /// claimed a token its original never held.
     pub fn claiming(&self, node: &str, token: &str) -> Local {
-        let mut tokens: Vec<String> = match self.node.as_deref() {
-            Some(n) if n == node => self.tokens.clone(),
-            _ => self.tokens.last().cloned().into_iter().collect(),
-        };
+        let mut tokens = self.tokens.clone();
         tokens.retain(|t| t != token);
         tokens.push(token.to_string());
         let drop = tokens.len().saturating_sub(KEPT_TOKENS);
@@ -181,30 +184,12 @@ impl Local {
         }
     }
 
-    /// After etcd committed the claim.
+    /// After etcd committed a new token ([`rekey`]): that one alone, so that a copy of this
+    /// disk taken before holds none of the name's tokens.
     pub fn claimed(node: &str, token: &str) -> Local {
         Local {
             node: Some(node.to_string()),
             tokens: vec![token.to_string()],
-        }
-    }
-
-    /// After etcd committed a new session's claim of `node` with `token`: the tokens this
-    /// disk claimed `node` with before stay too (the last [`KEPT_TOKENS`]), so an etcd
-    /// restored from a backup taken since still names one this disk holds. Only this disk's
-    /// own claims: a clone that took the name claimed a token its original never held.
-    pub fn claimed_again(&self, node: &str, token: &str) -> Local {
-        let mut tokens: Vec<String> = match self.node.as_deref() {
-            Some(n) if n == node => self.tokens.clone(),
-            _ => Vec::new(),
-        };
-        tokens.retain(|t| t != token);
-        tokens.push(token.to_string());
-        let drop = tokens.len().saturating_sub(KEPT_TOKENS);
-        tokens.drain(..drop);
-        Local {
-            node: Some(node.to_string()),
-            tokens,
         }
     }
 }
@@ -848,7 +833,7 @@ mod tests {
         // Its own earlier session (another lease, the same process): the same token.
         let mine = seen(None, Some(record(id(7, "b1", "ctl", 10), "t")));
         assert_eq!(local.session_token(&me, &mine).unwrap(), "t");
-        let again = local.claiming("ctl", "t").claimed_again("ctl", "t");
+        let again = local.claiming("ctl", "t");
         assert_eq!(again, local);
         // A restart (another pid), or a token this disk does not hold: a new one.
         for other in [
@@ -862,11 +847,18 @@ mod tests {
         // Claiming keeps the tokens the disk held for the name, up to the last KEPT_TOKENS.
         let mut l = Local::claimed("ctl", "t0");
         for i in 1..=KEPT_TOKENS + 2 {
-            l = l.claimed_again("ctl", &format!("t{i}"));
+            l = l.claiming("ctl", &format!("t{i}"));
         }
         let pending = l.claiming("ctl", "new");
         assert_eq!(pending.tokens.len(), KEPT_TOKENS);
         assert_eq!(pending.tokens[..KEPT_TOKENS - 1], l.tokens[1..]);
+        // Renamed away and back: the tokens of the first stint stay, so an etcd backup from
+        // then still names one this disk holds.
+        let back = Local::claimed("b2", "t1")
+            .claiming("b", "t2")
+            .claiming("b2", "t3");
+        assert_eq!(back.node.as_deref(), Some("b2"));
+        assert!(back.holds(&record(id(7, "b1", "b2", 10), "t1")));
     }
 
     #[test]
