@@ -110,6 +110,15 @@ pub struct Lineage {
     /// a member.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub departed: BTreeMap<String, Departure>,
+    /// The lineages (cluster ids) the node that applied this set followed before and left
+    /// for another (a forced set, a remedy, a lineage that replaced its own), the newest last,
+    /// at most [`LEFT_KEPT`]. A set of one of them is older than what the node holds (an etcd
+    /// backup from before the move, restored): refused, and the node publishes its own over
+    /// it, as for an older generation. Without it such a backup was another cluster's to
+    /// every node that had moved on: refused, never replaced, and a node that was down through
+    /// the move took it and served its keys while the others served theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<String>,
 }
 
 /// When a name left the cluster's members: the generation that dropped it, the wall clock of
@@ -163,6 +172,9 @@ impl std::fmt::Display for Binding {
 /// How many forced purges a lineage remembers ([`Lineage::purges`]).
 pub const PURGES_KEPT: usize = 16;
 
+/// How many lineages a node remembers having left ([`Lineage::left`]).
+pub const LEFT_KEPT: usize = 16;
+
 /// How many departed names a lineage keeps (the newest by generation).
 pub const DEPARTED_KEPT: usize = 32;
 
@@ -184,6 +196,7 @@ impl Lineage {
             etcd: None,
             members: BTreeMap::new(),
             departed: BTreeMap::new(),
+            left: Vec::new(),
         })
     }
 
@@ -218,7 +231,30 @@ impl Lineage {
             etcd: self.etcd.clone(),
             members: self.members.clone(),
             departed: self.departed.clone(),
+            left: self.left.clone(),
         }
+    }
+
+    /// A node that held `held` applies this set: it keeps the lineages it left before, and
+    /// `held`'s own when this one is another. Keeps the newest [`LEFT_KEPT`].
+    pub fn remember_left(&mut self, held: &Lineage) {
+        let all: Vec<String> = held
+            .left
+            .iter()
+            .chain(std::iter::once(&held.cluster))
+            .chain(&self.left)
+            .cloned()
+            .collect();
+        // The newest occurrence of each, never this lineage itself.
+        let mut left: Vec<String> = Vec::new();
+        for id in all.into_iter().rev() {
+            if id != self.cluster && !left.contains(&id) {
+                left.push(id);
+            }
+        }
+        left.truncate(LEFT_KEPT);
+        left.reverse();
+        self.left = left;
     }
 
     /// The names that are members of `before` (the generation before this one) and not of
@@ -1573,6 +1609,27 @@ mod tests {
         }
         assert_eq!(later.departed.len(), DEPARTED_KEPT);
         assert!(!later.departed.contains_key("n0") && later.departed.contains_key("n34"));
+    }
+
+    #[test]
+    fn a_node_remembers_the_lineages_it_left() {
+        let c = Lineage::new().unwrap();
+        let mut x = Lineage::new().unwrap();
+        x.remember_left(&c);
+        assert_eq!(x.left, std::slice::from_ref(&c.cluster));
+        // Its own next generation keeps them, and never lists itself.
+        let mut x2 = x.next();
+        x2.remember_left(&x);
+        assert_eq!(x2.left, std::slice::from_ref(&c.cluster));
+        // Back and forth: each once, the newest last, at most LEFT_KEPT.
+        let mut held = x2;
+        for _ in 0..LEFT_KEPT + 2 {
+            let mut n = Lineage::new().unwrap();
+            n.remember_left(&held);
+            held = n;
+        }
+        assert_eq!(held.left.len(), LEFT_KEPT);
+        assert!(!held.left.contains(&c.cluster) && !held.left.contains(&held.cluster));
     }
 
     #[test]

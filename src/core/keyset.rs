@@ -105,9 +105,10 @@ pub fn succession(local: &History, offered: &KeySet) -> Succession {
     if o.cluster != held.cluster {
         return if forced_for(Some(held), Some(o)) || o.from.as_ref() == Some(&held.cluster) {
             Succession::Newer
-        } else if taken_and_passed(held, o) {
-            // A set whose forced purges this node took, and a later one since: an etcd
-            // backup from before that later purge. Older: the node publishes its own again.
+        } else if taken_and_passed(held, o) || held.left.contains(&o.cluster) {
+            // A set whose forced purges this node took, and a later one since, or of a
+            // lineage it left: an etcd backup from before. Older: the node publishes its own
+            // again.
             Succession::Older {
                 held: held.clone(),
                 offered: o.generation,
@@ -667,6 +668,14 @@ mod tests {
             Some(&lineage(&after)),
             Some(&lineage(&forced_head))
         ));
+        // A lineage the node left (a remedy moved it on): older, not another cluster's.
+        let mut left = moved_on.clone();
+        left.lineage
+            .as_mut()
+            .unwrap()
+            .left
+            .push(lineage(&other).cluster.clone());
+        assert!(succession(&left, &other).behind_us());
         // Another lineage that never followed a purge stays another cluster's.
         other.history.lineage.as_mut().unwrap().purges.clear();
         assert!(matches!(
@@ -705,6 +714,7 @@ mod tests {
             etcd: etcd.cloned(),
             members: Default::default(),
             departed: Default::default(),
+            left: Default::default(),
         };
         let unbound = lineage(None);
         let bound_here = lineage(Some(&here));

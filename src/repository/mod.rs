@@ -1295,6 +1295,8 @@ impl Repository {
         if let (Some(l), Some(held)) = (history.lineage.as_mut(), local.lineage.as_ref()) {
             let mine = std::mem::replace(&mut l.purges, held.purges.clone());
             l.remember(&mine);
+            // And the lineages it left: a backup of one restored is older, not another's.
+            l.remember_left(held);
         }
         for l in &lost {
             history.carry(
