@@ -851,7 +851,11 @@ impl Run {
 
     /// Node `i` has not taken an operator's `--force-purge` and could not yet: its daemon was
     /// held back (`held_back`) less than `PURGE_GRACE` ago, or the purge is that recent. A
-    /// node that holds one of the imposed keys has taken it.
+    /// node that holds one of the imposed keys has taken it. While another cluster's set sits
+    /// in etcd awaiting its remedy (a pending `Heal::Reoffer`), the purged set is not there to
+    /// take: a node that missed it stays behind until that remedy's own purge (seed 15: cut
+    /// off through the purge, it came back to the next foreign set and issued with the keys
+    /// the operator had discarded).
     fn behind(&mut self, i: usize) -> bool {
         if !self.behind_purge.contains(&i) {
             return false;
@@ -860,7 +864,11 @@ impl Run {
             self.behind_purge.remove(&i);
             return false;
         }
-        if self.held_back(i) {
+        let reoffered = self
+            .heals
+            .iter()
+            .any(|(_, h, _)| matches!(h, Heal::Reoffer { .. }));
+        if self.held_back(i) || reoffered {
             self.nodes[i].held_back_at = Some(Instant::now());
         }
         self.nodes[i]
