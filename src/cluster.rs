@@ -887,9 +887,15 @@ impl Cluster {
     /// the nodes hold, so they write their set back. Under the same generation a restored
     /// backup undid a rename or a removal unseen, and the name it brought back held the
     /// promotion gate for good (scripts/chaos, seed 15).
+    ///
+    /// `leaving`: the name a removal or rename takes away. It departs even when the set does
+    /// not list it (its members lost to another cluster's set written over it, no rotation
+    /// since), as long as it has an acknowledgement record an etcd backup could bring back:
+    /// seed 15 renamed such a name, the backup's record of it held the gate for good.
     pub(crate) async fn members_edit(
         &self,
         kind: Kind,
+        leaving: Option<&str>,
         edit: impl FnOnce(&mut std::collections::BTreeMap<String, crate::core::keyset::Member>) -> bool,
     ) -> Result<Option<(Compare, TxnOp)>, ClusterError> {
         let key = self.keyset_key(kind);
@@ -903,18 +909,22 @@ impl Cluster {
             return Ok(None);
         };
         let mut next = lineage.next();
-        if !edit(&mut next.members) {
-            return Ok(None);
-        }
+        let edited = edit(&mut next.members);
         // Each leaving node's last word, by its own clock: what a restored backup's record of
         // it can at most say (`Lineage::heard_since_departure`).
         let mut last_heard = std::collections::BTreeMap::new();
-        for name in next.leaving(&lineage.members) {
+        let mut gone = next.leaving(&lineage.members, leaving);
+        for name in &gone {
             if let Some(clock) = self.last_heard(kind, name).await? {
                 last_heard.insert(name.clone(), clock);
             }
         }
-        next.note_departures(&lineage.members, chrono::Utc::now(), &last_heard);
+        // An unlisted name with no record: nothing a backup brings back holds the gate.
+        gone.retain(|n| lineage.members.contains_key(n) || last_heard.contains_key(n));
+        if !edited && gone.is_empty() {
+            return Ok(None);
+        }
+        next.note_departures(&gone, chrono::Utc::now(), &last_heard);
         *lineage = next;
         let value = self.seal_set(&key, &set)?;
         Ok(Some((
@@ -1309,11 +1319,14 @@ impl Cluster {
     ) -> Result<Option<Ack>, ClusterError> {
         let key = format!("{}{node}", self.acks_prefix(kind));
         for _ in 0..MAX_ATTEMPTS {
+            let mut listed = false;
             let edit = self
-                .members_edit(kind, |m| m.remove(node).is_some())
+                .members_edit(kind, Some(node), |m| {
+                    listed = m.remove(node).is_some();
+                    listed
+                })
                 .await?;
             // A listed member whose record is gone is a member all the same.
-            let listed = edit.is_some();
             let (when, mut ops) = match edit {
                 Some((compare, put)) => (vec![compare], vec![put]),
                 None => (Vec::new(), Vec::new()),
@@ -1363,7 +1376,7 @@ impl Cluster {
         let mut listed = false;
         for _ in 0..MAX_ATTEMPTS {
             let edit = self
-                .members_edit(kind, |m| {
+                .members_edit(kind, None, |m| {
                     let before = m.len();
                     for node in nodes {
                         m.entry(node.clone())

@@ -855,3 +855,85 @@ fn a_removed_node_still_running_behind_the_removers_clock_still_holds_the_gate()
         held.stderr
     );
 }
+
+/// scripts/chaos, seed 15 (on 0348b10's parent): another cluster's set written over the
+/// cluster's, and the remedy, left a set that listed no members (the leader lists a node at
+/// its next rotation). `rename-node` of a node the set did not list moved its records but
+/// recorded no departure; etcd restored from a backup from before brought the old name's
+/// acknowledgement back, and it held the promotion gate for good. A name a removal or a
+/// rename takes away departs whether the set lists it or not.
+#[test]
+fn a_renamed_node_the_set_did_not_list_departs_too() {
+    let mut etcd = Etcd::start();
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
+    let hourly = |file: &str, repo: &Path, name: &str| {
+        let c = node(t.path(), &etcd, file, repo, name);
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("schedule = \"2s\"", "schedule = \"1h\"");
+        std::fs::write(&c, text).unwrap();
+        c
+    };
+    let (ca, cb, cb2) = (
+        hourly("a", &a, "a"),
+        hourly("b", &b, "b"),
+        hourly("b2", &b, "b2"),
+    );
+    let cfg = ca.to_str().unwrap();
+    fernetd_ok(&[
+        "--config",
+        cfg,
+        "cluster",
+        "init",
+        "--from",
+        a.to_str().unwrap(),
+    ]);
+    let da = daemon(&ca);
+    let db = daemon(&cb);
+    for d in [&da, &db] {
+        assert!(d.wait_log("in step", secs(15)), "{}", d.log());
+    }
+    assert!(set_members(&etcd).is_empty(), "{:?}", set_members(&etcd));
+    let backup = t.path().join("backup.db");
+    etcd.snapshot_save(&backup);
+    db.stop();
+    fernetd_ok(&["--config", cfg, "cluster", "rename-node", "b", "b2"]);
+    let lineage = |etcd: &Etcd| {
+        etcd.with_client(async |c| {
+            let r = c.get("/test/tokens/keyset", None).await.unwrap();
+            let set = KeySet::decode(r.kvs()[0].value()).unwrap();
+            set.history.lineage.unwrap()
+        })
+    };
+    assert!(
+        lineage(&etcd).departed.contains_key("b"),
+        "the rename recorded no departure of b"
+    );
+    let db = daemon(&cb2);
+    assert!(db.wait_log("in step", secs(15)), "{}", db.log());
+    // A rotation since: the backup's record of b holds a staged key the set no longer has.
+    fernetd_ok(&["--config", cfg, "rotate"]);
+    let newest = lineage(&etcd).generation;
+    std::thread::sleep(secs(2));
+    etcd.restore(&backup);
+    // The nodes write their newer set back over the backup's.
+    let deadline = Instant::now() + secs(15);
+    while lineage(&etcd).generation < newest {
+        assert!(
+            Instant::now() < deadline,
+            "the backup's set stayed\n{}\n---\n{}",
+            da.log(),
+            db.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let rotated = fernetd(&["--config", cfg, "rotate"]);
+    assert_eq!(rotated.code, 0, "{}\n{}", rotated.stderr, da.log());
+    assert!(
+        !set_members(&etcd).contains(&"b".to_string()),
+        "{:?}",
+        set_members(&etcd)
+    );
+}

@@ -727,7 +727,7 @@ pub async fn rename(c: &Cluster, kind: Kind, old: &str, new: &str) -> Result<Ren
             .map(|v| m.insert(new.to_string(), v))
             .is_some()
     };
-    if let Some((compare, put)) = c.members_edit(kind, moved).await? {
+    if let Some((compare, put)) = c.members_edit(kind, Some(old), moved).await? {
         when.push(compare);
         ops.push(put);
     }

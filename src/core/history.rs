@@ -258,26 +258,33 @@ impl Lineage {
     }
 
     /// The names that are members of `before` (the generation before this one) and not of
-    /// this one.
-    pub fn leaving<'a>(&'a self, before: &'a BTreeMap<String, Member>) -> Vec<&'a String> {
-        before
+    /// this one, and `also` (a name the operator removed or renamed that the set may not
+    /// list: its members lost to another cluster's set written over it, and no rotation
+    /// since to list it again), once.
+    pub fn leaving(&self, before: &BTreeMap<String, Member>, also: Option<&str>) -> Vec<String> {
+        let mut gone: Vec<String> = before
             .keys()
             .filter(|n| !self.members.contains_key(*n))
-            .collect()
+            .cloned()
+            .collect();
+        if let Some(n) = also.filter(|n| !self.members.contains_key(*n)) {
+            if !gone.iter().any(|g| g == n) {
+                gone.push(n.to_string());
+            }
+        }
+        gone
     }
 
-    /// Records the names that are no longer members since `before` (the members of the
-    /// generation before this one) as departed at this generation, `at`, each with the clock
-    /// of its last acknowledgement (`last_heard`); a name that is a member again is no longer
-    /// departed. Keeps the newest [`DEPARTED_KEPT`].
+    /// Records `gone` (see [`Lineage::leaving`]) as departed at this generation, `at`, each
+    /// with the clock of its last acknowledgement (`last_heard`); a name that is a member
+    /// again is no longer departed. Keeps the newest [`DEPARTED_KEPT`].
     pub fn note_departures(
         &mut self,
-        before: &BTreeMap<String, Member>,
+        gone: &[String],
         at: DateTime<Utc>,
         last_heard: &BTreeMap<String, DateTime<Utc>>,
     ) {
-        let gone: Vec<String> = self.leaving(before).into_iter().cloned().collect();
-        for name in gone {
+        for name in gone.iter().cloned() {
             let last_heard = last_heard.get(&name).copied();
             self.departed.insert(
                 name,
@@ -1565,7 +1572,8 @@ mod tests {
         next.members.remove("c");
         // b's last acknowledgement said t(50) by b's clock; c had no record.
         let heard = BTreeMap::from([("b".to_string(), t(50))]);
-        next.note_departures(&before, t(100), &heard);
+        let gone = next.leaving(&before, None);
+        next.note_departures(&gone, t(100), &heard);
         let gen = next.generation;
         assert_eq!(
             next.departed["b"],
@@ -1598,13 +1606,14 @@ mod tests {
         let before = later.members.clone();
         later.members.insert("b".into(), Member::default());
         later.members.insert("c".into(), Member::default());
-        later.note_departures(&before, t(200), &BTreeMap::new());
+        let gone = later.leaving(&before, None);
+        later.note_departures(&gone, t(200), &BTreeMap::new());
         assert!(later.departed.is_empty());
         // Bounded: the oldest departures go first.
         for i in 0..DEPARTED_KEPT + 3 {
             let mut n = later.next();
-            let before = BTreeMap::from([(format!("n{i}"), Member::default())]);
-            n.note_departures(&before, t(300 + i as i64), &BTreeMap::new());
+            let gone = n.leaving(&BTreeMap::new(), Some(&format!("n{i}")));
+            n.note_departures(&gone, t(300 + i as i64), &BTreeMap::new());
             later = n;
         }
         assert_eq!(later.departed.len(), DEPARTED_KEPT);
