@@ -38,6 +38,16 @@ fn node(dir: &Path, etcd: &Etcd, file: &str, repo: &Path, name: &str) -> PathBuf
     p
 }
 
+/// [`node`] with hourly rotations: none comes between what a test does, unless it asks.
+fn hourly_node(dir: &Path, etcd: &Etcd, file: &str, repo: &Path, name: &str) -> PathBuf {
+    let c = node(dir, etcd, file, repo, name);
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("schedule = \"2s\"", "schedule = \"1h\"");
+    std::fs::write(&c, text).unwrap();
+    c
+}
+
 fn daemon(cfg: &Path) -> Daemon {
     Daemon::start(&["--config", cfg.to_str().unwrap(), "daemon"], &[])
 }
@@ -699,14 +709,8 @@ fn through_a_restored_member_edit(edit: &[&str], after: &[&str], then: Option<&s
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
-    let hourly = |file: &str, repo: &Path, name: &str| {
-        let c = node(t.path(), &etcd, file, repo, name);
-        let text = std::fs::read_to_string(&c)
-            .unwrap()
-            .replace("schedule = \"2s\"", "schedule = \"1h\"");
-        std::fs::write(&c, text).unwrap();
-        c
-    };
+    let hourly =
+        |file: &str, repo: &Path, name: &str| hourly_node(t.path(), &etcd, file, repo, name);
     let (ca, cb) = (hourly("a", &a, "a"), hourly("b", &b, "b"));
     let (cfg, repo) = (ca.to_str().unwrap(), a.to_str().unwrap());
     fernetd_ok(&[
@@ -773,14 +777,8 @@ fn a_removed_node_still_running_behind_the_removers_clock_still_holds_the_gate()
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
-    let hourly = |file: &str, repo: &Path, name: &str| {
-        let c = node(t.path(), &etcd, file, repo, name);
-        let text = std::fs::read_to_string(&c)
-            .unwrap()
-            .replace("schedule = \"2s\"", "schedule = \"1h\"");
-        std::fs::write(&c, text).unwrap();
-        c
-    };
+    let hourly =
+        |file: &str, repo: &Path, name: &str| hourly_node(t.path(), &etcd, file, repo, name);
     let (ca, cb) = (hourly("a", &a, "a"), hourly("b", &b, "b"));
     let cfg = ca.to_str().unwrap();
     fernetd_ok(&[
@@ -868,14 +866,8 @@ fn a_renamed_node_the_set_did_not_list_departs_too() {
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     fernetd_ok(&["setup", "--key-repository", a.to_str().unwrap()]);
-    let hourly = |file: &str, repo: &Path, name: &str| {
-        let c = node(t.path(), &etcd, file, repo, name);
-        let text = std::fs::read_to_string(&c)
-            .unwrap()
-            .replace("schedule = \"2s\"", "schedule = \"1h\"");
-        std::fs::write(&c, text).unwrap();
-        c
-    };
+    let hourly =
+        |file: &str, repo: &Path, name: &str| hourly_node(t.path(), &etcd, file, repo, name);
     let (ca, cb, cb2) = (
         hourly("a", &a, "a"),
         hourly("b", &b, "b"),
